@@ -1,0 +1,1 @@
+//! leam-compute: bit-exact integer training shards.

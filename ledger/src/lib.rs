@@ -1,0 +1,1 @@
+//! leam-ledger: the signed contribution ledger.

@@ -1,0 +1,69 @@
+//! `leam`: the command line of a leam partner node.
+//!
+//! The binary is thin: each command group lives in its own module and calls into the library
+//! crates (`leam-ledger`, `leam-compute`, `leam-web`).
+
+mod cli_compute;
+mod cli_ledger;
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// leam: federated compute sharing for the consortium's open foundation models.
+#[derive(Debug, Parser)]
+#[command(name = "leam", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a node identity key (ed25519), written with mode 0600.
+    Keygen(cli_ledger::KeygenArgs),
+    /// Inspect and benchmark a node's signed ledger.
+    Ledger {
+        #[command(subcommand)]
+        cmd: cli_ledger::LedgerCmd,
+    },
+    /// Verify ledgers end to end and print the per-sector contribution report.
+    Audit(cli_ledger::AuditArgs),
+    /// Train the bit-exact transformer language model on one node.
+    Train(cli_compute::TrainArgs),
+    /// Generate text from a training checkpoint.
+    Sample(cli_compute::SampleArgs),
+    /// Kernel self-test and benchmarks of the compute backends.
+    Compute {
+        #[command(subcommand)]
+        cmd: cli_compute::ComputeCmd,
+    },
+    /// Run a local federation end to end (only the parts built so far; it says which).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => cli_ledger::keygen(args),
+        Command::Ledger { cmd } => cli_ledger::run(cmd),
+        Command::Audit(args) => cli_ledger::audit(args),
+        Command::Train(args) => cli_compute::train(args),
+        Command::Sample(args) => cli_compute::sample(args),
+        Command::Compute { cmd } => cli_compute::run(cmd),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,19 @@
 //! leam-ledger: the signed contribution ledger.
+//!
+//! Pure library: no networking, no async runtime. See `specs/ledger.md` and `specs/tlog.md`.
+
+// Transparency-log primitives (RFC 6962 / RFC 9162 Merkle tree, C2SP signed notes,
+// checkpoints, cosignatures, witness, equivocation evidence).
+pub mod checkpoint;
+pub mod evidence;
+pub mod merkle;
+pub mod note;
+pub mod witness;
+
+// The ledger proper (identity, entries, storage, log, accounting, audit).
+pub mod account;
+pub mod audit;
+pub mod entry;
+pub mod identity;
+pub mod log;
+pub mod store;

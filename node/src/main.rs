@@ -4,6 +4,7 @@
 //! crates (`leam-ledger`, `leam-compute`, `leam-web`).
 
 mod cli_compute;
+mod cli_kernels;
 mod cli_ledger;
 mod demo;
 
@@ -35,7 +36,7 @@ enum Command {
     /// Kernel self-test and benchmarks of the compute backends.
     Compute {
         #[command(subcommand)]
-        cmd: cli_compute::ComputeCmd,
+        cmd: cli_kernels::ComputeCmd,
     },
     /// Run a local federation end to end (only the parts built so far; it says which).
     Demo(demo::DemoArgs),
@@ -56,7 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => cli_ledger::audit(args),
         Command::Train(args) => cli_compute::train(args),
         Command::Sample(args) => cli_compute::sample(args),
-        Command::Compute { cmd } => cli_compute::run(cmd),
+        Command::Compute { cmd } => cli_kernels::run(cmd),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -1,1 +1,747 @@
-//! (being written)
+//! Accounting: the rules every log obeys at append, and the deterministic fold over verified
+//! logs that yields the per-organisation and per-sector report.
+//!
+//! Both are pure: no clock, no I/O, no randomness; `BTreeMap`s keep every output ordered.
+//! The rules are specified in `specs/ledger.md`, section "Accounting".
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::entry::{Body, Digest32, Entry, Money, PublicKey, Sector};
+
+/// An organisation and sector a key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    /// Organisation name.
+    pub organisation: String,
+    /// Its sector.
+    pub sector: Sector,
+}
+
+/// Why an entry breaks the log rules (checked at append, and again by audit).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The entry's author is not the log's owner.
+    #[error("entry {seq}: author {found} is not the log owner {expected}")]
+    WrongAuthor {
+        /// Entry index.
+        seq: u64,
+        /// Owner hex.
+        expected: String,
+        /// Author hex.
+        found: String,
+    },
+    /// The entry's sequence number is not the next index.
+    #[error("entry has seq {found}, expected the next index {expected}")]
+    WrongSeq {
+        /// Next index.
+        expected: u64,
+        /// Found.
+        found: u64,
+    },
+    /// The timestamp goes backwards.
+    #[error("entry {seq}: timestamp {found} ms is before the previous entry's {previous} ms")]
+    TimeBackwards {
+        /// Entry index.
+        seq: u64,
+        /// Previous timestamp.
+        previous: u64,
+        /// Found.
+        found: u64,
+    },
+    /// Entry 0 must be the owner's self-admission.
+    #[error("entry 0 must be the log owner's self-admission, found a {found}")]
+    MissingGenesis {
+        /// What entry 0 is.
+        found: &'static str,
+    },
+    /// A key is admitted twice, or the owner re-admits itself.
+    #[error("entry {seq}: key {key} is already admitted")]
+    AlreadyAdmitted {
+        /// Entry index.
+        seq: u64,
+        /// Key hex.
+        key: String,
+    },
+    /// An organisation name is admitted with two sectors.
+    #[error("entry {seq}: organisation {organisation:?} was admitted as {first}, now as {found}")]
+    SectorConflict {
+        /// Entry index.
+        seq: u64,
+        /// Organisation.
+        organisation: String,
+        /// Earlier sector.
+        first: &'static str,
+        /// New sector.
+        found: &'static str,
+    },
+    /// A key the entry refers to was never admitted in this log.
+    #[error(
+        "entry {seq}: key {key} ({role}) is not admitted in this log; record its admission first"
+    )]
+    NotAdmitted {
+        /// Entry index.
+        seq: u64,
+        /// Key hex.
+        key: String,
+        /// What the key is in the entry.
+        role: &'static str,
+    },
+    /// A deposit names a member other than the author.
+    #[error("entry {seq}: a deposit must be the author's own (member {member})")]
+    ForeignDeposit {
+        /// Entry index.
+        seq: u64,
+        /// Member hex.
+        member: String,
+    },
+    /// The same co-signed fact appears twice in this log.
+    #[error("entry {seq}: this {kind} (fact {fact}) is already in the log")]
+    DuplicateFact {
+        /// Entry index.
+        seq: u64,
+        /// Kind.
+        kind: &'static str,
+        /// Fact id hex.
+        fact: String,
+    },
+    /// A node judges or accuses itself.
+    #[error("entry {seq}: a {kind} about the author itself is not allowed")]
+    SelfReference {
+        /// Entry index.
+        seq: u64,
+        /// Kind.
+        kind: &'static str,
+    },
+    /// A settlement would overdraw the owner's credits.
+    #[error("entry {seq}: settlement of {needed} credit cents would overdraw the balance of {available}")]
+    Overdraw {
+        /// Entry index.
+        seq: u64,
+        /// Amount paid.
+        needed: u64,
+        /// Balance before.
+        available: u64,
+    },
+    /// A balance would exceed u64.
+    #[error("entry {seq}: the owner's credit balance would overflow")]
+    Overflow {
+        /// Entry index.
+        seq: u64,
+    },
+}
+
+/// The running state of one log that the append rules need.
+#[derive(Debug, Clone)]
+pub struct LogState {
+    owner: PublicKey,
+    next_seq: u64,
+    last_timestamp_ms: u64,
+    balance_cents: u64,
+    admitted: HashMap<PublicKey, Membership>,
+    sectors: HashMap<String, Sector>,
+    facts: HashSet<Digest32>,
+}
+
+/// Changes a batch makes to a [`LogState`], applied by [`LogState::commit`] only when the
+/// whole batch passes.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    next_seq: u64,
+    last_timestamp_ms: u64,
+    balance_cents: u64,
+    admitted: HashMap<PublicKey, Membership>,
+    sectors: HashMap<String, Sector>,
+    facts: HashSet<Digest32>,
+}
+
+impl LogState {
+    /// The state of an empty log owned by `owner`.
+    pub fn new(owner: PublicKey) -> Self {
+        LogState {
+            owner,
+            next_seq: 0,
+            last_timestamp_ms: 0,
+            balance_cents: 0,
+            admitted: HashMap::new(),
+            sectors: HashMap::new(),
+            facts: HashSet::new(),
+        }
+    }
+
+    /// Index of the next entry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The owner's credit balance (EUR cents) as this log shows it.
+    pub fn balance_cents(&self) -> u64 {
+        self.balance_cents
+    }
+
+    /// Membership of a key admitted in this log.
+    pub fn membership(&self, key: &PublicKey) -> Option<&Membership> {
+        self.admitted.get(key)
+    }
+
+    /// Check a batch against the rules without changing the state.
+    pub fn check<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Result<Delta, RuleError> {
+        let mut d = Delta {
+            next_seq: self.next_seq,
+            last_timestamp_ms: self.last_timestamp_ms,
+            balance_cents: self.balance_cents,
+            admitted: HashMap::new(),
+            sectors: HashMap::new(),
+            facts: HashSet::new(),
+        };
+        for e in entries {
+            self.apply(&mut d, e)?;
+        }
+        Ok(d)
+    }
+
+    /// Apply a checked batch.
+    pub fn commit(&mut self, d: Delta) {
+        self.next_seq = d.next_seq;
+        self.last_timestamp_ms = d.last_timestamp_ms;
+        self.balance_cents = d.balance_cents;
+        self.admitted.extend(d.admitted);
+        self.sectors.extend(d.sectors);
+        self.facts.extend(d.facts);
+    }
+
+    /// Check and apply a batch (all or nothing).
+    pub fn apply_all<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Result<(), RuleError> {
+        let d = self.check(entries)?;
+        self.commit(d);
+        Ok(())
+    }
+
+    fn is_admitted(&self, d: &Delta, key: &PublicKey) -> bool {
+        self.admitted.contains_key(key) || d.admitted.contains_key(key)
+    }
+
+    fn apply(&self, d: &mut Delta, e: &Entry) -> Result<(), RuleError> {
+        let seq = e.seq;
+        if e.author != self.owner {
+            return Err(RuleError::WrongAuthor {
+                seq,
+                expected: hex::encode(self.owner),
+                found: hex::encode(e.author),
+            });
+        }
+        if seq != d.next_seq {
+            return Err(RuleError::WrongSeq {
+                expected: d.next_seq,
+                found: seq,
+            });
+        }
+        if e.timestamp_ms < d.last_timestamp_ms {
+            return Err(RuleError::TimeBackwards {
+                seq,
+                previous: d.last_timestamp_ms,
+                found: e.timestamp_ms,
+            });
+        }
+        let genesis = matches!(&e.body, Body::Admission(a) if a.member == e.author);
+        if (seq == 0) != genesis {
+            if seq == 0 {
+                return Err(RuleError::MissingGenesis {
+                    found: e.kind().name(),
+                });
+            }
+            return Err(RuleError::AlreadyAdmitted {
+                seq,
+                key: hex::encode(e.author),
+            });
+        }
+        let need = |key: &PublicKey, role| {
+            if self.is_admitted(d, key) {
+                Ok(())
+            } else {
+                Err(RuleError::NotAdmitted {
+                    seq,
+                    key: hex::encode(key),
+                    role,
+                })
+            }
+        };
+        match &e.body {
+            Body::Admission(a) => {
+                if self.is_admitted(d, &a.member) {
+                    return Err(RuleError::AlreadyAdmitted {
+                        seq,
+                        key: hex::encode(a.member),
+                    });
+                }
+                let first = self
+                    .sectors
+                    .get(&a.organisation)
+                    .or_else(|| d.sectors.get(&a.organisation));
+                if let Some(first) = first {
+                    if *first != a.sector {
+                        return Err(RuleError::SectorConflict {
+                            seq,
+                            organisation: a.organisation.clone(),
+                            first: first.name(),
+                            found: a.sector.name(),
+                        });
+                    }
+                }
+                d.sectors.insert(a.organisation.clone(), a.sector);
+                d.admitted.insert(
+                    a.member,
+                    Membership {
+                        organisation: a.organisation.clone(),
+                        sector: a.sector,
+                    },
+                );
+            }
+            Body::Deposit(dep) => {
+                if dep.member != e.author {
+                    return Err(RuleError::ForeignDeposit {
+                        seq,
+                        member: hex::encode(dep.member),
+                    });
+                }
+                d.balance_cents = d
+                    .balance_cents
+                    .checked_add(dep.eur_cents)
+                    .ok_or(RuleError::Overflow { seq })?;
+            }
+            Body::Offer(_) | Body::Bid(_) => {}
+            Body::Lease(c) => {
+                need(&c.terms.bidder, "bidder")?;
+                need(&c.terms.provider, "provider")?;
+            }
+            Body::Receipt(c) => {
+                need(&c.terms.bidder, "bidder")?;
+                need(&c.terms.provider, "provider")?;
+            }
+            Body::Settlement(c) => {
+                need(&c.terms.payer, "payer")?;
+                need(&c.terms.payee, "payee")?;
+                let t = &c.terms;
+                if t.payer == self.owner {
+                    d.balance_cents = d.balance_cents.checked_sub(t.credits_cents).ok_or(
+                        RuleError::Overdraw {
+                            seq,
+                            needed: t.credits_cents,
+                            available: d.balance_cents,
+                        },
+                    )?;
+                } else {
+                    d.balance_cents = d
+                        .balance_cents
+                        .checked_add(t.credits_cents)
+                        .ok_or(RuleError::Overflow { seq })?;
+                }
+            }
+            Body::Verdict(v) => {
+                if v.provider == e.author {
+                    return Err(RuleError::SelfReference {
+                        seq,
+                        kind: "verdict",
+                    });
+                }
+                need(&v.provider, "provider")?;
+            }
+            Body::Evidence(ev) => {
+                if ev.accused == e.author {
+                    return Err(RuleError::SelfReference {
+                        seq,
+                        kind: "evidence",
+                    });
+                }
+                need(&ev.accused, "accused")?;
+            }
+        }
+        if let Some(view) = e.body.cosigned() {
+            if self.facts.contains(&view.fact_id) || !d.facts.insert(view.fact_id) {
+                return Err(RuleError::DuplicateFact {
+                    seq,
+                    kind: view.kind.name(),
+                    fact: hex::encode(view.fact_id),
+                });
+            }
+        }
+        d.next_seq = seq + 1;
+        d.last_timestamp_ms = e.timestamp_ms;
+        Ok(())
+    }
+}
+
+/// Totals for an organisation or a sector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Compute units of verified shards this party computed.
+    pub compute_contributed_units: u64,
+    /// Device milliseconds of those shards.
+    pub compute_contributed_gpu_ms: u64,
+    /// Compute units of verified shards computed for this party.
+    pub compute_consumed_units: u64,
+    /// Device milliseconds of those shards.
+    pub compute_consumed_gpu_ms: u64,
+    /// Compute units this party claims without an accepting verdict yet.
+    pub compute_unverified_units: u64,
+    /// Compute units of this party's shards that a referee rejected.
+    pub compute_rejected_units: u64,
+    /// Credits (EUR cents): deposits plus settlements received minus settlements paid.
+    pub credit_balance_cents: i64,
+    /// Public funding deposited, EUR cents.
+    pub funding_public_eur_cents: u64,
+    /// Private money deposited, EUR cents.
+    pub funding_private_eur_cents: u64,
+    /// Distinct pieces of misbehaviour evidence against this party.
+    pub evidence_against: u64,
+}
+
+/// One organisation's line of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrgReport {
+    /// Sector.
+    pub sector: Sector,
+    /// Member keys (hex), sorted.
+    pub members: Vec<String>,
+    /// Totals.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// The accounting report over a set of verified logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Logs folded.
+    pub logs: u64,
+    /// Entries folded.
+    pub entries: u64,
+    /// Distinct co-signed facts (counted once even when in both parties' logs).
+    pub facts: u64,
+    /// Per organisation.
+    pub organisations: BTreeMap<String, OrgReport>,
+    /// Per sector (every sector listed, zero if no member).
+    pub sectors: BTreeMap<Sector, Totals>,
+}
+
+/// Why a set of logs cannot be folded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// Two admissions of one key disagree.
+    #[error("key {key} is admitted as {first} (log {first_log} entry {first_seq}) and as {second} (log {second_log} entry {second_seq})")]
+    ConflictingAdmission {
+        /// Key hex.
+        key: String,
+        /// First membership, `organisation/sector`.
+        first: String,
+        /// Log of the first.
+        first_log: String,
+        /// Entry of the first.
+        first_seq: u64,
+        /// Second membership.
+        second: String,
+        /// Log of the second.
+        second_log: String,
+        /// Entry of the second.
+        second_seq: u64,
+    },
+    /// A key appears in an entry but no log admits it.
+    #[error("log {log} entry {seq}: key {key} is not admitted by any audited log")]
+    Unattributed {
+        /// Log (owner key hex).
+        log: String,
+        /// Entry.
+        seq: u64,
+        /// Key hex.
+        key: String,
+    },
+    /// A total would overflow.
+    #[error("log {log} entry {seq}: a total overflows")]
+    Overflow {
+        /// Log.
+        log: String,
+        /// Entry.
+        seq: u64,
+    },
+}
+
+/// A verified log, as the fold reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct LogView<'a> {
+    /// The owner's key.
+    pub owner: PublicKey,
+    /// All entries, in order, already verified (signatures, tree, rules).
+    pub entries: &'a [Entry],
+}
+
+type ShardKey = (Digest32, u32, PublicKey, Digest32);
+
+/// Fold verified logs into the report. Deterministic: the same logs in any order give the same
+/// report. Co-signed facts count once; a shard's compute counts as verified when some log other
+/// than the provider's own holds an accepting verdict on (job, shard, provider, output) and no
+/// log holds a rejecting one.
+pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
+    let mut ordered: Vec<&LogView<'_>> = logs.iter().collect();
+    ordered.sort_by_key(|l| l.owner);
+
+    // 1. Memberships.
+    let mut members: BTreeMap<PublicKey, (Membership, PublicKey, u64)> = BTreeMap::new();
+    for log in &ordered {
+        for e in log.entries {
+            if let Body::Admission(a) = &e.body {
+                let m = Membership {
+                    organisation: a.organisation.clone(),
+                    sector: a.sector,
+                };
+                match members.get(&a.member) {
+                    Some((first, flog, fseq)) if *first != m => {
+                        return Err(AccountError::ConflictingAdmission {
+                            key: hex::encode(a.member),
+                            first: format!("{}/{}", first.organisation, first.sector.name()),
+                            first_log: hex::encode(flog),
+                            first_seq: *fseq,
+                            second: format!("{}/{}", m.organisation, m.sector.name()),
+                            second_log: hex::encode(log.owner),
+                            second_seq: e.seq,
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        members.insert(a.member, (m, log.owner, e.seq));
+                    }
+                }
+            }
+        }
+    }
+    let mut report = Report {
+        logs: ordered.len() as u64,
+        entries: 0,
+        facts: 0,
+        organisations: BTreeMap::new(),
+        sectors: Sector::ALL
+            .iter()
+            .map(|s| (*s, Totals::default()))
+            .collect(),
+    };
+    for (key, (m, _, _)) in &members {
+        let org = report
+            .organisations
+            .entry(m.organisation.clone())
+            .or_insert_with(|| OrgReport {
+                sector: m.sector,
+                members: vec![],
+                totals: Totals::default(),
+            });
+        org.members.push(hex::encode(key));
+    }
+
+    // 2. Verdicts.
+    let mut verdicts: HashMap<ShardKey, (u64, u64)> = HashMap::new();
+    for log in &ordered {
+        for e in log.entries {
+            if let Body::Verdict(v) = &e.body {
+                if v.provider == e.author {
+                    continue;
+                }
+                let c = verdicts
+                    .entry((v.job_id, v.shard, v.provider, v.output_commitment))
+                    .or_default();
+                if v.accepted {
+                    c.0 += 1;
+                } else {
+                    c.1 += 1;
+                }
+            }
+        }
+    }
+
+    // 3. Everything else.
+    let mut facts: BTreeSet<Digest32> = BTreeSet::new();
+    let mut evidence: BTreeSet<(PublicKey, u8, Digest32)> = BTreeSet::new();
+    for log in &ordered {
+        let log_hex = || hex::encode(log.owner);
+        for e in log.entries {
+            report.entries += 1;
+            let org_of = |key: &PublicKey| -> Result<String, AccountError> {
+                members
+                    .get(key)
+                    .map(|(m, _, _)| m.organisation.clone())
+                    .ok_or_else(|| AccountError::Unattributed {
+                        log: log_hex(),
+                        seq: e.seq,
+                        key: hex::encode(key),
+                    })
+            };
+            let overflow = || AccountError::Overflow {
+                log: log_hex(),
+                seq: e.seq,
+            };
+            if let Some(view) = e.body.cosigned() {
+                if !facts.insert(view.fact_id) {
+                    continue;
+                }
+            }
+            let add = |report: &mut Report, org: &str, f: &dyn Fn(&mut Totals) -> Option<()>| {
+                let o = report
+                    .organisations
+                    .get_mut(org)
+                    .expect("every attributed organisation has a report line");
+                f(&mut o.totals).ok_or_else(overflow)
+            };
+            match &e.body {
+                Body::Deposit(d) => {
+                    let org = org_of(&d.member)?;
+                    let cents = d.eur_cents;
+                    add(&mut report, &org, &|t| {
+                        match d.money {
+                            Money::Public => {
+                                t.funding_public_eur_cents =
+                                    t.funding_public_eur_cents.checked_add(cents)?
+                            }
+                            Money::Private => {
+                                t.funding_private_eur_cents =
+                                    t.funding_private_eur_cents.checked_add(cents)?
+                            }
+                        }
+                        t.credit_balance_cents = t
+                            .credit_balance_cents
+                            .checked_add(i64::try_from(cents).ok()?)?;
+                        Some(())
+                    })?;
+                }
+                Body::Settlement(c) => {
+                    let amount = i64::try_from(c.terms.credits_cents).map_err(|_| overflow())?;
+                    let payer = org_of(&c.terms.payer)?;
+                    let payee = org_of(&c.terms.payee)?;
+                    add(&mut report, &payer, &|t| {
+                        t.credit_balance_cents = t.credit_balance_cents.checked_sub(amount)?;
+                        Some(())
+                    })?;
+                    add(&mut report, &payee, &|t| {
+                        t.credit_balance_cents = t.credit_balance_cents.checked_add(amount)?;
+                        Some(())
+                    })?;
+                }
+                Body::Receipt(c) => {
+                    let t = &c.terms;
+                    let provider = org_of(&t.provider)?;
+                    let bidder = org_of(&t.bidder)?;
+                    let (acc, rej) = verdicts
+                        .get(&(t.job_id, t.shard, t.provider, t.output_commitment))
+                        .copied()
+                        .unwrap_or((0, 0));
+                    let (units, ms) = (t.compute_units, t.gpu_ms);
+                    if rej > 0 {
+                        add(&mut report, &provider, &|x| {
+                            x.compute_rejected_units =
+                                x.compute_rejected_units.checked_add(units)?;
+                            Some(())
+                        })?;
+                    } else if acc > 0 {
+                        add(&mut report, &provider, &|x| {
+                            x.compute_contributed_units =
+                                x.compute_contributed_units.checked_add(units)?;
+                            x.compute_contributed_gpu_ms =
+                                x.compute_contributed_gpu_ms.checked_add(ms)?;
+                            Some(())
+                        })?;
+                        add(&mut report, &bidder, &|x| {
+                            x.compute_consumed_units =
+                                x.compute_consumed_units.checked_add(units)?;
+                            x.compute_consumed_gpu_ms =
+                                x.compute_consumed_gpu_ms.checked_add(ms)?;
+                            Some(())
+                        })?;
+                    } else {
+                        add(&mut report, &provider, &|x| {
+                            x.compute_unverified_units =
+                                x.compute_unverified_units.checked_add(units)?;
+                            Some(())
+                        })?;
+                    }
+                }
+                Body::Evidence(ev) => {
+                    let accused = org_of(&ev.accused)?;
+                    let digest: Digest32 = Sha256::digest(&ev.bytes).into();
+                    if evidence.insert((ev.accused, ev.kind as u8, digest)) {
+                        add(&mut report, &accused, &|x| {
+                            x.evidence_against = x.evidence_against.checked_add(1)?;
+                            Some(())
+                        })?;
+                    }
+                }
+                Body::Lease(c) => {
+                    org_of(&c.terms.bidder)?;
+                    org_of(&c.terms.provider)?;
+                }
+                Body::Verdict(v) => {
+                    org_of(&v.provider)?;
+                }
+                Body::Admission(_) | Body::Offer(_) | Body::Bid(_) => {}
+            }
+            org_of(&e.author)?;
+        }
+    }
+    report.facts = facts.len() as u64;
+
+    // 4. Sector sums.
+    for org in report.organisations.values() {
+        let s = report
+            .sectors
+            .get_mut(&org.sector)
+            .expect("every sector has a line");
+        let t = &org.totals;
+        let err = || AccountError::Overflow {
+            log: String::from("(sector sums)"),
+            seq: 0,
+        };
+        s.compute_contributed_units = s
+            .compute_contributed_units
+            .checked_add(t.compute_contributed_units)
+            .ok_or_else(err)?;
+        s.compute_contributed_gpu_ms = s
+            .compute_contributed_gpu_ms
+            .checked_add(t.compute_contributed_gpu_ms)
+            .ok_or_else(err)?;
+        s.compute_consumed_units = s
+            .compute_consumed_units
+            .checked_add(t.compute_consumed_units)
+            .ok_or_else(err)?;
+        s.compute_consumed_gpu_ms = s
+            .compute_consumed_gpu_ms
+            .checked_add(t.compute_consumed_gpu_ms)
+            .ok_or_else(err)?;
+        s.compute_unverified_units = s
+            .compute_unverified_units
+            .checked_add(t.compute_unverified_units)
+            .ok_or_else(err)?;
+        s.compute_rejected_units = s
+            .compute_rejected_units
+            .checked_add(t.compute_rejected_units)
+            .ok_or_else(err)?;
+        s.credit_balance_cents = s
+            .credit_balance_cents
+            .checked_add(t.credit_balance_cents)
+            .ok_or_else(err)?;
+        s.funding_public_eur_cents = s
+            .funding_public_eur_cents
+            .checked_add(t.funding_public_eur_cents)
+            .ok_or_else(err)?;
+        s.funding_private_eur_cents = s
+            .funding_private_eur_cents
+            .checked_add(t.funding_private_eur_cents)
+            .ok_or_else(err)?;
+        s.evidence_against = s
+            .evidence_against
+            .checked_add(t.evidence_against)
+            .ok_or_else(err)?;
+    }
+    Ok(report)
+}

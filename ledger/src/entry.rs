@@ -1,1 +1,1119 @@
-//! (being written)
+//! Ledger entries: a versioned, canonical binary encoding, signed by the author.
+//!
+//! Every entry has exactly one encoding (`specs/ledger.md`, section "Entries"): fixed-width
+//! big-endian integers, `u32`-length-prefixed byte strings with named maxima, `u8` tags. Decoding
+//! rejects trailing bytes, unknown versions, kinds and tags, invalid UTF-8, booleans other than
+//! 0/1 and over-long fields, each with an error naming the field.
+//!
+//! Layout of an encoded entry:
+//!
+//! ```text
+//! version u8 (=1) ‖ kind u8 ‖ author [32] ‖ seq u64 ‖ timestamp_ms u64 ‖ body ‖ signature [64]
+//! ```
+//!
+//! The author signs `ENTRY_SIGNING_CONTEXT ‖ encoding-without-signature`. Facts that involve two
+//! nodes (lease, shard receipt, settlement) carry the counterparty's signature over
+//! `COSIGNING_CONTEXT ‖ kind ‖ terms` inside the body, so each party can append the same fact to
+//! its own log under its own signature.
+//!
+//! The encoder and decoder are hand-written rather than derived (e.g. with `bincode`) because the
+//! byte layout is a public, versioned format that verifiers in other languages implement from the
+//! spec alone; a serialisation library's own format could change under us.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+/// The only entry format version this code reads and writes.
+pub const ENTRY_VERSION: u8 = 1;
+/// Largest encoded entry, signature included (C2SP tlog-tiles' entry limit).
+pub const ENTRY_BYTES_MAX: usize = 64 * 1024;
+/// Largest organisation name, UTF-8 bytes.
+pub const ORGANISATION_BYTES_MAX: usize = 128;
+/// Largest payment reference of a funding deposit, UTF-8 bytes.
+pub const REFERENCE_BYTES_MAX: usize = 256;
+/// Largest portable evidence blob in a misbehaviour entry.
+pub const EVIDENCE_BYTES_MAX: usize = 60 * 1024;
+/// Prefix of the message the author signs.
+pub const ENTRY_SIGNING_CONTEXT: &[u8] = b"leam/entry/v1\0";
+/// Prefix of the message a counterparty signs for a co-signed fact.
+pub const COSIGNING_CONTEXT: &[u8] = b"leam/cosign/v1\0";
+/// Bytes of an ed25519 signature.
+pub const SIGNATURE_BYTES: usize = 64;
+/// Bytes of an ed25519 public key.
+pub const KEY_BYTES: usize = 32;
+/// Bytes of the fixed header: version, kind, author, seq, timestamp.
+pub const HEADER_BYTES: usize = 1 + 1 + KEY_BYTES + 8 + 8;
+
+/// A raw ed25519 public key (32 bytes), as it appears in entries.
+pub type PublicKey = [u8; KEY_BYTES];
+/// A 32-byte commitment or identifier (SHA-256 output).
+pub type Digest32 = [u8; 32];
+
+/// Why bytes are not a valid entry encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The encoding exceeds [`ENTRY_BYTES_MAX`].
+    #[error("entry is {found} bytes, more than ENTRY_BYTES_MAX = {max}")]
+    TooLong {
+        /// Bytes found.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes end inside a field.
+    #[error(
+        "truncated in field `{field}` at byte {offset}: needs {needed} bytes, {available} left"
+    )]
+    Truncated {
+        /// Field being read.
+        field: &'static str,
+        /// Offset of the field.
+        offset: usize,
+        /// Bytes the field needs.
+        needed: usize,
+        /// Bytes that were left.
+        available: usize,
+    },
+    /// The version byte is not [`ENTRY_VERSION`].
+    #[error("unknown entry version {found} (expected {ENTRY_VERSION})")]
+    UnknownVersion {
+        /// Version found.
+        found: u8,
+    },
+    /// The kind byte names no kind.
+    #[error("unknown entry kind {found} (expected 1..=9)")]
+    UnknownKind {
+        /// Kind found.
+        found: u8,
+    },
+    /// A tag byte (sector, money sector, evidence kind) is out of range.
+    #[error("field `{field}` has unknown tag {found} (expected {expected})")]
+    UnknownTag {
+        /// Field.
+        field: &'static str,
+        /// Tag found.
+        found: u8,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// A length prefix exceeds the field's maximum.
+    #[error("field `{field}` is {found} bytes long, more than its maximum {max}")]
+    LengthOverMax {
+        /// Field.
+        field: &'static str,
+        /// Length found.
+        found: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A text field is not valid UTF-8.
+    #[error("field `{field}` is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Field.
+        field: &'static str,
+    },
+    /// A text field is empty or contains control characters.
+    #[error("field `{field}` must be non-empty text without control characters, found {found:?}")]
+    InvalidText {
+        /// Field.
+        field: &'static str,
+        /// The text found.
+        found: String,
+    },
+    /// A boolean byte is neither 0 nor 1.
+    #[error("field `{field}` is boolean byte {found}, expected 0 or 1")]
+    InvalidBool {
+        /// Field.
+        field: &'static str,
+        /// Byte found.
+        found: u8,
+    },
+    /// Bytes follow the signature.
+    #[error("{found} trailing bytes after the signature")]
+    TrailingBytes {
+        /// Number of extra bytes.
+        found: usize,
+    },
+}
+
+/// Why a decoded entry's signatures or parties are not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A public key is not a valid ed25519 point.
+    #[error("field `{field}` is not a valid ed25519 public key: {key}")]
+    BadKey {
+        /// Field holding the key.
+        field: &'static str,
+        /// Hex of the key.
+        key: String,
+    },
+    /// The author's signature does not verify.
+    #[error("author signature does not verify for author {author}")]
+    BadSignature {
+        /// Hex of the author key.
+        author: String,
+    },
+    /// The counterparty's co-signature does not verify.
+    #[error("co-signature of {cosigner} over the {kind} terms does not verify")]
+    BadCosignature {
+        /// Kind name.
+        kind: &'static str,
+        /// Hex of the co-signer key.
+        cosigner: String,
+    },
+    /// The author of a co-signed fact is not one of its two parties.
+    #[error("author {author} is not a party of this {kind} (parties {a} and {b})")]
+    AuthorNotParty {
+        /// Kind name.
+        kind: &'static str,
+        /// Author hex.
+        author: String,
+        /// First party hex.
+        a: String,
+        /// Second party hex.
+        b: String,
+    },
+    /// Both parties of a co-signed fact are the same key.
+    #[error("both parties of this {kind} are the same key {key}")]
+    SameParties {
+        /// Kind name.
+        kind: &'static str,
+        /// Key hex.
+        key: String,
+    },
+}
+
+/// The sector of a member organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sector {
+    /// Public research centre or agency (tag 0).
+    Public,
+    /// Industry (tag 1).
+    Private,
+    /// University or science organisation (tag 2).
+    Science,
+    /// Startup (tag 3).
+    Startup,
+}
+
+impl Sector {
+    /// All sectors, in tag order.
+    pub const ALL: [Sector; 4] = [
+        Sector::Public,
+        Sector::Private,
+        Sector::Science,
+        Sector::Startup,
+    ];
+    fn tag(self) -> u8 {
+        self as u8
+    }
+    fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(tag)).copied()
+    }
+    /// Lower-case name (`public`, `private`, `science`, `startup`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Sector::Public => "public",
+            Sector::Private => "private",
+            Sector::Science => "science",
+            Sector::Startup => "startup",
+        }
+    }
+}
+
+impl std::str::FromStr for Sector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown sector {s:?} (expected public, private, science or startup)")
+            })
+    }
+}
+
+/// Whether deposited money is public funding or private money; the ledger keeps them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Money {
+    /// Public funding (tag 0).
+    Public,
+    /// Private money (tag 1).
+    Private,
+}
+
+/// The kind of misbehaviour an evidence entry documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceKind {
+    /// Two checkpoints of one log that cannot be consistent (`evidence::Equivocation` bytes).
+    CheckpointEquivocation,
+    /// A shard result that a referee rejected.
+    WrongShardResult,
+    /// A co-signed fact the accused denied or contradicted.
+    BrokenAgreement,
+}
+
+impl EvidenceKind {
+    const ALL: [EvidenceKind; 3] = [
+        EvidenceKind::CheckpointEquivocation,
+        EvidenceKind::WrongShardResult,
+        EvidenceKind::BrokenAgreement,
+    ];
+}
+
+/// Membership admission: `member` belongs to `organisation` of `sector`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Admission {
+    /// Organisation name (non-empty, no control characters, ≤ [`ORGANISATION_BYTES_MAX`]).
+    pub organisation: String,
+    /// Sector of the organisation.
+    pub sector: Sector,
+    /// The admitted node key.
+    #[serde(serialize_with = "ser_hex")]
+    pub member: PublicKey,
+}
+
+/// Funding deposit of `member` (the author), in EUR cents, credited 1:1 as credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deposit {
+    /// Depositing member (must be the author).
+    #[serde(serialize_with = "ser_hex")]
+    pub member: PublicKey,
+    /// Amount in EUR cents.
+    pub eur_cents: u64,
+    /// Public funding or private money.
+    pub money: Money,
+    /// Payment reference auditors match against bank records.
+    pub reference: String,
+}
+
+/// Capacity offer of the author's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Offer {
+    /// Offer number, unique per author.
+    pub offer_id: u64,
+    /// SHA-256 of the device description.
+    #[serde(serialize_with = "ser_hex")]
+    pub device_fingerprint: Digest32,
+    /// Compute units the node can deliver per hour.
+    pub compute_units_per_hour: u64,
+    /// Price in credits (EUR cents) per 1,000 compute units.
+    pub price_cents_per_kilo_unit: u64,
+    /// The offer expires at this time (Unix ms).
+    pub valid_until_ms: u64,
+}
+
+/// A bid: the author wants `compute_units` of work done for job `job_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bid {
+    /// SHA-256 of the job description.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Compute units wanted.
+    pub compute_units: u64,
+    /// Highest acceptable price, credits (EUR cents) per 1,000 compute units.
+    pub max_price_cents_per_kilo_unit: u64,
+    /// Deadline (Unix ms).
+    pub deadline_ms: u64,
+}
+
+/// Terms of a lease between a bidder and a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseTerms {
+    /// Job.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Party that pays.
+    #[serde(serialize_with = "ser_hex")]
+    pub bidder: PublicKey,
+    /// Party that computes.
+    #[serde(serialize_with = "ser_hex")]
+    pub provider: PublicKey,
+    /// The provider's offer this lease accepts.
+    pub offer_id: u64,
+    /// Compute units leased.
+    pub compute_units: u64,
+    /// Total agreed price, credits (EUR cents).
+    pub price_cents: u64,
+    /// The lease ends at this time (Unix ms).
+    pub expires_ms: u64,
+}
+
+/// Terms of a shard receipt: the provider computed one shard for the bidder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptTerms {
+    /// Job.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Shard number within the job.
+    pub shard: u32,
+    /// Party that ordered the work.
+    #[serde(serialize_with = "ser_hex")]
+    pub bidder: PublicKey,
+    /// Party that computed.
+    #[serde(serialize_with = "ser_hex")]
+    pub provider: PublicKey,
+    /// Commitment to the shard's input (state and data).
+    #[serde(serialize_with = "ser_hex")]
+    pub input_commitment: Digest32,
+    /// Commitment to the shard's output (root of the step-hash tree).
+    #[serde(serialize_with = "ser_hex")]
+    pub output_commitment: Digest32,
+    /// Compute units counted from tensor shapes (not wall time).
+    pub compute_units: u64,
+    /// Device time spent, milliseconds.
+    pub gpu_ms: u64,
+    /// SHA-256 of the device description.
+    #[serde(serialize_with = "ser_hex")]
+    pub device_fingerprint: Digest32,
+}
+
+/// Terms of a settlement: `payer` pays `payee` credits for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettlementTerms {
+    /// Job paid for.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Paying party.
+    #[serde(serialize_with = "ser_hex")]
+    pub payer: PublicKey,
+    /// Paid party.
+    #[serde(serialize_with = "ser_hex")]
+    pub payee: PublicKey,
+    /// Credits (EUR cents) moved.
+    pub credits_cents: u64,
+}
+
+/// Verification verdict on one shard, authored by the referee.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Job.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Shard.
+    pub shard: u32,
+    /// Provider whose result is judged.
+    #[serde(serialize_with = "ser_hex")]
+    pub provider: PublicKey,
+    /// The output commitment judged.
+    #[serde(serialize_with = "ser_hex")]
+    pub output_commitment: Digest32,
+    /// Whether the result is accepted.
+    pub accepted: bool,
+}
+
+/// Misbehaviour evidence against `accused`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// Accused node key.
+    #[serde(serialize_with = "ser_hex")]
+    pub accused: PublicKey,
+    /// Kind of misbehaviour.
+    pub kind: EvidenceKind,
+    /// Portable evidence bytes (for equivocations: an `evidence::Equivocation` encoding).
+    #[serde(serialize_with = "ser_hex")]
+    pub bytes: Vec<u8>,
+}
+
+/// Terms of a fact two parties agree on, with the counterparty's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoSigned<T> {
+    /// The agreed terms.
+    pub terms: T,
+    /// Signature of the party that is not the entry's author over
+    /// `COSIGNING_CONTEXT ‖ kind ‖ encode(terms)`.
+    #[serde(serialize_with = "ser_hex")]
+    pub cosignature: [u8; SIGNATURE_BYTES],
+}
+
+/// Terms that two parties co-sign.
+pub trait Terms: Sized {
+    /// The entry kind these terms belong to.
+    const KIND: Kind;
+    /// The two parties.
+    fn parties(&self) -> (PublicKey, PublicKey);
+    /// Canonical encoding of the terms.
+    fn encode_into(&self, w: &mut Vec<u8>);
+    /// Decode the terms.
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+
+    /// The message a counterparty signs.
+    fn cosigning_message(&self) -> Vec<u8> {
+        let mut m = COSIGNING_CONTEXT.to_vec();
+        m.push(Self::KIND as u8);
+        self.encode_into(&mut m);
+        m
+    }
+    /// Identifier of the fact: SHA-256(kind ‖ encode(terms)). Both parties' entries of one fact
+    /// share it; the accounting fold counts each fact once.
+    fn fact_id(&self) -> Digest32 {
+        let mut m = vec![Self::KIND as u8];
+        self.encode_into(&mut m);
+        Sha256::digest(&m).into()
+    }
+    /// Co-sign the terms with the counterparty's key.
+    fn cosign(self, counterparty: &SigningKey) -> CoSigned<Self> {
+        let cosignature = counterparty.sign(&self.cosigning_message()).to_bytes();
+        CoSigned {
+            terms: self,
+            cosignature,
+        }
+    }
+}
+
+/// Entry kinds and their tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Admission`].
+    Admission = 1,
+    /// [`Deposit`].
+    Deposit = 2,
+    /// [`Offer`].
+    Offer = 3,
+    /// [`Bid`].
+    Bid = 4,
+    /// Co-signed [`LeaseTerms`].
+    Lease = 5,
+    /// Co-signed [`ReceiptTerms`].
+    Receipt = 6,
+    /// [`Verdict`].
+    Verdict = 7,
+    /// Co-signed [`SettlementTerms`].
+    Settlement = 8,
+    /// [`Evidence`].
+    Evidence = 9,
+}
+
+impl Kind {
+    /// Stable lower-case name used in exports and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Admission => "admission",
+            Kind::Deposit => "deposit",
+            Kind::Offer => "offer",
+            Kind::Bid => "bid",
+            Kind::Lease => "lease",
+            Kind::Receipt => "receipt",
+            Kind::Verdict => "verdict",
+            Kind::Settlement => "settlement",
+            Kind::Evidence => "evidence",
+        }
+    }
+    fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            1 => Kind::Admission,
+            2 => Kind::Deposit,
+            3 => Kind::Offer,
+            4 => Kind::Bid,
+            5 => Kind::Lease,
+            6 => Kind::Receipt,
+            7 => Kind::Verdict,
+            8 => Kind::Settlement,
+            9 => Kind::Evidence,
+            _ => return None,
+        })
+    }
+}
+
+/// The kind-specific part of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    /// Membership admission.
+    Admission(Admission),
+    /// Funding deposit.
+    Deposit(Deposit),
+    /// Capacity offer.
+    Offer(Offer),
+    /// Bid.
+    Bid(Bid),
+    /// Lease, co-signed.
+    Lease(CoSigned<LeaseTerms>),
+    /// Shard receipt, co-signed.
+    Receipt(CoSigned<ReceiptTerms>),
+    /// Verification verdict.
+    Verdict(Verdict),
+    /// Credit settlement, co-signed.
+    Settlement(CoSigned<SettlementTerms>),
+    /// Misbehaviour evidence.
+    Evidence(Evidence),
+}
+
+impl Body {
+    /// The kind tag of this body.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Admission(_) => Kind::Admission,
+            Body::Deposit(_) => Kind::Deposit,
+            Body::Offer(_) => Kind::Offer,
+            Body::Bid(_) => Kind::Bid,
+            Body::Lease(_) => Kind::Lease,
+            Body::Receipt(_) => Kind::Receipt,
+            Body::Verdict(_) => Kind::Verdict,
+            Body::Settlement(_) => Kind::Settlement,
+            Body::Evidence(_) => Kind::Evidence,
+        }
+    }
+
+    /// For co-signed kinds: (parties, counterparty signature, message it signs, fact id).
+    pub fn cosigned(&self) -> Option<CoSignedView> {
+        fn view<T: Terms>(c: &CoSigned<T>) -> CoSignedView {
+            CoSignedView {
+                kind: T::KIND,
+                parties: c.terms.parties(),
+                cosignature: c.cosignature,
+                message: c.terms.cosigning_message(),
+                fact_id: c.terms.fact_id(),
+            }
+        }
+        match self {
+            Body::Lease(c) => Some(view(c)),
+            Body::Receipt(c) => Some(view(c)),
+            Body::Settlement(c) => Some(view(c)),
+            _ => None,
+        }
+    }
+
+    fn encode_into(&self, w: &mut Vec<u8>) {
+        match self {
+            Body::Admission(a) => {
+                put_str(w, &a.organisation);
+                w.push(a.sector.tag());
+                w.extend_from_slice(&a.member);
+            }
+            Body::Deposit(d) => {
+                w.extend_from_slice(&d.member);
+                w.extend_from_slice(&d.eur_cents.to_be_bytes());
+                w.push(d.money as u8);
+                put_str(w, &d.reference);
+            }
+            Body::Offer(o) => {
+                w.extend_from_slice(&o.offer_id.to_be_bytes());
+                w.extend_from_slice(&o.device_fingerprint);
+                w.extend_from_slice(&o.compute_units_per_hour.to_be_bytes());
+                w.extend_from_slice(&o.price_cents_per_kilo_unit.to_be_bytes());
+                w.extend_from_slice(&o.valid_until_ms.to_be_bytes());
+            }
+            Body::Bid(b) => {
+                w.extend_from_slice(&b.job_id);
+                w.extend_from_slice(&b.compute_units.to_be_bytes());
+                w.extend_from_slice(&b.max_price_cents_per_kilo_unit.to_be_bytes());
+                w.extend_from_slice(&b.deadline_ms.to_be_bytes());
+            }
+            Body::Lease(c) => put_cosigned(w, c),
+            Body::Receipt(c) => put_cosigned(w, c),
+            Body::Settlement(c) => put_cosigned(w, c),
+            Body::Verdict(v) => {
+                w.extend_from_slice(&v.job_id);
+                w.extend_from_slice(&v.shard.to_be_bytes());
+                w.extend_from_slice(&v.provider);
+                w.extend_from_slice(&v.output_commitment);
+                w.push(u8::from(v.accepted));
+            }
+            Body::Evidence(e) => {
+                w.extend_from_slice(&e.accused);
+                w.push(e.kind as u8);
+                put_bytes(w, &e.bytes);
+            }
+        }
+    }
+
+    fn decode_from(kind: Kind, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match kind {
+            Kind::Admission => Body::Admission(Admission {
+                organisation: r.text("organisation", ORGANISATION_BYTES_MAX)?,
+                sector: {
+                    let t = r.u8("sector")?;
+                    Sector::from_tag(t).ok_or(DecodeError::UnknownTag {
+                        field: "sector",
+                        found: t,
+                        expected: "0..=3 (public, private, science, startup)",
+                    })?
+                },
+                member: r.array("member")?,
+            }),
+            Kind::Deposit => Body::Deposit(Deposit {
+                member: r.array("member")?,
+                eur_cents: r.u64("eur_cents")?,
+                money: match r.u8("money")? {
+                    0 => Money::Public,
+                    1 => Money::Private,
+                    t => {
+                        return Err(DecodeError::UnknownTag {
+                            field: "money",
+                            found: t,
+                            expected: "0 (public) or 1 (private)",
+                        })
+                    }
+                },
+                reference: r.text("reference", REFERENCE_BYTES_MAX)?,
+            }),
+            Kind::Offer => Body::Offer(Offer {
+                offer_id: r.u64("offer_id")?,
+                device_fingerprint: r.array("device_fingerprint")?,
+                compute_units_per_hour: r.u64("compute_units_per_hour")?,
+                price_cents_per_kilo_unit: r.u64("price_cents_per_kilo_unit")?,
+                valid_until_ms: r.u64("valid_until_ms")?,
+            }),
+            Kind::Bid => Body::Bid(Bid {
+                job_id: r.array("job_id")?,
+                compute_units: r.u64("compute_units")?,
+                max_price_cents_per_kilo_unit: r.u64("max_price_cents_per_kilo_unit")?,
+                deadline_ms: r.u64("deadline_ms")?,
+            }),
+            Kind::Lease => Body::Lease(get_cosigned(r)?),
+            Kind::Receipt => Body::Receipt(get_cosigned(r)?),
+            Kind::Settlement => Body::Settlement(get_cosigned(r)?),
+            Kind::Verdict => Body::Verdict(Verdict {
+                job_id: r.array("job_id")?,
+                shard: r.u32("shard")?,
+                provider: r.array("provider")?,
+                output_commitment: r.array("output_commitment")?,
+                accepted: r.bool("accepted")?,
+            }),
+            Kind::Evidence => Body::Evidence(Evidence {
+                accused: r.array("accused")?,
+                kind: {
+                    let t = r.u8("evidence_kind")?;
+                    EvidenceKind::ALL
+                        .get(usize::from(t).wrapping_sub(1))
+                        .copied()
+                        .ok_or(DecodeError::UnknownTag {
+                            field: "evidence_kind",
+                            found: t,
+                            expected: "1..=3",
+                        })?
+                },
+                bytes: r.bytes("evidence", EVIDENCE_BYTES_MAX)?.to_vec(),
+            }),
+        })
+    }
+}
+
+/// A view of the co-signed part of a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoSignedView {
+    /// Kind.
+    pub kind: Kind,
+    /// The two parties.
+    pub parties: (PublicKey, PublicKey),
+    /// The counterparty's signature.
+    pub cosignature: [u8; SIGNATURE_BYTES],
+    /// The message the counterparty signed.
+    pub message: Vec<u8>,
+    /// Fact identifier.
+    pub fact_id: Digest32,
+}
+
+impl CoSignedView {
+    /// The party that must co-sign when `author` writes the entry, or an error.
+    pub fn cosigner(&self, author: &PublicKey) -> Result<PublicKey, VerifyError> {
+        let (a, b) = self.parties;
+        if a == b {
+            return Err(VerifyError::SameParties {
+                kind: self.kind.name(),
+                key: hex::encode(a),
+            });
+        }
+        if *author == a {
+            Ok(b)
+        } else if *author == b {
+            Ok(a)
+        } else {
+            Err(VerifyError::AuthorNotParty {
+                kind: self.kind.name(),
+                author: hex::encode(author),
+                a: hex::encode(a),
+                b: hex::encode(b),
+            })
+        }
+    }
+}
+
+impl Terms for LeaseTerms {
+    const KIND: Kind = Kind::Lease;
+    fn parties(&self) -> (PublicKey, PublicKey) {
+        (self.bidder, self.provider)
+    }
+    fn encode_into(&self, w: &mut Vec<u8>) {
+        w.extend_from_slice(&self.job_id);
+        w.extend_from_slice(&self.bidder);
+        w.extend_from_slice(&self.provider);
+        w.extend_from_slice(&self.offer_id.to_be_bytes());
+        w.extend_from_slice(&self.compute_units.to_be_bytes());
+        w.extend_from_slice(&self.price_cents.to_be_bytes());
+        w.extend_from_slice(&self.expires_ms.to_be_bytes());
+    }
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(LeaseTerms {
+            job_id: r.array("job_id")?,
+            bidder: r.array("bidder")?,
+            provider: r.array("provider")?,
+            offer_id: r.u64("offer_id")?,
+            compute_units: r.u64("compute_units")?,
+            price_cents: r.u64("price_cents")?,
+            expires_ms: r.u64("expires_ms")?,
+        })
+    }
+}
+
+impl Terms for ReceiptTerms {
+    const KIND: Kind = Kind::Receipt;
+    fn parties(&self) -> (PublicKey, PublicKey) {
+        (self.bidder, self.provider)
+    }
+    fn encode_into(&self, w: &mut Vec<u8>) {
+        w.extend_from_slice(&self.job_id);
+        w.extend_from_slice(&self.shard.to_be_bytes());
+        w.extend_from_slice(&self.bidder);
+        w.extend_from_slice(&self.provider);
+        w.extend_from_slice(&self.input_commitment);
+        w.extend_from_slice(&self.output_commitment);
+        w.extend_from_slice(&self.compute_units.to_be_bytes());
+        w.extend_from_slice(&self.gpu_ms.to_be_bytes());
+        w.extend_from_slice(&self.device_fingerprint);
+    }
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(ReceiptTerms {
+            job_id: r.array("job_id")?,
+            shard: r.u32("shard")?,
+            bidder: r.array("bidder")?,
+            provider: r.array("provider")?,
+            input_commitment: r.array("input_commitment")?,
+            output_commitment: r.array("output_commitment")?,
+            compute_units: r.u64("compute_units")?,
+            gpu_ms: r.u64("gpu_ms")?,
+            device_fingerprint: r.array("device_fingerprint")?,
+        })
+    }
+}
+
+impl Terms for SettlementTerms {
+    const KIND: Kind = Kind::Settlement;
+    fn parties(&self) -> (PublicKey, PublicKey) {
+        (self.payer, self.payee)
+    }
+    fn encode_into(&self, w: &mut Vec<u8>) {
+        w.extend_from_slice(&self.job_id);
+        w.extend_from_slice(&self.payer);
+        w.extend_from_slice(&self.payee);
+        w.extend_from_slice(&self.credits_cents.to_be_bytes());
+    }
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(SettlementTerms {
+            job_id: r.array("job_id")?,
+            payer: r.array("payer")?,
+            payee: r.array("payee")?,
+            credits_cents: r.u64("credits_cents")?,
+        })
+    }
+}
+
+fn put_cosigned<T: Terms>(w: &mut Vec<u8>, c: &CoSigned<T>) {
+    c.terms.encode_into(w);
+    w.extend_from_slice(&c.cosignature);
+}
+
+fn get_cosigned<T: Terms>(r: &mut Reader<'_>) -> Result<CoSigned<T>, DecodeError> {
+    Ok(CoSigned {
+        terms: T::decode_from(r)?,
+        cosignature: r.array("cosignature")?,
+    })
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    let len = u32::try_from(b.len()).expect("field lengths are bounded far below u32::MAX");
+    w.extend_from_slice(&len.to_be_bytes());
+    w.extend_from_slice(b);
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    put_bytes(w, s.as_bytes());
+}
+
+/// A bounds-checked reader over an entry encoding that names the field on every error.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
+        let available = self.bytes.len() - self.pos;
+        if n > available {
+            return Err(DecodeError::Truncated {
+                field,
+                offset: self.pos,
+                needed: n,
+                available,
+            });
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let s = self.take(field, N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            found => Err(DecodeError::InvalidBool { field, found }),
+        }
+    }
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32(field)?;
+        if len as usize > max {
+            return Err(DecodeError::LengthOverMax {
+                field,
+                found: u64::from(len),
+                max,
+            });
+        }
+        self.take(field, len as usize)
+    }
+    fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        let b = self.bytes(field, max)?;
+        let s = std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { field })?;
+        if !valid_text(s) {
+            return Err(DecodeError::InvalidText {
+                field,
+                found: s.to_owned(),
+            });
+        }
+        Ok(s.to_owned())
+    }
+}
+
+/// Text fields are non-empty and contain no control characters, so reports print them safely.
+pub fn valid_text(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(char::is_control)
+}
+
+/// A signed ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The author's public key; the log this entry belongs to is the author's.
+    #[serde(serialize_with = "ser_hex")]
+    pub author: PublicKey,
+    /// Index of this entry in the author's log.
+    pub seq: u64,
+    /// Time of writing (Unix ms), given by the caller.
+    pub timestamp_ms: u64,
+    /// Kind-specific content.
+    pub body: Body,
+    /// The author's signature over `ENTRY_SIGNING_CONTEXT ‖ encoding-without-signature`.
+    #[serde(serialize_with = "ser_hex")]
+    pub signature: [u8; SIGNATURE_BYTES],
+}
+
+impl Entry {
+    /// Build and sign an entry. `timestamp_ms` is an argument: the core never reads the clock.
+    pub fn sign(key: &SigningKey, seq: u64, timestamp_ms: u64, body: Body) -> Entry {
+        let mut e = Entry {
+            author: key.verifying_key().to_bytes(),
+            seq,
+            timestamp_ms,
+            body,
+            signature: [0; SIGNATURE_BYTES],
+        };
+        let unsigned = e.encode_unsigned();
+        e.signature = key.sign(&signing_message(&unsigned)).to_bytes();
+        e
+    }
+
+    /// The kind of this entry.
+    pub fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+
+    fn encode_unsigned(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(256);
+        w.push(ENTRY_VERSION);
+        w.push(self.body.kind() as u8);
+        w.extend_from_slice(&self.author);
+        w.extend_from_slice(&self.seq.to_be_bytes());
+        w.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+        self.body.encode_into(&mut w);
+        w
+    }
+
+    /// The canonical encoding (the exact bytes hashed as the Merkle leaf).
+    ///
+    /// Panics if a field exceeds its maximum (a programmer error: build entries from validated
+    /// input; [`Entry::check_limits`] says which).
+    pub fn encode(&self) -> Vec<u8> {
+        if let Err(e) = self.check_limits() {
+            panic!("entry violates a format limit: {e}");
+        }
+        let mut w = self.encode_unsigned();
+        w.extend_from_slice(&self.signature);
+        w
+    }
+
+    /// Check every field maximum and the total size, as decoding would.
+    pub fn check_limits(&self) -> Result<(), DecodeError> {
+        let text = |field, s: &str, max| {
+            if s.len() > max {
+                Err(DecodeError::LengthOverMax {
+                    field,
+                    found: s.len() as u64,
+                    max,
+                })
+            } else if !valid_text(s) {
+                Err(DecodeError::InvalidText {
+                    field,
+                    found: s.to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match &self.body {
+            Body::Admission(a) => text("organisation", &a.organisation, ORGANISATION_BYTES_MAX)?,
+            Body::Deposit(d) => text("reference", &d.reference, REFERENCE_BYTES_MAX)?,
+            Body::Evidence(e) if e.bytes.len() > EVIDENCE_BYTES_MAX => {
+                return Err(DecodeError::LengthOverMax {
+                    field: "evidence",
+                    found: e.bytes.len() as u64,
+                    max: EVIDENCE_BYTES_MAX,
+                })
+            }
+            _ => {}
+        }
+        let len = self.encode_unsigned().len() + SIGNATURE_BYTES;
+        if len > ENTRY_BYTES_MAX {
+            return Err(DecodeError::TooLong {
+                found: len,
+                max: ENTRY_BYTES_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decode a canonical encoding. Does not verify signatures (see [`Entry::verify`]).
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        if bytes.len() > ENTRY_BYTES_MAX {
+            return Err(DecodeError::TooLong {
+                found: bytes.len(),
+                max: ENTRY_BYTES_MAX,
+            });
+        }
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8("version")?;
+        if version != ENTRY_VERSION {
+            return Err(DecodeError::UnknownVersion { found: version });
+        }
+        let tag = r.u8("kind")?;
+        let kind = Kind::from_tag(tag).ok_or(DecodeError::UnknownKind { found: tag })?;
+        let author = r.array("author")?;
+        let seq = r.u64("seq")?;
+        let timestamp_ms = r.u64("timestamp_ms")?;
+        let body = Body::decode_from(kind, &mut r)?;
+        let signature = r.array("signature")?;
+        let rest = bytes.len() - r.pos;
+        if rest != 0 {
+            return Err(DecodeError::TrailingBytes { found: rest });
+        }
+        Ok(Entry {
+            author,
+            seq,
+            timestamp_ms,
+            body,
+            signature,
+        })
+    }
+
+    /// Verify the author's signature and, for co-signed kinds, that the author is a party and
+    /// the counterparty's co-signature. Uses strict verification (rejects weak keys and
+    /// non-canonical signatures).
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        let author = verifying_key("author", &self.author)?;
+        let msg = signing_message(&self.encode_unsigned());
+        author
+            .verify_strict(&msg, &Signature::from_bytes(&self.signature))
+            .map_err(|_| VerifyError::BadSignature {
+                author: hex::encode(self.author),
+            })?;
+        self.verify_cosignature()
+    }
+
+    /// Verify only the co-signature part (parties and counterparty signature), if any.
+    pub fn verify_cosignature(&self) -> Result<(), VerifyError> {
+        if let Some(view) = self.body.cosigned() {
+            let cosigner = view.cosigner(&self.author)?;
+            let key = verifying_key("cosigner", &cosigner)?;
+            key.verify_strict(&view.message, &Signature::from_bytes(&view.cosignature))
+                .map_err(|_| VerifyError::BadCosignature {
+                    kind: view.kind.name(),
+                    cosigner: hex::encode(cosigner),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Keys this entry refers to besides its author (counterparties, members, accused).
+    pub fn referenced_keys(&self) -> Vec<PublicKey> {
+        let mut keys = match &self.body {
+            Body::Admission(a) => vec![a.member],
+            Body::Deposit(d) => vec![d.member],
+            Body::Offer(_) | Body::Bid(_) => vec![],
+            Body::Lease(c) => vec![c.terms.bidder, c.terms.provider],
+            Body::Receipt(c) => vec![c.terms.bidder, c.terms.provider],
+            Body::Verdict(v) => vec![v.provider],
+            Body::Settlement(c) => vec![c.terms.payer, c.terms.payee],
+            Body::Evidence(e) => vec![e.accused],
+        };
+        keys.retain(|k| *k != self.author);
+        keys
+    }
+}
+
+/// The message an author signs: `ENTRY_SIGNING_CONTEXT ‖ encoding-without-signature`.
+pub fn signing_message(unsigned: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ENTRY_SIGNING_CONTEXT.len() + unsigned.len());
+    m.extend_from_slice(ENTRY_SIGNING_CONTEXT);
+    m.extend_from_slice(unsigned);
+    m
+}
+
+/// Split an encoded entry (at least [`SIGNATURE_BYTES`] long) into its signing message and
+/// signature, without decoding the rest. Used by batch verification.
+pub fn split_signed(bytes: &[u8]) -> Option<(Vec<u8>, [u8; SIGNATURE_BYTES])> {
+    let cut = bytes.len().checked_sub(SIGNATURE_BYTES)?;
+    let mut sig = [0u8; SIGNATURE_BYTES];
+    sig.copy_from_slice(&bytes[cut..]);
+    Some((signing_message(&bytes[..cut]), sig))
+}
+
+/// Parse a public key, naming the field on failure.
+pub fn verifying_key(field: &'static str, key: &PublicKey) -> Result<VerifyingKey, VerifyError> {
+    VerifyingKey::from_bytes(key).map_err(|_| VerifyError::BadKey {
+        field,
+        key: hex::encode(key),
+    })
+}
+
+fn ser_hex<S: serde::Serializer, T: AsRef<[u8]>>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v.as_ref()))
+}

@@ -1,1 +1,366 @@
-//! (being written)
+//! Storage of one log: entries, the Merkle tree's stored hashes, the latest checkpoint.
+//!
+//! [`Store`] is the small interface the log needs; [`SledStore`] implements it on sled. Another
+//! embedded store can replace sled by implementing the trait: an append must be atomic (all of
+//! the batch or none of it) and durable when the call returns.
+//!
+//! sled layout (one tree, `specs/ledger.md` "Store layout"): `e‖u64 BE index` → entry bytes,
+//! `h‖u64 BE stored-hash index` → 32-byte hash, `n` → tree size (u64 BE), `c` → latest
+//! checkpoint note (with cosignatures), `v` → store format version (u8).
+
+use std::path::{Path, PathBuf};
+
+use crate::merkle::{self, Hash, HashReader, MerkleError};
+
+/// Store format version written in key `v`.
+pub const STORE_FORMAT_VERSION: u8 = 1;
+/// Entries read per range query.
+pub const READ_CHUNK_ENTRIES: u64 = 65_536;
+
+const KEY_ENTRY: u8 = b'e';
+const KEY_HASH: u8 = b'h';
+const KEY_SIZE: &[u8] = b"n";
+const KEY_CHECKPOINT: &[u8] = b"c";
+const KEY_VERSION: &[u8] = b"v";
+
+/// Storage errors; each names the store and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption it detected itself).
+    #[error("store {path}: {message}")]
+    Backend {
+        /// Store path.
+        path: PathBuf,
+        /// Backend's message.
+        message: String,
+    },
+    /// A value that must exist is missing.
+    #[error("store {path}: {what} is missing (tree size {size})")]
+    Missing {
+        /// Store path.
+        path: PathBuf,
+        /// What (e.g. `entry 17`, `stored hash 40`).
+        what: String,
+        /// Tree size recorded in the store.
+        size: u64,
+    },
+    /// A stored value has the wrong shape.
+    #[error("store {path}: {what} is corrupt: {reason}")]
+    Corrupt {
+        /// Store path.
+        path: PathBuf,
+        /// What.
+        what: String,
+        /// Expected vs found.
+        reason: String,
+    },
+    /// The store directory does not exist, or already exists when creating.
+    #[error("store {path}: {reason}")]
+    Location {
+        /// Store path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An append does not start at the stored size.
+    #[error("store {path}: append starts at index {first}, but the store holds {size} entries")]
+    NotAtEnd {
+        /// Store path.
+        path: PathBuf,
+        /// First index of the batch.
+        first: u64,
+        /// Stored size.
+        size: u64,
+    },
+    /// The checkpoint changed under a compare-and-swap.
+    #[error("store {path}: the checkpoint changed concurrently")]
+    CheckpointChanged {
+        /// Store path.
+        path: PathBuf,
+    },
+}
+
+/// One atomic append.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Index of the first entry (= size before the append).
+    pub first_index: u64,
+    /// Encoded entries.
+    pub entries: &'a [Vec<u8>],
+    /// Index of the first new stored hash (= `stored_hash_count(first_index)`).
+    pub first_hash_index: u64,
+    /// New stored hashes, in index order.
+    pub hashes: &'a [Hash],
+    /// The new checkpoint note (signed, for size `first_index + entries.len()`).
+    pub checkpoint: &'a [u8],
+}
+
+/// What a log needs from its storage.
+pub trait Store: HashReader + Send + Sync {
+    /// Number of entries (tree size) recorded with the last append.
+    fn size(&self) -> Result<u64, StoreError>;
+    /// Append a batch: atomic and durable when this returns `Ok`.
+    fn append(&self, batch: Batch<'_>) -> Result<(), StoreError>;
+    /// Entries `start..end`, in order; errors if one is missing.
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Whether an entry exists at `index` (used to detect entries beyond the recorded size).
+    fn has_entry(&self, index: u64) -> Result<bool, StoreError>;
+    /// The latest checkpoint note, if any.
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replace the checkpoint note (to add cosignatures) if it still equals `old`; durable.
+    fn replace_checkpoint(&self, old: &[u8], new: &[u8]) -> Result<(), StoreError>;
+    /// Path for messages.
+    fn path(&self) -> &Path;
+}
+
+/// A log store on sled.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+fn key(prefix: u8, n: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    fn backend(&self, e: sled::Error) -> StoreError {
+        StoreError::Backend {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+        // sled can panic on some on-disk corruptions instead of returning an error; turn that
+        // into a precise error rather than aborting the node.
+        let p = path.to_owned();
+        let opened = std::panic::catch_unwind(move || {
+            sled::Config::new()
+                .path(&p)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+        });
+        match opened {
+            Ok(Ok(db)) => Ok(db),
+            Ok(Err(e)) => Err(StoreError::Backend {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+            Err(_) => Err(StoreError::Backend {
+                path: path.to_owned(),
+                message: "sled panicked while opening the store (corrupt files?)".into(),
+            }),
+        }
+    }
+
+    /// Create a new, empty store at `path` (which must not exist).
+    pub fn create(path: &Path) -> Result<SledStore, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Location {
+                path: path.to_owned(),
+                reason: "already exists; refusing to create a store over it".into(),
+            });
+        }
+        let db = Self::open_db(path)?;
+        let s = SledStore {
+            db,
+            path: path.to_owned(),
+        };
+        s.db.insert(KEY_VERSION, &[STORE_FORMAT_VERSION])
+            .map_err(|e| s.backend(e))?;
+        s.db.insert(KEY_SIZE, &0u64.to_be_bytes())
+            .map_err(|e| s.backend(e))?;
+        s.db.flush().map_err(|e| s.backend(e))?;
+        Ok(s)
+    }
+
+    /// Open an existing store.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        if !path.is_dir() {
+            return Err(StoreError::Location {
+                path: path.to_owned(),
+                reason: "no store here (expected a sled directory)".into(),
+            });
+        }
+        let db = Self::open_db(path)?;
+        let s = SledStore {
+            db,
+            path: path.to_owned(),
+        };
+        match s.db.get(KEY_VERSION).map_err(|e| s.backend(e))? {
+            Some(v) if v.as_ref() == [STORE_FORMAT_VERSION] => Ok(s),
+            Some(v) => Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                what: "format version".into(),
+                reason: format!("expected [{STORE_FORMAT_VERSION}], found {:?}", v.as_ref()),
+            }),
+            None => Err(StoreError::Missing {
+                path: path.to_owned(),
+                what: "format version (key `v`)".into(),
+                size: 0,
+            }),
+        }
+    }
+
+    /// Direct access for tests that simulate corruption of stored values.
+    #[doc(hidden)]
+    pub fn raw_insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(key, value).map_err(|e| self.backend(e))?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    /// Direct access for tests that simulate lost values.
+    #[doc(hidden)]
+    pub fn raw_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.db.remove(key).map_err(|e| self.backend(e))?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    /// Key of entry `index` (for tests that corrupt it).
+    #[doc(hidden)]
+    pub fn entry_key(index: u64) -> [u8; 9] {
+        key(KEY_ENTRY, index)
+    }
+
+    /// Key of stored hash `index`.
+    #[doc(hidden)]
+    pub fn hash_key(index: u64) -> [u8; 9] {
+        key(KEY_HASH, index)
+    }
+}
+
+impl HashReader for SledStore {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, MerkleError> {
+        indexes
+            .iter()
+            .map(|&i| {
+                let v = self
+                    .db
+                    .get(key(KEY_HASH, i))
+                    .map_err(|e| MerkleError::Storage(format!("{}: {e}", self.path.display())))?
+                    .ok_or_else(|| {
+                        MerkleError::Storage(format!(
+                            "{}: stored hash {i} is missing",
+                            self.path.display()
+                        ))
+                    })?;
+                <Hash>::try_from(v.as_ref()).map_err(|_| {
+                    MerkleError::Storage(format!(
+                        "{}: stored hash {i} is {} bytes, expected 32",
+                        self.path.display(),
+                        v.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn size(&self) -> Result<u64, StoreError> {
+        let v = self
+            .db
+            .get(KEY_SIZE)
+            .map_err(|e| self.backend(e))?
+            .ok_or_else(|| StoreError::Missing {
+                path: self.path.clone(),
+                what: "tree size (key `n`)".into(),
+                size: 0,
+            })?;
+        let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "tree size (key `n`)".into(),
+            reason: format!("expected 8 bytes, found {}", v.len()),
+        })?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn append(&self, b: Batch<'_>) -> Result<(), StoreError> {
+        let size = self.size()?;
+        if size != b.first_index {
+            return Err(StoreError::NotAtEnd {
+                path: self.path.clone(),
+                first: b.first_index,
+                size,
+            });
+        }
+        let new_size = b.first_index + b.entries.len() as u64;
+        assert_eq!(
+            b.first_hash_index + b.hashes.len() as u64,
+            merkle::stored_hash_count(new_size),
+            "a batch carries exactly the stored hashes of its entries"
+        );
+        let mut batch = sled::Batch::default();
+        for (i, e) in b.entries.iter().enumerate() {
+            batch.insert(&key(KEY_ENTRY, b.first_index + i as u64), e.as_slice());
+        }
+        for (i, h) in b.hashes.iter().enumerate() {
+            batch.insert(&key(KEY_HASH, b.first_hash_index + i as u64), h);
+        }
+        batch.insert(KEY_CHECKPOINT, b.checkpoint);
+        batch.insert(KEY_SIZE, &new_size.to_be_bytes());
+        self.db.apply_batch(batch).map_err(|e| self.backend(e))?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        if start >= end {
+            return Ok(out);
+        }
+        for item in self.db.range(key(KEY_ENTRY, start)..key(KEY_ENTRY, end)) {
+            let (k, v) = item.map_err(|e| self.backend(e))?;
+            let expected = start + out.len() as u64;
+            if k.as_ref() != key(KEY_ENTRY, expected) {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        if out.len() as u64 != end - start {
+            let size = self.size()?;
+            return Err(StoreError::Missing {
+                path: self.path.clone(),
+                what: format!("entry {}", start + out.len() as u64),
+                size,
+            });
+        }
+        Ok(out)
+    }
+
+    fn has_entry(&self, index: u64) -> Result<bool, StoreError> {
+        self.db
+            .contains_key(key(KEY_ENTRY, index))
+            .map_err(|e| self.backend(e))
+    }
+
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(KEY_CHECKPOINT)
+            .map_err(|e| self.backend(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn replace_checkpoint(&self, old: &[u8], new: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .compare_and_swap(KEY_CHECKPOINT, Some(old), Some(new))
+            .map_err(|e| self.backend(e))?
+            .map_err(|_| StoreError::CheckpointChanged {
+                path: self.path.clone(),
+            })?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}

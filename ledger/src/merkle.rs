@@ -508,16 +508,21 @@ pub fn tree_proof_len(t: u64, n: u64) -> usize {
     len
 }
 
-/// Verifies that `proof` proves the tree of size `n` with root `root_n` is a prefix of
-/// the tree of size `t` with root `root_t` (RFC 9162 §2.1.4.2). Needs `1 <= n <= t`;
-/// for `n == t` the proof must be empty and the roots equal.
-pub fn check_tree(
+/// Runs a consistency proof from size `n` to size `t` and returns the roots it implies:
+/// (root of the first `n` leaves, root of all `t` leaves). Checks the sizes and the proof
+/// length, not the roots.
+///
+/// When `n` is a power of two the size-`n` tree is a node on the path and RFC 9162
+/// leaves it out of the proof; the claimed `root_n` is then used and returned as is.
+/// Otherwise both roots are computed from the proof alone, so a proof that leads to a
+/// signed `root_t` but to an old root different from a signed `root_n` shows that the
+/// two signed trees cannot both be right (see `evidence`).
+pub fn consistency_roots(
     proof: &[Hash],
     t: u64,
-    root_t: &Hash,
     n: u64,
     root_n: &Hash,
-) -> Result<(), MerkleError> {
+) -> Result<(Hash, Hash), MerkleError> {
     if n == 0 || n > t {
         return Err(MerkleError::InvalidSizes {
             old_size: n,
@@ -531,7 +536,20 @@ pub fn check_tree(
             found: proof.len(),
         });
     }
-    let (old, new) = run_tree_proof(proof, 0, t, n, *root_n);
+    Ok(run_tree_proof(proof, 0, t, n, *root_n))
+}
+
+/// Verifies that `proof` proves the tree of size `n` with root `root_n` is a prefix of
+/// the tree of size `t` with root `root_t` (RFC 9162 §2.1.4.2). Needs `1 <= n <= t`;
+/// for `n == t` the proof must be empty and the roots equal.
+pub fn check_tree(
+    proof: &[Hash],
+    t: u64,
+    root_t: &Hash,
+    n: u64,
+    root_n: &Hash,
+) -> Result<(), MerkleError> {
+    let (old, new) = consistency_roots(proof, t, n, root_n)?;
     if old != *root_n {
         return Err(MerkleError::RootMismatch {
             tree_size: n,

@@ -361,9 +361,10 @@ impl FromStr for Verifier {
             key: s.to_string(),
             reason,
         };
-        let mut parts = s.split('+');
-        let (Some(name), Some(id_hex), Some(b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        // The name has no '+' and the key ID is hex, so the first two '+' delimit the
+        // fields; the base64 key itself may contain '+'.
+        let mut parts = s.splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(b64)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(bad(
                 "expected three '+'-separated fields: name, hex key ID, base64 key".into(),

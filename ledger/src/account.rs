@@ -435,22 +435,14 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
     /// Two admissions of one key disagree.
-    #[error("key {key} is admitted as {first} (log {first_log} entry {first_seq}) and as {second} (log {second_log} entry {second_seq})")]
+    #[error("key {key} is admitted as {first} and as {second}")]
     ConflictingAdmission {
         /// Key hex.
         key: String,
-        /// First membership, `organisation/sector`.
+        /// First admission: `organisation/sector (log <hex> entry <n>)`.
         first: String,
-        /// Log of the first.
-        first_log: String,
-        /// Entry of the first.
-        first_seq: u64,
-        /// Second membership.
+        /// Second admission, same form.
         second: String,
-        /// Log of the second.
-        second_log: String,
-        /// Entry of the second.
-        second_seq: u64,
     },
     /// A key appears in an entry but no log admits it.
     #[error("log {log} entry {seq}: key {key} is not admitted by any audited log")]
@@ -504,12 +496,19 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
                     Some((first, flog, fseq)) if *first != m => {
                         return Err(AccountError::ConflictingAdmission {
                             key: hex::encode(a.member),
-                            first: format!("{}/{}", first.organisation, first.sector.name()),
-                            first_log: hex::encode(flog),
-                            first_seq: *fseq,
-                            second: format!("{}/{}", m.organisation, m.sector.name()),
-                            second_log: hex::encode(log.owner),
-                            second_seq: e.seq,
+                            first: format!(
+                                "{}/{} (log {} entry {fseq})",
+                                first.organisation,
+                                first.sector.name(),
+                                hex::encode(flog)
+                            ),
+                            second: format!(
+                                "{}/{} (log {} entry {})",
+                                m.organisation,
+                                m.sector.name(),
+                                hex::encode(log.owner),
+                                e.seq
+                            ),
                         })
                     }
                     Some(_) => {}

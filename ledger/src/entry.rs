@@ -248,13 +248,15 @@ pub enum Money {
 /// The kind of misbehaviour an evidence entry documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum EvidenceKind {
-    /// Two checkpoints of one log that cannot be consistent (`evidence::Equivocation` bytes).
-    CheckpointEquivocation,
-    /// A shard result that a referee rejected.
-    WrongShardResult,
-    /// A co-signed fact the accused denied or contradicted.
-    BrokenAgreement,
+    /// Two checkpoints of one log that cannot be consistent (`evidence::Equivocation` bytes;
+    /// tag 1).
+    CheckpointEquivocation = 1,
+    /// A shard result that a referee rejected (tag 2).
+    WrongShardResult = 2,
+    /// A co-signed fact the accused denied or contradicted (tag 3).
+    BrokenAgreement = 3,
 }
 
 impl EvidenceKind {

@@ -20,11 +20,12 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
 use crate::entry::PublicKey;
+use crate::note;
 
 /// First line of a key file.
 pub const KEY_FILE_MAGIC: &str = "leam-node-key/v1";
@@ -122,6 +123,12 @@ impl Identity {
     /// `<origin>+<hex keyID>+<base64(0x01 ‖ pubkey)>`.
     pub fn verifier_key(&self) -> String {
         verifier_key_of(&self.public_key())
+    }
+
+    /// A note signer for checkpoints of this node's log (named after the origin).
+    pub fn note_signer(&self) -> note::Signer {
+        note::Signer::new(&self.origin(), self.key.clone())
+            .expect("a leam origin is a valid note key name")
     }
 
     /// The key file text. Wrapped in `Zeroizing` so the seed is wiped after use.
@@ -278,22 +285,19 @@ pub fn key_of_origin(origin: &str) -> Option<PublicKey> {
     Some(key)
 }
 
-/// The C2SP verifier key string of a node's log.
+/// The C2SP signed-note verifier of a node's log (type 0x01, named after the origin), or why
+/// the key cannot be one.
+pub fn log_verifier(key: &PublicKey) -> Result<note::Verifier, String> {
+    let vk = VerifyingKey::from_bytes(key)
+        .map_err(|_| format!("{} is not a valid ed25519 public key", hex::encode(key)))?;
+    note::Verifier::new(&origin_of(key), note::Algorithm::Ed25519, vk).map_err(|e| e.to_string())
+}
+
+/// The C2SP verifier key string of a node's log; for invalid keys, the hex of the key.
 pub fn verifier_key_of(key: &PublicKey) -> String {
-    use sha2::Digest as _;
-    let name = origin_of(key);
-    let mut h = sha2::Sha256::new();
-    h.update(name.as_bytes());
-    h.update([b'\n', 0x01]);
-    h.update(key);
-    let key_id = &h.finalize()[..4];
-    let mut typed = vec![0x01];
-    typed.extend_from_slice(key);
-    format!(
-        "{name}+{}+{}",
-        hex::encode(key_id),
-        base64::engine::general_purpose::STANDARD.encode(typed)
-    )
+    log_verifier(key)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| hex::encode(key))
 }
 
 #[cfg(test)]

@@ -336,6 +336,14 @@ pub fn cosignature_message(timestamp: u64, text: &str) -> String {
     format!("{COSIGNATURE_HEADER}time {timestamp}\n{text}")
 }
 
+impl Verifier {
+    /// Parses a verifier key string `name+hex(keyID)+base64(alg ‖ pubkey)` (same as
+    /// `str::parse`).
+    pub fn from_vkey(s: &str) -> Result<Self, NoteError> {
+        s.parse()
+    }
+}
+
 impl fmt::Display for Verifier {
     /// `name+hex(keyID)+base64(alg ‖ pubkey)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -263,6 +263,15 @@ impl LogState {
                 key: hex::encode(e.author),
             });
         }
+        if let Some(view) = e.body.cosigned() {
+            if self.facts.contains(&view.fact_id) || !d.facts.insert(view.fact_id) {
+                return Err(RuleError::DuplicateFact {
+                    seq,
+                    kind: view.kind.name(),
+                    fact: hex::encode(view.fact_id),
+                });
+            }
+        }
         let need = |key: &PublicKey, role| {
             if self.is_admitted(d, key) {
                 Ok(())
@@ -362,15 +371,6 @@ impl LogState {
                     });
                 }
                 need(&ev.accused, "accused")?;
-            }
-        }
-        if let Some(view) = e.body.cosigned() {
-            if self.facts.contains(&view.fact_id) || !d.facts.insert(view.fact_id) {
-                return Err(RuleError::DuplicateFact {
-                    seq,
-                    kind: view.kind.name(),
-                    fact: hex::encode(view.fact_id),
-                });
             }
         }
         d.next_seq = seq + 1;

@@ -1,0 +1,108 @@
+// 64-bit integer helpers for leam's bit-exact kernels.
+// WGSL has no i64: a signed 64-bit value is (lo: u32, hi: i32) in two's complement, a magnitude
+// is vec2<u32>(lo, hi). All integer operations below are exact (WGSL integer arithmetic wraps
+// modulo 2^32 by spec, and carries are propagated explicitly). No floating point anywhere.
+
+// s += p for a signed 32-bit p (sign-extended).
+fn add64_i32(s: vec2<u32>, p: i32) -> vec2<u32> {
+    let plo = bitcast<u32>(p);
+    let phi = select(0u, 0xffffffffu, p < 0);
+    let lo = s.x + plo;
+    let carry = select(0u, 1u, lo < plo);
+    return vec2<u32>(lo, s.y + phi + carry);
+}
+
+// s + t, both two's complement 64-bit.
+fn add64(s: vec2<u32>, t: vec2<u32>) -> vec2<u32> {
+    let lo = s.x + t.x;
+    let carry = select(0u, 1u, lo < t.x);
+    return vec2<u32>(lo, s.y + t.y + carry);
+}
+
+fn is_neg64(s: vec2<u32>) -> bool {
+    return (s.y & 0x80000000u) != 0u;
+}
+
+// |s| of a two's complement 64-bit value (|i64::MIN| does not occur: sums stay below 2^62).
+fn mag64(s: vec2<u32>) -> vec2<u32> {
+    if (is_neg64(s)) {
+        let lo = ~s.x + 1u;
+        let hi = ~s.y + select(0u, 1u, lo == 0u);
+        return vec2<u32>(lo, hi);
+    }
+    return s;
+}
+
+// Number of significant bits of a magnitude (0 for 0).
+fn bitlen64(m: vec2<u32>) -> u32 {
+    if (m.y != 0u) {
+        return 64u - countLeadingZeros(m.y);
+    }
+    return 32u - countLeadingZeros(m.x);
+}
+
+// m >> s for 0 <= s < 64 (shift amounts of 32 or more are split: WGSL masks them).
+fn shr64(m: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s == 0u) {
+        return m;
+    }
+    if (s >= 32u) {
+        return vec2<u32>(m.y >> (s - 32u), 0u);
+    }
+    return vec2<u32>((m.x >> s) | (m.y << (32u - s)), m.y >> s);
+}
+
+// Whether any of the lowest n bits of m is set (0 <= n < 64).
+fn low_bits_nonzero64(m: vec2<u32>, n: u32) -> bool {
+    if (n == 0u) {
+        return false;
+    }
+    if (n < 32u) {
+        return (m.x & ((1u << n) - 1u)) != 0u;
+    }
+    if (n == 32u) {
+        return m.x != 0u;
+    }
+    return m.x != 0u || (m.y & ((1u << (n - 32u)) - 1u)) != 0u;
+}
+
+// The requantization key of one exact sum: 2 * bitlen(|s|) + f, where f = 1 when bitlen >= 16
+// and the top 16 bits of |s| are all ones (then |s| / 2^(bitlen-15) rounds up to 2^15).
+// The maximum key over a tensor gives bitlen(max|s|) and whether max|s| rounds up: the
+// integer atomicMax over keys is order-independent.
+fn quant_key64(s: vec2<u32>) -> u32 {
+    let m = mag64(s);
+    let l = bitlen64(m);
+    var f = 0u;
+    if (l >= 16u) {
+        if (shr64(m, l - 16u).x == 0xffffu) {
+            f = 1u;
+        }
+    }
+    return l * 2u + f;
+}
+
+// The shift k of the contract's requantization to B16 from the tensor's maximum key:
+// k = max(0, bitlen - 15), plus one when max|s| / 2^k rounds (half to even) above 32767.
+fn quant_shift(key: u32) -> u32 {
+    let l = key >> 1u;
+    if (l < 16u) {
+        return 0u;
+    }
+    return l - 15u + (key & 1u);
+}
+
+// s / 2^k rounded half to even (symmetric in the sign), for results that fit in i32.
+fn rhe64(s: vec2<u32>, k: u32) -> i32 {
+    let m = mag64(s);
+    var q = shr64(m, k).x;
+    if (k > 0u) {
+        let round_bit = shr64(m, k - 1u).x & 1u;
+        let sticky = low_bits_nonzero64(m, k - 1u);
+        if (round_bit == 1u && (sticky || (q & 1u) == 1u)) {
+            q = q + 1u;
+        }
+    }
+    let v = bitcast<i32>(q);
+    return select(v, -v, is_neg64(s));
+}

@@ -1,0 +1,53 @@
+//! CPU-only: every WGSL program of the wgpu backend parses and validates with naga, uses no
+//! floating-point types (nothing a kernel computes may depend on WGSL's loose float rules),
+//! no subgroup operations and no float atomics. Runs everywhere, GPU or not.
+
+use leam_compute::gpu::shaders::SHADERS;
+
+#[test]
+fn every_shader_parses_and_validates_with_naga() {
+    assert!(!SHADERS.is_empty());
+    for shader in SHADERS {
+        let module = naga::front::wgsl::parse_str(shader.source)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        );
+        if let Err(e) = validator.validate(&module) {
+            panic!("{}: {}", shader.name, e.emit_to_string(shader.source));
+        }
+        for entry in shader.entries {
+            assert!(
+                module.entry_points.iter().any(|ep| ep.name == *entry
+                    && ep.stage == naga::ShaderStage::Compute),
+                "{}: compute entry point {entry} missing",
+                shader.name
+            );
+        }
+    }
+}
+
+#[test]
+fn shaders_are_integer_only() {
+    for shader in SHADERS {
+        let module = naga::front::wgsl::parse_str(shader.source).expect("parses");
+        for (_, ty) in module.types.iter() {
+            let float = match &ty.inner {
+                naga::TypeInner::Scalar(s)
+                | naga::TypeInner::Vector { scalar: s, .. }
+                | naga::TypeInner::Atomic(s) => s.kind == naga::ScalarKind::Float,
+                naga::TypeInner::Matrix { .. } => true,
+                _ => false,
+            };
+            assert!(!float, "{}: float type {:?}", shader.name, ty.inner);
+        }
+        for forbidden in ["subgroup", "f32", "f16", "quad"] {
+            assert!(
+                !shader.source.contains(forbidden),
+                "{}: uses '{forbidden}'",
+                shader.name
+            );
+        }
+    }
+}

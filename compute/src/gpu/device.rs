@@ -56,7 +56,7 @@ pub enum GpuError {
     #[error("{what}: requested {requested}, adapter maximum {max}")]
     Limit {
         /// Which limit (e.g. `"storage buffer binding bytes"`).
-        what: String,
+        what: &'static str,
         /// What the operation would need.
         requested: u64,
         /// What the adapter allows.
@@ -69,28 +69,6 @@ pub enum GpuError {
         kernel: &'static str,
         /// wgpu's message.
         reason: String,
-    },
-    /// An input has the wrong number of elements for the shape.
-    #[error("{what}: expected {expected} elements for the shape, found {found}")]
-    Shape {
-        /// Which input.
-        what: &'static str,
-        /// Elements the shape needs.
-        expected: usize,
-        /// Elements given.
-        found: usize,
-    },
-    /// An input mantissa is outside its format's bound.
-    #[error("{what}: mantissa {value} at element {index} exceeds ±{max}")]
-    Mantissa {
-        /// Which input.
-        what: &'static str,
-        /// Element index.
-        index: usize,
-        /// The offending value.
-        value: i32,
-        /// The bound.
-        max: i32,
     },
     /// The device was lost (driver reset, out of memory, …); the `GpuKernels` must be recreated.
     #[error("wgpu device lost")]
@@ -324,6 +302,9 @@ impl fmt::Display for DeviceFingerprint {
     }
 }
 
+/// Outcome of one `map_async` callback (`None` until it ran).
+type MapStatus = Option<Result<(), String>>;
+
 /// Usage classes of pooled buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Pool {
@@ -391,13 +372,12 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-                GpuError::RequestDevice {
-                    adapter: summary.name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            GpuError::RequestDevice {
+                adapter: summary.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, Ordering::SeqCst));
@@ -464,14 +444,14 @@ impl Gpu {
         let class = bytes.max(POOL_BYTES_MIN).next_power_of_two();
         if class > self.limits.max_buffer_size {
             return Err(GpuError::Limit {
-                what: "buffer bytes".into(),
+                what: "buffer bytes",
                 requested: bytes,
                 max: self.limits.max_buffer_size,
             });
         }
         if pool == Pool::Storage && bytes > self.limits.max_storage_buffer_binding_size {
             return Err(GpuError::Limit {
-                what: "storage buffer binding bytes".into(),
+                what: "storage buffer binding bytes",
                 requested: bytes,
                 max: self.limits.max_storage_buffer_binding_size,
             });
@@ -517,19 +497,23 @@ impl Gpu {
     }
 
     /// Checks a dispatch against `max_compute_workgroups_per_dimension`.
-    pub(crate) fn check_groups(&self, what: &str, groups: [u64; 3]) -> Result<[u32; 3], GpuError> {
+    pub(crate) fn check_groups(
+        &self,
+        what: &'static str,
+        groups: [u64; 3],
+    ) -> Result<[u32; 3], GpuError> {
         let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
         let mut out = [0u32; 3];
         for (o, g) in out.iter_mut().zip(groups) {
             if g > max {
                 return Err(GpuError::Limit {
-                    what: format!("{what}: workgroups per dimension"),
+                    what,
                     requested: g,
                     max,
                 });
             }
             *o = u32::try_from(g).map_err(|_| GpuError::Limit {
-                what: format!("{what}: workgroups per dimension"),
+                what,
                 requested: g,
                 max,
             })?;
@@ -567,7 +551,7 @@ impl Gpu {
                 reason: e.to_string(),
             });
         }
-        let results: Arc<Mutex<Vec<Option<Result<(), String>>>>> =
+        let results: Arc<Mutex<Vec<MapStatus>>> =
             Arc::new(Mutex::new(vec![None; staging.len()]));
         for (i, (s, _, len4)) in staging.iter().enumerate() {
             if *len4 == 0 {
@@ -616,12 +600,13 @@ impl Gpu {
                 continue;
             }
             let bytes = {
-                let view = s.slice(0..*len4).get_mapped_range().map_err(|e| {
-                    GpuError::Readback {
-                        kernel,
-                        reason: e.to_string(),
-                    }
-                })?;
+                let view =
+                    s.slice(0..*len4)
+                        .get_mapped_range()
+                        .map_err(|e| GpuError::Readback {
+                            kernel,
+                            reason: e.to_string(),
+                        })?;
                 view[..*len as usize].to_vec()
             };
             s.unmap();

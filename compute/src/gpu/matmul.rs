@@ -4,113 +4,48 @@
 use super::device::{Gpu, GpuError, Pool};
 use super::shaders::{MATMUL, REQUANT};
 
-/// Largest B16 mantissa magnitude (the contract's bound; −32768 never occurs).
-pub const B16_MANT_MAX: i32 = 32767;
-/// Largest inner dimension: |sum| < 2^30 · K must stay below 2^62 in the emulated 64-bit
-/// accumulator (the contract allows K ≤ 2^22).
-pub const MATMUL_K_MAX: usize = 1 << 22;
+use crate::kernels::MatmulShape;
+
 /// Matmul workgroup tile edge (must match `TILE` in `matmul.wgsl`).
 const TILE: u64 = 16;
 /// Requantization workgroup size (must match `WG` in `requant.wgsl`).
 const REQUANT_WG: u64 = 256;
 
-/// Shape of a batched matmul `C[b] = op(A[b]) · op(B[b])`, `C[b]` is `m × n` row-major.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dims {
-    /// Number of independent products.
-    pub batch: usize,
-    /// Rows of `op(A)` and `C`.
-    pub m: usize,
-    /// Inner dimension.
-    pub k: usize,
-    /// Columns of `op(B)` and `C`.
-    pub n: usize,
-    /// `A[b]` is stored `k × m` row-major (so `op(A) = Aᵀ`) instead of `m × k`.
-    pub trans_a: bool,
-    /// `B[b]` is stored `n × k` row-major (so `op(B) = Bᵀ`) instead of `k × n`.
-    pub trans_b: bool,
-}
-
 /// Result of [`matmul_b16`]: mantissas of `C` and the requantization shift `k`
 /// (`exp_c = exp_a + exp_b + shift`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requantized {
+pub(crate) struct Requantized {
     /// `batch · m · n` mantissas, |x| ≤ 32767.
-    pub mant: Vec<i32>,
+    pub(crate) mant: Vec<i32>,
     /// The shift applied to every exact sum.
-    pub shift: u32,
+    pub(crate) shift: u32,
 }
 
 fn as_bytes(v: &[i32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-fn check_len(what: &'static str, len: usize, want: usize) -> Result<(), GpuError> {
-    if len != want {
-        return Err(GpuError::Shape {
-            what,
-            expected: want,
-            found: len,
-        });
-    }
-    Ok(())
-}
-
-fn check_b16(what: &'static str, v: &[i32]) -> Result<(), GpuError> {
-    if let Some((index, &value)) = v
-        .iter()
-        .enumerate()
-        .find(|(_, x)| x.unsigned_abs() > B16_MANT_MAX as u32)
-    {
-        return Err(GpuError::Mantissa {
-            what,
-            index,
-            value,
-            max: B16_MANT_MAX,
-        });
-    }
-    Ok(())
-}
-
-fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
+fn u32_of(what: &'static str, v: usize) -> Result<u32, GpuError> {
     u32::try_from(v).map_err(|_| GpuError::Limit {
-        what: what.to_string(),
+        what,
         requested: v as u64,
         max: u64::from(u32::MAX),
     })
 }
 
-/// Runs the matmul on `gpu`. Inputs are B16 mantissas; see [`Dims`] for layouts.
+/// Runs the matmul on `gpu`. The caller has checked lengths and mantissa bounds
+/// ([`crate::kernels::check_matmul`]); see [`MatmulShape`] for layouts.
 pub(crate) fn matmul_b16(
     gpu: &Gpu,
     a: &[i32],
     b: &[i32],
-    d: Dims,
+    d: MatmulShape,
 ) -> Result<Requantized, GpuError> {
     const KERNEL: &str = "matmul";
-    let count = d
-        .batch
-        .checked_mul(d.m)
-        .and_then(|x| x.checked_mul(d.n))
-        .ok_or(GpuError::Limit {
-            what: "matmul output elements".into(),
-            requested: u64::MAX,
-            max: u64::from(u32::MAX),
-        })?;
-    check_len("matmul A elements", a.len(), d.batch * d.m * d.k)?;
-    check_len("matmul B elements", b.len(), d.batch * d.k * d.n)?;
-    if d.k > MATMUL_K_MAX {
-        return Err(GpuError::Limit {
-            what: "matmul inner dimension".into(),
-            requested: d.k as u64,
-            max: MATMUL_K_MAX as u64,
-        });
-    }
-    check_b16("matmul A", a)?;
-    check_b16("matmul B", b)?;
-    if count == 0 {
+    let count = d.batch * d.m * d.n;
+    if count == 0 || d.k == 0 {
         return Ok(Requantized {
-            mant: Vec::new(),
+            mant: vec![0; count],
             shift: 0,
         });
     }
@@ -194,7 +129,9 @@ pub(crate) fn matmul_b16(
 
     let mut enc = gpu
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some(KERNEL),
+        });
     enc.clear_buffer(&buf_key, 0, Some(4));
     {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -227,12 +164,5 @@ fn quant_shift(key: u32) -> u32 {
         0
     } else {
         l - 15 + (key & 1)
-    }
-}
-
-impl super::GpuKernels {
-    /// Batched B16 matmul per the contract: exact sums, requantized with round-half-even.
-    pub fn matmul_b16(&self, a: &[i32], b: &[i32], dims: Dims) -> Result<Requantized, GpuError> {
-        matmul_b16(&self.gpu, a, b, dims)
     }
 }

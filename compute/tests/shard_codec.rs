@@ -1,0 +1,277 @@
+//! Proptests of every shard decoder: round trips of valid values, canonical re-encoding of
+//! whatever decodes, precise rejection of truncation, trailing bytes, unknown versions and
+//! out-of-range fields, and the id check.
+
+use leam_compute::diloco::{DilocoError, IntTensor, ParamDelta};
+use leam_compute::shard::{
+    Hyper, ModelShape, ShardError, ShardResult, ShardSpec, FINGERPRINT_BYTES_MAX, NUMERICS_B16_V1,
+    RESULT_FIXED_BYTES, SHARD_STEPS_MAX, SPEC_BYTES,
+};
+use proptest::prelude::*;
+
+fn arb_spec() -> impl Strategy<Value = ShardSpec> {
+    (
+        (
+            2u32..=65536,
+            1u32..=64,
+            1u32..=64,
+            1u32..=64,
+            1u32..=4096,
+            1u32..=1024,
+        ),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        (0u64..1 << 40, 0u64..1 << 40, any::<u64>()),
+        (any::<u32>(), any::<u32>(), 0u32..10_000, 0u32..10_000),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (0u64..1 << 39, 1u32..=SHARD_STEPS_MAX),
+    )
+        .prop_map(
+            |(
+                (vocab, layers, heads, per_head, block, batch),
+                start,
+                corpus,
+                (ds, len, seed),
+                (l1, l2, w1, w2),
+                (b1, b2, wd, clip),
+                (first, steps),
+            )| {
+                let (lr_max, lr_min) = (l1.max(l2), l1.min(l2));
+                let (warm, decay) = (w1.min(w2), w1.max(w2));
+                ShardSpec {
+                    numerics: NUMERICS_B16_V1,
+                    model: ModelShape {
+                        vocab_size: vocab,
+                        n_layer: layers,
+                        n_head: heads,
+                        n_embd: (heads * per_head).min(4096 / heads * heads),
+                        block_size: block,
+                        batch_size: batch,
+                    },
+                    start_state: start,
+                    corpus_sha256: corpus,
+                    data_start: ds,
+                    data_end: ds + u64::from(block) + 1 + len,
+                    seed,
+                    hyper: Hyper {
+                        lr_max_q32: lr_max,
+                        lr_min_q32: lr_min,
+                        warmup_steps: warm,
+                        lr_decay_steps: decay,
+                        beta1_q32: b1,
+                        beta2_q32: b2,
+                        weight_decay_q32: wd,
+                        grad_clip_q16: clip,
+                    },
+                    first_step: first,
+                    steps,
+                }
+            },
+        )
+}
+
+fn arb_result() -> impl Strategy<Value = ShardResult> {
+    (
+        any::<[u8; 32]>(),
+        1u32..=SHARD_STEPS_MAX,
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        "\\PC{0,60}",
+    )
+        .prop_filter_map("fingerprint too long", |(id, steps, f, d, r, cu, fp)| {
+            (fp.len() <= FINGERPRINT_BYTES_MAX).then(|| ShardResult {
+                shard_id: id,
+                steps,
+                final_state: f,
+                delta_commitment: d,
+                step_root: r,
+                compute_units: cu,
+                fingerprint: fp,
+            })
+        })
+}
+
+fn arb_delta() -> impl Strategy<Value = ParamDelta> {
+    prop::collection::vec(
+        (
+            -(1i32 << 24)..=1 << 24,
+            prop::collection::vec(any::<i64>(), 0..20),
+        ),
+        0..6,
+    )
+    .prop_map(|ts| ParamDelta {
+        tensors: ts
+            .into_iter()
+            .map(|(exp, values)| IntTensor { exp, values })
+            .collect(),
+    })
+}
+
+proptest! {
+    #[test]
+    fn spec_round_trips_and_verifies(spec in arb_spec()) {
+        spec.validate().unwrap();
+        let bytes = spec.encode();
+        prop_assert_eq!(bytes.len(), SPEC_BYTES);
+        prop_assert_eq!(ShardSpec::decode(&bytes).unwrap(), spec.clone());
+        prop_assert_eq!(ShardSpec::decode_verified(&bytes, &spec.id()).unwrap(), spec.clone());
+        let mut wrong = spec.id();
+        wrong[31] ^= 0x80;
+        let is_id_mismatch = matches!(
+            ShardSpec::decode_verified(&bytes, &wrong),
+            Err(ShardError::IdMismatch { .. })
+        );
+        prop_assert!(is_id_mismatch);
+    }
+
+    #[test]
+    fn spec_truncation_and_trailing_bytes_are_rejected(spec in arb_spec(), cut in 0usize..SPEC_BYTES, extra in 1usize..4) {
+        let bytes = spec.encode();
+        let truncated = matches!(ShardSpec::decode(&bytes[..cut]), Err(ShardError::Truncated { .. }));
+        prop_assert!(truncated);
+        let mut long = bytes.clone();
+        long.extend(std::iter::repeat_n(0u8, extra));
+        let trailing = matches!(
+            ShardSpec::decode(&long),
+            Err(ShardError::TrailingBytes { offset: SPEC_BYTES, .. })
+        );
+        prop_assert!(trailing);
+    }
+
+    #[test]
+    fn spec_mutations_decode_canonically_or_fail_precisely(spec in arb_spec(), at in 0usize..SPEC_BYTES, bit in 0u8..8) {
+        let mut bytes = spec.encode();
+        bytes[at] ^= 1 << bit;
+        match ShardSpec::decode(&bytes) {
+            Ok(other) => {
+                prop_assert_eq!(other.encode(), bytes);
+                prop_assert_ne!(other.id(), spec.id());
+            }
+            Err(e) => {
+                let ok = matches!(
+                    e,
+                    ShardError::BadMagic { .. }
+                        | ShardError::UnknownVersion { .. }
+                        | ShardError::OutOfRange { .. }
+                        | ShardError::Invalid { .. }
+                );
+                prop_assert!(ok, "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_decode_canonically(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(s) = ShardSpec::decode(&bytes) {
+            prop_assert_eq!(s.encode(), bytes.clone());
+        }
+        if let Ok(r) = ShardResult::decode(&bytes) {
+            prop_assert_eq!(r.encode(), bytes.clone());
+        }
+        if let Ok(d) = ParamDelta::decode(&bytes) {
+            prop_assert_eq!(d.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn result_round_trips(r in arb_result(), cut in 0usize..RESULT_FIXED_BYTES) {
+        let bytes = r.encode();
+        prop_assert_eq!(ShardResult::decode(&bytes).unwrap(), r.clone());
+        let truncated = matches!(ShardResult::decode(&bytes[..cut]), Err(ShardError::Truncated { .. }));
+        prop_assert!(truncated);
+        let mut long = bytes;
+        long.push(0);
+        let trailing = matches!(ShardResult::decode(&long), Err(ShardError::TrailingBytes { .. }));
+        prop_assert!(trailing);
+    }
+
+    #[test]
+    fn delta_round_trips(d in arb_delta()) {
+        let bytes = d.encode();
+        prop_assert_eq!(ParamDelta::decode(&bytes).unwrap(), d.clone());
+        prop_assert_eq!(d.commitment(), ParamDelta::decode(&bytes).unwrap().commitment());
+        if !bytes.is_empty() {
+            let short = matches!(
+                ParamDelta::decode(&bytes[..bytes.len() - 1]),
+                Err(DilocoError::Decode { .. })
+            );
+            prop_assert!(short);
+        }
+    }
+}
+
+#[test]
+fn precise_errors_name_the_field() {
+    let spec = leam_compute::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1337, 0, 100);
+    let mut bytes = spec.encode();
+    bytes[4] = 2;
+    assert_eq!(
+        ShardSpec::decode(&bytes),
+        Err(ShardError::UnknownVersion {
+            what: "shard spec",
+            found: 2,
+            supported: 1
+        })
+    );
+    // steps = 0 (last four bytes).
+    let mut bytes = spec.encode();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&0u32.to_be_bytes());
+    let e = ShardSpec::decode(&bytes).unwrap_err();
+    assert_eq!(
+        e,
+        ShardError::OutOfRange {
+            what: "shard spec",
+            field: "steps",
+            value: 0,
+            min: 1,
+            max: SHARD_STEPS_MAX.into()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "shard spec: field `steps` is 0, allowed 1..=1048576"
+    );
+    // n_head = 3 does not divide n_embd = 128 (n_head is the third model field, offset 15).
+    let mut bytes = spec.encode();
+    bytes[15..19].copy_from_slice(&3u32.to_be_bytes());
+    assert!(matches!(
+        ShardSpec::decode(&bytes),
+        Err(ShardError::Invalid {
+            field: "n_head",
+            ..
+        })
+    ));
+    // A result for another spec is refused.
+    let other = leam_compute::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1338, 0, 100);
+    let r = ShardResult {
+        shard_id: other.id(),
+        steps: 100,
+        final_state: [0; 32],
+        delta_commitment: [0; 32],
+        step_root: [0; 32],
+        compute_units: leam_compute::shard::compute_units(&spec),
+        fingerprint: String::new(),
+    };
+    assert!(matches!(
+        r.check_against(&spec),
+        Err(ShardError::ResultMismatch {
+            field: "shard_id",
+            ..
+        })
+    ));
+    // Non-UTF-8 fingerprint.
+    let mut bytes = r.encode();
+    bytes.truncate(RESULT_FIXED_BYTES - 2);
+    bytes.extend_from_slice(&2u16.to_be_bytes());
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    assert!(matches!(
+        ShardResult::decode(&bytes),
+        Err(ShardError::Invalid {
+            field: "fingerprint",
+            ..
+        })
+    ));
+}

@@ -319,17 +319,27 @@ impl ParamDelta {
     }
 
     /// Canonical encoding: `"LDLT"`, version `1`, tensor count (u32 BE), then per tensor the
-    /// exponent (i32 BE), the element count (u32 BE) and the values (i64 BE each).
+    /// exponent (i32 BE), the element count (u32 BE), the value width `w` (u8: the smallest of
+    /// 1, 2, 4, 8 bytes that holds every value as two's complement; 1 for an empty tensor) and
+    /// the values (`w` bytes each, big-endian two's complement). Deltas of a shard are small
+    /// next to the parameters, so `w` is usually 2 or 4: this is what a worker uploads.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.tensors.len() * 8 + self.elems() * 8);
+        let body: usize = self
+            .tensors
+            .iter()
+            .map(|t| 9 + t.values.len() * value_width(&t.values))
+            .sum();
+        let mut out = Vec::with_capacity(9 + body);
         out.extend_from_slice(&DELTA_MAGIC);
         out.push(DELTA_VERSION);
         out.extend_from_slice(&(self.tensors.len() as u32).to_be_bytes());
         for t in &self.tensors {
+            let w = value_width(&t.values);
             out.extend_from_slice(&t.exp.to_be_bytes());
             out.extend_from_slice(&(t.values.len() as u32).to_be_bytes());
+            out.push(w as u8);
             for v in &t.values {
-                out.extend_from_slice(&v.to_be_bytes());
+                out.extend_from_slice(&v.to_be_bytes()[8 - w..]);
             }
         }
         out
@@ -338,21 +348,8 @@ impl ParamDelta {
     /// Decodes a canonical encoding, rejecting trailing bytes and out-of-range counts and
     /// exponents before allocating.
     pub fn decode(bytes: &[u8]) -> Result<ParamDelta, DilocoError> {
-        let mut off = 0usize;
-        let mut take = |field: &'static str, n: usize| -> Result<&[u8], DilocoError> {
-            let rest = bytes.len() - off;
-            if rest < n {
-                return Err(DilocoError::Decode {
-                    field,
-                    offset: off,
-                    reason: format!("needs {n} bytes, {rest} left"),
-                });
-            }
-            let s = &bytes[off..off + n];
-            off += n;
-            Ok(s)
-        };
-        let magic = take("magic", 4)?;
+        let mut cur = Cursor { bytes, off: 0 };
+        let magic = cur.take("magic", 4)?;
         if magic != DELTA_MAGIC {
             return Err(DilocoError::Decode {
                 field: "magic",
@@ -360,7 +357,7 @@ impl ParamDelta {
                 reason: format!("found {magic:?}, expected {DELTA_MAGIC:?}"),
             });
         }
-        let version = take("version", 1)?[0];
+        let version = cur.take("version", 1)?[0];
         if version != DELTA_VERSION {
             return Err(DilocoError::Decode {
                 field: "version",
@@ -369,7 +366,7 @@ impl ParamDelta {
             });
         }
         let be32 = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
-        let count = be32(take("tensor_count", 4)?) as usize;
+        let count = be32(cur.take("tensor_count", 4)?) as usize;
         if count > DELTA_TENSORS_MAX {
             return Err(DilocoError::Limit {
                 what: "param delta tensors",
@@ -380,7 +377,7 @@ impl ParamDelta {
         let mut tensors = Vec::with_capacity(count);
         let mut elems = 0usize;
         for t in 0..count {
-            let exp = be32(take("exp", 4)?) as i32;
+            let exp = be32(cur.take("exp", 4)?) as i32;
             if i64::from(exp).abs() > EXP_ABS_MAX {
                 return Err(DilocoError::ExponentRange {
                     what: "param delta",
@@ -389,7 +386,7 @@ impl ParamDelta {
                     max: EXP_ABS_MAX,
                 });
             }
-            let len = be32(take("len", 4)?) as usize;
+            let len = be32(cur.take("len", 4)?) as usize;
             elems += len;
             if elems > DELTA_ELEMS_MAX {
                 return Err(DilocoError::Limit {
@@ -398,19 +395,44 @@ impl ParamDelta {
                     max: DELTA_ELEMS_MAX as u64,
                 });
             }
+            let width_at = cur.off;
+            let w = usize::from(cur.take("width", 1)?[0]);
+            if !DELTA_WIDTHS.contains(&w) {
+                return Err(DilocoError::Decode {
+                    field: "width",
+                    offset: width_at,
+                    reason: format!("tensor {t}: width {w}, expected one of {DELTA_WIDTHS:?}"),
+                });
+            }
             // `take` checks the bytes are present before anything is allocated for them.
-            let raw = take("values", len * 8)?;
-            let values = raw
-                .chunks_exact(8)
-                .map(|c| i64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            let raw = cur.take("values", len * w)?;
+            let values: Vec<i64> = raw
+                .chunks_exact(w)
+                .map(|c| {
+                    // Sign-extend the big-endian two's complement value to 8 bytes.
+                    let fill = if c[0] & 0x80 != 0 { 0xff } else { 0 };
+                    let mut b = [fill; 8];
+                    b[8 - w..].copy_from_slice(c);
+                    i64::from_be_bytes(b)
+                })
                 .collect();
+            if value_width(&values) != w {
+                return Err(DilocoError::Decode {
+                    field: "width",
+                    offset: width_at,
+                    reason: format!(
+                        "tensor {t}: width {w} is not minimal ({} suffices)",
+                        value_width(&values)
+                    ),
+                });
+            }
             tensors.push(IntTensor { exp, values });
         }
-        if off != bytes.len() {
+        if cur.off != bytes.len() {
             return Err(DilocoError::Decode {
                 field: "end",
-                offset: off,
-                reason: format!("{} trailing bytes", bytes.len() - off),
+                offset: cur.off,
+                reason: format!("{} trailing bytes", bytes.len() - cur.off),
             });
         }
         Ok(ParamDelta { tensors })
@@ -419,6 +441,47 @@ impl ParamDelta {
     /// Commitment carried in a shard result: SHA-256 of the canonical encoding.
     pub fn commitment(&self) -> Hash32 {
         Sha256::digest(self.encode()).into()
+    }
+}
+
+/// Byte cursor of the [`ParamDelta`] decoder that names the field it fails on.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DilocoError> {
+        let rest = self.bytes.len() - self.off;
+        if rest < n {
+            return Err(DilocoError::Decode {
+                field,
+                offset: self.off,
+                reason: format!("needs {n} bytes, {rest} left"),
+            });
+        }
+        let s = &self.bytes[self.off..self.off + n];
+        self.off += n;
+        Ok(s)
+    }
+}
+
+/// Value widths of the [`ParamDelta`] encoding, in bytes.
+pub const DELTA_WIDTHS: [usize; 4] = [1, 2, 4, 8];
+
+/// The smallest width in [`DELTA_WIDTHS`] holding every value (1 for none).
+fn value_width(values: &[i64]) -> usize {
+    let (lo, hi) = values
+        .iter()
+        .fold((0i64, 0i64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if lo >= i64::from(i8::MIN) && hi <= i64::from(i8::MAX) {
+        1
+    } else if lo >= i64::from(i16::MIN) && hi <= i64::from(i16::MAX) {
+        2
+    } else if lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX) {
+        4
+    } else {
+        8
     }
 }
 
@@ -626,15 +689,17 @@ pub fn outer_step(
     })
 }
 
-/// Bytes one worker sends plus receives per outer step: its delta (8 bytes per element in the
-/// [`ParamDelta`] encoding, plus headers) up and the new global parameters (4-byte master
-/// mantissas) down.
-pub fn diloco_bytes_per_outer_step(param_elems: u64, tensors: u64) -> u64 {
-    (9 + tensors * 8 + param_elems * 8) + param_elems * 4
+/// Bytes one worker sends plus receives per outer step: its delta up (the [`ParamDelta`]
+/// encoding at `delta_width` bytes per element, plus headers) and the new global parameters down
+/// (4-byte master mantissas plus a 4-byte exponent per tensor).
+pub fn diloco_bytes_per_outer_step(param_elems: u64, tensors: u64, delta_width: u64) -> u64 {
+    (9 + tensors * 9 + param_elems * delta_width) + (tensors * 4 + param_elems * 4)
 }
 
-/// Bytes one worker sends plus receives for `inner_steps` steps of plain data parallelism with
-/// an all-reduce of B16 gradients (2 bytes per element up and 2 down per step, the best case).
+/// Bytes one worker sends plus receives for `inner_steps` steps of plain data parallelism in the
+/// same star topology (B16 gradient mantissas up, 2 bytes per element, and the averaged B16
+/// gradient down, 2 bytes per element, every step; exponents ignored). A ring all-reduce moves
+/// about twice as much per worker.
 pub fn data_parallel_bytes(param_elems: u64, inner_steps: u64) -> u64 {
     inner_steps * param_elems * 4
 }

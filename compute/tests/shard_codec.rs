@@ -275,3 +275,71 @@ fn precise_errors_name_the_field() {
         })
     ));
 }
+
+#[test]
+fn delta_widths_are_minimal_and_enforced() {
+    let d = ParamDelta {
+        tensors: vec![
+            IntTensor {
+                exp: -3,
+                values: vec![-128, 127],
+            },
+            IntTensor {
+                exp: 0,
+                values: vec![-129],
+            },
+            IntTensor {
+                exp: 0,
+                values: vec![1 << 20],
+            },
+            IntTensor {
+                exp: 0,
+                values: vec![i64::MIN],
+            },
+            IntTensor {
+                exp: 0,
+                values: vec![],
+            },
+        ],
+    };
+    let bytes = d.encode();
+    // header 9, then per tensor 9 bytes + values: 2·1, 1·2, 1·4, 1·8, 0.
+    assert_eq!(bytes.len(), 9 + 5 * 9 + 2 + 2 + 4 + 8);
+    assert_eq!(ParamDelta::decode(&bytes).unwrap(), d);
+    // Re-encode the first tensor at width 2: decodes to the same values but is not canonical.
+    let mut wide = bytes[..9 + 8].to_vec();
+    wide.push(2);
+    wide.extend_from_slice(&(-128i16).to_be_bytes());
+    wide.extend_from_slice(&127i16.to_be_bytes());
+    wide.extend_from_slice(&bytes[9 + 9 + 2..]);
+    let e = ParamDelta::decode(&wide).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DilocoError::Decode {
+                field: "width",
+                offset: 17,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut bad = bytes.clone();
+    bad[17] = 3;
+    assert!(matches!(
+        ParamDelta::decode(&bad),
+        Err(DilocoError::Decode { field: "width", .. })
+    ));
+}
+
+proptest! {
+    #[test]
+    fn delta_mutations_decode_canonically_or_fail(d in arb_delta(), at in 0usize..4096, bit in 0u8..8) {
+        let mut bytes = d.encode();
+        let at = at % bytes.len();
+        bytes[at] ^= 1 << bit;
+        if let Ok(other) = ParamDelta::decode(&bytes) {
+            prop_assert_eq!(other.encode(), bytes);
+        }
+    }
+}

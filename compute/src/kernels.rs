@@ -7,7 +7,10 @@
 //! Rule for additions: every method added after the first version has a default body returning
 //! [`KernelError::Unsupported`], so that other backends keep compiling until they port it.
 
-use crate::fixed::{requant_shift, rhe, B16_MANT_MAX};
+use crate::fixed::{
+    bitlen, div_rhe, exp2_neg_q31, isqrt, log2_q16, requant_shift, rhe, B16_MANT_MAX, LN2_Q30,
+    LOG2E_Q30,
+};
 use ndarray::{linalg::general_mat_mul, Array2, ArrayView2, ShapeBuilder};
 use rayon::prelude::*;
 
@@ -18,6 +21,42 @@ pub const MATMUL_K_MAX: usize = 1 << 22;
 pub const TENSOR_ELEMS_MAX: usize = 1 << 28;
 /// Largest magnitude of a tensor exponent; beyond it a kernel reports `ExponentRange`.
 pub const EXP_ABS_MAX: i64 = 1 << 24;
+/// Largest exponent difference [`Kernels::add`] and [`Kernels::adamw`] align exactly; a finer
+/// operand is first rounded to `ADD_ALIGN_BITS_MAX` bits below the coarser one.
+pub const ADD_ALIGN_BITS_MAX: i32 = 40;
+/// Largest magnitude of a B24 master mantissa accepted by [`Kernels::add`] and `requant`.
+pub const WIDE_MANT_MAX: i32 = (1 << 23) - 1;
+/// `1.702` in Q16: the slope of GELU's sigmoid form.
+pub const GELU_K_Q16: i64 = 111_542;
+/// Saturation bound of intermediate Q16 arguments of exp2 (|value| ≤ 2^40).
+pub const EXP_ARG_SAT: i128 = 1 << 40;
+/// Saturation bound of shifted AdamW updates (|value| ≤ 2^100).
+pub const UPDATE_SAT: i128 = 1 << 100;
+
+/// The scalars of one AdamW step, all integers (see `optim` for how they are derived).
+///
+/// Exact rule of [`Kernels::adamw`] (`≪` saturates at ±`UPDATE_SAT`):
+/// 1. `m'`: align `m` and `g` as in [`Kernels::add`] to `e0`; `w = β1·m + (2^30 − β1)·g`
+///    (i128); requantize to B16 from `e0 − 30`.
+/// 2. `r'` (= sqrt v): align `r²` (exponent `2·r.exp`) and `g²` (`2·g.exp`) the same way to
+///    `e1`; `w = β2·r² + (2^30 − β2)·g²`, `E = e1 − 30`; if `E` is odd, `w <<= 1, E −= 1`;
+///    `s = max(0, (100 − bitlen(max w)) / 2)`; `q = isqrt(w << 2s)`, requantized to B16 from
+///    `E/2 − s`.
+/// 3. `u = div_rhe(m'·2^30, r' + 1)` (the +1 ulp floor replaces ε), `a = alpha_q40 · u` in
+///    units `2^(m'.exp − r'.exp − 70)`, brought to units `2^(p.exp − 16)` by `rhe` (or `≪`).
+/// 4. `d = rhe(decay_q40 · p, 24)` (decoupled weight decay, units `2^(p.exp − 16)`).
+/// 5. `p' = (p << 16) − d − a`, requantized to B24 (`2^23 − 1`) from `p.exp − 16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AdamStep {
+    /// β1 in Q30.
+    pub beta1_q30: i64,
+    /// β2 in Q30.
+    pub beta2_q30: i64,
+    /// `lr_t · sqrt(1 − β2^t) / (1 − β1^t)` in Q40.
+    pub alpha_q40: i64,
+    /// `lr_t · weight_decay` in Q40 (0 for tensors without decay).
+    pub decay_q40: i64,
+}
 
 /// A block-floating-point tensor: `value[i] = mant[i] · 2^exp`. The shape is carried by the
 /// caller (each kernel method takes the dimensions it needs).
@@ -201,6 +240,187 @@ pub trait Kernels: Send + Sync {
     /// `out = rhe(s, k)` where `rhe(s, k)` is `s / 2^k` rounded half to even (`k = 0`: `s`);
     /// `exp = a.exp + b.exp + k`. All zero (or empty): mantissas 0 and `exp = a.exp + b.exp`.
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError>;
+
+    /// Elementwise sum of two tensors of equal length, requantized to B16.
+    ///
+    /// Alignment: `e0 = max(min(ea, eb), max(ea, eb) − ADD_ALIGN_BITS_MAX)`; each operand is
+    /// brought to exponent `e0` by `x << (e − e0)` if `e ≥ e0`, else `rhe(x, e0 − e)`. The exact
+    /// i64 sums are then requantized to B16 (the rule of [`Kernels::matmul`]) from exponent `e0`.
+    /// Mantissas must satisfy `|x| ≤ 2^23 − 1`.
+    fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
+        let _ = (a, b);
+        Err(self.unsupported("add"))
+    }
+
+    /// Requantizes `x` (mantissas `|x| < 2^31`) to the bound `mant_max` (B16: 32767,
+    /// B24: 2^23 − 1) by the rule of [`Kernels::matmul`] from exponent `x.exp`.
+    fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
+        let _ = (x, mant_max);
+        Err(self.unsupported("requant"))
+    }
+
+    /// Rounds `x` to the coarser exponent `exp ≥ x.exp`: `out = rhe(x, exp − x.exp)`.
+    fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
+        let _ = (x, exp);
+        Err(self.unsupported("rescale"))
+    }
+
+    /// Broadcast column product: `s[r,c] = x[r,c] · w[c]` exact (`x`: `rows×cols` B16, `w`:
+    /// `cols` B16), requantized to B16 from exponent `x.exp + w.exp`.
+    fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        let _ = (x, w, rows, cols);
+        Err(self.unsupported("mul_cols"))
+    }
+
+    /// Column dot products: `s[c] = Σ_r a[r,c] · b[r,c]` exact in i64 (B16 inputs, `rows×cols`),
+    /// requantized to B16 from exponent `a.exp + b.exp`.
+    fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        let _ = (a, b, rows, cols);
+        Err(self.unsupported("col_dot"))
+    }
+
+    /// Layer normalization without weight (B16 input `rows×cols`, `C = cols`). Per row:
+    /// `A = Σ m`, `d = C·m − A`, `S = Σ d²` (exact, u128). If `S = 0` the row is 0 and `R = 0`;
+    /// else `R = isqrt(floor(S · 2^32 / C))` and `w = div_rhe(d · 2^40, R)` (values in units of
+    /// 2^−24; `div_rhe` is division rounded half to even). The whole tensor of `w` is then
+    /// requantized to B16 from exponent −24. Returns `(xhat, R per row)`; the input exponent
+    /// does not matter (normalization is scale-free).
+    fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
+        let _ = (x, rows, cols);
+        Err(self.unsupported("layernorm"))
+    }
+
+    /// Backward of [`Kernels::layernorm`]: `g = dxhat` (B16), `h = xhat` with `h.exp ≤ 0`, `r`
+    /// the per-row `R`, `x_exp` the exponent of the forward input. Per row (`C = cols`):
+    /// `A = Σ g`, `B = Σ g·h`, `N = ((C·g − A) << (−2·h.exp)) − h·B` (exact i128) and
+    /// `w = div_rhe(N << 24, R)` (0 if `R = 0`). Requantized to B16 from exponent
+    /// `g.exp + 2·h.exp − x_exp + 16 − 24`.
+    fn layernorm_bwd(
+        &self,
+        dxhat: &Bfp,
+        xhat: &Bfp,
+        r: &[u64],
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        let _ = (dxhat, xhat, r, x_exp, rows, cols);
+        Err(self.unsupported("layernorm_bwd"))
+    }
+
+    /// Row softmax of `x · scale_q16 / 2^16` (B16 `rows×cols`). If `causal`, row `r` uses only
+    /// columns `j ≤ r mod cols` (the others give 0). Per row: `mx` = max mantissa over the used
+    /// columns; `t = mx − m ≥ 0`; `y = rhe(t · scale_q16 · LOG2E_Q30, 30 − x.exp)` (if
+    /// `30 − x.exp < 0`, a left shift, saturated at 2^40) is the Q16 power of two;
+    /// `E = exp2_neg_q31(y)` (Q31, see `fixed`); `p = div_rhe(E · 2^30, ΣE)` in units 2^−30.
+    /// The whole tensor of `p` is requantized to B16 from exponent −30.
+    fn softmax(
+        &self,
+        x: &Bfp,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        let _ = (x, rows, cols, causal, scale_q16);
+        Err(self.unsupported("softmax"))
+    }
+
+    /// Backward of [`Kernels::softmax`] (`p`, `dp` B16 `rows×cols`, `p.exp ≤ 0`). Per row:
+    /// `D = Σ p·dp` (exact); `w = p · ((dp << (−p.exp)) − D) · scale_q16` (exact i128), in units
+    /// `2^(2·p.exp + dp.exp − 16)`; requantized to B16 from that exponent.
+    fn softmax_bwd(
+        &self,
+        p: &Bfp,
+        dp: &Bfp,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        let _ = (p, dp, rows, cols, scale_q16);
+        Err(self.unsupported("softmax_bwd"))
+    }
+
+    /// Mean cross-entropy over `rows` rows of logits (B16 `rows×cols`) with `targets[r] < cols`.
+    /// Per row, `y_j`, `E_j` as in [`Kernels::softmax`] (scale 1.0, no mask) and
+    /// `p_j = div_rhe(E_j · 2^30, ΣE)`. Loss of the row in Q16 nats:
+    /// `rhe((log2_q16(ΣE) − 31·2^16 + y_t) · LN2_Q30, 30)`; returns the sum over rows (i64).
+    /// Gradient: `w_j = div_rhe((p_j − [j = t]·2^30) · 2^10, rows)`, requantized to B16 from
+    /// exponent −40 (this is d(mean loss)/d logits).
+    fn cross_entropy(
+        &self,
+        logits: &Bfp,
+        targets: &[u32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(i64, Bfp), KernelError> {
+        let _ = (logits, targets, rows, cols);
+        Err(self.unsupported("cross_entropy"))
+    }
+
+    /// GELU in its sigmoid form `x · σ(1.702·x)` (B16). Per element: `z = rhe(m · GELU_K_Q16,
+    /// −x.exp)` (left shift if `x.exp > 0`), clamped to ±2^40 (Q16); `y = rhe(|z| · LOG2E_Q30,
+    /// 30)`, `E = exp2_neg_q31(y)`; `σ = div_rhe(2^62, 2^31 + E)` if `z ≥ 0`, else
+    /// `div_rhe(E · 2^31, 2^31 + E)` (Q31); output `m · σ`, requantized to B16 from `x.exp − 31`.
+    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
+        let _ = x;
+        Err(self.unsupported("gelu"))
+    }
+
+    /// Backward of [`Kernels::gelu`]: with `z`, `σ` as there, `t = rhe(σ · (2^31 − σ), 31)`,
+    /// `g = σ + rhe(z · t, 16)` (Q31); output `dy · g`, requantized to B16 from `dy.exp − 31`.
+    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+        let _ = (x, dy);
+        Err(self.unsupported("gelu_bwd"))
+    }
+
+    /// Row scatter-add: `s[idx[r], c] += src[r, c]` exact (B16 `src`, `idx.len()` rows,
+    /// `idx[r] < out_rows`), result `out_rows×cols` requantized to B16 from `src.exp`.
+    fn scatter_add_rows(
+        &self,
+        src: &Bfp,
+        idx: &[u32],
+        out_rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        let _ = (src, idx, out_rows, cols);
+        Err(self.unsupported("scatter_add_rows"))
+    }
+
+    /// Exact `Σ m²` of a B16 tensor (its value is that times `2^(2·x.exp)`).
+    fn sum_squares(&self, x: &Bfp) -> Result<u128, KernelError> {
+        let _ = x;
+        Err(self.unsupported("sum_squares"))
+    }
+
+    /// Scalar product `m · c_q30` (B16 input), requantized to B16 from `x.exp − 30`.
+    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+        let _ = (x, c_q30);
+        Err(self.unsupported("scale"))
+    }
+
+    /// One AdamW update of one tensor; see [`AdamStep`] for the exact integer rule.
+    /// `p` is the B24 master copy; `g`, `m`, `r` (= sqrt of Adam's v) are B16.
+    /// Returns the new `(p, m, r)`.
+    fn adamw(
+        &self,
+        p: &Bfp,
+        g: &Bfp,
+        m: &Bfp,
+        r: &Bfp,
+        step: &AdamStep,
+    ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
+        let _ = (p, g, m, r, step);
+        Err(self.unsupported("adamw"))
+    }
+
+    /// The `Unsupported` error for operation `op` on this backend.
+    fn unsupported(&self, op: &'static str) -> KernelError {
+        KernelError::Unsupported {
+            op,
+            backend: self.name(),
+        }
+    }
 }
 
 /// Checks lengths, limits and mantissa bounds of a matmul; shared by every backend.
@@ -281,6 +501,97 @@ pub fn requantize_b16(op: &'static str, sums: &[i64], base_exp: i64) -> Result<B
         mant,
         exp: checked_exp(op, base_exp, k as i64)?,
     })
+}
+
+/// `ShapeError` unless `found == expected`.
+pub fn expect_len(
+    op: &'static str,
+    operand: &'static str,
+    found: usize,
+    expected: usize,
+) -> Result<(), KernelError> {
+    if found != expected {
+        return Err(KernelError::Shape {
+            op,
+            operand,
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Common exponent of an aligned sum: `max(min(ea, eb), max(ea, eb) − ADD_ALIGN_BITS_MAX)`.
+pub fn align_exp(ea: i32, eb: i32) -> i32 {
+    ea.min(eb).max(ea.max(eb) - ADD_ALIGN_BITS_MAX)
+}
+
+/// `x · 2^(e − e0)` exactly if `e ≥ e0`, else rounded half to even.
+pub fn align(x: i128, e: i32, e0: i32) -> i128 {
+    if e >= e0 {
+        x << (e - e0)
+    } else {
+        rhe(x, (e0 - e) as u32)
+    }
+}
+
+/// `x · 2^(−sh)`: `rhe(x, sh)` for `sh ≥ 0`, else a left shift saturated at ±`UPDATE_SAT`.
+pub fn shift_sat(x: i128, sh: i64) -> i128 {
+    if sh >= 0 {
+        rhe(x, sh.min(127) as u32)
+    } else if x == 0 {
+        0
+    } else if bitlen(x.unsigned_abs()) as i64 - sh > 100 {
+        x.signum() * UPDATE_SAT
+    } else {
+        x << (-sh)
+    }
+}
+
+/// Requantizes exact wide values (`|v| < 2^126`) to mantissas bounded by `mant_max` by the rule
+/// of [`Kernels::matmul`], the result exponent being `base_exp + k`.
+pub fn requant_wide(
+    op: &'static str,
+    wide: &[i128],
+    base_exp: i64,
+    mant_max: i32,
+) -> Result<Bfp, KernelError> {
+    let mx = wide.par_iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+    let k = requant_shift(mx, mant_max);
+    let mant = wide.par_iter().map(|&v| rhe(v, k) as i32).collect();
+    Ok(Bfp {
+        mant,
+        exp: checked_exp(op, base_exp, k as i64)?,
+    })
+}
+
+/// For one softmax row (mantissas `xm`, exponent `exp`): per element `(E, y)` with `y` the Q16
+/// power of two `rhe((mx − m) · scale_q16 · LOG2E_Q30, 30 − exp)` (saturated at 2^40) and
+/// `E = exp2_neg_q31(y)`.
+fn softmax_exps(xm: &[i32], exp: i32, scale_q16: u32) -> Vec<(i64, i64)> {
+    let mx = xm.iter().copied().max().unwrap_or(0);
+    xm.iter()
+        .map(|&m| {
+            let t = (mx - m) as i128 * scale_q16 as i128 * LOG2E_Q30;
+            let y = shift_sat(t, 30 - exp as i64).min(EXP_ARG_SAT) as i64;
+            (exp2_neg_q31(y), y)
+        })
+        .collect()
+}
+
+/// GELU's `(z, σ(z))`: `z = 1.702·x` in Q16 (saturated at ±2^40), `σ` in Q31.
+fn gelu_sigma(m: i32, exp: i32) -> (i128, i64) {
+    let z =
+        shift_sat(m as i128 * GELU_K_Q16 as i128, -(exp as i64)).clamp(-EXP_ARG_SAT, EXP_ARG_SAT);
+    let y = rhe(z.abs() * LOG2E_Q30, 30) as i64;
+    let e = exp2_neg_q31(y.min(EXP_ARG_SAT as i64)) as i128;
+    let one = 1i128 << 31;
+    let s = if z >= 0 {
+        div_rhe(one << 31, one + e)
+    } else {
+        div_rhe(e << 31, one + e)
+    };
+    (z, s as i64)
 }
 
 /// Naive reference matmul: i64 loops in index order, then the specified requantization.
@@ -371,6 +682,413 @@ impl Kernels for CpuKernels {
             }
         }
         requantize_b16("matmul", &sums, a.exp as i64 + b.exp as i64)
+    }
+
+    fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "add";
+        expect_len(OP, "b", b.len(), a.len())?;
+        check_mant(OP, "a", &a.mant, WIDE_MANT_MAX)?;
+        check_mant(OP, "b", &b.mant, WIDE_MANT_MAX)?;
+        let e0 = align_exp(a.exp, b.exp);
+        let sums: Vec<i128> = a
+            .mant
+            .par_iter()
+            .zip(b.mant.par_iter())
+            .map(|(&x, &y)| align(x as i128, a.exp, e0) + align(y as i128, b.exp, e0))
+            .collect();
+        requant_wide(OP, &sums, e0 as i64, B16_MANT_MAX)
+    }
+
+    fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
+        let w: Vec<i128> = x.mant.par_iter().map(|&v| v as i128).collect();
+        requant_wide("requant", &w, x.exp as i64, mant_max)
+    }
+
+    fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
+        if exp < x.exp {
+            return Err(KernelError::ExponentRange {
+                op: "rescale",
+                found: exp as i64,
+                max: x.exp as i64,
+            });
+        }
+        let k = (exp - x.exp) as u32;
+        Ok(Bfp::new(
+            x.mant
+                .par_iter()
+                .map(|&v| rhe(v as i128, k) as i32)
+                .collect(),
+            exp,
+        ))
+    }
+
+    fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        const OP: &str = "mul_cols";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        expect_len(OP, "w", w.len(), cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_mant(OP, "w", &w.mant, B16_MANT_MAX)?;
+        let wide: Vec<i128> = x
+            .mant
+            .par_iter()
+            .enumerate()
+            .map(|(i, &v)| v as i128 * w.mant[i % cols] as i128)
+            .collect();
+        requant_wide(OP, &wide, x.exp as i64 + w.exp as i64, B16_MANT_MAX)
+    }
+
+    fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        const OP: &str = "col_dot";
+        expect_len(OP, "a", a.len(), rows * cols)?;
+        expect_len(OP, "b", b.len(), rows * cols)?;
+        check_mant(OP, "a", &a.mant, B16_MANT_MAX)?;
+        check_mant(OP, "b", &b.mant, B16_MANT_MAX)?;
+        let wide: Vec<i128> = (0..cols)
+            .into_par_iter()
+            .map(|c| {
+                (0..rows)
+                    .map(|r| a.mant[r * cols + c] as i128 * b.mant[r * cols + c] as i128)
+                    .sum()
+            })
+            .collect();
+        requant_wide(OP, &wide, a.exp as i64 + b.exp as i64, B16_MANT_MAX)
+    }
+
+    fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
+        const OP: &str = "layernorm";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        if cols == 0 {
+            return Ok((Bfp::new(Vec::new(), -24), vec![0; rows]));
+        }
+        let c = cols as i128;
+        let mut wide = vec![0i128; rows * cols];
+        let mut rs = vec![0u64; rows];
+        wide.par_chunks_mut(cols)
+            .zip(rs.par_iter_mut())
+            .zip(x.mant.par_chunks(cols))
+            .for_each(|((out, r), xm)| {
+                let a: i128 = xm.iter().map(|&v| v as i128).sum();
+                let s: i128 = xm.iter().map(|&v| (c * v as i128 - a).pow(2)).sum();
+                if s == 0 {
+                    return;
+                }
+                let rr = isqrt(((s as u128) << 32) / cols as u128) as i128;
+                *r = rr as u64;
+                for (o, &v) in out.iter_mut().zip(xm) {
+                    *o = div_rhe((c * v as i128 - a) << 40, rr);
+                }
+            });
+        Ok((requant_wide(OP, &wide, -24, B16_MANT_MAX)?, rs))
+    }
+
+    fn layernorm_bwd(
+        &self,
+        dxhat: &Bfp,
+        xhat: &Bfp,
+        r: &[u64],
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "layernorm_bwd";
+        expect_len(OP, "dxhat", dxhat.len(), rows * cols)?;
+        expect_len(OP, "xhat", xhat.len(), rows * cols)?;
+        expect_len(OP, "r", r.len(), rows)?;
+        check_mant(OP, "dxhat", &dxhat.mant, B16_MANT_MAX)?;
+        check_mant(OP, "xhat", &xhat.mant, B16_MANT_MAX)?;
+        if xhat.exp > 0 || xhat.exp < -64 {
+            return Err(KernelError::ExponentRange {
+                op: OP,
+                found: xhat.exp as i64,
+                max: 0,
+            });
+        }
+        if cols == 0 {
+            return Ok(Bfp::new(Vec::new(), dxhat.exp));
+        }
+        let c = cols as i128;
+        let sh = (-2 * xhat.exp) as u32;
+        let mut wide = vec![0i128; rows * cols];
+        wide.par_chunks_mut(cols)
+            .zip(r.par_iter())
+            .zip(dxhat.mant.par_chunks(cols).zip(xhat.mant.par_chunks(cols)))
+            .for_each(|((out, &rr), (g, h))| {
+                if rr == 0 {
+                    return;
+                }
+                let a: i128 = g.iter().map(|&v| v as i128).sum();
+                let b: i128 = g.iter().zip(h).map(|(&x, &y)| x as i128 * y as i128).sum();
+                for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
+                    let n = ((c * gi as i128 - a) << sh) - hi as i128 * b;
+                    *o = div_rhe(n << 24, rr as i128);
+                }
+            });
+        let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
+        requant_wide(OP, &wide, e, B16_MANT_MAX)
+    }
+
+    fn softmax(
+        &self,
+        x: &Bfp,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "softmax";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        let mut wide = vec![0i128; rows * cols];
+        wide.par_chunks_mut(cols.max(1))
+            .zip(x.mant.par_chunks(cols.max(1)))
+            .enumerate()
+            .for_each(|(row, (out, xm))| {
+                let used = if causal { row % cols + 1 } else { cols };
+                let e = softmax_exps(&xm[..used], x.exp, scale_q16);
+                let total: i128 = e.iter().map(|&(v, _)| v as i128).sum();
+                for (o, &(v, _)) in out.iter_mut().zip(&e) {
+                    *o = div_rhe((v as i128) << 30, total);
+                }
+            });
+        requant_wide(OP, &wide, -30, B16_MANT_MAX)
+    }
+
+    fn softmax_bwd(
+        &self,
+        p: &Bfp,
+        dp: &Bfp,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "softmax_bwd";
+        expect_len(OP, "p", p.len(), rows * cols)?;
+        expect_len(OP, "dp", dp.len(), rows * cols)?;
+        check_mant(OP, "p", &p.mant, B16_MANT_MAX)?;
+        check_mant(OP, "dp", &dp.mant, B16_MANT_MAX)?;
+        if p.exp > 0 || p.exp < -64 {
+            return Err(KernelError::ExponentRange {
+                op: OP,
+                found: p.exp as i64,
+                max: 0,
+            });
+        }
+        let sh = (-p.exp) as u32;
+        let mut wide = vec![0i128; rows * cols];
+        wide.par_chunks_mut(cols.max(1))
+            .zip(
+                p.mant
+                    .par_chunks(cols.max(1))
+                    .zip(dp.mant.par_chunks(cols.max(1))),
+            )
+            .for_each(|(out, (pm, dm))| {
+                let d: i128 = pm
+                    .iter()
+                    .zip(dm)
+                    .map(|(&a, &b)| a as i128 * b as i128)
+                    .sum();
+                for ((o, &a), &b) in out.iter_mut().zip(pm).zip(dm) {
+                    *o = a as i128 * (((b as i128) << sh) - d) * scale_q16 as i128;
+                }
+            });
+        let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
+        requant_wide(OP, &wide, e, B16_MANT_MAX)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Bfp,
+        targets: &[u32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(i64, Bfp), KernelError> {
+        const OP: &str = "cross_entropy";
+        expect_len(OP, "logits", logits.len(), rows * cols)?;
+        expect_len(OP, "targets", targets.len(), rows)?;
+        check_mant(OP, "logits", &logits.mant, B16_MANT_MAX)?;
+        if let Some(index) = targets.iter().position(|&t| t as usize >= cols) {
+            return Err(KernelError::MantissaRange {
+                op: OP,
+                operand: "targets",
+                index,
+                found: targets[index] as i64,
+                max: cols as i64 - 1,
+            });
+        }
+        if rows == 0 {
+            return Ok((0, Bfp::new(Vec::new(), -40)));
+        }
+        let mut wide = vec![0i128; rows * cols];
+        let losses: Vec<i64> = wide
+            .par_chunks_mut(cols)
+            .zip(logits.mant.par_chunks(cols))
+            .zip(targets.par_iter())
+            .map(|((out, xm), &t)| {
+                let e = softmax_exps(xm, logits.exp, 1 << 16);
+                let total: i128 = e.iter().map(|&(v, _)| v as i128).sum();
+                for (j, (o, &(v, _))) in out.iter_mut().zip(&e).enumerate() {
+                    let pq = div_rhe((v as i128) << 30, total);
+                    let y = if j == t as usize { 1i128 << 30 } else { 0 };
+                    *o = div_rhe((pq - y) << 10, rows as i128);
+                }
+                let yt = e[t as usize].1 as i128;
+                let l2 = log2_q16(total as u64) as i128 - (31 << 16) + yt;
+                rhe(l2 * LN2_Q30, 30) as i64
+            })
+            .collect();
+        let g = requant_wide(OP, &wide, -40, B16_MANT_MAX)?;
+        Ok((losses.iter().sum(), g))
+    }
+
+    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "gelu";
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        let wide: Vec<i128> = x
+            .mant
+            .par_iter()
+            .map(|&m| {
+                let (_, s) = gelu_sigma(m, x.exp);
+                m as i128 * s as i128
+            })
+            .collect();
+        requant_wide(OP, &wide, x.exp as i64 - 31, B16_MANT_MAX)
+    }
+
+    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "gelu_bwd";
+        expect_len(OP, "dy", dy.len(), x.len())?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)?;
+        let wide: Vec<i128> = x
+            .mant
+            .par_iter()
+            .zip(dy.mant.par_iter())
+            .map(|(&m, &d)| {
+                let (z, s) = gelu_sigma(m, x.exp);
+                let s = s as i128;
+                let t = rhe(s * ((1i128 << 31) - s), 31);
+                let g = s + rhe(z * t, 16);
+                d as i128 * g
+            })
+            .collect();
+        requant_wide(OP, &wide, dy.exp as i64 - 31, B16_MANT_MAX)
+    }
+
+    fn scatter_add_rows(
+        &self,
+        src: &Bfp,
+        idx: &[u32],
+        out_rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "scatter_add_rows";
+        expect_len(OP, "src", src.len(), idx.len() * cols)?;
+        check_mant(OP, "src", &src.mant, B16_MANT_MAX)?;
+        if let Some(index) = idx.iter().position(|&t| t as usize >= out_rows) {
+            return Err(KernelError::MantissaRange {
+                op: OP,
+                operand: "idx",
+                index,
+                found: idx[index] as i64,
+                max: out_rows as i64 - 1,
+            });
+        }
+        let mut wide = vec![0i128; out_rows * cols];
+        for (r, &t) in idx.iter().enumerate() {
+            let dst = &mut wide[t as usize * cols..(t as usize + 1) * cols];
+            for (d, &v) in dst.iter_mut().zip(&src.mant[r * cols..(r + 1) * cols]) {
+                *d += v as i128;
+            }
+        }
+        requant_wide(OP, &wide, src.exp as i64, B16_MANT_MAX)
+    }
+
+    fn sum_squares(&self, x: &Bfp) -> Result<u128, KernelError> {
+        check_mant("sum_squares", "x", &x.mant, B16_MANT_MAX)?;
+        Ok(x.mant
+            .par_iter()
+            .map(|&v| (v as i64 * v as i64) as u128)
+            .sum())
+    }
+
+    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+        check_mant("scale", "x", &x.mant, B16_MANT_MAX)?;
+        let wide: Vec<i128> = x
+            .mant
+            .par_iter()
+            .map(|&v| v as i128 * c_q30 as i128)
+            .collect();
+        requant_wide("scale", &wide, x.exp as i64 - 30, B16_MANT_MAX)
+    }
+
+    fn adamw(
+        &self,
+        p: &Bfp,
+        g: &Bfp,
+        m: &Bfp,
+        r: &Bfp,
+        st: &AdamStep,
+    ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
+        const OP: &str = "adamw";
+        for (name, t) in [("g", g), ("m", m), ("r", r)] {
+            expect_len(OP, name, t.len(), p.len())?;
+            check_mant(OP, name, &t.mant, B16_MANT_MAX)?;
+        }
+        check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)?;
+        let one = 1i128 << 30;
+        let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
+        // 1. first moment
+        let e0 = align_exp(m.exp, g.exp);
+        let wm: Vec<i128> = m
+            .mant
+            .par_iter()
+            .zip(g.mant.par_iter())
+            .map(|(&a, &b)| {
+                b1 * align(a as i128, m.exp, e0) + (one - b1) * align(b as i128, g.exp, e0)
+            })
+            .collect();
+        let m2 = requant_wide(OP, &wm, e0 as i64 - 30, B16_MANT_MAX)?;
+        // 2. sqrt of the second moment
+        let (er, eg) = (2 * r.exp, 2 * g.exp);
+        let e1 = align_exp(er, eg);
+        let mut wv: Vec<i128> = r
+            .mant
+            .par_iter()
+            .zip(g.mant.par_iter())
+            .map(|(&a, &b)| {
+                let (a2, b2g) = (a as i128 * a as i128, b as i128 * b as i128);
+                b2 * align(a2, er, e1) + (one - b2) * align(b2g, eg, e1)
+            })
+            .collect();
+        let mut ev = e1 as i64 - 30;
+        if ev % 2 != 0 {
+            wv.par_iter_mut().for_each(|w| *w <<= 1);
+            ev -= 1;
+        }
+        let mx = wv.iter().copied().max().unwrap_or(0);
+        let s = (100i64 - bitlen(mx as u128) as i64).max(0) / 2;
+        let rq: Vec<i128> = wv
+            .par_iter()
+            .map(|&w| isqrt((w as u128) << (2 * s)) as i128)
+            .collect();
+        let r2 = requant_wide(OP, &rq, ev / 2 - s, B16_MANT_MAX)?;
+        // 3.-5. parameter update
+        let ea = m2.exp as i64 - r2.exp as i64 - 70;
+        let sh = (p.exp as i64 - 16) - ea;
+        let wp: Vec<i128> = p
+            .mant
+            .par_iter()
+            .zip(m2.mant.par_iter().zip(r2.mant.par_iter()))
+            .map(|(&pm, (&mm, &rm))| {
+                let u = div_rhe((mm as i128) << 30, rm as i128 + 1);
+                let a = shift_sat(st.alpha_q40 as i128 * u, sh);
+                let d = rhe(st.decay_q40 as i128 * pm as i128, 24);
+                ((pm as i128) << 16) - d - a
+            })
+            .collect();
+        let p2 = requant_wide(OP, &wp, p.exp as i64 - 16, WIDE_MANT_MAX)?;
+        Ok((p2, m2, r2))
     }
 }
 

@@ -55,6 +55,11 @@ proptest! {
             let idx2 = (idx + 1) % size;
             prop_assert!(merkle::check_record(&proof, size, &root, idx2, &l[idx as usize]).is_err());
         }
+        // The same proof against another tree size (with that size's true root) fails.
+        if (size as usize) < n {
+            let root2 = merkle::root_of(&l[..size as usize + 1]);
+            prop_assert!(merkle::check_record(&proof, size + 1, &root2, idx, &l[idx as usize]).is_err());
+        }
         prop_assert_eq!(
             merkle::check_record(&proof, size, &root, size, &l[idx as usize]),
             Err(MerkleError::IndexOutOfRange { index: size, tree_size: size })
@@ -95,6 +100,11 @@ proptest! {
             let root_prev = merkle::root_of(&l[..old as usize - 1]);
             let valid = merkle::consistency_proof_of(&l[..new as usize], old as usize - 1) == proof;
             prop_assert_eq!(merkle::check_tree(&proof, new, &root_new, old - 1, &root_prev).is_ok(), valid);
+        }
+        // The same proof for a larger new size (with its true root) fails.
+        if (new as usize) < n {
+            let root_next = merkle::root_of(&l[..new as usize + 1]);
+            prop_assert!(merkle::check_tree(&proof, new + 1, &root_next, old, &root_old).is_err());
         }
         prop_assert_eq!(
             merkle::check_tree(&proof, old, &root_old, new + 1, &root_new),

@@ -794,4 +794,35 @@ mod tests {
         assert_eq!(out2.params[0].mant, vec![1625]);
         assert_ne!(out.commitment(), out2.commitment());
     }
+
+    #[test]
+    fn communication_numbers_of_specs_shard_md() {
+        // nanogpt-cpu: 804,096 parameters in 27 tensors (specs/shard.md section 6).
+        let (p, tensors) = (804_096, 27);
+        assert_eq!(data_parallel_bytes(p, 1), 3_216_384);
+        assert_eq!(data_parallel_bytes(p, 500), 1_608_192_000);
+        assert_eq!(diloco_bytes_per_outer_step(p, tensors, 4), 6_433_128);
+        assert_eq!(
+            data_parallel_bytes(p, 500) / diloco_bytes_per_outer_step(p, tensors, 4),
+            249
+        );
+        assert_eq!(
+            data_parallel_bytes(p, 500) / diloco_bytes_per_outer_step(p, tensors, 2),
+            333
+        );
+        // The encoding of a 27-tensor delta at width 4 has exactly the upload size counted.
+        let d = ParamDelta {
+            tensors: (0..27)
+                .map(|i| IntTensor {
+                    exp: 0,
+                    values: vec![1 << 20; i],
+                })
+                .collect(),
+        };
+        let elems = d.elems() as u64;
+        assert_eq!(
+            d.encode().len() as u64,
+            diloco_bytes_per_outer_step(elems, 27, 4) - (27 * 4 + elems * 4)
+        );
+    }
 }

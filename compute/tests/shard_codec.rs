@@ -81,7 +81,7 @@ fn arb_result() -> impl Strategy<Value = ShardResult> {
         "\\PC{0,60}",
     )
         .prop_filter_map("fingerprint too long", |(id, steps, f, d, r, cu, fp)| {
-            (fp.len() <= FINGERPRINT_BYTES_MAX).then(|| ShardResult {
+            (fp.len() <= FINGERPRINT_BYTES_MAX).then_some(ShardResult {
                 shard_id: id,
                 steps,
                 final_state: f,

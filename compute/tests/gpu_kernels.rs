@@ -159,3 +159,100 @@ fn adapters_have_stable_fingerprints() {
         assert_eq!(f.digest_hex(), f.clone().digest_hex());
     }
 }
+
+fn mant(len: usize, bits: u32) -> impl Strategy<Value = Vec<i32>> {
+    let lim = ((1i64 << bits) - 1).min(32_767) as i32;
+    proptest::collection::vec(-lim..=lim, len)
+}
+
+fn rows_cols() -> impl Strategy<Value = (usize, usize)> {
+    (
+        prop_oneof![Just(0usize), 1usize..70, Just(300)],
+        prop_oneof![Just(1usize), 1usize..40, Just(257)],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn requant_bit_exact(
+        x in prop_oneof![
+            proptest::collection::vec(any::<i32>(), 0..600),
+            proptest::collection::vec(-70_000i32..70_000, 0..600),
+        ],
+        e in -40i32..40,
+        wide in any::<bool>(),
+    ) {
+        let x = Bfp::new(x, e);
+        let mm = if wide { (1 << 23) - 1 } else { 32_767 };
+        same_on_all("requant", |k| k.requant(&x, mm))?;
+    }
+
+    #[test]
+    fn rescale_bit_exact(x in proptest::collection::vec(any::<i32>(), 0..600), e in -5i32..5, up in prop_oneof![0i32..40, Just(70), Just(1000)]) {
+        let x = Bfp::new(x, e);
+        same_on_all("rescale", |k| k.rescale(&x, e + up))?;
+        same_on_all("rescale down", |k| k.rescale(&x, e - 1))?;
+    }
+
+    #[test]
+    fn mul_cols_bit_exact(((rows, cols), bits) in (rows_cols(), 0u32..16), seed in any::<u64>()) {
+        let x = Bfp::new(seeded(seed, rows * cols, bits), -9);
+        let w = Bfp::new(seeded(seed ^ 1, cols, bits), 2);
+        same_on_all("mul_cols", |k| k.mul_cols(&x, &w, rows, cols))?;
+    }
+
+    #[test]
+    fn col_dot_bit_exact(((rows, cols), bits) in (rows_cols(), 0u32..16), seed in any::<u64>()) {
+        let a = Bfp::new(seeded(seed, rows * cols, bits), -9);
+        let b = Bfp::new(seeded(seed ^ 2, rows * cols, bits), 5);
+        same_on_all("col_dot", |k| k.col_dot(&a, &b, rows, cols))?;
+    }
+
+    #[test]
+    fn scale_bit_exact(x in mant(300, 15), c in prop_oneof![any::<i32>().prop_map(i64::from), -(1i64 << 47) + 1..(1i64 << 47)]) {
+        let x = Bfp::new(x, -3);
+        same_on_all("scale", |k| k.scale(&x, c))?;
+    }
+
+    #[test]
+    fn sum_squares_bit_exact(x in prop_oneof![mant(2000, 15), mant(3, 4)]) {
+        let x = Bfp::new(x, 0);
+        same_on_all("sum_squares", |k| k.sum_squares(&x))?;
+    }
+
+    #[test]
+    fn scatter_add_rows_bit_exact(
+        (n_src, out_rows, cols) in (0usize..300, 1usize..70, 1usize..40),
+        seed in any::<u64>(),
+    ) {
+        let src = Bfp::new(seeded(seed, n_src * cols, 15), -4);
+        let idx: Vec<u32> = (0..n_src)
+            .map(|i| (leam_compute::fixed::hash3(seed, 9, i as u64) % out_rows as u64) as u32)
+            .collect();
+        same_on_all("scatter_add_rows", |k| k.scatter_add_rows(&src, &idx, out_rows, cols))?;
+    }
+}
+
+/// Counter-based B-bit mantissas (proptest shrinks the seed, not thousands of elements).
+fn seeded(seed: u64, len: usize, bits: u32) -> Vec<i32> {
+    let span = 2 * (((1u64 << bits) - 1).min(32_767)) + 1;
+    let half = (span / 2) as i32;
+    (0..len)
+        .map(|i| (leam_compute::fixed::hash3(seed, 0, i as u64) % span) as i32 - half)
+        .collect()
+}
+
+#[test]
+fn elementwise_bad_input_gives_the_same_precise_error() {
+    let x = Bfp::new(vec![1, 2, 40_000, 4], 0);
+    let w = Bfp::new(vec![1, 2], 0);
+    same_on_all("mul_cols range", |k| k.mul_cols(&x, &w, 2, 2)).unwrap();
+    same_on_all("mul_cols shape", |k| k.mul_cols(&x, &w, 3, 2)).unwrap();
+    same_on_all("col_dot range", |k| k.col_dot(&x, &x, 2, 2)).unwrap();
+    same_on_all("scale range", |k| k.scale(&x, 5)).unwrap();
+    same_on_all("sum_squares range", |k| k.sum_squares(&x)).unwrap();
+    let ok = Bfp::new(vec![1, 2, 3, 4], 0);
+    same_on_all("scatter idx", |k| k.scatter_add_rows(&ok, &[0, 7], 3, 2)).unwrap();
+}

@@ -1,9 +1,188 @@
-//! `leam compute selftest`, `leam compute bench`. (Placeholder until the kernels land.)
+//! `leam compute selftest`, `leam compute bench`: the kernels of every backend against the CPU
+//! reference (bits) and against `matrixmultiply` sgemm (speed).
 use std::process::ExitCode;
 
+use anyhow::Context;
+use leam_compute::gpu::bench::{time_kernels, time_sgemm, BENCH_SHAPES};
+use leam_compute::gpu::selftest::{self, Outcome};
+use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
+
+/// Which backends a command covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendSel {
+    /// The CPU reference only.
+    Cpu,
+    /// Every wgpu adapter (or the one `--adapter` names).
+    Wgpu,
+    /// Both.
+    All,
+}
+
+/// Repetitions per shape in `leam compute bench` unless `--reps` says otherwise.
+const BENCH_REPS_DEFAULT: usize = 5;
+/// Upper bound of `--reps`.
+const BENCH_REPS_MAX: usize = 1000;
+
 #[derive(Debug, clap::Subcommand)]
-pub enum ComputeCmd {}
+pub enum ComputeCmd {
+    /// Run every kernel against the CPU reference on each local adapter; prints the device
+    /// fingerprint and PASS/FAIL/UNSUPPORTED per kernel; exits non-zero on any mismatch.
+    Selftest {
+        /// Adapter: `auto`, an index from the list, or a substring (`vulkan`, `gl`, …);
+        /// default: every adapter.
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Time the cpu backend's matmul against matrixmultiply sgemm on the model's shapes
+    /// (last line: `ratio <cpu/sgemm>`); with `--backend wgpu|all` also each adapter.
+    Bench {
+        /// Backends to time besides the sgemm baseline.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendSel,
+        /// Time every backend (same as `--backend all`).
+        #[arg(long)]
+        all: bool,
+        /// Adapter for the wgpu backend (default: every adapter).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Repetitions per shape (best time is reported).
+        #[arg(long, default_value_t = BENCH_REPS_DEFAULT)]
+        reps: usize,
+    },
+}
 
 pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
-    match cmd {}
+    match cmd {
+        ComputeCmd::Selftest { adapter } => selftest_cmd(adapter),
+        ComputeCmd::Bench {
+            backend,
+            all,
+            adapter,
+            reps,
+        } => {
+            anyhow::ensure!(
+                (1..=BENCH_REPS_MAX).contains(&reps),
+                "--reps must be between 1 and {BENCH_REPS_MAX}, got {reps}"
+            );
+            let sel = if all { BackendSel::All } else { backend };
+            bench_cmd(sel, adapter, reps)
+        }
+    }
+}
+
+/// Opens the adapters a command covers: the one named, or every one listed.
+fn open_adapters(adapter: Option<String>) -> anyhow::Result<Vec<GpuKernels>> {
+    match adapter {
+        Some(a) => {
+            let choice = AdapterChoice::parse(&a);
+            Ok(vec![GpuKernels::with_adapter(&choice)
+                .with_context(|| format!("opening wgpu adapter '{a}'"))?])
+        }
+        None => {
+            let mut out = Vec::new();
+            for a in list_adapters() {
+                match GpuKernels::with_adapter(&AdapterChoice::Index(a.index)) {
+                    Ok(k) => out.push(k),
+                    Err(e) => println!("adapter {a}: not usable: {e}"),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn selftest_cmd(adapter: Option<String>) -> anyhow::Result<ExitCode> {
+    let gpus = open_adapters(adapter)?;
+    if gpus.is_empty() {
+        println!("no wgpu adapter on this machine: nothing to compare with the cpu reference");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0usize;
+    for g in &gpus {
+        let f = g.fingerprint();
+        println!("== {}", g.name());
+        println!("{f}");
+        println!("fingerprint {}", f.digest_hex());
+        for c in selftest::run(g) {
+            match &c.outcome {
+                Outcome::Pass => println!("PASS {} ({} cases)", c.kernel, c.cases),
+                Outcome::Unsupported => println!("UNSUPPORTED {}", c.kernel),
+                Outcome::Fail(why) => {
+                    failed += 1;
+                    println!("FAIL {}: {why}", c.kernel);
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        println!("{failed} kernel check(s) FAILED");
+        Ok(ExitCode::FAILURE)
+    } else {
+        println!("all ported kernels bit-identical to the cpu reference");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn bench_cmd(sel: BackendSel, adapter: Option<String>, reps: usize) -> anyhow::Result<ExitCode> {
+    let shapes: Vec<MatmulShape> = BENCH_SHAPES
+        .iter()
+        .map(|&(m, k, n)| MatmulShape::new(m, k, n))
+        .collect();
+    let cpu = CpuKernels::new();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "matmul, best of {reps}, {threads} hardware threads; GOP/s counts a multiply-add as 2"
+    );
+    let (mut cpu_s, mut sg_s, mut ops) = (0.0, 0.0, 0.0);
+    let mut cpu_times = Vec::new();
+    for &s in &shapes {
+        let c = time_kernels(&cpu, s, reps)?;
+        let g = time_sgemm(s, reps);
+        println!(
+            "{}x{}x{}  cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
+            s.m,
+            s.k,
+            s.n,
+            c.gops,
+            g.gops,
+            c.gops / g.gops
+        );
+        cpu_s += c.secs;
+        sg_s += g.secs;
+        ops += 2.0 * s.macs() as f64;
+        cpu_times.push(c);
+    }
+    if sel != BackendSel::Cpu {
+        for gpu in open_adapters(adapter)? {
+            let mut gs = 0.0;
+            for (&s, c) in shapes.iter().zip(&cpu_times) {
+                let t = time_kernels(&gpu, s, reps)?;
+                gs += t.secs;
+                println!(
+                    "{}x{}x{}  {} {:8.2} GOP/s  cpu {:8.2} GOP/s  ratio wgpu/cpu {:.3}",
+                    s.m,
+                    s.k,
+                    s.n,
+                    gpu.name(),
+                    t.gops,
+                    c.gops,
+                    t.gops / c.gops
+                );
+            }
+            println!(
+                "total {}: {:.2} GOP/s, ratio wgpu/cpu {:.3}",
+                gpu.name(),
+                ops / gs / 1e9,
+                cpu_s / gs
+            );
+        }
+    }
+    println!(
+        "total cpu {:.2} GOP/s, sgemm {:.2} GOP/s",
+        ops / cpu_s / 1e9,
+        ops / sg_s / 1e9
+    );
+    println!("ratio {:.2}", sg_s / cpu_s);
+    Ok(ExitCode::SUCCESS)
 }

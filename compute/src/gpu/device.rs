@@ -551,8 +551,7 @@ impl Gpu {
                 reason: e.to_string(),
             });
         }
-        let results: Arc<Mutex<Vec<MapStatus>>> =
-            Arc::new(Mutex::new(vec![None; staging.len()]));
+        let results: Arc<Mutex<Vec<MapStatus>>> = Arc::new(Mutex::new(vec![None; staging.len()]));
         for (i, (s, _, len4)) in staging.iter().enumerate() {
             if *len4 == 0 {
                 results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(Ok(()));

@@ -66,30 +66,59 @@ fn low_bits_nonzero64(m: vec2<u32>, n: u32) -> bool {
     return m.x != 0u || (m.y & ((1u << (n - 32u)) - 1u)) != 0u;
 }
 
-// The requantization key of one exact sum: 2 * bitlen(|s|) + f, where f = 1 when bitlen >= 16
-// and the top 16 bits of |s| are all ones (then |s| / 2^(bitlen-15) rounds up to 2^15).
-// The maximum key over a tensor gives bitlen(max|s|) and whether max|s| rounds up: the
-// integer atomicMax over keys is order-independent.
-fn quant_key64(s: vec2<u32>) -> u32 {
+// The requantization key of one exact sum for mantissas bounded by 2^bits - 1:
+// 2 * bitlen(|s|) + f, where f = 1 when bitlen > bits and the top bits+1 bits of |s| are all
+// ones (then |s| / 2^(bitlen - bits) rounds half to even up to 2^bits, one bit too many).
+// The maximum key over a tensor gives bitlen(max|s|) and whether max|s| rounds up, so the
+// integer atomicMax over keys (order-independent) decides the contract's shift exactly.
+fn quant_key64(s: vec2<u32>, bits: u32) -> u32 {
     let m = mag64(s);
     let l = bitlen64(m);
     var f = 0u;
-    if (l >= 16u) {
-        if (shr64(m, l - 16u).x == 0xffffu) {
+    if (l > bits) {
+        let top = shr64(m, l - bits - 1u).x;
+        if (top == (1u << (bits + 1u)) - 1u) {
             f = 1u;
         }
     }
     return l * 2u + f;
 }
 
-// The shift k of the contract's requantization to B16 from the tensor's maximum key:
-// k = max(0, bitlen - 15), plus one when max|s| / 2^k rounds (half to even) above 32767.
-fn quant_shift(key: u32) -> u32 {
+// The shift k of the contract's requantization (fixed::requant_shift) from the tensor's
+// maximum key: k = max(0, bitlen - bits), plus one when max|s| / 2^k rounds above 2^bits - 1.
+fn quant_shift(key: u32, bits: u32) -> u32 {
     let l = key >> 1u;
-    if (l < 16u) {
+    if (l <= bits) {
         return 0u;
     }
-    return l - 15u + (key & 1u);
+    return l - bits + (key & 1u);
+}
+
+// sign-extend an i32 to 64 bits.
+fn sext64(x: i32) -> vec2<u32> {
+    return vec2<u32>(bitcast<u32>(x), select(0u, 0xffffffffu, x < 0));
+}
+
+// Two's complement negation.
+fn neg64(s: vec2<u32>) -> vec2<u32> {
+    let lo = ~s.x + 1u;
+    return vec2<u32>(lo, ~s.y + select(0u, 1u, lo == 0u));
+}
+
+// Full 32 x 32 -> 64-bit unsigned product from 16-bit halves (WGSL has no mul-high).
+fn mul32x32(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let p11 = a1 * b1;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    let lo = (p00 & 0xffffu) | (mid << 16u);
+    let hi = p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+    return vec2<u32>(lo, hi);
 }
 
 // s / 2^k rounded half to even (symmetric in the sign), for results that fit in i32.

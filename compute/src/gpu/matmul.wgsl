@@ -71,7 +71,7 @@ fn matmul_sums(
     }
     if (row < p.m && col < p.n) {
         sums[(bt * p.m + row) * p.n + col] = s;
-        atomicMax(&wg_key, quant_key64(s));
+        atomicMax(&wg_key, quant_key64(s, 15u));
     }
     workgroupBarrier();
     if (lid.x == 0u && lid.y == 0u) {

@@ -6,8 +6,12 @@
 //! has the contract, and `compute/tests/gpu_kernels.rs` checks every kernel bit for bit against
 //! [`crate::kernels::CpuKernels`] on every adapter present.
 
+pub mod bench;
 mod device;
+mod exec;
 mod matmul;
+mod ops;
+pub mod selftest;
 pub mod shaders;
 
 pub use device::{
@@ -15,7 +19,10 @@ pub use device::{
     OP_TIMEOUT_S,
 };
 
-use crate::kernels::{check_matmul, checked_exp, Bfp, KernelError, Kernels, MatmulShape};
+use crate::fixed::B16_MANT_MAX;
+use crate::kernels::{
+    check_mant, check_matmul, checked_exp, expect_len, Bfp, KernelError, Kernels, MatmulShape,
+};
 use device::Gpu;
 
 /// The wgpu backend on one adapter.
@@ -76,11 +83,163 @@ impl Kernels for GpuKernels {
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError> {
         const OP: &str = "matmul";
         check_matmul(a, b, shape)?;
-        let r = matmul::matmul_b16(&self.gpu, &a.mant, &b.mant, shape)
+        let (mant, shift) = matmul::matmul_b16(&self.gpu, &a.mant, &b.mant, shape)
             .map_err(|e| kernel_error(OP, e))?;
         Ok(Bfp {
-            mant: r.mant,
-            exp: checked_exp(OP, a.exp as i64 + b.exp as i64, r.shift as i64)?,
+            mant,
+            exp: checked_exp(OP, a.exp as i64 + b.exp as i64, shift as i64)?,
+        })
+    }
+
+    fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
+        const OP: &str = "requant";
+        let bits = 32 - mant_max.max(0).leading_zeros();
+        // The key reduction decides the shift exactly only for bounds of the form 2^b − 1.
+        if !(1..=30).contains(&bits) || mant_max != (1 << bits) - 1 {
+            return Err(self.unsupported(OP));
+        }
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                entry: "requant_in",
+                in0: &x.mant,
+                in1: &[],
+                count: x.len(),
+                cols: 0,
+                rows: 0,
+                c: 0,
+                bits,
+            },
+            x.exp as i64,
+        )
+    }
+
+    fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
+        const OP: &str = "rescale";
+        if exp < x.exp {
+            return Err(KernelError::ExponentRange {
+                op: OP,
+                found: exp as i64,
+                max: x.exp as i64,
+            });
+        }
+        let k = (exp as i64 - x.exp as i64).min(63) as u32;
+        let mant = ops::rescale(&self.gpu, &x.mant, k).map_err(|e| kernel_error(OP, e))?;
+        Ok(Bfp::new(mant, exp))
+    }
+
+    fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        const OP: &str = "mul_cols";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        expect_len(OP, "w", w.len(), cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_mant(OP, "w", &w.mant, B16_MANT_MAX)?;
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                entry: "mul_cols",
+                in0: &x.mant,
+                in1: &w.mant,
+                count: rows * cols,
+                cols,
+                rows,
+                c: 0,
+                bits: 15,
+            },
+            x.exp as i64 + w.exp as i64,
+        )
+    }
+
+    fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        const OP: &str = "col_dot";
+        expect_len(OP, "a", a.len(), rows * cols)?;
+        expect_len(OP, "b", b.len(), rows * cols)?;
+        check_mant(OP, "a", &a.mant, B16_MANT_MAX)?;
+        check_mant(OP, "b", &b.mant, B16_MANT_MAX)?;
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                entry: "col_dot",
+                in0: &a.mant,
+                in1: &b.mant,
+                count: cols,
+                cols,
+                rows,
+                c: 0,
+                bits: 15,
+            },
+            a.exp as i64 + b.exp as i64,
+        )
+    }
+
+    fn scatter_add_rows(
+        &self,
+        src: &Bfp,
+        idx: &[u32],
+        out_rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "scatter_add_rows";
+        expect_len(OP, "src", src.len(), idx.len() * cols)?;
+        check_mant(OP, "src", &src.mant, B16_MANT_MAX)?;
+        if let Some(index) = idx.iter().position(|&t| t as usize >= out_rows) {
+            return Err(KernelError::MantissaRange {
+                op: OP,
+                operand: "idx",
+                index,
+                found: idx[index] as i64,
+                max: out_rows as i64 - 1,
+            });
+        }
+        let (mant, shift) = ops::scatter_add_rows(&self.gpu, &src.mant, idx, out_rows, cols)
+            .map_err(|e| kernel_error(OP, e))?;
+        Ok(Bfp {
+            mant,
+            exp: checked_exp(OP, src.exp as i64, shift as i64)?,
+        })
+    }
+
+    fn sum_squares(&self, x: &Bfp) -> Result<u128, KernelError> {
+        const OP: &str = "sum_squares";
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        ops::sum_squares(&self.gpu, &x.mant).map_err(|e| kernel_error(OP, e))
+    }
+
+    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+        const OP: &str = "scale";
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        if c_q30.unsigned_abs() > ops::SCALE_C_ABS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                entry: "scale",
+                in0: &x.mant,
+                in1: &[],
+                count: x.len(),
+                cols: 0,
+                rows: 0,
+                c: c_q30,
+                bits: 15,
+            },
+            x.exp as i64 - 30,
+        )
+    }
+}
+
+impl GpuKernels {
+    /// Runs a wide op and applies its shift to `base_exp` like `requant_wide` does.
+    fn wide_op(
+        &self,
+        op: &'static str,
+        w: ops::WideOp<'_>,
+        base_exp: i64,
+    ) -> Result<Bfp, KernelError> {
+        let (mant, shift) = ops::wide(&self.gpu, w).map_err(|e| kernel_error(op, e))?;
+        Ok(Bfp {
+            mant,
+            exp: checked_exp(op, base_exp, shift as i64)?,
         })
     }
 }

@@ -1,10 +1,10 @@
 // Requantization of exact 64-bit sums to B16 mantissas (leam contract):
-// k = quant_shift(max key), out[i] = rhe(s[i], k). Integer only; each element independent.
+// mantissas bounded by 2^bits - 1: k = quant_shift(max key, bits), out[i] = rhe(s[i], k). Integer only; each element independent.
 
 struct RequantParams {
     count: u32,
     groups_x: u32,
-    _pad0: u32,
+    bits: u32,
     _pad1: u32,
 }
 
@@ -24,5 +24,5 @@ fn requant(
     if (i >= rp.count) {
         return;
     }
-    rout[i] = rhe64(rsums[i], quant_shift(rkey[0]));
+    rout[i] = rhe64(rsums[i], quant_shift(rkey[0], rp.bits));
 }

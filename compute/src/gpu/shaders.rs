@@ -28,5 +28,22 @@ pub static REQUANT: Shader = Shader {
     entries: &["requant"],
 };
 
+/// Elementwise and reduction kernels (requant, mul_cols, scale, col_dot, rescale,
+/// scatter_add_rows, sum_squares).
+pub static OPS: Shader = Shader {
+    name: "ops",
+    source: concat!(include_str!("int64.wgsl"), include_str!("ops.wgsl")),
+    entries: &[
+        "requant_in",
+        "mul_cols",
+        "scale",
+        "col_dot",
+        "rescale",
+        "scatter_add",
+        "acc_wide",
+        "sum_squares",
+    ],
+};
+
 /// All programs, in fingerprint order.
-pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT];
+pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS];

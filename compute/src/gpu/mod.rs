@@ -9,6 +9,7 @@
 pub mod bench;
 mod device;
 mod exec;
+mod fallback;
 mod matmul;
 mod ops;
 pub mod selftest;
@@ -24,6 +25,7 @@ use crate::kernels::{
     check_mant, check_matmul, checked_exp, expect_len, Bfp, KernelError, Kernels, MatmulShape,
 };
 use device::Gpu;
+pub use fallback::WithCpuFallback;
 
 /// The wgpu backend on one adapter.
 #[derive(Debug)]

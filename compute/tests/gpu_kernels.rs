@@ -33,6 +33,25 @@ fn same_on_all<T: PartialEq + std::fmt::Debug>(
     Ok(())
 }
 
+/// Like [`same_on_all`], but a backend may also answer `Unsupported` (ops that hand rare
+/// extreme inputs to the CPU reference); then `supported` must be false.
+fn same_or_unsupported<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    supported: bool,
+    run: impl Fn(&dyn Kernels) -> Result<T, KernelError>,
+) -> Result<(), TestCaseError> {
+    let want = run(&CpuKernels);
+    for g in gpus() {
+        match run(g) {
+            Err(KernelError::Unsupported { .. }) => {
+                prop_assert!(!supported, "{what} on {}: Unsupported", g.name())
+            }
+            got => prop_assert!(got == want, "{what} on {}: differs from the CPU", g.name()),
+        }
+    }
+    Ok(())
+}
+
 fn dim() -> impl Strategy<Value = usize> {
     prop_oneof![Just(1usize), 1usize..40, Just(16), Just(17), Just(33)]
 }
@@ -255,4 +274,28 @@ fn elementwise_bad_input_gives_the_same_precise_error() {
     same_on_all("sum_squares range", |k| k.sum_squares(&x)).unwrap();
     let ok = Bfp::new(vec![1, 2, 3, 4], 0);
     same_on_all("scatter idx", |k| k.scatter_add_rows(&ok, &[0, 7], 3, 2)).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn add_bit_exact(
+        len in prop_oneof![Just(0usize), 1usize..600],
+        (ea, eb) in (-60i32..60, -60i32..60),
+        bits in prop_oneof![Just(23u32), 0u32..24],
+        seed in any::<u64>(),
+    ) {
+        let wide = |s: u64| -> Vec<i32> {
+            let lim = (1i64 << bits) - 1;
+            (0..len).map(|i| ((leam_compute::fixed::hash3(seed ^ s, 3, i as u64) % (2 * lim as u64 + 1)) as i64 - lim) as i32).collect()
+        };
+        let a = Bfp::new(wide(0), ea);
+        let b = Bfp::new(wide(1), eb);
+        // Exact on the GPU unless a 23-bit mantissa meets a gap of 38+ bits (the sum could
+        // then need 64 bits plus sign); those rare inputs are left to the CPU reference.
+        let gpu_exact = bits + ((ea - eb).abs().min(40) as u32) <= 61;
+        same_or_unsupported("add", gpu_exact, |k| k.add(&a, &b))?;
+        same_on_all("add near gap", |k| k.add(&a, &Bfp::new(b.mant.clone(), ea + 3)))?;
+    }
 }

@@ -52,6 +52,17 @@ fn shr64(m: vec2<u32>, s: u32) -> vec2<u32> {
     return vec2<u32>((m.x >> s) | (m.y << (32u - s)), m.y >> s);
 }
 
+// m << s for 0 <= s < 64, two's complement (the caller guarantees no overflow).
+fn shl64(m: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s == 0u) {
+        return m;
+    }
+    if (s >= 32u) {
+        return vec2<u32>(0u, m.x << (s - 32u));
+    }
+    return vec2<u32>(m.x << s, (m.y << s) | (m.x >> (32u - s)));
+}
+
 // Whether any of the lowest n bits of m is set (0 <= n < 64).
 fn low_bits_nonzero64(m: vec2<u32>, n: u32) -> bool {
     if (n == 0u) {

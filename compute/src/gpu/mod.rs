@@ -22,8 +22,13 @@ pub use device::{
 
 use crate::fixed::B16_MANT_MAX;
 use crate::kernels::{
-    check_mant, check_matmul, checked_exp, expect_len, Bfp, KernelError, Kernels, MatmulShape,
+    align_exp, check_mant, check_matmul, checked_exp, expect_len, Bfp, KernelError, Kernels,
+    MatmulShape, WIDE_MANT_MAX,
 };
+
+/// Most significant bits of an aligned `add` operand on the GPU (the sum of two then stays
+/// below 2^62 in the emulated signed 64-bit arithmetic).
+const ADD_BITS_MAX: i64 = 61;
 use device::Gpu;
 pub use fallback::WithCpuFallback;
 
@@ -91,6 +96,43 @@ impl Kernels for GpuKernels {
             mant,
             exp: checked_exp(OP, a.exp as i64 + b.exp as i64, shift as i64)?,
         })
+    }
+
+    fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "add";
+        expect_len(OP, "b", b.len(), a.len())?;
+        check_mant(OP, "a", &a.mant, WIDE_MANT_MAX)?;
+        check_mant(OP, "b", &b.mant, WIDE_MANT_MAX)?;
+        let e0 = align_exp(a.exp, b.exp);
+        // (left, right) shifts to e0; a left-shifted operand must stay below 2^61 so that the
+        // sum fits the emulated signed 64 bits (always true unless mantissas near 2^23 meet
+        // a 40-bit exponent gap; then the op is left to the CPU reference).
+        let shifts = |t: &Bfp| -> Option<(u32, u32)> {
+            let d = t.exp as i64 - e0 as i64;
+            if d >= 0 {
+                let top = t.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+                ((32 - top.leading_zeros()) as i64 + d <= ADD_BITS_MAX).then_some((d as u32, 0))
+            } else {
+                Some((0, (-d).min(63) as u32))
+            }
+        };
+        let (Some((la, ra)), Some((lb, rb))) = (shifts(a), shifts(b)) else {
+            return Err(self.unsupported(OP));
+        };
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                entry: "add",
+                in0: &a.mant,
+                in1: &b.mant,
+                count: a.len(),
+                cols: la as usize,
+                rows: ra as usize,
+                c: (lb as i64) | ((rb as i64) << 32),
+                bits: 15,
+            },
+            e0 as i64,
+        )
     }
 
     fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {

@@ -50,7 +50,7 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
     let b0 = gpu.upload(bytemuck::cast_slice(op.in0))?;
     // Entries that read `in1` need it bound even when it is empty (then nothing is read).
-    let b1 = if matches!(op.entry, "mul_cols" | "col_dot") {
+    let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot") {
         Some(gpu.upload(bytemuck::cast_slice(op.in1))?)
     } else {
         None

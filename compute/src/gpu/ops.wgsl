@@ -107,6 +107,26 @@ fn col_dot(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: ve
     key_end(l);
 }
 
+// x aligned to the common exponent: x << left (exact) or rhe(x, right).
+fn align64(x: i32, left: u32, right: u32) -> vec2<u32> {
+    if (left > 0u) {
+        return shl64(sext64(x), left);
+    }
+    return sext64(rhe64(sext64(x), right));
+}
+
+// Kernels::add: s = align(a) + align(b). The shifts travel in (cols, rows) for a and
+// (c_lo, c_hi) for b; the host guarantees |s| < 2^62.
+@compute @workgroup_size(256, 1, 1)
+fn add(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: vec3<u32>) {
+    key_begin(l);
+    let i = index1(w, l);
+    if (i < op.count) {
+        put(i, add64(align64(in0[i], op.cols, op.rows), align64(in1[i], op.c_lo, op.c_hi)));
+    }
+    key_end(l);
+}
+
 // Kernels::rescale: out = rhe(x, k), k clamped to 63 by the host (|x| < 2^31 gives 0 there).
 @compute @workgroup_size(256, 1, 1)
 fn rescale(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: vec3<u32>) {

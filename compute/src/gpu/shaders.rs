@@ -28,13 +28,14 @@ pub static REQUANT: Shader = Shader {
     entries: &["requant"],
 };
 
-/// Elementwise and reduction kernels (requant, mul_cols, scale, col_dot, rescale,
+/// Elementwise and reduction kernels (requant, add, mul_cols, scale, col_dot, rescale,
 /// scatter_add_rows, sum_squares).
 pub static OPS: Shader = Shader {
     name: "ops",
     source: concat!(include_str!("int64.wgsl"), include_str!("ops.wgsl")),
     entries: &[
         "requant_in",
+        "add",
         "mul_cols",
         "scale",
         "col_dot",

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +31,6 @@ use crate::merkle::{self, Hash};
 use crate::note::{Note, Verifier};
 use crate::store::READ_CHUNK_ENTRIES;
 
-/// Signatures per `verify_batch` call.
-pub const VERIFY_BATCH_SIGNATURES: usize = 256;
 /// Auditor state file format version.
 pub const STATE_VERSION: u32 = 1;
 /// Largest auditor state file read, bytes.
@@ -321,26 +318,19 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
 /// One chunk's result: decoded entries, leaf hashes, signature count.
 type ChunkOut = (Vec<Entry>, Vec<Hash>, u64);
 
-/// Decode and verify the entries `first..first+chunk.len()` of the log owned by `owner`.
+/// Decode and verify the entries `first..first+chunk.len()` of the log owned by `owner`:
+/// decoding, author and index, leaf hashes and batch signature verification, in parallel.
 pub fn verify_chunk(
     dir: &Path,
     owner: &PublicKey,
     first: u64,
     chunk: &[Vec<u8>],
 ) -> Result<ChunkOut, AuditError> {
-    let owner_key =
-        entry::verifying_key("author", owner).map_err(|source| AuditError::Signature {
-            dir: dir.to_owned(),
-            index: first,
-            source,
-        })?;
+    let step = entry::VERIFY_BATCH_SIGNATURES / 2;
     let parts: Vec<ChunkOut> = chunk
-        .par_chunks(VERIFY_BATCH_SIGNATURES / 2)
+        .par_chunks(step)
         .enumerate()
-        .map(|(k, sub)| {
-            let base = first + (k * (VERIFY_BATCH_SIGNATURES / 2)) as u64;
-            verify_sub_chunk(dir, &owner_key, owner, base, sub)
-        })
+        .map(|(k, sub)| verify_sub_chunk(dir, owner, first + (k * step) as u64, sub))
         .collect::<Result<_, _>>()?;
     let mut out = (
         Vec::with_capacity(chunk.len()),
@@ -357,16 +347,13 @@ pub fn verify_chunk(
 
 fn verify_sub_chunk(
     dir: &Path,
-    owner_key: &VerifyingKey,
     owner: &PublicKey,
     base: u64,
     sub: &[Vec<u8>],
 ) -> Result<ChunkOut, AuditError> {
     let mut entries = Vec::with_capacity(sub.len());
     let mut leaves = Vec::with_capacity(sub.len());
-    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(sub.len() + 8);
-    let mut signatures: Vec<Signature> = Vec::with_capacity(sub.len() + 8);
-    let mut keys: Vec<VerifyingKey> = Vec::with_capacity(sub.len() + 8);
+    let mut signatures = 0u64;
     for (i, bytes) in sub.iter().enumerate() {
         let index = base + i as u64;
         let e = Entry::decode(bytes).map_err(|source| AuditError::Decode {
@@ -386,45 +373,16 @@ fn verify_sub_chunk(
                 ),
             });
         }
-        let (msg, sig) = entry::split_signed(bytes).expect("a decoded entry holds a signature");
-        messages.push(msg);
-        signatures.push(Signature::from_bytes(&sig));
-        keys.push(*owner_key);
-        if let Some(view) = e.body.cosigned() {
-            let sig_err = |source| AuditError::Signature {
-                dir: dir.to_owned(),
-                index,
-                source,
-            };
-            let cosigner = view.cosigner(&e.author).map_err(sig_err)?;
-            keys.push(entry::verifying_key("cosigner", &cosigner).map_err(sig_err)?);
-            signatures.push(Signature::from_bytes(&view.cosignature));
-            messages.push(view.message);
-        }
+        signatures += 1 + u64::from(e.body.cosigned().is_some());
         leaves.push(merkle::leaf_hash(bytes));
         entries.push(e);
     }
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_err() {
-        // Name the failing entry: single, strict verification of each.
-        for (i, e) in entries.iter().enumerate() {
-            e.verify().map_err(|source| AuditError::Signature {
-                dir: dir.to_owned(),
-                index: base + i as u64,
-                source,
-            })?;
-        }
-        // Every single verification passed where the batch failed (e.g. a small-order
-        // component that cofactored batch verification treats differently): still a failure.
-        return Err(AuditError::Signature {
-            dir: dir.to_owned(),
-            index: base,
-            source: VerifyError::BadSignature {
-                author: hex::encode(owner),
-            },
-        });
-    }
-    Ok((entries, leaves, signatures.len() as u64))
+    entry::verify_many(&entries, sub).map_err(|(i, source)| AuditError::Signature {
+        dir: dir.to_owned(),
+        index: base + i as u64,
+        source,
+    })?;
+    Ok((entries, leaves, signatures))
 }
 
 fn audit_log(

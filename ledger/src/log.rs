@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::account::{LogState, Membership, RuleError};
 use crate::checkpoint::{self, Checkpoint};
-use crate::entry::{Admission, Body, DecodeError, Entry, PublicKey, VerifyError};
+use crate::entry::{self, Admission, Body, DecodeError, Entry, PublicKey, VerifyError};
 use crate::identity::{self, Identity, IdentityError};
 use crate::merkle::{self, Hash, HashReader, MerkleError};
 use crate::note::{Note, Verifier};
@@ -628,14 +628,14 @@ impl Log {
                     index: first + i as u64,
                     source,
                 })?;
-                e.verify().map_err(|source| LogError::Signature {
-                    dir: dir.clone(),
-                    index: first + i as u64,
-                    source,
-                })?;
                 Ok(e.encode())
             })
             .collect::<Result<_, LogError>>()?;
+        entry::verify_many(&entries, &encoded).map_err(|(i, source)| LogError::Signature {
+            dir: dir.clone(),
+            index: first + i as u64,
+            source,
+        })?;
         let delta = self
             .state
             .check(&entries)

@@ -1,28 +1,557 @@
-//! `leam keygen`, `leam ledger …`, `leam audit`. (Placeholder until the ledger lands.)
+//! `leam keygen`, `leam ledger …`, `leam audit`: the ledger's command line.
+//!
+//! A node directory holds `node.key` (identity, mode 0600), `ledger.sled/` (the store) and
+//! `checkpoint` (latest checkpoint note); see `specs/ledger.md`. Output formats (export JSON
+//! lines, proofs, audit report) are specified there too: funders' scripts depend on them.
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, SigningKey, Verifier as _};
+use leam_ledger::account::Membership;
+use leam_ledger::audit::{audit_dirs, AuditError, AuditOptions, AuditReport};
+use leam_ledger::entry::{self, *};
+use leam_ledger::identity::{self, Identity};
+use leam_ledger::log::{Log, LogReader, BATCH_ENTRIES_MAX};
+use leam_ledger::merkle;
+use rayon::prelude::*;
+
+/// Default auditor state file (relative to the working directory).
+pub const AUDIT_STATE_DEFAULT: &str = "leam-audit-state.json";
+/// Default entries per append batch in `leam ledger bench`.
+pub const BENCH_BATCH_DEFAULT: usize = 4096;
+/// Signatures verified one by one to measure the raw single-verification rate.
+pub const BENCH_RAW_VERIFICATIONS_MAX: usize = 20_000;
+/// Inclusion proofs generated and verified in `leam ledger bench`.
+pub const BENCH_PROOFS: u64 = 1_000;
 
 #[derive(Debug, clap::Args)]
 pub struct KeygenArgs {
-    /// Where to write the key file.
+    /// Where to write the key file (created with mode 0600; never overwritten).
     #[arg(long)]
-    pub out: std::path::PathBuf,
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum LedgerCmd {}
+pub enum LedgerCmd {
+    /// Create a node directory: key (DIR/node.key), store, and entry 0, the node's admission.
+    Init(InitArgs),
+    /// Print every entry as one JSON line: index, leaf_hash, entry (base64), kind, author, body.
+    Export(DirArgs),
+    /// Print the latest checkpoint note exactly as signed, with its cosignatures.
+    Checkpoint(DirArgs),
+    /// Print the log's verifier key (name+hex(keyID)+base64(0x01‖pubkey)).
+    Vkey(DirArgs),
+    /// Print an inclusion proof (--index [--size]) or a consistency proof (--from --to).
+    Prove(ProveArgs),
+    /// Fill a fresh log with synthetic signed entries, audit it, and print throughput; the last
+    /// line is the ratio of audited entries/s to raw single-signature verifications/s.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Node directory to create.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Organisation name of this node.
+    #[arg(long = "name")]
+    pub name: String,
+    /// Sector of the organisation: public, private, science or startup.
+    #[arg(long)]
+    pub sector: Sector,
+    /// Use this existing key file instead of generating a key (it is copied to DIR/node.key).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DirArgs {
+    /// Node directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProveArgs {
+    /// Node directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Entry to prove included.
+    #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+    pub index: Option<u64>,
+    /// Tree size for the inclusion proof (default: the latest checkpoint's size).
+    #[arg(long, requires = "index")]
+    pub size: Option<u64>,
+    /// Older tree size of a consistency proof.
+    #[arg(long, requires = "to")]
+    pub from: Option<u64>,
+    /// Newer tree size of a consistency proof.
+    #[arg(long, requires = "from")]
+    pub to: Option<u64>,
+    /// Print JSON (with sizes, leaf hash and roots) instead of one hex hash per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Directory for the fresh log (must not exist or be empty).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Number of entries (besides the node's admission).
+    #[arg(long)]
+    pub entries: u64,
+    /// Entries per durable append batch.
+    #[arg(long, default_value_t = BENCH_BATCH_DEFAULT)]
+    pub batch: usize,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// Ledger directories to audit.
-    pub dirs: Vec<std::path::PathBuf>,
+    /// Node directories to audit.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Auditor state file: checkpoints seen in earlier runs (JSON, updated atomically when
+    /// everything verifies).
+    #[arg(long, default_value = AUDIT_STATE_DEFAULT)]
+    pub state: PathBuf,
+    /// Do not read or write an auditor state file.
+    #[arg(long, conflicts_with = "state")]
+    pub no_state: bool,
+    /// Verifier key of a trusted witness; its cosignatures must verify where present.
+    #[arg(long = "witness")]
+    pub witnesses: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn keygen(_args: KeygenArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keygen is not built yet")
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let id = Identity::generate(&mut rand_core::OsRng);
+    id.write_new(&args.out)?;
+    println!("wrote {} (mode 0600)", args.out.display());
+    println!("verifier key: {}", id.verifier_key());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(cmd: LedgerCmd) -> anyhow::Result<ExitCode> {
-    match cmd {}
+    match cmd {
+        LedgerCmd::Init(a) => init(a),
+        LedgerCmd::Export(a) => export(&a.dir),
+        LedgerCmd::Checkpoint(a) => {
+            let r = LogReader::open(&a.dir)?;
+            print!("{}", String::from_utf8_lossy(&r.head().note));
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerCmd::Vkey(a) => {
+            println!("{}", LogReader::open(&a.dir)?.verifier_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerCmd::Prove(a) => prove(a),
+        LedgerCmd::Bench(a) => bench(a),
+    }
 }
-pub fn audit(_args: AuditArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("audit is not built yet")
+
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let id = match &a.key {
+        Some(k) => Identity::load(k)?,
+        None => Identity::generate(&mut rand_core::OsRng),
+    };
+    let membership = Membership {
+        organisation: a.name.clone(),
+        sector: a.sector,
+    };
+    let log = Log::create(&a.dir, id, &membership, now_ms())?;
+    println!(
+        "created {} for {} ({})",
+        a.dir.display(),
+        a.name,
+        a.sector.name()
+    );
+    println!("verifier key: {}", log.reader().verifier_key());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One export line.
+fn export_line(index: u64, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let e = Entry::decode(bytes).with_context(|| format!("entry {index}"))?;
+    Ok(serde_json::json!({
+        "index": index,
+        "leaf_hash": hex::encode(merkle::leaf_hash(bytes)),
+        "entry": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "kind": e.kind().name(),
+        "author": identity::verifier_key_of(&e.author),
+        "seq": e.seq,
+        "timestamp_ms": e.timestamp_ms,
+        "body": e.body,
+    }))
+}
+
+fn export(dir: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let r = LogReader::open(dir)?;
+    let size = r.head().size;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut start = 0;
+    while start < size {
+        let end = (start + leam_ledger::store::READ_CHUNK_ENTRIES).min(size);
+        for (i, b) in r.entries(start, end)?.iter().enumerate() {
+            serde_json::to_writer(&mut out, &export_line(start + i as u64, b)?)?;
+            out.write_all(b"\n")?;
+        }
+        start = end;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
+    let r = LogReader::open(&a.dir)?;
+    let latest = r.head().size;
+    let (json, proof) = if let Some(index) = a.index {
+        let size = a.size.unwrap_or(latest);
+        let proof = r.prove_inclusion(index, size)?;
+        let leaf = merkle::leaf_hash(&r.entries(index, index + 1)?[0]);
+        let root = r.root_at(size)?;
+        merkle::check_record(&proof, size, &root, index, &leaf)
+            .context("the proof just generated does not verify")?;
+        (
+            serde_json::json!({
+                "type": "inclusion", "index": index, "size": size,
+                "leaf_hash": hex::encode(leaf), "root": hex::encode(root),
+                "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+            }),
+            proof,
+        )
+    } else {
+        let (from, to) = (
+            a.from.context("--from is required")?,
+            a.to.context("--to is required")?,
+        );
+        let proof = r.prove_consistency(from, to)?;
+        let (old, new) = (r.root_at(from)?, r.root_at(to)?);
+        merkle::check_tree(&proof, to, &new, from, &old)
+            .context("the proof just generated does not verify")?;
+        (
+            serde_json::json!({
+                "type": "consistency", "from": from, "to": to,
+                "from_root": hex::encode(old), "to_root": hex::encode(new),
+                "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+            }),
+            proof,
+        )
+    };
+    if a.json {
+        println!("{json}");
+    } else {
+        for h in proof {
+            println!("{}", hex::encode(h));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let options = AuditOptions {
+        state: (!args.no_state).then(|| args.state.clone()),
+        witnesses: args.witnesses.clone(),
+    };
+    match audit_dirs(&args.dirs, &options) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("audit FAILED: {err}");
+            if let AuditError::Inconsistent { evidence, .. } = &err {
+                eprintln!("equivocation evidence (portable, leam-equivocation/v1):");
+                println!("{}", evidence.encode());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_report(report: &AuditReport) {
+    for l in &report.logs {
+        print!(
+            "ok {}: {} entries, {} signatures, root {}",
+            l.dir.display(),
+            l.size,
+            l.signatures_verified,
+            l.root
+        );
+        if !l.cosigned_by.is_empty() {
+            print!(", cosigned by {}", l.cosigned_by.join(", "));
+        }
+        if let Some(s) = l.consistent_with_size {
+            print!(", consistent with the size-{s} checkpoint seen earlier");
+        }
+        println!("\n   {}", l.verifier_key);
+    }
+    let a = &report.accounting;
+    println!(
+        "\n{} logs, {} entries, {} co-signed facts",
+        a.logs, a.entries, a.facts
+    );
+    println!(
+        "{:<28} {:>14} {:>12} {:>14} {:>12} {:>12} {:>14} {:>14} {:>9}",
+        "sector / organisation",
+        "contrib units",
+        "contrib GPU-s",
+        "consumed units",
+        "consumed GPU-s",
+        "unverified",
+        "balance EUR",
+        "funding pub/priv EUR",
+        "evidence"
+    );
+    let line = |name: &str, t: &leam_ledger::account::Totals| {
+        println!(
+            "{:<28} {:>14} {:>12.1} {:>14} {:>12.1} {:>12} {:>14.2} {:>9.2}/{:<9.2} {:>9}",
+            name,
+            t.compute_contributed_units,
+            t.compute_contributed_gpu_ms as f64 / 1e3,
+            t.compute_consumed_units,
+            t.compute_consumed_gpu_ms as f64 / 1e3,
+            t.compute_unverified_units,
+            t.credit_balance_cents as f64 / 100.0,
+            t.funding_public_eur_cents as f64 / 100.0,
+            t.funding_private_eur_cents as f64 / 100.0,
+            t.evidence_against
+        );
+    };
+    for (sector, t) in &a.sectors {
+        line(sector.name(), t);
+        for (org, o) in a.organisations.iter().filter(|(_, o)| o.sector == *sector) {
+            line(&format!("  {org}"), &o.totals);
+        }
+    }
+}
+
+/// The synthetic body number `i` of the bench: a mix of every kind, valid under the log rules
+/// (the counterparty is admitted first; deposits precede settlements).
+fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
+    let (a, o) = (
+        me.verifying_key().to_bytes(),
+        other.verifying_key().to_bytes(),
+    );
+    let mut job = [0u8; 32];
+    job[..8].copy_from_slice(&i.to_be_bytes());
+    match i % 10 {
+        0 => Body::Deposit(Deposit {
+            member: a,
+            eur_cents: 1_000,
+            money: if i % 20 == 0 {
+                Money::Public
+            } else {
+                Money::Private
+            },
+            reference: format!("bench deposit {i}"),
+        }),
+        1 | 2 => Body::Offer(Offer {
+            offer_id: i,
+            device_fingerprint: [7; 32],
+            compute_units_per_hour: 1_000_000,
+            price_cents_per_kilo_unit: 2,
+            valid_until_ms: 2_000_000_000_000,
+        }),
+        3 => Body::Bid(Bid {
+            job_id: job,
+            compute_units: 10_000,
+            max_price_cents_per_kilo_unit: 3,
+            deadline_ms: 2_000_000_000_000,
+        }),
+        4 => Body::Lease(
+            LeaseTerms {
+                job_id: job,
+                bidder: o,
+                provider: a,
+                offer_id: i,
+                compute_units: 10_000,
+                price_cents: 20,
+                expires_ms: 2_000_000_000_000,
+            }
+            .cosign(other),
+        ),
+        5 | 6 => Body::Receipt(
+            ReceiptTerms {
+                job_id: job,
+                shard: (i % 1000) as u32,
+                bidder: a,
+                provider: o,
+                input_commitment: [1; 32],
+                output_commitment: job,
+                compute_units: 10_000,
+                gpu_ms: 1_500,
+                device_fingerprint: [3; 32],
+            }
+            .cosign(other),
+        ),
+        7 => {
+            // Judges the receipt written two entries earlier.
+            let mut judged = [0u8; 32];
+            judged[..8].copy_from_slice(&(i - 2).to_be_bytes());
+            Body::Verdict(Verdict {
+                job_id: judged,
+                shard: ((i - 2) % 1000) as u32,
+                provider: o,
+                output_commitment: judged,
+                accepted: i % 100 != 7,
+            })
+        }
+        8 => Body::Settlement(
+            SettlementTerms {
+                job_id: job,
+                payer: a,
+                payee: o,
+                credits_cents: 100,
+            }
+            .cosign(other),
+        ),
+        _ => Body::Evidence(Evidence {
+            accused: o,
+            kind: EvidenceKind::BrokenAgreement,
+            bytes: job.to_vec(),
+        }),
+    }
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    n as f64 / secs.max(1e-9)
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.entries >= 1, "--entries must be at least 1");
+    anyhow::ensure!(
+        (1..=BATCH_ENTRIES_MAX).contains(&a.batch),
+        "--batch must be in 1..={BATCH_ENTRIES_MAX}"
+    );
+    if a.dir.exists() && std::fs::read_dir(&a.dir)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty; bench needs a fresh directory",
+            a.dir.display()
+        );
+    }
+    let threads = rayon::current_num_threads();
+    let id = Identity::generate(&mut rand_core::OsRng);
+    let me = id.signing_key().clone();
+    let other = SigningKey::generate(&mut rand_core::OsRng);
+    let t0 = 1_767_225_600_000u64;
+    let membership = Membership {
+        organisation: "Bench Node".into(),
+        sector: Sector::Science,
+    };
+    let mut log = Log::create(&a.dir, id, &membership, t0)?;
+    log.append(log.sign_next(
+        0,
+        t0,
+        Body::Admission(Admission {
+            organisation: "Bench Counterparty".into(),
+            sector: Sector::Private,
+            member: other.verifying_key().to_bytes(),
+        }),
+    ))?;
+    let first = log.size();
+
+    let start = Instant::now();
+    let entries: Vec<Entry> = (0..a.entries)
+        .into_par_iter()
+        .map(|i| Entry::sign(&me, first + i, t0 + i, bench_body(i, &me, &other)))
+        .collect();
+    println!(
+        "bench: {} synthetic entries of 8 kinds (deposit, offer, bid, lease, receipt, verdict, settlement, evidence; co-signed where required), signed before timing in {:.1} s; {threads} threads",
+        a.entries,
+        start.elapsed().as_secs_f64()
+    );
+
+    let start = Instant::now();
+    let mut batches = 0u64;
+    let mut it = entries.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<Entry> = it.by_ref().take(a.batch).collect();
+        log.append_batch(batch)?;
+        batches += 1;
+    }
+    let append_s = start.elapsed().as_secs_f64();
+    println!(
+        "append: {} entries in {batches} durable batches of up to {} in {append_s:.2} s: {:.0} durable appends/s (validated, hashed, checkpoint signed, fsynced)",
+        a.entries,
+        a.batch,
+        rate(a.entries, append_s)
+    );
+
+    let size = log.size();
+    let root = log.reader().head().root;
+    let start = Instant::now();
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..BENCH_PROOFS {
+        rng_state = rng_state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let index = (rng_state >> 11) % size;
+        let proof = log.prove_inclusion(index, size)?;
+        let leaf = merkle::leaf_hash(&log.reader().entries(index, index + 1)?[0]);
+        merkle::check_record(&proof, size, &root, index, &leaf)?;
+    }
+    let proof_s = start.elapsed().as_secs_f64();
+    println!(
+        "proofs: {BENCH_PROOFS} inclusion proofs on the sled store at size {size}, generated and verified in {:.1} us each",
+        proof_s * 1e6 / BENCH_PROOFS as f64
+    );
+    let dir = a.dir.clone();
+    drop(log);
+
+    let start = Instant::now();
+    let report = audit_dirs(std::slice::from_ref(&dir), &AuditOptions::default())?;
+    let audit_s = start.elapsed().as_secs_f64();
+    let sigs = report.logs[0].signatures_verified;
+    let audit_rate = rate(size, audit_s);
+    println!(
+        "audit: {size} entries ({sigs} signatures, batch-verified on {threads} threads; tree recomputed; rules and accounting folded) in {audit_s:.2} s: {audit_rate:.0} audited entries/s"
+    );
+
+    // Raw single-signature verification of the same entries, one thread.
+    let n_raw = (size as usize).min(BENCH_RAW_VERIFICATIONS_MAX) as u64;
+    let reader = LogReader::open(&dir)?;
+    let raw_entries = reader.entries(size - n_raw, size)?;
+    let key = me.verifying_key();
+    let prepared: Vec<(Vec<u8>, Signature)> = raw_entries
+        .iter()
+        .map(|b| {
+            let (m, s) = entry::split_signed(b).expect("stored entries hold a signature");
+            (m, Signature::from_bytes(&s))
+        })
+        .collect();
+    let start = Instant::now();
+    for (m, s) in &prepared {
+        key.verify(m, s)
+            .context("a stored signature does not verify")?;
+    }
+    let raw_s = start.elapsed().as_secs_f64();
+    let raw_rate = rate(n_raw, raw_s);
+    println!(
+        "raw: {n_raw} single ed25519-dalek signature verifications (1 thread) in {raw_s:.2} s: {raw_rate:.0} verifications/s"
+    );
+    println!(
+        "per core: audit {:.0} entries/s/core on {threads} threads vs raw {raw_rate:.0}/s/core",
+        audit_rate / threads as f64
+    );
+    println!("ratio {:.2}", audit_rate / raw_rate);
+    Ok(ExitCode::SUCCESS)
 }

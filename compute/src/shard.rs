@@ -49,7 +49,11 @@ pub const ENCODING_VERSION: u8 = 1;
 /// products requantized with round-half-even, integer tables (see `specs/compute.md`).
 pub const NUMERICS_B16_V1: u16 = 1;
 /// Encoded size of a [`ShardSpec`] in bytes (fixed).
-pub const SPEC_BYTES: usize = 163;
+pub const SPEC_BYTES: usize = 195;
+/// Largest value of a hyperparameter field (the optimizer's bound).
+pub const HYPER_VALUE_MAX: i64 = 1 << 50;
+/// Largest Adam β in Q30 (β ≤ 1).
+pub const BETA_Q30_MAX: i64 = 1 << 30;
 /// Encoded size of a [`ShardResult`] without its fingerprint, in bytes.
 pub const RESULT_FIXED_BYTES: usize = 147;
 /// Largest encoded [`ShardResult`] in bytes.
@@ -163,40 +167,43 @@ pub struct ModelShape {
     pub batch_size: u32,
 }
 
-/// Training hyperparameters in fixed point (no float in anything that determines the bits).
+/// Training hyperparameters in fixed point, exactly the integers the optimizer uses
+/// (`optim::HyperQ`); no float enters anything that determines the bits.
 ///
-/// Fractions in [0, 1) are Q0.32 (`value = q / 2^32`); the gradient clip is Q16.16.
+/// Learning rates are Q40 (`lr = q / 2^40`), weight decay, betas and the gradient clip Q30.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hyper {
-    /// Peak learning rate, Q0.32.
-    pub lr_max_q32: u32,
-    /// Final learning rate after cosine decay, Q0.32 (≤ `lr_max_q32`).
-    pub lr_min_q32: u32,
+    /// Peak learning rate, Q40.
+    pub lr_q40: i64,
+    /// Learning rate at and after `lr_decay_iters`, Q40.
+    pub min_lr_q40: i64,
     /// Linear warm-up length in global steps.
-    pub warmup_steps: u32,
-    /// Global step at which the cosine decay reaches `lr_min_q32` (≥ `warmup_steps`).
-    pub lr_decay_steps: u32,
-    /// Adam β1, Q0.32.
-    pub beta1_q32: u32,
-    /// Adam β2, Q0.32.
-    pub beta2_q32: u32,
-    /// Decoupled weight decay, Q0.32.
-    pub weight_decay_q32: u32,
-    /// Global gradient-norm clip, Q16.16; 0 disables clipping.
-    pub grad_clip_q16: u32,
+    pub warmup_iters: i64,
+    /// Global step at which the cosine decay reaches `min_lr_q40`.
+    pub lr_decay_iters: i64,
+    /// Decoupled weight decay (2-D tensors), Q30.
+    pub weight_decay_q30: i64,
+    /// Adam β1, Q30 (≤ 2^30).
+    pub beta1_q30: i64,
+    /// Adam β2, Q30 (≤ 2^30).
+    pub beta2_q30: i64,
+    /// Global gradient-norm clip, Q30; 0 disables clipping.
+    pub grad_clip_q30: i64,
 }
 
-/// Converts a fraction in [0, 1) to Q0.32 with round-half-even (for building specs from flags;
-/// never used inside the hashed computation).
-pub fn q32_from_fraction(x: f64) -> Option<u32> {
-    if !(0.0..1.0).contains(&x) {
-        return None;
-    }
-    let scaled = (x * 4_294_967_296.0).round_ties_even();
-    if scaled >= 4_294_967_296.0 {
-        None
-    } else {
-        Some(scaled as u32)
+impl Hyper {
+    /// The fields in encoding order with their names and largest allowed values.
+    pub fn fields(&self) -> [(&'static str, i64, i64); 8] {
+        [
+            ("lr_q40", self.lr_q40, HYPER_VALUE_MAX),
+            ("min_lr_q40", self.min_lr_q40, HYPER_VALUE_MAX),
+            ("warmup_iters", self.warmup_iters, HYPER_VALUE_MAX),
+            ("lr_decay_iters", self.lr_decay_iters, HYPER_VALUE_MAX),
+            ("weight_decay_q30", self.weight_decay_q30, HYPER_VALUE_MAX),
+            ("beta1_q30", self.beta1_q30, BETA_Q30_MAX),
+            ("beta2_q30", self.beta2_q30, BETA_Q30_MAX),
+            ("grad_clip_q30", self.grad_clip_q30, HYPER_VALUE_MAX),
+        ]
     }
 }
 
@@ -406,21 +413,17 @@ impl ShardSpec {
                 ),
             ));
         }
-        let h = &self.hyper;
-        if h.lr_min_q32 > h.lr_max_q32 {
-            return Err(invalid(
-                "lr_min_q32",
-                format!("{} exceeds lr_max_q32 {}", h.lr_min_q32, h.lr_max_q32),
-            ));
-        }
-        if h.warmup_steps > h.lr_decay_steps {
-            return Err(invalid(
-                "warmup_steps",
-                format!(
-                    "{} exceeds lr_decay_steps {}",
-                    h.warmup_steps, h.lr_decay_steps
-                ),
-            ));
+        for (field, value, max) in self.hyper.fields() {
+            if !(0..=max).contains(&value) {
+                return Err(ShardError::OutOfRange {
+                    what: SPEC,
+                    field,
+                    // Negative values show as their two's complement, as encoded.
+                    value: value as u64,
+                    min: 0,
+                    max: max as u64,
+                });
+            }
         }
         range("steps", self.steps.into(), 1, SHARD_STEPS_MAX.into())?;
         range(
@@ -454,17 +457,7 @@ impl ShardSpec {
         out.extend_from_slice(&self.data_start.to_be_bytes());
         out.extend_from_slice(&self.data_end.to_be_bytes());
         out.extend_from_slice(&self.seed.to_be_bytes());
-        let h = &self.hyper;
-        for v in [
-            h.lr_max_q32,
-            h.lr_min_q32,
-            h.warmup_steps,
-            h.lr_decay_steps,
-            h.beta1_q32,
-            h.beta2_q32,
-            h.weight_decay_q32,
-            h.grad_clip_q16,
-        ] {
+        for (_, v, _) in self.hyper.fields() {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(&self.first_step.to_be_bytes());
@@ -491,15 +484,16 @@ impl ShardSpec {
         let data_start = r.u64("data_start")?;
         let data_end = r.u64("data_end")?;
         let seed = r.u64("seed")?;
+        // Values ≥ 2^63 become negative here and are rejected by `validate` with their field.
         let hyper = Hyper {
-            lr_max_q32: r.u32("lr_max_q32")?,
-            lr_min_q32: r.u32("lr_min_q32")?,
-            warmup_steps: r.u32("warmup_steps")?,
-            lr_decay_steps: r.u32("lr_decay_steps")?,
-            beta1_q32: r.u32("beta1_q32")?,
-            beta2_q32: r.u32("beta2_q32")?,
-            weight_decay_q32: r.u32("weight_decay_q32")?,
-            grad_clip_q16: r.u32("grad_clip_q16")?,
+            lr_q40: r.u64("lr_q40")? as i64,
+            min_lr_q40: r.u64("min_lr_q40")? as i64,
+            warmup_iters: r.u64("warmup_iters")? as i64,
+            lr_decay_iters: r.u64("lr_decay_iters")? as i64,
+            weight_decay_q30: r.u64("weight_decay_q30")? as i64,
+            beta1_q30: r.u64("beta1_q30")? as i64,
+            beta2_q30: r.u64("beta2_q30")? as i64,
+            grad_clip_q30: r.u64("grad_clip_q30")? as i64,
         };
         let first_step = r.u64("first_step")?;
         let steps = r.u32("steps")?;
@@ -698,16 +692,18 @@ pub fn nanogpt_cpu_spec(
         data_start: 0,
         data_end: corpus_len * 9 / 10,
         seed,
+        // nanoGPT's CPU settings through `optim::Hyper::to_fixed` (round half to even of
+        // x·2^F): lr 1e-3 → 1e-4 (Q40), 100 warm-up, decay to 2000, wd 0.1, β 0.9 / 0.99,
+        // clip 1.0 (Q30). `compute/tests/shard_replay.rs` checks they equal the optimizer's.
         hyper: Hyper {
-            // 1e-3 and 1e-4 in Q0.32, rounded half to even.
-            lr_max_q32: 4_294_967,
-            lr_min_q32: 429_497,
-            warmup_steps: 100,
-            lr_decay_steps: 2000,
-            beta1_q32: 3_865_470_566,
-            beta2_q32: 4_252_017_623,
-            weight_decay_q32: 429_496_730,
-            grad_clip_q16: 1 << 16,
+            lr_q40: 1_099_511_628,
+            min_lr_q40: 109_951_163,
+            warmup_iters: 100,
+            lr_decay_iters: 2000,
+            weight_decay_q30: 107_374_182,
+            beta1_q30: 966_367_642,
+            beta2_q30: 1_063_004_406,
+            grad_clip_q30: 1 << 30,
         },
         first_step,
         steps,
@@ -719,16 +715,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nanogpt_constants_are_the_rounded_fractions() {
+    fn nanogpt_spec_is_valid_and_fixed_size() {
         let s = nanogpt_cpu_spec([0; 32], [0; 32], 1_115_394, 1337, 0, 2000);
-        assert_eq!(q32_from_fraction(1e-3), Some(s.hyper.lr_max_q32));
-        assert_eq!(q32_from_fraction(1e-4), Some(s.hyper.lr_min_q32));
-        assert_eq!(q32_from_fraction(0.9), Some(s.hyper.beta1_q32));
-        assert_eq!(q32_from_fraction(0.99), Some(s.hyper.beta2_q32));
-        assert_eq!(q32_from_fraction(0.1), Some(s.hyper.weight_decay_q32));
-        assert_eq!(q32_from_fraction(1.0), None);
         assert_eq!(s.encode().len(), SPEC_BYTES);
         s.validate().unwrap();
+        let mut bad = s.clone();
+        bad.hyper.beta2_q30 = BETA_Q30_MAX + 1;
+        assert!(matches!(
+            bad.validate(),
+            Err(ShardError::OutOfRange {
+                field: "beta2_q30",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -22,8 +22,18 @@ fn arb_spec() -> impl Strategy<Value = ShardSpec> {
         any::<[u8; 32]>(),
         any::<[u8; 32]>(),
         (0u64..1 << 40, 0u64..1 << 40, any::<u64>()),
-        (any::<u32>(), any::<u32>(), 0u32..10_000, 0u32..10_000),
-        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (
+            0i64..=1 << 50,
+            0i64..=1 << 50,
+            0i64..=1 << 50,
+            0i64..=1 << 50,
+        ),
+        (
+            0i64..=1 << 50,
+            0i64..=1 << 30,
+            0i64..=1 << 30,
+            0i64..=1 << 50,
+        ),
         (0u64..1 << 39, 1u32..=SHARD_STEPS_MAX),
     )
         .prop_map(
@@ -32,12 +42,10 @@ fn arb_spec() -> impl Strategy<Value = ShardSpec> {
                 start,
                 corpus,
                 (ds, len, seed),
-                (l1, l2, w1, w2),
-                (b1, b2, wd, clip),
+                (lr, min_lr, warm, decay),
+                (wd, b1, b2, clip),
                 (first, steps),
             )| {
-                let (lr_max, lr_min) = (l1.max(l2), l1.min(l2));
-                let (warm, decay) = (w1.min(w2), w1.max(w2));
                 ShardSpec {
                     numerics: NUMERICS_B16_V1,
                     model: ModelShape {
@@ -54,14 +62,14 @@ fn arb_spec() -> impl Strategy<Value = ShardSpec> {
                     data_end: ds + u64::from(block) + 1 + len,
                     seed,
                     hyper: Hyper {
-                        lr_max_q32: lr_max,
-                        lr_min_q32: lr_min,
-                        warmup_steps: warm,
-                        lr_decay_steps: decay,
-                        beta1_q32: b1,
-                        beta2_q32: b2,
-                        weight_decay_q32: wd,
-                        grad_clip_q16: clip,
+                        lr_q40: lr,
+                        min_lr_q40: min_lr,
+                        warmup_iters: warm,
+                        lr_decay_iters: decay,
+                        weight_decay_q30: wd,
+                        beta1_q30: b1,
+                        beta2_q30: b2,
+                        grad_clip_q30: clip,
                     },
                     first_step: first,
                     steps,

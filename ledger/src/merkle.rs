@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 /// A SHA-256 hash: leaf hash, interior node hash or tree root.
 pub type Hash = [u8; 32];
 
-/// Length of a [`Hash`] in bytes.
+/// Length of a [`Hash`](type@Hash) in bytes.
 pub const HASH_SIZE: usize = 32;
 
 /// Largest tree size the storage-based functions accept.

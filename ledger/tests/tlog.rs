@@ -305,3 +305,28 @@ fn cosigned_note_keeps_all_signatures() {
         );
     }
 }
+
+#[test]
+fn leftover_temp_file_from_a_crash_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new(1);
+    log.append(3, "");
+    let vk = log.signer.verifier().clone();
+    let mut w = witness(dir.path());
+    let cp3 = log.checkpoint();
+    w.cosign(cp3.as_bytes(), &vk, &[], NOW).unwrap();
+    // A crash between writing the temp file and the rename leaves a partial temp file:
+    // the state is still the last complete one, and the next store replaces the temp.
+    let path = w.state().path(ORIGIN);
+    std::fs::write(path.with_extension("json.tmp"), b"{\"type\":\"leam-wit").unwrap();
+    let mut w2 = witness(dir.path());
+    assert_eq!(w2.state().load(ORIGIN).unwrap().unwrap().checkpoint, cp3);
+    log.append(2, "");
+    w2.cosign(log.checkpoint().as_bytes(), &vk, &log.proof(3), NOW + 1)
+        .unwrap();
+    assert!(!path.with_extension("json.tmp").exists());
+    assert_eq!(
+        w2.state().load(ORIGIN).unwrap().unwrap().checkpoint,
+        log.checkpoint()
+    );
+}

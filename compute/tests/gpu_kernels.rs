@@ -299,3 +299,32 @@ proptest! {
         same_on_all("add near gap", |k| k.add(&a, &Bfp::new(b.mant.clone(), ea + 3)))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gelu_and_gelu_bwd_bit_exact(
+        len in prop_oneof![Just(0usize), 1usize..700],
+        e in prop_oneof![-20i32..-8, -40i32..30, Just(0), Just(-100), Just(100)],
+        bits in prop_oneof![Just(15u32), 0u32..16],
+        seed in any::<u64>(),
+    ) {
+        let x = Bfp::new(seeded(seed, len, bits), e);
+        let dy = Bfp::new(seeded(seed ^ 7, len, 15), -6);
+        same_on_all("gelu", |k| k.gelu(&x))?;
+        same_on_all("gelu_bwd", |k| k.gelu_bwd(&x, &dy))?;
+    }
+}
+
+#[test]
+fn gelu_covers_every_mantissa_at_the_model_exponents() {
+    // All 65535 B16 mantissas at the exponents activations take in training.
+    let all: Vec<i32> = (-32_767..=32_767).collect();
+    let dy = Bfp::new(all.iter().map(|v| (v * 7) % 32_767).collect(), -9);
+    for e in [-13, -9] {
+        let x = Bfp::new(all.clone(), e);
+        same_on_all("gelu all", |k| k.gelu(&x)).unwrap();
+        same_on_all("gelu_bwd all", |k| k.gelu_bwd(&x, &dy)).unwrap();
+    }
+}

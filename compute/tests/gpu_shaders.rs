@@ -59,3 +59,18 @@ fn shaders_are_integer_only() {
         }
     }
 }
+
+#[test]
+fn exp2_table_wgsl_is_generated_from_the_integer_tables() {
+    use leam_compute::gpu::shaders::{exp2_table_wgsl, EXP2_TABLE_WGSL};
+    let want = exp2_table_wgsl();
+    if std::env::var("LEAM_REGEN_WGSL").as_deref() == Ok("1") {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/gpu/exp2_table.wgsl");
+        std::fs::write(path, &want).expect("write exp2_table.wgsl");
+        return;
+    }
+    assert_eq!(
+        EXP2_TABLE_WGSL, want,
+        "exp2_table.wgsl differs from fixed::exp2_tables(); regenerate (see its header)"
+    );
+}

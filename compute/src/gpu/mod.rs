@@ -122,6 +122,8 @@ impl Kernels for GpuKernels {
         self.wide_op(
             OP,
             ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
                 entry: "add",
                 in0: &a.mant,
                 in1: &b.mant,
@@ -145,6 +147,8 @@ impl Kernels for GpuKernels {
         self.wide_op(
             OP,
             ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
                 entry: "requant_in",
                 in0: &x.mant,
                 in1: &[],
@@ -181,6 +185,8 @@ impl Kernels for GpuKernels {
         self.wide_op(
             OP,
             ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
                 entry: "mul_cols",
                 in0: &x.mant,
                 in1: &w.mant,
@@ -203,6 +209,8 @@ impl Kernels for GpuKernels {
         self.wide_op(
             OP,
             ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
                 entry: "col_dot",
                 in0: &a.mant,
                 in1: &b.mant,
@@ -249,6 +257,50 @@ impl Kernels for GpuKernels {
         ops::sum_squares(&self.gpu, &x.mant).map_err(|e| kernel_error(OP, e))
     }
 
+    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "gelu";
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                shader: &shaders::GELU,
+                entry: "gelu",
+                in0: &x.mant,
+                in1: &[],
+                count: x.len(),
+                cols: 0,
+                rows: 0,
+                c: 0,
+                k: x.exp as u32,
+                bits: 15,
+            },
+            x.exp as i64 - 31,
+        )
+    }
+
+    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+        const OP: &str = "gelu_bwd";
+        expect_len(OP, "dy", dy.len(), x.len())?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)?;
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                shader: &shaders::GELU,
+                entry: "gelu_bwd",
+                in0: &x.mant,
+                in1: &dy.mant,
+                count: x.len(),
+                cols: 0,
+                rows: 0,
+                c: 0,
+                k: x.exp as u32,
+                bits: 15,
+            },
+            dy.exp as i64 - 31,
+        )
+    }
+
     fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
         const OP: &str = "scale";
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
@@ -258,6 +310,8 @@ impl Kernels for GpuKernels {
         self.wide_op(
             OP,
             ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
                 entry: "scale",
                 in0: &x.mant,
                 in1: &[],

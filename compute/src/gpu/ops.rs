@@ -3,7 +3,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, submit, u32_of, Dispatch, WideOut};
-use super::shaders::OPS;
+use super::shaders::{Shader, OPS};
 
 /// Largest `|c_q30|` the `scale` kernel takes: `|m · c| < 2^15 · 2^47 = 2^62` stays inside the
 /// emulated 64-bit product.
@@ -14,6 +14,7 @@ pub(crate) const SCATTER_ROWS_MAX: usize = 65_535;
 
 /// Inputs of one wide op.
 pub(crate) struct WideOp<'a> {
+    pub(crate) shader: &'static Shader,
     pub(crate) entry: &'static str,
     pub(crate) in0: &'a [i32],
     pub(crate) in1: &'a [i32],
@@ -21,6 +22,7 @@ pub(crate) struct WideOp<'a> {
     pub(crate) cols: usize,
     pub(crate) rows: usize,
     pub(crate) c: i64,
+    pub(crate) k: u32,
     pub(crate) bits: u32,
 }
 
@@ -42,7 +44,7 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
         u32_of("rows", op.rows)?,
         op.bits,
         op.c,
-        0,
+        op.k,
         gx,
     );
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -50,7 +52,7 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
     let b0 = gpu.upload(bytemuck::cast_slice(op.in0))?;
     // Entries that read `in1` need it bound even when it is empty (then nothing is read).
-    let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot") {
+    let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot" | "gelu_bwd") {
         Some(gpu.upload(bytemuck::cast_slice(op.in1))?)
     } else {
         None
@@ -70,7 +72,7 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
         &[&tail.key],
         &[
             Dispatch {
-                shader: &OPS,
+                shader: op.shader,
                 entry: op.entry,
                 bindings,
                 groups,

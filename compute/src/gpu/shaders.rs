@@ -46,5 +46,45 @@ pub static OPS: Shader = Shader {
     ],
 };
 
+/// GELU forward and backward (integer exp2 tables, rounded long division).
+pub static GELU: Shader = Shader {
+    name: "gelu",
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("exp2_table.wgsl"),
+        include_str!("gelu.wgsl")
+    ),
+    entries: &["gelu", "gelu_bwd"],
+};
+
+/// The checked-in `exp2_table.wgsl`.
+pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
+
+/// The text `exp2_table.wgsl` must have: [`crate::fixed::exp2_tables`] as WGSL constants
+/// (the tables are generated once by integer code; the WGSL copy is checked against them).
+pub fn exp2_table_wgsl() -> String {
+    let (hi, lo) = crate::fixed::exp2_tables();
+    let arr = |name: &str, v: &[i64]| {
+        let rows: Vec<String> = v
+            .chunks(8)
+            .map(|c| {
+                let items: Vec<String> = c.iter().map(|x| format!("{x}u")).collect();
+                format!("    {},", items.join(", "))
+            })
+            .collect();
+        format!(
+            "const {name}: array<u32, 256> = array<u32, 256>(\n{}\n);\n",
+            rows.join("\n")
+        )
+    };
+    format!(
+        "// GENERATED from leam_compute::fixed::exp2_tables() (checked by compute/tests/gpu_shaders.rs:\n\
+         // regenerate with LEAM_REGEN_WGSL=1 cargo test -p leam-compute --test gpu_shaders).\n\
+         // 2^(-i/256) and 2^(-j/65536) in Q31.\n{}{}",
+        arr("EXP2_HI", hi),
+        arr("EXP2_LO", lo)
+    )
+}
+
 /// All programs, in fingerprint order.
-pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS];
+pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU];

@@ -1,0 +1,81 @@
+//! Criterion: matmul of the `cpu` backend (exact integer dgemm + B16 requantization) against
+//! `matrixmultiply` f32 sgemm on the model's shapes, and of the `wgpu` backend on each adapter
+//! present against the `cpu` backend. After the criterion groups, prints the ratios measured
+//! in this same process (`ratio cpu/sgemm`, `ratio wgpu/cpu` per adapter).
+
+use criterion::{BenchmarkId, Criterion};
+use leam_compute::gpu::bench::{operands, time_kernels, time_sgemm, BENCH_SHAPES};
+use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
+use ndarray::{linalg::general_mat_mul, Array2};
+
+/// Repetitions of the ratio measurement after the criterion groups.
+const RATIO_REPS: usize = 3;
+
+fn gpus() -> Vec<GpuKernels> {
+    list_adapters()
+        .iter()
+        .filter_map(|a| GpuKernels::with_adapter(&AdapterChoice::Index(a.index)).ok())
+        .collect()
+}
+
+fn shapes() -> Vec<MatmulShape> {
+    BENCH_SHAPES
+        .iter()
+        .map(|&(m, k, n)| MatmulShape::new(m, k, n))
+        .collect()
+}
+
+fn bench(c: &mut Criterion, gpus: &[GpuKernels]) {
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(2));
+    for s in shapes() {
+        let id = format!("{}x{}x{}", s.m, s.k, s.n);
+        let (a, b) = operands(s);
+        g.bench_with_input(BenchmarkId::new("cpu", &id), &s, |bch, &s| {
+            bch.iter(|| CpuKernels.matmul(&a, &b, s).expect("valid operands"))
+        });
+        let af = Array2::from_shape_fn((s.m, s.k), |(i, j)| a.mant[i * s.k + j] as f32);
+        let bf = Array2::from_shape_fn((s.k, s.n), |(i, j)| b.mant[i * s.n + j] as f32);
+        let mut cf = Array2::<f32>::zeros((s.m, s.n));
+        g.bench_with_input(BenchmarkId::new("sgemm", &id), &s, |bch, _| {
+            bch.iter(|| general_mat_mul(1.0, &af, &bf, 0.0, &mut cf))
+        });
+        for gpu in gpus {
+            let name = format!("wgpu-{}", gpu.fingerprint().adapter.backend);
+            g.bench_with_input(BenchmarkId::new(name, &id), &s, |bch, &s| {
+                bch.iter(|| gpu.matmul(&a, &b, s).expect("fits the adapter"))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn ratios(gpus: &[GpuKernels]) {
+    let (mut cpu_s, mut sg_s) = (0.0, 0.0);
+    let mut gpu_s = vec![0.0; gpus.len()];
+    for s in shapes() {
+        cpu_s += time_kernels(&CpuKernels, s, RATIO_REPS)
+            .expect("valid operands")
+            .secs;
+        sg_s += time_sgemm(s, RATIO_REPS).secs;
+        for (t, gpu) in gpu_s.iter_mut().zip(gpus) {
+            *t += time_kernels(gpu, s, RATIO_REPS)
+                .expect("fits the adapter")
+                .secs;
+        }
+    }
+    for (t, gpu) in gpu_s.iter().zip(gpus) {
+        println!("ratio wgpu/cpu {} {:.3}", gpu.name(), cpu_s / t);
+    }
+    println!("ratio cpu/sgemm {:.3}", sg_s / cpu_s);
+}
+
+fn main() {
+    let gpus = gpus();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &gpus);
+    c.final_summary();
+    ratios(&gpus);
+}

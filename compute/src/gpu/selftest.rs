@@ -2,7 +2,7 @@
 //! seeded inputs (counter-based hash, so every machine uses the same inputs).
 
 use crate::fixed::{hash3, B16_MANT_MAX, B24_MANT_MAX};
-use crate::kernels::{Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use crate::kernels::{AdamStep, Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
 
 /// Seed of the self-test inputs (fixed: the self-test is reproducible everywhere).
 pub const SELFTEST_SEED: u64 = 0x1ea7_5e1f_7e57;
@@ -183,6 +183,80 @@ pub fn run(backend: &dyn Kernels) -> Vec<Check> {
         "sum_squares",
         backend,
         one("300x129", |k: &dyn Kernels| k.sum_squares(&x)),
+    ));
+    let xa = Bfp::new(seeded_mant(55, rows * cols, B24_MANT_MAX), -20);
+    let xb = Bfp::new(seeded_mant(56, rows * cols, B24_MANT_MAX), -17);
+    checks.push(compare(
+        "add",
+        backend,
+        one("B24+B24", |k: &dyn Kernels| k.add(&xa, &xb)),
+    ));
+    checks.push(compare(
+        "gelu",
+        backend,
+        one("x·2^-11", |k: &dyn Kernels| k.gelu(&x)),
+    ));
+    checks.push(compare(
+        "gelu_bwd",
+        backend,
+        one("x·2^-11", |k: &dyn Kernels| k.gelu_bwd(&x, &y)),
+    ));
+    // Kernels not ported to every backend yet: same inputs, reported UNSUPPORTED until then.
+    let probs = CpuKernels.softmax(&x, rows, cols, true, 1 << 16);
+    let ln = CpuKernels.layernorm(&x, rows, cols);
+    let targets: Vec<u32> = (0..rows as u64)
+        .map(|i| (hash3(SELFTEST_SEED, 57, i) % cols as u64) as u32)
+        .collect();
+    checks.push(compare(
+        "layernorm",
+        backend,
+        one("300x129", |k: &dyn Kernels| k.layernorm(&x, rows, cols)),
+    ));
+    if let Ok((xhat, r)) = &ln {
+        checks.push(compare(
+            "layernorm_bwd",
+            backend,
+            one("300x129", |k: &dyn Kernels| {
+                k.layernorm_bwd(&y, xhat, r, x.exp, rows, cols)
+            }),
+        ));
+    }
+    checks.push(compare(
+        "softmax",
+        backend,
+        one("causal", |k: &dyn Kernels| {
+            k.softmax(&x, rows, cols, true, 1 << 16)
+        }),
+    ));
+    if let Ok(p) = &probs {
+        checks.push(compare(
+            "softmax_bwd",
+            backend,
+            one("300x129", |k: &dyn Kernels| {
+                k.softmax_bwd(p, &y, rows, cols, 1 << 16)
+            }),
+        ));
+    }
+    checks.push(compare(
+        "cross_entropy",
+        backend,
+        one("300x129", |k: &dyn Kernels| {
+            k.cross_entropy(&x, &targets, rows, cols)
+        }),
+    ));
+    let step = AdamStep {
+        beta1_q30: 966_367_642,
+        beta2_q30: 1_063_004_406,
+        alpha_q40: 1_099_511_628,
+        decay_q40: 109_951_163,
+    };
+    let zeros = Bfp::zeros(rows * cols, -20);
+    checks.push(compare(
+        "adamw",
+        backend,
+        one("first step", |k: &dyn Kernels| {
+            k.adamw(&xa, &x, &zeros, &zeros, &step)
+        }),
     ));
     checks
 }

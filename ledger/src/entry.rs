@@ -414,7 +414,9 @@ pub struct Evidence {
     /// Accused node key.
     #[serde(serialize_with = "ser_hex")]
     pub accused: PublicKey,
-    /// Kind of misbehaviour.
+    /// Kind of misbehaviour (`evidence_kind` in the encoding and in JSON, where `kind` names
+    /// the entry kind).
+    #[serde(rename = "evidence_kind")]
     pub kind: EvidenceKind,
     /// Portable evidence bytes (for equivocations: an `evidence::Equivocation` encoding).
     #[serde(serialize_with = "ser_hex")]

@@ -432,6 +432,26 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
     }
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far, from
+/// `/proc/self/stat` (fields 14 and 15, in USER_HZ = 100 ticks per second, fixed by the Linux
+/// ABI). `None` where it cannot be read. On a shared machine this shows how much of the wall
+/// time the process actually ran.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn cpu_note(before: Option<f64>) -> String {
+    match (before, cpu_seconds()) {
+        (Some(b), Some(a)) => format!(" [{:.2} CPU-s]", a - b),
+        _ => String::new(),
+    }
+}
+
 fn rate(n: u64, secs: f64) -> f64 {
     n as f64 / secs.max(1e-9)
 }
@@ -480,6 +500,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         start.elapsed().as_secs_f64()
     );
 
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let mut batches = 0u64;
     let mut it = entries.into_iter().peekable();
@@ -490,9 +511,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let append_s = start.elapsed().as_secs_f64();
     println!(
-        "append: {} entries in {batches} durable batches of up to {} in {append_s:.2} s: {:.0} durable appends/s (validated, hashed, checkpoint signed, fsynced)",
+        "append: {} entries in {batches} durable batches of up to {} in {append_s:.2} s{}: {:.0} durable appends/s (validated, hashed, checkpoint signed, fsynced)",
         a.entries,
         a.batch,
+        cpu_note(cpu),
         rate(a.entries, append_s)
     );
 
@@ -517,13 +539,15 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = a.dir.clone();
     drop(log);
 
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let report = audit_dirs(std::slice::from_ref(&dir), &AuditOptions::default())?;
     let audit_s = start.elapsed().as_secs_f64();
     let sigs = report.logs[0].signatures_verified;
     let audit_rate = rate(size, audit_s);
     println!(
-        "audit: {size} entries ({sigs} signatures, batch-verified on {threads} threads; tree recomputed; rules and accounting folded) in {audit_s:.2} s: {audit_rate:.0} audited entries/s"
+        "audit: {size} entries ({sigs} signatures, batch-verified on {threads} threads; tree recomputed; rules and accounting folded) in {audit_s:.2} s{}: {audit_rate:.0} audited entries/s",
+        cpu_note(cpu)
     );
 
     // Raw single-signature verification of the same entries, one thread.
@@ -538,6 +562,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             (m, Signature::from_bytes(&s))
         })
         .collect();
+    let cpu = cpu_seconds();
     let start = Instant::now();
     for (m, s) in &prepared {
         key.verify(m, s)
@@ -546,7 +571,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let raw_s = start.elapsed().as_secs_f64();
     let raw_rate = rate(n_raw, raw_s);
     println!(
-        "raw: {n_raw} single ed25519-dalek signature verifications (1 thread) in {raw_s:.2} s: {raw_rate:.0} verifications/s"
+        "raw: {n_raw} single ed25519-dalek signature verifications (1 thread) in {raw_s:.2} s{}: {raw_rate:.0} verifications/s",
+        cpu_note(cpu)
     );
     println!(
         "per core: audit {:.0} entries/s/core on {threads} threads vs raw {raw_rate:.0}/s/core",

@@ -357,7 +357,7 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
         0 => Body::Deposit(Deposit {
             member: a,
             eur_cents: 1_000,
-            money: if i % 20 == 0 {
+            money: if (i / 10) & 1 == 0 {
                 Money::Public
             } else {
                 Money::Private

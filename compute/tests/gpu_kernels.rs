@@ -328,3 +328,19 @@ fn gelu_covers_every_mantissa_at_the_model_exponents() {
         same_on_all("gelu_bwd all", |k| k.gelu_bwd(&x, &dy)).unwrap();
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn softmax_bit_exact(
+        ((rows, cols), bits) in ((prop_oneof![Just(0usize), 1usize..200], prop_oneof![Just(1usize), 1usize..80]), 0u32..16),
+        e in prop_oneof![-20i32..-5, -60i32..60],
+        causal in any::<bool>(),
+        scale in prop_oneof![Just(1u32 << 16), Just(11_585u32), any::<u32>()],
+        seed in any::<u64>(),
+    ) {
+        let x = Bfp::new(seeded(seed, rows * cols, bits), e);
+        same_on_all("softmax", |k| k.softmax(&x, rows, cols, causal, scale))?;
+    }
+}

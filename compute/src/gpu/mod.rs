@@ -257,6 +257,38 @@ impl Kernels for GpuKernels {
         ops::sum_squares(&self.gpu, &x.mant).map_err(|e| kernel_error(OP, e))
     }
 
+    fn softmax(
+        &self,
+        x: &Bfp,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "softmax";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        // 30 − exp, clamped: beyond ±100 every y is 0 (s ≥ 96) or saturated (E = 0), as on
+        // the CPU.
+        let s = (30 - x.exp as i64).clamp(-100, 100) as i32;
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                shader: &shaders::SOFTMAX,
+                entry: "softmax_rows",
+                in0: &x.mant,
+                in1: &[],
+                count: rows * cols,
+                cols,
+                rows,
+                c: i64::from(scale_q16) | (i64::from(causal) << 32),
+                k: s as u32,
+                bits: 15,
+            },
+            -30,
+        )
+    }
+
     fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "gelu";
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;

@@ -37,7 +37,13 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
     if op.count == 0 {
         return Ok((Vec::new(), 0));
     }
-    let (groups, gx) = grid_1d(gpu, op.entry, op.count)?;
+    // One invocation per output element, except the row kernels (one per row).
+    let items = if op.entry == "softmax_rows" {
+        op.rows
+    } else {
+        op.count
+    };
+    let (groups, gx) = grid_1d(gpu, op.entry, items)?;
     let p = params(
         u32_of("elements", op.count)?,
         u32_of("columns", op.cols)?,

@@ -57,6 +57,18 @@ pub static GELU: Shader = Shader {
     entries: &["gelu", "gelu_bwd"],
 };
 
+/// Row softmax (causal or not): 96-bit exponent argument, integer exp2 tables, rounded
+/// long division.
+pub static SOFTMAX: Shader = Shader {
+    name: "softmax",
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("exp2_table.wgsl"),
+        include_str!("softmax.wgsl")
+    ),
+    entries: &["softmax_rows"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -87,4 +99,4 @@ pub fn exp2_table_wgsl() -> String {
 }
 
 /// All programs, in fingerprint order.
-pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU];
+pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU, &SOFTMAX];

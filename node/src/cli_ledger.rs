@@ -445,11 +445,12 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-fn cpu_note(before: Option<f64>) -> String {
-    match (before, cpu_seconds()) {
-        (Some(b), Some(a)) => format!(" [{:.2} CPU-s]", a - b),
-        _ => String::new(),
-    }
+fn cpu_since(before: Option<f64>) -> Option<f64> {
+    Some(cpu_seconds()? - before?).filter(|d| *d > 0.0)
+}
+
+fn cpu_note(used: Option<f64>) -> String {
+    used.map(|d| format!(" [{d:.2} CPU-s]")).unwrap_or_default()
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -510,11 +511,12 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         batches += 1;
     }
     let append_s = start.elapsed().as_secs_f64();
+    let append_cpu = cpu_since(cpu);
     println!(
         "append: {} entries in {batches} durable batches of up to {} in {append_s:.2} s{}: {:.0} durable appends/s (validated, hashed, checkpoint signed, fsynced)",
         a.entries,
         a.batch,
-        cpu_note(cpu),
+        cpu_note(append_cpu),
         rate(a.entries, append_s)
     );
 
@@ -543,11 +545,12 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let report = audit_dirs(std::slice::from_ref(&dir), &AuditOptions::default())?;
     let audit_s = start.elapsed().as_secs_f64();
+    let audit_cpu = cpu_since(cpu);
     let sigs = report.logs[0].signatures_verified;
     let audit_rate = rate(size, audit_s);
     println!(
         "audit: {size} entries ({sigs} signatures, batch-verified on {threads} threads; tree recomputed; rules and accounting folded) in {audit_s:.2} s{}: {audit_rate:.0} audited entries/s",
-        cpu_note(cpu)
+        cpu_note(audit_cpu)
     );
 
     // Raw single-signature verification of the same entries, one thread.
@@ -569,15 +572,25 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             .context("a stored signature does not verify")?;
     }
     let raw_s = start.elapsed().as_secs_f64();
+    let raw_cpu = cpu_since(cpu);
     let raw_rate = rate(n_raw, raw_s);
     println!(
         "raw: {n_raw} single ed25519-dalek signature verifications (1 thread) in {raw_s:.2} s{}: {raw_rate:.0} verifications/s",
-        cpu_note(cpu)
+        cpu_note(raw_cpu)
     );
     println!(
         "per core: audit {:.0} entries/s/core on {threads} threads vs raw {raw_rate:.0}/s/core",
         audit_rate / threads as f64
     );
+    if let (Some(ac), Some(rc), Some(pc)) = (audit_cpu, raw_cpu, append_cpu) {
+        println!(
+            "per CPU-second (independent of other load on a shared machine): append {:.0} entries, audit {:.0} entries, raw {:.0} verifications; audit/raw {:.2}",
+            a.entries as f64 / pc,
+            size as f64 / ac,
+            n_raw as f64 / rc,
+            (size as f64 / ac) / (n_raw as f64 / rc)
+        );
+    }
     println!("ratio {:.2}", audit_rate / raw_rate);
     Ok(ExitCode::SUCCESS)
 }

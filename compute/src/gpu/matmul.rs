@@ -6,8 +6,8 @@ use super::exec::{submit, u32_of, Dispatch, WideOut};
 use super::shaders::MATMUL;
 use crate::kernels::MatmulShape;
 
-/// Matmul workgroup tile edge (must match `TILE` in `matmul.wgsl`).
-const TILE: u64 = 16;
+/// Edge of the block of C one workgroup computes (must match `TILE` in `matmul.wgsl`).
+const TILE: u64 = 32;
 /// Mantissa bits of B16 (|x| ≤ 2^15 − 1).
 const B16_BITS: u32 = 15;
 

@@ -1,0 +1,273 @@
+//! The accounting fold on in-memory logs: attribution, conflicts, verdicts, dedup, determinism.
+
+use ed25519_dalek::SigningKey;
+use leam_ledger::account::{fold, AccountError, LogState, LogView, RuleError};
+use leam_ledger::entry::*;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn pk(k: &SigningKey) -> PublicKey {
+    k.verifying_key().to_bytes()
+}
+
+fn admit(member: PublicKey, org: &str, sector: Sector) -> Body {
+    Body::Admission(Admission {
+        organisation: org.into(),
+        sector,
+        member,
+    })
+}
+
+/// A log of `bodies` by `k` (entry 0, the self-admission, is prepended), checked by the rules.
+fn log(k: &SigningKey, org: &str, sector: Sector, bodies: Vec<Body>) -> Vec<Entry> {
+    let mut all = vec![admit(pk(k), org, sector)];
+    all.extend(bodies);
+    let entries: Vec<Entry> = all
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| Entry::sign(k, i as u64, 1_000 + i as u64, b))
+        .collect();
+    LogState::new(pk(k)).apply_all(&entries).unwrap();
+    entries
+}
+
+fn receipt(job: u8, bidder: &SigningKey, provider: &SigningKey, units: u64) -> ReceiptTerms {
+    ReceiptTerms {
+        job_id: [job; 32],
+        shard: 0,
+        bidder: pk(bidder),
+        provider: pk(provider),
+        input_commitment: [0; 32],
+        output_commitment: [job; 32],
+        compute_units: units,
+        gpu_ms: units * 2,
+        device_fingerprint: [0; 32],
+    }
+}
+
+fn verdict(job: u8, provider: &SigningKey, accepted: bool) -> Body {
+    Body::Verdict(Verdict {
+        job_id: [job; 32],
+        shard: 0,
+        provider: pk(provider),
+        output_commitment: [job; 32],
+        accepted,
+    })
+}
+
+#[test]
+fn verdicts_decide_what_counts_and_facts_count_once() {
+    let (a, b, r) = (key(1), key(2), key(3));
+    let la = log(
+        &a,
+        "A",
+        Sector::Science,
+        vec![
+            admit(pk(&b), "B", Sector::Startup),
+            Body::Receipt(receipt(1, &b, &a, 100).cosign(&b)),
+            Body::Receipt(receipt(2, &b, &a, 200).cosign(&b)),
+            Body::Receipt(receipt(3, &b, &a, 400).cosign(&b)),
+        ],
+    );
+    let lb = log(
+        &b,
+        "B",
+        Sector::Startup,
+        vec![
+            admit(pk(&a), "A", Sector::Science),
+            Body::Receipt(receipt(1, &b, &a, 100).cosign(&a)),
+        ],
+    );
+    let lr = log(
+        &r,
+        "Referee",
+        Sector::Public,
+        vec![
+            admit(pk(&a), "A", Sector::Science),
+            verdict(1, &a, true),
+            verdict(2, &a, true),
+            verdict(2, &a, false),
+            Body::Evidence(Evidence {
+                accused: pk(&a),
+                kind: EvidenceKind::WrongShardResult,
+                bytes: vec![2; 8],
+            }),
+        ],
+    );
+    let mut lb2 = lb.clone();
+    lb2.truncate(1);
+    let views = [
+        LogView {
+            owner: pk(&a),
+            entries: &la,
+        },
+        LogView {
+            owner: pk(&b),
+            entries: &lb,
+        },
+        LogView {
+            owner: pk(&r),
+            entries: &lr,
+        },
+    ];
+    let rep = fold(&views).unwrap();
+    let at = &rep.organisations["A"].totals;
+    assert_eq!(
+        at.compute_contributed_units, 100,
+        "receipt 1 once, accepted"
+    );
+    assert_eq!(at.compute_contributed_gpu_ms, 200);
+    assert_eq!(
+        at.compute_rejected_units, 200,
+        "receipt 2 has a rejecting verdict"
+    );
+    assert_eq!(at.compute_unverified_units, 400, "receipt 3 has no verdict");
+    assert_eq!(at.evidence_against, 1);
+    assert_eq!(rep.organisations["B"].totals.compute_consumed_units, 100);
+    assert_eq!(rep.facts, 3);
+    // Deterministic: any order of logs gives the same report.
+    let reversed = [views[2], views[0], views[1]];
+    assert_eq!(fold(&reversed).unwrap(), rep);
+}
+
+#[test]
+fn conflicting_admissions_and_unattributed_keys_are_errors() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let la = log(
+        &a,
+        "A",
+        Sector::Science,
+        vec![admit(pk(&c), "C", Sector::Public)],
+    );
+    let lb = log(
+        &b,
+        "B",
+        Sector::Private,
+        vec![admit(pk(&c), "C", Sector::Private)],
+    );
+    let err = fold(&[
+        LogView {
+            owner: pk(&a),
+            entries: &la,
+        },
+        LogView {
+            owner: pk(&b),
+            entries: &lb,
+        },
+    ])
+    .unwrap_err();
+    match err {
+        AccountError::ConflictingAdmission { key, first, second } => {
+            assert_eq!(key, hex::encode(pk(&c)));
+            // Logs are folded in key order, so either admission may come first.
+            assert!(
+                (first.starts_with("C/public") && second.starts_with("C/private"))
+                    || (first.starts_with("C/private") && second.starts_with("C/public")),
+                "{first} {second}"
+            );
+            assert!(first.contains("entry 1") && second.contains("entry 1"));
+        }
+        other => panic!("expected ConflictingAdmission, got {other}"),
+    }
+    // An entry naming a key nobody admitted (built without the log rules).
+    let stray = vec![
+        Entry::sign(&a, 0, 0, admit(pk(&a), "A", Sector::Science)),
+        Entry::sign(&a, 1, 0, verdict(9, &c, true)),
+    ];
+    let err = fold(&[LogView {
+        owner: pk(&a),
+        entries: &stray,
+    }])
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AccountError::Unattributed {
+            log: hex::encode(pk(&a)),
+            seq: 1,
+            key: hex::encode(pk(&c)),
+        }
+    );
+}
+
+#[test]
+fn log_rules_name_the_entry() {
+    let (a, b) = (key(1), key(2));
+    let mut st = LogState::new(pk(&a));
+    let first = Entry::sign(
+        &a,
+        0,
+        5,
+        Body::Offer(Offer {
+            offer_id: 0,
+            device_fingerprint: [0; 32],
+            compute_units_per_hour: 1,
+            price_cents_per_kilo_unit: 1,
+            valid_until_ms: 1,
+        }),
+    );
+    assert_eq!(
+        st.apply_all([&first]),
+        Err(RuleError::MissingGenesis { found: "offer" })
+    );
+    let genesis = Entry::sign(&a, 0, 5, admit(pk(&a), "A", Sector::Public));
+    st.apply_all([&genesis]).unwrap();
+    let early = Entry::sign(&a, 1, 4, admit(pk(&b), "B", Sector::Public));
+    assert_eq!(
+        st.apply_all([&early]),
+        Err(RuleError::TimeBackwards {
+            seq: 1,
+            previous: 5,
+            found: 4
+        })
+    );
+    let unknown = Entry::sign(&a, 1, 6, verdict(1, &b, true));
+    assert!(matches!(
+        st.apply_all([&unknown]),
+        Err(RuleError::NotAdmitted {
+            seq: 1,
+            role: "provider",
+            ..
+        })
+    ));
+    let own = Entry::sign(&a, 1, 6, verdict(1, &a, true));
+    assert_eq!(
+        st.apply_all([&own]),
+        Err(RuleError::SelfReference {
+            seq: 1,
+            kind: "verdict"
+        })
+    );
+    let foreign_deposit = Entry::sign(
+        &a,
+        1,
+        6,
+        Body::Deposit(Deposit {
+            member: pk(&b),
+            eur_cents: 1,
+            money: Money::Public,
+            reference: "x".into(),
+        }),
+    );
+    assert!(matches!(
+        st.apply_all([&foreign_deposit]),
+        Err(RuleError::ForeignDeposit { seq: 1, .. })
+    ));
+    let sector_change = [
+        Entry::sign(&a, 1, 6, admit(pk(&b), "B", Sector::Public)),
+        Entry::sign(&a, 2, 6, admit(pk(&key(3)), "B", Sector::Private)),
+    ];
+    assert!(matches!(
+        st.apply_all(&sector_change),
+        Err(RuleError::SectorConflict {
+            seq: 2,
+            first: "public",
+            found: "private",
+            ..
+        })
+    ));
+    // Nothing of a failed batch was applied.
+    assert_eq!(st.next_seq(), 1);
+    assert!(st.membership(&pk(&b)).is_none());
+}

@@ -196,11 +196,15 @@ pub fn verify_inclusion(
     Ok(())
 }
 
-/// The state hashes after every inner step of one shard run, in step order.
+/// The state hashes after every inner step of one shard run, in step order, with the hashes of
+/// every complete (power-of-two, aligned) subtree, so that the root and any inclusion proof
+/// cost O(log² steps) hashes instead of O(steps). Memory: 32 bytes per step for the state
+/// hashes plus about 64 for the subtree levels (96 MiB at `SHARD_STEPS_MAX`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepLog {
     state_hashes: Vec<Hash32>,
-    leaf_hashes: Vec<Hash32>,
+    /// `levels[l][i]` is the root of leaves `i·2^l .. (i+1)·2^l`; `levels[0]` are leaf hashes.
+    levels: Vec<Vec<Hash32>>,
 }
 
 /// A step's state hash with its inclusion proof against a shard result's step root.
@@ -235,8 +239,34 @@ impl StepLog {
 
     /// Records the state hash after the next step.
     pub fn push(&mut self, state_hash: Hash32) {
-        self.leaf_hashes.push(leaf_hash(&state_hash));
+        if self.levels.is_empty() {
+            self.levels.push(Vec::new());
+        }
+        self.levels[0].push(leaf_hash(&state_hash));
         self.state_hashes.push(state_hash);
+        // Complete every subtree the new leaf closes.
+        let mut l = 0;
+        while self.levels[l].len().is_multiple_of(2) {
+            let n = self.levels[l].len();
+            let node = node_hash(&self.levels[l][n - 2], &self.levels[l][n - 1]);
+            if self.levels.len() == l + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[l + 1].push(node);
+            l += 1;
+        }
+    }
+
+    /// Root of leaves `a..b` (non-empty, `a` aligned as in RFC 9162's recursion).
+    fn subtree_root(&self, a: usize, b: usize) -> Hash32 {
+        let n = b - a;
+        debug_assert!(n >= 1, "subtree_root of an empty range");
+        if n.is_power_of_two() && a.is_multiple_of(n) {
+            let l = n.trailing_zeros() as usize;
+            return self.levels[l][a >> l];
+        }
+        let k = split_point(n);
+        node_hash(&self.subtree_root(a, a + k), &self.subtree_root(a + k, b))
     }
 
     /// Number of recorded steps.
@@ -263,16 +293,34 @@ impl StepLog {
 
     /// Merkle root over all recorded step hashes.
     pub fn root(&self) -> Hash32 {
-        root_from_leaf_hashes(&self.leaf_hashes)
+        match self.state_hashes.len() {
+            0 => root_from_leaf_hashes(&[]),
+            n => self.subtree_root(0, n),
+        }
     }
 
-    /// The step hash of `step` with its inclusion proof against [`StepLog::root`].
+    /// The step hash of `step` with its inclusion proof against [`StepLog::root`] (the same
+    /// proof as [`inclusion_proof`], from the stored subtree hashes).
     pub fn prove(&self, step: u64) -> Result<StepHashProof, MerkleError> {
-        let proof = inclusion_proof(&self.leaf_hashes, step)?;
         let state_hash = self.state_hash(step).ok_or(MerkleError::IndexOutOfRange {
             index: step,
             size: self.len(),
         })?;
+        let mut proof = Vec::new();
+        let (mut a, mut b) = (0usize, self.state_hashes.len());
+        // `state_hash` found the step, so it fits in usize.
+        let m = step as usize;
+        while b - a > 1 {
+            let k = split_point(b - a);
+            if m < a + k {
+                proof.push(self.subtree_root(a + k, b));
+                b = a + k;
+            } else {
+                proof.push(self.subtree_root(a, a + k));
+                a += k;
+            }
+        }
+        proof.reverse();
         Ok(StepHashProof {
             step,
             state_hash,

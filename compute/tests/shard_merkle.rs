@@ -105,3 +105,34 @@ fn proofs_of_every_leaf_of_every_size_verify() {
         }
     }
 }
+
+/// Cost of serving bisection proofs from a full-size step log, against recomputing each proof
+/// from the leaves (`inclusion_proof`), in the same process. Run with
+/// `cargo test --release -p leam-compute --test shard_merkle -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report, run on demand in release mode"]
+fn proof_serving_cost_at_shard_steps_max() {
+    use std::time::Instant;
+    let n = leam_compute::shard::SHARD_STEPS_MAX as u64;
+    let t = Instant::now();
+    let log: StepLog = (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+    let build = t.elapsed();
+    let t = Instant::now();
+    let root = log.root();
+    let proofs: Vec<_> = (0..21)
+        .map(|j| log.prove(j * 49_999 % n).unwrap())
+        .collect();
+    let served = t.elapsed();
+    let leaves: Vec<Hash32> = log.state_hashes().iter().map(|h| leaf_hash(h)).collect();
+    let t = Instant::now();
+    for p in &proofs {
+        assert_eq!(p.proof, inclusion_proof(&leaves, p.step).unwrap());
+        p.verify(n, &root).unwrap();
+    }
+    let naive = t.elapsed();
+    println!(
+        "{n} leaves: log built in {build:?}; root + 21 proofs from the log {served:?}; \
+         21 proofs recomputed from the leaves {naive:?}; ratio {:.0}",
+        naive.as_secs_f64() / served.as_secs_f64()
+    );
+}

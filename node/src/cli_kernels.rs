@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use leam_compute::gpu::bench::{time_kernels, time_sgemm, BENCH_SHAPES};
+use leam_compute::gpu::bench::{
+    kernel_timings, time_kernels, time_sgemm, train_step_secs, BENCH_SHAPES,
+};
 use leam_compute::gpu::selftest::{self, Outcome};
-use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
 use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
 
 /// Which backends a command covers.
@@ -23,6 +25,91 @@ pub enum BackendSel {
 const BENCH_REPS_DEFAULT: usize = 5;
 /// Upper bound of `--reps`.
 const BENCH_REPS_MAX: usize = 1000;
+/// Upper bound of `--train-steps`.
+const TRAIN_STEPS_MAX: u64 = 1000;
+
+/// The optional parts of `leam compute bench`.
+#[derive(Debug)]
+struct Extra {
+    kernels: bool,
+    train_steps: u64,
+    corpus: std::path::PathBuf,
+}
+
+/// Per-kernel seconds on cpu and on each adapter, with the ratio cpu time / wgpu time.
+fn kernel_table(gpus: &[WithCpuFallback], reps: usize) {
+    let cpu = kernel_timings(&CpuKernels, reps);
+    let on_gpus: Vec<_> = gpus.iter().map(|g| kernel_timings(g.gpu(), reps)).collect();
+    for (i, (name, c)) in cpu.iter().enumerate() {
+        let c_ms = c.as_ref().map(|s| s * 1e3).unwrap_or(f64::NAN);
+        let mut line = format!("kernel {name:<17} cpu {c_ms:9.3} ms");
+        for (g, t) in gpus.iter().zip(&on_gpus) {
+            match &t[i].1 {
+                Ok(s) => line.push_str(&format!(
+                    " | {} {:9.3} ms (wgpu/cpu speed {:.3})",
+                    g.gpu().fingerprint().adapter.backend,
+                    s * 1e3,
+                    c_ms / (s * 1e3)
+                )),
+                Err(e) => line.push_str(&format!(
+                    " | {} {}",
+                    g.gpu().fingerprint().adapter.backend,
+                    match e {
+                        leam_compute::kernels::KernelError::Unsupported { .. } =>
+                            "UNSUPPORTED".to_string(),
+                        other => other.to_string(),
+                    }
+                )),
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// Seconds per training step of the tiny model on cpu and each adapter.
+fn train_table(gpus: &[WithCpuFallback], extra: &Extra) -> anyhow::Result<()> {
+    use leam_compute::data::Corpus;
+    use leam_compute::model::Config;
+    use leam_compute::optim::Hyper;
+    use leam_compute::train::TrainState;
+    let corpus = Corpus::load(&extra.corpus)
+        .with_context(|| format!("loading corpus {}", extra.corpus.display()))?;
+    let fresh = || -> anyhow::Result<TrainState> {
+        let cfg = Config {
+            vocab: corpus.vocab.len(),
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 32,
+            block_size: 16,
+        };
+        Ok(TrainState::new(
+            cfg,
+            Hyper::nanogpt_cpu().to_fixed()?,
+            4,
+            1337,
+        )?)
+    };
+    let mut st = fresh()?;
+    let c = train_step_secs(&CpuKernels, &mut st, &corpus.train, extra.train_steps)?;
+    println!(
+        "train tiny (1 layer, 32 wide, context 16, batch 4): cpu {:.2} ms/step, params {}",
+        c * 1e3,
+        hex::encode(st.params_commitment())
+    );
+    for g in gpus {
+        let mut st = fresh()?;
+        let t = train_step_secs(g, &mut st, &corpus.train, extra.train_steps)?;
+        println!(
+            "train tiny: {} {:.2} ms/step (cpu/wgpu speed {:.3}), params {}, ops on cpu: {:?}",
+            g.name(),
+            t * 1e3,
+            c / t,
+            hex::encode(st.params_commitment()),
+            g.fallback_counts()
+        );
+    }
+    Ok(())
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ComputeCmd {
@@ -49,6 +136,16 @@ pub enum ComputeCmd {
         /// Repetitions per shape (best time is reported).
         #[arg(long, default_value_t = BENCH_REPS_DEFAULT)]
         reps: usize,
+        /// Also time every kernel (model-sized inputs) on each backend, wgpu against cpu.
+        #[arg(long)]
+        kernels: bool,
+        /// Also time this many training steps of a tiny model (1 layer, width 32, context 16,
+        /// batch 4) on each backend; needs `--corpus`.
+        #[arg(long, default_value_t = 0)]
+        train_steps: u64,
+        /// Corpus for `--train-steps`.
+        #[arg(long, default_value = "data/tinyshakespeare.txt")]
+        corpus: std::path::PathBuf,
     },
 }
 
@@ -60,13 +157,25 @@ pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
             all,
             adapter,
             reps,
+            kernels,
+            train_steps,
+            corpus,
         } => {
             anyhow::ensure!(
                 (1..=BENCH_REPS_MAX).contains(&reps),
                 "--reps must be between 1 and {BENCH_REPS_MAX}, got {reps}"
             );
+            anyhow::ensure!(
+                train_steps <= TRAIN_STEPS_MAX,
+                "--train-steps must be at most {TRAIN_STEPS_MAX}, got {train_steps}"
+            );
             let sel = if all { BackendSel::All } else { backend };
-            bench_cmd(sel, adapter, reps)
+            let extra = Extra {
+                kernels,
+                train_steps,
+                corpus,
+            };
+            bench_cmd(sel, adapter, reps, &extra)
         }
     }
 }
@@ -124,7 +233,12 @@ fn selftest_cmd(adapter: Option<String>) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn bench_cmd(sel: BackendSel, adapter: Option<String>, reps: usize) -> anyhow::Result<ExitCode> {
+fn bench_cmd(
+    sel: BackendSel,
+    adapter: Option<String>,
+    reps: usize,
+    extra: &Extra,
+) -> anyhow::Result<ExitCode> {
     let shapes: Vec<MatmulShape> = BENCH_SHAPES
         .iter()
         .map(|&(m, k, n)| MatmulShape::new(m, k, n))
@@ -153,11 +267,25 @@ fn bench_cmd(sel: BackendSel, adapter: Option<String>, reps: usize) -> anyhow::R
         ops += 2.0 * s.macs() as f64;
         cpu_times.push(c);
     }
-    if sel != BackendSel::Cpu {
-        for gpu in open_adapters(adapter)? {
+    let gpus: Vec<WithCpuFallback> = if sel == BackendSel::Cpu {
+        Vec::new()
+    } else {
+        open_adapters(adapter)?
+            .into_iter()
+            .map(WithCpuFallback::new)
+            .collect()
+    };
+    if extra.kernels {
+        kernel_table(&gpus, reps);
+    }
+    if extra.train_steps > 0 {
+        train_table(&gpus, extra)?;
+    }
+    {
+        for gpu in gpus.iter().map(WithCpuFallback::gpu) {
             let mut gs = 0.0;
             for (&s, c) in shapes.iter().zip(&cpu_times) {
-                let t = time_kernels(&gpu, s, reps)?;
+                let t = time_kernels(gpu, s, reps)?;
                 gs += t.secs;
                 println!(
                     "{}x{}x{}  {} {:8.2} GOP/s  cpu {:8.2} GOP/s  ratio wgpu/cpu {:.3}",

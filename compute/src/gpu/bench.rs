@@ -82,3 +82,80 @@ pub fn time_sgemm(s: MatmulShape, reps: usize) -> Timing {
     }
     timing(2.0 * (s.m * s.k * s.n) as f64, best)
 }
+
+/// Best-of-`reps` seconds of one call.
+fn best_of<T>(
+    reps: usize,
+    mut f: impl FnMut() -> Result<T, KernelError>,
+) -> Result<f64, KernelError> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Seconds per call of every kernel on `backend`, on tensors of the nanoGPT CPU configuration
+/// (768 rows × 128 columns; attention 48 × 64 × 64), best of `reps`. `Err` for kernels the
+/// backend refuses (e.g. `Unsupported`).
+pub fn kernel_timings(
+    backend: &dyn Kernels,
+    reps: usize,
+) -> Vec<(&'static str, Result<f64, KernelError>)> {
+    use crate::fixed::B24_MANT_MAX;
+    let (rows, cols) = (768, 128);
+    let x = Bfp::new(seeded_mant(201, rows * cols, B16_MANT_MAX), -11);
+    let y = Bfp::new(seeded_mant(202, rows * cols, B16_MANT_MAX), -9);
+    let w = Bfp::new(seeded_mant(203, cols, B16_MANT_MAX), -3);
+    let xa = Bfp::new(seeded_mant(204, rows * cols, B24_MANT_MAX), -20);
+    let att = Bfp::new(seeded_mant(205, 48 * 64 * 64, B16_MANT_MAX), -10);
+    let idx: Vec<u32> = (0..rows as u32).map(|i| i % 65).collect();
+    let s = MatmulShape::new(rows, cols, 3 * cols);
+    let (a, b) = operands(s);
+    let k = backend;
+    vec![
+        ("matmul", best_of(reps, || k.matmul(&a, &b, s))),
+        ("add", best_of(reps, || k.add(&xa, &x))),
+        ("requant", best_of(reps, || k.requant(&xa, B16_MANT_MAX))),
+        ("rescale", best_of(reps, || k.rescale(&x, x.exp + 3))),
+        ("mul_cols", best_of(reps, || k.mul_cols(&x, &w, rows, cols))),
+        ("col_dot", best_of(reps, || k.col_dot(&x, &y, rows, cols))),
+        ("scale", best_of(reps, || k.scale(&x, 1 << 29))),
+        (
+            "scatter_add_rows",
+            best_of(reps, || k.scatter_add_rows(&x, &idx, 65, cols)),
+        ),
+        ("sum_squares", best_of(reps, || k.sum_squares(&x))),
+        ("gelu", best_of(reps, || k.gelu(&x))),
+        ("gelu_bwd", best_of(reps, || k.gelu_bwd(&x, &y))),
+        (
+            "softmax",
+            best_of(reps, || k.softmax(&att, 48 * 64, 64, true, 8192)),
+        ),
+        ("layernorm", best_of(reps, || k.layernorm(&x, rows, cols))),
+    ]
+}
+
+/// Mean seconds per training step of `state` on `backend` over `steps` steps (after one
+/// warm-up step), batches from `tokens`.
+pub fn train_step_secs(
+    backend: &dyn Kernels,
+    state: &mut crate::train::TrainState,
+    tokens: &[u32],
+    steps: u64,
+) -> Result<f64, crate::train::TrainError> {
+    let one = |st: &mut crate::train::TrainState| -> Result<(), crate::train::TrainError> {
+        let batch = st.batch_for(tokens, st.step)?;
+        st.step(backend, &batch)?;
+        Ok(())
+    };
+    one(state)?;
+    let t = Instant::now();
+    for _ in 0..steps.max(1) {
+        one(state)?;
+    }
+    Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
+}

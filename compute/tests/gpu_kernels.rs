@@ -344,3 +344,30 @@ proptest! {
         same_on_all("softmax", |k| k.softmax(&x, rows, cols, causal, scale))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn layernorm_bit_exact(
+        rows in prop_oneof![Just(0usize), 1usize..100],
+        cols in prop_oneof![Just(1usize), 1usize..130, Just(256)],
+        bits in prop_oneof![Just(15u32), 0u32..16],
+        e in -30i32..30,
+        seed in any::<u64>(),
+    ) {
+        let x = Bfp::new(seeded(seed, rows * cols, bits), e);
+        same_on_all("layernorm", |k| k.layernorm(&x, rows, cols))?;
+    }
+}
+
+#[test]
+fn layernorm_extremes() {
+    // Constant rows (S = 0), alternating extremes (largest d and S) at the widest GPU row.
+    let cols = 256;
+    let mut m = vec![5; cols];
+    m.extend((0..cols).map(|i| if i % 2 == 0 { 32_767 } else { -32_767 }));
+    m.extend((0..cols).map(|i| if i == 0 { 32_767 } else { -32_767 }));
+    let x = Bfp::new(m, -3);
+    same_on_all("layernorm extremes", |k| k.layernorm(&x, 3, cols)).unwrap();
+}

@@ -10,6 +10,7 @@ pub mod bench;
 mod device;
 mod exec;
 mod fallback;
+mod layernorm;
 mod matmul;
 mod ops;
 pub mod selftest;
@@ -255,6 +256,27 @@ impl Kernels for GpuKernels {
         const OP: &str = "sum_squares";
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
         ops::sum_squares(&self.gpu, &x.mant).map_err(|e| kernel_error(OP, e))
+    }
+
+    fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
+        const OP: &str = "layernorm";
+        expect_len(OP, "x", x.len(), rows * cols)?;
+        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        if cols == 0 {
+            return Ok((Bfp::new(Vec::new(), -24), vec![0; rows]));
+        }
+        if cols > layernorm::LAYERNORM_COLS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        let (mant, shift, r) = layernorm::layernorm(&self.gpu, &x.mant, rows, cols)
+            .map_err(|e| kernel_error(OP, e))?;
+        Ok((
+            Bfp {
+                mant,
+                exp: checked_exp(OP, -24, shift as i64)?,
+            },
+            r,
+        ))
     }
 
     fn softmax(

@@ -69,6 +69,13 @@ pub static SOFTMAX: Shader = Shader {
     entries: &["softmax_rows"],
 };
 
+/// Layer normalization (96-bit integer square root and divisions).
+pub static LAYERNORM: Shader = Shader {
+    name: "layernorm",
+    source: concat!(include_str!("int64.wgsl"), include_str!("layernorm.wgsl")),
+    entries: &["layernorm_rows"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -99,4 +106,4 @@ pub fn exp2_table_wgsl() -> String {
 }
 
 /// All programs, in fingerprint order.
-pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU, &SOFTMAX];
+pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU, &SOFTMAX, &LAYERNORM];

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::entry::{Body, Digest32, Entry, Money, PublicKey, Sector};
+use crate::entry::{Body, Digest32, Entry, EvidenceKind, Money, PublicKey, Sector};
+use crate::evidence::Equivocation;
 
 /// An organisation and sector a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,6 +115,14 @@ pub enum RuleError {
         seq: u64,
         /// Kind.
         kind: &'static str,
+    },
+    /// Evidence of a checkpoint equivocation does not prove one by the accused.
+    #[error("entry {seq}: equivocation evidence does not hold: {reason}")]
+    BadEvidence {
+        /// Entry index.
+        seq: u64,
+        /// Why.
+        reason: String,
     },
     /// A settlement would overdraw the owner's credits.
     #[error("entry {seq}: settlement of {needed} credit cents would overdraw the balance of {available}")]
@@ -371,12 +380,31 @@ impl LogState {
                     });
                 }
                 need(&ev.accused, "accused")?;
+                if ev.kind == EvidenceKind::CheckpointEquivocation {
+                    check_equivocation(seq, &ev.accused, &ev.bytes)?;
+                }
             }
         }
         d.next_seq = seq + 1;
         d.last_timestamp_ms = e.timestamp_ms;
         Ok(())
     }
+}
+
+/// Equivocation evidence must decode, be conclusive (tlog.md §6) and accuse the log whose key
+/// signed both checkpoints.
+fn check_equivocation(seq: u64, accused: &PublicKey, bytes: &[u8]) -> Result<(), RuleError> {
+    let bad = |reason: String| RuleError::BadEvidence { seq, reason };
+    let ev = Equivocation::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    ev.verify_conclusive().map_err(|e| bad(e.to_string()))?;
+    let expected = crate::identity::verifier_key_of(accused);
+    if ev.log_verifier_key != expected {
+        return Err(bad(format!(
+            "it is about log {}, not the accused {expected}",
+            ev.log_verifier_key
+        )));
+    }
+    Ok(())
 }
 
 /// Totals for an organisation or a sector.

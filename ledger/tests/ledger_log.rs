@@ -679,6 +679,50 @@ fn forked_checkpoint_yields_conclusive_evidence() {
             let bytes = evidence.encode();
             let back = leam_ledger::evidence::Equivocation::decode(bytes.as_bytes()).unwrap();
             assert_eq!(back.verify().unwrap(), kind);
+            // A third node records the evidence in its own log; the fold counts it against A.
+            let mut c = new_log(&tmp.path().join("c"), 3, "Auditor C", Sector::Public);
+            let accused = Identity::from_seed(&[1; 32]).public_key();
+            let admit = c.sign_next(
+                0,
+                T0,
+                Body::Admission(Admission {
+                    organisation: "A".into(),
+                    sector: Sector::Public,
+                    member: accused,
+                }),
+            );
+            c.append(admit).unwrap();
+            let evidence_entry = |c: &Log, bytes: Vec<u8>| {
+                c.sign_next(
+                    0,
+                    T0,
+                    Body::Evidence(Evidence {
+                        accused,
+                        kind: EvidenceKind::CheckpointEquivocation,
+                        bytes,
+                    }),
+                )
+            };
+            let forged = evidence_entry(&c, b"{}".to_vec());
+            assert!(matches!(
+                c.append(forged).unwrap_err(),
+                LogError::Rule {
+                    source: RuleError::BadEvidence { seq: 2, .. },
+                    ..
+                }
+            ));
+            let real = evidence_entry(&c, bytes.into_bytes());
+            c.append(real).unwrap();
+            drop(c);
+            let report = audit_dirs(
+                &[dir.clone(), tmp.path().join("c")],
+                &AuditOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                report.accounting.organisations["A"].totals.evidence_against,
+                1
+            );
         }
         other => panic!("expected Inconsistent, got {other}"),
     }

@@ -371,3 +371,22 @@ fn layernorm_extremes() {
     let x = Bfp::new(m, -3);
     same_on_all("layernorm extremes", |k| k.layernorm(&x, 3, cols)).unwrap();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn layernorm_bwd_bit_exact(
+        rows in prop_oneof![Just(0usize), 1usize..60],
+        cols in prop_oneof![Just(1usize), 2usize..130, Just(256)],
+        bits in prop_oneof![Just(15u32), 0u32..16],
+        (e, ge) in (-30i32..30, -30i32..10),
+        seed in any::<u64>(),
+    ) {
+        // xhat and R from the forward (as the model calls it), dxhat arbitrary.
+        let x = Bfp::new(seeded(seed, rows * cols, bits), e);
+        let (xhat, r) = CpuKernels.layernorm(&x, rows, cols).unwrap();
+        let g = Bfp::new(seeded(seed ^ 5, rows * cols, 15), ge);
+        same_on_all("layernorm_bwd", |k| k.layernorm_bwd(&g, &xhat, &r, x.exp, rows, cols))?;
+    }
+}

@@ -21,7 +21,16 @@ pub(crate) fn layernorm(
         return Ok((Vec::new(), 0, vec![0; rows]));
     }
     let (groups, gx) = grid_1d(gpu, "layernorm", rows)?;
-    let p: [u32; 4] = [u32_of("rows", rows)?, u32_of("columns", cols)?, 15, gx];
+    let p: [u32; 8] = [
+        u32_of("rows", rows)?,
+        u32_of("columns", cols)?,
+        15,
+        gx,
+        0,
+        0,
+        0,
+        0,
+    ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
@@ -38,7 +47,7 @@ pub(crate) fn layernorm(
                 shader: &LAYERNORM,
                 entry: "layernorm_rows",
                 bindings: vec![
-                    (0, &uniform, 16),
+                    (0, &uniform, 32),
                     (1, &bx, x.len() as u64 * 4),
                     (3, &tail.sums, count as u64 * 8),
                     (4, &tail.key, 4),
@@ -61,4 +70,70 @@ pub(crate) fn layernorm(
     };
     let (mant, shift) = tail.finish(gpu, res)?;
     Ok((mant, shift, r))
+}
+
+/// Largest `−2 · xhat.exp` the GPU backward takes (keeps `|n| < 2^55`).
+pub(crate) const LAYERNORM_BWD_SHIFT_MAX: u32 = 30;
+/// Range of nonzero `R` the GPU backward takes: from below, the quotient stays under 2^63
+/// (every `R` the forward produces is at least 2^16); from above, the remainder of the
+/// bit-serial division stays in 63 bits.
+pub(crate) const LAYERNORM_BWD_R_RANGE: std::ops::Range<u64> = (1 << 16)..(1 << 62);
+
+/// `(mantissas, shift)` of the backward; the caller checked lengths, bounds and the ranges
+/// above (`1 ≤ cols ≤ LAYERNORM_COLS_MAX`).
+pub(crate) fn layernorm_bwd(
+    gpu: &Gpu,
+    g: &[i32],
+    h: &[i32],
+    r: &[u64],
+    sh: u32,
+    rows: usize,
+    cols: usize,
+) -> Result<(Vec<i32>, u32), GpuError> {
+    let count = rows * cols;
+    if count == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let (groups, gx) = grid_1d(gpu, "layernorm_bwd", rows)?;
+    let p: [u32; 8] = [
+        u32_of("rows", rows)?,
+        u32_of("columns", cols)?,
+        15,
+        gx,
+        sh,
+        0,
+        0,
+        0,
+    ];
+    let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let tail = WideOut::new(gpu, count, 15)?;
+    let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    let bg = gpu.upload(bytemuck::cast_slice(g))?;
+    let bh = gpu.upload(bytemuck::cast_slice(h))?;
+    let br = gpu.upload(bytemuck::cast_slice(r))?;
+    let res = submit(
+        gpu,
+        "layernorm_bwd",
+        &[&tail.key],
+        &[
+            Dispatch {
+                shader: &LAYERNORM,
+                entry: "layernorm_bwd_rows",
+                bindings: vec![
+                    (0, &uniform, 32),
+                    (1, &bg, g.len() as u64 * 4),
+                    (2, &bh, h.len() as u64 * 4),
+                    (3, &tail.sums, count as u64 * 8),
+                    (4, &tail.key, 4),
+                    (10, &br, r.len() as u64 * 8),
+                ],
+                groups,
+            },
+            tail.dispatch(),
+        ],
+        &tail.reads(),
+    );
+    gpu.recycle(Pool::Uniform, [uniform]);
+    gpu.recycle(Pool::Storage, [bg, bh, br]);
+    tail.finish(gpu, res)
 }

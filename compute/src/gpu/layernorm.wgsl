@@ -8,6 +8,11 @@ struct LnParams {
     cols: u32,
     bits: u32,
     groups_x: u32,
+    // backward: -2 * xhat.exp (the host admits <= 30)
+    sh: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const WG: u32 = 256u;
@@ -17,6 +22,8 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read_write> sums: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> key: array<atomic<u32>, 1>;
 @group(0) @binding(9) var<storage, read_write> rout: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> hin: array<i32>;
+@group(0) @binding(10) var<storage, read> rin: array<vec2<u32>>;
 
 var<workgroup> wkey: atomic<u32>;
 
@@ -159,6 +166,80 @@ fn layernorm_rows(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id
                 let d = i32(c) * x[base + j] - a;
                 let q = div_rhe64(vec2<u32>(0u, u32(abs(d)) << 8u), r);
                 let v = select(vec2<u32>(q, 0u), neg64(vec2<u32>(q, 0u)), d < 0);
+                sums[base + j] = v;
+                atomicMax(&wkey, quant_key64(v, lp.bits));
+            }
+        }
+    }
+    workgroupBarrier();
+    if (l == 0u) {
+        atomicMax(&key[0], atomicLoad(&wkey));
+    }
+}
+
+// n / d rounded half to even for a 96-bit magnitude n and 2^16 <= d < 2^62 (the host's
+// bounds), quotient < 2^63 (restoring division, one bit per step).
+fn div_rhe96(n: vec3<u32>, d: vec2<u32>) -> vec2<u32> {
+    var r = vec2<u32>(0u, 0u);
+    var q = vec2<u32>(0u, 0u);
+    for (var i = 0u; i < 96u; i = i + 1u) {
+        let limb = 2u - i / 32u;
+        let bit = (n[limb] >> (31u - i % 32u)) & 1u;
+        r = shl64(r, 1u);
+        r.x = r.x | bit;
+        q = shl64(q, 1u);
+        if (ge64(r, d)) {
+            r = sub64(r, d);
+            q.x = q.x | 1u;
+        }
+    }
+    let twice = shl64(r, 1u);
+    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q.x & 1u) == 1u)) {
+        q = add64(q, vec2<u32>(1u, 0u));
+    }
+    return q;
+}
+
+// Kernels::layernorm_bwd: per row with R != 0, A = sum g, B = sum g h,
+// n = ((C g - A) << sh) - h B (|n| < 2^55), w = div_rhe(n << 24, R).
+@compute @workgroup_size(256, 1, 1)
+fn layernorm_bwd_rows(
+    @builtin(local_invocation_index) l: u32,
+    @builtin(workgroup_id) w: vec3<u32>,
+) {
+    if (l == 0u) {
+        atomicStore(&wkey, 0u);
+    }
+    workgroupBarrier();
+    let row = (w.y * lp.groups_x + w.x) * WG + l;
+    if (row < lp.rows) {
+        let c = lp.cols;
+        let base = row * c;
+        let rr = rin[row];
+        if (rr.x == 0u && rr.y == 0u) {
+            for (var j = 0u; j < c; j = j + 1u) {
+                sums[base + j] = vec2<u32>(0u, 0u);
+            }
+        } else {
+            var a = 0;
+            var bsum = vec2<u32>(0u, 0u);
+            for (var j = 0u; j < c; j = j + 1u) {
+                a = a + x[base + j];
+                bsum = add64_i32(bsum, x[base + j] * hin[base + j]);
+            }
+            let bm = mag64(bsum); // < 2^38
+            for (var j = 0u; j < c; j = j + 1u) {
+                let t = shl64(sext64(i32(c) * x[base + j] - a), lp.sh);
+                let h = hin[base + j];
+                let hm = u32(abs(h));
+                let hb = add64(mul32x32(hm, bm.x), vec2<u32>(0u, hm * bm.y));
+                let hb_neg = (h < 0) != is_neg64(bsum);
+                let n = add64(t, select(neg64(hb), hb, hb_neg));
+                let nm = mag64(n);
+                // |n| << 24 as 96 bits.
+                let n96 = vec3<u32>(nm.x << 24u, (nm.y << 24u) | (nm.x >> 8u), nm.y >> 8u);
+                let q = div_rhe96(n96, rr);
+                let v = select(q, neg64(q), is_neg64(n));
                 sums[base + j] = v;
                 atomicMax(&wkey, quant_key64(v, lp.bits));
             }

@@ -279,6 +279,53 @@ impl Kernels for GpuKernels {
         ))
     }
 
+    fn layernorm_bwd(
+        &self,
+        dxhat: &Bfp,
+        xhat: &Bfp,
+        r: &[u64],
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "layernorm_bwd";
+        expect_len(OP, "dxhat", dxhat.len(), rows * cols)?;
+        expect_len(OP, "xhat", xhat.len(), rows * cols)?;
+        expect_len(OP, "r", r.len(), rows)?;
+        check_mant(OP, "dxhat", &dxhat.mant, B16_MANT_MAX)?;
+        check_mant(OP, "xhat", &xhat.mant, B16_MANT_MAX)?;
+        if xhat.exp > 0 || xhat.exp < -64 {
+            return Err(KernelError::ExponentRange {
+                op: OP,
+                found: xhat.exp as i64,
+                max: 0,
+            });
+        }
+        if cols == 0 {
+            return Ok(Bfp::new(Vec::new(), dxhat.exp));
+        }
+        // The shift only matters on rows with R ≠ 0 (the others are 0); all-zero inputs give
+        // xhat.exp = −24, i.e. a shift of 48 that is never used.
+        let sh = (-2 * xhat.exp) as u32;
+        let any_r = r.iter().any(|&v| v != 0);
+        if cols > layernorm::LAYERNORM_COLS_MAX
+            || (any_r && sh > layernorm::LAYERNORM_BWD_SHIFT_MAX)
+            || r.iter()
+                .any(|&v| v != 0 && !layernorm::LAYERNORM_BWD_R_RANGE.contains(&v))
+        {
+            return Err(self.unsupported(OP));
+        }
+        let sh = sh.min(layernorm::LAYERNORM_BWD_SHIFT_MAX);
+        let (mant, shift) =
+            layernorm::layernorm_bwd(&self.gpu, &dxhat.mant, &xhat.mant, r, sh, rows, cols)
+                .map_err(|e| kernel_error(OP, e))?;
+        let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
+        Ok(Bfp {
+            mant,
+            exp: checked_exp(OP, e, shift as i64)?,
+        })
+    }
+
     fn softmax(
         &self,
         x: &Bfp,

@@ -73,7 +73,7 @@ pub static SOFTMAX: Shader = Shader {
 pub static LAYERNORM: Shader = Shader {
     name: "layernorm",
     source: concat!(include_str!("int64.wgsl"), include_str!("layernorm.wgsl")),
-    entries: &["layernorm_rows"],
+    entries: &["layernorm_rows", "layernorm_bwd_rows"],
 };
 
 /// The checked-in `exp2_table.wgsl`.

@@ -37,6 +37,21 @@ pub fn rhe(s: i128, k: u32) -> i128 {
 /// `n / d` rounded to the nearest integer, ties to even. `d` must be positive.
 pub fn div_rhe(n: i128, d: i128) -> i128 {
     assert!(d > 0, "div_rhe: divisor must be positive");
+    // Fast path with the same result: 64-bit division when both fit (i128 division is a
+    // slow library call).
+    if let (Ok(n64), Ok(d64)) = (i64::try_from(n), i64::try_from(d)) {
+        if n64 > i64::MIN {
+            let q = n64.div_euclid(d64);
+            let r = n64.rem_euclid(d64);
+            let twice = 2 * r as i128;
+            let d128 = d64 as i128;
+            return if twice > d128 || (twice == d128 && (q & 1) == 1) {
+                q as i128 + 1
+            } else {
+                q as i128
+            };
+        }
+    }
     let q = n.div_euclid(d); // floor for positive d
     let r = n.rem_euclid(d); // 0 <= r < d
     let twice = 2 * r;
@@ -77,21 +92,19 @@ pub fn requantize(wide: &[i64], exp: i32, mant_max: i32) -> (Vec<i32>, i32) {
     (out, exp + k as i32)
 }
 
-/// Floor of the square root of `x`, exact (Newton iteration on integers).
+/// Floor of the square root of `x`, exact.
+///
+/// The f64 square root (IEEE 754 correctly rounded, no libm) only supplies a starting point
+/// within a few units; the integer corrections that follow make the result the exact floor
+/// whatever the estimate, so every platform returns the same value.
 pub fn isqrt(x: u128) -> u128 {
-    if x < 2 {
-        return x;
+    let mut r = ((x as f64).sqrt() as u128).min(u64::MAX as u128);
+    while r.checked_mul(r).is_none_or(|sq| sq > x) {
+        r -= 1;
     }
-    // Start above the root: 2^ceil(bitlen/2).
-    let mut r = 1u128 << bitlen(x).div_ceil(2);
-    loop {
-        let next = (r + x / r) / 2;
-        if next >= r {
-            break;
-        }
-        r = next;
+    while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= x) {
+        r += 1;
     }
-    debug_assert!(r * r <= x && (r + 1) * (r + 1) > x);
     r
 }
 
@@ -185,15 +198,29 @@ mod tests {
         }
 
         #[test]
+        fn div_rhe_fast_path_equals_i128_path(n in any::<i64>(), d in 1i64..i64::MAX, wide in any::<i128>(), dw in 1i128..(1i128 << 100)) {
+            let slow = |n: i128, d: i128| {
+                let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+                if 2 * r > d || (2 * r == d && q & 1 == 1) { q + 1 } else { q }
+            };
+            prop_assert_eq!(div_rhe(n as i128, d as i128), slow(n as i128, d as i128));
+            prop_assert_eq!(div_rhe((n as i128) >> 1, d as i128), slow((n as i128) >> 1, d as i128));
+            prop_assert_eq!(div_rhe(wide >> 2, dw), slow(wide >> 2, dw));
+        }
+
+        #[test]
         fn div_rhe_matches_rhe_for_powers_of_two(n in any::<i64>(), k in 0u32..40) {
             prop_assert_eq!(div_rhe(n as i128, 1i128 << k), rhe(n as i128, k));
         }
 
         #[test]
-        fn isqrt_is_floor_sqrt(x in any::<u64>()) {
+        fn isqrt_is_floor_sqrt(x in any::<u64>(), w in any::<u128>()) {
             let r = isqrt(x as u128);
             prop_assert!(r * r <= x as u128);
             prop_assert!((r + 1) * (r + 1) > x as u128);
+            let r = isqrt(w);
+            prop_assert!(r * r <= w);
+            prop_assert!((r + 1).checked_mul(r + 1).is_none_or(|s| s > w));
         }
 
         #[test]
@@ -361,6 +388,26 @@ mod table_tests {
             let want = (std::f64::consts::PI * n as f64 / d as f64).cos();
             let got = cos_pi_q56(n, d) as f64 / (56f64).exp2();
             assert!((got - want).abs() < 1e-12, "cos {n}/{d}: {got} vs {want}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod isqrt_tests {
+    use super::isqrt;
+
+    #[test]
+    fn isqrt_edges() {
+        for x in [0u128, 1, 2, 3, 4, 15, 16, 17, u64::MAX as u128, u128::MAX, u128::MAX - 1] {
+            let r = isqrt(x);
+            assert!(r * r <= x, "{x}");
+            assert!((r + 1).checked_mul(r + 1).is_none_or(|s| s > x), "{x}");
+        }
+        // Perfect squares and their neighbours near 2^100.
+        for k in [(1u128 << 50) - 1, 1 << 50, (1 << 50) + 12_345] {
+            assert_eq!(isqrt(k * k), k);
+            assert_eq!(isqrt(k * k - 1), k - 1);
+            assert_eq!(isqrt(k * k + 1), k);
         }
     }
 }

@@ -390,3 +390,20 @@ proptest! {
         same_on_all("layernorm_bwd", |k| k.layernorm_bwd(&g, &xhat, &r, x.exp, rows, cols))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn softmax_bwd_bit_exact(
+        rows in prop_oneof![Just(0usize), 1usize..100],
+        cols in prop_oneof![Just(1usize), 1usize..80],
+        (pe, de) in (-30i32..=0, -40i32..10),
+        scale in prop_oneof![Just(1u32 << 16), Just(11_585u32), any::<u32>()],
+        seed in any::<u64>(),
+    ) {
+        let p = Bfp::new(seeded(seed, rows * cols, 15), pe);
+        let dp = Bfp::new(seeded(seed ^ 3, rows * cols, 15), de);
+        same_on_all("softmax_bwd", |k| k.softmax_bwd(&p, &dp, rows, cols, scale))?;
+    }
+}

@@ -15,6 +15,7 @@ mod matmul;
 mod ops;
 pub mod selftest;
 pub mod shaders;
+mod softmax_bwd;
 
 pub use device::{
     list_adapters, AdapterChoice, AdapterSummary, DeviceFingerprint, GpuError, ADAPTER_ENV,
@@ -356,6 +357,40 @@ impl Kernels for GpuKernels {
             },
             -30,
         )
+    }
+
+    fn softmax_bwd(
+        &self,
+        p: &Bfp,
+        dp: &Bfp,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        const OP: &str = "softmax_bwd";
+        expect_len(OP, "p", p.len(), rows * cols)?;
+        expect_len(OP, "dp", dp.len(), rows * cols)?;
+        check_mant(OP, "p", &p.mant, B16_MANT_MAX)?;
+        check_mant(OP, "dp", &dp.mant, B16_MANT_MAX)?;
+        if p.exp > 0 || p.exp < -64 {
+            return Err(KernelError::ExponentRange {
+                op: OP,
+                found: p.exp as i64,
+                max: 0,
+            });
+        }
+        let sh = (-p.exp) as u32;
+        if sh > softmax_bwd::SOFTMAX_BWD_SHIFT_MAX || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        let (mant, shift) =
+            softmax_bwd::softmax_bwd(&self.gpu, &p.mant, &dp.mant, rows, cols, sh, scale_q16)
+                .map_err(|e| kernel_error(OP, e))?;
+        let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
+        Ok(Bfp {
+            mant,
+            exp: checked_exp(OP, e, shift as i64)?,
+        })
     }
 
     fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {

@@ -76,6 +76,13 @@ pub static LAYERNORM: Shader = Shader {
     entries: &["layernorm_rows", "layernorm_bwd_rows"],
 };
 
+/// Softmax backward (96-bit wide values and their own requantization).
+pub static SOFTMAX_BWD: Shader = Shader {
+    name: "softmax_bwd",
+    source: concat!(include_str!("int64.wgsl"), include_str!("softmax_bwd.wgsl")),
+    entries: &["softmax_bwd_rows", "requant96"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -106,4 +113,12 @@ pub fn exp2_table_wgsl() -> String {
 }
 
 /// All programs, in fingerprint order.
-pub static SHADERS: &[&Shader] = &[&MATMUL, &REQUANT, &OPS, &GELU, &SOFTMAX, &LAYERNORM];
+pub static SHADERS: &[&Shader] = &[
+    &MATMUL,
+    &REQUANT,
+    &OPS,
+    &GELU,
+    &SOFTMAX,
+    &LAYERNORM,
+    &SOFTMAX_BWD,
+];

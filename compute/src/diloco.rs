@@ -689,6 +689,25 @@ pub fn outer_step(
     })
 }
 
+/// The start state of a worker's next shard: its own previous final state (step counter, Adam
+/// moments) with the parameters replaced by the new global parameters of `global`. DiLoCo keeps
+/// inner optimizer states local; only parameters are synchronised.
+pub fn next_start_state(
+    prev_final: &crate::train::TrainState,
+    global: &OuterState,
+) -> Result<crate::train::TrainState, DilocoError> {
+    same_layout(
+        "next start state (params, global params)",
+        &prev_final.params,
+        &global.params,
+        Bfp::len,
+        Bfp::len,
+    )?;
+    let mut next = prev_final.clone();
+    next.params = global.params.clone();
+    Ok(next)
+}
+
 /// Bytes one worker sends plus receives per outer step: its delta up (the [`ParamDelta`]
 /// encoding at `delta_width` bytes per element, plus headers) and the new global parameters down
 /// (4-byte master mantissas plus a 4-byte exponent per tensor).
@@ -824,5 +843,59 @@ mod tests {
             d.encode().len() as u64,
             diloco_bytes_per_outer_step(elems, 27, 4) - (27 * 4 + elems * 4)
         );
+    }
+
+    fn arb_delta(lens: [usize; 2]) -> impl proptest::strategy::Strategy<Value = ParamDelta> {
+        use proptest::prelude::*;
+        (
+            -30i32..0,
+            prop::collection::vec(-(1i64 << 30)..(1i64 << 30), lens[0]),
+            -30i32..0,
+            prop::collection::vec(-(1i64 << 30)..(1i64 << 30), lens[1]),
+        )
+            .prop_map(|(e0, v0, e1, v1)| ParamDelta {
+                tensors: vec![
+                    IntTensor {
+                        exp: e0,
+                        values: v0,
+                    },
+                    IntTensor {
+                        exp: e1,
+                        values: v1,
+                    },
+                ],
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn outer_step_ignores_arrival_order(
+            deltas in proptest::collection::vec(arb_delta([3, 2]), 1..5),
+            rot in 0usize..5,
+            nesterov in proptest::bool::ANY,
+        ) {
+            let opt = if nesterov { OuterOptimizer::DILOCO } else { OuterOptimizer::Average };
+            let start = vec![Bfp::new(vec![1 << 20, -5, 0], -20), Bfp::new(vec![77, -1], -10)];
+            let state = OuterState::new(start.clone(), opt);
+            let tagged: Vec<(Hash32, ParamDelta)> = deltas
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| ([i as u8; 32], d))
+                .collect();
+            let mut rotated = tagged.clone();
+            let n = rotated.len();
+            rotated.rotate_left(rot % n);
+            let a = outer_step(&state, &tagged, opt, B24_MANT_MAX).unwrap();
+            let b = outer_step(&state, &rotated, opt, B24_MANT_MAX).unwrap();
+            proptest::prop_assert_eq!(a.commitment(), b.commitment());
+            for p in &a.params {
+                proptest::prop_assert!(p.mant.iter().all(|m| m.unsigned_abs() <= B24_MANT_MAX as u32));
+            }
+            if n == 1 && !nesterov {
+                // One shard, plain averaging: exactly the shard's parameters.
+                let applied = tagged[0].1.apply(&start, B24_MANT_MAX).unwrap();
+                proptest::prop_assert_eq!(&a.params, &applied);
+            }
+        }
     }
 }

@@ -86,6 +86,12 @@ pub enum ReplayError {
         /// Step of the proof.
         found: u64,
     },
+    /// Replaying step `step > 0` needs the inclusion proof of step `step − 1`.
+    #[error("replaying step {step} needs the inclusion proof of step {}", step - 1)]
+    MissingProof {
+        /// The step to replay.
+        step: u64,
+    },
     /// The training code failed.
     #[error("runner failed at inner step {step}: {source}")]
     Runner {
@@ -259,11 +265,7 @@ fn committed_before(
         return Ok(spec.start_state);
     }
     const WHAT: &str = "state before the replayed step";
-    let proof = before_proof.ok_or(ReplayError::WrongStep {
-        what: WHAT,
-        expected: step - 1,
-        found: step,
-    })?;
+    let proof = before_proof.ok_or(ReplayError::MissingProof { step })?;
     if proof.step != step - 1 {
         return Err(ReplayError::WrongStep {
             what: WHAT,
@@ -329,4 +331,287 @@ pub fn check_step_claim(
             source,
         })?;
     Ok(claim.state_hash == replay.recomputed)
+}
+
+/// Errors of the model runner (wrapped into [`ReplayError::Runner`] by the shard functions).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelRunnerError {
+    /// The corpus the runner holds is not the spec's.
+    #[error("corpus SHA-256 is {held}, the shard spec names {spec}")]
+    Corpus {
+        /// Hex of the held corpus hash.
+        held: String,
+        /// Hex of the spec's corpus hash.
+        spec: String,
+    },
+    /// The spec's data range does not fit the corpus.
+    #[error("data range {start}..{end} of a {len}-byte corpus: {reason}")]
+    Range {
+        /// Range start (bytes).
+        start: u64,
+        /// Range end (bytes).
+        end: u64,
+        /// Corpus length (bytes).
+        len: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A state field disagrees with the spec.
+    #[error("training state field `{field}` is {state}, the shard spec says {spec}")]
+    StateVsSpec {
+        /// Field name.
+        field: &'static str,
+        /// Value in the state.
+        state: String,
+        /// Value in the spec.
+        spec: String,
+    },
+    /// The corpus is not usable (empty, not UTF-8, too large).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The state bytes do not decode.
+    #[error(transparent)]
+    Decode(#[from] crate::train::DecodeError),
+    /// A training step failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// The parameter delta could not be formed.
+    #[error(transparent)]
+    Delta(#[from] crate::diloco::DilocoError),
+}
+
+/// [`StepRunner`] for the real model: [`crate::train::TrainState`] stepped through any
+/// [`crate::kernels::Kernels`] backend on a character-level corpus.
+///
+/// Token ids come from the vocabulary of the WHOLE corpus (as `leam train` does); a shard's
+/// training tokens are the characters of its byte range, which must start and end on character
+/// boundaries. With `data_start = 0` and `data_end` = 90% of the characters (nanoGPT's split;
+/// bytes = characters for ASCII text like tinyshakespeare), a shard run is bit-identical to the
+/// same steps of `leam train`.
+pub struct ModelRunner<'k> {
+    kernels: &'k dyn crate::kernels::Kernels,
+    corpus_sha256: Hash32,
+    corpus_len: u64,
+    vocab_size: usize,
+    /// Token id of every character of the corpus.
+    ids: Vec<u32>,
+    /// Byte offset of every character, plus the corpus length at the end.
+    char_starts: Vec<u64>,
+}
+
+impl std::fmt::Debug for ModelRunner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRunner")
+            .field("backend", &self.kernels.name())
+            .field("corpus_sha256", &hex::encode(self.corpus_sha256))
+            .field("corpus_len", &self.corpus_len)
+            .finish()
+    }
+}
+
+impl<'k> ModelRunner<'k> {
+    /// A runner over `corpus` (UTF-8 text bytes) on `kernels`.
+    pub fn new(
+        kernels: &'k dyn crate::kernels::Kernels,
+        corpus: &[u8],
+    ) -> Result<Self, ModelRunnerError> {
+        use sha2::{Digest, Sha256};
+        // Validates (non-empty, UTF-8, size) with the same errors as `leam train`.
+        let parsed = crate::data::Corpus::from_bytes(corpus, "shard corpus")?;
+        // `from_bytes` checked UTF-8, so this cannot fail; map it anyway instead of panicking.
+        let text = std::str::from_utf8(corpus).map_err(|_| ModelRunnerError::Range {
+            start: 0,
+            end: corpus.len() as u64,
+            len: corpus.len() as u64,
+            reason: "corpus is not UTF-8",
+        })?;
+        let ids = parsed.vocab.encode(text)?;
+        let mut char_starts: Vec<u64> = text.char_indices().map(|(i, _)| i as u64).collect();
+        char_starts.push(corpus.len() as u64);
+        Ok(Self {
+            kernels,
+            corpus_sha256: Sha256::digest(corpus).into(),
+            corpus_len: corpus.len() as u64,
+            vocab_size: parsed.vocab.len(),
+            ids,
+            char_starts,
+        })
+    }
+
+    /// SHA-256 of the corpus this runner holds.
+    pub fn corpus_sha256(&self) -> Hash32 {
+        self.corpus_sha256
+    }
+
+    /// Number of distinct characters of the corpus (the model's vocabulary).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The spec of a shard that continues `state` for `steps` steps on the byte range
+    /// `data_start..data_end` of this runner's corpus.
+    pub fn spec_for(
+        &self,
+        state: &crate::train::TrainState,
+        data_start: u64,
+        data_end: u64,
+        steps: u32,
+    ) -> Result<ShardSpec, ReplayError> {
+        let m = &state.model;
+        let h = &state.hyper;
+        let u32f = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let i64f = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let spec = ShardSpec {
+            numerics: crate::shard::NUMERICS_B16_V1,
+            model: crate::shard::ModelShape {
+                vocab_size: u32f(m.vocab),
+                n_layer: u32f(m.n_layer),
+                n_head: u32f(m.n_head),
+                n_embd: u32f(m.n_embd),
+                block_size: u32f(m.block_size),
+                batch_size: u32f(state.batch_size),
+            },
+            start_state: state.state_hash(),
+            corpus_sha256: self.corpus_sha256,
+            data_start,
+            data_end,
+            seed: state.seed,
+            hyper: crate::shard::Hyper {
+                lr_q40: h.lr_q40,
+                min_lr_q40: h.min_lr_q40,
+                warmup_iters: i64f(h.warmup_iters),
+                lr_decay_iters: i64f(h.lr_decay_iters),
+                weight_decay_q30: h.weight_decay_q30,
+                beta1_q30: h.beta1_q30,
+                beta2_q30: h.beta2_q30,
+                grad_clip_q30: h.grad_clip_q30,
+            },
+            first_step: state.step,
+            steps,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The training tokens of the spec's byte range.
+    fn tokens(&self, spec: &ShardSpec) -> Result<&[u32], ModelRunnerError> {
+        if spec.corpus_sha256 != self.corpus_sha256 {
+            return Err(ModelRunnerError::Corpus {
+                held: hex::encode(self.corpus_sha256),
+                spec: hex::encode(spec.corpus_sha256),
+            });
+        }
+        let range = |reason| ModelRunnerError::Range {
+            start: spec.data_start,
+            end: spec.data_end,
+            len: self.corpus_len,
+            reason,
+        };
+        if spec.data_end > self.corpus_len {
+            return Err(range("ends past the corpus"));
+        }
+        let a = self
+            .char_starts
+            .binary_search(&spec.data_start)
+            .map_err(|_| range("start is not on a character boundary"))?;
+        let b = self
+            .char_starts
+            .binary_search(&spec.data_end)
+            .map_err(|_| range("end is not on a character boundary"))?;
+        Ok(&self.ids[a..b])
+    }
+
+    /// Checks that a decoded state belongs to the spec (shape, batch, seed, hyperparameters).
+    fn check_state_fits(
+        &self,
+        spec: &ShardSpec,
+        state: &crate::train::TrainState,
+    ) -> Result<(), ModelRunnerError> {
+        let want = self
+            .spec_for(state, spec.data_start, spec.data_end, spec.steps)
+            .map_err(|e| ModelRunnerError::StateVsSpec {
+                field: "spec",
+                state: e.to_string(),
+                spec: "a valid spec".into(),
+            })?;
+        let pairs: [(&'static str, String, String); 4] = [
+            (
+                "model",
+                format!("{:?}", want.model),
+                format!("{:?}", spec.model),
+            ),
+            ("seed", want.seed.to_string(), spec.seed.to_string()),
+            (
+                "hyper",
+                format!("{:?}", want.hyper),
+                format!("{:?}", spec.hyper),
+            ),
+            (
+                "vocab_size",
+                self.vocab_size.to_string(),
+                spec.model.vocab_size.to_string(),
+            ),
+        ];
+        for (field, state, spec) in pairs {
+            if state != spec {
+                return Err(ModelRunnerError::StateVsSpec { field, state, spec });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StepRunner for ModelRunner<'_> {
+    type State = crate::train::TrainState;
+
+    fn decode_state(&self, spec: &ShardSpec, bytes: &[u8]) -> Result<Self::State, RunnerError> {
+        let state = crate::train::TrainState::decode(bytes).map_err(ModelRunnerError::from)?;
+        self.check_state_fits(spec, &state)?;
+        Ok(state)
+    }
+
+    fn state_hash(&self, state: &Self::State) -> Hash32 {
+        state.state_hash()
+    }
+
+    fn step(
+        &self,
+        spec: &ShardSpec,
+        state: &mut Self::State,
+        global_step: u64,
+    ) -> Result<(), RunnerError> {
+        if state.step != global_step {
+            return Err(ModelRunnerError::StateVsSpec {
+                field: "step",
+                state: state.step.to_string(),
+                spec: global_step.to_string(),
+            }
+            .into());
+        }
+        if global_step == spec.first_step {
+            self.check_state_fits(spec, state)?;
+        }
+        let tokens = self.tokens(spec)?;
+        let batch = state
+            .batch_for(tokens, global_step)
+            .map_err(ModelRunnerError::from)?;
+        state
+            .step(self.kernels, &batch)
+            .map_err(ModelRunnerError::from)?;
+        Ok(())
+    }
+
+    fn delta_commitment(
+        &self,
+        start: &Self::State,
+        end: &Self::State,
+    ) -> Result<Hash32, RunnerError> {
+        let delta = crate::diloco::ParamDelta::between(&start.params, &end.params)
+            .map_err(ModelRunnerError::from)?;
+        Ok(delta.commitment())
+    }
+
+    fn fingerprint(&self) -> String {
+        self.kernels.name()
+    }
 }

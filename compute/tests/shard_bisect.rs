@@ -191,6 +191,11 @@ fn replaying_any_step_reproduces_its_committed_hash() {
         replay_step(&r, &s, &run.result, 21, &states[21].encode(), None),
         Err(ReplayError::StepOutOfRange { .. })
     ));
+    let e = replay_step(&r, &s, &run.result, 4, &states[4].encode(), None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "replaying step 4 needs the inclusion proof of step 3"
+    );
 }
 
 #[test]

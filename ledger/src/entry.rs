@@ -1093,6 +1093,9 @@ impl Entry {
     }
 }
 
+/// Distinct co-signer keys [`verify_many`] keeps decompressed per chunk.
+const COSIGNER_CACHE_KEYS: usize = 16;
+
 /// Signatures per `ed25519_dalek::verify_batch` call in [`verify_many`].
 pub const VERIFY_BATCH_SIGNATURES: usize = 256;
 
@@ -1118,6 +1121,7 @@ fn verify_chunk(entries: &[Entry], encoded: &[Vec<u8>]) -> Result<(), (usize, Ve
     let mut signatures: Vec<Signature> = Vec::with_capacity(entries.len() * 2);
     let mut keys: Vec<VerifyingKey> = Vec::with_capacity(entries.len() * 2);
     let mut author: Option<(PublicKey, VerifyingKey)> = None;
+    let mut cosigners: Vec<(PublicKey, VerifyingKey)> = Vec::new();
     for (i, (e, bytes)) in entries.iter().zip(encoded).enumerate() {
         let key = match author {
             Some((pk, vk)) if pk == e.author => vk,
@@ -1142,16 +1146,27 @@ fn verify_chunk(entries: &[Entry], encoded: &[Vec<u8>]) -> Result<(), (usize, Ve
         keys.push(key);
         if let Some(view) = e.body.cosigned() {
             let cosigner = view.cosigner(&e.author).map_err(|err| (i, err))?;
-            let vk = verifying_key("cosigner", &cosigner).map_err(|err| (i, err))?;
-            if vk.is_weak() {
-                return Err((
-                    i,
-                    VerifyError::BadKey {
-                        field: "cosigner",
-                        key: hex::encode(cosigner),
-                    },
-                ));
-            }
+            // Counterparties repeat within a chunk; decompressing a key costs about as much as
+            // a third of a verification, so keep the ones already parsed.
+            let vk = match cosigners.iter().find(|(pk, _)| *pk == cosigner) {
+                Some((_, vk)) => *vk,
+                None => {
+                    let vk = verifying_key("cosigner", &cosigner).map_err(|err| (i, err))?;
+                    if vk.is_weak() {
+                        return Err((
+                            i,
+                            VerifyError::BadKey {
+                                field: "cosigner",
+                                key: hex::encode(cosigner),
+                            },
+                        ));
+                    }
+                    if cosigners.len() < COSIGNER_CACHE_KEYS {
+                        cosigners.push((cosigner, vk));
+                    }
+                    vk
+                }
+            };
             keys.push(vk);
             signatures.push(Signature::from_bytes(&view.cosignature));
             messages.push(view.message);

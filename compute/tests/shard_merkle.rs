@@ -7,25 +7,10 @@ use leam_compute::commit::{
 };
 use std::path::{Path, PathBuf};
 
-/// Standard base64 decoding for the test vectors. Hand-written (a dozen lines) because the
-/// compute crate has no base64 dependency and this is test-only; a wrong decoder could not make
-/// the happy-path vectors verify.
+/// Standard base64 decoding of a test-vector field (`None` if malformed).
 fn b64(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 fn hash32(v: &serde_json::Value) -> Option<Hash32> {

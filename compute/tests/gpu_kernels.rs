@@ -407,3 +407,22 @@ proptest! {
         same_on_all("softmax_bwd", |k| k.softmax_bwd(&p, &dp, rows, cols, scale))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cross_entropy_bit_exact(
+        rows in prop_oneof![Just(0usize), 1usize..100],
+        cols in prop_oneof![Just(1usize), 1usize..80],
+        bits in prop_oneof![Just(15u32), 0u32..16],
+        e in prop_oneof![-20i32..-5, -70i32..70],
+        seed in any::<u64>(),
+    ) {
+        let x = Bfp::new(seeded(seed, rows * cols, bits), e);
+        let targets: Vec<u32> = (0..rows as u64)
+            .map(|i| (leam_compute::fixed::hash3(seed, 11, i) % cols as u64) as u32)
+            .collect();
+        same_on_all("cross_entropy", |k| k.cross_entropy(&x, &targets, rows, cols))?;
+    }
+}

@@ -7,6 +7,7 @@
 //! [`crate::kernels::CpuKernels`] on every adapter present.
 
 pub mod bench;
+mod cross_entropy;
 mod device;
 mod exec;
 mod fallback;
@@ -391,6 +392,42 @@ impl Kernels for GpuKernels {
             mant,
             exp: checked_exp(OP, e, shift as i64)?,
         })
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Bfp,
+        targets: &[u32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(i64, Bfp), KernelError> {
+        const OP: &str = "cross_entropy";
+        expect_len(OP, "logits", logits.len(), rows * cols)?;
+        expect_len(OP, "targets", targets.len(), rows)?;
+        check_mant(OP, "logits", &logits.mant, B16_MANT_MAX)?;
+        if let Some(index) = targets.iter().position(|&t| t as usize >= cols) {
+            return Err(KernelError::MantissaRange {
+                op: OP,
+                operand: "targets",
+                index,
+                found: targets[index] as i64,
+                max: cols as i64 - 1,
+            });
+        }
+        if rows == 0 {
+            return Ok((0, Bfp::new(Vec::new(), -40)));
+        }
+        let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
+        let (loss, mant, shift) =
+            cross_entropy::cross_entropy(&self.gpu, &logits.mant, targets, rows, cols, s)
+                .map_err(|e| kernel_error(OP, e))?;
+        Ok((
+            loss,
+            Bfp {
+                mant,
+                exp: checked_exp(OP, -40, shift as i64)?,
+            },
+        ))
     }
 
     fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {

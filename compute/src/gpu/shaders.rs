@@ -83,6 +83,17 @@ pub static SOFTMAX_BWD: Shader = Shader {
     entries: &["softmax_bwd_rows", "requant96"],
 };
 
+/// Cross-entropy loss and gradient (integer exp2 tables, integer log2 by squaring).
+pub static CROSS_ENTROPY: Shader = Shader {
+    name: "cross_entropy",
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("exp2_table.wgsl"),
+        include_str!("cross_entropy.wgsl")
+    ),
+    entries: &["cross_entropy_rows"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 

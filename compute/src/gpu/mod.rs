@@ -1,10 +1,34 @@
 //! The `wgpu` backend: WGSL compute kernels bit-identical to the CPU reference.
 //!
-//! Every value a kernel produces is computed with integer arithmetic (WGSL integers are exact
-//! and wrap by spec); 64-bit sums are emulated with explicit carries (`int64.wgsl`). Each kernel
-//! implements the exact integer semantics stated on its [`Kernels`] method; `specs/compute.md`
-//! has the contract, and `compute/tests/gpu_kernels.rs` checks every kernel bit for bit against
-//! [`crate::kernels::CpuKernels`] on every adapter present.
+//! # How the kernels stay exact
+//! - **Integers only.** No WGSL float type appears in any shader (checked by
+//!   `compute/tests/gpu_shaders.rs`); WGSL integer arithmetic is exact and wraps by spec.
+//! - **Wide values.** WGSL has no i64: signed 64-bit values are `vec2<u32>` in two's
+//!   complement with explicit carries (`int64.wgsl`: add, negate, shifts, 32×32→64 multiply,
+//!   bit length, round-half-even); a few kernels need 96 or 128 bits (softmax's exponent
+//!   argument, layernorm's square root, softmax_bwd's products, log2's squaring) and carry
+//!   them as `vec3<u32>` limbs. Divisions are restoring long division, one bit per step,
+//!   followed by the contract's half-to-even rounding.
+//! - **Order-free reductions.** The requantization shift of a tensor depends on
+//!   `max|s|` only through `bitlen(max|s|)` and whether `max|s|` rounds up; each element's
+//!   key `2·bitlen(|s|) + f` (`quant_key64`) is reduced with integer `atomicMax`, which is
+//!   order-independent, then `requant.wgsl` rounds every element. Sums are exact, so tiling
+//!   and thread order never change a bit. Row kernels run one invocation per row with
+//!   columns in index order; `scatter_add_rows` uses integer `atomicAdd` (exact).
+//! - **Tables.** exp2 uses `exp2_table.wgsl`, generated from `fixed::exp2_tables()` (integer
+//!   code) and compared with it by a test.
+//!
+//! # Bounds and the CPU fallback
+//! Every kernel checks its arguments exactly as `CpuKernels` does (same errors). A few
+//! kernels take a narrower range of inputs than the reference, where the emulated width
+//! would not suffice; outside it they return `Unsupported` (never a wrong bit):
+//! `add` when a 23-bit mantissa meets an exponent gap near 40 bits, `scale` when
+//! `|c| ≥ 2^47`, `layernorm`/`layernorm_bwd` rows wider than 256, `softmax_bwd` with
+//! `p.exp < −30`, `requant` bounds not of the form `2^b − 1`; `adamw` is not ported yet.
+//! [`WithCpuFallback`] runs such calls on the CPU reference and counts them, so training
+//! through it gives the reference's bits on every adapter (`compute/tests/gpu_train.rs`).
+//! Shapes beyond the adapter's limits (workgroups per dimension, storage binding size) are
+//! `KernelError::Limit`; every wait on the device is bounded by [`OP_TIMEOUT_S`].
 
 pub mod bench;
 mod cross_entropy;

@@ -128,3 +128,147 @@ mod tests {
         ));
     }
 }
+
+/// A decorator that accumulates the wall time spent in each kernel method (for profiling;
+/// it forwards every call unchanged, so results are the inner backend's bits).
+#[derive(Debug)]
+pub struct Timed<K> {
+    inner: K,
+    times: std::sync::Mutex<std::collections::BTreeMap<&'static str, (u64, std::time::Duration)>>,
+}
+
+impl<K: Kernels> Timed<K> {
+    /// Wraps `inner`.
+    pub fn new(inner: K) -> Self {
+        Self {
+            inner,
+            times: Default::default(),
+        }
+    }
+
+    /// `(op, calls, total time)` sorted by time, largest first.
+    pub fn report(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        let t = self.times.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut v: Vec<_> = t.into_iter().map(|(k, (n, d))| (k, n, d)).collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.2));
+        v
+    }
+
+    fn time<T>(&self, op: &'static str, f: impl FnOnce(&K) -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f(&self.inner);
+        let d = start.elapsed();
+        if let Ok(mut t) = self.times.lock() {
+            let e = t.entry(op).or_default();
+            e.0 += 1;
+            e.1 += d;
+        }
+        out
+    }
+}
+
+impl<K: Kernels> Kernels for Timed<K> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
+        self.time("matmul", |k| k.matmul(a, b, s))
+    }
+    fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
+        self.time("add", |k| k.add(a, b))
+    }
+    fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
+        self.time("requant", |k| k.requant(x, mant_max))
+    }
+    fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
+        self.time("rescale", |k| k.rescale(x, exp))
+    }
+    fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        self.time("mul_cols", |k| k.mul_cols(x, w, rows, cols))
+    }
+    fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+        self.time("col_dot", |k| k.col_dot(a, b, rows, cols))
+    }
+    fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
+        self.time("layernorm", |k| k.layernorm(x, rows, cols))
+    }
+    fn layernorm_bwd(
+        &self,
+        dxhat: &Bfp,
+        xhat: &Bfp,
+        r: &[u64],
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        self.time("layernorm_bwd", |k| {
+            k.layernorm_bwd(dxhat, xhat, r, x_exp, rows, cols)
+        })
+    }
+    fn softmax(
+        &self,
+        x: &Bfp,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        self.time("softmax", |k| k.softmax(x, rows, cols, causal, scale_q16))
+    }
+    fn softmax_bwd(
+        &self,
+        p: &Bfp,
+        dp: &Bfp,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+    ) -> Result<Bfp, KernelError> {
+        self.time("softmax_bwd", |k| {
+            k.softmax_bwd(p, dp, rows, cols, scale_q16)
+        })
+    }
+    fn cross_entropy(
+        &self,
+        logits: &Bfp,
+        targets: &[u32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(i64, Bfp), KernelError> {
+        self.time("cross_entropy", |k| {
+            k.cross_entropy(logits, targets, rows, cols)
+        })
+    }
+    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
+        self.time("gelu", |k| k.gelu(x))
+    }
+    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+        self.time("gelu_bwd", |k| k.gelu_bwd(x, dy))
+    }
+    fn scatter_add_rows(
+        &self,
+        src: &Bfp,
+        idx: &[u32],
+        out_rows: usize,
+        cols: usize,
+    ) -> Result<Bfp, KernelError> {
+        self.time("scatter_add_rows", |k| {
+            k.scatter_add_rows(src, idx, out_rows, cols)
+        })
+    }
+    fn sum_squares(&self, x: &Bfp) -> Result<u128, KernelError> {
+        self.time("sum_squares", |k| k.sum_squares(x))
+    }
+    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+        self.time("scale", |k| k.scale(x, c_q30))
+    }
+    fn adamw(
+        &self,
+        p: &Bfp,
+        g: &Bfp,
+        m: &Bfp,
+        r: &Bfp,
+        step: &AdamStep,
+    ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
+        self.time("adamw", |k| k.adamw(p, g, m, r, step))
+    }
+}

@@ -579,6 +579,33 @@ fn softmax_exps(xm: &[i32], exp: i32, scale_q16: u32) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// `gelu_sigma` for every mantissa of one exponent, precomputed when the tensor is larger
+/// than the table (a pure function of `(m, exp)`, so the results are identical).
+struct GeluTable {
+    exp: i32,
+    table: Option<Vec<(i128, i64)>>,
+}
+
+impl GeluTable {
+    fn new(x: &Bfp) -> Self {
+        let n = 2 * B16_MANT_MAX as usize + 1;
+        let table = (x.len() > 2 * n).then(|| {
+            (0..n)
+                .into_par_iter()
+                .map(|i| gelu_sigma(i as i32 - B16_MANT_MAX, x.exp))
+                .collect()
+        });
+        Self { exp: x.exp, table }
+    }
+
+    fn get(&self, m: i32) -> (i128, i64) {
+        match &self.table {
+            Some(t) => t[(m + B16_MANT_MAX) as usize],
+            None => gelu_sigma(m, self.exp),
+        }
+    }
+}
+
 /// GELU's `(z, σ(z))`: `z = 1.702·x` in Q16 (saturated at ±2^40), `σ` in Q31.
 fn gelu_sigma(m: i32, exp: i32) -> (i128, i64) {
     let z =
@@ -944,13 +971,11 @@ impl Kernels for CpuKernels {
     fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "gelu";
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        let table = GeluTable::new(x);
         let wide: Vec<i128> = x
             .mant
             .par_iter()
-            .map(|&m| {
-                let (_, s) = gelu_sigma(m, x.exp);
-                m as i128 * s as i128
-            })
+            .map(|&m| m as i128 * table.get(m).1 as i128)
             .collect();
         requant_wide(OP, &wide, x.exp as i64 - 31, B16_MANT_MAX)
     }
@@ -960,12 +985,13 @@ impl Kernels for CpuKernels {
         expect_len(OP, "dy", dy.len(), x.len())?;
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
         check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)?;
+        let table = GeluTable::new(x);
         let wide: Vec<i128> = x
             .mant
             .par_iter()
             .zip(dy.mant.par_iter())
             .map(|(&m, &d)| {
-                let (z, s) = gelu_sigma(m, x.exp);
+                let (z, s) = table.get(m);
                 let s = s as i128;
                 let t = rhe(s * ((1i128 << 31) - s), 31);
                 let g = s + rhe(z * t, 16);
@@ -1206,5 +1232,98 @@ mod tests {
             CpuKernels.matmul(&a, &b, big),
             Err(KernelError::Limit { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod op_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_b16(n: std::ops::Range<usize>) -> impl Strategy<Value = Bfp> {
+        (
+            proptest::collection::vec(-B16_MANT_MAX..=B16_MANT_MAX, n),
+            -30i32..10,
+        )
+            .prop_map(|(m, e)| Bfp::new(m, e))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4))]
+        #[test]
+        fn gelu_table_path_equals_direct_path(e in -30i32..5, seed in any::<u64>()) {
+            // Large enough to use the table; compare with the per-element definition.
+            let n = 4 * (2 * B16_MANT_MAX as usize + 1);
+            let m: Vec<i32> = (0..n as u64)
+                .map(|i| (crate::fixed::hash3(seed, 9, i) % 65_535) as i32 - B16_MANT_MAX)
+                .collect();
+            let x = Bfp::new(m, e);
+            let y = CpuKernels.gelu(&x).unwrap();
+            let wide: Vec<i128> = x.mant.iter().map(|&v| v as i128 * gelu_sigma(v, e).1 as i128).collect();
+            prop_assert_eq!(y, requant_wide("gelu", &wide, e as i64 - 31, B16_MANT_MAX).unwrap());
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn softmax_rows_sum_to_one(x in arb_b16(1..200), cols in 1usize..20, causal in any::<bool>()) {
+            let rows = x.len() / cols;
+            prop_assume!(rows > 0);
+            let x = Bfp::new(x.mant[..rows * cols].to_vec(), x.exp);
+            let p = CpuKernels.softmax(&x, rows, cols, causal, 1 << 16).unwrap();
+            for (r, row) in p.to_f64().chunks(cols).enumerate() {
+                let s: f64 = row.iter().sum();
+                prop_assert!((s - 1.0).abs() < cols as f64 * 2f64.powi(p.exp) + 1e-9, "row {} sums to {}", r, s);
+                if causal {
+                    prop_assert!(row[r % cols + 1..].iter().all(|&v| v == 0.0));
+                }
+                // Matches float softmax to the B16 grid (plus the table's relative error).
+                let used = if causal { r % cols + 1 } else { cols };
+                let xs: Vec<f64> = x.to_f64()[r * cols..r * cols + used].to_vec();
+                let mx = xs.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = xs.iter().map(|v| (v - mx).exp()).sum();
+                for j in 0..used {
+                    let want = (xs[j] - mx).exp() / z;
+                    prop_assert!((row[j] - want).abs() < 2f64.powi(p.exp) + 1e-6, "p[{}][{}] {} vs {}", r, j, row[j], want);
+                }
+            }
+        }
+
+        #[test]
+        fn layernorm_normalizes(x in arb_b16(8..64)) {
+            let cols = 8;
+            let rows = x.len() / cols;
+            let x = Bfp::new(x.mant[..rows * cols].to_vec(), x.exp);
+            let (h, r) = CpuKernels.layernorm(&x, rows, cols).unwrap();
+            for (i, row) in h.to_f64().chunks(cols).enumerate() {
+                if r[i] == 0 { prop_assert!(row.iter().all(|&v| v == 0.0)); continue; }
+                let mean: f64 = row.iter().sum::<f64>() / cols as f64;
+                let var: f64 = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+                prop_assert!(mean.abs() < 1e-3, "mean {}", mean);
+                prop_assert!((var - 1.0).abs() < 2e-3, "var {}", var);
+            }
+        }
+
+        #[test]
+        fn add_is_exact_when_it_fits(a in arb_b16(1..50), shift in 0i32..10) {
+            let b = Bfp::new(a.mant.iter().map(|v| v / 2).collect(), a.exp + shift);
+            let s = CpuKernels.add(&a, &b).unwrap();
+            for i in 0..a.len() {
+                let exact = a.value(i) + b.value(i);
+                prop_assert!((s.value(i) - exact).abs() <= 2f64.powi(s.exp - 1));
+            }
+        }
+
+        #[test]
+        fn gelu_matches_float(x in arb_b16(1..100)) {
+            let y = CpuKernels.gelu(&x).unwrap();
+            for i in 0..x.len() {
+                let v = x.value(i);
+                let want = v / (1.0 + (-1.702 * v).exp());
+                prop_assert!((y.value(i) - want).abs() <= 2f64.powi(y.exp) + 1e-6 * v.abs());
+            }
+        }
     }
 }

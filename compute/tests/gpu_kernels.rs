@@ -426,3 +426,31 @@ proptest! {
         same_on_all("cross_entropy", |k| k.cross_entropy(&x, &targets, rows, cols))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn adamw_bit_exact(
+        len in prop_oneof![Just(0usize), 1usize..600],
+        (pe, ge, me, re) in (-35i32..-15, -40i32..-10, -40i32..-10, -40i32..-10),
+        it in 0u64..3000,
+        decay in any::<bool>(),
+        zero_moments in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let h = leam_compute::optim::Hyper::nanogpt_cpu().to_fixed().unwrap();
+        let st = leam_compute::optim::adam_step(&h, it, decay);
+        let p = Bfp::new(seeded(seed, len, 15).iter().map(|v| v * 200).collect(), pe);
+        let g = Bfp::new(seeded(seed ^ 1, len, 15), ge);
+        let (m, r) = if zero_moments {
+            (Bfp::zeros(len, -30), Bfp::zeros(len, -30))
+        } else {
+            (
+                Bfp::new(seeded(seed ^ 2, len, 15), me),
+                Bfp::new(seeded(seed ^ 3, len, 15).iter().map(|v| v.abs()).collect(), re),
+            )
+        };
+        same_on_all("adamw", |k| k.adamw(&p, &g, &m, &r, &st))?;
+    }
+}

@@ -24,12 +24,15 @@
 //! would not suffice; outside it they return `Unsupported` (never a wrong bit):
 //! `add` when a 23-bit mantissa meets an exponent gap near 40 bits, `scale` when
 //! `|c| ≥ 2^47`, `layernorm`/`layernorm_bwd` rows wider than 256, `softmax_bwd` with
-//! `p.exp < −30`, `requant` bounds not of the form `2^b − 1`; `adamw` is not ported yet.
-//! [`WithCpuFallback`] runs such calls on the CPU reference and counts them, so training
-//! through it gives the reference's bits on every adapter (`compute/tests/gpu_train.rs`).
+//! `p.exp < −30`, `requant` bounds not of the form `2^b − 1`, `adamw` with β outside
+//! `[0, 1]`, `|alpha_q40| ≥ 2^50`, `|decay_q40| ≥ 2^40` or an update wider than 2^60.
+//! Every kernel the model calls is ported: training runs entirely on the GPU
+//! (`compute/tests/gpu_train.rs`).
+//! [`WithCpuFallback`] runs such calls on the CPU reference and counts them.
 //! Shapes beyond the adapter's limits (workgroups per dimension, storage binding size) are
 //! `KernelError::Limit`; every wait on the device is bounded by [`OP_TIMEOUT_S`].
 
+mod adamw;
 pub mod bench;
 mod cross_entropy;
 mod device;
@@ -49,8 +52,8 @@ pub use device::{
 
 use crate::fixed::B16_MANT_MAX;
 use crate::kernels::{
-    align_exp, check_mant, check_matmul, checked_exp, expect_len, Bfp, KernelError, Kernels,
-    MatmulShape, WIDE_MANT_MAX,
+    align_exp, check_mant, check_matmul, checked_exp, expect_len, AdamStep, Bfp, KernelError,
+    Kernels, MatmulShape, ADD_ALIGN_BITS_MAX, WIDE_MANT_MAX,
 };
 
 /// Most significant bits of an aligned `add` operand on the GPU (the sum of two then stays
@@ -452,6 +455,79 @@ impl Kernels for GpuKernels {
                 exp: checked_exp(OP, -40, shift as i64)?,
             },
         ))
+    }
+
+    fn adamw(
+        &self,
+        p: &Bfp,
+        g: &Bfp,
+        m: &Bfp,
+        r: &Bfp,
+        st: &AdamStep,
+    ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
+        const OP: &str = "adamw";
+        for (name, t) in [("g", g), ("m", m), ("r", r)] {
+            expect_len(OP, name, t.len(), p.len())?;
+            check_mant(OP, name, &t.mant, B16_MANT_MAX)?;
+        }
+        check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)?;
+        let one = 1i64 << 30;
+        let beta = |b: i64| (0..=one).contains(&b).then_some(b as u32);
+        let (Some(b1), Some(b2)) = (beta(st.beta1_q30), beta(st.beta2_q30)) else {
+            return Err(self.unsupported(OP));
+        };
+        let bits = |v: i64| 64 - v.unsigned_abs().leading_zeros();
+        if bits(st.alpha_q40) > adamw::ADAM_ALPHA_BITS_MAX
+            || bits(st.decay_q40) > adamw::ADAM_DECAY_BITS_MAX
+        {
+            return Err(self.unsupported(OP));
+        }
+        let e0 = align_exp(m.exp, g.exp) as i64;
+        let (er, eg) = (2 * r.exp as i64, 2 * g.exp as i64);
+        let e1 = er.min(eg).max(er.max(eg) - ADD_ALIGN_BITS_MAX as i64);
+        let mut ev = e1 - 30;
+        let odd = ev % 2 != 0;
+        if odd {
+            ev -= 1;
+        }
+        let mo = adamw::moments(
+            &self.gpu,
+            &g.mant,
+            &m.mant,
+            &r.mant,
+            [
+                adamw::align_shifts(m.exp as i64, e0),
+                adamw::align_shifts(g.exp as i64, e0),
+            ],
+            [adamw::align_shifts(er, e1), adamw::align_shifts(eg, e1)],
+            odd,
+            (b1, b2),
+        )
+        .map_err(|e| kernel_error(OP, e))?;
+        let m2 = Bfp::new(mo.m.0, checked_exp(OP, e0 - 30, mo.m.1 as i64)?);
+        let r2 = Bfp::new(mo.r.0, checked_exp(OP, ev / 2 - mo.s, mo.r.1 as i64)?);
+        let ea = m2.exp as i64 - r2.exp as i64 - 70;
+        let sh = (p.exp as i64 - 16) - ea;
+        // |a| ≤ |alpha| · max|m'| · 2^30 / 2^sh must stay within ADAM_UPDATE_BITS_MAX bits.
+        let m_bits = bits(m2.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i64);
+        if m_bits > 0
+            && bits(st.alpha_q40) as i64 + m_bits as i64 + 30 - sh > adamw::ADAM_UPDATE_BITS_MAX
+        {
+            return Err(self.unsupported(OP));
+        }
+        let sh = sh.clamp(-128, 127) as i32;
+        let (mant, shift) = adamw::params(
+            &self.gpu,
+            &p.mant,
+            &m2.mant,
+            &r2.mant,
+            sh,
+            st.alpha_q40,
+            st.decay_q40,
+        )
+        .map_err(|e| kernel_error(OP, e))?;
+        let p2 = Bfp::new(mant, checked_exp(OP, p.exp as i64 - 16, shift as i64)?);
+        Ok((p2, m2, r2))
     }
 
     fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {

@@ -94,6 +94,13 @@ pub static CROSS_ENTROPY: Shader = Shader {
     entries: &["cross_entropy_rows"],
 };
 
+/// AdamW (96/128-bit moments, integer square root, parameter update).
+pub static ADAMW: Shader = Shader {
+    name: "adamw",
+    source: concat!(include_str!("int64.wgsl"), include_str!("adamw.wgsl")),
+    entries: &["adam_m", "requant_m", "adam_v", "adam_sqrt", "adam_p"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 

@@ -769,3 +769,66 @@ fn witness_cosignature_is_stored_and_audited() {
     // Reopen keeps the cosigned checkpoint.
     assert_eq!(Log::open(&dir).unwrap().checkpoint(), note.as_bytes());
 }
+
+#[test]
+fn auditor_notices_a_whole_node_rolled_back() {
+    // A node that restores an old copy of its whole directory (store and checkpoint file) looks
+    // self-consistent; only an auditor who saw a later checkpoint can tell.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut log = new_log(&dir, 1, "A", Sector::Public);
+    fill(&mut log, 2, 2);
+    drop(log);
+    let old = tmp.path().join("old");
+    copy_dir(&dir, &old);
+    let mut log = Log::open(&dir).unwrap();
+    fill(&mut log, 5, 5);
+    drop(log);
+    let state = tmp.path().join("auditor.json");
+    let opts = AuditOptions {
+        state: Some(state.clone()),
+        witnesses: vec![],
+    };
+    audit_dirs(std::slice::from_ref(&dir), &opts).unwrap();
+    match audit_dirs(std::slice::from_ref(&old), &opts).unwrap_err() {
+        AuditError::Inconsistent {
+            old_size, reason, ..
+        } => {
+            assert_eq!(old_size, 8);
+            assert_eq!(reason, "the log shrank from 8 to 3 entries");
+        }
+        other => panic!("expected Inconsistent, got {other}"),
+    }
+}
+
+#[test]
+fn auditor_state_file_errors_are_precise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    drop(new_log(&dir, 1, "A", Sector::Public));
+    let state = tmp.path().join("auditor.json");
+    let opts = AuditOptions {
+        state: Some(state.clone()),
+        witnesses: vec![],
+    };
+    std::fs::write(&state, b"{\"version\": 2, \"logs\": {}}").unwrap();
+    match audit_dirs(std::slice::from_ref(&dir), &opts).unwrap_err() {
+        AuditError::State { path, reason } => {
+            assert_eq!(path, state);
+            assert_eq!(reason, "version 2, expected 1");
+        }
+        other => panic!("expected a state error, got {other}"),
+    }
+    std::fs::write(&state, b"not json").unwrap();
+    assert!(matches!(
+        audit_dirs(std::slice::from_ref(&dir), &opts).unwrap_err(),
+        AuditError::State { reason, .. } if reason.starts_with("not valid state JSON")
+    ));
+    // The unreadable state was not overwritten.
+    assert_eq!(std::fs::read(&state).unwrap(), b"not json");
+    std::fs::remove_file(&state).unwrap();
+    audit_dirs(std::slice::from_ref(&dir), &opts).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["version"], 1);
+}

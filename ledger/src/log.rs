@@ -545,6 +545,18 @@ impl Log {
                 ),
             });
         }
+        // A crash between the store's commit and the checkpoint file's rename leaves the file
+        // behind the store (LogReader::open checked it is a consistent prefix): bring it up to
+        // date before appending.
+        let file = dir.join(CHECKPOINT_FILE_NAME);
+        if std::fs::read(&file).ok().as_deref() != Some(reader.head.note.as_slice()) {
+            write_checkpoint_file(dir, &reader.head.note).map_err(|source| {
+                LogError::CheckpointFile {
+                    dir: dir.to_owned(),
+                    source,
+                }
+            })?;
+        }
         let mut state = LogState::new(reader.key);
         let entries = reader.decode_all()?;
         state.apply_all(&entries).map_err(|source| LogError::Rule {

@@ -832,3 +832,23 @@ fn auditor_state_file_errors_are_precise() {
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["version"], 1);
 }
+
+#[test]
+fn a_checkpoint_file_behind_the_store_is_brought_up_to_date() {
+    // What a crash between the store's commit and the file's rename leaves behind.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut log = new_log(&dir, 1, "A", Sector::Public);
+    let older = log.checkpoint().to_vec();
+    fill(&mut log, 3, 3);
+    let current = log.checkpoint().to_vec();
+    drop(log);
+    std::fs::write(dir.join(CHECKPOINT_FILE_NAME), &older).unwrap();
+    assert_eq!(LogReader::open(&dir).unwrap().head().size, 4);
+    let log = Log::open(&dir).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join(CHECKPOINT_FILE_NAME)).unwrap(),
+        current
+    );
+    assert_eq!(log.checkpoint(), current.as_slice());
+}

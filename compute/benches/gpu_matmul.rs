@@ -11,6 +11,8 @@ use ndarray::{linalg::general_mat_mul, Array2};
 
 /// Repetitions of the ratio measurement after the criterion groups.
 const RATIO_REPS: usize = 3;
+/// Timed training steps of the tiny model per backend.
+const TRAIN_STEPS: u64 = 5;
 
 fn gpus() -> Vec<GpuKernels> {
     list_adapters()
@@ -72,10 +74,61 @@ fn ratios(gpus: &[GpuKernels]) {
     println!("ratio cpu/sgemm {:.3}", sg_s / cpu_s);
 }
 
+/// Every kernel on model-sized inputs, and steps of a tiny model, cpu against each adapter.
+fn kernels_and_training(gpus: &[GpuKernels]) {
+    use leam_compute::gpu::bench::{kernel_timings, train_step_secs};
+    let cpu = kernel_timings(&CpuKernels, RATIO_REPS);
+    for g in gpus {
+        for ((name, c), (_, t)) in cpu.iter().zip(kernel_timings(g, RATIO_REPS)) {
+            match (c, t) {
+                (Ok(c), Ok(t)) => println!(
+                    "kernel {name} {}: cpu {:.3} ms, wgpu {:.3} ms, ratio wgpu/cpu speed {:.3}",
+                    g.name(),
+                    c * 1e3,
+                    t * 1e3,
+                    c / t
+                ),
+                (c, t) => println!("kernel {name} {}: cpu {c:?}, wgpu {t:?}", g.name()),
+            }
+        }
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
+    let Ok(corpus) = leam_compute::data::Corpus::load(std::path::Path::new(path)) else {
+        println!("no demo corpus at {path}: training steps not timed");
+        return;
+    };
+    let fresh = || {
+        let cfg = leam_compute::model::Config {
+            vocab: corpus.vocab.len(),
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 32,
+            block_size: 16,
+        };
+        let h = leam_compute::optim::Hyper::nanogpt_cpu()
+            .to_fixed()
+            .expect("valid hyperparameters");
+        leam_compute::train::TrainState::new(cfg, h, 4, 1337).expect("valid config")
+    };
+    let steps = TRAIN_STEPS;
+    let c = train_step_secs(&CpuKernels, &mut fresh(), &corpus.train, steps).expect("trains");
+    for g in gpus {
+        let t = train_step_secs(g, &mut fresh(), &corpus.train, steps).expect("trains");
+        println!(
+            "train tiny {}: cpu {:.2} ms/step, wgpu {:.2} ms/step, ratio wgpu/cpu speed {:.3}",
+            g.name(),
+            c * 1e3,
+            t * 1e3,
+            c / t
+        );
+    }
+}
+
 fn main() {
     let gpus = gpus();
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c, &gpus);
     c.final_summary();
+    kernels_and_training(&gpus);
     ratios(&gpus);
 }

@@ -579,11 +579,21 @@ fn softmax_exps(xm: &[i32], exp: i32, scale_q16: u32) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// `gelu_sigma` for every mantissa of one exponent, precomputed when the tensor is larger
-/// than the table (a pure function of `(m, exp)`, so the results are identical).
+/// `(σ, g)` of GELU for every mantissa of one exponent (`g` the derivative factor of
+/// [`Kernels::gelu_bwd`]), precomputed when the tensor is larger than the table; a pure function
+/// of `(m, exp)`, so the results are identical to computing each element directly.
 struct GeluTable {
     exp: i32,
-    table: Option<Vec<(i128, i64)>>,
+    table: Option<Vec<(i64, i128)>>,
+}
+
+/// GELU's `(σ, g)` for one mantissa: `σ` as in `gelu_sigma`, `g = σ + rhe(z · rhe(σ·(2^31 − σ),
+/// 31), 16)`.
+fn gelu_sg(m: i32, exp: i32) -> (i64, i128) {
+    let (z, s) = gelu_sigma(m, exp);
+    let s128 = s as i128;
+    let t = rhe(s128 * ((1i128 << 31) - s128), 31);
+    (s, s128 + rhe(z * t, 16))
 }
 
 impl GeluTable {
@@ -592,16 +602,16 @@ impl GeluTable {
         let table = (x.len() > 2 * n).then(|| {
             (0..n)
                 .into_par_iter()
-                .map(|i| gelu_sigma(i as i32 - B16_MANT_MAX, x.exp))
+                .map(|i| gelu_sg(i as i32 - B16_MANT_MAX, x.exp))
                 .collect()
         });
         Self { exp: x.exp, table }
     }
 
-    fn get(&self, m: i32) -> (i128, i64) {
+    fn get(&self, m: i32) -> (i64, i128) {
         match &self.table {
             Some(t) => t[(m + B16_MANT_MAX) as usize],
-            None => gelu_sigma(m, self.exp),
+            None => gelu_sg(m, self.exp),
         }
     }
 }
@@ -975,7 +985,7 @@ impl Kernels for CpuKernels {
         let wide: Vec<i128> = x
             .mant
             .par_iter()
-            .map(|&m| m as i128 * table.get(m).1 as i128)
+            .map(|&m| m as i128 * table.get(m).0 as i128)
             .collect();
         requant_wide(OP, &wide, x.exp as i64 - 31, B16_MANT_MAX)
     }
@@ -990,13 +1000,7 @@ impl Kernels for CpuKernels {
             .mant
             .par_iter()
             .zip(dy.mant.par_iter())
-            .map(|(&m, &d)| {
-                let (z, s) = table.get(m);
-                let s = s as i128;
-                let t = rhe(s * ((1i128 << 31) - s), 31);
-                let g = s + rhe(z * t, 16);
-                d as i128 * g
-            })
+            .map(|(&m, &d)| d as i128 * table.get(m).1)
             .collect();
         requant_wide(OP, &wide, dy.exp as i64 - 31, B16_MANT_MAX)
     }
@@ -1324,6 +1328,41 @@ mod op_tests {
                 let want = v / (1.0 + (-1.702 * v).exp());
                 prop_assert!((y.value(i) - want).abs() <= 2f64.powi(y.exp) + 1e-6 * v.abs());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod gelu_bwd_tests {
+    use super::*;
+
+    #[test]
+    fn gelu_bwd_table_path_equals_direct_path() {
+        let n = 3 * (2 * B16_MANT_MAX as usize + 1);
+        for e in [-20, -12, -3, 2] {
+            let m: Vec<i32> = (0..n as u64)
+                .map(|i| (crate::fixed::hash3(4, 9, i) % 65_535) as i32 - B16_MANT_MAX)
+                .collect();
+            let d: Vec<i32> = (0..n as u64)
+                .map(|i| (crate::fixed::hash3(5, 9, i) % 65_535) as i32 - B16_MANT_MAX)
+                .collect();
+            let (x, dy) = (Bfp::new(m, e), Bfp::new(d, -30));
+            let got = CpuKernels.gelu_bwd(&x, &dy).unwrap();
+            let wide: Vec<i128> = x
+                .mant
+                .iter()
+                .zip(&dy.mant)
+                .map(|(&v, &g)| {
+                    let (z, s) = gelu_sigma(v, e);
+                    let s = s as i128;
+                    let t = rhe(s * ((1i128 << 31) - s), 31);
+                    g as i128 * (s + rhe(z * t, 16))
+                })
+                .collect();
+            assert_eq!(
+                got,
+                requant_wide("gelu_bwd", &wide, -61, B16_MANT_MAX).unwrap()
+            );
         }
     }
 }

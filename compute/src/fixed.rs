@@ -398,7 +398,19 @@ mod isqrt_tests {
 
     #[test]
     fn isqrt_edges() {
-        for x in [0u128, 1, 2, 3, 4, 15, 16, 17, u64::MAX as u128, u128::MAX, u128::MAX - 1] {
+        for x in [
+            0u128,
+            1,
+            2,
+            3,
+            4,
+            15,
+            16,
+            17,
+            u64::MAX as u128,
+            u128::MAX,
+            u128::MAX - 1,
+        ] {
             let r = isqrt(x);
             assert!(r * r <= x, "{x}");
             assert!((r + 1).checked_mul(r + 1).is_none_or(|s| s > x), "{x}");

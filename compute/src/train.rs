@@ -574,7 +574,10 @@ pub fn run(
         Ok(())
     };
     while state.step < opts.max_iters {
-        if opts.eval_interval > 0 && state.step.is_multiple_of(opts.eval_interval) && opts.eval_iters > 0 {
+        if opts.eval_interval > 0
+            && state.step.is_multiple_of(opts.eval_interval)
+            && opts.eval_iters > 0
+        {
             eval(state, &mut curve)?;
         }
         let batch = state.batch_for(&corpus.train, state.step)?;

@@ -472,3 +472,27 @@ proptest! {
         same_or_unsupported("adamw", supported, |k| k.adamw(&p, &g, &m, &r, &st))?;
     }
 }
+
+#[test]
+fn output_beyond_the_storage_binding_limit_is_a_limit_error() {
+    for g in gpus() {
+        // 1×1 products whose output (8-byte exact sums) exceeds the largest storage binding.
+        let max = g.limits().max_storage_buffer_binding_size;
+        let m = 4096usize;
+        let n = (max / 8 / m as u64 + 1) as usize;
+        let a = Bfp::new(vec![1; m], 0);
+        let b = Bfp::new(vec![1; n], 0);
+        let s = MatmulShape::new(m, 1, n);
+        match g.matmul(&a, &b, s) {
+            Err(KernelError::Limit {
+                what,
+                requested,
+                max: lim,
+            }) => {
+                eprintln!("{}: {what}: requested {requested}, max {lim}", g.name());
+                assert!(requested > lim)
+            }
+            other => panic!("{}: expected Limit, got {:?}", g.name(), other.map(|_| ())),
+        }
+    }
+}

@@ -20,11 +20,11 @@ struct Params {
     _pad1: u32,
 }
 
-// Each workgroup computes a 32 x 32 block of C with 16 x 16 invocations, each invocation a
-// 2 x 2 sub-block (rows ly, ly + 16; columns lx, lx + 16): half the shared-memory loads per
+// Each workgroup computes a 32 x 32 block of C with 8 x 8 invocations, each invocation a
+// 4 x 4 sub-block (rows ly + 8i, columns lx + 8j): a quarter of the shared-memory loads per
 // multiply of a one-output-per-invocation kernel. K advances in steps of 16.
 const TILE: u32 = 32u;
-const HALF: u32 = 16u;
+const STEP: u32 = 8u;
 const TK: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,54 +58,61 @@ fn store(bt: u32, row: u32, col: u32, s: vec2<u32>) {
     }
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(8, 8, 1)
 fn matmul_sums(
     @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    let r0 = wid.y * TILE + lid.y;
-    let c0 = wid.x * TILE + lid.x;
+    let rb = wid.y * TILE;
+    let cb = wid.x * TILE;
     let bt = wid.z;
-    if (lid.x == 0u && lid.y == 0u) {
+    if (li == 0u) {
         atomicStore(&wg_key, 0u);
     }
     workgroupBarrier();
-    var s00 = vec2<u32>(0u, 0u);
-    var s01 = vec2<u32>(0u, 0u);
-    var s10 = vec2<u32>(0u, 0u);
-    var s11 = vec2<u32>(0u, 0u);
+    var acc: array<vec2<u32>, 16>;
+    for (var q = 0u; q < 16u; q = q + 1u) {
+        acc[q] = vec2<u32>(0u, 0u);
+    }
     let tiles = (p.k + TK - 1u) / TK;
     for (var t = 0u; t < tiles; t = t + 1u) {
         let k0 = t * TK;
-        // A tile 32 x 16 and B tile 16 x 32: two elements per invocation each.
-        ta[lid.y][lid.x] = load_a(bt, r0, k0 + lid.x);
-        ta[lid.y + HALF][lid.x] = load_a(bt, r0 + HALF, k0 + lid.x);
-        tb[lid.y][lid.x] = load_b(bt, k0 + lid.y, c0);
-        tb[lid.y][lid.x + HALF] = load_b(bt, k0 + lid.y, c0 + HALF);
+        // A tile 32 x 16 and B tile 16 x 32: eight elements per invocation each.
+        for (var e = 0u; e < 8u; e = e + 1u) {
+            let idx = li + e * 64u;
+            let ar = idx / TK;
+            let ac = idx % TK;
+            ta[ar][ac] = load_a(bt, rb + ar, k0 + ac);
+            let br = idx / TILE;
+            let bc = idx % TILE;
+            tb[br][bc] = load_b(bt, k0 + br, cb + bc);
+        }
         workgroupBarrier();
         for (var j = 0u; j < TK; j = j + 2u) {
-            let a0 = ta[lid.y][j];
-            let a0n = ta[lid.y][j + 1u];
-            let a1 = ta[lid.y + HALF][j];
-            let a1n = ta[lid.y + HALF][j + 1u];
-            let b0 = tb[j][lid.x];
-            let b0n = tb[j + 1u][lid.x];
-            let b1 = tb[j][lid.x + HALF];
-            let b1n = tb[j + 1u][lid.x + HALF];
-            // Each pair of products is below 2^31 in magnitude: exact in i32.
-            s00 = add64_i32(s00, a0 * b0 + a0n * b0n);
-            s01 = add64_i32(s01, a0 * b1 + a0n * b1n);
-            s10 = add64_i32(s10, a1 * b0 + a1n * b0n);
-            s11 = add64_i32(s11, a1 * b1 + a1n * b1n);
+            var av: array<vec2<i32>, 4>;
+            var bv: array<vec2<i32>, 4>;
+            for (var u = 0u; u < 4u; u = u + 1u) {
+                av[u] = vec2<i32>(ta[lid.y + STEP * u][j], ta[lid.y + STEP * u][j + 1u]);
+                bv[u] = vec2<i32>(tb[j][lid.x + STEP * u], tb[j + 1u][lid.x + STEP * u]);
+            }
+            for (var u = 0u; u < 4u; u = u + 1u) {
+                for (var v = 0u; v < 4u; v = v + 1u) {
+                    // Each pair of products is below 2^31 in magnitude: exact in i32.
+                    let pair = av[u].x * bv[v].x + av[u].y * bv[v].y;
+                    acc[u * 4u + v] = add64_i32(acc[u * 4u + v], pair);
+                }
+            }
         }
         workgroupBarrier();
     }
-    store(bt, r0, c0, s00);
-    store(bt, r0, c0 + HALF, s01);
-    store(bt, r0 + HALF, c0, s10);
-    store(bt, r0 + HALF, c0 + HALF, s11);
+    for (var u = 0u; u < 4u; u = u + 1u) {
+        for (var v = 0u; v < 4u; v = v + 1u) {
+            store(bt, rb + lid.y + STEP * u, cb + lid.x + STEP * v, acc[u * 4u + v]);
+        }
+    }
     workgroupBarrier();
-    if (lid.x == 0u && lid.y == 0u) {
+    if (li == 0u) {
         atomicMax(&key[0], atomicLoad(&wg_key));
     }
 }

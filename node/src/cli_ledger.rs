@@ -287,7 +287,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_report(report: &AuditReport) {
+pub(crate) fn print_report(report: &AuditReport) {
     for l in &report.logs {
         print!(
             "ok {}: {} entries, {} signatures, root {}",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use leam_compute::backend;
 use leam_compute::checkpoint::Checkpoint;
-use leam_compute::data::Corpus;
+use leam_compute::data::{Corpus, STREAM_EVAL_TRAIN, STREAM_EVAL_VAL};
 use leam_compute::model::Config;
 use leam_compute::optim::Hyper;
 use leam_compute::sample::generate;
@@ -103,6 +103,74 @@ pub struct SampleArgs {
     /// `cpu`, `wgpu` or `auto`.
     #[arg(long, default_value = "auto")]
     backend: String,
+}
+
+/// Arguments of `leam eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Checkpoint written by `leam train --out`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The corpus the checkpoint was trained on (its vocabulary must match the checkpoint's).
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Batches per split (the same seeded batches `leam train --eval-iters N` uses).
+    #[arg(long, default_value_t = 200)]
+    eval_iters: usize,
+    /// `cpu`, `wgpu` or `auto`.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+}
+
+/// `leam eval`: re-measure a checkpoint's train and validation loss, so that anyone holding the
+/// checkpoint and the corpus can check a claimed loss (with more batches than training used).
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if args.eval_iters == 0 || args.eval_iters > leam_compute::train::EVAL_ITERS_MAX {
+        anyhow::bail!(
+            "--eval-iters must be in 1..={}, found {}",
+            leam_compute::train::EVAL_ITERS_MAX,
+            args.eval_iters
+        );
+    }
+    let ckpt = Checkpoint::load(&args.checkpoint)?;
+    let corpus = Corpus::load(&args.corpus)?;
+    if corpus.vocab != ckpt.vocab {
+        anyhow::bail!(
+            "{}: its vocabulary ({} characters) differs from the checkpoint's ({} characters); \
+             evaluate on the corpus the model was trained on",
+            args.corpus.display(),
+            corpus.vocab.len(),
+            ckpt.vocab.len()
+        );
+    }
+    let kernels = backend::select(&args.backend)?;
+    let state = &ckpt.state;
+    let train_loss = state.evaluate(
+        kernels.as_ref(),
+        &corpus.train,
+        "training split",
+        STREAM_EVAL_TRAIN,
+        args.eval_iters,
+    )?;
+    let val_loss = state.evaluate(
+        kernels.as_ref(),
+        &corpus.val,
+        "validation split",
+        STREAM_EVAL_VAL,
+        args.eval_iters,
+    )?;
+    println!(
+        "step {}, {} batches of {}x{} per split, backend {}",
+        state.step,
+        args.eval_iters,
+        state.batch_size,
+        state.model.block_size,
+        kernels.name()
+    );
+    println!("params {}", hex::encode(state.params_commitment()));
+    println!("train_loss {train_loss:.4}");
+    println!("val_loss {val_loss:.4}");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {

@@ -33,6 +33,8 @@ enum Command {
     Train(cli_compute::TrainArgs),
     /// Generate text from a training checkpoint.
     Sample(cli_compute::SampleArgs),
+    /// Re-measure a checkpoint's train and validation loss.
+    Eval(cli_compute::EvalArgs),
     /// Kernel self-test and benchmarks of the compute backends.
     Compute {
         #[command(subcommand)]
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => cli_ledger::audit(args),
         Command::Train(args) => cli_compute::train(args),
         Command::Sample(args) => cli_compute::sample(args),
+        Command::Eval(args) => cli_compute::eval(args),
         Command::Compute { cmd } => cli_kernels::run(cmd),
         Command::Demo(args) => demo::run(args),
     };

@@ -17,7 +17,6 @@ struct CeParams {
 }
 
 const WG: u32 = 256u;
-const LOG2E_Q30: u32 = 1549082005u;
 const LN2_Q30: u32 = 744261118u;
 const Y_SAT_BITS: u32 = 40u;
 
@@ -29,68 +28,6 @@ const Y_SAT_BITS: u32 = 40u;
 @group(0) @binding(11) var<storage, read_write> losses: array<vec2<u32>>;
 
 var<workgroup> wkey: atomic<u32>;
-
-fn rhe64u(m: vec2<u32>, k: u32) -> u32 {
-    var q = shr64(m, k).x;
-    if (k > 0u) {
-        let round_bit = shr64(m, k - 1u).x & 1u;
-        if (round_bit == 1u && (low_bits_nonzero64(m, k - 1u) || (q & 1u) == 1u)) {
-            q = q + 1u;
-        }
-    }
-    return q;
-}
-
-fn rhe64m(m: vec2<u32>, k: u32) -> vec2<u32> {
-    var q = shr64(m, k);
-    if (k > 0u) {
-        let round_bit = shr64(m, k - 1u).x & 1u;
-        if (round_bit == 1u && (low_bits_nonzero64(m, k - 1u) || (q.x & 1u) == 1u)) {
-            q = add64(q, vec2<u32>(1u, 0u));
-        }
-    }
-    return q;
-}
-
-fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
-    return a.y > b.y || (a.y == b.y && a.x >= b.x);
-}
-
-fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
-    let lo = a.x - b.x;
-    return vec2<u32>(lo, a.y - b.y - select(0u, 1u, a.x < b.x));
-}
-
-// n / d rounded half to even for magnitudes, d > 0, n < 2^64, quotient < 2^64, d < 2^63.
-fn div_rhe64q(n: vec2<u32>, d: vec2<u32>) -> vec2<u32> {
-    var r = vec2<u32>(0u, 0u);
-    var q = vec2<u32>(0u, 0u);
-    for (var i = 0u; i < 64u; i = i + 1u) {
-        let bit = shr64(n, 63u - i).x & 1u;
-        r = shl64(r, 1u);
-        r.x = r.x | bit;
-        q = shl64(q, 1u);
-        if (ge64(r, d)) {
-            r = sub64(r, d);
-            q.x = q.x | 1u;
-        }
-    }
-    let twice = shl64(r, 1u);
-    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q.x & 1u) == 1u)) {
-        q = add64(q, vec2<u32>(1u, 0u));
-    }
-    return q;
-}
-
-fn exp2_neg_q31(y: u32) -> u32 {
-    let n = y >> 16u;
-    if (n >= 64u) {
-        return 0u;
-    }
-    let f = y & 0xffffu;
-    let v = rhe64u(mul32x32(EXP2_HI[f >> 8u], EXP2_LO[f & 255u]), 31u);
-    return rhe64u(vec2<u32>(v, 0u), n);
-}
 
 // y = min(shift_sat(t 2^16 LOG2E_Q30, s), 2^40) for t = mx - m >= 0 (t 2^16 LOG2E < 2^63).
 fn ce_y(t: u32) -> vec2<u32> {
@@ -211,18 +148,8 @@ fn cross_entropy_rows(
         let yt = ce_y(u32(mx - logits[base + t]));
         let l2 = add64(add64(vec2<u32>(log2_q16(total), 0u), sext64(-(31 << 16u))), yt);
         let lm = mag64(l2);
-        let m0 = mul32x32(lm.x, LN2_Q30);
-        let m1 = mul32x32(lm.y, LN2_Q30);
-        let mid = m0.y + m1.x;
-        let hi = m1.y + select(0u, 1u, mid < m0.y);
-        // (m0.x, mid, hi) >> 30 rounded half to even; the result is below 2^41.
-        let q = vec2<u32>((m0.x >> 30u) | (mid << 2u), (mid >> 30u) | (hi << 2u));
-        let round_bit = (m0.x >> 29u) & 1u;
-        let sticky = (m0.x & 0x1fffffffu) != 0u;
-        var lq = q;
-        if (round_bit == 1u && (sticky || (q.x & 1u) == 1u)) {
-            lq = add64(q, vec2<u32>(1u, 0u));
-        }
+        // |l2| LN2_Q30 >> 30 rounded half to even; the result is below 2^41.
+        let lq = rhe96(mul64x32(lm, LN2_Q30), 30u).xy;
         losses[row] = select(lq, neg64(lq), is_neg64(l2));
     }
     workgroupBarrier();

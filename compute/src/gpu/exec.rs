@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::device::{Gpu, GpuError, Pool};
 use super::shaders::{Shader, REQUANT};
 
-/// Workgroup size of the 1-D kernels (must match `WG` in `ops.wgsl` and `requant.wgsl`).
+/// Workgroup size of the 1-D kernels (must match `WG` in `op_params.wgsl` and `requant.wgsl`).
 pub(crate) const WG_1D: u64 = 256;
 
 /// One dispatch: pipeline, `(binding, buffer, bytes)` list, workgroup counts.

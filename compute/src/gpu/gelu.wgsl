@@ -3,25 +3,11 @@
 // E = exp2_neg_q31(y) from the integer tables, sigma by rounded 64/64-bit division. Every
 // intermediate is bounded so that emulated 64-bit arithmetic is exact (bounds noted inline).
 
-struct OpParams {
-    count: u32,
-    cols: u32,
-    rows: u32,
-    bits: u32,
-    c_lo: u32,
-    c_hi: u32,
-    k: u32,
-    groups_x: u32,
-}
-
-const WG: u32 = 256u;
-// 1.702 in Q16 (kernels::GELU_K_Q16) and log2(e) in Q30 (fixed::LOG2E_Q30).
+// 1.702 in Q16 (kernels::GELU_K_Q16).
 const GELU_K_Q16: u32 = 111542u;
-const LOG2E_Q30: u32 = 1549082005u;
 // Clamp of z (kernels::EXP_ARG_SAT = 2^40), as its bit length.
 const EXP_ARG_SAT_BITS: u32 = 40u;
 
-@group(0) @binding(0) var<uniform> op: OpParams;
 @group(0) @binding(1) var<storage, read> in0: array<i32>;
 @group(0) @binding(2) var<storage, read> in1: array<i32>;
 @group(0) @binding(3) var<storage, read_write> sums: array<vec2<u32>>;
@@ -29,79 +15,9 @@ const EXP_ARG_SAT_BITS: u32 = 40u;
 
 var<workgroup> wkey: atomic<u32>;
 
-fn index1(w: vec3<u32>, l: u32) -> u32 {
-    return (w.y * op.groups_x + w.x) * WG + l;
-}
-
 fn put(i: u32, s: vec2<u32>) {
     sums[i] = s;
     atomicMax(&wkey, quant_key64(s, op.bits));
-}
-
-// m / 2^k rounded half to even for a magnitude, as u32 (result < 2^32).
-fn rhe64u(m: vec2<u32>, k: u32) -> u32 {
-    var q = shr64(m, k).x;
-    if (k > 0u) {
-        let round_bit = shr64(m, k - 1u).x & 1u;
-        if (round_bit == 1u && (low_bits_nonzero64(m, k - 1u) || (q & 1u) == 1u)) {
-            q = q + 1u;
-        }
-    }
-    return q;
-}
-
-// m / 2^k rounded half to even for a magnitude, full 64 bits.
-fn rhe64m(m: vec2<u32>, k: u32) -> vec2<u32> {
-    var q = shr64(m, k);
-    if (k > 0u) {
-        let round_bit = shr64(m, k - 1u).x & 1u;
-        if (round_bit == 1u && (low_bits_nonzero64(m, k - 1u) || (q.x & 1u) == 1u)) {
-            q = add64(q, vec2<u32>(1u, 0u));
-        }
-    }
-    return q;
-}
-
-fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
-    return a.y > b.y || (a.y == b.y && a.x >= b.x);
-}
-
-fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
-    let lo = a.x - b.x;
-    return vec2<u32>(lo, a.y - b.y - select(0u, 1u, a.x < b.x));
-}
-
-// n / d rounded half to even (fixed::div_rhe) for magnitudes, d > 0, quotient < 2^32:
-// restoring long division, one bit per step (integer-exact, fixed order).
-fn div_rhe64(n: vec2<u32>, d: vec2<u32>) -> u32 {
-    var r = vec2<u32>(0u, 0u);
-    var q = 0u;
-    for (var i = 0u; i < 64u; i = i + 1u) {
-        let bit = shr64(n, 63u - i).x & 1u;
-        r = shl64(r, 1u);
-        r.x = r.x | bit;
-        q = q << 1u;
-        if (ge64(r, d)) {
-            r = sub64(r, d);
-            q = q | 1u;
-        }
-    }
-    let twice = shl64(r, 1u);
-    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q & 1u) == 1u)) {
-        q = q + 1u;
-    }
-    return q;
-}
-
-// exp2_neg_q31(y) for 0 <= y < 2^32 (Q16): 2^(-y/65536) in Q31, 0 when y >> 16 >= 64.
-fn exp2_neg_q31(y: u32) -> u32 {
-    let n = y >> 16u;
-    if (n >= 64u) {
-        return 0u;
-    }
-    let f = y & 0xffffu;
-    let v = rhe64u(mul32x32(EXP2_HI[f >> 8u], EXP2_LO[f & 255u]), 31u);
-    return rhe64u(vec2<u32>(v, 0u), n);
 }
 
 struct Sigma {

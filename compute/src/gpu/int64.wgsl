@@ -132,17 +132,78 @@ fn mul32x32(a: u32, b: u32) -> vec2<u32> {
     return vec2<u32>(lo, hi);
 }
 
-// s / 2^k rounded half to even (symmetric in the sign), for results that fit in i32.
-fn rhe64(s: vec2<u32>, k: u32) -> i32 {
-    let m = mag64(s);
-    var q = shr64(m, k).x;
+// Unsigned comparison a >= b of 64-bit magnitudes.
+fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.y > b.y || (a.y == b.y && a.x >= b.x);
+}
+
+// a - b modulo 2^64.
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x - b.x;
+    return vec2<u32>(lo, a.y - b.y - select(0u, 1u, a.x < b.x));
+}
+
+// m / 2^k rounded half to even for a magnitude, full 64 bits (0 <= k < 64).
+fn rhe64m(m: vec2<u32>, k: u32) -> vec2<u32> {
+    var q = shr64(m, k);
     if (k > 0u) {
         let round_bit = shr64(m, k - 1u).x & 1u;
-        let sticky = low_bits_nonzero64(m, k - 1u);
-        if (round_bit == 1u && (sticky || (q & 1u) == 1u)) {
-            q = q + 1u;
+        if (round_bit == 1u && (low_bits_nonzero64(m, k - 1u) || (q.x & 1u) == 1u)) {
+            q = add64(q, vec2<u32>(1u, 0u));
         }
     }
-    let v = bitcast<i32>(q);
+    return q;
+}
+
+// m / 2^k rounded half to even for a magnitude, low 32 bits (the result is < 2^32).
+fn rhe64u(m: vec2<u32>, k: u32) -> u32 {
+    return rhe64m(m, k).x;
+}
+
+// s / 2^k rounded half to even (symmetric in the sign), for results that fit in i32.
+fn rhe64(s: vec2<u32>, k: u32) -> i32 {
+    let v = bitcast<i32>(rhe64u(mag64(s), k));
     return select(v, -v, is_neg64(s));
+}
+
+// x aligned to a common exponent: x << left (exact) or rhe(x, right).
+fn align64(x: i32, left: u32, right: u32) -> vec2<u32> {
+    if (left > 0u) {
+        return shl64(sext64(x), left);
+    }
+    return sext64(rhe64(sext64(x), right));
+}
+
+// n / d rounded half to even (fixed::div_rhe) for a magnitude n < 2^nbits given as
+// vec3<u32>(lo, mid, hi) (nbits <= 96), 0 < d < 2^63 and a quotient < 2^64: restoring long
+// division, one numerator bit per step from the top (integer-exact, fixed order).
+fn div_rhe_bits(n: vec3<u32>, nbits: u32, d: vec2<u32>) -> vec2<u32> {
+    var r = vec2<u32>(0u, 0u);
+    var q = vec2<u32>(0u, 0u);
+    for (var i = 0u; i < nbits; i = i + 1u) {
+        let b = nbits - 1u - i;
+        let bit = (n[b / 32u] >> (b % 32u)) & 1u;
+        r = shl64(r, 1u);
+        r.x = r.x | bit;
+        q = shl64(q, 1u);
+        if (ge64(r, d)) {
+            r = sub64(r, d);
+            q.x = q.x | 1u;
+        }
+    }
+    let twice = shl64(r, 1u);
+    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q.x & 1u) == 1u)) {
+        q = add64(q, vec2<u32>(1u, 0u));
+    }
+    return q;
+}
+
+// div_rhe_bits for a 64-bit magnitude n.
+fn div_rhe64q(n: vec2<u32>, d: vec2<u32>) -> vec2<u32> {
+    return div_rhe_bits(vec3<u32>(n, 0u), 64u, d);
+}
+
+// div_rhe64q for quotients < 2^32 (its low word).
+fn div_rhe64(n: vec2<u32>, d: vec2<u32>) -> u32 {
+    return div_rhe64q(n, d).x;
 }

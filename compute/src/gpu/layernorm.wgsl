@@ -27,67 +27,7 @@ const WG: u32 = 256u;
 
 var<workgroup> wkey: atomic<u32>;
 
-fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
-    return a.y > b.y || (a.y == b.y && a.x >= b.x);
-}
-
-fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
-    let lo = a.x - b.x;
-    return vec2<u32>(lo, a.y - b.y - select(0u, 1u, a.x < b.x));
-}
-
-// n / d rounded half to even for magnitudes, d > 0, quotient < 2^32 (restoring division).
-fn div_rhe64(n: vec2<u32>, d: vec2<u32>) -> u32 {
-    var r = vec2<u32>(0u, 0u);
-    var q = 0u;
-    for (var i = 0u; i < 64u; i = i + 1u) {
-        let bit = shr64(n, 63u - i).x & 1u;
-        r = shl64(r, 1u);
-        r.x = r.x | bit;
-        q = q << 1u;
-        if (ge64(r, d)) {
-            r = sub64(r, d);
-            q = q | 1u;
-        }
-    }
-    let twice = shl64(r, 1u);
-    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q & 1u) == 1u)) {
-        q = q + 1u;
-    }
-    return q;
-}
-
-// 96-bit unsigned helpers, vec3<u32>(lo, mid, hi).
-fn ge96(a: vec3<u32>, b: vec3<u32>) -> bool {
-    if (a.z != b.z) {
-        return a.z > b.z;
-    }
-    if (a.y != b.y) {
-        return a.y > b.y;
-    }
-    return a.x >= b.x;
-}
-
-fn add96(a: vec3<u32>, b: vec3<u32>) -> vec3<u32> {
-    let x = a.x + b.x;
-    let c0 = select(0u, 1u, x < a.x);
-    let y1 = a.y + b.y;
-    let c1a = select(0u, 1u, y1 < a.y);
-    let y = y1 + c0;
-    let c1b = select(0u, 1u, y < y1);
-    return vec3<u32>(x, y, a.z + b.z + c1a + c1b);
-}
-
-fn sub96(a: vec3<u32>, b: vec3<u32>) -> vec3<u32> {
-    let x = a.x - b.x;
-    let br0 = select(0u, 1u, a.x < b.x);
-    let y1 = a.y - b.y;
-    let br1a = select(0u, 1u, a.y < b.y);
-    let y = y1 - br0;
-    let br1b = select(0u, 1u, y1 < br0);
-    return vec3<u32>(x, y, a.z - b.z - br1a - br1b);
-}
-
+// Fixed one- and two-bit right shifts of 96-bit magnitudes (isqrt96's inner loop).
 fn shr96_1(a: vec3<u32>) -> vec3<u32> {
     return vec3<u32>((a.x >> 1u) | (a.y << 31u), (a.y >> 1u) | (a.z << 31u), a.z >> 1u);
 }
@@ -177,29 +117,6 @@ fn layernorm_rows(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id
     }
 }
 
-// n / d rounded half to even for a 96-bit magnitude n and 2^16 <= d < 2^62 (the host's
-// bounds), quotient < 2^63 (restoring division, one bit per step).
-fn div_rhe96(n: vec3<u32>, d: vec2<u32>) -> vec2<u32> {
-    var r = vec2<u32>(0u, 0u);
-    var q = vec2<u32>(0u, 0u);
-    for (var i = 0u; i < 96u; i = i + 1u) {
-        let limb = 2u - i / 32u;
-        let bit = (n[limb] >> (31u - i % 32u)) & 1u;
-        r = shl64(r, 1u);
-        r.x = r.x | bit;
-        q = shl64(q, 1u);
-        if (ge64(r, d)) {
-            r = sub64(r, d);
-            q.x = q.x | 1u;
-        }
-    }
-    let twice = shl64(r, 1u);
-    if (ge64(twice, d) && (twice.x != d.x || twice.y != d.y || (q.x & 1u) == 1u)) {
-        q = add64(q, vec2<u32>(1u, 0u));
-    }
-    return q;
-}
-
 // Kernels::layernorm_bwd: per row with R != 0, A = sum g, B = sum g h,
 // n = ((C g - A) << sh) - h B (|n| < 2^55), w = div_rhe(n << 24, R).
 @compute @workgroup_size(256, 1, 1)
@@ -238,7 +155,7 @@ fn layernorm_bwd_rows(
                 let nm = mag64(n);
                 // |n| << 24 as 96 bits.
                 let n96 = vec3<u32>(nm.x << 24u, (nm.y << 24u) | (nm.x >> 8u), nm.y >> 8u);
-                let q = div_rhe96(n96, rr);
+                let q = div_rhe_bits(n96, 96u, rr); // 2^16 <= R < 2^62, quotient < 2^63
                 let v = select(q, neg64(q), is_neg64(n));
                 sums[base + j] = v;
                 atomicMax(&wkey, quant_key64(v, lp.bits));

@@ -3,20 +3,6 @@
 // and reduces the requantization key (quant_key64) with integer atomicMax; requant.wgsl then
 // rounds them. Integer arithmetic only; no float, no subgroups.
 
-struct OpParams {
-    count: u32,
-    cols: u32,
-    rows: u32,
-    bits: u32,
-    c_lo: u32,
-    c_hi: u32,
-    k: u32,
-    groups_x: u32,
-}
-
-const WG: u32 = 256u;
-
-@group(0) @binding(0) var<uniform> op: OpParams;
 @group(0) @binding(1) var<storage, read> in0: array<i32>;
 @group(0) @binding(2) var<storage, read> in1: array<i32>;
 @group(0) @binding(3) var<storage, read_write> sums: array<vec2<u32>>;
@@ -28,10 +14,6 @@ const WG: u32 = 256u;
 
 var<workgroup> wkey: atomic<u32>;
 var<workgroup> wsum: array<vec2<u32>, 256>;
-
-fn index1(w: vec3<u32>, l: u32) -> u32 {
-    return (w.y * op.groups_x + w.x) * WG + l;
-}
 
 fn key_begin(l: u32) {
     if (l == 0u) {
@@ -105,14 +87,6 @@ fn col_dot(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: ve
         put(c, s);
     }
     key_end(l);
-}
-
-// x aligned to the common exponent: x << left (exact) or rhe(x, right).
-fn align64(x: i32, left: u32, right: u32) -> vec2<u32> {
-    if (left > 0u) {
-        return shl64(sext64(x), left);
-    }
-    return sext64(rhe64(sext64(x), right));
 }
 
 // Kernels::add: s = align(a) + align(b). The shifts travel in (cols, rows) for a and

@@ -1,7 +1,10 @@
 //! Every WGSL program of the wgpu backend, assembled from the `.wgsl` files beside the Rust
-//! modules that run them. The shared 64-bit helpers (`int64.wgsl`) are prepended as text
-//! because WGSL has no `#include`; the fingerprint hashes the assembled source, i.e. exactly
-//! what the driver compiles.
+//! modules that run them. The shared helpers are prepended as text because WGSL has no
+//! `#include`: `int64.wgsl` (64-bit arithmetic, rounding, rounded long division) to every
+//! program, `int96.wgsl` (96-bit magnitudes) to those with 96-bit intermediates,
+//! `exp2.wgsl` (integer exp2 on `exp2_table.wgsl`) to those that exponentiate, and
+//! `op_params.wgsl` (the uniform of `ops::params`) to ops, gelu and softmax. The
+//! fingerprint hashes the assembled source, i.e. exactly what the driver compiles.
 
 /// One WGSL program.
 #[derive(Debug)]
@@ -32,7 +35,11 @@ pub static REQUANT: Shader = Shader {
 /// scatter_add_rows, sum_squares).
 pub static OPS: Shader = Shader {
     name: "ops",
-    source: concat!(include_str!("int64.wgsl"), include_str!("ops.wgsl")),
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("op_params.wgsl"),
+        include_str!("ops.wgsl")
+    ),
     entries: &[
         "requant_in",
         "add",
@@ -52,6 +59,8 @@ pub static GELU: Shader = Shader {
     source: concat!(
         include_str!("int64.wgsl"),
         include_str!("exp2_table.wgsl"),
+        include_str!("exp2.wgsl"),
+        include_str!("op_params.wgsl"),
         include_str!("gelu.wgsl")
     ),
     entries: &["gelu", "gelu_bwd"],
@@ -63,7 +72,10 @@ pub static SOFTMAX: Shader = Shader {
     name: "softmax",
     source: concat!(
         include_str!("int64.wgsl"),
+        include_str!("int96.wgsl"),
         include_str!("exp2_table.wgsl"),
+        include_str!("exp2.wgsl"),
+        include_str!("op_params.wgsl"),
         include_str!("softmax.wgsl")
     ),
     entries: &["softmax_rows"],
@@ -72,14 +84,22 @@ pub static SOFTMAX: Shader = Shader {
 /// Layer normalization (96-bit integer square root and divisions).
 pub static LAYERNORM: Shader = Shader {
     name: "layernorm",
-    source: concat!(include_str!("int64.wgsl"), include_str!("layernorm.wgsl")),
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("int96.wgsl"),
+        include_str!("layernorm.wgsl")
+    ),
     entries: &["layernorm_rows", "layernorm_bwd_rows"],
 };
 
 /// Softmax backward (96-bit wide values and their own requantization).
 pub static SOFTMAX_BWD: Shader = Shader {
     name: "softmax_bwd",
-    source: concat!(include_str!("int64.wgsl"), include_str!("softmax_bwd.wgsl")),
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("int96.wgsl"),
+        include_str!("softmax_bwd.wgsl")
+    ),
     entries: &["softmax_bwd_rows", "requant96"],
 };
 
@@ -88,7 +108,9 @@ pub static CROSS_ENTROPY: Shader = Shader {
     name: "cross_entropy",
     source: concat!(
         include_str!("int64.wgsl"),
+        include_str!("int96.wgsl"),
         include_str!("exp2_table.wgsl"),
+        include_str!("exp2.wgsl"),
         include_str!("cross_entropy.wgsl")
     ),
     entries: &["cross_entropy_rows"],
@@ -97,7 +119,11 @@ pub static CROSS_ENTROPY: Shader = Shader {
 /// AdamW (96/128-bit moments, integer square root, parameter update).
 pub static ADAMW: Shader = Shader {
     name: "adamw",
-    source: concat!(include_str!("int64.wgsl"), include_str!("adamw.wgsl")),
+    source: concat!(
+        include_str!("int64.wgsl"),
+        include_str!("int96.wgsl"),
+        include_str!("adamw.wgsl")
+    ),
     entries: &["adam_m", "requant_m", "adam_v", "adam_sqrt", "adam_p"],
 };
 

@@ -25,74 +25,6 @@ const WG: u32 = 256u;
 
 var<workgroup> wkey: atomic<u32>;
 
-fn shr96(p: vec3<u32>, s: u32) -> vec3<u32> {
-    var a = p;
-    var k = s;
-    if (k >= 64u) {
-        a = vec3<u32>(a.z, 0u, 0u);
-        k = k - 64u;
-    } else if (k >= 32u) {
-        a = vec3<u32>(a.y, a.z, 0u);
-        k = k - 32u;
-    }
-    if (k == 0u) {
-        return a;
-    }
-    return vec3<u32>((a.x >> k) | (a.y << (32u - k)), (a.y >> k) | (a.z << (32u - k)), a.z >> k);
-}
-
-fn shl96(p: vec3<u32>, s: u32) -> vec3<u32> {
-    var a = p;
-    var k = s;
-    if (k >= 64u) {
-        a = vec3<u32>(0u, 0u, a.x);
-        k = k - 64u;
-    } else if (k >= 32u) {
-        a = vec3<u32>(0u, a.x, a.y);
-        k = k - 32u;
-    }
-    if (k == 0u) {
-        return a;
-    }
-    return vec3<u32>(a.x << k, (a.y << k) | (a.x >> (32u - k)), (a.z << k) | (a.y >> (32u - k)));
-}
-
-fn bitlen96(m: vec3<u32>) -> u32 {
-    if (m.z != 0u) {
-        return 96u - countLeadingZeros(m.z);
-    }
-    if (m.y != 0u) {
-        return 64u - countLeadingZeros(m.y);
-    }
-    return 32u - countLeadingZeros(m.x);
-}
-
-// The requantization key of a 96-bit magnitude (see quant_key64).
-fn quant_key96(m: vec3<u32>, bits: u32) -> u32 {
-    let l = bitlen96(m);
-    var f = 0u;
-    if (l > bits) {
-        if (shr96(m, l - bits - 1u).x == (1u << (bits + 1u)) - 1u) {
-            f = 1u;
-        }
-    }
-    return l * 2u + f;
-}
-
-// m / 2^s rounded half to even (0 <= s < 96), low 32 bits of the result.
-fn rhe96_u32(m: vec3<u32>, s: u32) -> u32 {
-    if (s == 0u) {
-        return m.x;
-    }
-    var q = shr96(m, s).x;
-    let round_bit = shr96(m, s - 1u).x & 1u;
-    let sticky = any(shl96(shr96(m, s - 1u), s - 1u) != m);
-    if (round_bit == 1u && (sticky || (q & 1u) == 1u)) {
-        q = q + 1u;
-    }
-    return q;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn softmax_bwd_rows(
     @builtin(local_invocation_index) l: u32,
@@ -115,10 +47,7 @@ fn softmax_bwd_rows(
             let p = pin[base + j];
             let pm = u32(abs(p));
             let pv = add64(mul32x32(pm, vm.x), vec2<u32>(0u, pm * vm.y)); // < 2^62
-            let m0 = mul32x32(pv.x, sp.scale_q16);
-            let m1 = mul32x32(pv.y, sp.scale_q16);
-            let mid = m0.y + m1.x;
-            let mag = vec3<u32>(m0.x, mid, m1.y + select(0u, 1u, mid < m0.y));
+            let mag = mul64x32(pv, sp.scale_q16);
             let neg = ((p < 0) != is_neg64(v)) && any(mag != vec3<u32>(0u, 0u, 0u));
             wide[base + j] = vec4<u32>(mag, select(0u, 1u, neg));
             atomicMax(&wkey, quant_key96(mag, sp.bits));
@@ -137,12 +66,7 @@ fn requant96(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: 
         return;
     }
     let kv = atomicLoad(&key[0]);
-    let lbits = kv >> 1u;
-    var k = 0u;
-    if (lbits > sp.bits) {
-        k = lbits - sp.bits + (kv & 1u);
-    }
     let e = wide[i];
-    let q = bitcast<i32>(rhe96_u32(e.xyz, k));
+    let q = bitcast<i32>(rhe96(e.xyz, quant_shift(kv, sp.bits)).x);
     out[i] = select(q, -q, e.w == 1u);
 }

@@ -165,4 +165,6 @@ pub static SHADERS: &[&Shader] = &[
     &SOFTMAX,
     &LAYERNORM,
     &SOFTMAX_BWD,
+    &CROSS_ENTROPY,
+    &ADAMW,
 ];

@@ -34,6 +34,23 @@ pub fn rhe(s: i128, k: u32) -> i128 {
     }
 }
 
+/// [`rhe`] in 64-bit arithmetic, with the same result for every `s` and `k`: `s = q·2^k + r`
+/// with `0 ≤ r < 2^k`, and `q + ⌊(r + 2^(k−1) − 1 + (q & 1)) / 2^k⌋` adds one exactly when
+/// `r > 2^(k−1)`, or `r = 2^(k−1)` and `q` is odd. No overflow for `k ≤ 61`; larger `k` falls
+/// back to [`rhe`].
+#[inline]
+pub fn rhe64(s: i64, k: u32) -> i64 {
+    if k == 0 {
+        return s;
+    }
+    if k > 61 {
+        return rhe(s as i128, k) as i64;
+    }
+    let q = s >> k;
+    let r = s & ((1i64 << k) - 1);
+    q + ((r + (1i64 << (k - 1)) - 1 + (q & 1)) >> k)
+}
+
 /// `n / d` rounded to the nearest integer, ties to even. `d` must be positive.
 pub fn div_rhe(n: i128, d: i128) -> i128 {
     assert!(d > 0, "div_rhe: divisor must be positive");
@@ -182,7 +199,37 @@ mod tests {
         assert!((var - 1.0).abs() < 0.05, "var {var}");
     }
 
+    #[test]
+    fn rhe64_matches_rhe_at_the_edges() {
+        for k in 0..70u32 {
+            for s in [
+                i64::MIN,
+                i64::MIN + 1,
+                i64::MAX,
+                i64::MAX - 1,
+                0,
+                1,
+                -1,
+                3 << 20,
+                -(3 << 20),
+                (1 << 52) - 1,
+                -(1 << 52) + 1,
+            ] {
+                assert_eq!(rhe64(s, k) as i128, rhe(s as i128, k), "s {s} k {k}");
+            }
+            for s in -300i64..300 {
+                assert_eq!(rhe64(s, k) as i128, rhe(s as i128, k), "s {s} k {k}");
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn rhe64_matches_rhe(s in any::<i64>(), k in 0u32..70, small in -(1i64 << 53)..(1i64 << 53)) {
+            prop_assert_eq!(rhe64(s, k) as i128, rhe(s as i128, k));
+            prop_assert_eq!(rhe64(small, k) as i128, rhe(small as i128, k));
+        }
+
         #[test]
         fn rhe_matches_rational_rounding(s in any::<i64>(), k in 0u32..70) {
             let r = rhe(s as i128, k);

@@ -8,10 +8,10 @@
 //! [`KernelError::Unsupported`], so that other backends keep compiling until they port it.
 
 use crate::fixed::{
-    bitlen, div_rhe, exp2_neg_q31, isqrt, log2_q16, requant_shift, rhe, B16_MANT_MAX, LN2_Q30,
-    LOG2E_Q30,
+    bitlen, div_rhe, exp2_neg_q31, isqrt, log2_q16, requant_shift, rhe, rhe64, B16_MANT_MAX,
+    LN2_Q30, LOG2E_Q30,
 };
-use ndarray::{linalg::general_mat_mul, Array2, ArrayView2, ShapeBuilder};
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 /// Largest inner dimension of a matmul: keeps `|Σ a·b| < 2^30 · 2^22 = 2^52`, so sums fit in
@@ -496,7 +496,7 @@ pub fn checked_exp(op: &'static str, base: i64, k: i64) -> Result<i32, KernelErr
 pub fn requantize_b16(op: &'static str, sums: &[i64], base_exp: i64) -> Result<Bfp, KernelError> {
     let mx = sums.par_iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
     let k = requant_shift(mx as u128, B16_MANT_MAX);
-    let mant = sums.par_iter().map(|&v| rhe(v as i128, k) as i32).collect();
+    let mant = sums.par_iter().map(|&v| rhe64(v, k) as i32).collect();
     Ok(Bfp {
         mant,
         exp: checked_exp(op, base_exp, k as i64)?,
@@ -683,18 +683,40 @@ fn operand_view(data: &[f64], rows: usize, cols: usize, trans: bool) -> ArrayVie
     }
 }
 
-/// Exact product of one block through f64 dgemm. Every input is an integer with `|x| < 2^15`,
-/// every product `< 2^30` and every partial sum `< 2^52`, all exactly representable in f64, so
-/// whatever order, blocking or FMA use dgemm chooses, each addition is exact and the result is
-/// the exact integer sum (proof in specs/compute.md).
-fn block_dgemm(a: &[f64], b: &[f64], s: MatmulShape, out: &mut [i64]) {
+/// Smallest number of elements per rayon task in the elementwise passes of `matmul`.
+const MATMUL_PAR_MIN: usize = 1 << 13;
+
+/// Exact product of one block through f64 dgemm, written to `out` (`m×n` row-major). Every
+/// input is an integer with `|x| < 2^15`, every product `< 2^30` and every partial sum `< 2^52`,
+/// all exactly representable in f64, so whatever order, blocking or FMA use dgemm chooses, each
+/// addition is exact and the result is the exact integer sum (proof in specs/compute.md).
+fn block_dgemm(a: &[f64], b: &[f64], s: MatmulShape, out: &mut [f64]) {
     let av = operand_view(a, s.m, s.k, s.trans_a);
     let bv = operand_view(b, s.k, s.n, s.trans_b);
-    let mut c = Array2::<f64>::zeros((s.m, s.n));
+    let mut c =
+        ArrayViewMut2::from_shape((s.m, s.n), out).expect("output length is m·n by construction");
+    // beta = 0: the previous contents of `out` are not read.
     general_mat_mul(1.0, &av, &bv, 0.0, &mut c);
-    for (o, v) in out.iter_mut().zip(c.iter()) {
-        *o = *v as i64;
-    }
+}
+
+/// Largest length of a `matmul` scratch buffer kept for the next call on the same thread.
+const MATMUL_SCRATCH_KEEP_MAX: usize = 1 << 21;
+
+thread_local! {
+    /// f64 scratch of `matmul` (operand A, operand B, sums), reused by the next call on the same
+    /// thread: a fresh multi-megabyte buffer costs page faults and zeroing on every call.
+    static MATMUL_SCRATCH: std::cell::RefCell<[Vec<f64>; 3]> =
+        std::cell::RefCell::new(Default::default());
+}
+
+/// Mantissas as f64 (exact), converted in parallel into `buf`.
+fn to_f64_into(mant: &[i32], buf: &mut Vec<f64>) {
+    buf.clear();
+    buf.par_extend(
+        mant.par_iter()
+            .with_min_len(MATMUL_PAR_MIN)
+            .map(|&x| x as f64),
+    );
 }
 
 impl Kernels for CpuKernels {
@@ -703,22 +725,63 @@ impl Kernels for CpuKernels {
     }
 
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
+        const OP: &str = "matmul";
         check_matmul(a, b, s)?;
-        let mut sums = vec![0i64; s.batch * s.m * s.n];
-        if s.m * s.n * s.batch > 0 && s.k > 0 {
-            let af: Vec<f64> = a.mant.iter().map(|&x| x as f64).collect();
-            let bf: Vec<f64> = b.mant.iter().map(|&x| x as f64).collect();
-            let (sa, sb, sc) = (s.m * s.k, s.k * s.n, s.m * s.n);
-            if s.batch == 1 {
-                block_dgemm(&af, &bf, s, &mut sums);
-            } else {
-                sums.par_chunks_mut(sc)
-                    .zip(af.par_chunks(sa))
-                    .zip(bf.par_chunks(sb))
-                    .for_each(|((out, ab), bb)| block_dgemm(ab, bb, s, out));
-            }
+        let base_exp = a.exp as i64 + b.exp as i64;
+        let len = s.batch * s.m * s.n;
+        if len == 0 || s.k == 0 {
+            // Every sum is 0: mantissas 0, k = 0.
+            return Ok(Bfp {
+                mant: vec![0; len],
+                exp: checked_exp(OP, base_exp, 0)?,
+            });
         }
-        requantize_b16("matmul", &sums, a.exp as i64 + b.exp as i64)
+        // Taken out of the thread-local (left empty), so a nested call cannot alias it.
+        let [mut af, mut bf, mut sums_buf] =
+            MATMUL_SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        to_f64_into(&a.mant, &mut af);
+        to_f64_into(&b.mant, &mut bf);
+        let (sa, sb, sc) = (s.m * s.k, s.k * s.n, s.m * s.n);
+        if sums_buf.len() < len {
+            sums_buf.resize(len, 0.0);
+        }
+        // dgemm overwrites every sum (beta = 0); stale values of a previous call are not read.
+        let sums = &mut sums_buf[..len];
+        if s.batch == 1 {
+            block_dgemm(&af, &bf, s, sums);
+        } else {
+            sums.par_chunks_mut(sc)
+                .zip(af.par_chunks(sa))
+                .zip(bf.par_chunks(sb))
+                .for_each(|((out, ab), bb)| block_dgemm(ab, bb, s, out));
+        }
+        // The sums are exact integers below 2^52, so the f64 maximum of |s| and the casts to
+        // i64 are exact; requantization then follows `requantize_b16` step for step.
+        let mx = sums
+            .par_iter()
+            .with_min_len(MATMUL_PAR_MIN)
+            .map(|v| v.abs())
+            .reduce(|| 0.0, f64::max);
+        let k = requant_shift(mx as u64 as u128, B16_MANT_MAX);
+        let mant = sums
+            .par_iter()
+            .with_min_len(MATMUL_PAR_MIN)
+            .map(|&v| rhe64(v as i64, k) as i32)
+            .collect();
+        MATMUL_SCRATCH.with(|c| {
+            let kept = [af, bf, sums_buf].map(|v| {
+                if v.capacity() <= MATMUL_SCRATCH_KEEP_MAX {
+                    v
+                } else {
+                    Vec::new()
+                }
+            });
+            *c.borrow_mut() = kept;
+        });
+        Ok(Bfp {
+            mant,
+            exp: checked_exp(OP, base_exp, k as i64)?,
+        })
     }
 
     fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
@@ -1156,6 +1219,39 @@ mod tests {
                 )
                     .prop_map(move |(am, bm)| (Bfp::new(am, ea), Bfp::new(bm, eb), s))
             })
+    }
+
+    #[test]
+    fn cpu_matmul_equals_naive_large_with_reused_scratch() {
+        // Outputs above MATMUL_PAR_MIN (parallel passes), in an order that leaves stale sums of
+        // a larger call in the thread's scratch; full-range and small mantissas (k > 0 and 0).
+        let cases = [
+            (1, 200, 300, 150, false, false, 32_767),
+            (3, 64, 128, 100, true, false, 32_767),
+            (1, 90, 512, 70, false, true, 7),
+            (2, 130, 40, 90, true, true, 32_767),
+            (1, 1, 3, 1, false, false, 3),
+        ];
+        for (i, &(batch, m, k, n, trans_a, trans_b, lim)) in cases.iter().enumerate() {
+            let s = MatmulShape {
+                batch,
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+            };
+            let gen = |stream: u64, len: usize| -> Vec<i32> {
+                (0..len as u64)
+                    .map(|j| (crate::fixed::hash3(i as u64, stream, j) % (2 * lim + 1)) as i32)
+                    .map(|x| x - lim as i32)
+                    .collect()
+            };
+            let a = Bfp::new(gen(1, batch * m * k), -3);
+            let b = Bfp::new(gen(2, batch * k * n), 5);
+            let fast = CpuKernels.matmul(&a, &b, s).unwrap();
+            assert_eq!(fast, matmul_naive(&a, &b, s).unwrap(), "case {i}");
+        }
     }
 
     proptest! {

@@ -460,6 +460,189 @@ pub fn check_matmul(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<(), KernelError>
     Ok(())
 }
 
+/// Input checks of [`Kernels::add`]; shared by every backend.
+pub(crate) fn check_add(a: &Bfp, b: &Bfp) -> Result<(), KernelError> {
+    const OP: &str = "add";
+    expect_len(OP, "b", b.len(), a.len())?;
+    check_mant(OP, "a", &a.mant, WIDE_MANT_MAX)?;
+    check_mant(OP, "b", &b.mant, WIDE_MANT_MAX)
+}
+
+/// Input checks of [`Kernels::rescale`]; shared by every backend.
+pub(crate) fn check_rescale(x: &Bfp, exp: i32) -> Result<(), KernelError> {
+    if exp < x.exp {
+        return Err(KernelError::ExponentRange {
+            op: "rescale",
+            found: exp as i64,
+            max: x.exp as i64,
+        });
+    }
+    Ok(())
+}
+
+/// Input checks of [`Kernels::mul_cols`]; shared by every backend.
+pub(crate) fn check_mul_cols(
+    x: &Bfp,
+    w: &Bfp,
+    rows: usize,
+    cols: usize,
+) -> Result<(), KernelError> {
+    const OP: &str = "mul_cols";
+    expect_len(OP, "x", x.len(), rows * cols)?;
+    expect_len(OP, "w", w.len(), cols)?;
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    check_mant(OP, "w", &w.mant, B16_MANT_MAX)
+}
+
+/// Input checks of [`Kernels::col_dot`]; shared by every backend.
+pub(crate) fn check_col_dot(a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<(), KernelError> {
+    const OP: &str = "col_dot";
+    expect_len(OP, "a", a.len(), rows * cols)?;
+    expect_len(OP, "b", b.len(), rows * cols)?;
+    check_mant(OP, "a", &a.mant, B16_MANT_MAX)?;
+    check_mant(OP, "b", &b.mant, B16_MANT_MAX)
+}
+
+/// Input checks of [`Kernels::layernorm`]; shared by every backend. `Some` is the result
+/// for `cols == 0`.
+pub(crate) fn check_layernorm(
+    x: &Bfp,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<(Bfp, Vec<u64>)>, KernelError> {
+    const OP: &str = "layernorm";
+    expect_len(OP, "x", x.len(), rows * cols)?;
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    if cols == 0 {
+        return Ok(Some((Bfp::new(Vec::new(), -24), vec![0; rows])));
+    }
+    Ok(None)
+}
+
+/// Input checks of [`Kernels::layernorm_bwd`]; shared by every backend. `Some` is the
+/// result for `cols == 0`.
+pub(crate) fn check_layernorm_bwd(
+    dxhat: &Bfp,
+    xhat: &Bfp,
+    r: &[u64],
+    rows: usize,
+    cols: usize,
+) -> Result<Option<Bfp>, KernelError> {
+    const OP: &str = "layernorm_bwd";
+    expect_len(OP, "dxhat", dxhat.len(), rows * cols)?;
+    expect_len(OP, "xhat", xhat.len(), rows * cols)?;
+    expect_len(OP, "r", r.len(), rows)?;
+    check_mant(OP, "dxhat", &dxhat.mant, B16_MANT_MAX)?;
+    check_mant(OP, "xhat", &xhat.mant, B16_MANT_MAX)?;
+    if xhat.exp > 0 || xhat.exp < -64 {
+        return Err(KernelError::ExponentRange {
+            op: OP,
+            found: xhat.exp as i64,
+            max: 0,
+        });
+    }
+    if cols == 0 {
+        return Ok(Some(Bfp::new(Vec::new(), dxhat.exp)));
+    }
+    Ok(None)
+}
+
+/// Input checks of [`Kernels::softmax`]; shared by every backend.
+pub(crate) fn check_softmax(x: &Bfp, rows: usize, cols: usize) -> Result<(), KernelError> {
+    const OP: &str = "softmax";
+    expect_len(OP, "x", x.len(), rows * cols)?;
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)
+}
+
+/// Input checks of [`Kernels::softmax_bwd`]; shared by every backend.
+pub(crate) fn check_softmax_bwd(
+    p: &Bfp,
+    dp: &Bfp,
+    rows: usize,
+    cols: usize,
+) -> Result<(), KernelError> {
+    const OP: &str = "softmax_bwd";
+    expect_len(OP, "p", p.len(), rows * cols)?;
+    expect_len(OP, "dp", dp.len(), rows * cols)?;
+    check_mant(OP, "p", &p.mant, B16_MANT_MAX)?;
+    check_mant(OP, "dp", &dp.mant, B16_MANT_MAX)?;
+    if p.exp > 0 || p.exp < -64 {
+        return Err(KernelError::ExponentRange {
+            op: OP,
+            found: p.exp as i64,
+            max: 0,
+        });
+    }
+    Ok(())
+}
+
+/// Input checks of [`Kernels::cross_entropy`]; shared by every backend. `Some` is the
+/// result for `rows == 0`.
+pub(crate) fn check_cross_entropy(
+    logits: &Bfp,
+    targets: &[u32],
+    rows: usize,
+    cols: usize,
+) -> Result<Option<(i64, Bfp)>, KernelError> {
+    const OP: &str = "cross_entropy";
+    expect_len(OP, "logits", logits.len(), rows * cols)?;
+    expect_len(OP, "targets", targets.len(), rows)?;
+    check_mant(OP, "logits", &logits.mant, B16_MANT_MAX)?;
+    if let Some(index) = targets.iter().position(|&t| t as usize >= cols) {
+        return Err(KernelError::MantissaRange {
+            op: OP,
+            operand: "targets",
+            index,
+            found: targets[index] as i64,
+            max: cols as i64 - 1,
+        });
+    }
+    if rows == 0 {
+        return Ok(Some((0, Bfp::new(Vec::new(), -40))));
+    }
+    Ok(None)
+}
+
+/// Input checks of [`Kernels::gelu_bwd`]; shared by every backend.
+pub(crate) fn check_gelu_bwd(x: &Bfp, dy: &Bfp) -> Result<(), KernelError> {
+    const OP: &str = "gelu_bwd";
+    expect_len(OP, "dy", dy.len(), x.len())?;
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)
+}
+
+/// Input checks of [`Kernels::scatter_add_rows`]; shared by every backend.
+pub(crate) fn check_scatter_add_rows(
+    src: &Bfp,
+    idx: &[u32],
+    out_rows: usize,
+    cols: usize,
+) -> Result<(), KernelError> {
+    const OP: &str = "scatter_add_rows";
+    expect_len(OP, "src", src.len(), idx.len() * cols)?;
+    check_mant(OP, "src", &src.mant, B16_MANT_MAX)?;
+    if let Some(index) = idx.iter().position(|&t| t as usize >= out_rows) {
+        return Err(KernelError::MantissaRange {
+            op: OP,
+            operand: "idx",
+            index,
+            found: idx[index] as i64,
+            max: out_rows as i64 - 1,
+        });
+    }
+    Ok(())
+}
+
+/// Input checks of [`Kernels::adamw`]; shared by every backend.
+pub(crate) fn check_adamw(p: &Bfp, g: &Bfp, m: &Bfp, r: &Bfp) -> Result<(), KernelError> {
+    const OP: &str = "adamw";
+    for (name, t) in [("g", g), ("m", m), ("r", r)] {
+        expect_len(OP, name, t.len(), p.len())?;
+        check_mant(OP, name, &t.mant, B16_MANT_MAX)?;
+    }
+    check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)
+}
+
 /// Returns `MantissaRange` for the first element with `|x| > max`.
 pub fn check_mant(
     op: &'static str,
@@ -786,9 +969,7 @@ impl Kernels for CpuKernels {
 
     fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "add";
-        expect_len(OP, "b", b.len(), a.len())?;
-        check_mant(OP, "a", &a.mant, WIDE_MANT_MAX)?;
-        check_mant(OP, "b", &b.mant, WIDE_MANT_MAX)?;
+        check_add(a, b)?;
         let e0 = align_exp(a.exp, b.exp);
         let sums: Vec<i128> = a
             .mant
@@ -805,13 +986,7 @@ impl Kernels for CpuKernels {
     }
 
     fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
-        if exp < x.exp {
-            return Err(KernelError::ExponentRange {
-                op: "rescale",
-                found: exp as i64,
-                max: x.exp as i64,
-            });
-        }
+        check_rescale(x, exp)?;
         let k = (exp - x.exp) as u32;
         Ok(Bfp::new(
             x.mant
@@ -824,10 +999,7 @@ impl Kernels for CpuKernels {
 
     fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
         const OP: &str = "mul_cols";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        expect_len(OP, "w", w.len(), cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        check_mant(OP, "w", &w.mant, B16_MANT_MAX)?;
+        check_mul_cols(x, w, rows, cols)?;
         let wide: Vec<i128> = x
             .mant
             .par_iter()
@@ -839,10 +1011,7 @@ impl Kernels for CpuKernels {
 
     fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
         const OP: &str = "col_dot";
-        expect_len(OP, "a", a.len(), rows * cols)?;
-        expect_len(OP, "b", b.len(), rows * cols)?;
-        check_mant(OP, "a", &a.mant, B16_MANT_MAX)?;
-        check_mant(OP, "b", &b.mant, B16_MANT_MAX)?;
+        check_col_dot(a, b, rows, cols)?;
         let wide: Vec<i128> = (0..cols)
             .into_par_iter()
             .map(|c| {
@@ -856,10 +1025,8 @@ impl Kernels for CpuKernels {
 
     fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
         const OP: &str = "layernorm";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        if cols == 0 {
-            return Ok((Bfp::new(Vec::new(), -24), vec![0; rows]));
+        if let Some(early) = check_layernorm(x, rows, cols)? {
+            return Ok(early);
         }
         let c = cols as i128;
         let mut wide = vec![0i128; rows * cols];
@@ -892,20 +1059,8 @@ impl Kernels for CpuKernels {
         cols: usize,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "layernorm_bwd";
-        expect_len(OP, "dxhat", dxhat.len(), rows * cols)?;
-        expect_len(OP, "xhat", xhat.len(), rows * cols)?;
-        expect_len(OP, "r", r.len(), rows)?;
-        check_mant(OP, "dxhat", &dxhat.mant, B16_MANT_MAX)?;
-        check_mant(OP, "xhat", &xhat.mant, B16_MANT_MAX)?;
-        if xhat.exp > 0 || xhat.exp < -64 {
-            return Err(KernelError::ExponentRange {
-                op: OP,
-                found: xhat.exp as i64,
-                max: 0,
-            });
-        }
-        if cols == 0 {
-            return Ok(Bfp::new(Vec::new(), dxhat.exp));
+        if let Some(early) = check_layernorm_bwd(dxhat, xhat, r, rows, cols)? {
+            return Ok(early);
         }
         let c = cols as i128;
         let sh = (-2 * xhat.exp) as u32;
@@ -937,8 +1092,7 @@ impl Kernels for CpuKernels {
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "softmax";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_softmax(x, rows, cols)?;
         let mut wide = vec![0i128; rows * cols];
         wide.par_chunks_mut(cols.max(1))
             .zip(x.mant.par_chunks(cols.max(1)))
@@ -963,17 +1117,7 @@ impl Kernels for CpuKernels {
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "softmax_bwd";
-        expect_len(OP, "p", p.len(), rows * cols)?;
-        expect_len(OP, "dp", dp.len(), rows * cols)?;
-        check_mant(OP, "p", &p.mant, B16_MANT_MAX)?;
-        check_mant(OP, "dp", &dp.mant, B16_MANT_MAX)?;
-        if p.exp > 0 || p.exp < -64 {
-            return Err(KernelError::ExponentRange {
-                op: OP,
-                found: p.exp as i64,
-                max: 0,
-            });
-        }
+        check_softmax_bwd(p, dp, rows, cols)?;
         let sh = (-p.exp) as u32;
         let mut wide = vec![0i128; rows * cols];
         wide.par_chunks_mut(cols.max(1))
@@ -1004,20 +1148,8 @@ impl Kernels for CpuKernels {
         cols: usize,
     ) -> Result<(i64, Bfp), KernelError> {
         const OP: &str = "cross_entropy";
-        expect_len(OP, "logits", logits.len(), rows * cols)?;
-        expect_len(OP, "targets", targets.len(), rows)?;
-        check_mant(OP, "logits", &logits.mant, B16_MANT_MAX)?;
-        if let Some(index) = targets.iter().position(|&t| t as usize >= cols) {
-            return Err(KernelError::MantissaRange {
-                op: OP,
-                operand: "targets",
-                index,
-                found: targets[index] as i64,
-                max: cols as i64 - 1,
-            });
-        }
-        if rows == 0 {
-            return Ok((0, Bfp::new(Vec::new(), -40)));
+        if let Some(early) = check_cross_entropy(logits, targets, rows, cols)? {
+            return Ok(early);
         }
         let mut wide = vec![0i128; rows * cols];
         let losses: Vec<i64> = wide
@@ -1055,9 +1187,7 @@ impl Kernels for CpuKernels {
 
     fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "gelu_bwd";
-        expect_len(OP, "dy", dy.len(), x.len())?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)?;
+        check_gelu_bwd(x, dy)?;
         let table = GeluTable::new(x);
         let wide: Vec<i128> = x
             .mant
@@ -1076,17 +1206,7 @@ impl Kernels for CpuKernels {
         cols: usize,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "scatter_add_rows";
-        expect_len(OP, "src", src.len(), idx.len() * cols)?;
-        check_mant(OP, "src", &src.mant, B16_MANT_MAX)?;
-        if let Some(index) = idx.iter().position(|&t| t as usize >= out_rows) {
-            return Err(KernelError::MantissaRange {
-                op: OP,
-                operand: "idx",
-                index,
-                found: idx[index] as i64,
-                max: out_rows as i64 - 1,
-            });
-        }
+        check_scatter_add_rows(src, idx, out_rows, cols)?;
         let mut wide = vec![0i128; out_rows * cols];
         for (r, &t) in idx.iter().enumerate() {
             let dst = &mut wide[t as usize * cols..(t as usize + 1) * cols];
@@ -1124,11 +1244,7 @@ impl Kernels for CpuKernels {
         st: &AdamStep,
     ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
         const OP: &str = "adamw";
-        for (name, t) in [("g", g), ("m", m), ("r", r)] {
-            expect_len(OP, name, t.len(), p.len())?;
-            check_mant(OP, name, &t.mant, B16_MANT_MAX)?;
-        }
-        check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)?;
+        check_adamw(p, g, m, r)?;
         let one = 1i128 << 30;
         let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
         // 1. first moment

@@ -52,8 +52,10 @@ pub use device::{
 
 use crate::fixed::B16_MANT_MAX;
 use crate::kernels::{
-    align_exp, check_mant, check_matmul, checked_exp, expect_len, AdamStep, Bfp, KernelError,
-    Kernels, MatmulShape, ADD_ALIGN_BITS_MAX, WIDE_MANT_MAX,
+    align_exp, check_adamw, check_add, check_col_dot, check_cross_entropy, check_gelu_bwd,
+    check_layernorm, check_layernorm_bwd, check_mant, check_matmul, check_mul_cols, check_rescale,
+    check_scatter_add_rows, check_softmax, check_softmax_bwd, checked_exp, AdamStep, Bfp,
+    KernelError, Kernels, MatmulShape, ADD_ALIGN_BITS_MAX,
 };
 
 /// Most significant bits of an aligned `add` operand on the GPU (the sum of two then stays
@@ -130,9 +132,7 @@ impl Kernels for GpuKernels {
 
     fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "add";
-        expect_len(OP, "b", b.len(), a.len())?;
-        check_mant(OP, "a", &a.mant, WIDE_MANT_MAX)?;
-        check_mant(OP, "b", &b.mant, WIDE_MANT_MAX)?;
+        check_add(a, b)?;
         let e0 = align_exp(a.exp, b.exp);
         // (left, right) shifts to e0; a left-shifted operand must stay below 2^61 so that the
         // sum fits the emulated signed 64 bits (always true unless mantissas near 2^23 meet
@@ -194,13 +194,7 @@ impl Kernels for GpuKernels {
 
     fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
         const OP: &str = "rescale";
-        if exp < x.exp {
-            return Err(KernelError::ExponentRange {
-                op: OP,
-                found: exp as i64,
-                max: x.exp as i64,
-            });
-        }
+        check_rescale(x, exp)?;
         let k = (exp as i64 - x.exp as i64).min(63) as u32;
         let mant = ops::rescale(&self.gpu, &x.mant, k).map_err(|e| kernel_error(OP, e))?;
         Ok(Bfp::new(mant, exp))
@@ -208,10 +202,7 @@ impl Kernels for GpuKernels {
 
     fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
         const OP: &str = "mul_cols";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        expect_len(OP, "w", w.len(), cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        check_mant(OP, "w", &w.mant, B16_MANT_MAX)?;
+        check_mul_cols(x, w, rows, cols)?;
         self.wide_op(
             OP,
             ops::WideOp {
@@ -232,10 +223,7 @@ impl Kernels for GpuKernels {
 
     fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
         const OP: &str = "col_dot";
-        expect_len(OP, "a", a.len(), rows * cols)?;
-        expect_len(OP, "b", b.len(), rows * cols)?;
-        check_mant(OP, "a", &a.mant, B16_MANT_MAX)?;
-        check_mant(OP, "b", &b.mant, B16_MANT_MAX)?;
+        check_col_dot(a, b, rows, cols)?;
         self.wide_op(
             OP,
             ops::WideOp {
@@ -262,17 +250,7 @@ impl Kernels for GpuKernels {
         cols: usize,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "scatter_add_rows";
-        expect_len(OP, "src", src.len(), idx.len() * cols)?;
-        check_mant(OP, "src", &src.mant, B16_MANT_MAX)?;
-        if let Some(index) = idx.iter().position(|&t| t as usize >= out_rows) {
-            return Err(KernelError::MantissaRange {
-                op: OP,
-                operand: "idx",
-                index,
-                found: idx[index] as i64,
-                max: out_rows as i64 - 1,
-            });
-        }
+        check_scatter_add_rows(src, idx, out_rows, cols)?;
         let (mant, shift) = ops::scatter_add_rows(&self.gpu, &src.mant, idx, out_rows, cols)
             .map_err(|e| kernel_error(OP, e))?;
         Ok(Bfp {
@@ -289,10 +267,8 @@ impl Kernels for GpuKernels {
 
     fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
         const OP: &str = "layernorm";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        if cols == 0 {
-            return Ok((Bfp::new(Vec::new(), -24), vec![0; rows]));
+        if let Some(early) = check_layernorm(x, rows, cols)? {
+            return Ok(early);
         }
         if cols > layernorm::LAYERNORM_COLS_MAX {
             return Err(self.unsupported(OP));
@@ -318,20 +294,8 @@ impl Kernels for GpuKernels {
         cols: usize,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "layernorm_bwd";
-        expect_len(OP, "dxhat", dxhat.len(), rows * cols)?;
-        expect_len(OP, "xhat", xhat.len(), rows * cols)?;
-        expect_len(OP, "r", r.len(), rows)?;
-        check_mant(OP, "dxhat", &dxhat.mant, B16_MANT_MAX)?;
-        check_mant(OP, "xhat", &xhat.mant, B16_MANT_MAX)?;
-        if xhat.exp > 0 || xhat.exp < -64 {
-            return Err(KernelError::ExponentRange {
-                op: OP,
-                found: xhat.exp as i64,
-                max: 0,
-            });
-        }
-        if cols == 0 {
-            return Ok(Bfp::new(Vec::new(), dxhat.exp));
+        if let Some(early) = check_layernorm_bwd(dxhat, xhat, r, rows, cols)? {
+            return Ok(early);
         }
         // The shift only matters on rows with R ≠ 0 (the others are 0); all-zero inputs give
         // xhat.exp = −24, i.e. a shift of 48 that is never used.
@@ -364,8 +328,7 @@ impl Kernels for GpuKernels {
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "softmax";
-        expect_len(OP, "x", x.len(), rows * cols)?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+        check_softmax(x, rows, cols)?;
         // 30 − exp, clamped: beyond ±100 every y is 0 (s ≥ 96) or saturated (E = 0), as on
         // the CPU.
         let s = (30 - x.exp as i64).clamp(-100, 100) as i32;
@@ -396,17 +359,7 @@ impl Kernels for GpuKernels {
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
         const OP: &str = "softmax_bwd";
-        expect_len(OP, "p", p.len(), rows * cols)?;
-        expect_len(OP, "dp", dp.len(), rows * cols)?;
-        check_mant(OP, "p", &p.mant, B16_MANT_MAX)?;
-        check_mant(OP, "dp", &dp.mant, B16_MANT_MAX)?;
-        if p.exp > 0 || p.exp < -64 {
-            return Err(KernelError::ExponentRange {
-                op: OP,
-                found: p.exp as i64,
-                max: 0,
-            });
-        }
+        check_softmax_bwd(p, dp, rows, cols)?;
         let sh = (-p.exp) as u32;
         if sh > softmax_bwd::SOFTMAX_BWD_SHIFT_MAX || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
             return Err(self.unsupported(OP));
@@ -429,20 +382,8 @@ impl Kernels for GpuKernels {
         cols: usize,
     ) -> Result<(i64, Bfp), KernelError> {
         const OP: &str = "cross_entropy";
-        expect_len(OP, "logits", logits.len(), rows * cols)?;
-        expect_len(OP, "targets", targets.len(), rows)?;
-        check_mant(OP, "logits", &logits.mant, B16_MANT_MAX)?;
-        if let Some(index) = targets.iter().position(|&t| t as usize >= cols) {
-            return Err(KernelError::MantissaRange {
-                op: OP,
-                operand: "targets",
-                index,
-                found: targets[index] as i64,
-                max: cols as i64 - 1,
-            });
-        }
-        if rows == 0 {
-            return Ok((0, Bfp::new(Vec::new(), -40)));
+        if let Some(early) = check_cross_entropy(logits, targets, rows, cols)? {
+            return Ok(early);
         }
         let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
         let (loss, mant, shift) =
@@ -466,11 +407,7 @@ impl Kernels for GpuKernels {
         st: &AdamStep,
     ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
         const OP: &str = "adamw";
-        for (name, t) in [("g", g), ("m", m), ("r", r)] {
-            expect_len(OP, name, t.len(), p.len())?;
-            check_mant(OP, name, &t.mant, B16_MANT_MAX)?;
-        }
-        check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)?;
+        check_adamw(p, g, m, r)?;
         let one = 1i64 << 30;
         let beta = |b: i64| (0..=one).contains(&b).then_some(b as u32);
         let (Some(b1), Some(b2)) = (beta(st.beta1_q30), beta(st.beta2_q30)) else {
@@ -553,9 +490,7 @@ impl Kernels for GpuKernels {
 
     fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
         const OP: &str = "gelu_bwd";
-        expect_len(OP, "dy", dy.len(), x.len())?;
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        check_mant(OP, "dy", &dy.mant, B16_MANT_MAX)?;
+        check_gelu_bwd(x, dy)?;
         self.wide_op(
             OP,
             ops::WideOp {

@@ -432,6 +432,42 @@ pub struct Totals {
     pub evidence_against: u64,
 }
 
+impl Totals {
+    /// Adds every field of `t` to `self`; `None` (and `self` partly updated, to be discarded)
+    /// if a field overflows.
+    fn accumulate(&mut self, t: &Totals) -> Option<()> {
+        self.compute_contributed_units = self
+            .compute_contributed_units
+            .checked_add(t.compute_contributed_units)?;
+        self.compute_contributed_gpu_ms = self
+            .compute_contributed_gpu_ms
+            .checked_add(t.compute_contributed_gpu_ms)?;
+        self.compute_consumed_units = self
+            .compute_consumed_units
+            .checked_add(t.compute_consumed_units)?;
+        self.compute_consumed_gpu_ms = self
+            .compute_consumed_gpu_ms
+            .checked_add(t.compute_consumed_gpu_ms)?;
+        self.compute_unverified_units = self
+            .compute_unverified_units
+            .checked_add(t.compute_unverified_units)?;
+        self.compute_rejected_units = self
+            .compute_rejected_units
+            .checked_add(t.compute_rejected_units)?;
+        self.credit_balance_cents = self
+            .credit_balance_cents
+            .checked_add(t.credit_balance_cents)?;
+        self.funding_public_eur_cents = self
+            .funding_public_eur_cents
+            .checked_add(t.funding_public_eur_cents)?;
+        self.funding_private_eur_cents = self
+            .funding_private_eur_cents
+            .checked_add(t.funding_private_eur_cents)?;
+        self.evidence_against = self.evidence_against.checked_add(t.evidence_against)?;
+        Some(())
+    }
+}
+
 /// One organisation's line of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrgReport {
@@ -729,46 +765,7 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
             log: String::from("(sector sums)"),
             seq: 0,
         };
-        s.compute_contributed_units = s
-            .compute_contributed_units
-            .checked_add(t.compute_contributed_units)
-            .ok_or_else(err)?;
-        s.compute_contributed_gpu_ms = s
-            .compute_contributed_gpu_ms
-            .checked_add(t.compute_contributed_gpu_ms)
-            .ok_or_else(err)?;
-        s.compute_consumed_units = s
-            .compute_consumed_units
-            .checked_add(t.compute_consumed_units)
-            .ok_or_else(err)?;
-        s.compute_consumed_gpu_ms = s
-            .compute_consumed_gpu_ms
-            .checked_add(t.compute_consumed_gpu_ms)
-            .ok_or_else(err)?;
-        s.compute_unverified_units = s
-            .compute_unverified_units
-            .checked_add(t.compute_unverified_units)
-            .ok_or_else(err)?;
-        s.compute_rejected_units = s
-            .compute_rejected_units
-            .checked_add(t.compute_rejected_units)
-            .ok_or_else(err)?;
-        s.credit_balance_cents = s
-            .credit_balance_cents
-            .checked_add(t.credit_balance_cents)
-            .ok_or_else(err)?;
-        s.funding_public_eur_cents = s
-            .funding_public_eur_cents
-            .checked_add(t.funding_public_eur_cents)
-            .ok_or_else(err)?;
-        s.funding_private_eur_cents = s
-            .funding_private_eur_cents
-            .checked_add(t.funding_private_eur_cents)
-            .ok_or_else(err)?;
-        s.evidence_against = s
-            .evidence_against
-            .checked_add(t.evidence_against)
-            .ok_or_else(err)?;
+        s.accumulate(t).ok_or_else(err)?;
     }
     Ok(report)
 }

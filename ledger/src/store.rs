@@ -127,6 +127,11 @@ fn key(prefix: u8, n: u64) -> [u8; 9] {
     k
 }
 
+/// Longest wait for sled's file lock when opening a store.
+pub const LOCK_WAIT_MS_MAX: u64 = 2_000;
+/// Pause between attempts to take the lock.
+const LOCK_RETRY_MS: u64 = 10;
+
 impl SledStore {
     fn backend(&self, e: sled::Error) -> StoreError {
         StoreError::Backend {
@@ -136,6 +141,26 @@ impl SledStore {
     }
 
     fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+        // sled 0.34 releases its file lock asynchronously: background threads of a just-dropped
+        // handle may hold it for a few milliseconds, so reopening at once can fail with
+        // `WouldBlock`. Retry for a bounded time; a lock held by another live process still
+        // fails, with sled's message, after `LOCK_WAIT_MS_MAX`.
+        let mut waited_ms = 0;
+        loop {
+            match Self::open_db_once(path) {
+                Err(StoreError::Backend { message, .. })
+                    if message.contains("could not acquire lock")
+                        && waited_ms < LOCK_WAIT_MS_MAX =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+                    waited_ms += LOCK_RETRY_MS;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_db_once(path: &Path) -> Result<sled::Db, StoreError> {
         // sled can panic on some on-disk corruptions instead of returning an error; turn that
         // into a precise error rather than aborting the node.
         let p = path.to_owned();

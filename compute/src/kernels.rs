@@ -645,6 +645,9 @@ pub(crate) fn check_adamw(p: &Bfp, g: &Bfp, m: &Bfp, r: &Bfp) -> Result<(), Kern
     check_mant(OP, "p", &p.mant, WIDE_MANT_MAX)
 }
 
+/// Elements per branch-free block of [`check_mant`]'s scan.
+const CHECK_MANT_BLOCK: usize = 1 << 10;
+
 /// Returns `MantissaRange` for the first element with `|x| > max`.
 pub fn check_mant(
     op: &'static str,
@@ -652,7 +655,17 @@ pub fn check_mant(
     mant: &[i32],
     max: i32,
 ) -> Result<(), KernelError> {
-    match mant.iter().position(|x| x.unsigned_abs() > max as u32) {
+    let out_of_range = |x: &i32| x.unsigned_abs() > max as u32;
+    // Every input of every kernel passes here: a branch-free OR over blocks vectorizes (several
+    // times faster than `position`'s early exit per element); only a tensor with an offending
+    // element is searched again for the first one, so the error is unchanged.
+    let clean = mant
+        .chunks(CHECK_MANT_BLOCK)
+        .all(|c| !c.iter().fold(false, |bad, x| bad | out_of_range(x)));
+    if clean {
+        return Ok(());
+    }
+    match mant.iter().position(out_of_range) {
         Some(index) => Err(KernelError::MantissaRange {
             op,
             operand,

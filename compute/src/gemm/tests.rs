@@ -191,3 +191,31 @@ proptest! {
         check_all(&a, &b, s)?;
     }
 }
+
+proptest! {
+    #[test]
+    fn check_mant_reports_the_first_offender(
+        len in 0usize..5000,
+        bad in proptest::collection::vec((0usize..5000, prop_oneof![Just(i32::MIN), Just(-32_768), Just(32_768), Just(i32::MAX)]), 0..4),
+        seed in any::<u64>(),
+    ) {
+        let mut mant = gen(seed, len, B16_MANT_MAX, 0);
+        for &(i, v) in &bad {
+            if i < len {
+                mant[i] = v;
+            }
+        }
+        // The previous implementation: `position` of the first element out of range.
+        let want = match mant.iter().position(|x| x.unsigned_abs() > B16_MANT_MAX as u32) {
+            Some(index) => Err(KernelError::MantissaRange {
+                op: "matmul",
+                operand: "a",
+                index,
+                found: mant[index] as i64,
+                max: B16_MANT_MAX as i64,
+            }),
+            None => Ok(()),
+        };
+        prop_assert_eq!(crate::kernels::check_mant("matmul", "a", &mant, B16_MANT_MAX), want);
+    }
+}

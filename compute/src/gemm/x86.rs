@@ -107,7 +107,7 @@ impl Avx512Vnni {
 }
 
 /// Rows of the AVX-512 register tile.
-const MR512: usize = 6;
+const MR512: usize = 4;
 /// Columns of the AVX-512 register tile: two zmm of 16 i32 lanes.
 const NR512: usize = 32;
 
@@ -156,7 +156,7 @@ type Acc512 = [[__m512i; 4]; MR512];
 /// One row of a tile as four vectors of 8 i64.
 type Row512 = [__m512i; 4];
 
-/// The `6×32` AVX-512 VNNI tile: K blocks of at most [`K_BLOCK_PAIRS_MAX`] k-pairs through
+/// The `4×32` AVX-512 VNNI tile: K blocks of at most [`K_BLOCK_PAIRS_MAX`] k-pairs through
 /// [`block_avx512`], widened to i64 and summed, then stored straight into a full window (or
 /// through [`store_tile`] into a partial one), with the maximum taken in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -164,18 +164,30 @@ fn tile_avx512(a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64 {
     let (b, b_rest) = b.as_chunks::<NR512>();
     debug_assert!(b_rest.is_empty());
     let z = _mm512_setzero_si512();
-    let mut sums: [Row512; MR512] = [[z; 4]; MR512];
     let mut acc = [[z; 4]; MR512];
-    for (blk, bb) in b.chunks(K_BLOCK_PAIRS_MAX).enumerate() {
-        block_avx512(a, row0, blk * K_BLOCK_PAIRS_MAX, bb, &mut acc);
-        for (sum, [h0, h1, l0, l1]) in sums.iter_mut().zip(acc) {
+    let widen = |acc: &Acc512| -> [Row512; MR512] {
+        acc.map(|[h0, h1, l0, l1]| {
             let [s0, s1] = widen512(h0, l0);
             let [s2, s3] = widen512(h1, l1);
-            for (x, s) in sum.iter_mut().zip([s0, s1, s2, s3]) {
-                *x = _mm512_add_epi64(*x, s);
+            [s0, s1, s2, s3]
+        })
+    };
+    let sums = if b.len() <= K_BLOCK_PAIRS_MAX {
+        // One K block (every K ≤ K_BLOCK_MAX): no i64 accumulation.
+        block_avx512(a, row0, 0, b, &mut acc);
+        widen(&acc)
+    } else {
+        let mut sums: [Row512; MR512] = [[z; 4]; MR512];
+        for (blk, bb) in b.chunks(K_BLOCK_PAIRS_MAX).enumerate() {
+            block_avx512(a, row0, blk * K_BLOCK_PAIRS_MAX, bb, &mut acc);
+            for (sum, w) in sums.iter_mut().zip(widen(&acc)) {
+                for (x, s) in sum.iter_mut().zip(w) {
+                    *x = _mm512_add_epi64(*x, s);
+                }
             }
         }
-    }
+        sums
+    };
     let mut mx = z;
     for row in &sums {
         for &v in row {
@@ -210,9 +222,11 @@ fn store512(o: &mut [i64; 8], v: __m512i) {
     unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), v) }
 }
 
-/// One K block (k-pairs `p0 .. p0 + b.len()`): per k-pair, two B vectors, twelve broadcasts of
-/// A pairs and 24 `vpdpwssd`. Kept out of line: inlined next to the fold, LLVM spills and
-/// rotates the 24 accumulators.
+/// One K block (k-pairs `p0 .. p0 + b.len()`): per k-pair, two B vectors, eight broadcasts of
+/// A pairs and 16 `vpdpwssd` into 16 i32 accumulators; with the two B vectors and the
+/// broadcasts (which LLVM hoists), 26 of the 32 zmm registers: nothing spills (a `6×32` tile,
+/// 24 accumulators, spilled six of them on every k-pair). Kept out of line: inlined next to
+/// the widening, LLVM rotates the accumulators through registers on every k-pair.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn block_avx512(a: SplitA<'_>, row0: usize, p0: usize, b: &[[i32; NR512]], out: &mut Acc512) {

@@ -921,7 +921,7 @@ fn to_f64_into(mant: &[i32], buf: &mut Vec<f64>) {
 /// integer SIMD kernel), after `matmul_with`'s checks, for `len = batch·m·n > 0` and `k > 0`.
 fn matmul_dgemm(a: &Bfp, b: &Bfp, s: MatmulShape, base_exp: i64) -> Result<Bfp, KernelError> {
     const OP: &str = "matmul";
-let len = s.batch * s.m * s.n;
+    let len = s.batch * s.m * s.n;
     // Taken out of the thread-local (left empty), so a nested call cannot alias it.
     let [mut af, mut bf, mut sums_buf] =
         MATMUL_SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
@@ -996,6 +996,9 @@ pub(crate) fn matmul_with(
             exp: checked_exp(OP, base_exp, 0)?,
         });
     }
+    if path == Path::Dgemm || !path.available() {
+        return matmul_dgemm(a, b, s, base_exp);
+    }
     // Taken out of the thread-local (left empty), so a nested call cannot alias it.
     let mut sums_buf = MATMUL_SUMS.with(|c| std::mem::take(&mut *c.borrow_mut()));
     if sums_buf.len() < len {
@@ -1003,10 +1006,8 @@ pub(crate) fn matmul_with(
     }
     // Every sum is overwritten; stale values of a previous call are not read.
     let sums = &mut sums_buf[..len];
-    let Some(mx) = gemm::exact_sums(path, &a.mant, &b.mant, s, sums) else {
-        MATMUL_SUMS.with(|c| *c.borrow_mut() = sums_buf);
-        return matmul_dgemm(a, b, s, base_exp);
-    };
+    let mx = gemm::exact_sums(path, &a.mant, &b.mant, s, sums)
+        .expect("an available integer path computes the sums");
     let k = requant_shift(mx as u128, B16_MANT_MAX);
     let mant = gemm::requantize(path, sums, k, MATMUL_PAR_MIN);
     if sums_buf.capacity() <= MATMUL_SCRATCH_KEEP_MAX {

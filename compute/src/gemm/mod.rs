@@ -19,11 +19,14 @@
 //!
 //! Requantization of the sums is the caller's, unchanged (see `kernels.rs`).
 
+// Elsewhere only the f64 dgemm path exists: the integer machinery below is unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::kernels::MatmulShape;
 use crate::fixed::rhe64;
+use crate::kernels::MatmulShape;
 use rayon::prelude::*;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
@@ -138,20 +141,20 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
     /// `max |sum|` (rows and columns past the window are sums of zero padding: 0).
     fn tile(self, a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64;
 
-    /// [`prepare`] compiled for the path.
-    fn prepare<'a>(
+    /// [`split_a`] compiled for the path.
+    fn split_a<'a>(
         self,
         a: &[i32],
-        b: &[i32],
         s: MatmulShape,
-        ah: &'a mut Vec<i32>,
-        al: &'a mut Vec<i32>,
-        pb: &'a mut Vec<i32>,
-    ) -> (SplitA<'a>, &'a [i32]);
+        hi: &'a mut Vec<i32>,
+        lo: &'a mut Vec<i32>,
+    ) -> SplitA<'a>;
+
+    /// [`pack_b`] compiled for the path.
+    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32];
 
     /// [`panels`] compiled for the path.
-    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64])
-        -> u64;
+    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
 
     /// [`requant_into`] compiled for the path.
     fn requant(self, out: &mut [i32], sums: &[i64], k: u32);
@@ -350,25 +353,7 @@ fn split_a<'a, const MR: usize>(
         }
         (pairs, 1)
     };
-    SplitA {
-        hi,
-        lo,
-        rs,
-        ps,
-    }
-}
-
-/// Splits A into `ah`, `al` and packs B into `pb`, for one batch.
-#[inline(always)]
-fn prepare<'a, const MR: usize, const NR: usize>(
-    a: &[i32],
-    b: &[i32],
-    s: MatmulShape,
-    ah: &'a mut Vec<i32>,
-    al: &'a mut Vec<i32>,
-    pb: &'a mut Vec<i32>,
-) -> (SplitA<'a>, &'a [i32]) {
-    (split_a::<MR>(a, s, ah, al), pack_b::<NR>(b, s, pb))
+    SplitA { hi, lo, rs, ps }
 }
 
 /// The row panels `row0 ..` in `out` (whole rows of one batch's `m×n` result, starting at row
@@ -429,11 +414,11 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
         return 0;
     }
     if s.batch == 1 {
-        // Split A and pack B once (single-threaded: linear in the operands), then the row
-        // panels in parallel.
+        // Split A and pack B once (side by side: linear in the operands), then the row panels
+        // in parallel.
         let mut bufs = with_scratch(std::mem::take);
         let [ah, al, pb] = &mut bufs;
-        let (sa, pb) = t.prepare(a, b, s, ah, al, pb);
+        let (sa, pb) = rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
         let mx = out
             .par_chunks_mut(MR * s.n)
             .enumerate()
@@ -450,7 +435,7 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
             .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
             .map(|((o, ab), bb)| {
                 with_scratch(|[ah, al, pb]| {
-                    let (sa, pb) = t.prepare(ab, bb, s, ah, al, pb);
+                    let (sa, pb) = (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
                     t.panels(sa, pb, s, 0, o)
                 })
             })

@@ -20,11 +20,20 @@ fn runnable() -> Vec<Path> {
         .collect()
 }
 
-/// Every runnable path gives exactly `matmul_naive`'s result (or error).
+/// Every runnable path gives exactly `matmul_naive`'s result (or error), and so the result of
+/// the previous implementation, f64 dgemm, kept as [`Path::Dgemm`] (compared directly too).
 fn check_all(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<(), TestCaseError> {
     let want = matmul_naive(a, b, s);
+    let old = matmul_with(Path::Dgemm, a, b, s);
+    prop_assert_eq!(&old, &want, "dgemm, shape {:?}", s);
     for p in runnable() {
-        prop_assert_eq!(&matmul_with(p, a, b, s), &want, "path {:?}, shape {:?}", p, s);
+        prop_assert_eq!(
+            &matmul_with(p, a, b, s),
+            &want,
+            "path {:?}, shape {:?}",
+            p,
+            s
+        );
     }
     Ok(())
 }
@@ -76,7 +85,19 @@ fn case(
 fn worst_case_block_sums_are_exact() {
     // −32767·−32767 and 32767·−32767 in every term, K around the block size and its multiples:
     // the hi/lo i32 block sums reach their proven bounds; every transpose combination.
-    for k in [1, 2, 3, 255, 256, 257, 511, K_BLOCK_MAX, K_BLOCK_MAX + 1, 1024, 1025] {
+    for k in [
+        1,
+        2,
+        3,
+        255,
+        256,
+        257,
+        511,
+        K_BLOCK_MAX,
+        K_BLOCK_MAX + 1,
+        1024,
+        1025,
+    ] {
         for (ma, mb) in [(2, 2), (1, 2), (1, 1), (3, 3)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let s = shape(1, 7, k, 33, ta, tb);
@@ -153,7 +174,11 @@ fn arb_case() -> impl Strategy<Value = (Bfp, Bfp, MatmulShape)> {
     )
         .prop_map(|(batch, m, k, n, ta, tb, lim, modes, seed, exps)| {
             // Keep the naive reference affordable: at most ~4M multiply-adds.
-            let m = if batch * m * k * n > 1 << 22 { m.min(9) } else { m };
+            let m = if batch * m * k * n > 1 << 22 {
+                m.min(9)
+            } else {
+                m
+            };
             let s = shape(batch, m, k, n, ta, tb);
             let (a, b) = case(s, lim, modes, seed, exps);
             (a, b, s)

@@ -21,7 +21,7 @@ use super::{store_tile, Dst, MatmulShape, SplitA, Tile, K_BLOCK_PAIRS_MAX};
 /// trampoline enabling `$feat`, into which that `#[inline(always)]` function is inlined and
 /// so compiled (vectorized) for the features.
 macro_rules! multiversion {
-    ($t:ty, $mr:expr, $nr:expr, $feat:literal, $tile:ident, $prepare:ident, $panels:ident,
+    ($t:ty, $mr:expr, $nr:expr, $feat:literal, $tile:ident, $split_a:ident, $pack_b:ident, $panels:ident,
      $requant:ident) => {
         impl Tile<$mr, $nr> for $t {
             fn tile(self, a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64 {
@@ -29,17 +29,20 @@ macro_rules! multiversion {
                 unsafe { $tile(a, row0, b, dst) }
             }
 
-            fn prepare<'a>(
+            fn split_a<'a>(
                 self,
                 a: &[i32],
-                b: &[i32],
                 s: MatmulShape,
-                ah: &'a mut Vec<i32>,
-                al: &'a mut Vec<i32>,
-                pb: &'a mut Vec<i32>,
-            ) -> (SplitA<'a>, &'a [i32]) {
+                hi: &'a mut Vec<i32>,
+                lo: &'a mut Vec<i32>,
+            ) -> SplitA<'a> {
                 // SAFETY: as for `tile`.
-                unsafe { $prepare(a, b, s, ah, al, pb) }
+                unsafe { $split_a(a, s, hi, lo) }
+            }
+
+            fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+                // SAFETY: as for `tile`.
+                unsafe { $pack_b(b, s, dst) }
             }
 
             fn panels(
@@ -61,15 +64,18 @@ macro_rules! multiversion {
         }
 
         #[target_feature(enable = $feat)]
-        fn $prepare<'a>(
+        fn $split_a<'a>(
             a: &[i32],
-            b: &[i32],
             s: MatmulShape,
-            ah: &'a mut Vec<i32>,
-            al: &'a mut Vec<i32>,
-            pb: &'a mut Vec<i32>,
-        ) -> (SplitA<'a>, &'a [i32]) {
-            super::prepare::<$mr, $nr>(a, b, s, ah, al, pb)
+            hi: &'a mut Vec<i32>,
+            lo: &'a mut Vec<i32>,
+        ) -> SplitA<'a> {
+            super::split_a::<$mr>(a, s, hi, lo)
+        }
+
+        #[target_feature(enable = $feat)]
+        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+            super::pack_b::<$nr>(b, s, dst)
         }
 
         #[target_feature(enable = $feat)]
@@ -117,7 +123,8 @@ multiversion!(
     NR512,
     "avx512f,avx512bw,avx512vl,avx512vnni",
     tile_avx512,
-    prepare_avx512,
+    split_a_avx512,
+    pack_b_avx512,
     panels_avx512,
     requant_avx512
 );
@@ -266,7 +273,17 @@ const MR256: usize = 4;
 /// Columns of the AVX2 register tile: one ymm of 8 i32 lanes.
 const NR256: usize = 8;
 
-multiversion!(Avx2, MR256, NR256, "avx2", tile_avx2, prepare_avx2, panels_avx2, requant_avx2);
+multiversion!(
+    Avx2,
+    MR256,
+    NR256,
+    "avx2",
+    tile_avx2,
+    split_a_avx2,
+    pack_b_avx2,
+    panels_avx2,
+    requant_avx2
+);
 
 /// The `4×8` AVX2 tile: per k-pair, one B vector, eight broadcasts of A pairs, eight `vpmaddwd`
 /// (each exact: `|x0·y0 + x1·y1| ≤ 2·128·32767 < 2^31`) added into eight i32 accumulators;

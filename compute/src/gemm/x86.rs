@@ -171,7 +171,6 @@ fn tile_avx512(a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64 {
     let (b, b_rest) = b.as_chunks::<NR512>();
     debug_assert!(b_rest.is_empty());
     let z = _mm512_setzero_si512();
-    let mut acc = [[z; 4]; MR512];
     let widen = |acc: &Acc512| -> [Row512; MR512] {
         acc.map(|[h0, h1, l0, l1]| {
             let [s0, s1] = widen512(h0, l0);
@@ -181,12 +180,11 @@ fn tile_avx512(a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64 {
     };
     let sums = if b.len() <= K_BLOCK_PAIRS_MAX {
         // One K block (every K ≤ K_BLOCK_MAX): no i64 accumulation.
-        block_avx512(a, row0, 0, b, &mut acc);
-        widen(&acc)
+        widen(&block_avx512(a, row0, 0, b))
     } else {
         let mut sums: [Row512; MR512] = [[z; 4]; MR512];
         for (blk, bb) in b.chunks(K_BLOCK_PAIRS_MAX).enumerate() {
-            block_avx512(a, row0, blk * K_BLOCK_PAIRS_MAX, bb, &mut acc);
+            let acc = block_avx512(a, row0, blk * K_BLOCK_PAIRS_MAX, bb);
             for (sum, w) in sums.iter_mut().zip(widen(&acc)) {
                 for (x, s) in sum.iter_mut().zip(w) {
                     *x = _mm512_add_epi64(*x, s);
@@ -236,7 +234,7 @@ fn store512(o: &mut [i64; 8], v: __m512i) {
 /// the widening, LLVM rotates the accumulators through registers on every k-pair.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn block_avx512(a: SplitA<'_>, row0: usize, p0: usize, b: &[[i32; NR512]], out: &mut Acc512) {
+fn block_avx512(a: SplitA<'_>, row0: usize, p0: usize, b: &[[i32; NR512]]) -> Acc512 {
     let mut acc = [[_mm512_setzero_si512(); 4]; MR512];
     let base = row0 * a.rs + p0 * a.ps;
     for (i, bp) in b.iter().enumerate() {
@@ -254,7 +252,7 @@ fn block_avx512(a: SplitA<'_>, row0: usize, p0: usize, b: &[[i32; NR512]], out: 
             *l1 = _mm512_dpwssd_epi32(*l1, l, b1);
         }
     }
-    *out = acc;
+    acc
 }
 
 /// Proof that the CPU supports AVX2 (see module docs).

@@ -1025,7 +1025,11 @@ impl Kernels for CpuKernels {
     }
 
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
-        matmul_with(Path::detected(), a, b, s)
+        // One hand-over to the thread pool for the whole product: called from outside the pool
+        // (the training loop), each parallel pass (split/pack, tiles, requantization) would
+        // otherwise queue its work and put this thread to sleep on its own, several context
+        // switches per call.
+        rayon::scope(|_| matmul_with(Path::detected(), a, b, s))
     }
 
     fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {

@@ -23,9 +23,9 @@ pub enum BackendSel {
 }
 
 /// Repetitions per shape in `leam compute bench` unless `--reps` says otherwise: measurements
-/// of at least `MEASURE_SECS_MIN` each, cpu and sgemm alternately, best of 7 (ratio stable to
-/// about ±0.02 on a 2-core machine shared with a compiler; best of 5 single calls varied ±0.1).
-const BENCH_REPS_DEFAULT: usize = 7;
+/// of at least `MEASURE_SECS_MIN` each, cpu and sgemm alternately, shapes round robin, best of
+/// 10 (about 7 s; best of 5 single calls, 0.15 s, varied by ±0.1 between runs).
+const BENCH_REPS_DEFAULT: usize = 10;
 /// Upper bound of `--reps`.
 const BENCH_REPS_MAX: usize = 1000;
 /// Upper bound of `--train-steps`.
@@ -249,8 +249,8 @@ fn bench_cmd(
     let cpu = CpuKernels::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "matmul, best of {reps} measurements of >= {:.0} ms (cpu and sgemm alternately), \
-         {threads} hardware threads; GOP/s counts a multiply-add as 2",
+        "matmul, best of {reps} measurements of >= {:.0} ms (cpu and sgemm alternately, shapes \
+         round robin), {threads} hardware threads; GOP/s counts a multiply-add as 2",
         MEASURE_SECS_MIN * 1e3
     );
     let label = |s: &MatmulShape| {
@@ -270,11 +270,15 @@ fn bench_cmd(
     let (mut cpu_s, mut sg_s, mut ops) = (0.0, 0.0, 0.0);
     let (mut all_cpu_s, mut all_sg_s) = (0.0, 0.0);
     let mut cpu_times = Vec::new();
-    for (i, &s) in shapes.iter().chain(&BENCH_MODEL_SHAPES).enumerate() {
-        let (c, g) = time_against_sgemm(&cpu, s, reps)?;
+    let all: Vec<MatmulShape> = shapes.iter().chain(&BENCH_MODEL_SHAPES).copied().collect();
+    for (i, (s, (c, g))) in all
+        .iter()
+        .zip(time_against_sgemm(&cpu, &all, reps)?)
+        .enumerate()
+    {
         println!(
             "{:<18} cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
-            label(&s),
+            label(s),
             c.gops,
             g.gops,
             c.gops / g.gops

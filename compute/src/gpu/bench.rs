@@ -185,23 +185,39 @@ pub fn time_sgemm(s: MatmulShape, reps: usize) -> Timing {
     run().expect("sgemm_call never fails")
 }
 
-/// `backend.matmul` and f32 sgemm on `s`, measured alternately (one measurement of each per
-/// repetition, [`MEASURE_SECS_MIN`] or more), so that a load change on a shared machine hits
-/// both alike: best of `reps` each, as `(backend, sgemm)`.
+/// `backend.matmul` and f32 sgemm on every shape of `shapes`, as `(backend, sgemm)` per shape:
+/// best of `reps` measurements of [`MEASURE_SECS_MIN`] or more each. The measurements go round
+/// robin (each repetition measures every shape, backend then sgemm), so that each shape's
+/// measurements are spread over the whole run: a burst of load from another process on a shared
+/// machine spoils a few measurements of every shape, which best-of drops, instead of every
+/// measurement of one shape.
 pub fn time_against_sgemm(
     backend: &dyn Kernels,
-    s: MatmulShape,
+    shapes: &[MatmulShape],
     reps: usize,
-) -> Result<(Timing, Timing), KernelError> {
-    let (a, b) = operands(s);
-    let mut k = Timed::new(|| backend.matmul(&a, &b, s))?;
-    let mut g = Timed::new(sgemm_call(s))?;
-    for _ in 0..reps.max(1) {
-        k.measure()?;
-        g.measure()?;
+) -> Result<Vec<(Timing, Timing)>, KernelError> {
+    type Call<'a> = Box<dyn FnMut() -> Result<(), KernelError> + 'a>;
+    let ops: Vec<_> = shapes.iter().map(|&s| operands(s)).collect();
+    let mut timed: Vec<(Timed<Call<'_>>, Timed<Call<'_>>)> = Vec::new();
+    for (&s, (a, b)) in shapes.iter().zip(&ops) {
+        let k: Call<'_> = Box::new(move || backend.matmul(a, b, s).map(drop));
+        let g: Call<'_> = Box::new(sgemm_call(s));
+        timed.push((Timed::new(k)?, Timed::new(g)?));
     }
-    let ops = 2.0 * s.macs() as f64;
-    Ok((timing(ops, k.best), timing(ops, g.best)))
+    for _ in 0..reps.max(1) {
+        for (k, g) in &mut timed {
+            k.measure()?;
+            g.measure()?;
+        }
+    }
+    Ok(shapes
+        .iter()
+        .zip(&timed)
+        .map(|(s, (k, g))| {
+            let ops = 2.0 * s.macs() as f64;
+            (timing(ops, k.best), timing(ops, g.best))
+        })
+        .collect())
 }
 
 /// Best-of-`reps` seconds of one call.

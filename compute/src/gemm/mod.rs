@@ -392,10 +392,19 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Default::default());
 }
 
+/// Largest buffer (elements) kept in [`SCRATCH`] for the next call: the model's operands are far
+/// smaller; a one-off huge product does not pin its buffers to the thread for good.
+const SCRATCH_KEEP_MAX: usize = 1 << 21;
+
 /// Runs `f` with this thread's buffers (taken out, so a nested call cannot alias them).
 fn with_scratch<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
     let mut bufs = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let r = f(&mut bufs);
+    for v in &mut bufs {
+        if v.capacity() > SCRATCH_KEEP_MAX {
+            *v = Vec::new();
+        }
+    }
     SCRATCH.with(|c| *c.borrow_mut() = bufs);
     r
 }

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod fixed;
+mod gemm;
 pub mod kernels;
 pub mod model;
 pub mod optim;

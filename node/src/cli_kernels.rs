@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use leam_compute::gpu::bench::{
-    kernel_timings, time_kernels, time_sgemm, train_step_secs, BENCH_SHAPES,
+    kernel_timings, time_against_sgemm, time_kernels, train_step_secs, BENCH_MODEL_SHAPES,
+    BENCH_SHAPES, MEASURE_SECS_MIN,
 };
 use leam_compute::gpu::selftest::{self, Outcome};
 use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
@@ -21,8 +22,10 @@ pub enum BackendSel {
     All,
 }
 
-/// Repetitions per shape in `leam compute bench` unless `--reps` says otherwise.
-const BENCH_REPS_DEFAULT: usize = 5;
+/// Repetitions per shape in `leam compute bench` unless `--reps` says otherwise: measurements
+/// of at least `MEASURE_SECS_MIN` each, cpu and sgemm alternately, shapes round robin, best of
+/// 10 (about 7 s; best of 5 single calls, 0.15 s, varied by ±0.1 between runs).
+const BENCH_REPS_DEFAULT: usize = 10;
 /// Upper bound of `--reps`.
 const BENCH_REPS_MAX: usize = 1000;
 /// Upper bound of `--train-steps`.
@@ -246,26 +249,48 @@ fn bench_cmd(
     let cpu = CpuKernels::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "matmul, best of {reps}, {threads} hardware threads; GOP/s counts a multiply-add as 2"
+        "matmul, best of {reps} measurements of >= {:.0} ms (cpu and sgemm alternately, shapes \
+         round robin), {threads} hardware threads; GOP/s counts a multiply-add as 2",
+        MEASURE_SECS_MIN * 1e3
     );
+    let label = |s: &MatmulShape| {
+        let mut l = format!("{}x{}x{}", s.m, s.k, s.n);
+        if s.batch > 1 {
+            l = format!("{}*{l}", s.batch);
+        }
+        for (flag, name) in [(s.trans_a, " ta"), (s.trans_b, " tb")] {
+            if flag {
+                l.push_str(name);
+            }
+        }
+        l
+    };
+    // The ratio over BENCH_SHAPES (the last line, comparable across versions) and over every
+    // product of a training step (BENCH_MODEL_SHAPES too), each shape weighted by its time.
     let (mut cpu_s, mut sg_s, mut ops) = (0.0, 0.0, 0.0);
+    let (mut all_cpu_s, mut all_sg_s) = (0.0, 0.0);
     let mut cpu_times = Vec::new();
-    for &s in &shapes {
-        let c = time_kernels(&cpu, s, reps)?;
-        let g = time_sgemm(s, reps);
+    let all: Vec<MatmulShape> = shapes.iter().chain(&BENCH_MODEL_SHAPES).copied().collect();
+    for (i, (s, (c, g))) in all
+        .iter()
+        .zip(time_against_sgemm(&cpu, &all, reps)?)
+        .enumerate()
+    {
         println!(
-            "{}x{}x{}  cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
-            s.m,
-            s.k,
-            s.n,
+            "{:<18} cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
+            label(s),
             c.gops,
             g.gops,
             c.gops / g.gops
         );
-        cpu_s += c.secs;
-        sg_s += g.secs;
-        ops += 2.0 * s.macs() as f64;
-        cpu_times.push(c);
+        all_cpu_s += c.secs;
+        all_sg_s += g.secs;
+        if i < shapes.len() {
+            cpu_s += c.secs;
+            sg_s += g.secs;
+            ops += 2.0 * s.macs() as f64;
+            cpu_times.push(c);
+        }
     }
     let gpus: Vec<WithCpuFallback> = if sel == BackendSel::Cpu {
         Vec::new()
@@ -307,9 +332,14 @@ fn bench_cmd(
         }
     }
     println!(
-        "total cpu {:.2} GOP/s, sgemm {:.2} GOP/s",
+        "ratio over every shape above (training-step products included) {:.2}",
+        all_sg_s / all_cpu_s
+    );
+    println!(
+        "total cpu {:.2} GOP/s, sgemm {:.2} GOP/s ({} shapes of BENCH_SHAPES)",
         ops / cpu_s / 1e9,
-        ops / sg_s / 1e9
+        ops / sg_s / 1e9,
+        shapes.len()
     );
     println!("ratio {:.2}", sg_s / cpu_s);
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,46 @@ pub const BENCH_SHAPES: [(usize, usize, usize); 4] = [
     (512, 512, 512),
 ];
 
+/// The other products of one nanoGPT CPU training step, beyond [`BENCH_SHAPES`]: the backward
+/// forms with a transposed operand (K up to 768), batched attention (48 heads·batches of
+/// 64×32·32×64 and 64×64·64×32) and the 65-token head, forward and backward.
+pub const BENCH_MODEL_SHAPES: [MatmulShape; 9] = [
+    shape(1, 768, 384, 128, false, true),
+    shape(1, 128, 768, 384, true, false),
+    shape(1, 512, 768, 128, true, false),
+    shape(1, 768, 128, 128, false, false),
+    shape(48, 64, 32, 64, false, true),
+    shape(48, 64, 64, 32, false, false),
+    shape(48, 64, 64, 32, true, false),
+    shape(1, 768, 128, 65, false, false),
+    shape(1, 768, 65, 128, false, true),
+];
+
+const fn shape(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+) -> MatmulShape {
+    MatmulShape {
+        batch,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+    }
+}
+
+/// Shortest measurement: one measurement repeats the call until it lasts this long (and
+/// divides), so timer resolution, cache warm-up and fork/join jitter average out, while a
+/// preemption by another process spoils one measurement, which best-of then drops.
+pub const MEASURE_SECS_MIN: f64 = 0.025;
+/// Warm-up before measuring: page faults, lazy initialisation, frequency ramp.
+const WARMUP_SECS_MIN: f64 = 0.01;
+
 /// Timing of one shape.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
@@ -44,43 +84,140 @@ pub fn operands(s: MatmulShape) -> (Bfp, Bfp) {
     )
 }
 
-/// Best-of-`reps` time of `backend.matmul` on `s` (after one warm-up call).
+/// A call under measurement: warmed up, then timed in runs of `calls` calls.
+struct Timed<F> {
+    f: F,
+    calls: usize,
+    best: f64,
+}
+
+impl<T, F: FnMut() -> Result<T, KernelError>> Timed<F> {
+    /// Warms `f` up for at least [`WARMUP_SECS_MIN`] (and 2 calls) and sizes one measurement
+    /// to at least [`MEASURE_SECS_MIN`].
+    fn new(mut f: F) -> Result<Self, KernelError> {
+        let t = Instant::now();
+        let mut n = 0usize;
+        while n < 2 || t.elapsed().as_secs_f64() < WARMUP_SECS_MIN {
+            std::hint::black_box(f()?);
+            n += 1;
+        }
+        let per_call = t.elapsed().as_secs_f64() / n as f64;
+        let calls = (MEASURE_SECS_MIN / per_call.max(1e-9)).ceil().max(1.0) as usize;
+        Ok(Self {
+            f,
+            calls,
+            best: f64::INFINITY,
+        })
+    }
+
+    /// One measurement; keeps the best seconds per call.
+    fn measure(&mut self) -> Result<(), KernelError> {
+        let t = Instant::now();
+        for _ in 0..self.calls {
+            std::hint::black_box((self.f)()?);
+        }
+        self.best = self.best.min(t.elapsed().as_secs_f64() / self.calls as f64);
+        Ok(())
+    }
+}
+
+/// `backend.matmul` on `s`: best of `reps` measurements of at least [`MEASURE_SECS_MIN`] each,
+/// after a warm-up.
 pub fn time_kernels(
     backend: &dyn Kernels,
     s: MatmulShape,
     reps: usize,
 ) -> Result<Timing, KernelError> {
     let (a, b) = operands(s);
-    backend.matmul(&a, &b, s)?;
-    let mut best = f64::INFINITY;
+    let mut t = Timed::new(|| backend.matmul(&a, &b, s))?;
     for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        let out = backend.matmul(&a, &b, s)?;
-        best = best.min(t.elapsed().as_secs_f64());
-        std::hint::black_box(out);
+        t.measure()?;
     }
-    Ok(timing(2.0 * s.macs() as f64, best))
+    Ok(timing(2.0 * s.macs() as f64, t.best))
 }
 
-/// Best-of-`reps` time of f32 sgemm (`matrixmultiply`) on the same shape and values.
-pub fn time_sgemm(s: MatmulShape, reps: usize) -> Timing {
+/// f32 sgemm (`matrixmultiply`) of every batch of `s` on the same values (scaled to ±1) and
+/// layouts (transposes as strided views, as the integer kernels see them).
+fn sgemm_call(s: MatmulShape) -> impl FnMut() -> Result<(), KernelError> {
     let (a, b) = operands(s);
     let to_f32 = |v: &[i32], r: usize, c: usize| {
         Array2::from_shape_vec((r, c), v.iter().map(|&x| x as f32 / 32768.0).collect())
             .expect("operand length is r·c by construction")
     };
-    let a = to_f32(&a.mant[..s.m * s.k], s.m, s.k);
-    let b = to_f32(&b.mant[..s.k * s.n], s.k, s.n);
-    let mut c = Array2::<f32>::zeros((s.m, s.n));
-    general_mat_mul(1.0, &a, &b, 0.0, &mut c);
-    let mut best = f64::INFINITY;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        general_mat_mul(1.0, &a, &b, 0.0, &mut c);
-        best = best.min(t.elapsed().as_secs_f64());
+    let stored = |v: &[i32], rows: usize, cols: usize, trans: bool, len: usize| {
+        v.chunks_exact(len)
+            .map(|blk| {
+                if trans {
+                    to_f32(blk, cols, rows)
+                } else {
+                    to_f32(blk, rows, cols)
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = stored(&a.mant, s.m, s.k, s.trans_a, s.m * s.k);
+    let b = stored(&b.mant, s.k, s.n, s.trans_b, s.k * s.n);
+    let mut c: Vec<_> = (0..s.batch)
+        .map(|_| Array2::<f32>::zeros((s.m, s.n)))
+        .collect();
+    move || {
+        for ((a, b), c) in a.iter().zip(&b).zip(&mut c) {
+            let (av, bv) = (a.view(), b.view());
+            let av = if s.trans_a { av.reversed_axes() } else { av };
+            let bv = if s.trans_b { bv.reversed_axes() } else { bv };
+            general_mat_mul(1.0, &av, &bv, 0.0, c);
+        }
         std::hint::black_box(&c);
+        Ok(())
     }
-    timing(2.0 * (s.m * s.k * s.n) as f64, best)
+}
+
+/// f32 sgemm (`matrixmultiply`) on the same shape and values: best of `reps` measurements of
+/// at least [`MEASURE_SECS_MIN`] each, after a warm-up.
+pub fn time_sgemm(s: MatmulShape, reps: usize) -> Timing {
+    let run = || -> Result<Timing, KernelError> {
+        let mut t = Timed::new(sgemm_call(s))?;
+        for _ in 0..reps.max(1) {
+            t.measure()?;
+        }
+        Ok(timing(2.0 * s.macs() as f64, t.best))
+    };
+    run().expect("sgemm_call never fails")
+}
+
+/// `backend.matmul` and f32 sgemm on every shape of `shapes`, as `(backend, sgemm)` per shape:
+/// best of `reps` measurements of [`MEASURE_SECS_MIN`] or more each. The measurements go round
+/// robin (each repetition measures every shape, backend then sgemm), so that each shape's
+/// measurements are spread over the whole run: a burst of load from another process on a shared
+/// machine spoils a few measurements of every shape, which best-of drops, instead of every
+/// measurement of one shape.
+pub fn time_against_sgemm(
+    backend: &dyn Kernels,
+    shapes: &[MatmulShape],
+    reps: usize,
+) -> Result<Vec<(Timing, Timing)>, KernelError> {
+    type Call<'a> = Box<dyn FnMut() -> Result<(), KernelError> + 'a>;
+    let ops: Vec<_> = shapes.iter().map(|&s| operands(s)).collect();
+    let mut timed: Vec<(Timed<Call<'_>>, Timed<Call<'_>>)> = Vec::new();
+    for (&s, (a, b)) in shapes.iter().zip(&ops) {
+        let k: Call<'_> = Box::new(move || backend.matmul(a, b, s).map(drop));
+        let g: Call<'_> = Box::new(sgemm_call(s));
+        timed.push((Timed::new(k)?, Timed::new(g)?));
+    }
+    for _ in 0..reps.max(1) {
+        for (k, g) in &mut timed {
+            k.measure()?;
+            g.measure()?;
+        }
+    }
+    Ok(shapes
+        .iter()
+        .zip(&timed)
+        .map(|(s, (k, g))| {
+            let ops = 2.0 * s.macs() as f64;
+            (timing(ops, k.best), timing(ops, g.best))
+        })
+        .collect())
 }
 
 /// Best-of-`reps` seconds of one call.

@@ -1,0 +1,457 @@
+//! Exact integer GEMM for [`CpuKernels::matmul`](crate::kernels::CpuKernels): the exact i64
+//! sums `Σ_p A[i,p]·B[p,j]` of B16 mantissas through i16 multiply-add SIMD instructions.
+//!
+//! # Why the sums are exact
+//!
+//! `vpdpwssd` (AVX-512 VNNI) and `vpmaddwd` (AVX2) multiply two pairs of i16 and add both
+//! products to an i32 lane. One product of two B16 mantissas (`|x| ≤ 32767`) needs 30 bits, so an
+//! i32 accumulator would overflow after two. The A operand is therefore split, when packed, as
+//! `a = 256·hi + lo` with `hi = (a + 128) >> 8 ∈ [−128, 128]` and `lo = a − 256·hi ∈ [−128, 127]`
+//! (both bounds from `|a| ≤ 32767`: `a + 128 ∈ [−32639, 32895]`). The kernels accumulate
+//! `H = Σ hi·b` and `L = Σ lo·b` in separate i32 lanes. Each term has magnitude at most
+//! `128 · 32767 = 4 194 176`, so a block of at most [`K_BLOCK_MAX`] = 512 terms gives
+//! `|H|, |L| ≤ 512 · 4 194 176 = 2 147 418 112 < 2^31`: the true block sums fit i32. The
+//! instructions add modulo 2^32 (no saturation), and reduction modulo 2^32 is a ring
+//! homomorphism, so the i32 lanes hold the true sums whatever the order of additions. After each
+//! block the kernel folds `256·H + L` (the exact block sum, `|·| < 2^39`) into i64; the i64
+//! totals are bounded by `MATMUL_K_MAX · 32767² < 2^52`, so they never overflow either.
+//! Zero padding (odd K, edge rows and columns) adds exact zeros.
+//!
+//! Requantization of the sums is the caller's, unchanged (see `kernels.rs`).
+
+// Elsewhere only the f64 dgemm path exists: the integer machinery below is unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::fixed::rhe64;
+use crate::kernels::MatmulShape;
+use rayon::prelude::*;
+
+/// Largest number of K terms (products per output) accumulated in i32 between two folds into
+/// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
+pub(crate) const K_BLOCK_MAX: usize = 512;
+/// [`K_BLOCK_MAX`] in k-pairs (one i16 pair per i32 lane).
+const K_BLOCK_PAIRS_MAX: usize = K_BLOCK_MAX / 2;
+/// Smallest number of multiply-accumulates per rayon task: smaller products are not split,
+/// so they do not pay fork/join (a few µs) for a few µs of work.
+const TASK_MACS_MIN: usize = 1 << 17;
+
+/// A SIMD implementation of the exact product, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// `vpdpwssd` on 512-bit vectors (AVX-512 F/BW + VNNI).
+    Avx512Vnni,
+    /// `vpmaddwd` + `vpaddd` on 256-bit vectors (AVX2).
+    Avx2,
+    /// No integer SIMD path: the caller uses exact f64 dgemm.
+    Dgemm,
+}
+
+impl Path {
+    /// Every path, fastest first.
+    pub(crate) const ALL: [Path; 3] = [Path::Avx512Vnni, Path::Avx2, Path::Dgemm];
+
+    /// Whether this CPU can run the path (feature detection is cached by std).
+    pub(crate) fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => x86::Avx512Vnni::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => x86::Avx2::new().is_some(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512Vnni | Path::Avx2 => false,
+            Path::Dgemm => true,
+        }
+    }
+
+    /// The fastest path this CPU supports, detected once.
+    pub(crate) fn detected() -> Path {
+        static DETECTED: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            Path::ALL
+                .into_iter()
+                .find(|p| p.available())
+                .unwrap_or(Path::Dgemm)
+        })
+    }
+}
+
+/// One batch's A operand split and paired for the tile kernels: for (zero-padded) row `r` and
+/// k-pair `p`, `hi[r·rs + p·ps]` holds the i16 pair `(hi(A[r][2p]), hi(A[r][2p+1]))` and `lo` the
+/// same of the lo parts (see [`split`] and [`pair`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SplitA<'a> {
+    /// Hi pairs.
+    pub(crate) hi: &'a [i32],
+    /// Lo pairs.
+    pub(crate) lo: &'a [i32],
+    /// Distance between rows.
+    pub(crate) rs: usize,
+    /// Distance between k-pairs.
+    pub(crate) ps: usize,
+}
+
+/// Where a tile's sums go: `rows×cols` (at most `MR×NR`) of a row-major matrix with row stride
+/// `ld`, starting at `out[0]`.
+#[derive(Debug)]
+pub(crate) struct Dst<'a> {
+    /// The matrix from the tile's first element on.
+    pub(crate) out: &'a mut [i64],
+    /// Row stride of `out`.
+    pub(crate) ld: usize,
+    /// Valid rows.
+    pub(crate) rows: usize,
+    /// Valid columns.
+    pub(crate) cols: usize,
+}
+
+/// Copies the valid part of a full `MR×NR` tile of sums to `dst`; returns the tile's
+/// `max |sum|`.
+#[inline(always)]
+pub(crate) fn store_tile<const MR: usize, const NR: usize>(
+    tile: &[[i64; NR]; MR],
+    dst: Dst<'_>,
+) -> u64 {
+    let mut mx = 0u64;
+    for row in tile {
+        for v in row {
+            mx = mx.max(v.unsigned_abs());
+        }
+    }
+    for (r, row) in tile.iter().enumerate().take(dst.rows) {
+        dst.out[r * dst.ld..][..dst.cols].copy_from_slice(&row[..dst.cols]);
+    }
+    mx
+}
+
+/// The buffers of one batch: A hi pairs, A lo pairs, packed B.
+type Bufs = [Vec<i32>; 3];
+
+/// A SIMD implementation with an `MR×NR` register tile. Implementations exist only once their
+/// CPU features are detected. Every method but `tile` runs one of this module's plain Rust
+/// functions inlined into a function compiled with the CPU features, so that those loops
+/// (splitting, packing, copy-out, maximum, requantization) are vectorized for them too: the
+/// crate itself is built for baseline x86-64.
+pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
+    /// For rows `row0 .. row0 + MR` of `a` and a packed B panel (`pairs` groups of `NR` i32:
+    /// lane `j` holds `B[2p][j]` in its low and `B[2p+1][j]` in its high i16), writes the exact
+    /// sums `Σ_p (256·hi + lo)(row0 + r, p) · b(p, j)` to the window `dst` and returns their
+    /// `max |sum|` (rows and columns past the window are sums of zero padding: 0).
+    fn tile(self, a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64;
+
+    /// [`split_a`] compiled for the path.
+    fn split_a<'a>(
+        self,
+        a: &[i32],
+        s: MatmulShape,
+        hi: &'a mut Vec<i32>,
+        lo: &'a mut Vec<i32>,
+    ) -> SplitA<'a>;
+
+    /// [`pack_b`] compiled for the path.
+    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32];
+
+    /// [`panels`] compiled for the path.
+    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
+
+    /// [`requant_into`] compiled for the path.
+    fn requant(self, out: &mut [i32], sums: &[i64], k: u32);
+}
+
+/// Exact sums of every product of `s` into `out` (`batch·m·n`, row-major per batch) through
+/// `path`, returning `max |sum|`; `None` if the path is [`Path::Dgemm`] or not available here.
+/// `a` and `b` must have the lengths `check_matmul` verified.
+pub(crate) fn exact_sums(
+    path: Path,
+    a: &[i32],
+    b: &[i32],
+    s: MatmulShape,
+    out: &mut [i64],
+) -> Option<u64> {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Vnni => x86::Avx512Vnni::new().map(|t| run(t, a, b, s, out)),
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => x86::Avx2::new().map(|t| run(t, a, b, s, out)),
+        _ => None,
+    }
+}
+
+/// `rhe64(v, k)` of every sum as a B16 mantissa (`k` from `requant_shift` of the maximum, so
+/// every result fits), in parallel chunks of `par_min`, vectorized for `path` where available.
+pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Vec<i32> {
+    let mut mant = vec![0i32; sums.len()];
+    let chunks = mant.par_chunks_mut(par_min).zip(sums.par_chunks(par_min));
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Vnni if let Some(t) = x86::Avx512Vnni::new() => {
+            chunks.for_each(|(o, s)| t.requant(o, s, k))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 if let Some(t) = x86::Avx2::new() => {
+            chunks.for_each(|(o, s)| t.requant(o, s, k))
+        }
+        _ => chunks.for_each(|(o, s)| requant_into(o, s, k)),
+    }
+    mant
+}
+
+/// `out[i] = rhe64(sums[i], k)`. For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula
+/// with the shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
+#[inline(always)]
+fn requant_into(out: &mut [i32], sums: &[i64], k: u32) {
+    if (1..=61).contains(&k) {
+        let mask = (1i64 << k) - 1;
+        let half_m1 = (1i64 << (k - 1)) - 1;
+        for (o, &v) in out.iter_mut().zip(sums) {
+            let q = v >> k;
+            *o = (q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32;
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(sums) {
+            *o = rhe64(v, k) as i32;
+        }
+    }
+}
+
+/// i16 pair `(x0, x1)` as one i32 lane: `x0` in the low half, `x1` in the high half.
+#[inline(always)]
+fn pair(x0: i32, x1: i32) -> i32 {
+    ((x0 as u16 as u32) | ((x1 as u16 as u32) << 16)) as i32
+}
+
+/// `a = 256·hi + lo` with `hi ∈ [−128, 128]`, `lo ∈ [−128, 127]` for `|a| ≤ 32767`.
+#[inline(always)]
+fn split(a: i32) -> (i32, i32) {
+    let hi = (a + 128) >> 8;
+    (hi, a - (hi << 8))
+}
+
+/// `v` with length `len`, contents unspecified (the caller overwrites every element): a
+/// reused buffer is not zeroed again.
+#[inline(always)]
+fn sized(v: &mut Vec<i32>, len: usize) -> &mut [i32] {
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    &mut v[..len]
+}
+
+/// Packs one batch's B (`k×n`, or `n×k` if `trans_b`) into `NR`-column panels of k-pairs,
+/// zero-padded to full panels and an even K; writes every element of the result.
+#[inline(always)]
+fn pack_b<'a, const NR: usize>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+    let (k, n) = (s.k, s.n);
+    let pairs = k.div_ceil(2);
+    let dst = sized(dst, n.div_ceil(NR) * pairs * NR);
+    for (c, panel) in dst.chunks_exact_mut(pairs * NR).enumerate() {
+        let j0 = c * NR;
+        let cols = NR.min(n - j0);
+        if s.trans_b {
+            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent.
+            for (jj, lane) in (0..NR).zip(0..) {
+                if jj >= cols {
+                    for p in 0..pairs {
+                        panel[p * NR + lane] = 0;
+                    }
+                    continue;
+                }
+                let row = &b[(j0 + jj) * k..][..k];
+                let (whole, odd) = row.as_chunks::<2>();
+                for (p, &[x0, x1]) in whole.iter().enumerate() {
+                    panel[p * NR + lane] = pair(x0, x1);
+                }
+                if let [x0] = *odd {
+                    panel[whole.len() * NR + lane] = pair(x0, 0);
+                }
+            }
+        } else {
+            // Row-major B: two contiguous row segments per k-pair.
+            for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+                let (lanes, pad) = lanes.split_at_mut(cols);
+                pad.fill(0);
+                let r0 = &b[2 * p * n + j0..][..cols];
+                if 2 * p + 1 < k {
+                    let r1 = &b[(2 * p + 1) * n + j0..][..cols];
+                    for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
+                        *l = pair(x0, x1);
+                    }
+                } else {
+                    for (l, &x0) in lanes.iter_mut().zip(r0) {
+                        *l = pair(x0, 0);
+                    }
+                }
+            }
+        }
+    }
+    dst
+}
+
+/// Splits and pairs one batch's A (`m×k`, or `k×m` if `trans_a`) into `hi` and `lo` (see
+/// [`SplitA`]), rows zero-padded to a multiple of `MR` and K to an even length; writes every
+/// element. The layout follows the stored one so that both loops run over contiguous memory:
+/// row-major pairs (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`,
+/// `ps = padded rows`) for `Aᵀ`.
+#[inline(always)]
+fn split_a<'a, const MR: usize>(
+    a: &[i32],
+    s: MatmulShape,
+    hi: &'a mut Vec<i32>,
+    lo: &'a mut Vec<i32>,
+) -> SplitA<'a> {
+    let (m, k) = (s.m, s.k);
+    let pairs = k.div_ceil(2);
+    let rows = m.div_ceil(MR) * MR;
+    let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
+    let one = |h: &mut i32, l: &mut i32, x0: i32, x1: i32| {
+        let ((h0, l0), (h1, l1)) = (split(x0), split(x1));
+        *h = pair(h0, h1);
+        *l = pair(l0, l1);
+    };
+    let (rs, ps) = if s.trans_a {
+        for (p, (h, l)) in hi
+            .chunks_exact_mut(rows)
+            .zip(lo.chunks_exact_mut(rows))
+            .enumerate()
+        {
+            let (h, hpad) = h.split_at_mut(m);
+            let (l, lpad) = l.split_at_mut(m);
+            hpad.fill(0);
+            lpad.fill(0);
+            let r0 = &a[2 * p * m..][..m];
+            if 2 * p + 1 < k {
+                let r1 = &a[(2 * p + 1) * m..][..m];
+                for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(r0).zip(r1) {
+                    one(h, l, x0, x1);
+                }
+            } else {
+                for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(r0) {
+                    one(h, l, x0, 0);
+                }
+            }
+        }
+        (1, rows)
+    } else {
+        let (h, hpad) = hi.split_at_mut(m * pairs);
+        let (l, lpad) = lo.split_at_mut(m * pairs);
+        hpad.fill(0);
+        lpad.fill(0);
+        for ((h, l), row) in h
+            .chunks_exact_mut(pairs)
+            .zip(l.chunks_exact_mut(pairs))
+            .zip(a.chunks_exact(k))
+        {
+            let (whole, odd) = row.as_chunks::<2>();
+            for ((h, l), &[x0, x1]) in h.iter_mut().zip(l.iter_mut()).zip(whole) {
+                one(h, l, x0, x1);
+            }
+            if let [x0] = *odd {
+                one(&mut h[pairs - 1], &mut l[pairs - 1], x0, 0);
+            }
+        }
+        (pairs, 1)
+    };
+    SplitA { hi, lo, rs, ps }
+}
+
+/// The row panels `row0 ..` in `out` (whole rows of one batch's `m×n` result, starting at row
+/// `row0`, a multiple of `MR`): every `MR×NR` tile against packed B (`b`, all column panels),
+/// written to `out`; returns their `max |sum|`.
+#[inline(always)]
+fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    a: SplitA<'_>,
+    b: &[i32],
+    s: MatmulShape,
+    row0: usize,
+    out: &mut [i64],
+) -> u64 {
+    let pairs = s.k.div_ceil(2);
+    let mut mx = 0u64;
+    for (i, rows_out) in out.chunks_mut(MR * s.n).enumerate() {
+        let rows = rows_out.len() / s.n;
+        for (c, bp) in b.chunks_exact(pairs * NR).enumerate() {
+            let j0 = c * NR;
+            let dst = Dst {
+                out: &mut rows_out[j0..],
+                ld: s.n,
+                rows,
+                cols: NR.min(s.n - j0),
+            };
+            mx = mx.max(t.tile(a, row0 + i * MR, bp, dst));
+        }
+    }
+    mx
+}
+
+thread_local! {
+    /// Buffers of one product, reused by the next call on the same thread: fresh buffers
+    /// would cost page faults and zeroing on every call.
+    static SCRATCH: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Default::default());
+}
+
+/// Largest buffer (elements) kept in [`SCRATCH`] for the next call: the model's operands are far
+/// smaller; a one-off huge product does not pin its buffers to the thread for good.
+const SCRATCH_KEEP_MAX: usize = 1 << 21;
+
+/// Runs `f` with this thread's buffers (taken out, so a nested call cannot alias them).
+fn with_scratch<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
+    let mut bufs = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let r = f(&mut bufs);
+    for v in &mut bufs {
+        if v.capacity() > SCRATCH_KEEP_MAX {
+            *v = Vec::new();
+        }
+    }
+    SCRATCH.with(|c| *c.borrow_mut() = bufs);
+    r
+}
+
+/// [`exact_sums`] with a detected tile kernel.
+fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    a: &[i32],
+    b: &[i32],
+    s: MatmulShape,
+    out: &mut [i64],
+) -> u64 {
+    let (sa, sb, sc) = (s.m * s.k, s.k * s.n, s.m * s.n);
+    if sc == 0 || s.k == 0 {
+        out.fill(0);
+        return 0;
+    }
+    if s.batch == 1 {
+        // Split A and pack B once (side by side: linear in the operands), then the row panels
+        // in parallel.
+        let mut bufs = with_scratch(std::mem::take);
+        let [ah, al, pb] = &mut bufs;
+        let (sa, pb) = rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
+        let mx = out
+            .par_chunks_mut(MR * s.n)
+            .enumerate()
+            .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
+            .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
+            .max()
+            .unwrap_or(0);
+        with_scratch(|keep| *keep = bufs);
+        mx
+    } else {
+        out.par_chunks_mut(sc)
+            .zip(a.par_chunks(sa))
+            .zip(b.par_chunks(sb))
+            .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
+            .map(|((o, ab), bb)| {
+                with_scratch(|[ah, al, pb]| {
+                    let (sa, pb) = (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
+                    t.panels(sa, pb, s, 0, o)
+                })
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1100 @@
+//! Fast bodies of the non-matmul [`CpuKernels`](crate::kernels::CpuKernels) methods.
+//!
+//! Every function here returns the same bits (and the same errors) as the straightforward i128
+//! code it replaced, which is kept verbatim in the test-only `reference` module and compared
+//! against these on random and extreme inputs. The speed comes from:
+//! - 64-bit arithmetic wherever a bound (stated at each use) proves that the exact value fits;
+//!   i128 only where it may not, decided per tensor or per element;
+//! - exact division by an f64 estimate of the quotient corrected by integer remainders
+//!   ([`DivRhe`]) instead of i128 division;
+//! - recomputing cheap wide values in the requantization pass instead of collecting them into
+//!   `Vec<i128>`, and no per-row allocations;
+//! - rayon tasks of at least [`PAR_MIN_LEN`] elements, so small tensors do not pay fork/join.
+
+use crate::fixed::{
+    bitlen, div_rhe, exp2_tables, isqrt, log2_q16, requant_shift, rhe, rhe64, B16_MANT_MAX,
+    EXP2_TABLE_LEN, LN2_Q30, LOG2E_Q30,
+};
+use crate::kernels::{
+    align_exp, check_adamw, check_add, check_col_dot, check_cross_entropy, check_gelu_bwd,
+    check_layernorm, check_layernorm_bwd, check_mant, check_mul_cols, check_rescale,
+    check_scatter_add_rows, check_softmax, check_softmax_bwd, checked_exp, shift_sat, AdamStep,
+    Bfp, KernelError, EXP_ARG_SAT, GELU_K_Q16, WIDE_MANT_MAX,
+};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+#[cfg(test)]
+pub(crate) mod reference;
+#[cfg(test)]
+mod tests;
+
+/// Smallest number of elements per rayon task: below it, fork/join costs more than it saves.
+pub(crate) const PAR_MIN_LEN: usize = 1 << 12;
+
+/// Largest quotient estimate [`DivRhe`] trusts: below `2^52` the f64 estimate is within a few
+/// units of the exact quotient, so the remainder correction takes a few steps at most.
+const QUOT_EST_MAX: f64 = (1u64 << 52) as f64;
+
+/// Largest divisor [`DivRhe`] handles without i128 division: with `|q| < 2^52` and `d < 2^64`,
+/// `q·d < 2^116` cannot overflow i128.
+const DIV_FAST_DIVISOR_MAX: i128 = 1 << 64;
+
+/// Exact `div_rhe(n · 2^s, d)` (division rounded half to even) for many numerators `n` and one
+/// divisor `d > 0`, without i128 division: an f64 estimate `q ≈ n·2^s/d`, then the exact i128
+/// remainder `n·2^s − q·d` moves `q` to the floor (`0 ≤ r < d`), then the rounding of
+/// [`div_rhe`]. The estimate only decides how many correction steps run, never the result.
+/// Falls back to [`div_rhe`] when the estimate is `≥ 2^52` (or not finite) or `d ≥ 2^64`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DivRhe {
+    d: i128,
+    s: u32,
+    /// `2^s / d` in f64, or NaN to force the exact fallback.
+    mul: f64,
+}
+
+impl DivRhe {
+    /// Divisor `d > 0`, numerators shifted left by `s ≤ 63` bits (so `n·2^s` fits in i128).
+    pub(crate) fn new(d: i128, s: u32) -> Self {
+        debug_assert!(d > 0 && s <= 63);
+        let mul = if d < DIV_FAST_DIVISOR_MAX {
+            2f64.powi(s as i32) / d as f64
+        } else {
+            f64::NAN
+        };
+        Self { d, s, mul }
+    }
+
+    /// `div_rhe(n · 2^s, d)`.
+    #[inline]
+    pub(crate) fn div(&self, n: i64) -> i128 {
+        let num = (n as i128) << self.s;
+        let est = n as f64 * self.mul;
+        // NaN fails the comparison too.
+        if !(est.abs() < QUOT_EST_MAX) {
+            return div_rhe(num, self.d);
+        }
+        let d = self.d;
+        let mut q = est as i64 as i128;
+        let mut r = num - q * d;
+        while r < 0 {
+            q -= 1;
+            r += d;
+        }
+        while r >= d {
+            q += 1;
+            r -= d;
+        }
+        let twice = 2 * r;
+        if twice > d || (twice == d && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        }
+    }
+}
+
+/// `div_rhe(n, d)` for one numerator and divisor, both below `2^52` in magnitude (`d > 0`):
+/// the f64 quotient is within one unit of the exact one, and the exact i64 remainder corrects
+/// it. Same result as [`div_rhe`] for every input (falls back to it outside the range).
+#[inline]
+fn div_rhe_small(n: i64, d: i64) -> i64 {
+    const SMALL_MAX: i64 = 1 << 52;
+    if n.unsigned_abs() >= SMALL_MAX as u64 || d >= SMALL_MAX || d <= 0 {
+        return div_rhe(n as i128, d as i128) as i64;
+    }
+    // |n|, d < 2^52: every product and remainder below fits i64.
+    let mut q = (n as f64 / d as f64) as i64;
+    let mut r = n - q * d;
+    while r < 0 {
+        q -= 1;
+        r += d;
+    }
+    while r >= d {
+        q += 1;
+        r -= d;
+    }
+    let twice = 2 * r;
+    if twice > d || (twice == d && q & 1 == 1) {
+        q + 1
+    } else {
+        q
+    }
+}
+
+/// `rhe(x, k)` for i128 `x`, through [`rhe64`] when `x` fits in i64 (same result, see there).
+#[inline]
+fn rhe_wide(x: i128, k: u32) -> i128 {
+    match i64::try_from(x) {
+        Ok(v) => rhe64(v, k) as i128,
+        Err(_) => rhe(x, k),
+    }
+}
+
+/// The tensor result: mantissas with exponent `base_exp + k`, or `ExponentRange`.
+fn finish(op: &'static str, mant: Vec<i32>, base_exp: i64, k: u32) -> Result<Bfp, KernelError> {
+    Ok(Bfp {
+        mant,
+        exp: checked_exp(op, base_exp, k as i64)?,
+    })
+}
+
+/// Requantizes exact i64 values like [`crate::kernels::requant_wide`] does their i128 copies
+/// ([`rhe64`] equals [`rhe`] for every i64 input).
+fn requant_i64(
+    op: &'static str,
+    wide: &[i64],
+    base_exp: i64,
+    mant_max: i32,
+) -> Result<Bfp, KernelError> {
+    let mx = wide
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|v| v.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx as u128, mant_max);
+    let mant = wide
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|&v| rhe64(v, k) as i32)
+        .collect();
+    finish(op, mant, base_exp, k)
+}
+
+/// Requantizes exact i128 values like [`crate::kernels::requant_wide`], in 64 bits when the
+/// largest magnitude fits.
+fn requant_i128(
+    op: &'static str,
+    wide: &[i128],
+    base_exp: i64,
+    mant_max: i32,
+) -> Result<Bfp, KernelError> {
+    let mx = wide
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|v| v.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx, mant_max);
+    let mant = if mx <= i64::MAX as u128 {
+        wide.par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&v| rhe64(v as i64, k) as i32)
+            .collect()
+    } else {
+        wide.par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&v| rhe(v, k) as i32)
+            .collect()
+    };
+    finish(op, mant, base_exp, k)
+}
+
+/// Requantizes the values `f(x)` of one input tensor to `mant_max` from `base_exp` (the rule of
+/// `requant_wide`) in two passes that both evaluate `f`: no intermediate vector.
+fn requant_map1<F>(
+    op: &'static str,
+    x: &[i32],
+    base_exp: i64,
+    mant_max: i32,
+    f: F,
+) -> Result<Bfp, KernelError>
+where
+    F: Fn(i32) -> i64 + Sync,
+{
+    let mx = x
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|&v| f(v).unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx as u128, mant_max);
+    let mant = x
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|&v| rhe64(f(v), k) as i32)
+        .collect();
+    finish(op, mant, base_exp, k)
+}
+
+/// [`requant_map1`] for elementwise functions of two tensors of equal length.
+fn requant_map2<F>(
+    op: &'static str,
+    x: &[i32],
+    y: &[i32],
+    base_exp: i64,
+    mant_max: i32,
+    f: F,
+) -> Result<Bfp, KernelError>
+where
+    F: Fn(i32, i32) -> i64 + Sync,
+{
+    let mx = x
+        .par_iter()
+        .zip(y.par_iter())
+        .with_min_len(PAR_MIN_LEN)
+        .map(|(&a, &b)| f(a, b).unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx as u128, mant_max);
+    let mant = x
+        .par_iter()
+        .zip(y.par_iter())
+        .with_min_len(PAR_MIN_LEN)
+        .map(|(&a, &b)| rhe64(f(a, b), k) as i32)
+        .collect();
+    finish(op, mant, base_exp, k)
+}
+
+/// The alignment of one operand to the common exponent `e0` (see
+/// [`crate::kernels::align`]): a left shift `e − e0` (at most `ADD_ALIGN_BITS_MAX = 40` by
+/// the definition of `align_exp`) or a rounding right shift `e0 − e` (any amount). The
+/// exponent arithmetic is the same i32 expression as `align`'s, so even wrapped exponents
+/// give the same shift.
+#[derive(Clone, Copy)]
+struct Align {
+    left: u32,
+    right: u32,
+}
+
+impl Align {
+    fn new(e: i32, e0: i32) -> Self {
+        if e >= e0 {
+            Self {
+                left: (e - e0) as u32,
+                right: 0,
+            }
+        } else {
+            Self {
+                left: 0,
+                right: (e0 - e) as u32,
+            }
+        }
+    }
+
+    /// `align(x, e, e0)` for `|x| < 2^23`: the left shift is at most 40, so the result is
+    /// below `2^63` in magnitude; [`rhe64`] equals [`rhe`] for any shift.
+    #[inline]
+    fn apply(self, x: i64) -> i64 {
+        if self.right == 0 {
+            x << self.left
+        } else {
+            rhe64(x, self.right)
+        }
+    }
+
+    /// `align(x, e, e0)` for any `|x| < 2^63` (the left shift is at most 40, the i128 result
+    /// below `2^103`).
+    #[inline]
+    fn apply_wide(self, x: i64) -> i128 {
+        if self.right == 0 {
+            (x as i128) << self.left
+        } else {
+            rhe64(x, self.right) as i128
+        }
+    }
+}
+
+/// [`crate::kernels::Kernels::add`]. Both operands are B24 (`|x| ≤ 2^23 − 1`); if the
+/// exponents differ by 40 or more the coarser one is shifted left by exactly 40 and the finer
+/// one rounded right (magnitude `≤ 2^23 − 1`), so `|sum| ≤ (2^23 − 1)·2^40 + 2^23 < 2^63`;
+/// otherwise the coarser one is shifted by less than 40 and the bound is smaller still. So
+/// the exact sums fit in i64.
+pub(crate) fn add(a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
+    const OP: &str = "add";
+    check_add(a, b)?;
+    let e0 = align_exp(a.exp, b.exp);
+    let (al, bl) = (Align::new(a.exp, e0), Align::new(b.exp, e0));
+    if al.left == 0 && al.right == 0 && bl.left == 0 && bl.right == 0 {
+        return requant_map2(OP, &a.mant, &b.mant, e0 as i64, B16_MANT_MAX, |x, y| {
+            x as i64 + y as i64
+        });
+    }
+    requant_map2(OP, &a.mant, &b.mant, e0 as i64, B16_MANT_MAX, |x, y| {
+        al.apply(x as i64) + bl.apply(y as i64)
+    })
+}
+
+/// [`crate::kernels::Kernels::requant`]: mantissas are i32, so 64-bit rounding is exact; a
+/// shift of 0 is a copy.
+pub(crate) fn requant(x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
+    const OP: &str = "requant";
+    let mx = x
+        .mant
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|v| v.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx as u128, mant_max);
+    let mant = if k == 0 {
+        x.mant.clone()
+    } else {
+        x.mant
+            .par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&v| rhe64(v as i64, k) as i32)
+            .collect()
+    };
+    finish(OP, mant, x.exp as i64, k)
+}
+
+/// Largest right shift worth computing for an i32 mantissa: `|x| ≤ 2^31 < 2^(k−1)` for every
+/// `k ≥ 62`, so `rhe(x, k) = 0` there, as it is for `rhe64(x, 62)`.
+const I32_SHIFT_MAX: u32 = 62;
+
+/// [`crate::kernels::Kernels::rescale`].
+pub(crate) fn rescale(x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
+    check_rescale(x, exp)?;
+    let k = ((exp - x.exp) as u32).min(I32_SHIFT_MAX);
+    let mant = if k == 0 {
+        x.mant.clone()
+    } else {
+        x.mant
+            .par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&v| rhe64(v as i64, k) as i32)
+            .collect()
+    };
+    Ok(Bfp::new(mant, exp))
+}
+
+/// [`crate::kernels::Kernels::mul_cols`]: products of two B16 mantissas are below `2^30`.
+pub(crate) fn mul_cols(x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+    const OP: &str = "mul_cols";
+    check_mul_cols(x, w, rows, cols)?;
+    let base = x.exp as i64 + w.exp as i64;
+    let row_min = (PAR_MIN_LEN / cols.max(1)).max(1);
+    let mx = x
+        .mant
+        .par_chunks(cols.max(1))
+        .with_min_len(row_min)
+        .map(|row| {
+            row.iter()
+                .zip(&w.mant)
+                .map(|(&v, &c)| (v as i64 * c as i64).unsigned_abs())
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx as u128, B16_MANT_MAX);
+    let mut mant = vec![0i32; x.len()];
+    mant.par_chunks_mut(cols.max(1))
+        .zip(x.mant.par_chunks(cols.max(1)))
+        .with_min_len(row_min)
+        .for_each(|(out, row)| {
+            for ((o, &v), &c) in out.iter_mut().zip(row).zip(&w.mant) {
+                *o = rhe64(v as i64 * c as i64, k) as i32;
+            }
+        });
+    finish(OP, mant, base, k)
+}
+
+/// [`crate::kernels::Kernels::col_dot`]: each product is below `2^30` and there are at most
+/// `TENSOR_ELEMS_MAX = 2^28` rows, so column sums stay below `2^58` in i64. Row blocks are
+/// summed in parallel; integer addition is exact, so the order does not matter.
+pub(crate) fn col_dot(a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
+    const OP: &str = "col_dot";
+    check_col_dot(a, b, rows, cols)?;
+    let base = a.exp as i64 + b.exp as i64;
+    if cols == 0 {
+        return finish(OP, Vec::new(), base, 0);
+    }
+    let block = (PAR_MIN_LEN / cols).max(1) * cols;
+    let sums = a
+        .mant
+        .par_chunks(block)
+        .zip(b.mant.par_chunks(block))
+        .fold(
+            || vec![0i64; cols],
+            |mut acc, (ab, bb)| {
+                for (ra, rb) in ab.chunks(cols).zip(bb.chunks(cols)) {
+                    for ((s, &x), &y) in acc.iter_mut().zip(ra).zip(rb) {
+                        *s += x as i64 * y as i64;
+                    }
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0i64; cols],
+            |mut x, y| {
+                for (s, v) in x.iter_mut().zip(y) {
+                    *s += v;
+                }
+                x
+            },
+        );
+    requant_i64(OP, &sums, base, B16_MANT_MAX)
+}
+
+/// Rows per rayon task for a row-wise op on `cols` columns.
+fn rows_per_task(cols: usize) -> usize {
+    (PAR_MIN_LEN / cols.max(1)).max(1)
+}
+
+/// [`crate::kernels::Kernels::layernorm`]. Bounds (`C ≤ TENSOR_ELEMS_MAX = 2^28`):
+/// `|A| ≤ C·2^15 < 2^43` and `|d| = |C·m − A| ≤ 2·C·2^15 < 2^44` fit in i64; `d²` is an exact
+/// i128 product and `S` is summed in u128 as before. `|w| = |d|·2^40/R` with
+/// The outputs are kept in i128 like the reference's (they are small, `|d|·2^40/R` with
+/// `R ≥ 4·|d|` because `S ≥ d²` and `√C ≤ 2^14`, unless `S·2^32` wraps for absurd `C`).
+pub(crate) fn layernorm(x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
+    const OP: &str = "layernorm";
+    if let Some(early) = check_layernorm(x, rows, cols)? {
+        return Ok(early);
+    }
+    let c = cols as i64;
+    let mut wide = vec![0i128; rows * cols];
+    let mut rs = vec![0u64; rows];
+    wide.par_chunks_mut(cols)
+        .zip(rs.par_iter_mut())
+        .zip(x.mant.par_chunks(cols))
+        .with_min_len(rows_per_task(cols))
+        .for_each(|((out, r), xm)| {
+            let a: i64 = xm.iter().map(|&v| v as i64).sum();
+            let s: u128 = xm
+                .iter()
+                .map(|&v| {
+                    let d = (c * v as i64 - a) as i128;
+                    (d * d) as u128
+                })
+                .sum();
+            if s == 0 {
+                return;
+            }
+            let rr = isqrt((s << 32) / cols as u128) as i128;
+            *r = rr as u64;
+            let div = DivRhe::new(rr, 40);
+            for (o, &v) in out.iter_mut().zip(xm) {
+                *o = div.div(c * v as i64 - a);
+            }
+        });
+    Ok((requant_i128(OP, &wide, -24, B16_MANT_MAX)?, rs))
+}
+
+/// [`crate::kernels::Kernels::layernorm_bwd`]. `A`, `B` and `N` are computed by the same i128
+/// expressions as the reference (so shifts beyond the i128 range wrap identically); the
+/// division `N·2^24 / R` goes through [`DivRhe`] when `N` fits in i64 (always, unless
+/// `−2·h.exp` is huge) and through `div_rhe` otherwise.
+pub(crate) fn layernorm_bwd(
+    dxhat: &Bfp,
+    xhat: &Bfp,
+    r: &[u64],
+    x_exp: i32,
+    rows: usize,
+    cols: usize,
+) -> Result<Bfp, KernelError> {
+    const OP: &str = "layernorm_bwd";
+    if let Some(early) = check_layernorm_bwd(dxhat, xhat, r, rows, cols)? {
+        return Ok(early);
+    }
+    let c = cols as i128;
+    let sh = (-2 * xhat.exp) as u32;
+    let mut wide = vec![0i128; rows * cols];
+    wide.par_chunks_mut(cols)
+        .zip(r.par_iter())
+        .zip(dxhat.mant.par_chunks(cols).zip(xhat.mant.par_chunks(cols)))
+        .with_min_len(rows_per_task(cols))
+        .for_each(|((out, &rr), (g, h))| {
+            if rr == 0 {
+                return;
+            }
+            // |Σ g| ≤ C·2^15 < 2^43 and |Σ g·h| ≤ C·2^30 < 2^58: exact in i64.
+            let a = g.iter().map(|&v| v as i64).sum::<i64>() as i128;
+            let b = g
+                .iter()
+                .zip(h)
+                .map(|(&x, &y)| x as i64 * y as i64)
+                .sum::<i64>() as i128;
+            let div = DivRhe::new(rr as i128, 24);
+            for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
+                let n = ((c * gi as i128 - a) << sh) - hi as i128 * b;
+                *o = match i64::try_from(n) {
+                    Ok(n64) => div.div(n64),
+                    Err(_) => div_rhe(n << 24, rr as i128),
+                };
+            }
+        });
+    let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
+    requant_i128(OP, &wide, e, B16_MANT_MAX)
+}
+
+/// The exp2 tables as arrays, fetched once per call.
+type Exp2Tables = ([i64; EXP2_TABLE_LEN], [i64; EXP2_TABLE_LEN]);
+
+/// [`crate::fixed::exp2_neg_q31`] with the tables passed in. `hi`, `lo ≤ 2^31`, so their
+/// product fits in i64 and [`rhe64`] rounds it exactly as `rhe` does.
+#[inline]
+fn exp2_q31(t: &Exp2Tables, y: i64) -> i64 {
+    debug_assert!(y >= 0);
+    let n = (y >> 16) as u32;
+    if n >= 64 {
+        return 0;
+    }
+    let f = (y & 0xFFFF) as usize;
+    let v = rhe64(t.0[f >> 8] * t.1[f & 255], 31);
+    rhe64(v, n)
+}
+
+/// `shift_sat(t, sh).min(EXP_ARG_SAT)` for `t ≥ 0`. A right shift is [`rhe64`] (exact for
+/// any amount). A left shift of `t > 0` saturates at `2^100 > EXP_ARG_SAT`, so the result is
+/// `EXP_ARG_SAT` exactly when `t·2^(−sh) ≥ 2^40`, i.e. when `bitlen(t) − sh > 40`.
+#[inline]
+fn exp_arg(t: i64, sh: i64) -> i64 {
+    if sh >= 0 {
+        rhe64(t, sh.min(127) as u32).min(EXP_ARG_SAT as i64)
+    } else if t == 0 {
+        0
+    } else if bitlen(t as u128) as i64 - sh > 40 {
+        EXP_ARG_SAT as i64
+    } else {
+        t << (-sh)
+    }
+}
+
+/// Per-tensor constants of the softmax exponent `y = rhe(t · scale · LOG2E_Q30, 30 − exp)`,
+/// `t = mx − m ∈ [0, 2^16)`.
+#[derive(Clone, Copy)]
+struct SoftmaxArg {
+    /// `scale · LOG2E_Q30`.
+    f: i128,
+    /// `30 − exp`.
+    sh: i64,
+    /// `t · f < 2^63` for every `t < 2^16`: the product can be formed in i64.
+    narrow: bool,
+}
+
+impl SoftmaxArg {
+    fn new(exp: i32, scale_q16: u32) -> Self {
+        let f = scale_q16 as i128 * LOG2E_Q30;
+        Self {
+            f,
+            sh: 30 - exp as i64,
+            narrow: f < 1 << 47,
+        }
+    }
+
+    /// The Q16 argument `y` of `exp2_neg_q31` for `t = mx − m`.
+    #[inline]
+    fn y(self, t: i32) -> i64 {
+        if self.narrow {
+            exp_arg(t as i64 * self.f as i64, self.sh)
+        } else {
+            shift_sat(t as i128 * self.f, self.sh).min(EXP_ARG_SAT) as i64
+        }
+    }
+}
+
+/// [`crate::kernels::Kernels::softmax`]. `E ≤ 2^31`, `E·2^30 ≤ 2^61` and `p ≤ 2^30` fit in
+/// i64 (and `p` in the i32 output, rounded in place once the shift is known); `ΣE` fits in
+/// i64 for fewer than `2^32` columns.
+pub(crate) fn softmax(
+    x: &Bfp,
+    rows: usize,
+    cols: usize,
+    causal: bool,
+    scale_q16: u32,
+) -> Result<Bfp, KernelError> {
+    const OP: &str = "softmax";
+    check_softmax(x, rows, cols)?;
+    let tables = exp2_tables();
+    let arg = SoftmaxArg::new(x.exp, scale_q16);
+    let mut mant = vec![0i32; rows * cols];
+    let mx = mant
+        .par_chunks_mut(cols.max(1))
+        .zip(x.mant.par_chunks(cols.max(1)))
+        .enumerate()
+        .with_min_len(rows_per_task(cols))
+        .map_init(Vec::new, |es: &mut Vec<i64>, (row, (out, xm))| {
+            let used = if causal { row % cols + 1 } else { cols };
+            let xm = &xm[..used];
+            let m0 = xm.iter().copied().max().unwrap_or(0);
+            es.clear();
+            es.extend(xm.iter().map(|&m| exp2_q31(tables, arg.y(m0 - m))));
+            let total: i64 = es.iter().sum();
+            let div = DivRhe::new(total as i128, 30);
+            let mut mx = 0u32;
+            for (o, &e) in out.iter_mut().zip(es.iter()) {
+                let p = div.div(e) as i32;
+                mx = mx.max(p.unsigned_abs());
+                *o = p;
+            }
+            mx
+        })
+        .max()
+        .unwrap_or(0);
+    round_in_place(&mut mant, mx, cols);
+    let k = requant_shift(mx as u128, B16_MANT_MAX);
+    finish(OP, mant, -30, k)
+}
+
+/// Rounds i32 values in place by the requantization shift of their maximum `mx` to B16.
+fn round_in_place(mant: &mut [i32], mx: u32, cols: usize) {
+    let k = requant_shift(mx as u128, B16_MANT_MAX);
+    if k > 0 {
+        mant.par_chunks_mut(cols.max(1))
+            .with_min_len(rows_per_task(cols))
+            .for_each(|row| {
+                for v in row {
+                    *v = rhe64(*v as i64, k) as i32;
+                }
+            });
+    }
+}
+
+/// [`crate::kernels::Kernels::softmax_bwd`]. `D = Σ p·dp` is below `C·2^30` (i64); `w` is
+/// the same i128 product as the reference; the rounding pass uses 64 bits when the largest
+/// `|w|` fits. Two passes recompute `w` instead of storing it.
+pub(crate) fn softmax_bwd(
+    p: &Bfp,
+    dp: &Bfp,
+    rows: usize,
+    cols: usize,
+    scale_q16: u32,
+) -> Result<Bfp, KernelError> {
+    const OP: &str = "softmax_bwd";
+    check_softmax_bwd(p, dp, rows, cols)?;
+    let sh = (-p.exp) as u32;
+    let cw = cols.max(1);
+    let scale = scale_q16 as i128;
+    let row_d = |pm: &[i32], dm: &[i32]| -> i128 {
+        pm.iter()
+            .zip(dm)
+            .map(|(&a, &b)| a as i64 * b as i64)
+            .sum::<i64>() as i128
+    };
+    let w = move |a: i32, b: i32, d: i128| a as i128 * (((b as i128) << sh) - d) * scale;
+    let mut ds = vec![0i128; rows];
+    let mx = ds
+        .par_iter_mut()
+        .zip(p.mant.par_chunks(cw).zip(dp.mant.par_chunks(cw)))
+        .with_min_len(rows_per_task(cols))
+        .map(|(dr, (pm, dm))| {
+            let d = row_d(pm, dm);
+            *dr = d;
+            pm.iter()
+                .zip(dm)
+                .map(|(&a, &b)| w(a, b, d).unsigned_abs())
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    let k = requant_shift(mx, B16_MANT_MAX);
+    let narrow = mx <= i64::MAX as u128;
+    let mut mant = vec![0i32; rows * cols];
+    mant.par_chunks_mut(cw)
+        .zip(ds.par_iter())
+        .zip(p.mant.par_chunks(cw).zip(dp.mant.par_chunks(cw)))
+        .with_min_len(rows_per_task(cols))
+        .for_each(|((out, &d), (pm, dm))| {
+            for ((o, &a), &b) in out.iter_mut().zip(pm).zip(dm) {
+                let v = w(a, b, d);
+                *o = if narrow {
+                    rhe64(v as i64, k) as i32
+                } else {
+                    rhe(v, k) as i32
+                };
+            }
+        });
+    let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
+    finish(OP, mant, e, k)
+}
+
+/// [`crate::kernels::Kernels::cross_entropy`]: softmax rows as in [`softmax`] (scale 1.0);
+/// `(p − [j = t]·2^30)·2^10` is below `2^41` and the gradient below `2^40`, in i64.
+pub(crate) fn cross_entropy(
+    logits: &Bfp,
+    targets: &[u32],
+    rows: usize,
+    cols: usize,
+) -> Result<(i64, Bfp), KernelError> {
+    const OP: &str = "cross_entropy";
+    if let Some(early) = check_cross_entropy(logits, targets, rows, cols)? {
+        return Ok(early);
+    }
+    let tables = exp2_tables();
+    let arg = SoftmaxArg::new(logits.exp, 1 << 16);
+    let by_rows = DivRhe::new(rows as i128, 10);
+    let mut wide = vec![0i64; rows * cols];
+    let loss: i64 = wide
+        .par_chunks_mut(cols)
+        .zip(logits.mant.par_chunks(cols))
+        .zip(targets.par_iter())
+        .with_min_len(rows_per_task(cols))
+        .map_init(Vec::new, |ey: &mut Vec<(i64, i64)>, ((out, xm), &t)| {
+            let m0 = xm.iter().copied().max().unwrap_or(0);
+            ey.clear();
+            ey.extend(xm.iter().map(|&m| {
+                let y = arg.y(m0 - m);
+                (exp2_q31(tables, y), y)
+            }));
+            let total: i64 = ey.iter().map(|&(e, _)| e).sum();
+            let div = DivRhe::new(total as i128, 30);
+            for (j, (o, &(e, _))) in out.iter_mut().zip(ey.iter()).enumerate() {
+                let pq = div.div(e) as i64;
+                let y = if j == t as usize { 1i64 << 30 } else { 0 };
+                *o = by_rows.div(pq - y) as i64;
+            }
+            let yt = ey[t as usize].1 as i128;
+            let l2 = log2_q16(total as u64) as i128 - (31 << 16) + yt;
+            rhe(l2 * LN2_Q30, 30) as i64
+        })
+        .sum();
+    let g = requant_i64(OP, &wide, -40, B16_MANT_MAX)?;
+    Ok((loss, g))
+}
+
+/// GELU's `(σ, g)` for one mantissa (`σ` the Q31 sigmoid of [`crate::kernels::Kernels::gelu`],
+/// `g` the derivative factor of `gelu_bwd`), in i64. Bounds: `|m·GELU_K_Q16| < 2^32`; after
+/// the shift and clamp `|z| ≤ 2^40`. For `|z| ≥ 2^22`, `y = rhe(|z|·LOG2E_Q30, 30) ≥ 1.44·2^22
+/// − 1/2 ≥ 2^22`, so `E = 0` (the exp2 integer part is `≥ 64`), hence `σ ∈ {0, 2^31}` and
+/// `t = σ·(2^31 − σ) = 0`; otherwise `|z|·LOG2E_Q30 < 2^53` and `|z·t| < 2^22·2^29`. `E ≤ 2^31`,
+/// so `E·2^31`, `2^62` and `σ·(2^31 − σ) ≤ 2^60` fit in i64.
+fn gelu_sg(t: &Exp2Tables, m: i32, exp: i32) -> (i64, i64) {
+    const Z_E_ZERO_MIN: i64 = 1 << 22;
+    let x = m as i64 * GELU_K_Q16;
+    let sh = -(exp as i64);
+    let z = if sh >= 0 {
+        rhe64(x, sh.min(127) as u32)
+    } else if x == 0 {
+        0
+    } else if bitlen(x.unsigned_abs() as u128) as i64 - sh > 40 {
+        x.signum() * EXP_ARG_SAT as i64
+    } else {
+        x << (-sh)
+    };
+    let e = if z.abs() >= Z_E_ZERO_MIN {
+        0
+    } else {
+        exp2_q31(t, rhe64(z.abs() * LOG2E_Q30 as i64, 30))
+    };
+    let one = 1i64 << 31;
+    let s = if z >= 0 {
+        div_rhe_small(1 << 62, one + e)
+    } else {
+        div_rhe_small(e << 31, one + e)
+    };
+    let tt = rhe64(s * (one - s), 31);
+    let g = if tt == 0 {
+        s
+    } else {
+        debug_assert!(z.abs() < Z_E_ZERO_MIN);
+        s + rhe64(z * tt, 16)
+    };
+    (s, g)
+}
+
+/// Number of distinct B16 mantissas, the length of a GELU table.
+const GELU_TABLE_LEN: usize = 2 * B16_MANT_MAX as usize + 1;
+
+/// Smallest tensor for which a (not yet cached) GELU table is built: building costs about as
+/// much as evaluating this many elements directly.
+const GELU_TABLE_BUILD_MIN_LEN: usize = GELU_TABLE_LEN / 2;
+
+/// Number of GELU tables kept (one per input exponent, most recently used first).
+const GELU_CACHE_LEN: usize = 8;
+
+/// `(σ, g)` of every B16 mantissa for one exponent: a pure function of `(m, exp)`, so looking
+/// it up gives the same bits as computing it.
+struct GeluTable {
+    sg: Vec<(i64, i64)>,
+}
+
+/// Tables of recent exponents: the forward and backward of one layer share `x`, and
+/// activations keep their exponent over many steps.
+static GELU_CACHE: Mutex<Vec<(i32, Arc<GeluTable>)>> = Mutex::new(Vec::new());
+
+/// The cached table of `exp`, or a new one if the tensor is large enough to pay for it.
+fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
+    {
+        let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cache.iter().position(|(e, _)| *e == exp) {
+            let hit = cache.remove(i);
+            let table = hit.1.clone();
+            cache.insert(0, hit);
+            return Some(table);
+        }
+    }
+    if len < GELU_TABLE_BUILD_MIN_LEN {
+        return None;
+    }
+    let t = exp2_tables();
+    let sg = (0..GELU_TABLE_LEN)
+        .into_par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|i| gelu_sg(t, i as i32 - B16_MANT_MAX, exp))
+        .collect();
+    let table = Arc::new(GeluTable { sg });
+    let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.insert(0, (exp, table.clone()));
+    cache.truncate(GELU_CACHE_LEN);
+    Some(table)
+}
+
+/// [`crate::kernels::Kernels::gelu`]: `|m·σ| ≤ 2^15·2^31` fits in i64.
+pub(crate) fn gelu(x: &Bfp) -> Result<Bfp, KernelError> {
+    const OP: &str = "gelu";
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    let base = x.exp as i64 - 31;
+    match gelu_table(x.exp, x.len()) {
+        Some(tab) => requant_map1(OP, &x.mant, base, B16_MANT_MAX, |m| {
+            m as i64 * tab.sg[(m + B16_MANT_MAX) as usize].0
+        }),
+        None => {
+            let t = exp2_tables();
+            let wide: Vec<i64> = x
+                .mant
+                .par_iter()
+                .with_min_len(PAR_MIN_LEN)
+                .map(|&m| m as i64 * gelu_sg(t, m, x.exp).0)
+                .collect();
+            requant_i64(OP, &wide, base, B16_MANT_MAX)
+        }
+    }
+}
+
+/// [`crate::kernels::Kernels::gelu_bwd`]: `|g| < 2^31 + 2^35` (see [`gelu_sg`]), so
+/// `|dy·g| < 2^51` fits in i64.
+pub(crate) fn gelu_bwd(x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+    const OP: &str = "gelu_bwd";
+    check_gelu_bwd(x, dy)?;
+    let base = dy.exp as i64 - 31;
+    match gelu_table(x.exp, x.len()) {
+        Some(tab) => requant_map2(OP, &x.mant, &dy.mant, base, B16_MANT_MAX, |m, d| {
+            d as i64 * tab.sg[(m + B16_MANT_MAX) as usize].1
+        }),
+        None => {
+            let t = exp2_tables();
+            let wide: Vec<i64> = x
+                .mant
+                .par_iter()
+                .zip(dy.mant.par_iter())
+                .with_min_len(PAR_MIN_LEN)
+                .map(|(&m, &d)| d as i64 * gelu_sg(t, m, x.exp).1)
+                .collect();
+            requant_i64(OP, &wide, base, B16_MANT_MAX)
+        }
+    }
+}
+
+/// [`crate::kernels::Kernels::scatter_add_rows`]: at most `2^28` B16 values add up to less
+/// than `2^43`, exact in i64.
+pub(crate) fn scatter_add_rows(
+    src: &Bfp,
+    idx: &[u32],
+    out_rows: usize,
+    cols: usize,
+) -> Result<Bfp, KernelError> {
+    const OP: &str = "scatter_add_rows";
+    check_scatter_add_rows(src, idx, out_rows, cols)?;
+    let mut wide = vec![0i64; out_rows * cols];
+    if cols > 0 {
+        for (&t, row) in idx.iter().zip(src.mant.chunks(cols)) {
+            let dst = &mut wide[t as usize * cols..(t as usize + 1) * cols];
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d += v as i64;
+            }
+        }
+    }
+    requant_i64(OP, &wide, src.exp as i64, B16_MANT_MAX)
+}
+
+/// [`crate::kernels::Kernels::sum_squares`]: squares are below `2^30` and there are at most
+/// `2^28` of them, so the sum fits in u64.
+pub(crate) fn sum_squares(x: &Bfp) -> Result<u128, KernelError> {
+    check_mant("sum_squares", "x", &x.mant, B16_MANT_MAX)?;
+    Ok(x.mant
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|&v| (v as i64 * v as i64) as u64)
+        .sum::<u64>() as u128)
+}
+
+/// Largest `|c_q30|` for which `m · c_q30` fits in i64 for every B16 `m`:
+/// `32767 · 2^48 < 2^63`.
+const SCALE_NARROW_MAX: i64 = 1 << 48;
+
+/// [`crate::kernels::Kernels::scale`].
+pub(crate) fn scale(x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+    const OP: &str = "scale";
+    check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    let base = x.exp as i64 - 30;
+    if c_q30.unsigned_abs() <= SCALE_NARROW_MAX as u64 {
+        return requant_map1(OP, &x.mant, base, B16_MANT_MAX, |v| v as i64 * c_q30);
+    }
+    let wide: Vec<i128> = x
+        .mant
+        .par_iter()
+        .with_min_len(PAR_MIN_LEN)
+        .map(|&v| v as i128 * c_q30 as i128)
+        .collect();
+    requant_i128(OP, &wide, base, B16_MANT_MAX)
+}
+
+/// Exact floor square root of `x < 2^104` (so the root is below `2^52` and its square is an
+/// exact i128 product): the f64 root of the top bits is within a few units, then corrected
+/// like [`isqrt`] does. Larger `x` go to [`isqrt`].
+#[inline]
+fn isqrt_fast(x: u128) -> u64 {
+    const FAST_MAX: u128 = 1 << 104;
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    if x >= FAST_MAX {
+        return isqrt(x) as u64;
+    }
+    // x as f64 from its two 64-bit halves: relative error about 2^−52, so the root is off by
+    // about one unit (the root is below 2^52).
+    let xf = ((x >> 64) as u64 as f64) * TWO_POW_64 + (x as u64) as f64;
+    let mut r = xf.sqrt() as u64 as u128;
+    while r * r > x {
+        r -= 1;
+    }
+    while (r + 1) * (r + 1) <= x {
+        r += 1;
+    }
+    r as u64
+}
+
+/// Elements per rayon task in `adamw` (each element is a few dozen operations).
+const ADAM_CHUNK: usize = 1 << 12;
+
+/// [`crate::kernels::Kernels::adamw`], the rule of [`AdamStep`] in three fused passes instead
+/// of five `Vec<i128>` sweeps. The wide moments use the reference's i128 expressions (so even
+/// out-of-range hyperparameters wrap identically); 64 bits are used where the bound is
+/// structural: aligned B16 values (`≤ 2^15·2^40 < 2^63`), `m'·2^30 < 2^45`, and the isqrt of
+/// values below `2^104`. Since isqrt is monotone, `max r'` is the root of `max w`... but the
+/// shifted values are only compared after the shift, so the roots are kept (u64) instead.
+pub(crate) fn adamw(
+    p: &Bfp,
+    g: &Bfp,
+    m: &Bfp,
+    r: &Bfp,
+    st: &AdamStep,
+) -> Result<(Bfp, Bfp, Bfp), KernelError> {
+    const OP: &str = "adamw";
+    check_adamw(p, g, m, r)?;
+    let n = p.len();
+    let one = 1i128 << 30;
+    let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
+    // 1. first moment, aligned to e0
+    let e0 = align_exp(m.exp, g.exp);
+    let (am, ag) = (Align::new(m.exp, e0), Align::new(g.exp, e0));
+    let wm = move |a: i32, b: i32| {
+        b1 * am.apply(a as i64) as i128 + (one - b1) * ag.apply(b as i64) as i128
+    };
+    // 2. second moment, aligned to e1
+    let (er, eg) = (2 * r.exp, 2 * g.exp);
+    let e1 = align_exp(er, eg);
+    let (ar, ag2) = (Align::new(er, e1), Align::new(eg, e1));
+    let mut ev = e1 as i64 - 30;
+    let odd = ev % 2 != 0;
+    let wv = move |a: i32, b: i32| {
+        let (a2, b2g) = (a as i64 * a as i64, b as i64 * b as i64);
+        let w = b2 * ar.apply_wide(a2) + (one - b2) * ag2.apply_wide(b2g);
+        if odd {
+            w << 1
+        } else {
+            w
+        }
+    };
+    if odd {
+        ev -= 1;
+    }
+    // Pass 1: max |wm| and the (signed) max of wv.
+    let (mx_m, mx_v) = m
+        .mant
+        .par_chunks(ADAM_CHUNK)
+        .zip(g.mant.par_chunks(ADAM_CHUNK))
+        .zip(r.mant.par_chunks(ADAM_CHUNK))
+        .map(|((mc, gc), rc)| {
+            let mut mm = 0u128;
+            let mut mv = i128::MIN;
+            for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
+                mm = mm.max(wm(a, b).unsigned_abs());
+                mv = mv.max(wv(c, b));
+            }
+            (mm, mv)
+        })
+        .reduce(|| (0, i128::MIN), |x, y| (x.0.max(y.0), x.1.max(y.1)));
+    let mx_v = if n == 0 { 0 } else { mx_v };
+    let k_m = requant_shift(mx_m, B16_MANT_MAX);
+    let s = (100i64 - bitlen(mx_v as u128) as i64).max(0) / 2;
+    let m_exp = checked_exp(OP, e0 as i64 - 30, k_m as i64)?;
+    // Pass 2: m' mantissas and the roots q (u64: isqrt of a u128 is below 2^64).
+    let mut m2 = vec![0i32; n];
+    let mut q = vec![0u64; n];
+    let mx_q = m2
+        .par_chunks_mut(ADAM_CHUNK)
+        .zip(q.par_chunks_mut(ADAM_CHUNK))
+        .zip(
+            m.mant
+                .par_chunks(ADAM_CHUNK)
+                .zip(g.mant.par_chunks(ADAM_CHUNK))
+                .zip(r.mant.par_chunks(ADAM_CHUNK)),
+        )
+        .map(|((m2c, qc), ((mc, gc), rc))| {
+            let mut mq = 0u64;
+            for ((((o, qo), &a), &b), &c) in m2c.iter_mut().zip(qc).zip(mc).zip(gc).zip(rc) {
+                *o = rhe_wide(wm(a, b), k_m) as i32;
+                let root = isqrt_fast((wv(c, b) as u128) << (2 * s));
+                *qo = root;
+                mq = mq.max(root);
+            }
+            mq
+        })
+        .max()
+        .unwrap_or(0);
+    let k_r = requant_shift(mx_q as u128, B16_MANT_MAX);
+    let r_exp = checked_exp(OP, ev / 2 - s, k_r as i64)?;
+    // Pass 3: r' mantissas and the parameter update.
+    let ea = m_exp as i64 - r_exp as i64 - 70;
+    let sh = (p.exp as i64 - 16) - ea;
+    let (alpha, decay) = (st.alpha_q40 as i128, st.decay_q40 as i128);
+    let mut r2 = vec![0i32; n];
+    let mut wp = vec![0i128; n];
+    let mx_p = r2
+        .par_chunks_mut(ADAM_CHUNK)
+        .zip(wp.par_chunks_mut(ADAM_CHUNK))
+        .zip(
+            q.par_chunks(ADAM_CHUNK)
+                .zip(m2.par_chunks(ADAM_CHUNK))
+                .zip(p.mant.par_chunks(ADAM_CHUNK)),
+        )
+        .map(|((r2c, wpc), ((qc, m2c), pc))| {
+            let mut mp = 0u128;
+            for ((((ro, wo), &qv), &mm), &pm) in r2c.iter_mut().zip(wpc).zip(qc).zip(m2c).zip(pc) {
+                let rm = rhe_wide(qv as i128, k_r) as i32;
+                *ro = rm;
+                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15].
+                let u = div_rhe_small((mm as i64) << 30, rm as i64 + 1) as i128;
+                let a = if sh >= 0 {
+                    rhe_wide(alpha * u, sh.min(127) as u32)
+                } else {
+                    shift_sat(alpha * u, sh)
+                };
+                let d = rhe_wide(decay * pm as i128, 24);
+                let w = ((pm as i128) << 16) - d - a;
+                *wo = w;
+                mp = mp.max(w.unsigned_abs());
+            }
+            mp
+        })
+        .max()
+        .unwrap_or(0);
+    let k_p = requant_shift(mx_p, WIDE_MANT_MAX);
+    let p_mant = if mx_p <= i64::MAX as u128 {
+        wp.par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&w| rhe64(w as i64, k_p) as i32)
+            .collect()
+    } else {
+        wp.par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|&w| rhe(w, k_p) as i32)
+            .collect()
+    };
+    let p2 = finish(OP, p_mant, p.exp as i64 - 16, k_p)?;
+    Ok((p2, Bfp::new(m2, m_exp), Bfp::new(r2, r_exp)))
+}

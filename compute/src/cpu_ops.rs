@@ -32,80 +32,124 @@ mod tests;
 /// Smallest number of elements per rayon task: below it, fork/join costs more than it saves.
 pub(crate) const PAR_MIN_LEN: usize = 1 << 12;
 
-/// Largest quotient estimate [`DivRhe`] trusts: below `2^52` the f64 estimate is within a few
-/// units of the exact quotient, so the remainder correction takes a few steps at most.
+/// Largest quotient estimate [`DivRhe`] trusts: the f64 estimate has a relative error below
+/// `2^−51` (three roundings of `2^−53`), so below `2^52` it is within 3 units of the exact
+/// quotient once truncated.
 const QUOT_EST_MAX: f64 = (1u64 << 52) as f64;
 
-/// Largest divisor [`DivRhe`] handles without i128 division: with `|q| < 2^52` and `d < 2^64`,
-/// `q·d < 2^116` cannot overflow i128.
+/// Largest divisor for which [`DivRhe`] computes remainders in wrapping i64: with the quotient
+/// estimate within 3 units, the exact remainder `n·2^s − q·d` is below `4·d ≤ 2^62` in
+/// magnitude, so its value modulo `2^64` (what wrapping arithmetic computes) is the value.
+const DIV_NARROW_DIVISOR_MAX: i128 = 1 << 60;
+
+/// Largest divisor for which [`DivRhe`] uses the estimate at all (remainders in i128): with
+/// `q < 2^52`, `q·d < 2^116` cannot overflow.
 const DIV_FAST_DIVISOR_MAX: i128 = 1 << 64;
 
 /// Exact `div_rhe(n · 2^s, d)` (division rounded half to even) for many numerators `n` and one
-/// divisor `d > 0`, without i128 division: an f64 estimate `q ≈ n·2^s/d`, then the exact i128
-/// remainder `n·2^s − q·d` moves `q` to the floor (`0 ≤ r < d`), then the rounding of
-/// [`div_rhe`]. The estimate only decides how many correction steps run, never the result.
-/// Falls back to [`div_rhe`] when the estimate is `≥ 2^52` (or not finite) or `d ≥ 2^64`.
+/// divisor `d > 0`, without i128 division. `div_rhe` is odd-symmetric (`rhe(−x) = −rhe(x)`,
+/// ties to even being sign-symmetric), so it divides `|n|`: the truncated f64 estimate of a
+/// nonnegative quotient is then almost always its floor, the correction loops are almost never
+/// taken, and the rounding is branch-free. The estimate only decides how many correction steps
+/// run, never the result. Falls back to [`div_rhe`] when the estimate is `≥ 2^52` (or not
+/// finite) or `d ≥ 2^64`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DivRhe {
     d: i128,
     s: u32,
     /// `2^s / d` in f64, or NaN to force the exact fallback.
     mul: f64,
+    /// `d ≤ DIV_NARROW_DIVISOR_MAX`: remainders in wrapping i64.
+    narrow: bool,
 }
 
 impl DivRhe {
     /// Divisor `d > 0`, numerators shifted left by `s ≤ 63` bits (so `n·2^s` fits in i128).
     pub(crate) fn new(d: i128, s: u32) -> Self {
         debug_assert!(d > 0 && s <= 63);
-        let mul = if d < DIV_FAST_DIVISOR_MAX {
+        let mul = if d > 0 && d < DIV_FAST_DIVISOR_MAX {
             2f64.powi(s as i32) / d as f64
         } else {
             f64::NAN
         };
-        Self { d, s, mul }
+        Self {
+            d,
+            s,
+            mul,
+            narrow: d <= DIV_NARROW_DIVISOR_MAX,
+        }
     }
 
     /// `div_rhe(n · 2^s, d)`.
     #[inline]
     pub(crate) fn div(&self, n: i64) -> i128 {
-        let num = (n as i128) << self.s;
-        let est = n as f64 * self.mul;
-        // NaN fails the comparison too.
-        if !(est.abs() < QUOT_EST_MAX) {
-            return div_rhe(num, self.d);
+        let a = n.unsigned_abs();
+        // Signed conversion (one instruction); `a = 2^63` becomes negative and takes the
+        // fallback, as does a NaN estimate.
+        let est = a as i64 as f64 * self.mul;
+        if !(0.0..QUOT_EST_MAX).contains(&est) {
+            return div_rhe((n as i128) << self.s, self.d);
         }
-        let d = self.d;
-        let mut q = est as i64 as i128;
-        let mut r = num - q * d;
-        while r < 0 {
-            q -= 1;
-            r += d;
-        }
-        while r >= d {
-            q += 1;
-            r -= d;
-        }
-        let twice = 2 * r;
-        if twice > d || (twice == d && q & 1 == 1) {
-            q + 1
+        let q = if self.narrow {
+            let d = self.d as i64;
+            let mut q = est as i64;
+            let mut r = (a << self.s).wrapping_sub((q as u64).wrapping_mul(d as u64)) as i64;
+            while r < 0 {
+                q -= 1;
+                r += d;
+            }
+            while r >= d {
+                q += 1;
+                r -= d;
+            }
+            round_up(q, r as u64, d as u64) as i128
+        } else {
+            let d = self.d;
+            let mut q = est as i64 as i128;
+            let mut r = ((a as i128) << self.s) - q * d;
+            while r < 0 {
+                q -= 1;
+                r += d;
+            }
+            while r >= d {
+                q += 1;
+                r -= d;
+            }
+            let twice = 2 * r;
+            q + ((twice > d) | ((twice == d) & (q & 1 == 1))) as i128
+        };
+        if n < 0 {
+            -q
         } else {
             q
         }
     }
 }
 
+/// `q` rounded up by the remainder `0 ≤ r < d` as in `div_rhe`: `q + 1` iff `2r > d`, or
+/// `2r = d` and `q` is odd; branch-free. `d < 2^63`, so `2r` does not overflow u64.
+#[inline]
+fn round_up(q: i64, r: u64, d: u64) -> i64 {
+    let twice = 2 * r;
+    q + ((twice > d) as i64 | ((twice == d) as i64 & q & 1))
+}
+
 /// `div_rhe(n, d)` for one numerator and divisor, both below `2^52` in magnitude (`d > 0`):
-/// the f64 quotient is within one unit of the exact one, and the exact i64 remainder corrects
-/// it. Same result as [`div_rhe`] for every input (falls back to it outside the range).
+/// the f64 quotient of `|n|` (two exact operands, one rounding) truncates to the floor or one
+/// below, and the exact i64 remainder corrects it. Same result as [`div_rhe`] for every input
+/// (falls back to it outside the range).
 #[inline]
 fn div_rhe_small(n: i64, d: i64) -> i64 {
-    const SMALL_MAX: i64 = 1 << 52;
-    if n.unsigned_abs() >= SMALL_MAX as u64 || d >= SMALL_MAX || d <= 0 {
+    const SMALL_MAX: u64 = 1 << 52;
+    let a = n.unsigned_abs();
+    if a >= SMALL_MAX || d as u64 >= SMALL_MAX || d <= 0 {
         return div_rhe(n as i128, d as i128) as i64;
     }
-    // |n|, d < 2^52: every product and remainder below fits i64.
-    let mut q = (n as f64 / d as f64) as i64;
-    let mut r = n - q * d;
+    // a, d < 2^52: every product and remainder below fits i64.
+    let a = a as i64;
+    // Both below 2^52: the i64 → f64 conversions are exact.
+    let mut q = (a as f64 / d as f64) as i64;
+    let mut r = a - q * d;
     while r < 0 {
         q -= 1;
         r += d;
@@ -114,9 +158,9 @@ fn div_rhe_small(n: i64, d: i64) -> i64 {
         q += 1;
         r -= d;
     }
-    let twice = 2 * r;
-    if twice > d || (twice == d && q & 1 == 1) {
-        q + 1
+    let q = round_up(q, r as u64, d as u64);
+    if n < 0 {
+        -q
     } else {
         q
     }
@@ -131,12 +175,96 @@ fn rhe_wide(x: i128, k: u32) -> i128 {
     }
 }
 
+/// [`rhe64`] by one shift `k` with its constants hoisted out of the loops (the same formula).
+#[derive(Clone, Copy)]
+struct Rhe {
+    k: u32,
+    mask: i64,
+    bias: i64,
+}
+
+impl Rhe {
+    /// Largest shift of the inline formula of [`rhe64`].
+    const INLINE_K_MAX: u32 = 61;
+
+    fn new(k: u32) -> Self {
+        let (mask, bias) = if k == 0 || k > Self::INLINE_K_MAX {
+            (0, 0)
+        } else {
+            ((1i64 << k) - 1, (1i64 << (k - 1)) - 1)
+        };
+        Self { k, mask, bias }
+    }
+
+    /// `rhe(s, k)`.
+    #[inline]
+    fn round(self, s: i64) -> i64 {
+        if self.k == 0 {
+            s
+        } else if self.k > Self::INLINE_K_MAX {
+            rhe64(s, self.k)
+        } else {
+            let q = s >> self.k;
+            q + (((s & self.mask) + self.bias + (q & 1)) >> self.k)
+        }
+    }
+}
+
 /// The tensor result: mantissas with exponent `base_exp + k`, or `ExponentRange`.
 fn finish(op: &'static str, mant: Vec<i32>, base_exp: i64, k: u32) -> Result<Bfp, KernelError> {
     Ok(Bfp {
         mant,
         exp: checked_exp(op, base_exp, k as i64)?,
     })
+}
+
+/// Largest `|f(v)|` over `x`, in parallel chunks of plain loops.
+fn max_abs1<F: Fn(i32) -> i64 + Sync>(x: &[i32], f: F) -> u64 {
+    x.par_chunks(PAR_MIN_LEN)
+        .map(|c| c.iter().fold(0u64, |m, &v| m.max(f(v).unsigned_abs())))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Largest `|f(v, w)|` over `x`, `y` (equal lengths).
+fn max_abs2<F: Fn(i32, i32) -> i64 + Sync>(x: &[i32], y: &[i32], f: F) -> u64 {
+    x.par_chunks(PAR_MIN_LEN)
+        .zip(y.par_chunks(PAR_MIN_LEN))
+        .map(|(c, d)| {
+            c.iter()
+                .zip(d)
+                .fold(0u64, |m, (&v, &w)| m.max(f(v, w).unsigned_abs()))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `rhe(f(v), k)` for every `v` of `x`.
+fn round1<F: Fn(i32) -> i64 + Sync>(x: &[i32], k: u32, f: F) -> Vec<i32> {
+    let rh = Rhe::new(k);
+    let mut out = vec![0i32; x.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(x.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| {
+            for (o, &v) in o.iter_mut().zip(c) {
+                *o = rh.round(f(v)) as i32;
+            }
+        });
+    out
+}
+
+/// `rhe(f(v, w), k)` for every pair of `x`, `y` (equal lengths).
+fn round2<F: Fn(i32, i32) -> i64 + Sync>(x: &[i32], y: &[i32], k: u32, f: F) -> Vec<i32> {
+    let rh = Rhe::new(k);
+    let mut out = vec![0i32; x.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(x.par_chunks(PAR_MIN_LEN).zip(y.par_chunks(PAR_MIN_LEN)))
+        .for_each(|(o, (c, d))| {
+            for ((o, &v), &w) in o.iter_mut().zip(c).zip(d) {
+                *o = rh.round(f(v, w)) as i32;
+            }
+        });
+    out
 }
 
 /// Requantizes exact i64 values like [`crate::kernels::requant_wide`] does their i128 copies
@@ -148,18 +276,26 @@ fn requant_i64(
     mant_max: i32,
 ) -> Result<Bfp, KernelError> {
     let mx = wide
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|v| v.unsigned_abs())
+        .par_chunks(PAR_MIN_LEN)
+        .map(|c| c.iter().fold(0u64, |m, v| m.max(v.unsigned_abs())))
         .max()
         .unwrap_or(0);
     let k = requant_shift(mx as u128, mant_max);
-    let mant = wide
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|&v| rhe64(v, k) as i32)
-        .collect();
-    finish(op, mant, base_exp, k)
+    finish(op, round_i64(wide, k), base_exp, k)
+}
+
+/// `rhe(v, k)` of every value.
+fn round_i64(wide: &[i64], k: u32) -> Vec<i32> {
+    let rh = Rhe::new(k);
+    let mut mant = vec![0i32; wide.len()];
+    mant.par_chunks_mut(PAR_MIN_LEN)
+        .zip(wide.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| {
+            for (o, &v) in o.iter_mut().zip(c) {
+                *o = rh.round(v) as i32;
+            }
+        });
+    mant
 }
 
 /// Requantizes exact i128 values like [`crate::kernels::requant_wide`], in 64 bits when the
@@ -171,23 +307,25 @@ fn requant_i128(
     mant_max: i32,
 ) -> Result<Bfp, KernelError> {
     let mx = wide
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|v| v.unsigned_abs())
+        .par_chunks(PAR_MIN_LEN)
+        .map(|c| c.iter().fold(0u128, |m, v| m.max(v.unsigned_abs())))
         .max()
         .unwrap_or(0);
     let k = requant_shift(mx, mant_max);
-    let mant = if mx <= i64::MAX as u128 {
-        wide.par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&v| rhe64(v as i64, k) as i32)
-            .collect()
-    } else {
-        wide.par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&v| rhe(v, k) as i32)
-            .collect()
-    };
+    let narrow = mx <= i64::MAX as u128;
+    let rh = Rhe::new(k);
+    let mut mant = vec![0i32; wide.len()];
+    mant.par_chunks_mut(PAR_MIN_LEN)
+        .zip(wide.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| {
+            for (o, &v) in o.iter_mut().zip(c) {
+                *o = if narrow {
+                    rh.round(v as i64) as i32
+                } else {
+                    rhe(v, k) as i32
+                };
+            }
+        });
     finish(op, mant, base_exp, k)
 }
 
@@ -203,19 +341,8 @@ fn requant_map1<F>(
 where
     F: Fn(i32) -> i64 + Sync,
 {
-    let mx = x
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|&v| f(v).unsigned_abs())
-        .max()
-        .unwrap_or(0);
-    let k = requant_shift(mx as u128, mant_max);
-    let mant = x
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|&v| rhe64(f(v), k) as i32)
-        .collect();
-    finish(op, mant, base_exp, k)
+    let k = requant_shift(max_abs1(x, &f) as u128, mant_max);
+    finish(op, round1(x, k, f), base_exp, k)
 }
 
 /// [`requant_map1`] for elementwise functions of two tensors of equal length.
@@ -230,21 +357,8 @@ fn requant_map2<F>(
 where
     F: Fn(i32, i32) -> i64 + Sync,
 {
-    let mx = x
-        .par_iter()
-        .zip(y.par_iter())
-        .with_min_len(PAR_MIN_LEN)
-        .map(|(&a, &b)| f(a, b).unsigned_abs())
-        .max()
-        .unwrap_or(0);
-    let k = requant_shift(mx as u128, mant_max);
-    let mant = x
-        .par_iter()
-        .zip(y.par_iter())
-        .with_min_len(PAR_MIN_LEN)
-        .map(|(&a, &b)| rhe64(f(a, b), k) as i32)
-        .collect();
-    finish(op, mant, base_exp, k)
+    let k = requant_shift(max_abs2(x, y, &f) as u128, mant_max);
+    finish(op, round2(x, y, k, f), base_exp, k)
 }
 
 /// The alignment of one operand to the common exponent `e0` (see
@@ -320,22 +434,11 @@ pub(crate) fn add(a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
 /// shift of 0 is a copy.
 pub(crate) fn requant(x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
     const OP: &str = "requant";
-    let mx = x
-        .mant
-        .par_iter()
-        .with_min_len(PAR_MIN_LEN)
-        .map(|v| v.unsigned_abs())
-        .max()
-        .unwrap_or(0);
-    let k = requant_shift(mx as u128, mant_max);
+    let k = requant_shift(max_abs1(&x.mant, |v| v as i64) as u128, mant_max);
     let mant = if k == 0 {
         x.mant.clone()
     } else {
-        x.mant
-            .par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&v| rhe64(v as i64, k) as i32)
-            .collect()
+        round1(&x.mant, k, |v| v as i64)
     };
     finish(OP, mant, x.exp as i64, k)
 }
@@ -351,11 +454,7 @@ pub(crate) fn rescale(x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
     let mant = if k == 0 {
         x.mant.clone()
     } else {
-        x.mant
-            .par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&v| rhe64(v as i64, k) as i32)
-            .collect()
+        round1(&x.mant, k, |v| v as i64)
     };
     Ok(Bfp::new(mant, exp))
 }
@@ -380,13 +479,14 @@ pub(crate) fn mul_cols(x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp
         .max()
         .unwrap_or(0);
     let k = requant_shift(mx as u128, B16_MANT_MAX);
+    let rh = Rhe::new(k);
     let mut mant = vec![0i32; x.len()];
     mant.par_chunks_mut(cols.max(1))
         .zip(x.mant.par_chunks(cols.max(1)))
         .with_min_len(row_min)
         .for_each(|(out, row)| {
             for ((o, &v), &c) in out.iter_mut().zip(row).zip(&w.mant) {
-                *o = rhe64(v as i64 * c as i64, k) as i32;
+                *o = rh.round(v as i64 * c as i64) as i32;
             }
         });
     finish(OP, mant, base, k)
@@ -800,7 +900,10 @@ const GELU_CACHE_LEN: usize = 8;
 /// `(σ, g)` of every B16 mantissa for one exponent: a pure function of `(m, exp)`, so looking
 /// it up gives the same bits as computing it.
 struct GeluTable {
-    sg: Vec<(i64, i64)>,
+    /// `σ ∈ [0, 2^31]`, so u32 (a quarter of the cache footprint of `(i64, i64)`).
+    sigma: Vec<u32>,
+    /// `g`, `|g| < 2^36`.
+    g: Vec<i64>,
 }
 
 /// Tables of recent exponents: the forward and backward of one layer share `x`, and
@@ -822,12 +925,15 @@ fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
         return None;
     }
     let t = exp2_tables();
-    let sg = (0..GELU_TABLE_LEN)
+    let (sigma, g) = (0..GELU_TABLE_LEN)
         .into_par_iter()
         .with_min_len(PAR_MIN_LEN)
-        .map(|i| gelu_sg(t, i as i32 - B16_MANT_MAX, exp))
-        .collect();
-    let table = Arc::new(GeluTable { sg });
+        .map(|i| {
+            let (s, g) = gelu_sg(t, i as i32 - B16_MANT_MAX, exp);
+            (s as u32, g)
+        })
+        .unzip();
+    let table = Arc::new(GeluTable { sigma, g });
     let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
     cache.insert(0, (exp, table.clone()));
     cache.truncate(GELU_CACHE_LEN);
@@ -841,7 +947,7 @@ pub(crate) fn gelu(x: &Bfp) -> Result<Bfp, KernelError> {
     let base = x.exp as i64 - 31;
     match gelu_table(x.exp, x.len()) {
         Some(tab) => requant_map1(OP, &x.mant, base, B16_MANT_MAX, |m| {
-            m as i64 * tab.sg[(m + B16_MANT_MAX) as usize].0
+            m as i64 * tab.sigma[(m + B16_MANT_MAX) as usize] as i64
         }),
         None => {
             let t = exp2_tables();
@@ -864,7 +970,7 @@ pub(crate) fn gelu_bwd(x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
     let base = dy.exp as i64 - 31;
     match gelu_table(x.exp, x.len()) {
         Some(tab) => requant_map2(OP, &x.mant, &dy.mant, base, B16_MANT_MAX, |m, d| {
-            d as i64 * tab.sg[(m + B16_MANT_MAX) as usize].1
+            d as i64 * tab.g[(m + B16_MANT_MAX) as usize]
         }),
         None => {
             let t = exp2_tables();
@@ -934,27 +1040,27 @@ pub(crate) fn scale(x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
     requant_i128(OP, &wide, base, B16_MANT_MAX)
 }
 
-/// Exact floor square root of `x < 2^104` (so the root is below `2^52` and its square is an
-/// exact i128 product): the f64 root of the top bits is within a few units, then corrected
-/// like [`isqrt`] does. Larger `x` go to [`isqrt`].
+/// Exact floor square root of `x < 2^104` (so the root is below `2^52` and its square is one
+/// 64×64-bit product): the f64 root of the top 62 bits of `x` (an even shift `2h` dropped,
+/// restored as `2^h`) is within a unit or two, then corrected like [`isqrt`] does. Larger `x`
+/// go to [`isqrt`].
 #[inline]
 fn isqrt_fast(x: u128) -> u64 {
     const FAST_MAX: u128 = 1 << 104;
-    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
     if x >= FAST_MAX {
         return isqrt(x) as u64;
     }
-    // x as f64 from its two 64-bit halves: relative error about 2^−52, so the root is off by
-    // about one unit (the root is below 2^52).
-    let xf = ((x >> 64) as u64 as f64) * TWO_POW_64 + (x as u64) as f64;
-    let mut r = xf.sqrt() as u64 as u128;
-    while r * r > x {
+    let h = bitlen(x).saturating_sub(62).div_ceil(2);
+    let top = (x >> (2 * h)) as i64; // < 2^62
+    let est = (top as f64).sqrt() * f64::from_bits((1023 + h as u64) << 52);
+    let mut r = est as i64 as u64;
+    while (r as u128) * (r as u128) > x {
         r -= 1;
     }
-    while (r + 1) * (r + 1) <= x {
+    while ((r + 1) as u128) * ((r + 1) as u128) <= x {
         r += 1;
     }
-    r as u64
+    r
 }
 
 /// Elements per rayon task in `adamw` (each element is a few dozen operations).
@@ -973,23 +1079,21 @@ pub(crate) fn adamw(
     r: &Bfp,
     st: &AdamStep,
 ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
-    const OP: &str = "adamw";
     check_adamw(p, g, m, r)?;
-    let n = p.len();
     let one = 1i128 << 30;
     let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
     // 1. first moment, aligned to e0
     let e0 = align_exp(m.exp, g.exp);
     let (am, ag) = (Align::new(m.exp, e0), Align::new(g.exp, e0));
-    let wm = move |a: i32, b: i32| {
-        b1 * am.apply(a as i64) as i128 + (one - b1) * ag.apply(b as i64) as i128
-    };
     // 2. second moment, aligned to e1
     let (er, eg) = (2 * r.exp, 2 * g.exp);
     let e1 = align_exp(er, eg);
     let (ar, ag2) = (Align::new(er, e1), Align::new(eg, e1));
-    let mut ev = e1 as i64 - 30;
+    let ev = e1 as i64 - 30;
     let odd = ev % 2 != 0;
+    let wm = move |a: i32, b: i32| {
+        b1 * am.apply(a as i64) as i128 + (one - b1) * ag.apply(b as i64) as i128
+    };
     let wv = move |a: i32, b: i32| {
         let (a2, b2g) = (a as i64 * a as i64, b as i64 * b as i64);
         let w = b2 * ar.apply_wide(a2) + (one - b2) * ag2.apply_wide(b2g);
@@ -999,7 +1103,207 @@ pub(crate) fn adamw(
             w
         }
     };
-    if odd {
+    let betas_in_range = (0..=one).contains(&b1) && (0..=one).contains(&b2);
+    if !(betas_in_range && am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX) {
+        return adamw_with(p, g, m, r, st, e0, ev, wm, wv);
+    }
+    // β ∈ [0, 2^30]: |b1·am + (2^30 − b1)·ag| ≤ 2^30·2^15·2^16 = 2^61 in i64; the second
+    // moment is a sum of nonnegative terms `(β·A) << l` with `β·A ≤ 2^30·2^30` (A a square,
+    // rounded or not) and `l ≤ 40`, below 2^101 even doubled: the same value as the i128
+    // products `β·(A << l)`, formed with one 64-bit product and a shift.
+    let (b1n, b2n) = (b1 as i64, b2 as u64);
+    let (c1, c2) = ((one as i64) - b1n, (one as u64) - b2n);
+    let wm_narrow = move |a: i32, b: i32| b1n * am.apply(a as i64) + c1 * ag.apply(b as i64);
+    let sq = |x: i32, al: Align| -> u64 {
+        let s = (x as i64 * x as i64) as u64;
+        if al.right == 0 {
+            s
+        } else {
+            rhe64(s as i64, al.right) as u64
+        }
+    };
+    let wv_narrow = move |a: i32, b: i32| {
+        let w =
+            (((b2n * sq(a, ar)) as u128) << ar.left) + (((c2 * sq(b, ag2)) as u128) << ag2.left);
+        w << odd as u32
+    };
+    adamw_narrow(p, g, m, r, st, e0, ev, wm_narrow, wv_narrow).unwrap_or_else(|| {
+        adamw_with(
+            p,
+            g,
+            m,
+            r,
+            st,
+            e0,
+            ev,
+            move |a, b| wm_narrow(a, b) as i128,
+            move |a, b| wv_narrow(a, b) as i128,
+        )
+    })
+}
+
+/// [`adamw_with`] for moments formed in 64 bits (`wm`) and nonnegative below `2^102` (`wv`),
+/// in two passes instead of four. With every `wv ≥ 0` and `s` chosen from the largest, the
+/// shifted values `wv << 2s` stay below `2^101` (no wrap), so the largest root is the root of
+/// the largest value (isqrt is monotone) and `r'`'s shift is known before any root is taken;
+/// the parameter update then runs in the same pass. `None` when some `p'` before rounding does
+/// not fit in i64 (the caller then runs the general passes).
+#[allow(clippy::too_many_arguments)]
+fn adamw_narrow<WM, WV>(
+    p: &Bfp,
+    g: &Bfp,
+    m: &Bfp,
+    r: &Bfp,
+    st: &AdamStep,
+    e0: i32,
+    mut ev: i64,
+    wm: WM,
+    wv: WV,
+) -> Option<Result<(Bfp, Bfp, Bfp), KernelError>>
+where
+    WM: Fn(i32, i32) -> i64 + Sync,
+    WV: Fn(i32, i32) -> u128 + Sync,
+{
+    const OP: &str = "adamw";
+    let n = p.len();
+    if ev % 2 != 0 {
+        ev -= 1;
+    }
+    // Pass 1: max |wm| and max wv.
+    let (mx_m, mx_v) = m
+        .mant
+        .par_chunks(ADAM_CHUNK)
+        .zip(g.mant.par_chunks(ADAM_CHUNK))
+        .zip(r.mant.par_chunks(ADAM_CHUNK))
+        .map(|((mc, gc), rc)| {
+            let mut mm = 0u64;
+            let mut mv = 0u128;
+            for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
+                mm = mm.max(wm(a, b).unsigned_abs());
+                mv = mv.max(wv(c, b));
+            }
+            (mm, mv)
+        })
+        .reduce(|| (0, 0), |x, y| (x.0.max(y.0), x.1.max(y.1)));
+    let k_m = requant_shift(mx_m as u128, B16_MANT_MAX);
+    let s = (100i64 - bitlen(mx_v) as i64).max(0) / 2;
+    let m_exp = match checked_exp(OP, e0 as i64 - 30, k_m as i64) {
+        Ok(e) => e,
+        Err(e) => return Some(Err(e)),
+    };
+    let mx_q = isqrt(mx_v << (2 * s));
+    let k_r = requant_shift(mx_q, B16_MANT_MAX);
+    let r_exp = match checked_exp(OP, ev / 2 - s, k_r as i64) {
+        Ok(e) => e,
+        Err(e) => return Some(Err(e)),
+    };
+    let ea = m_exp as i64 - r_exp as i64 - 70;
+    let sh = (p.exp as i64 - 16) - ea;
+    let (alpha, decay) = (st.alpha_q40 as i128, st.decay_q40 as i128);
+    let decay_narrow = st.decay_q40.unsigned_abs() < 1 << 40;
+    let (rh_m, rh_r, rh_d) = (Rhe::new(k_m), Rhe::new(k_r), Rhe::new(24));
+    let rh_a = Rhe::new(sh.clamp(0, 127) as u32);
+    // Pass 2: m', r' and the unrounded p' (i64 when it fits).
+    let mut m2 = vec![0i32; n];
+    let mut r2 = vec![0i32; n];
+    let mut wp = vec![0i64; n];
+    let (mx_p, fits) = m2
+        .par_chunks_mut(ADAM_CHUNK)
+        .zip(r2.par_chunks_mut(ADAM_CHUNK))
+        .zip(wp.par_chunks_mut(ADAM_CHUNK))
+        .zip(
+            m.mant
+                .par_chunks(ADAM_CHUNK)
+                .zip(g.mant.par_chunks(ADAM_CHUNK))
+                .zip(r.mant.par_chunks(ADAM_CHUNK))
+                .zip(p.mant.par_chunks(ADAM_CHUNK)),
+        )
+        .map(|(((m2c, r2c), wpc), (((mc, gc), rc), pc))| {
+            let mut mp = 0u64;
+            let mut fits = true;
+            // Blocks of independent roots, then of independent divisions: short dependency
+            // chains per loop, so the sqrt and divide units overlap consecutive elements.
+            let outs = m2c.chunks_mut(ADAM_BLOCK).zip(r2c.chunks_mut(ADAM_BLOCK));
+            let ins = mc
+                .chunks(ADAM_BLOCK)
+                .zip(gc.chunks(ADAM_BLOCK))
+                .zip(rc.chunks(ADAM_BLOCK));
+            for ((mb, rb), ((mcb, gcb), rcb)) in outs.zip(ins) {
+                for ((((mo, ro), &a), &b), &c) in
+                    mb.iter_mut().zip(rb.iter_mut()).zip(mcb).zip(gcb).zip(rcb)
+                {
+                    *mo = rh_m.round(wm(a, b)) as i32;
+                    // The root is at most the largest root, below 2^51.
+                    *ro = rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32;
+                }
+            }
+            for (((wo, &mm), &rm), &pm) in wpc.iter_mut().zip(m2c.iter()).zip(r2c.iter()).zip(pc) {
+                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15].
+                let u = div_rhe_small((mm as i64) << 30, rm as i64 + 1) as i128;
+                let au = alpha * u;
+                let a = if sh >= 0 {
+                    match i64::try_from(au) {
+                        Ok(v) => rh_a.round(v) as i128,
+                        Err(_) => rhe(au, sh.min(127) as u32),
+                    }
+                } else {
+                    shift_sat(au, sh)
+                };
+                let d = if decay_narrow {
+                    rh_d.round(st.decay_q40 * pm as i64) as i128
+                } else {
+                    rhe_wide(decay * pm as i128, 24)
+                };
+                let w = ((pm as i128) << 16) - d - a;
+                match i64::try_from(w) {
+                    Ok(v) => {
+                        *wo = v;
+                        mp = mp.max(v.unsigned_abs());
+                    }
+                    Err(_) => fits = false,
+                }
+            }
+            (mp, fits)
+        })
+        .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+    if !fits {
+        return None;
+    }
+    let k_p = requant_shift(mx_p as u128, WIDE_MANT_MAX);
+    let p_mant = round_i64(&wp, k_p);
+    Some(
+        finish(OP, p_mant, p.exp as i64 - 16, k_p)
+            .map(|p2| (p2, Bfp::new(m2, m_exp), Bfp::new(r2, r_exp))),
+    )
+}
+
+/// Elements per inner block of [`adamw_narrow`]'s second pass.
+const ADAM_BLOCK: usize = 256;
+
+/// Largest alignment shift of `m` and `g` for which the first moment is formed in i64.
+const ADAM_M_LEFT_MAX: u32 = 16;
+
+/// The passes of [`adamw`] for given first (`wm`) and second (`wv`, already doubled when its
+/// exponent `ev` is odd) moment functions of the mantissas.
+#[allow(clippy::too_many_arguments)]
+fn adamw_with<WM, WV>(
+    p: &Bfp,
+    g: &Bfp,
+    m: &Bfp,
+    r: &Bfp,
+    st: &AdamStep,
+    e0: i32,
+    mut ev: i64,
+    wm: WM,
+    wv: WV,
+) -> Result<(Bfp, Bfp, Bfp), KernelError>
+where
+    WM: Fn(i32, i32) -> i128 + Sync,
+    WV: Fn(i32, i32) -> i128 + Sync,
+{
+    const OP: &str = "adamw";
+    let n = p.len();
+    if ev % 2 != 0 {
         ev -= 1;
     }
     // Pass 1: max |wm| and the (signed) max of wv.
@@ -1052,6 +1356,10 @@ pub(crate) fn adamw(
     let ea = m_exp as i64 - r_exp as i64 - 70;
     let sh = (p.exp as i64 - 16) - ea;
     let (alpha, decay) = (st.alpha_q40 as i128, st.decay_q40 as i128);
+    // |decay| < 2^40 and |p| < 2^23: the decay product fits in i64.
+    let decay_narrow = st.decay_q40.unsigned_abs() < 1 << 40;
+    let (rh_r, rh_d) = (Rhe::new(k_r), Rhe::new(24));
+    let rh_a = Rhe::new(sh.clamp(0, 127) as u32);
     let mut r2 = vec![0i32; n];
     let mut wp = vec![0i128; n];
     let mx_p = r2
@@ -1065,16 +1373,29 @@ pub(crate) fn adamw(
         .map(|((r2c, wpc), ((qc, m2c), pc))| {
             let mut mp = 0u128;
             for ((((ro, wo), &qv), &mm), &pm) in r2c.iter_mut().zip(wpc).zip(qc).zip(m2c).zip(pc) {
-                let rm = rhe_wide(qv as i128, k_r) as i32;
-                *ro = rm;
-                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15].
-                let u = div_rhe_small((mm as i64) << 30, rm as i64 + 1) as i128;
-                let a = if sh >= 0 {
-                    rhe_wide(alpha * u, sh.min(127) as u32)
+                // q < 2^64; the rounded root is at most 32767.
+                let rm = if qv <= i64::MAX as u64 {
+                    rh_r.round(qv as i64)
                 } else {
-                    shift_sat(alpha * u, sh)
+                    rhe(qv as i128, k_r) as i64
                 };
-                let d = rhe_wide(decay * pm as i128, 24);
+                *ro = rm as i32;
+                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15].
+                let u = div_rhe_small((mm as i64) << 30, rm + 1) as i128;
+                let au = alpha * u;
+                let a = if sh >= 0 {
+                    match i64::try_from(au) {
+                        Ok(v) => rh_a.round(v) as i128,
+                        Err(_) => rhe(au, sh.min(127) as u32),
+                    }
+                } else {
+                    shift_sat(au, sh)
+                };
+                let d = if decay_narrow {
+                    rh_d.round(st.decay_q40 * pm as i64) as i128
+                } else {
+                    rhe_wide(decay * pm as i128, 24)
+                };
                 let w = ((pm as i128) << 16) - d - a;
                 *wo = w;
                 mp = mp.max(w.unsigned_abs());
@@ -1083,18 +1404,10 @@ pub(crate) fn adamw(
         })
         .max()
         .unwrap_or(0);
-    let k_p = requant_shift(mx_p, WIDE_MANT_MAX);
-    let p_mant = if mx_p <= i64::MAX as u128 {
-        wp.par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&w| rhe64(w as i64, k_p) as i32)
-            .collect()
-    } else {
-        wp.par_iter()
-            .with_min_len(PAR_MIN_LEN)
-            .map(|&w| rhe(w, k_p) as i32)
-            .collect()
-    };
-    let p2 = finish(OP, p_mant, p.exp as i64 - 16, k_p)?;
+    let p2 = requant_i128(OP, &wp, p.exp as i64 - 16, WIDE_MANT_MAX)?;
+    debug_assert_eq!(
+        p2.exp as i64,
+        p.exp as i64 - 16 + requant_shift(mx_p, WIDE_MANT_MAX) as i64
+    );
     Ok((p2, Bfp::new(m2, m_exp), Bfp::new(r2, r_exp)))
 }

@@ -647,7 +647,17 @@ pub fn check_mant(
     mant: &[i32],
     max: i32,
 ) -> Result<(), KernelError> {
-    match mant.iter().position(|x| x.unsigned_abs() > max as u32) {
+    // A branch-free scan per block (it vectorizes, unlike `position`'s early exit) finds
+    // whether any element is out of range; only then is the first one searched for.
+    const BLOCK: usize = 1 << 10;
+    let lim = max as u32;
+    let ok = mant
+        .chunks(BLOCK)
+        .all(|c| c.iter().fold(0u32, |m, x| m.max(x.unsigned_abs())) <= lim);
+    if ok {
+        return Ok(());
+    }
+    match mant.iter().position(|x| x.unsigned_abs() > lim) {
         Some(index) => Err(KernelError::MantissaRange {
             op,
             operand,

@@ -43,7 +43,7 @@ fn main() {
     let mw = Bfp::new(gen(12, c * h, 32_767), -21);
     let rw = Bfp::new(gen(13, c * h, 32_767), -18);
     type Op<'a> = (&'a str, Box<dyn Fn() + 'a>);
-    let ops: Vec<Op> = vec![
+    let ops: Vec<Op<'_>> = vec![
         ("add", Box::new(|| drop(k.add(&x, &wide)))),
         ("add_same_exp", Box::new(|| drop(k.add(&x, &x)))),
         ("requant", Box::new(|| drop(k.requant(&wide, 32_767)))),

@@ -126,6 +126,33 @@ impl DivRhe {
     }
 }
 
+/// Relative margin of [`DivRhe::div_est`]: the estimate `y` of `n·2^s/d` carries three
+/// roundings (`d` to f64 when it exceeds `2^53`, `2^s/d`, the product; `n` is exact below
+/// `2^53` and adds a fourth otherwise), so `|y − n·2^s/d| < |y|·2^−50`; the margin is four
+/// times that.
+const DIV_EST_MARGIN: f64 = 1.0 / (1u64 << 48) as f64;
+
+/// Largest `|y|` [`DivRhe::div_est`] vouches for (the magic rounding needs `< 2^51`).
+const DIV_EST_MAX: f64 = (1u64 << 50) as f64;
+
+impl DivRhe {
+    /// Branch-free estimate of [`DivRhe::div`]: `(q, sure)`, `q` being `n·2^s/d` rounded half
+    /// to even in f64 from its estimate `y`. It is exact when `sure`: then `y` is farther from
+    /// the nearest half-integer than from the exact quotient, so no rounding boundary lies
+    /// between them and the exact quotient rounds to the same `q` (a NaN `y`, from the
+    /// huge-divisor case, is never sure).
+    #[inline]
+    fn div_est(&self, n: i64) -> (f64, bool) {
+        let y = n as f64 * self.mul;
+        let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+        let a = y.abs();
+        // y − q is exact (|y − q| ≤ 1/2, a multiple of y's ulp); 1/2 − |y − q| is the
+        // distance to the nearest half-integer.
+        let off = 0.5 - (y - q).abs();
+        (q, off > a * DIV_EST_MARGIN && a < DIV_EST_MAX)
+    }
+}
+
 /// `q` rounded up by the remainder `0 ≤ r < d` as in `div_rhe`: `q + 1` iff `2r > d`, or
 /// `2r = d` and `q` is odd; branch-free. `d < 2^63`, so `2r` does not overflow u64.
 #[inline]
@@ -361,6 +388,129 @@ where
     finish(op, round2(x, y, k, f), base_exp, k)
 }
 
+/// `1.5·2^52`: for `|y| < 2^51`, `(y + ROUND_MAGIC) − ROUND_MAGIC` is `y` rounded to an integer
+/// with ties to even (IEEE 754 default rounding, ulp 1 on `[2^52, 2^53)`; `ROUND_MAGIC` is even,
+/// so the parity of the rounded sum is that of the rounded `y`), and both steps vectorize.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// Bound (exclusive) on the magnitude of the exact values the f64 paths take: below `2^51`
+/// every integer is an exact f64 and the rounding of [`rhe_f64`] is exact.
+const F64_EXACT_BITS: u32 = 51;
+
+/// Largest shift worth applying on the f64 paths: for `|s| < 2^51` and `k ≥ 53`,
+/// `|s·2^−k| < 1/4`, so `rhe(s, k) = 0`, as it is for `k = 53`.
+const F64_SHIFT_MAX: u32 = 53;
+
+/// `2^−k` for the f64 paths (exact: `k ≤ 53`).
+fn f64_scale(k: u32) -> f64 {
+    f64::from_bits((1023 - k.min(F64_SHIFT_MAX) as u64) << 52)
+}
+
+/// `rhe(s, k)` for an integer `|s| < 2^51` given as f64, `scale = 2^−k`, whose result fits in
+/// i32: the product is exact (a power of two, no underflow for `k ≤ 53`), adding
+/// [`ROUND_MAGIC`] rounds half to even, and the sum `2^52 + 2^51 + q` holds `q` in the low bits
+/// of its significand (two's complement modulo `2^52`), so its low 32 bits are `q`. No
+/// float-to-int conversion: the loops vectorize.
+#[inline]
+fn rhe_f64(s: f64, scale: f64) -> i32 {
+    (s * scale + ROUND_MAGIC).to_bits() as u32 as i32
+}
+
+/// Largest `|f(v)|` over `x` for exact f64 values (no rounding, so the maximum is exact).
+fn max_abs_f64_1<F: Fn(i32) -> f64 + Sync>(x: &[i32], f: F) -> u64 {
+    x.par_chunks(PAR_MIN_LEN)
+        .map(|c| max_chunk1(c, &f))
+        .reduce(|| 0.0, f64::max) as u64
+}
+
+/// Largest `|f(v)|` of one chunk (a separate function: its slice arguments do not alias, so
+/// the loop vectorizes).
+#[inline]
+fn max_chunk1<T: Copy, F: Fn(T) -> f64>(c: &[T], f: &F) -> f64 {
+    let mut m = 0f64;
+    for &v in c {
+        let a = f(v).abs();
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// Largest `|f(v, w)|` of one chunk pair.
+#[inline]
+fn max_chunk2<F: Fn(i32, i32) -> f64>(c: &[i32], d: &[i32], f: &F) -> f64 {
+    let n = c.len().min(d.len());
+    let (c, d) = (&c[..n], &d[..n]);
+    let mut m = 0f64;
+    for i in 0..n {
+        let a = f(c[i], d[i]).abs();
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// `rhe_f64(f(v), scale)` over one chunk.
+#[inline]
+fn round_chunk1<T: Copy, F: Fn(T) -> f64>(o: &mut [i32], c: &[T], scale: f64, f: &F) {
+    let n = o.len().min(c.len());
+    let (o, c) = (&mut o[..n], &c[..n]);
+    for i in 0..n {
+        o[i] = rhe_f64(f(c[i]), scale);
+    }
+}
+
+/// `rhe_f64(f(v, w), scale)` over one chunk pair.
+#[inline]
+fn round_chunk2<F: Fn(i32, i32) -> f64>(o: &mut [i32], c: &[i32], d: &[i32], scale: f64, f: &F) {
+    let n = o.len().min(c.len()).min(d.len());
+    let (o, c, d) = (&mut o[..n], &c[..n], &d[..n]);
+    for i in 0..n {
+        o[i] = rhe_f64(f(c[i], d[i]), scale);
+    }
+}
+
+/// Largest `|f(v, w)|` over `x`, `y` for exact f64 values.
+fn max_abs_f64_2<F: Fn(i32, i32) -> f64 + Sync>(x: &[i32], y: &[i32], f: F) -> u64 {
+    x.par_chunks(PAR_MIN_LEN)
+        .zip(y.par_chunks(PAR_MIN_LEN))
+        .map(|(c, d)| max_chunk2(c, d, &f))
+        .reduce(|| 0.0, f64::max) as u64
+}
+
+/// [`requant_map1`] for exact wide values below `2^51` computed in f64 (`f` must be exact).
+fn requant_f64_1<F: Fn(i32) -> f64 + Sync>(
+    op: &'static str,
+    x: &[i32],
+    base_exp: i64,
+    mant_max: i32,
+    f: F,
+) -> Result<Bfp, KernelError> {
+    let k = requant_shift(max_abs_f64_1(x, &f) as u128, mant_max);
+    let scale = f64_scale(k);
+    let mut out = vec![0i32; x.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(x.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| round_chunk1(o, c, scale, &f));
+    finish(op, out, base_exp, k)
+}
+
+/// [`requant_map2`] for exact wide values below `2^51` computed in f64 (`f` must be exact).
+fn requant_f64_2<F: Fn(i32, i32) -> f64 + Sync>(
+    op: &'static str,
+    x: &[i32],
+    y: &[i32],
+    base_exp: i64,
+    mant_max: i32,
+    f: F,
+) -> Result<Bfp, KernelError> {
+    let k = requant_shift(max_abs_f64_2(x, y, &f) as u128, mant_max);
+    let scale = f64_scale(k);
+    let mut out = vec![0i32; x.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(x.par_chunks(PAR_MIN_LEN).zip(y.par_chunks(PAR_MIN_LEN)))
+        .for_each(|(o, (c, d))| round_chunk2(o, c, d, scale, &f));
+    finish(op, out, base_exp, k)
+}
+
 /// The alignment of one operand to the common exponent `e0` (see
 /// [`crate::kernels::align`]): a left shift `e − e0` (at most `ADD_ALIGN_BITS_MAX = 40` by
 /// the definition of `align_exp`) or a rounding right shift `e0 − e` (any amount). The
@@ -420,15 +570,25 @@ pub(crate) fn add(a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
     check_add(a, b)?;
     let e0 = align_exp(a.exp, b.exp);
     let (al, bl) = (Align::new(a.exp, e0), Align::new(b.exp, e0));
-    if al.left == 0 && al.right == 0 && bl.left == 0 && bl.right == 0 {
-        return requant_map2(OP, &a.mant, &b.mant, e0 as i64, B16_MANT_MAX, |x, y| {
-            x as i64 + y as i64
-        });
+    if al.right == 0 && bl.right == 0 && al.left.max(bl.left) <= ADD_F64_LEFT_MAX {
+        // No rounding shift and |x·2^l| ≤ 2^23·2^27: sums below 2^51, exact in f64.
+        let (sa, sb) = (2f64.powi(al.left as i32), 2f64.powi(bl.left as i32));
+        return requant_f64_2(
+            OP,
+            &a.mant,
+            &b.mant,
+            e0 as i64,
+            B16_MANT_MAX,
+            move |x, y| x as f64 * sa + y as f64 * sb,
+        );
     }
     requant_map2(OP, &a.mant, &b.mant, e0 as i64, B16_MANT_MAX, |x, y| {
         al.apply(x as i64) + bl.apply(y as i64)
     })
 }
+
+/// Largest alignment shift of [`add`]'s f64 path (`2^23·2^27·2 ≤ 2^51`).
+const ADD_F64_LEFT_MAX: u32 = 27;
 
 /// [`crate::kernels::Kernels::requant`]: mantissas are i32, so 64-bit rounding is exact; a
 /// shift of 0 is a copy.
@@ -438,9 +598,19 @@ pub(crate) fn requant(x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
     let mant = if k == 0 {
         x.mant.clone()
     } else {
-        round1(&x.mant, k, |v| v as i64)
+        round_i32(&x.mant, k)
     };
     finish(OP, mant, x.exp as i64, k)
+}
+
+/// `rhe(v, k)` of i32 values (`|v| ≤ 2^31 < 2^51`) through [`rhe_f64`].
+fn round_i32(x: &[i32], k: u32) -> Vec<i32> {
+    let scale = f64_scale(k);
+    let mut out = vec![0i32; x.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(x.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| round_chunk1(o, c, scale, &|v| v as f64));
+    out
 }
 
 /// Largest right shift worth computing for an i32 mantissa: `|x| ≤ 2^31 < 2^(k−1)` for every
@@ -454,7 +624,7 @@ pub(crate) fn rescale(x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
     let mant = if k == 0 {
         x.mant.clone()
     } else {
-        round1(&x.mant, k, |v| v as i64)
+        round_i32(&x.mant, k)
     };
     Ok(Bfp::new(mant, exp))
 }
@@ -465,28 +635,27 @@ pub(crate) fn mul_cols(x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp
     check_mul_cols(x, w, rows, cols)?;
     let base = x.exp as i64 + w.exp as i64;
     let row_min = (PAR_MIN_LEN / cols.max(1)).max(1);
+    // Products of B16 mantissas are below 2^30: exact in f64.
+    let wf: Vec<f64> = w.mant.iter().map(|&c| c as f64).collect();
     let mx = x
         .mant
         .par_chunks(cols.max(1))
         .with_min_len(row_min)
         .map(|row| {
             row.iter()
-                .zip(&w.mant)
-                .map(|(&v, &c)| (v as i64 * c as i64).unsigned_abs())
-                .max()
-                .unwrap_or(0)
+                .zip(&wf)
+                .fold(0f64, |m, (&v, &c)| m.max((v as f64 * c).abs()))
         })
-        .max()
-        .unwrap_or(0);
-    let k = requant_shift(mx as u128, B16_MANT_MAX);
-    let rh = Rhe::new(k);
+        .reduce(|| 0.0, f64::max);
+    let k = requant_shift(mx as u64 as u128, B16_MANT_MAX);
+    let scale = f64_scale(k);
     let mut mant = vec![0i32; x.len()];
     mant.par_chunks_mut(cols.max(1))
         .zip(x.mant.par_chunks(cols.max(1)))
         .with_min_len(row_min)
         .for_each(|(out, row)| {
-            for ((o, &v), &c) in out.iter_mut().zip(row).zip(&w.mant) {
-                *o = rh.round(v as i64 * c as i64) as i32;
+            for ((o, &v), &c) in out.iter_mut().zip(row).zip(&wf) {
+                *o = rhe_f64(v as f64 * c, scale);
             }
         });
     finish(OP, mant, base, k)
@@ -535,24 +704,90 @@ fn rows_per_task(cols: usize) -> usize {
     (PAR_MIN_LEN / cols.max(1)).max(1)
 }
 
+/// Storage of exact wide values: f64 while they are below `2^51` in magnitude (exact, and
+/// the requantization vectorizes), i128 when some are not (the caller then redoes the pass).
+trait Wide: Copy + Default + Send + Sync {
+    /// f64 storage: quotients may be taken from [`DivRhe::div_est`].
+    const F64: bool;
+    /// The stored value and whether it is exact.
+    fn put(v: i128) -> (Self, bool);
+    /// An exact integer-valued f64 below `2^50` (only called when `F64`).
+    fn from_f64(q: f64) -> Self;
+}
+
+impl Wide for f64 {
+    const F64: bool = true;
+    #[inline]
+    fn put(v: i128) -> (Self, bool) {
+        (v as i64 as f64, v.unsigned_abs() < 1 << F64_EXACT_BITS)
+    }
+    #[inline]
+    fn from_f64(q: f64) -> Self {
+        q
+    }
+}
+
+impl Wide for i128 {
+    const F64: bool = false;
+    #[inline]
+    fn put(v: i128) -> (Self, bool) {
+        (v, true)
+    }
+    #[inline]
+    fn from_f64(q: f64) -> Self {
+        q as i128
+    }
+}
+
+/// Requantizes exact f64 values (integers below `2^51`) like `requant_wide`.
+fn requant_f64_vals(
+    op: &'static str,
+    vals: &[f64],
+    base_exp: i64,
+    mant_max: i32,
+) -> Result<Bfp, KernelError> {
+    let mx = vals
+        .par_chunks(PAR_MIN_LEN)
+        .map(|c| max_chunk1(c, &|v: f64| v))
+        .reduce(|| 0.0, f64::max);
+    let k = requant_shift(mx as u64 as u128, mant_max);
+    let scale = f64_scale(k);
+    let mut out = vec![0i32; vals.len()];
+    out.par_chunks_mut(PAR_MIN_LEN)
+        .zip(vals.par_chunks(PAR_MIN_LEN))
+        .for_each(|(o, c)| round_chunk1(o, c, scale, &|v: f64| v));
+    finish(op, out, base_exp, k)
+}
+
 /// [`crate::kernels::Kernels::layernorm`]. Bounds (`C ≤ TENSOR_ELEMS_MAX = 2^28`):
 /// `|A| ≤ C·2^15 < 2^43` and `|d| = |C·m − A| ≤ 2·C·2^15 < 2^44` fit in i64; `d²` is an exact
-/// i128 product and `S` is summed in u128 as before. `|w| = |d|·2^40/R` with
-/// The outputs are kept in i128 like the reference's (they are small, `|d|·2^40/R` with
-/// `R ≥ 4·|d|` because `S ≥ d²` and `√C ≤ 2^14`, unless `S·2^32` wraps for absurd `C`).
+/// i128 product and `S` is summed in u128 as before. The outputs `|d|·2^40/R` are small
+/// (`R ≥ 4·|d|` because `S ≥ d²` and `√C ≤ 2^14`, unless `S·2^32` wraps for absurd `C`), so
+/// they are stored as f64 ([`Wide`]), with the i128 pass as the fallback.
 pub(crate) fn layernorm(x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
     const OP: &str = "layernorm";
     if let Some(early) = check_layernorm(x, rows, cols)? {
         return Ok(early);
     }
+    let (wide, rs, exact) = layernorm_rows::<f64>(x, rows, cols);
+    if exact {
+        return Ok((requant_f64_vals(OP, &wide, -24, B16_MANT_MAX)?, rs));
+    }
+    let (wide, rs, _) = layernorm_rows::<i128>(x, rows, cols);
+    Ok((requant_i128(OP, &wide, -24, B16_MANT_MAX)?, rs))
+}
+
+/// The unrounded layernorm outputs, `R` per row, and whether every output was stored exactly.
+fn layernorm_rows<T: Wide>(x: &Bfp, rows: usize, cols: usize) -> (Vec<T>, Vec<u64>, bool) {
     let c = cols as i64;
-    let mut wide = vec![0i128; rows * cols];
+    let mut wide = vec![T::default(); rows * cols];
     let mut rs = vec![0u64; rows];
-    wide.par_chunks_mut(cols)
+    let exact = wide
+        .par_chunks_mut(cols)
         .zip(rs.par_iter_mut())
         .zip(x.mant.par_chunks(cols))
         .with_min_len(rows_per_task(cols))
-        .for_each(|((out, r), xm)| {
+        .map(|((out, r), xm)| {
             let a: i64 = xm.iter().map(|&v| v as i64).sum();
             let s: u128 = xm
                 .iter()
@@ -562,22 +797,40 @@ pub(crate) fn layernorm(x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u
                 })
                 .sum();
             if s == 0 {
-                return;
+                return true;
             }
             let rr = isqrt((s << 32) / cols as u128) as i128;
             *r = rr as u64;
             let div = DivRhe::new(rr, 40);
-            for (o, &v) in out.iter_mut().zip(xm) {
-                *o = div.div(c * v as i64 - a);
+            if T::F64 {
+                // Estimates first (they vectorize); the row is redone exactly if one is unsure.
+                let mut sure = true;
+                for (o, &v) in out.iter_mut().zip(xm) {
+                    let (q, ok) = div.div_est(c * v as i64 - a);
+                    *o = T::from_f64(q);
+                    sure &= ok;
+                }
+                if sure {
+                    return true;
+                }
             }
-        });
-    Ok((requant_i128(OP, &wide, -24, B16_MANT_MAX)?, rs))
+            let mut exact = true;
+            for (o, &v) in out.iter_mut().zip(xm) {
+                let (w, ok) = T::put(div.div(c * v as i64 - a));
+                *o = w;
+                exact &= ok;
+            }
+            exact
+        })
+        .reduce(|| true, |x, y| x && y);
+    (wide, rs, exact)
 }
 
 /// [`crate::kernels::Kernels::layernorm_bwd`]. `A`, `B` and `N` are computed by the same i128
 /// expressions as the reference (so shifts beyond the i128 range wrap identically); the
 /// division `N·2^24 / R` goes through [`DivRhe`] when `N` fits in i64 (always, unless
-/// `−2·h.exp` is huge) and through `div_rhe` otherwise.
+/// `−2·h.exp` is huge) and through `div_rhe` otherwise. Outputs are stored as f64 when they
+/// are all below `2^51` ([`Wide`]), else the pass is redone in i128.
 pub(crate) fn layernorm_bwd(
     dxhat: &Bfp,
     xhat: &Bfp,
@@ -590,35 +843,85 @@ pub(crate) fn layernorm_bwd(
     if let Some(early) = check_layernorm_bwd(dxhat, xhat, r, rows, cols)? {
         return Ok(early);
     }
+    let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
+    let (wide, exact) = layernorm_bwd_rows::<f64>(dxhat, xhat, r, cols);
+    if exact {
+        return requant_f64_vals(OP, &wide, e, B16_MANT_MAX);
+    }
+    let (wide, _) = layernorm_bwd_rows::<i128>(dxhat, xhat, r, cols);
+    requant_i128(OP, &wide, e, B16_MANT_MAX)
+}
+
+/// Largest bound of `|N|` for which [`layernorm_bwd`] forms `N` in i64.
+const LN_BWD_N_NARROW_MAX: u128 = 1 << 62;
+
+/// The unrounded layernorm_bwd outputs and whether every one was stored exactly.
+fn layernorm_bwd_rows<T: Wide>(dxhat: &Bfp, xhat: &Bfp, r: &[u64], cols: usize) -> (Vec<T>, bool) {
     let c = cols as i128;
     let sh = (-2 * xhat.exp) as u32;
-    let mut wide = vec![0i128; rows * cols];
-    wide.par_chunks_mut(cols)
+    let mut wide = vec![T::default(); dxhat.len()];
+    let exact = wide
+        .par_chunks_mut(cols)
         .zip(r.par_iter())
         .zip(dxhat.mant.par_chunks(cols).zip(xhat.mant.par_chunks(cols)))
         .with_min_len(rows_per_task(cols))
-        .for_each(|((out, &rr), (g, h))| {
+        .map(|((out, &rr), (g, h))| {
             if rr == 0 {
-                return;
+                return true;
             }
             // |Σ g| ≤ C·2^15 < 2^43 and |Σ g·h| ≤ C·2^30 < 2^58: exact in i64.
-            let a = g.iter().map(|&v| v as i64).sum::<i64>() as i128;
-            let b = g
+            let a64 = g.iter().map(|&v| v as i64).sum::<i64>();
+            let b64 = g
                 .iter()
                 .zip(h)
                 .map(|(&x, &y)| x as i64 * y as i64)
-                .sum::<i64>() as i128;
+                .sum::<i64>();
+            let (a, b) = (a64 as i128, b64 as i128);
             let div = DivRhe::new(rr as i128, 24);
-            for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
-                let n = ((c * gi as i128 - a) << sh) - hi as i128 * b;
-                *o = match i64::try_from(n) {
-                    Ok(n64) => div.div(n64),
-                    Err(_) => div_rhe(n << 24, rr as i128),
-                };
+            let mut exact = true;
+            // |C·g − A| ≤ C·2^15 + |A| and |h·B| ≤ 2^15·|B|: when the shifted bound is below
+            // 2^62, N is formed in i64 (the same value as the i128 expression).
+            let bound = ((c as u128 * B16_MANT_MAX as u128 + a64.unsigned_abs() as u128)
+                .checked_shl(sh)
+                .filter(|v| {
+                    v >> sh == c as u128 * B16_MANT_MAX as u128 + a64.unsigned_abs() as u128
+                }))
+            .map(|v| v + B16_MANT_MAX as u128 * b64.unsigned_abs() as u128);
+            if bound.is_some_and(|v| v < LN_BWD_N_NARROW_MAX) {
+                let c64 = cols as i64;
+                if T::F64 {
+                    let mut sure = true;
+                    for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
+                        let n = ((c64 * gi as i64 - a64) << sh) - hi as i64 * b64;
+                        let (q, ok) = div.div_est(n);
+                        *o = T::from_f64(q);
+                        sure &= ok;
+                    }
+                    if sure {
+                        return true;
+                    }
+                }
+                for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
+                    let n = ((c64 * gi as i64 - a64) << sh) - hi as i64 * b64;
+                    let (w, ok) = T::put(div.div(n));
+                    *o = w;
+                    exact &= ok;
+                }
+            } else {
+                for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
+                    let n = ((c * gi as i128 - a) << sh) - hi as i128 * b;
+                    let (w, ok) = T::put(match i64::try_from(n) {
+                        Ok(n64) => div.div(n64),
+                        Err(_) => div_rhe(n << 24, rr as i128),
+                    });
+                    *o = w;
+                    exact &= ok;
+                }
             }
-        });
-    let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
-    requant_i128(OP, &wide, e, B16_MANT_MAX)
+            exact
+        })
+        .reduce(|| true, |x, y| x && y);
+    (wide, exact)
 }
 
 /// The exp2 tables as arrays, fetched once per call.
@@ -626,16 +929,19 @@ type Exp2Tables = ([i64; EXP2_TABLE_LEN], [i64; EXP2_TABLE_LEN]);
 
 /// [`crate::fixed::exp2_neg_q31`] with the tables passed in. `hi`, `lo ≤ 2^31`, so their
 /// product fits in i64 and [`rhe64`] rounds it exactly as `rhe` does.
+///
+/// Branch-free: `v ≤ 2^31`, so `rhe(v, n) = 0` for every `n ≥ 33` (and for `n ≥ 64`, where
+/// the reference returns 0 directly); `n` is clamped to 40, and `rhe(v, n)` is computed as
+/// `rhe(2v, n + 1)` (the same quotient) so that the shift is never 0.
 #[inline]
 fn exp2_q31(t: &Exp2Tables, y: i64) -> i64 {
+    const N_CLAMP: i64 = 40;
     debug_assert!(y >= 0);
-    let n = (y >> 16) as u32;
-    if n >= 64 {
-        return 0;
-    }
+    let n = (y >> 16).min(N_CLAMP) as u32 + 1;
     let f = (y & 0xFFFF) as usize;
-    let v = rhe64(t.0[f >> 8] * t.1[f & 255], 31);
-    rhe64(v, n)
+    let v2 = 2 * rhe64(t.0[f >> 8] * t.1[f & 255], 31);
+    let q = v2 >> n;
+    q + (((v2 & ((1 << n) - 1)) + (1 << (n - 1)) - 1 + (q & 1)) >> n)
 }
 
 /// `shift_sat(t, sh).min(EXP_ARG_SAT)` for `t ≥ 0`. A right shift is [`rhe64`] (exact for
@@ -664,25 +970,31 @@ struct SoftmaxArg {
     sh: i64,
     /// `t · f < 2^63` for every `t < 2^16`: the product can be formed in i64.
     narrow: bool,
+    /// The rounding by `sh` when `0 ≤ sh ≤ 61` (hoisted constants).
+    rh: Option<Rhe>,
 }
 
 impl SoftmaxArg {
     fn new(exp: i32, scale_q16: u32) -> Self {
         let f = scale_q16 as i128 * LOG2E_Q30;
+        let sh = 30 - exp as i64;
         Self {
             f,
-            sh: 30 - exp as i64,
+            sh,
             narrow: f < 1 << 47,
+            rh: (0..=Rhe::INLINE_K_MAX as i64)
+                .contains(&sh)
+                .then(|| Rhe::new(sh as u32)),
         }
     }
 
     /// The Q16 argument `y` of `exp2_neg_q31` for `t = mx − m`.
     #[inline]
     fn y(self, t: i32) -> i64 {
-        if self.narrow {
-            exp_arg(t as i64 * self.f as i64, self.sh)
-        } else {
-            shift_sat(t as i128 * self.f, self.sh).min(EXP_ARG_SAT) as i64
+        match (self.narrow, self.rh) {
+            (true, Some(rh)) => rh.round(t as i64 * self.f as i64).min(EXP_ARG_SAT as i64),
+            (true, None) => exp_arg(t as i64 * self.f as i64, self.sh),
+            (false, _) => shift_sat(t as i128 * self.f, self.sh).min(EXP_ARG_SAT) as i64,
         }
     }
 }
@@ -715,6 +1027,18 @@ pub(crate) fn softmax(
             es.extend(xm.iter().map(|&m| exp2_q31(tables, arg.y(m0 - m))));
             let total: i64 = es.iter().sum();
             let div = DivRhe::new(total as i128, 30);
+            // Estimates first (p ≤ 2^30); the row is redone exactly if one is unsure.
+            let mut mx = 0f64;
+            let mut sure = true;
+            for (o, &e) in out.iter_mut().zip(es.iter()) {
+                let (p, ok) = div.div_est(e);
+                mx = if p > mx { p } else { mx };
+                sure &= ok;
+                *o = p as i32;
+            }
+            if sure {
+                return mx as u32;
+            }
             let mut mx = 0u32;
             for (o, &e) in out.iter_mut().zip(es.iter()) {
                 let p = div.div(e) as i32;
@@ -725,22 +1049,21 @@ pub(crate) fn softmax(
         })
         .max()
         .unwrap_or(0);
-    round_in_place(&mut mant, mx, cols);
+    round_in_place(&mut mant, mx);
     let k = requant_shift(mx as u128, B16_MANT_MAX);
     finish(OP, mant, -30, k)
 }
 
 /// Rounds i32 values in place by the requantization shift of their maximum `mx` to B16.
-fn round_in_place(mant: &mut [i32], mx: u32, cols: usize) {
+fn round_in_place(mant: &mut [i32], mx: u32) {
     let k = requant_shift(mx as u128, B16_MANT_MAX);
     if k > 0 {
-        mant.par_chunks_mut(cols.max(1))
-            .with_min_len(rows_per_task(cols))
-            .for_each(|row| {
-                for v in row {
-                    *v = rhe64(*v as i64, k) as i32;
-                }
-            });
+        let scale = f64_scale(k);
+        mant.par_chunks_mut(PAR_MIN_LEN).for_each(|c| {
+            for v in c {
+                *v = rhe_f64(*v as f64, scale);
+            }
+        });
     }
 }
 
@@ -759,44 +1082,65 @@ pub(crate) fn softmax_bwd(
     let sh = (-p.exp) as u32;
     let cw = cols.max(1);
     let scale = scale_q16 as i128;
-    let row_d = |pm: &[i32], dm: &[i32]| -> i128 {
-        pm.iter()
-            .zip(dm)
-            .map(|(&a, &b)| a as i64 * b as i64)
-            .sum::<i64>() as i128
-    };
     let w = move |a: i32, b: i32, d: i128| a as i128 * (((b as i128) << sh) - d) * scale;
-    let mut ds = vec![0i128; rows];
+    // Per row: D (|D| ≤ C·2^30 < 2^58 in i64) and whether every w of the row fits in i64:
+    // |w| ≤ 32767·(32767·2^sh + |D|)·scale (sh ≤ 64, so the bound fits in u128).
+    let row_bound_ok = move |d: i64| {
+        let lim = B16_MANT_MAX as u128;
+        (lim * ((lim << sh) + d.unsigned_abs() as u128))
+            .checked_mul(scale as u128)
+            .is_some_and(|v| v <= i64::MAX as u128)
+    };
+    let (s64, sc64) = (sh, scale_q16 as i64);
+    let w64 = move |a: i32, b: i32, d: i64| a as i64 * (((b as i64) << s64) - d) * sc64;
+    let mut ds = vec![(0i64, false); rows];
     let mx = ds
         .par_iter_mut()
         .zip(p.mant.par_chunks(cw).zip(dp.mant.par_chunks(cw)))
         .with_min_len(rows_per_task(cols))
         .map(|(dr, (pm, dm))| {
-            let d = row_d(pm, dm);
-            *dr = d;
-            pm.iter()
+            let d = pm
+                .iter()
                 .zip(dm)
-                .map(|(&a, &b)| w(a, b, d).unsigned_abs())
-                .max()
-                .unwrap_or(0)
+                .map(|(&a, &b)| a as i64 * b as i64)
+                .sum::<i64>();
+            let narrow = row_bound_ok(d);
+            *dr = (d, narrow);
+            if narrow {
+                pm.iter()
+                    .zip(dm)
+                    .fold(0u64, |m, (&a, &b)| m.max(w64(a, b, d).unsigned_abs()))
+                    as u128
+            } else {
+                pm.iter().zip(dm).fold(0u128, |m, (&a, &b)| {
+                    m.max(w(a, b, d as i128).unsigned_abs())
+                })
+            }
         })
         .max()
         .unwrap_or(0);
     let k = requant_shift(mx, B16_MANT_MAX);
-    let narrow = mx <= i64::MAX as u128;
+    let fits = mx <= i64::MAX as u128;
+    let rh = Rhe::new(k);
     let mut mant = vec![0i32; rows * cols];
     mant.par_chunks_mut(cw)
         .zip(ds.par_iter())
         .zip(p.mant.par_chunks(cw).zip(dp.mant.par_chunks(cw)))
         .with_min_len(rows_per_task(cols))
-        .for_each(|((out, &d), (pm, dm))| {
-            for ((o, &a), &b) in out.iter_mut().zip(pm).zip(dm) {
-                let v = w(a, b, d);
-                *o = if narrow {
-                    rhe64(v as i64, k) as i32
-                } else {
-                    rhe(v, k) as i32
-                };
+        .for_each(|((out, &(d, narrow)), (pm, dm))| {
+            if narrow {
+                for ((o, &a), &b) in out.iter_mut().zip(pm).zip(dm) {
+                    *o = rh.round(w64(a, b, d)) as i32;
+                }
+            } else {
+                for ((o, &a), &b) in out.iter_mut().zip(pm).zip(dm) {
+                    let v = w(a, b, d as i128);
+                    *o = if fits {
+                        rh.round(v as i64) as i32
+                    } else {
+                        rhe(v, k) as i32
+                    };
+                }
             }
         });
     let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
@@ -902,8 +1246,8 @@ const GELU_CACHE_LEN: usize = 8;
 struct GeluTable {
     /// `σ ∈ [0, 2^31]`, so u32 (a quarter of the cache footprint of `(i64, i64)`).
     sigma: Vec<u32>,
-    /// `g`, `|g| < 2^36`.
-    g: Vec<i64>,
+    /// `g` (`|g| < 2^36`, an exact f64).
+    g: Vec<f64>,
 }
 
 /// Tables of recent exponents: the forward and backward of one layer share `x`, and
@@ -930,7 +1274,7 @@ fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
         .with_min_len(PAR_MIN_LEN)
         .map(|i| {
             let (s, g) = gelu_sg(t, i as i32 - B16_MANT_MAX, exp);
-            (s as u32, g)
+            (s as u32, g as f64)
         })
         .unzip();
     let table = Arc::new(GeluTable { sigma, g });
@@ -946,8 +1290,9 @@ pub(crate) fn gelu(x: &Bfp) -> Result<Bfp, KernelError> {
     check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
     let base = x.exp as i64 - 31;
     match gelu_table(x.exp, x.len()) {
-        Some(tab) => requant_map1(OP, &x.mant, base, B16_MANT_MAX, |m| {
-            m as i64 * tab.sigma[(m + B16_MANT_MAX) as usize] as i64
+        // |m·σ| ≤ 2^15·2^31 < 2^51: exact in f64.
+        Some(tab) => requant_f64_1(OP, &x.mant, base, B16_MANT_MAX, |m| {
+            m as f64 * tab.sigma[(m + B16_MANT_MAX) as usize] as f64
         }),
         None => {
             let t = exp2_tables();
@@ -969,8 +1314,9 @@ pub(crate) fn gelu_bwd(x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
     check_gelu_bwd(x, dy)?;
     let base = dy.exp as i64 - 31;
     match gelu_table(x.exp, x.len()) {
-        Some(tab) => requant_map2(OP, &x.mant, &dy.mant, base, B16_MANT_MAX, |m, d| {
-            d as i64 * tab.g[(m + B16_MANT_MAX) as usize]
+        // |dy·g| < 2^15·2^36 = 2^51: exact in f64.
+        Some(tab) => requant_f64_2(OP, &x.mant, &dy.mant, base, B16_MANT_MAX, |m, d| {
+            d as f64 * tab.g[(m + B16_MANT_MAX) as usize]
         }),
         None => {
             let t = exp2_tables();
@@ -1023,11 +1369,19 @@ pub(crate) fn sum_squares(x: &Bfp) -> Result<u128, KernelError> {
 /// `32767 · 2^48 < 2^63`.
 const SCALE_NARROW_MAX: i64 = 1 << 48;
 
+/// Bits of `|c_q30|` below which [`scale`] takes the f64 path.
+const SCALE_F64_BITS: u32 = F64_EXACT_BITS - 15;
+
 /// [`crate::kernels::Kernels::scale`].
 pub(crate) fn scale(x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
     const OP: &str = "scale";
     check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
     let base = x.exp as i64 - 30;
+    if c_q30.unsigned_abs() < 1 << SCALE_F64_BITS {
+        // |m·c| < 2^15·2^36 = 2^51: exact in f64.
+        let c = c_q30 as f64;
+        return requant_f64_1(OP, &x.mant, base, B16_MANT_MAX, move |v| v as f64 * c);
+    }
     if c_q30.unsigned_abs() <= SCALE_NARROW_MAX as u64 {
         return requant_map1(OP, &x.mant, base, B16_MANT_MAX, |v| v as i64 * c_q30);
     }

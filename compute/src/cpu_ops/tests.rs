@@ -119,6 +119,27 @@ proptest! {
     }
 
     #[test]
+    fn div_est_is_exact_when_sure(n in any::<i64>(), s in 0u32..64, d in 1i128..(1i128 << 70),
+                                  dsmall in 1i128..100_000, nsmall in -(1i64 << 40)..(1i64 << 40),
+                                  q in -(1i64 << 30)..(1i64 << 30), half in any::<bool>()) {
+        // Also numerators whose quotient is exactly an integer or a tie.
+        let tie = |d: i128| -> i64 { (2 * q as i128 * d + if half { d } else { 0 }) as i64 };
+        let cases = [(n, d), (n, dsmall), (nsmall, dsmall), (nsmall, d), (i64::MIN, dsmall),
+                     (nsmall, 1), (tie(dsmall) >> 1, dsmall), (tie(2 * dsmall), 4 * dsmall)];
+        for (n, d) in cases {
+            let div = DivRhe::new(d, s);
+            let (est, sure) = div.div_est(n);
+            if sure {
+                prop_assert_eq!(est as i128, div_rhe((n as i128) << s, d), "n {} d {} s {}", n, d, s);
+            }
+        }
+        for (n, d) in [(tie(dsmall), 2 * dsmall), (2 * q + 1, 2)] {
+            let (_, sure) = DivRhe::new(d, 0).div_est(n);
+            prop_assert!(!sure || (n as i128).rem_euclid(d) * 2 != d, "tie n {} d {} judged sure", n, d);
+        }
+    }
+
+    #[test]
     fn isqrt_fast_equals_isqrt(x in any::<u128>(), sh in 0u32..128, small in any::<u64>()) {
         for v in [x, x >> sh, small as u128, (small as u128) * (small as u128),
                   ((small as u128) * (small as u128)).saturating_sub(1)] {

@@ -1476,12 +1476,13 @@ pub(crate) fn adamw(
             rhe64(s as i64, al.right) as u64
         }
     };
+    let parts = move |a: i32, b: i32| (b2n * sq(a, ar), c2 * sq(b, ag2));
+    let shifts = (ar.left, ag2.left, odd as u32);
     let wv_narrow = move |a: i32, b: i32| {
-        let w =
-            (((b2n * sq(a, ar)) as u128) << ar.left) + (((c2 * sq(b, ag2)) as u128) << ag2.left);
-        w << odd as u32
+        let (ta, tb) = parts(a, b);
+        (((ta as u128) << shifts.0) + ((tb as u128) << shifts.1)) << shifts.2
     };
-    adamw_narrow(p, g, m, r, st, e0, ev, wm_narrow, wv_narrow).unwrap_or_else(|| {
+    adamw_narrow(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts).unwrap_or_else(|| {
         adamw_with(
             p,
             g,
@@ -1503,7 +1504,7 @@ pub(crate) fn adamw(
 /// the parameter update then runs in the same pass. `None` when some `p'` before rounding does
 /// not fit in i64 (the caller then runs the general passes).
 #[allow(clippy::too_many_arguments)]
-fn adamw_narrow<WM, WV>(
+fn adamw_narrow<WM, WP>(
     p: &Bfp,
     g: &Bfp,
     m: &Bfp,
@@ -1512,13 +1513,18 @@ fn adamw_narrow<WM, WV>(
     e0: i32,
     mut ev: i64,
     wm: WM,
-    wv: WV,
+    parts: WP,
+    (la, lb, odd): (u32, u32, u32),
 ) -> Option<Result<(Bfp, Bfp, Bfp), KernelError>>
 where
     WM: Fn(i32, i32) -> i64 + Sync,
-    WV: Fn(i32, i32) -> u128 + Sync,
+    WP: Fn(i32, i32) -> (u64, u64) + Sync,
 {
     const OP: &str = "adamw";
+    let wv = |a: i32, b: i32| {
+        let (ta, tb) = parts(a, b);
+        (((ta as u128) << la) + ((tb as u128) << lb)) << odd
+    };
     let n = p.len();
     if ev % 2 != 0 {
         ev -= 1;
@@ -1557,6 +1563,10 @@ where
     let decay_narrow = st.decay_q40.unsigned_abs() < 1 << 40;
     let (rh_m, rh_r, rh_d) = (Rhe::new(k_m), Rhe::new(k_r), Rhe::new(24));
     let rh_a = Rhe::new(sh.clamp(0, 127) as u32);
+    // The f64 second moment: powers of two are exact (la + odd + 2s ≤ 143).
+    let pow2 = |e: u32| f64::from_bits((1023 + e as u64) << 52);
+    let (fa, fb) = (pow2(la + odd + 2 * s as u32), pow2(lb + odd + 2 * s as u32));
+    let scale_r = f64_scale(k_r);
     // Pass 2: m', r' and the unrounded p' (i64 when it fits).
     let mut m2 = vec![0i32; n];
     let mut r2 = vec![0i32; n];
@@ -1587,13 +1597,32 @@ where
                     mb.iter_mut().zip(rb.iter_mut()).zip(mcb).zip(gcb).zip(rcb)
                 {
                     *mo = rh_m.round(wm(a, b)) as i32;
-                    // The root is at most the largest root, below 2^51.
-                    *ro = rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32;
+                    // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
+                    // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
+                    let (ta, tb) = parts(c, b);
+                    let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
+                    let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+                    let off = 0.5 - (y - q).abs();
+                    *ro = if off > y * ROOT_EST_MARGIN + scale_r {
+                        q as i32
+                    } else {
+                        rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32
+                    };
                 }
             }
             for (((wo, &mm), &rm), &pm) in wpc.iter_mut().zip(m2c.iter()).zip(r2c.iter()).zip(pc) {
-                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15].
-                let u = div_rhe_small((mm as i64) << 30, rm as i64 + 1) as i128;
+                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15]: both exact in f64, the
+                // quotient rounded once (relative error 2^−53), taken when farther from a
+                // rounding boundary than DIV_EST_MARGIN allows for.
+                let (num, den) = ((mm as i64) << 30, rm as i64 + 1);
+                let y = num as f64 / den as f64;
+                let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+                let off = 0.5 - (y - q).abs();
+                let u = if off > y.abs() * DIV_EST_MARGIN {
+                    q as i64 as i128
+                } else {
+                    div_rhe_small(num, den) as i128
+                };
                 let au = alpha * u;
                 let a = if sh >= 0 {
                     match i64::try_from(au) {
@@ -1630,6 +1659,14 @@ where
             .map(|p2| (p2, Bfp::new(m2, m_exp), Bfp::new(r2, r_exp))),
     )
 }
+
+/// Relative margin of the f64 roots of [`adamw_narrow`]: the two products `β·A` (below
+/// `2^61`) are rounded to f64, scaled exactly and added (relative error `≤ 3·2^−53`), the
+/// root halves that and adds one rounding: `|y − √X/2^k| < y·2^−51`. The floor root differs
+/// from `√X` by less than one unit, `2^−k` after scaling. If `y` is farther than both from the
+/// nearest half-integer, `√X/2^k`, the floor root scaled and `y` round alike and neither is a
+/// tie; the margin is 8 times the f64 error, plus `2^−k` (so `k = 0` is never estimated).
+const ROOT_EST_MARGIN: f64 = 1.0 / (1u64 << 48) as f64;
 
 /// Elements per inner block of [`adamw_narrow`]'s second pass.
 const ADAM_BLOCK: usize = 256;

@@ -391,3 +391,56 @@ fn large_tensors_equal_reference() {
         );
     }
 }
+
+/// AdamW on tensors shaped like training's (moments a few bits finer than the gradient, the
+/// first step's all-zero moments at exponent −64), where the f64 root and quotient estimates
+/// decide almost every element: bit-identical to the reference.
+#[test]
+fn adamw_training_like_equals_reference() {
+    let gen = |seed: u64, len: usize, lim: u64| -> Vec<i32> {
+        (0..len as u64)
+            .map(|i| {
+                // Mixed magnitudes: a random bit width per element.
+                let h = crate::fixed::hash3(seed, 7, i);
+                let bits = (h >> 40) % (lim.ilog2() as u64 + 1);
+                let v = ((h & 0xFFFF_FFFF) % ((1u64 << bits).min(lim) + 1)) as i32;
+                if h >> 63 == 1 {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect()
+    };
+    let n = 1 << 15;
+    for seed in 0..6u64 {
+        let eg = -20 - seed as i32;
+        let p = Bfp::new(gen(seed, n, B24_MANT_MAX as u64), -26);
+        let g = Bfp::new(gen(seed + 100, n, B16_MANT_MAX as u64), eg);
+        let (m, r) = if seed == 0 {
+            (Bfp::new(vec![0; n], -64), Bfp::new(vec![0; n], -64))
+        } else {
+            (
+                Bfp::new(gen(seed + 200, n, B16_MANT_MAX as u64), eg - 3),
+                Bfp::new(
+                    gen(seed + 300, n, B16_MANT_MAX as u64)
+                        .into_iter()
+                        .map(i32::abs)
+                        .collect(),
+                    eg - 3 - (seed as i32 % 2),
+                ),
+            )
+        };
+        let st = AdamStep {
+            beta1_q30: 966_367_642,
+            beta2_q30: 1_063_004_406,
+            alpha_q40: 10_886_254 + seed as i64 * 1_000_003,
+            decay_q40: if seed % 3 == 0 { 0 } else { 1_088_625 },
+        };
+        assert_eq!(
+            adamw(&p, &g, &m, &r, &st),
+            old::adamw(&p, &g, &m, &r, &st),
+            "seed {seed}"
+        );
+    }
+}

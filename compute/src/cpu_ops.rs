@@ -1585,30 +1585,22 @@ where
         .map(|(((m2c, r2c), wpc), (((mc, gc), rc), pc))| {
             let mut mp = 0u64;
             let mut fits = true;
-            // Blocks of independent roots, then of independent divisions: short dependency
-            // chains per loop, so the sqrt and divide units overlap consecutive elements.
-            let outs = m2c.chunks_mut(ADAM_BLOCK).zip(r2c.chunks_mut(ADAM_BLOCK));
-            let ins = mc
-                .chunks(ADAM_BLOCK)
-                .zip(gc.chunks(ADAM_BLOCK))
-                .zip(rc.chunks(ADAM_BLOCK));
-            for ((mb, rb), ((mcb, gcb), rcb)) in outs.zip(ins) {
-                for ((((mo, ro), &a), &b), &c) in
-                    mb.iter_mut().zip(rb.iter_mut()).zip(mcb).zip(gcb).zip(rcb)
-                {
-                    *mo = rh_m.round(wm(a, b)) as i32;
-                    // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
-                    // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
-                    let (ta, tb) = parts(c, b);
-                    let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
-                    let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
-                    let off = 0.5 - (y - q).abs();
-                    *ro = if off > y * ROOT_EST_MARGIN + scale_r {
-                        q as i32
-                    } else {
-                        rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32
-                    };
-                }
+            // Roots first, then divisions: two loops of independent iterations with short
+            // dependency chains, so the sqrt and divide units overlap consecutive elements.
+            let ins = mc.iter().zip(gc).zip(rc);
+            for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
+                *mo = rh_m.round(wm(a, b)) as i32;
+                // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
+                // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
+                let (ta, tb) = parts(c, b);
+                let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
+                let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+                let off = 0.5 - (y - q).abs();
+                *ro = if off > y * ROOT_EST_MARGIN + scale_r {
+                    q as i32
+                } else {
+                    rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32
+                };
             }
             for (((wo, &mm), &rm), &pm) in wpc.iter_mut().zip(m2c.iter()).zip(r2c.iter()).zip(pc) {
                 // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15]: both exact in f64, the
@@ -1667,9 +1659,6 @@ where
 /// nearest half-integer, `√X/2^k`, the floor root scaled and `y` round alike and neither is a
 /// tie; the margin is 8 times the f64 error, plus `2^−k` (so `k = 0` is never estimated).
 const ROOT_EST_MARGIN: f64 = 1.0 / (1u64 << 48) as f64;
-
-/// Elements per inner block of [`adamw_narrow`]'s second pass.
-const ADAM_BLOCK: usize = 256;
 
 /// Largest alignment shift of `m` and `g` for which the first moment is formed in i64.
 const ADAM_M_LEFT_MAX: u32 = 16;

@@ -42,6 +42,7 @@ fn main() {
     let gw = Bfp::new(gen(11, c * h, 32_767), -20);
     let mw = Bfp::new(gen(12, c * h, 32_767), -21);
     let rw = Bfp::new(gen(13, c * h, 32_767), -18);
+    let zero = Bfp::new(vec![0; c * h], -64);
     type Op<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let ops: Vec<Op<'_>> = vec![
         ("add", Box::new(|| drop(k.add(&x, &wide)))),
@@ -74,6 +75,10 @@ fn main() {
         (
             "adamw_128x512",
             Box::new(|| drop(k.adamw(&pw, &gw, &mw, &rw, &st))),
+        ),
+        (
+            "adamw_first_step",
+            Box::new(|| drop(k.adamw(&pw, &gw, &zero, &zero, &st))),
         ),
     ];
     for (name, f) in &ops {

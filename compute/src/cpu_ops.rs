@@ -1458,13 +1458,15 @@ pub(crate) fn adamw(
         }
     };
     let betas_in_range = (0..=one).contains(&b1) && (0..=one).contains(&b2);
-    if !(betas_in_range && am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX) {
+    if !betas_in_range {
         return adamw_with(p, g, m, r, st, e0, ev, wm, wv);
     }
-    // β ∈ [0, 2^30]: |b1·am + (2^30 − b1)·ag| ≤ 2^30·2^15·2^16 = 2^61 in i64; the second
-    // moment is a sum of nonnegative terms `(β·A) << l` with `β·A ≤ 2^30·2^30` (A a square,
-    // rounded or not) and `l ≤ 40`, below 2^101 even doubled: the same value as the i128
-    // products `β·(A << l)`, formed with one 64-bit product and a shift.
+    // β ∈ [0, 2^30]: |b1·am + (2^30 − b1)·ag| ≤ 2^30·2^15·2^16 = 2^61 in i64 when both
+    // alignment shifts are at most 16 (else the reference's i128 products, as in the first
+    // step, where the moments are zero at exponent −64); the second moment is a sum of
+    // nonnegative terms `(β·A) << l` with `β·A ≤ 2^30·2^30` (A a square, rounded or not) and
+    // `l ≤ 40`, below 2^101 even doubled: the same value as the i128 products `β·(A << l)`,
+    // formed with one 64-bit product and a shift.
     let (b1n, b2n) = (b1 as i64, b2 as u64);
     let (c1, c2) = ((one as i64) - b1n, (one as u64) - b2n);
     let wm_narrow = move |a: i32, b: i32| b1n * am.apply(a as i64) + c1 * ag.apply(b as i64);
@@ -1478,23 +1480,82 @@ pub(crate) fn adamw(
     };
     let parts = move |a: i32, b: i32| (b2n * sq(a, ar), c2 * sq(b, ag2));
     let shifts = (ar.left, ag2.left, odd as u32);
-    let wv_narrow = move |a: i32, b: i32| {
+    if am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX {
+        adamw_fast(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts)
+    } else {
+        adamw_fast(p, g, m, r, st, e0, ev, wm, parts, shifts)
+    }
+}
+
+/// A first moment before rounding: i64 when the alignment allows, else i128.
+trait Moment: Copy + Default + Send + Sync {
+    /// `max(|self|, |v|)` as a nonnegative moment (`self` is nonnegative).
+    fn max_abs(self, v: Self) -> Self;
+    /// The exact value.
+    fn wide(self) -> i128;
+    /// `rhe(self, k)` (`rh` is the rounding by `k`).
+    fn round(self, rh: Rhe, k: u32) -> i32;
+}
+
+impl Moment for i64 {
+    #[inline]
+    fn max_abs(self, v: Self) -> Self {
+        // |v| ≤ 2^61 here, so the absolute value cannot overflow.
+        self.max(v.abs())
+    }
+    #[inline]
+    fn wide(self) -> i128 {
+        self as i128
+    }
+    #[inline]
+    fn round(self, rh: Rhe, _k: u32) -> i32 {
+        rh.round(self) as i32
+    }
+}
+
+impl Moment for i128 {
+    #[inline]
+    fn max_abs(self, v: Self) -> Self {
+        // |v| < 2^120 (β ≤ 2^30 times an aligned B16 value below 2^56, twice).
+        self.max(v.abs())
+    }
+    #[inline]
+    fn wide(self) -> i128 {
+        self
+    }
+    #[inline]
+    fn round(self, rh: Rhe, k: u32) -> i32 {
+        match i64::try_from(self) {
+            Ok(v) => rh.round(v) as i32,
+            Err(_) => rhe(self, k) as i32,
+        }
+    }
+}
+
+/// [`adamw_narrow`], or the general passes when it declines.
+#[allow(clippy::too_many_arguments)]
+fn adamw_fast<T: Moment, WM, WP>(
+    p: &Bfp,
+    g: &Bfp,
+    m: &Bfp,
+    r: &Bfp,
+    st: &AdamStep,
+    e0: i32,
+    ev: i64,
+    wm: WM,
+    parts: WP,
+    shifts: (u32, u32, u32),
+) -> Result<(Bfp, Bfp, Bfp), KernelError>
+where
+    WM: Fn(i32, i32) -> T + Sync + Copy,
+    WP: Fn(i32, i32) -> (u64, u64) + Sync + Copy,
+{
+    let wv = move |a: i32, b: i32| {
         let (ta, tb) = parts(a, b);
-        (((ta as u128) << shifts.0) + ((tb as u128) << shifts.1)) << shifts.2
+        ((((ta as u128) << shifts.0) + ((tb as u128) << shifts.1)) << shifts.2) as i128
     };
-    adamw_narrow(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts).unwrap_or_else(|| {
-        adamw_with(
-            p,
-            g,
-            m,
-            r,
-            st,
-            e0,
-            ev,
-            move |a, b| wm_narrow(a, b) as i128,
-            move |a, b| wv_narrow(a, b) as i128,
-        )
-    })
+    adamw_narrow(p, g, m, r, st, e0, ev, wm, parts, shifts)
+        .unwrap_or_else(|| adamw_with(p, g, m, r, st, e0, ev, move |a, b| wm(a, b).wide(), wv))
 }
 
 /// [`adamw_with`] for moments formed in 64 bits (`wm`) and nonnegative below `2^102` (`wv`),
@@ -1504,7 +1565,7 @@ pub(crate) fn adamw(
 /// the parameter update then runs in the same pass. `None` when some `p'` before rounding does
 /// not fit in i64 (the caller then runs the general passes).
 #[allow(clippy::too_many_arguments)]
-fn adamw_narrow<WM, WP>(
+fn adamw_narrow<T: Moment, WM, WP>(
     p: &Bfp,
     g: &Bfp,
     m: &Bfp,
@@ -1517,7 +1578,7 @@ fn adamw_narrow<WM, WP>(
     (la, lb, odd): (u32, u32, u32),
 ) -> Option<Result<(Bfp, Bfp, Bfp), KernelError>>
 where
-    WM: Fn(i32, i32) -> i64 + Sync,
+    WM: Fn(i32, i32) -> T + Sync,
     WP: Fn(i32, i32) -> (u64, u64) + Sync,
 {
     const OP: &str = "adamw";
@@ -1536,16 +1597,19 @@ where
         .zip(g.mant.par_chunks(ADAM_CHUNK))
         .zip(r.mant.par_chunks(ADAM_CHUNK))
         .map(|((mc, gc), rc)| {
-            let mut mm = 0u64;
+            let mut mm = T::default();
             let mut mv = 0u128;
             for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
-                mm = mm.max(wm(a, b).unsigned_abs());
+                mm = mm.max_abs(wm(a, b));
                 mv = mv.max(wv(c, b));
             }
             (mm, mv)
         })
-        .reduce(|| (0, 0), |x, y| (x.0.max(y.0), x.1.max(y.1)));
-    let k_m = requant_shift(mx_m as u128, B16_MANT_MAX);
+        .reduce(
+            || (T::default(), 0),
+            |x, y| (x.0.max_abs(y.0), x.1.max(y.1)),
+        );
+    let k_m = requant_shift(mx_m.wide() as u128, B16_MANT_MAX);
     let s = (100i64 - bitlen(mx_v) as i64).max(0) / 2;
     let m_exp = match checked_exp(OP, e0 as i64 - 30, k_m as i64) {
         Ok(e) => e,
@@ -1589,7 +1653,7 @@ where
             // dependency chains, so the sqrt and divide units overlap consecutive elements.
             let ins = mc.iter().zip(gc).zip(rc);
             for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
-                *mo = rh_m.round(wm(a, b)) as i32;
+                *mo = wm(a, b).round(rh_m, k_m);
                 // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
                 // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
                 let (ta, tb) = parts(c, b);

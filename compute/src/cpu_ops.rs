@@ -7,8 +7,14 @@
 //!   i128 only where it may not, decided per tensor or per element;
 //! - exact division by an f64 estimate of the quotient corrected by integer remainders
 //!   ([`DivRhe`]) instead of i128 division;
+//! - f64 arithmetic where every value is an integer below `2^51` (exact), rounding half to even
+//!   by adding `1.5·2^52` ([`rhe_f64`]): the elementwise loops vectorize;
+//! - f64 quotients and roots taken only when provably farther from a rounding boundary than
+//!   their error ([`DivRhe::div_est`], the AdamW roots), the exact path otherwise;
 //! - recomputing cheap wide values in the requantization pass instead of collecting them into
-//!   `Vec<i128>`, and no per-row allocations;
+//!   `Vec<i128>`, plain per-chunk loops (rayon's per-item closures were not inlined), and no
+//!   per-row allocations;
+//! - GELU tables cached per exponent across calls;
 //! - rayon tasks of at least [`PAR_MIN_LEN`] elements, so small tensors do not pay fork/join.
 
 use crate::fixed::{
@@ -1420,12 +1426,13 @@ fn isqrt_fast(x: u128) -> u64 {
 /// Elements per rayon task in `adamw` (each element is a few dozen operations).
 const ADAM_CHUNK: usize = 1 << 12;
 
-/// [`crate::kernels::Kernels::adamw`], the rule of [`AdamStep`] in three fused passes instead
-/// of five `Vec<i128>` sweeps. The wide moments use the reference's i128 expressions (so even
-/// out-of-range hyperparameters wrap identically); 64 bits are used where the bound is
-/// structural: aligned B16 values (`≤ 2^15·2^40 < 2^63`), `m'·2^30 < 2^45`, and the isqrt of
-/// values below `2^104`. Since isqrt is monotone, `max r'` is the root of `max w`... but the
-/// shifted values are only compared after the shift, so the roots are kept (u64) instead.
+/// [`crate::kernels::Kernels::adamw`], the rule of [`AdamStep`]. For β in `[0, 2^30]` (every
+/// real configuration) [`adamw_narrow`] runs it in three passes (maxima; m', r' and the
+/// unrounded p'; rounding of p'), with 64-bit moments where the alignment allows and f64
+/// estimates of roots and quotients where provably exact. Otherwise [`adamw_with`] runs the
+/// reference's i128 expressions (so out-of-range hyperparameters wrap identically) in four
+/// passes, with 64 bits only where the bound is structural: aligned B16 values
+/// (`≤ 2^15·2^40 < 2^63`), `m'·2^30 < 2^45`, and the isqrt of values below `2^104`.
 pub(crate) fn adamw(
     p: &Bfp,
     g: &Bfp,

@@ -5,6 +5,7 @@
 // Numerics, kernels (CPU reference), model and single-node training.
 pub mod backend;
 pub mod checkpoint;
+mod cpu_ops;
 pub mod data;
 pub mod fixed;
 mod gemm;

@@ -174,7 +174,20 @@ impl TrainState {
     }
 
     /// One training step on `batch`: forward, backward, AdamW; `step` advances by one.
+    ///
+    /// The step runs inside one `rayon::scope`, so it enters the thread pool once instead of
+    /// once per parallel kernel call (a cold entry from a thread outside the pool costs a
+    /// cross-thread wake-up and wait, and a step makes about a thousand such calls). Results do
+    /// not depend on which thread runs what.
     pub fn step(&mut self, kernels: &dyn Kernels, batch: &Batch) -> Result<StepStats, TrainError> {
+        rayon::scope(|_| self.step_in_pool(kernels, batch))
+    }
+
+    fn step_in_pool(
+        &mut self,
+        kernels: &dyn Kernels,
+        batch: &Batch,
+    ) -> Result<StepStats, TrainError> {
         let (pass, _) = forward_backward(
             kernels,
             &self.model,
@@ -207,8 +220,20 @@ impl TrainState {
         })
     }
 
-    /// Mean loss (nats) over `iters` fixed batches of `tokens` drawn from `stream`.
+    /// Mean loss (nats) over `iters` fixed batches of `tokens` drawn from `stream` (inside one
+    /// `rayon::scope`, as [`TrainState::step`]).
     pub fn evaluate(
+        &self,
+        kernels: &dyn Kernels,
+        tokens: &[u32],
+        what: &'static str,
+        stream: u64,
+        iters: usize,
+    ) -> Result<f64, TrainError> {
+        rayon::scope(|_| self.evaluate_in_pool(kernels, tokens, what, stream, iters))
+    }
+
+    fn evaluate_in_pool(
         &self,
         kernels: &dyn Kernels,
         tokens: &[u32],

@@ -35,12 +35,17 @@ macro_rules! multiversion {
                 s: MatmulShape,
                 hi: &'a mut Vec<i32>,
                 lo: &'a mut Vec<i32>,
-            ) -> SplitA<'a> {
+            ) -> (SplitA<'a>, bool) {
                 // SAFETY: as for `tile`.
                 unsafe { $split_a(a, s, hi, lo) }
             }
 
-            fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+            fn pack_b<'a>(
+                self,
+                b: &[i32],
+                s: MatmulShape,
+                dst: &'a mut Vec<i32>,
+            ) -> (&'a [i32], bool) {
                 // SAFETY: as for `tile`.
                 unsafe { $pack_b(b, s, dst) }
             }
@@ -69,12 +74,12 @@ macro_rules! multiversion {
             s: MatmulShape,
             hi: &'a mut Vec<i32>,
             lo: &'a mut Vec<i32>,
-        ) -> SplitA<'a> {
+        ) -> (SplitA<'a>, bool) {
             super::split_a::<$mr>(a, s, hi, lo)
         }
 
         #[target_feature(enable = $feat)]
-        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool) {
             super::pack_b::<$nr>(b, s, dst)
         }
 

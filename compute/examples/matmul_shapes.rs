@@ -1,7 +1,8 @@
 //! Time of `CpuKernels::matmul` per product of one nanoGPT CPU preset training step (the 75
 //! products of `model.rs`, grouped by shape), on random B16 mantissas, run inside the thread
 //! pool as the training step runs: `cargo run --release -p leam-compute --example matmul_shapes
-//! -- [repetitions]`. Prints best-of time per call, ms per step and GMAC/s per shape.
+//! -- [repetitions] [name filter]`. Prints best-of time per call, ms per step and GMAC/s per
+//! shape (only the shapes whose name contains the filter, if given).
 use leam_compute::kernels::{Bfp, CpuKernels, Kernels, MatmulShape};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20);
+    let filter = std::env::args().nth(2).unwrap_or_default();
     // nanoGPT CPU preset: batch 12, block 64, 4 layers, 4 heads, 128 wide, vocab 65.
     let (bt, c, t, hs, bh, v, layers) = (768, 128, 64, 32, 48, 65, 4);
     let new = MatmulShape::new;
@@ -57,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         "{:>10} {:>28} {:>9} {:>9} {:>7}",
         "", "batch×m×k×n", "µs/call", "ms/step", "GMAC/s"
     );
-    for (name, s, count) in shapes {
+    for (name, s, count) in shapes.into_iter().filter(|x| x.0.contains(&filter)) {
         let a = Bfp {
             mant: random_mant(s.batch * s.m * s.k, &mut seed),
             exp: 0,

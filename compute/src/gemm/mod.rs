@@ -28,6 +28,7 @@ mod x86;
 use crate::fixed::{rhe64, B16_MANT_MAX};
 use crate::kernels::MatmulShape;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
 /// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
@@ -157,7 +158,7 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
     fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
 
     /// [`requant_into`] compiled for the path.
-    fn requant(self, out: &mut [i32], sums: &[i64], k: u32);
+    fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32);
 }
 
 /// Exact sums of every product of `s` into `out` (`batch·m·n`, row-major per batch) through
@@ -184,36 +185,42 @@ pub(crate) fn exact_sums(
 /// `rhe64(v, k)` of every sum as a B16 mantissa (`k` from `requant_shift` of the maximum, so
 /// every result fits), in parallel chunks of `par_min`, vectorized for `path` where available.
 pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Vec<i32> {
-    let mut mant = vec![0i32; sums.len()];
-    let chunks = mant.par_chunks_mut(par_min).zip(sums.par_chunks(par_min));
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512Vnni if let Some(t) = x86::Avx512Vnni::new() => {
-            chunks.for_each(|(o, s)| t.requant(o, s, k))
-        }
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 if let Some(t) = x86::Avx2::new() => {
-            chunks.for_each(|(o, s)| t.requant(o, s, k))
-        }
-        _ => chunks.for_each(|(o, s)| requant_into(o, s, k)),
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::requantize(path, sums, k, par_min)
     }
-    mant
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = path;
+        let mut mant = vec![0i32; sums.len()];
+        mant.par_chunks_mut(par_min)
+            .zip(sums.par_chunks(par_min))
+            .for_each(|(o, s)| {
+                for (o, &v) in o.iter_mut().zip(s) {
+                    *o = rhe64(v, k) as i32;
+                }
+            });
+        mant
+    }
 }
 
-/// `out[i] = rhe64(sums[i], k)`. For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula
-/// with the shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
+/// `out[i] = rhe64(sums[i], k)` for every `i` (`out` and `sums` have equal lengths: every element
+/// of `out` is written). For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula with the
+/// shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
 #[inline(always)]
-fn requant_into(out: &mut [i32], sums: &[i64], k: u32) {
+fn requant_into(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
+    // Soundness of `x86::requantize` rests on every element of `out` being written.
+    assert_eq!(out.len(), sums.len(), "one output per sum");
     if (1..=61).contains(&k) {
         let mask = (1i64 << k) - 1;
         let half_m1 = (1i64 << (k - 1)) - 1;
         for (o, &v) in out.iter_mut().zip(sums) {
             let q = v >> k;
-            *o = (q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32;
+            o.write((q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32);
         }
     } else {
         for (o, &v) in out.iter_mut().zip(sums) {
-            *o = rhe64(v, k) as i32;
+            o.write(rhe64(v, k) as i32);
         }
     }
 }

@@ -275,7 +275,10 @@ fn pack_b<'a, const NR: usize>(
         let j0 = c * NR;
         let cols = NR.min(n - j0);
         if s.trans_b {
-            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent.
+            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
+            // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
+            // which is then stored down the lane (stride `NR`).
+            const TB_PAIRS: usize = 16;
             for (jj, lane) in (0..NR).zip(0..) {
                 if jj >= cols {
                     for p in 0..pairs {
@@ -285,7 +288,19 @@ fn pack_b<'a, const NR: usize>(
                 }
                 let row = &b[(j0 + jj) * k..][..k];
                 let (whole, odd) = row.as_chunks::<2>();
-                for (p, &[x0, x1]) in whole.iter().enumerate() {
+                let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
+                for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
+                    let mut buf = [0i32; TB_PAIRS];
+                    for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
+                        bad |= out_of_range(x0) | out_of_range(x1);
+                        *o = pair(x0, x1);
+                    }
+                    for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
+                        d[lane] = v;
+                    }
+                }
+                let p0 = blocks.len() * TB_PAIRS;
+                for (p, &[x0, x1]) in (p0..).zip(rest) {
                     bad |= out_of_range(x0) | out_of_range(x1);
                     panel[p * NR + lane] = pair(x0, x1);
                 }

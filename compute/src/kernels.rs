@@ -425,6 +425,23 @@ pub trait Kernels: Send + Sync {
 /// Checks lengths, limits and mantissa bounds of a matmul; shared by every backend.
 pub fn check_matmul(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<(), KernelError> {
     const OP: &str = "matmul";
+    let (na, nb) = matmul_limits(s)?;
+    for (operand, t, expected) in [("a", a, na), ("b", b, nb)] {
+        if t.mant.len() != expected {
+            return Err(KernelError::Shape {
+                op: OP,
+                operand,
+                expected,
+                found: t.mant.len(),
+            });
+        }
+        check_mant(OP, operand, &t.mant, B16_MANT_MAX)?;
+    }
+    Ok(())
+}
+
+/// The limit checks of [`check_matmul`] (its first ones); returns the lengths of A and B.
+fn matmul_limits(s: MatmulShape) -> Result<(usize, usize), KernelError> {
     if s.k > MATMUL_K_MAX {
         return Err(KernelError::Limit {
             what: "matmul inner dimension k",
@@ -445,18 +462,7 @@ pub fn check_matmul(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<(), KernelError>
     };
     let (na, nb) = (elems(s.m, s.k)?, elems(s.k, s.n)?);
     elems(s.m, s.n)?;
-    for (operand, t, expected) in [("a", a, na), ("b", b, nb)] {
-        if t.mant.len() != expected {
-            return Err(KernelError::Shape {
-                op: OP,
-                operand,
-                expected,
-                found: t.mant.len(),
-            });
-        }
-        check_mant(OP, operand, &t.mant, B16_MANT_MAX)?;
-    }
-    Ok(())
+    Ok((na, nb))
 }
 
 /// Input checks of [`Kernels::add`]; shared by every backend.
@@ -917,17 +923,23 @@ pub(crate) fn matmul_with(
     s: MatmulShape,
 ) -> Result<Bfp, KernelError> {
     const OP: &str = "matmul";
-    check_matmul(a, b, s)?;
+    let (na, nb) = matmul_limits(s)?;
+    let path = if path.available() { path } else { Path::Dgemm };
+    if (a.mant.len(), b.mant.len()) != (na, nb) || path == Path::Dgemm {
+        // Every check in `check_matmul`'s order (a's mantissas before b's length); the integer
+        // path below checks the mantissa range itself, while packing the operands.
+        check_matmul(a, b, s)?;
+    }
     let base_exp = a.exp as i64 + b.exp as i64;
     let len = s.batch * s.m * s.n;
-    if len == 0 || s.k == 0 {
-        // Every sum is 0: mantissas 0, k = 0.
-        return Ok(Bfp {
-            mant: vec![0; len],
-            exp: checked_exp(OP, base_exp, 0)?,
-        });
-    }
-    if path == Path::Dgemm || !path.available() {
+    if path == Path::Dgemm {
+        if len == 0 || s.k == 0 {
+            // Every sum is 0: mantissas 0, k = 0.
+            return Ok(Bfp {
+                mant: vec![0; len],
+                exp: checked_exp(OP, base_exp, 0)?,
+            });
+        }
         return matmul_dgemm(a, b, s, base_exp);
     }
     // Taken out of the thread-local (left empty), so a nested call cannot alias it.
@@ -937,17 +949,21 @@ pub(crate) fn matmul_with(
     }
     // Every sum is overwritten; stale values of a previous call are not read.
     let sums = &mut sums_buf[..len];
-    let mx = gemm::exact_sums(path, &a.mant, &b.mant, s, sums)
-        .expect("an available integer path computes the sums");
-    let k = requant_shift(mx as u128, B16_MANT_MAX);
-    let mant = gemm::requantize(path, sums, k, MATMUL_PAR_MIN);
+    let found = gemm::exact_sums(path, &a.mant, &b.mant, s, sums);
+    let result = match found {
+        Some(Some(mx)) => {
+            let k = requant_shift(mx as u128, B16_MANT_MAX);
+            let mant = gemm::requantize(path, sums, k, MATMUL_PAR_MIN);
+            checked_exp(OP, base_exp, k as i64).map(|exp| Bfp { mant, exp })
+        }
+        // A mantissa out of range (or, impossibly, no integer path after all): `check_matmul`
+        // reports the first offender exactly as before; were there none, dgemm.
+        _ => check_matmul(a, b, s).and_then(|()| matmul_dgemm(a, b, s, base_exp)),
+    };
     if sums_buf.capacity() <= MATMUL_SCRATCH_KEEP_MAX {
         MATMUL_SUMS.with(|c| *c.borrow_mut() = sums_buf);
     }
-    Ok(Bfp {
-        mant,
-        exp: checked_exp(OP, base_exp, k as i64)?,
-    })
+    result
 }
 
 impl Kernels for CpuKernels {

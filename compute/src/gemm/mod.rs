@@ -25,9 +25,10 @@
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::fixed::rhe64;
+use crate::fixed::{rhe64, B16_MANT_MAX};
 use crate::kernels::MatmulShape;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
 /// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
@@ -148,28 +149,30 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
         s: MatmulShape,
         hi: &'a mut Vec<i32>,
         lo: &'a mut Vec<i32>,
-    ) -> SplitA<'a>;
+    ) -> (SplitA<'a>, bool);
 
     /// [`pack_b`] compiled for the path.
-    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32];
+    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool);
 
     /// [`panels`] compiled for the path.
     fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
 
     /// [`requant_into`] compiled for the path.
-    fn requant(self, out: &mut [i32], sums: &[i64], k: u32);
+    fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32);
 }
 
 /// Exact sums of every product of `s` into `out` (`batch·m·n`, row-major per batch) through
-/// `path`, returning `max |sum|`; `None` if the path is [`Path::Dgemm`] or not available here.
-/// `a` and `b` must have the lengths `check_matmul` verified.
+/// `path`, returning `Some(max |sum|)`, or `None` if some mantissa of `a` or `b` is out of the
+/// B16 range (the contents of `out` are then unspecified, and the caller reports the offender);
+/// `None` (outer) if the path is [`Path::Dgemm`] or not available here. `a` and `b` must have
+/// the lengths `check_matmul` verifies.
 pub(crate) fn exact_sums(
     path: Path,
     a: &[i32],
     b: &[i32],
     s: MatmulShape,
     out: &mut [i64],
-) -> Option<u64> {
+) -> Option<Option<u64>> {
     match path {
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => x86::Avx512Vnni::new().map(|t| run(t, a, b, s, out)),
@@ -182,36 +185,42 @@ pub(crate) fn exact_sums(
 /// `rhe64(v, k)` of every sum as a B16 mantissa (`k` from `requant_shift` of the maximum, so
 /// every result fits), in parallel chunks of `par_min`, vectorized for `path` where available.
 pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Vec<i32> {
-    let mut mant = vec![0i32; sums.len()];
-    let chunks = mant.par_chunks_mut(par_min).zip(sums.par_chunks(par_min));
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512Vnni if let Some(t) = x86::Avx512Vnni::new() => {
-            chunks.for_each(|(o, s)| t.requant(o, s, k))
-        }
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 if let Some(t) = x86::Avx2::new() => {
-            chunks.for_each(|(o, s)| t.requant(o, s, k))
-        }
-        _ => chunks.for_each(|(o, s)| requant_into(o, s, k)),
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::requantize(path, sums, k, par_min)
     }
-    mant
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = path;
+        let mut mant = vec![0i32; sums.len()];
+        mant.par_chunks_mut(par_min)
+            .zip(sums.par_chunks(par_min))
+            .for_each(|(o, s)| {
+                for (o, &v) in o.iter_mut().zip(s) {
+                    *o = rhe64(v, k) as i32;
+                }
+            });
+        mant
+    }
 }
 
-/// `out[i] = rhe64(sums[i], k)`. For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula
-/// with the shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
+/// `out[i] = rhe64(sums[i], k)` for every `i` (`out` and `sums` have equal lengths: every element
+/// of `out` is written). For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula with the
+/// shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
 #[inline(always)]
-fn requant_into(out: &mut [i32], sums: &[i64], k: u32) {
+fn requant_into(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
+    // Soundness of `x86::requantize` rests on every element of `out` being written.
+    assert_eq!(out.len(), sums.len(), "one output per sum");
     if (1..=61).contains(&k) {
         let mask = (1i64 << k) - 1;
         let half_m1 = (1i64 << (k - 1)) - 1;
         for (o, &v) in out.iter_mut().zip(sums) {
             let q = v >> k;
-            *o = (q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32;
+            o.write((q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32);
         }
     } else {
         for (o, &v) in out.iter_mut().zip(sums) {
-            *o = rhe64(v, k) as i32;
+            o.write(rhe64(v, k) as i32);
         }
     }
 }
@@ -222,11 +231,21 @@ fn pair(x0: i32, x1: i32) -> i32 {
     ((x0 as u16 as u32) | ((x1 as u16 as u32) << 16)) as i32
 }
 
-/// `a = 256·hi + lo` with `hi ∈ [−128, 128]`, `lo ∈ [−128, 127]` for `|a| ≤ 32767`.
+/// `a = 256·hi + lo` with `hi ∈ [−128, 128]`, `lo ∈ [−128, 127]` for `|a| ≤ 32767`. Wrapping
+/// arithmetic: an out-of-range `a` (flagged by [`out_of_range`], its products discarded) must
+/// not panic.
 #[inline(always)]
 fn split(a: i32) -> (i32, i32) {
-    let hi = (a + 128) >> 8;
-    (hi, a - (hi << 8))
+    let hi = a.wrapping_add(128) >> 8;
+    (hi, a.wrapping_sub(hi.wrapping_shl(8)))
+}
+
+/// Whether `x` is not a B16 mantissa (`|x| > 32767`): the range check of `check_matmul`, done
+/// by the packing loops, which read every operand element anyway, instead of by a separate
+/// serial pass over both operands.
+#[inline(always)]
+fn out_of_range(x: i32) -> bool {
+    x.unsigned_abs() > B16_MANT_MAX as u32
 }
 
 /// `v` with length `len`, contents unspecified (the caller overwrites every element): a
@@ -240,17 +259,26 @@ fn sized(v: &mut Vec<i32>, len: usize) -> &mut [i32] {
 }
 
 /// Packs one batch's B (`k×n`, or `n×k` if `trans_b`) into `NR`-column panels of k-pairs,
-/// zero-padded to full panels and an even K; writes every element of the result.
+/// zero-padded to full panels and an even K; writes every element of the result. The flag is
+/// true if some element of `b` is [`out_of_range`].
 #[inline(always)]
-fn pack_b<'a, const NR: usize>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+fn pack_b<'a, const NR: usize>(
+    b: &[i32],
+    s: MatmulShape,
+    dst: &'a mut Vec<i32>,
+) -> (&'a [i32], bool) {
     let (k, n) = (s.k, s.n);
+    let mut bad = false;
     let pairs = k.div_ceil(2);
     let dst = sized(dst, n.div_ceil(NR) * pairs * NR);
     for (c, panel) in dst.chunks_exact_mut(pairs * NR).enumerate() {
         let j0 = c * NR;
         let cols = NR.min(n - j0);
         if s.trans_b {
-            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent.
+            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
+            // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
+            // which is then stored down the lane (stride `NR`).
+            const TB_PAIRS: usize = 16;
             for (jj, lane) in (0..NR).zip(0..) {
                 if jj >= cols {
                     for p in 0..pairs {
@@ -260,10 +288,24 @@ fn pack_b<'a, const NR: usize>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>)
                 }
                 let row = &b[(j0 + jj) * k..][..k];
                 let (whole, odd) = row.as_chunks::<2>();
-                for (p, &[x0, x1]) in whole.iter().enumerate() {
+                let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
+                for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
+                    let mut buf = [0i32; TB_PAIRS];
+                    for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
+                        bad |= out_of_range(x0) | out_of_range(x1);
+                        *o = pair(x0, x1);
+                    }
+                    for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
+                        d[lane] = v;
+                    }
+                }
+                let p0 = blocks.len() * TB_PAIRS;
+                for (p, &[x0, x1]) in (p0..).zip(rest) {
+                    bad |= out_of_range(x0) | out_of_range(x1);
                     panel[p * NR + lane] = pair(x0, x1);
                 }
                 if let [x0] = *odd {
+                    bad |= out_of_range(x0);
                     panel[whole.len() * NR + lane] = pair(x0, 0);
                 }
             }
@@ -276,31 +318,34 @@ fn pack_b<'a, const NR: usize>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>)
                 if 2 * p + 1 < k {
                     let r1 = &b[(2 * p + 1) * n + j0..][..cols];
                     for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
+                        bad |= out_of_range(x0) | out_of_range(x1);
                         *l = pair(x0, x1);
                     }
                 } else {
                     for (l, &x0) in lanes.iter_mut().zip(r0) {
+                        bad |= out_of_range(x0);
                         *l = pair(x0, 0);
                     }
                 }
             }
         }
     }
-    dst
+    (dst, bad)
 }
 
 /// Splits and pairs one batch's A (`m×k`, or `k×m` if `trans_a`) into `hi` and `lo` (see
 /// [`SplitA`]), rows zero-padded to a multiple of `MR` and K to an even length; writes every
 /// element. The layout follows the stored one so that both loops run over contiguous memory:
 /// row-major pairs (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`,
-/// `ps = padded rows`) for `Aᵀ`.
+/// `ps = padded rows`) for `Aᵀ`. The flag is true if some element of `a` is [`out_of_range`].
 #[inline(always)]
 fn split_a<'a, const MR: usize>(
     a: &[i32],
     s: MatmulShape,
     hi: &'a mut Vec<i32>,
     lo: &'a mut Vec<i32>,
-) -> SplitA<'a> {
+) -> (SplitA<'a>, bool) {
+    let mut bad = false;
     let (m, k) = (s.m, s.k);
     let pairs = k.div_ceil(2);
     let rows = m.div_ceil(MR) * MR;
@@ -309,6 +354,7 @@ fn split_a<'a, const MR: usize>(
         let ((h0, l0), (h1, l1)) = (split(x0), split(x1));
         *h = pair(h0, h1);
         *l = pair(l0, l1);
+        out_of_range(x0) | out_of_range(x1)
     };
     let (rs, ps) = if s.trans_a {
         for (p, (h, l)) in hi
@@ -324,11 +370,11 @@ fn split_a<'a, const MR: usize>(
             if 2 * p + 1 < k {
                 let r1 = &a[(2 * p + 1) * m..][..m];
                 for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(r0).zip(r1) {
-                    one(h, l, x0, x1);
+                    bad |= one(h, l, x0, x1);
                 }
             } else {
                 for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(r0) {
-                    one(h, l, x0, 0);
+                    bad |= one(h, l, x0, 0);
                 }
             }
         }
@@ -345,15 +391,15 @@ fn split_a<'a, const MR: usize>(
         {
             let (whole, odd) = row.as_chunks::<2>();
             for ((h, l), &[x0, x1]) in h.iter_mut().zip(l.iter_mut()).zip(whole) {
-                one(h, l, x0, x1);
+                bad |= one(h, l, x0, x1);
             }
             if let [x0] = *odd {
-                one(&mut h[pairs - 1], &mut l[pairs - 1], x0, 0);
+                bad |= one(&mut h[pairs - 1], &mut l[pairs - 1], x0, 0);
             }
         }
         (pairs, 1)
     };
-    SplitA { hi, lo, rs, ps }
+    (SplitA { hi, lo, rs, ps }, bad)
 }
 
 /// The row panels `row0 ..` in `out` (whole rows of one batch's `m×n` result, starting at row
@@ -416,40 +462,44 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
     b: &[i32],
     s: MatmulShape,
     out: &mut [i64],
-) -> u64 {
+) -> Option<u64> {
     let (sa, sb, sc) = (s.m * s.k, s.k * s.n, s.m * s.n);
     if sc == 0 || s.k == 0 {
         out.fill(0);
-        return 0;
+        let bad = a.iter().chain(b).any(|&x| out_of_range(x));
+        return (!bad).then_some(0);
     }
     if s.batch == 1 {
         // Split A and pack B once (side by side: linear in the operands), then the row panels
         // in parallel.
         let mut bufs = with_scratch(std::mem::take);
         let [ah, al, pb] = &mut bufs;
-        let (sa, pb) = rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
-        let mx = out
-            .par_chunks_mut(MR * s.n)
-            .enumerate()
-            .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
-            .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
-            .max()
-            .unwrap_or(0);
+        let ((sa, bad_a), (pb, bad_b)) =
+            rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
+        let mx = (!(bad_a | bad_b)).then(|| {
+            out.par_chunks_mut(MR * s.n)
+                .enumerate()
+                .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
+                .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
+                .max()
+                .unwrap_or(0)
+        });
         with_scratch(|keep| *keep = bufs);
         mx
     } else {
+        // Per batch `None` if its operands are out of range (its products are skipped).
         out.par_chunks_mut(sc)
             .zip(a.par_chunks(sa))
             .zip(b.par_chunks(sb))
             .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
             .map(|((o, ab), bb)| {
                 with_scratch(|[ah, al, pb]| {
-                    let (sa, pb) = (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
-                    t.panels(sa, pb, s, 0, o)
+                    let ((sa, bad_a), (pb, bad_b)) =
+                        (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
+                    (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, 0, o))
                 })
             })
-            .max()
-            .unwrap_or(0)
+            .try_reduce(|| 0, |x, y| Some(x.max(y)))
     }
 }
 

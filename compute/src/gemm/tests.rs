@@ -244,3 +244,46 @@ proptest! {
         prop_assert_eq!(crate::kernels::check_mant("matmul", "a", &mant, B16_MANT_MAX), want);
     }
 }
+
+/// The previous `matmul_with` checks: `check_matmul` (limits, then per operand its length and
+/// its mantissas) before any arithmetic.
+fn old_checks(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<(), KernelError> {
+    crate::kernels::check_matmul(a, b, s)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The integer paths check the mantissa range while packing: every path reports exactly
+    /// the error of the checks that used to run first (first offender of `a`, then of `b`; a's
+    /// mantissas before b's length), whatever the shape, transposes, batch and offender values.
+    #[test]
+    fn out_of_range_mantissas_give_the_old_error(
+        (mut a, mut b, s) in arb_case(),
+        bad_a in proptest::collection::vec((any::<usize>(), prop_oneof![Just(i32::MIN), Just(-32_768), Just(32_768), Just(i32::MAX), Just(1 << 20)]), 0..3),
+        bad_b in proptest::collection::vec((any::<usize>(), prop_oneof![Just(i32::MIN), Just(-32_768), Just(32_768), Just(i32::MAX)]), 0..3),
+        b_len_delta in prop_oneof![4 => Just(0i64), 1 => Just(-1i64), 1 => Just(1i64)],
+    ) {
+        for (t, bad) in [(&mut a, &bad_a), (&mut b, &bad_b)] {
+            let len = t.mant.len();
+            for &(i, v) in bad {
+                if len > 0 {
+                    t.mant[i % len] = v;
+                }
+            }
+        }
+        match b_len_delta {
+            -1 => { b.mant.pop(); }
+            1 => b.mant.push(0),
+            _ => {}
+        }
+        let want = matmul_naive(&a, &b, s);
+        if let Err(e) = old_checks(&a, &b, s) {
+            prop_assert_eq!(&want, &Err(e));
+        }
+        prop_assert_eq!(&matmul_with(Path::Dgemm, &a, &b, s), &want);
+        for p in runnable() {
+            prop_assert_eq!(&matmul_with(p, &a, &b, s), &want, "path {:?}, shape {:?}", p, s);
+        }
+    }
+}

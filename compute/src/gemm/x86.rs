@@ -13,8 +13,11 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
-use super::{store_tile, Dst, MatmulShape, SplitA, Tile, K_BLOCK_PAIRS_MAX};
+use rayon::prelude::*;
+
+use super::{store_tile, Dst, MatmulShape, Path, SplitA, Tile, K_BLOCK_PAIRS_MAX};
 
 /// Implements [`Tile`] for the proof type `$t` with the tile kernel `$tile`: each other method
 /// calls the generic function of `super` of the same name through a `#[target_feature]`
@@ -35,12 +38,17 @@ macro_rules! multiversion {
                 s: MatmulShape,
                 hi: &'a mut Vec<i32>,
                 lo: &'a mut Vec<i32>,
-            ) -> SplitA<'a> {
+            ) -> (SplitA<'a>, bool) {
                 // SAFETY: as for `tile`.
                 unsafe { $split_a(a, s, hi, lo) }
             }
 
-            fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+            fn pack_b<'a>(
+                self,
+                b: &[i32],
+                s: MatmulShape,
+                dst: &'a mut Vec<i32>,
+            ) -> (&'a [i32], bool) {
                 // SAFETY: as for `tile`.
                 unsafe { $pack_b(b, s, dst) }
             }
@@ -57,7 +65,7 @@ macro_rules! multiversion {
                 unsafe { $panels(self, a, b, s, row0, out) }
             }
 
-            fn requant(self, out: &mut [i32], sums: &[i64], k: u32) {
+            fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
                 // SAFETY: as for `tile`.
                 unsafe { $requant(out, sums, k) }
             }
@@ -69,12 +77,12 @@ macro_rules! multiversion {
             s: MatmulShape,
             hi: &'a mut Vec<i32>,
             lo: &'a mut Vec<i32>,
-        ) -> SplitA<'a> {
+        ) -> (SplitA<'a>, bool) {
             super::split_a::<$mr>(a, s, hi, lo)
         }
 
         #[target_feature(enable = $feat)]
-        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> &'a [i32] {
+        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool) {
             super::pack_b::<$nr>(b, s, dst)
         }
 
@@ -91,10 +99,34 @@ macro_rules! multiversion {
         }
 
         #[target_feature(enable = $feat)]
-        fn $requant(out: &mut [i32], sums: &[i64], k: u32) {
+        fn $requant(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
             super::requant_into(out, sums, k)
         }
     };
+}
+
+/// [`super::requantize`]: the mantissas are written straight into the result's spare capacity,
+/// in parallel chunks of `par_min` through the tile kernel of `path` (the plain loop if `path`
+/// is not available), instead of into a zeroed vector: zeroing cost a full extra pass over
+/// the output (a memset of up to megabytes per product).
+pub(super) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Vec<i32> {
+    let len = sums.len();
+    let mut mant = Vec::with_capacity(len);
+    let out = &mut mant.spare_capacity_mut()[..len];
+    let chunks = out.par_chunks_mut(par_min).zip(sums.par_chunks(par_min));
+    match path {
+        Path::Avx512Vnni if let Some(t) = Avx512Vnni::new() => {
+            chunks.for_each(|(o, s)| t.requant(o, s, k))
+        }
+        Path::Avx2 if let Some(t) = Avx2::new() => chunks.for_each(|(o, s)| t.requant(o, s, k)),
+        _ => chunks.for_each(|(o, s)| super::requant_into(o, s, k)),
+    }
+    // SAFETY: `out` is the first `len` elements of the capacity; its chunks and those of `sums`
+    // (also `len` long, same chunk size) pair up one to one and cover both, and `requant_into`
+    // writes every element of its output chunk (a loop over equally long zipped slices), so all
+    // `len` elements are initialized.
+    unsafe { mant.set_len(len) };
+    mant
 }
 
 /// Proof that the CPU supports AVX-512 F/BW/VL/VNNI (see module docs).

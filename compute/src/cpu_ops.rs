@@ -1589,10 +1589,14 @@ where
     WP: Fn(i32, i32) -> (u64, u64) + Sync,
 {
     const OP: &str = "adamw";
-    let wv = |a: i32, b: i32| {
+    // The shifts `la, lb ≤ ADD_ALIGN_BITS_MAX = 40` as multipliers below 2^64: each term is
+    // then one 64×64 → 128-bit multiply instead of a variable 128-bit shift (same value).
+    let (pa, pb) = ((1u64 << la) as u128, (1u64 << lb) as u128);
+    let wv_even = |a: i32, b: i32| {
         let (ta, tb) = parts(a, b);
-        (((ta as u128) << la) + ((tb as u128) << lb)) << odd
+        (ta as u128) * pa + (tb as u128) * pb
     };
+    let wv = |a: i32, b: i32| wv_even(a, b) << odd;
     let n = p.len();
     if ev % 2 != 0 {
         ev -= 1;
@@ -1609,7 +1613,7 @@ where
             let mut mv = 0u128;
             for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
                 mm = mm.max_abs(wm(a, b));
-                mv = mv.max(wv(c, b));
+                mv = mv.max(wv_even(c, b));
             }
             let mp = pc.iter().fold(0u32, |x, &v| x.max(v.unsigned_abs()));
             (mm, mv, mp)
@@ -1618,6 +1622,9 @@ where
             || (T::default(), 0, 0),
             |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2)),
         );
+    // Doubling is monotone and the values stay below 2^102: the largest doubled value is the
+    // doubled largest.
+    let mx_v = mx_v << odd;
     let k_m = requant_shift(mx_m.wide() as u128, B16_MANT_MAX);
     let s = (100i64 - bitlen(mx_v) as i64).max(0) / 2;
     let m_exp = match checked_exp(OP, e0 as i64 - 30, k_m as i64) {

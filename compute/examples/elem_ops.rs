@@ -43,6 +43,21 @@ fn main() {
     let mw = Bfp::new(gen(12, c * h, 32_767), -21);
     let rw = Bfp::new(gen(13, c * h, 32_767), -18);
     let zero = Bfp::new(vec![0; c * h], -64);
+    // Exponents and scalars as in training (the update small next to the parameters, whose
+    // largest magnitude it does not move across a power of two).
+    let st_train = AdamStep {
+        beta1_q30: 966_367_642,
+        beta2_q30: 1_063_004_406,
+        alpha_q40: 25_134_854,
+        decay_q40: 4_354_501,
+    };
+    let gt = Bfp::new(gen(14, c * h, 32_767), -22);
+    let mt = Bfp::new(gen(15, c * h, 32_767), -24);
+    let rt = Bfp::new(
+        gen(16, c * h, 32_767).iter().map(|v| v.abs()).collect(),
+        -25,
+    );
+    let pt = Bfp::new(gen(17, c * h, 6_000_000), -26);
     type Op<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let ops: Vec<Op<'_>> = vec![
         ("add", Box::new(|| drop(k.add(&x, &wide)))),
@@ -75,6 +90,10 @@ fn main() {
         (
             "adamw_128x512",
             Box::new(|| drop(k.adamw(&pw, &gw, &mw, &rw, &st))),
+        ),
+        (
+            "adamw_train",
+            Box::new(|| drop(k.adamw(&pt, &gt, &mt, &rt, &st_train))),
         ),
         (
             "adamw_first_step",

@@ -1589,33 +1589,42 @@ where
     WP: Fn(i32, i32) -> (u64, u64) + Sync,
 {
     const OP: &str = "adamw";
-    let wv = |a: i32, b: i32| {
+    // The shifts `la, lb ≤ ADD_ALIGN_BITS_MAX = 40` as multipliers below 2^64: each term is
+    // then one 64×64 → 128-bit multiply instead of a variable 128-bit shift (same value).
+    let (pa, pb) = ((1u64 << la) as u128, (1u64 << lb) as u128);
+    let wv_even = |a: i32, b: i32| {
         let (ta, tb) = parts(a, b);
-        (((ta as u128) << la) + ((tb as u128) << lb)) << odd
+        (ta as u128) * pa + (tb as u128) * pb
     };
+    let wv = |a: i32, b: i32| wv_even(a, b) << odd;
     let n = p.len();
     if ev % 2 != 0 {
         ev -= 1;
     }
-    // Pass 1: max |wm| and max wv.
-    let (mx_m, mx_v) = m
+    // Pass 1: max |wm|, max wv and max |p| (for the guess of p's rounding shift).
+    let (mx_m, mx_v, mx_pin) = m
         .mant
         .par_chunks(ADAM_CHUNK)
         .zip(g.mant.par_chunks(ADAM_CHUNK))
         .zip(r.mant.par_chunks(ADAM_CHUNK))
-        .map(|((mc, gc), rc)| {
+        .zip(p.mant.par_chunks(ADAM_CHUNK))
+        .map(|(((mc, gc), rc), pc)| {
             let mut mm = T::default();
             let mut mv = 0u128;
             for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
                 mm = mm.max_abs(wm(a, b));
-                mv = mv.max(wv(c, b));
+                mv = mv.max(wv_even(c, b));
             }
-            (mm, mv)
+            let mp = pc.iter().fold(0u32, |x, &v| x.max(v.unsigned_abs()));
+            (mm, mv, mp)
         })
         .reduce(
-            || (T::default(), 0),
-            |x, y| (x.0.max_abs(y.0), x.1.max(y.1)),
+            || (T::default(), 0, 0),
+            |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2)),
         );
+    // Doubling is monotone and the values stay below 2^102: the largest doubled value is the
+    // doubled largest.
+    let mx_v = mx_v << odd;
     let k_m = requant_shift(mx_m.wide() as u128, B16_MANT_MAX);
     let s = (100i64 - bitlen(mx_v) as i64).max(0) / 2;
     let m_exp = match checked_exp(OP, e0 as i64 - 30, k_m as i64) {
@@ -1630,22 +1639,28 @@ where
     };
     let ea = m_exp as i64 - r_exp as i64 - 70;
     let sh = (p.exp as i64 - 16) - ea;
-    let (alpha, decay) = (st.alpha_q40 as i128, st.decay_q40 as i128);
-    let decay_narrow = st.decay_q40.unsigned_abs() < 1 << 40;
-    let (rh_m, rh_r, rh_d) = (Rhe::new(k_m), Rhe::new(k_r), Rhe::new(24));
-    let rh_a = Rhe::new(sh.clamp(0, 127) as u32);
+    let (rh_m, rh_r) = (Rhe::new(k_m), Rhe::new(k_r));
     // The f64 second moment: powers of two are exact (la + odd + 2s ≤ 143).
     let pow2 = |e: u32| f64::from_bits((1023 + e as u64) << 52);
     let (fa, fb) = (pow2(la + odd + 2 * s as u32), pow2(lb + odd + 2 * s as u32));
     let scale_r = f64_scale(k_r);
-    // Pass 2: m', r' and the unrounded p' (i64 when it fits).
+    let upd = AdamUpdate::new(st, sh);
+    // p' is rounded in the same pass as it is formed, by the shift of `p << 16` (the update
+    // is small next to the parameters, so that shift is almost always p''s); the pass
+    // reports the true largest |p'| and, when its shift differs, the rounding runs again with
+    // it over the unchanged m', r' (the same p' values, so the same bits as rounding them
+    // after the fact).
+    let k_guess = requant_shift((mx_pin as u128) << 16, WIDE_MANT_MAX);
+    // Pass 2: m', r' and p' (rounded by `k_guess`), the largest unrounded |p'| and whether
+    // every p' fits in i64.
     let mut m2 = vec![0i32; n];
     let mut r2 = vec![0i32; n];
-    let mut wp = vec![0i64; n];
+    let mut p2 = vec![0i32; n];
+    let rh_guess = Rhe::new(k_guess);
     let (mx_p, fits) = m2
         .par_chunks_mut(ADAM_CHUNK)
         .zip(r2.par_chunks_mut(ADAM_CHUNK))
-        .zip(wp.par_chunks_mut(ADAM_CHUNK))
+        .zip(p2.par_chunks_mut(ADAM_CHUNK))
         .zip(
             m.mant
                 .par_chunks(ADAM_CHUNK)
@@ -1653,9 +1668,7 @@ where
                 .zip(r.mant.par_chunks(ADAM_CHUNK))
                 .zip(p.mant.par_chunks(ADAM_CHUNK)),
         )
-        .map(|(((m2c, r2c), wpc), (((mc, gc), rc), pc))| {
-            let mut mp = 0u64;
-            let mut fits = true;
+        .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
             // Roots first, then divisions: two loops of independent iterations with short
             // dependency chains, so the sqrt and divide units overlap consecutive elements.
             let ins = mc.iter().zip(gc).zip(rc);
@@ -1673,54 +1686,110 @@ where
                     rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32
                 };
             }
-            for (((wo, &mm), &rm), &pm) in wpc.iter_mut().zip(m2c.iter()).zip(r2c.iter()).zip(pc) {
-                // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15]: both exact in f64, the
-                // quotient rounded once (relative error 2^−53), taken when farther from a
-                // rounding boundary than DIV_EST_MARGIN allows for.
-                let (num, den) = ((mm as i64) << 30, rm as i64 + 1);
-                let y = num as f64 / den as f64;
-                let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
-                let off = 0.5 - (y - q).abs();
-                let u = if off > y.abs() * DIV_EST_MARGIN {
-                    q as i64 as i128
-                } else {
-                    div_rhe_small(num, den) as i128
-                };
-                let au = alpha * u;
-                let a = if sh >= 0 {
-                    match i64::try_from(au) {
-                        Ok(v) => rh_a.round(v) as i128,
-                        Err(_) => rhe(au, sh.min(127) as u32),
-                    }
-                } else {
-                    shift_sat(au, sh)
-                };
-                let d = if decay_narrow {
-                    rh_d.round(st.decay_q40 * pm as i64) as i128
-                } else {
-                    rhe_wide(decay * pm as i128, 24)
-                };
-                let w = ((pm as i128) << 16) - d - a;
-                match i64::try_from(w) {
-                    Ok(v) => {
-                        *wo = v;
-                        mp = mp.max(v.unsigned_abs());
-                    }
-                    Err(_) => fits = false,
-                }
-            }
-            (mp, fits)
+            upd.round_chunk(p2c, m2c, r2c, pc, rh_guess)
         })
         .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
     if !fits {
         return None;
     }
     let k_p = requant_shift(mx_p as u128, WIDE_MANT_MAX);
-    let p_mant = round_i64(&wp, k_p);
+    if k_p != k_guess {
+        let rh_p = Rhe::new(k_p);
+        p2.par_chunks_mut(ADAM_CHUNK)
+            .zip(m2.par_chunks(ADAM_CHUNK))
+            .zip(r2.par_chunks(ADAM_CHUNK))
+            .zip(p.mant.par_chunks(ADAM_CHUNK))
+            .for_each(|(((p2c, m2c), r2c), pc)| {
+                upd.round_chunk(p2c, m2c, r2c, pc, rh_p);
+            });
+    }
     Some(
-        finish(OP, p_mant, p.exp as i64 - 16, k_p)
+        finish(OP, p2, p.exp as i64 - 16, k_p)
             .map(|p2| (p2, Bfp::new(m2, m_exp), Bfp::new(r2, r_exp))),
     )
+}
+
+/// Steps 3–5 of [`AdamStep`]'s rule for given `m'`, `r'`: the unrounded `p'` of each element.
+#[derive(Clone, Copy)]
+struct AdamUpdate {
+    alpha: i128,
+    decay: i128,
+    decay_q40: i64,
+    /// `|decay| < 2^40` and `|p| < 2^23`: the decay product fits in i64.
+    decay_narrow: bool,
+    sh: i64,
+    rh_a: Rhe,
+    rh_d: Rhe,
+}
+
+impl AdamUpdate {
+    fn new(st: &AdamStep, sh: i64) -> Self {
+        Self {
+            alpha: st.alpha_q40 as i128,
+            decay: st.decay_q40 as i128,
+            decay_q40: st.decay_q40,
+            decay_narrow: st.decay_q40.unsigned_abs() < 1 << 40,
+            sh,
+            rh_a: Rhe::new(sh.clamp(0, 127) as u32),
+            rh_d: Rhe::new(24),
+        }
+    }
+
+    /// `p'` before rounding, from `m'` (`mm`), `r'` (`rm`) and `p` (`pm`).
+    #[inline]
+    fn wide(self, mm: i32, rm: i32, pm: i32) -> i128 {
+        // |m'| ≤ 2^15 so m'·2^30 < 2^45; r' + 1 ∈ [1, 2^15]: both exact in f64, the
+        // quotient rounded once (relative error 2^−53), taken when farther from a
+        // rounding boundary than DIV_EST_MARGIN allows for.
+        let (num, den) = ((mm as i64) << 30, rm as i64 + 1);
+        let y = num as f64 / den as f64;
+        let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+        let off = 0.5 - (y - q).abs();
+        let u = if off > y.abs() * DIV_EST_MARGIN {
+            q as i64 as i128
+        } else {
+            div_rhe_small(num, den) as i128
+        };
+        let au = self.alpha * u;
+        let a = if self.sh >= 0 {
+            match i64::try_from(au) {
+                Ok(v) => self.rh_a.round(v) as i128,
+                Err(_) => rhe(au, self.sh.min(127) as u32),
+            }
+        } else {
+            shift_sat(au, self.sh)
+        };
+        let d = if self.decay_narrow {
+            self.rh_d.round(self.decay_q40 * pm as i64) as i128
+        } else {
+            rhe_wide(self.decay * pm as i128, 24)
+        };
+        ((pm as i128) << 16) - d - a
+    }
+
+    /// `p'` of one chunk rounded by `rh` into `out`; returns the largest unrounded `|p'|` and
+    /// whether every one fits in i64 (when not, `out` is partly written and not used).
+    fn round_chunk(
+        self,
+        out: &mut [i32],
+        m2: &[i32],
+        r2: &[i32],
+        p: &[i32],
+        rh: Rhe,
+    ) -> (u64, bool) {
+        let mut mp = 0u64;
+        let mut fits = true;
+        for (((o, &mm), &rm), &pm) in out.iter_mut().zip(m2).zip(r2).zip(p) {
+            match i64::try_from(self.wide(mm, rm, pm)) {
+                Ok(v) => {
+                    *o = rh.round(v) as i32;
+                    mp = mp.max(v.unsigned_abs());
+                }
+                Err(_) => fits = false,
+            }
+        }
+        (mp, fits)
+    }
 }
 
 /// Relative margin of the f64 roots of [`adamw_narrow`]: the two products `β·A` (below

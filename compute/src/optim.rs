@@ -262,9 +262,10 @@ pub fn step(
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
     for i in 0..params.len() {
+        // Borrowed when not clipped: no copy of the gradient.
         let g = match clip {
-            Some(c) => kern.scale(&grads[i], c)?,
-            None => grads[i].clone(),
+            Some(c) => std::borrow::Cow::Owned(kern.scale(&grads[i], c)?),
+            None => std::borrow::Cow::Borrowed(&grads[i]),
         };
         let st = if specs[i].decay {
             &with_decay

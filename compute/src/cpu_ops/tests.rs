@@ -444,3 +444,38 @@ fn adamw_training_like_equals_reference() {
         );
     }
 }
+
+/// AdamW rounds p' by the shift of `p << 16` in the pass that forms it and rounds again when
+/// the update moves the largest |p'| across a power of two (up or down): parameters at and
+/// next to powers of two, updates of every size and both signs, equal to the reference.
+#[test]
+fn adamw_rounding_shift_guess_equals_reference() {
+    let shapes: [&[i32]; 4] = [
+        &[1 << 22, 5, -7],
+        &[-(1 << 22), 1 << 21],
+        &[B24_MANT_MAX, -3, 0],
+        &[(1 << 22) + 1, -((1 << 22) - 1)],
+    ];
+    for pm in shapes {
+        let n = pm.len();
+        for sign in [1, -1] {
+            for la in 0..52 {
+                let p = Bfp::new(pm.to_vec(), -26);
+                let g = Bfp::new(vec![sign * B16_MANT_MAX; n], -22);
+                let m = Bfp::new(vec![sign * 20_000; n], -23);
+                let r = Bfp::new(vec![3; n], -30);
+                let st = AdamStep {
+                    beta1_q30: 966_367_642,
+                    beta2_q30: 1_063_004_406,
+                    alpha_q40: 1i64 << la,
+                    decay_q40: 1_088_625,
+                };
+                assert_eq!(
+                    adamw(&p, &g, &m, &r, &st),
+                    old::adamw(&p, &g, &m, &r, &st),
+                    "p {pm:?} sign {sign} alpha 2^{la}"
+                );
+            }
+        }
+    }
+}

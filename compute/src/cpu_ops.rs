@@ -491,6 +491,17 @@ fn requant_f64_1<F: Fn(i32) -> f64 + Sync>(
     f: F,
 ) -> Result<Bfp, KernelError> {
     let k = requant_shift(max_abs_f64_1(x, &f) as u128, mant_max);
+    round_f64_1(op, x, base_exp, k, f)
+}
+
+/// The rounding pass of [`requant_f64_1`] with the shift `k` already known.
+fn round_f64_1<F: Fn(i32) -> f64 + Sync>(
+    op: &'static str,
+    x: &[i32],
+    base_exp: i64,
+    k: u32,
+    f: F,
+) -> Result<Bfp, KernelError> {
     let scale = f64_scale(k);
     let mut out = vec![0i32; x.len()];
     out.par_chunks_mut(PAR_MIN_LEN)
@@ -1254,6 +1265,34 @@ struct GeluTable {
     sigma: Vec<u32>,
     /// `g` (`|g| < 2^36`, an exact f64).
     g: Vec<f64>,
+    /// `pos_max[j] = max |i·σ(i)|` over `0 ≤ i ≤ j` (exact f64, see [`gelu`]).
+    pos_max: Vec<f64>,
+    /// `neg_max[j] = max |i·σ(i)|` over `−j ≤ i ≤ 0`.
+    neg_max: Vec<f64>,
+}
+
+impl GeluTable {
+    /// `m·σ(m)`, exact in f64 (`|m·σ| ≤ 2^15·2^31 < 2^51`).
+    #[inline]
+    fn value(&self, m: i32) -> f64 {
+        m as f64 * self.sigma[(m + B16_MANT_MAX) as usize] as f64
+    }
+
+    /// The running maxima of `|m·σ(m)|` outwards from 0, one per sign.
+    fn prefix_max(sigma: &[u32]) -> (Vec<f64>, Vec<f64>) {
+        let run = |ms: &mut dyn Iterator<Item = i32>| -> Vec<f64> {
+            let mut acc = 0f64;
+            ms.map(|m| {
+                acc = acc.max((m as f64 * sigma[(m + B16_MANT_MAX) as usize] as f64).abs());
+                acc
+            })
+            .collect()
+        };
+        (
+            run(&mut (0..=B16_MANT_MAX)),
+            run(&mut (0..=B16_MANT_MAX).map(|j| -j)),
+        )
+    }
 }
 
 /// Tables of recent exponents: the forward and backward of one layer share `x`, and
@@ -1275,7 +1314,7 @@ fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
         return None;
     }
     let t = exp2_tables();
-    let (sigma, g) = (0..GELU_TABLE_LEN)
+    let (sigma, g): (Vec<u32>, Vec<f64>) = (0..GELU_TABLE_LEN)
         .into_par_iter()
         .with_min_len(PAR_MIN_LEN)
         .map(|i| {
@@ -1283,11 +1322,40 @@ fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
             (s as u32, g as f64)
         })
         .unzip();
-    let table = Arc::new(GeluTable { sigma, g });
+    let (pos_max, neg_max) = GeluTable::prefix_max(&sigma);
+    let table = Arc::new(GeluTable {
+        sigma,
+        g,
+        pos_max,
+        neg_max,
+    });
     let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
     cache.insert(0, (exp, table.clone()));
     cache.truncate(GELU_CACHE_LEN);
     Some(table)
+}
+
+/// The requantization shift of GELU's `max |m·σ(m)|` over `x`, found from the smallest and
+/// largest mantissa (one vectorized pass instead of a pass of table lookups), or `None` when
+/// they do not decide it. The true maximum `M` lies between `lower`, the larger `|m·σ|` of the
+/// two extreme mantissas (both present in `x`), and `upper`, the table's maximum over every
+/// mantissa in `[lo, hi]` (a superset of those present); `requant_shift` is non-decreasing in
+/// its argument, so when it agrees on both bounds it is also its value at `M`. In training the
+/// positive tail (`σ ≈ 1`) dominates the bounded negative lobe and the bounds agree.
+fn gelu_shift(tab: &GeluTable, x: &[i32]) -> Option<u32> {
+    let (lo, hi) = x
+        .par_chunks(PAR_MIN_LEN)
+        .map(|c| {
+            c.iter()
+                .fold((0i32, 0i32), |(l, h), &m| (l.min(m), h.max(m)))
+        })
+        .reduce(|| (0, 0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    // lo ≤ 0 ≤ hi (the folds start at 0; 0·σ(0) = 0 cannot raise the maximum), and
+    // |lo|, hi ≤ B16_MANT_MAX (checked by the caller).
+    let lower = tab.value(lo).abs().max(tab.value(hi).abs());
+    let upper = tab.pos_max[hi as usize].max(tab.neg_max[lo.unsigned_abs() as usize]);
+    let k = requant_shift(lower as u128, B16_MANT_MAX);
+    (k == requant_shift(upper as u128, B16_MANT_MAX)).then_some(k)
 }
 
 /// [`crate::kernels::Kernels::gelu`]: `|m·σ| ≤ 2^15·2^31` fits in i64.
@@ -1297,9 +1365,13 @@ pub(crate) fn gelu(x: &Bfp) -> Result<Bfp, KernelError> {
     let base = x.exp as i64 - 31;
     match gelu_table(x.exp, x.len()) {
         // |m·σ| ≤ 2^15·2^31 < 2^51: exact in f64.
-        Some(tab) => requant_f64_1(OP, &x.mant, base, B16_MANT_MAX, |m| {
-            m as f64 * tab.sigma[(m + B16_MANT_MAX) as usize] as f64
-        }),
+        Some(tab) => {
+            let f = |m: i32| tab.value(m);
+            match gelu_shift(&tab, &x.mant) {
+                Some(k) => round_f64_1(OP, &x.mant, base, k, f),
+                None => requant_f64_1(OP, &x.mant, base, B16_MANT_MAX, f),
+            }
+        }
         None => {
             let t = exp2_tables();
             let wide: Vec<i64> = x

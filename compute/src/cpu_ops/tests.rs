@@ -479,3 +479,24 @@ fn adamw_rounding_shift_guess_equals_reference() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// GELU on tables with the shift taken from the extreme mantissas or, when they do not
+    /// decide it, from the full pass: tensors confined to random ranges `[lo, hi]` (negative
+    /// lobes alone, tiny positive tails, extremes) at exponents around the lobe's peak.
+    #[test]
+    fn gelu_table_shift_equals_reference(lo in prop_oneof![-B16_MANT_MAX..=0, Just(-B16_MANT_MAX), Just(0)],
+                                         hi in prop_oneof![0..=B16_MANT_MAX, 0..=64, Just(0), Just(B16_MANT_MAX)],
+                                         e in prop_oneof![-16i32..2, Just(-12), -80i32..50],
+                                         seed in any::<u64>()) {
+        let n = GELU_TABLE_BUILD_MIN_LEN + 1000;
+        let span = (hi - lo) as u64 + 1;
+        let x: Vec<i32> = (0..n as u64)
+            .map(|i| lo + (crate::fixed::hash3(seed, 7, i) % span) as i32)
+            .collect();
+        let x = Bfp::new(x, e);
+        prop_assert_eq!(gelu(&x), old::gelu(&x));
+    }
+}

@@ -786,12 +786,98 @@ pub(crate) fn layernorm(x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u
     if let Some(early) = check_layernorm(x, rows, cols)? {
         return Ok(early);
     }
+    if let Some((mant, rs, k)) = layernorm_fused(x, rows, cols) {
+        return Ok((finish(OP, mant, -24, k)?, rs));
+    }
     let (wide, rs, exact) = layernorm_rows::<f64>(x, rows, cols);
     if exact {
         return Ok((requant_f64_vals(OP, &wide, -24, B16_MANT_MAX)?, rs));
     }
     let (wide, rs, _) = layernorm_rows::<i128>(x, rows, cols);
     Ok((requant_i128(OP, &wide, -24, B16_MANT_MAX)?, rs))
+}
+
+/// Widest rows [`layernorm_fused`] takes: for `C ≤ 2^16`, `|d| ≤ 2·C·2^15 ≤ 2^32`, so
+/// `S ≤ C·d² ≤ 2^80` and `S·2^32 < 2^112` does not wrap, and `S ≥ 1` gives
+/// `S·2^32/C ≥ 2^16`, hence `R ≥ 1`.
+const LN_FUSED_COLS_MAX: usize = 1 << 16;
+
+/// Layernorm without a buffer of unrounded outputs: the mantissas, `R` per row and the
+/// requantization shift, or `None` when an output reaches `2^51` (then the callers' f64/i128
+/// passes run) or the rows are wider than [`LN_FUSED_COLS_MAX`].
+///
+/// The first pass takes per row `A = Σm`, `Q = Σm²` (`Q ≤ C·2^30 < 2^46`, i64) and the extreme
+/// mantissas. `S = Σ(C·m − A)² = C²·Q − 2·C·A·Σm + C·A² = C·(C·Q − A²)`, an integer identity, so
+/// `S` is the reference's sum exactly (`C·Q < 2^62`, i128 anyway). The output
+/// `q(d) = div_rhe(d·2^40, R)` is non-decreasing in `d = C·m − A` (rounding half to even is
+/// monotone), so the row's largest `|q|` is at its smallest or largest mantissa: the maximum,
+/// hence the shift `k`, is known before any output is formed. The second pass forms each `q`
+/// (from the f64 estimate when it is sure, else exactly; both exact integers below `2^51`) and
+/// rounds it by `k` as the reference's requantization does.
+fn layernorm_fused(x: &Bfp, rows: usize, cols: usize) -> Option<(Vec<i32>, Vec<u64>, u32)> {
+    if cols > LN_FUSED_COLS_MAX || cols == 0 {
+        return None;
+    }
+    let c = cols as i64;
+    let mut rs = vec![0u64; rows];
+    let mut sums = vec![0i64; rows];
+    let mx = rs
+        .par_iter_mut()
+        .zip(sums.par_iter_mut())
+        .zip(x.mant.par_chunks(cols))
+        .with_min_len(rows_per_task(cols))
+        .map(|((r, a_out), xm)| {
+            let (mut a, mut q, mut lo, mut hi) = (0i64, 0i64, i32::MAX, i32::MIN);
+            for &v in xm {
+                a += v as i64;
+                q += v as i64 * v as i64;
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+            *a_out = a;
+            let s = (c as i128 * (c as i128 * q as i128 - a as i128 * a as i128)) as u128;
+            if s == 0 {
+                return 0;
+            }
+            let rr = isqrt((s << 32) / cols as u128) as i128;
+            *r = rr as u64;
+            let div = DivRhe::new(rr, 40);
+            let ends = [c * lo as i64 - a, c * hi as i64 - a];
+            ends.iter()
+                .map(|&d| div.div(d).unsigned_abs())
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    if mx >= 1 << F64_EXACT_BITS {
+        return None;
+    }
+    let k = requant_shift(mx, B16_MANT_MAX);
+    let scale = f64_scale(k);
+    let mut mant = vec![0i32; rows * cols];
+    mant.par_chunks_mut(cols)
+        .zip(rs.par_iter().zip(sums.par_iter()))
+        .zip(x.mant.par_chunks(cols))
+        .with_min_len(rows_per_task(cols))
+        .for_each(|((out, (&rr, &a)), xm)| {
+            if rr == 0 {
+                return;
+            }
+            let div = DivRhe::new(rr as i128, 40);
+            let mut sure = true;
+            for (o, &v) in out.iter_mut().zip(xm) {
+                let (q, ok) = div.div_est(c * v as i64 - a);
+                *o = rhe_f64(q, scale);
+                sure &= ok;
+            }
+            if !sure {
+                for (o, &v) in out.iter_mut().zip(xm) {
+                    *o = rhe_f64(div.div(c * v as i64 - a) as f64, scale);
+                }
+            }
+        });
+    Some((mant, rs, k))
 }
 
 /// The unrounded layernorm outputs, `R` per row, and whether every output was stored exactly.

@@ -730,6 +730,8 @@ trait Wide: Copy + Default + Send + Sync {
     fn put(v: i128) -> (Self, bool);
     /// An exact integer-valued f64 below `2^50` (only called when `F64`).
     fn from_f64(q: f64) -> Self;
+    /// `|v|` as f64 when `F64` (exact), else 0 (unused).
+    fn mag(self) -> f64;
 }
 
 impl Wide for f64 {
@@ -742,6 +744,10 @@ impl Wide for f64 {
     fn from_f64(q: f64) -> Self {
         q
     }
+    #[inline]
+    fn mag(self) -> f64 {
+        self.abs()
+    }
 }
 
 impl Wide for i128 {
@@ -753,6 +759,10 @@ impl Wide for i128 {
     #[inline]
     fn from_f64(q: f64) -> Self {
         q as i128
+    }
+    #[inline]
+    fn mag(self) -> f64 {
+        0.0
     }
 }
 
@@ -767,7 +777,21 @@ fn requant_f64_vals(
         .par_chunks(PAR_MIN_LEN)
         .map(|c| max_chunk1(c, &|v: f64| v))
         .reduce(|| 0.0, f64::max);
-    let k = requant_shift(mx as u64 as u128, mant_max);
+    round_f64_vals(
+        op,
+        vals,
+        base_exp,
+        requant_shift(mx as u64 as u128, mant_max),
+    )
+}
+
+/// The rounding pass of [`requant_f64_vals`] with the shift `k` already known.
+fn round_f64_vals(
+    op: &'static str,
+    vals: &[f64],
+    base_exp: i64,
+    k: u32,
+) -> Result<Bfp, KernelError> {
     let scale = f64_scale(k);
     let mut out = vec![0i32; vals.len()];
     out.par_chunks_mut(PAR_MIN_LEN)
@@ -947,30 +971,38 @@ pub(crate) fn layernorm_bwd(
         return Ok(early);
     }
     let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
-    let (wide, exact) = layernorm_bwd_rows::<f64>(dxhat, xhat, r, cols);
+    let (wide, exact, mx) = layernorm_bwd_rows::<f64>(dxhat, xhat, r, cols);
     if exact {
-        return requant_f64_vals(OP, &wide, e, B16_MANT_MAX);
+        // mx is the largest |output|, exact (the outputs are exact f64 integers).
+        let k = requant_shift(mx as u64 as u128, B16_MANT_MAX);
+        return round_f64_vals(OP, &wide, e, k);
     }
-    let (wide, _) = layernorm_bwd_rows::<i128>(dxhat, xhat, r, cols);
+    let (wide, _, _) = layernorm_bwd_rows::<i128>(dxhat, xhat, r, cols);
     requant_i128(OP, &wide, e, B16_MANT_MAX)
 }
 
 /// Largest bound of `|N|` for which [`layernorm_bwd`] forms `N` in i64.
 const LN_BWD_N_NARROW_MAX: u128 = 1 << 62;
 
-/// The unrounded layernorm_bwd outputs and whether every one was stored exactly.
-fn layernorm_bwd_rows<T: Wide>(dxhat: &Bfp, xhat: &Bfp, r: &[u64], cols: usize) -> (Vec<T>, bool) {
+/// The unrounded layernorm_bwd outputs, whether every one was stored exactly and (for f64)
+/// their largest magnitude.
+fn layernorm_bwd_rows<T: Wide>(
+    dxhat: &Bfp,
+    xhat: &Bfp,
+    r: &[u64],
+    cols: usize,
+) -> (Vec<T>, bool, f64) {
     let c = cols as i128;
     let sh = (-2 * xhat.exp) as u32;
     let mut wide = vec![T::default(); dxhat.len()];
-    let exact = wide
+    let (exact, mx) = wide
         .par_chunks_mut(cols)
         .zip(r.par_iter())
         .zip(dxhat.mant.par_chunks(cols).zip(xhat.mant.par_chunks(cols)))
         .with_min_len(rows_per_task(cols))
         .map(|((out, &rr), (g, h))| {
             if rr == 0 {
-                return true;
+                return (true, 0.0);
             }
             // |Σ g| ≤ C·2^15 < 2^43 and |Σ g·h| ≤ C·2^30 < 2^58: exact in i64.
             let a64 = g.iter().map(|&v| v as i64).sum::<i64>();
@@ -982,6 +1014,7 @@ fn layernorm_bwd_rows<T: Wide>(dxhat: &Bfp, xhat: &Bfp, r: &[u64], cols: usize) 
             let (a, b) = (a64 as i128, b64 as i128);
             let div = DivRhe::new(rr as i128, 24);
             let mut exact = true;
+            let mut mx = 0f64;
             // |C·g − A| ≤ C·2^15 + |A| and |h·B| ≤ 2^15·|B|: when the shifted bound is below
             // 2^62, N is formed in i64 (the same value as the i128 expression).
             let bound = ((c as u128 * B16_MANT_MAX as u128 + a64.unsigned_abs() as u128)
@@ -994,20 +1027,24 @@ fn layernorm_bwd_rows<T: Wide>(dxhat: &Bfp, xhat: &Bfp, r: &[u64], cols: usize) 
                 let c64 = cols as i64;
                 if T::F64 {
                     let mut sure = true;
+                    let mut mx = 0f64;
                     for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
                         let n = ((c64 * gi as i64 - a64) << sh) - hi as i64 * b64;
                         let (q, ok) = div.div_est(n);
                         *o = T::from_f64(q);
+                        let a = q.abs();
+                        mx = if a > mx { a } else { mx };
                         sure &= ok;
                     }
                     if sure {
-                        return true;
+                        return (true, mx);
                     }
                 }
                 for ((o, &gi), &hi) in out.iter_mut().zip(g).zip(h) {
                     let n = ((c64 * gi as i64 - a64) << sh) - hi as i64 * b64;
                     let (w, ok) = T::put(div.div(n));
                     *o = w;
+                    mx = mx.max(w.mag());
                     exact &= ok;
                 }
             } else {
@@ -1018,13 +1055,14 @@ fn layernorm_bwd_rows<T: Wide>(dxhat: &Bfp, xhat: &Bfp, r: &[u64], cols: usize) 
                         Err(_) => div_rhe(n << 24, rr as i128),
                     });
                     *o = w;
+                    mx = mx.max(w.mag());
                     exact &= ok;
                 }
             }
-            exact
+            (exact, mx)
         })
-        .reduce(|| true, |x, y| x && y);
-    (wide, exact)
+        .reduce(|| (true, 0.0), |x, y| (x.0 && y.0, x.1.max(y.1)));
+    (wide, exact, mx)
 }
 
 /// The exp2 tables as arrays, fetched once per call.

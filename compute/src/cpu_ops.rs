@@ -1154,6 +1154,11 @@ pub(crate) fn softmax(
     check_softmax(x, rows, cols)?;
     let tables = exp2_tables();
     let arg = SoftmaxArg::new(x.exp, scale_q16);
+    let table = softmax_table(x.exp, scale_q16, x.len());
+    let exps = |t: i32| match &table {
+        Some(tab) => tab[t as usize] as i64,
+        None => exp2_q31(tables, arg.y(t)),
+    };
     let mut mant = vec![0i32; rows * cols];
     let mx = mant
         .par_chunks_mut(cols.max(1))
@@ -1165,7 +1170,7 @@ pub(crate) fn softmax(
             let xm = &xm[..used];
             let m0 = xm.iter().copied().max().unwrap_or(0);
             es.clear();
-            es.extend(xm.iter().map(|&m| exp2_q31(tables, arg.y(m0 - m))));
+            es.extend(xm.iter().map(|&m| exps(m0 - m)));
             let total: i64 = es.iter().sum();
             let div = DivRhe::new(total as i128, 30);
             // Estimates first (p ≤ 2^30); the row is redone exactly if one is unsure.
@@ -1193,6 +1198,51 @@ pub(crate) fn softmax(
     round_in_place(&mut mant, mx);
     let k = requant_shift(mx as u128, B16_MANT_MAX);
     finish(OP, mant, -30, k)
+}
+
+/// Number of distinct softmax arguments `t = max − m ∈ [0, 2·B16_MANT_MAX]`.
+const SOFTMAX_TABLE_LEN: usize = 2 * B16_MANT_MAX as usize + 1;
+
+/// Number of softmax tables kept (one per input exponent and scale, most recent first).
+const SOFTMAX_CACHE_LEN: usize = 8;
+
+/// A softmax table: `E(t) ≤ 2^31` (u32) for every `t`.
+type SoftmaxTable = Arc<Vec<u32>>;
+
+/// Tables of recent `(exp, scale_q16)`: attention scores keep their exponent over many steps.
+static SOFTMAX_CACHE: Mutex<Vec<((i32, u32), SoftmaxTable)>> = Mutex::new(Vec::new());
+
+/// The cached table of `E(t) = exp2_q31(y(t))` for `(exp, scale_q16)`, or a new one when the
+/// tensor has at least as many elements as the table (building costs about as much as
+/// evaluating that many). `E` is a pure function of `(t, exp, scale_q16)`, so looking it up
+/// gives the same bits as computing it.
+fn softmax_table(exp: i32, scale_q16: u32, len: usize) -> Option<SoftmaxTable> {
+    let key = (exp, scale_q16);
+    {
+        let mut cache = SOFTMAX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(i);
+            let table = hit.1.clone();
+            cache.insert(0, hit);
+            return Some(table);
+        }
+    }
+    if len < SOFTMAX_TABLE_LEN {
+        return None;
+    }
+    let t = exp2_tables();
+    let arg = SoftmaxArg::new(exp, scale_q16);
+    let table: SoftmaxTable = Arc::new(
+        (0..SOFTMAX_TABLE_LEN)
+            .into_par_iter()
+            .with_min_len(PAR_MIN_LEN)
+            .map(|i| exp2_q31(t, arg.y(i as i32)) as u32)
+            .collect(),
+    );
+    let mut cache = SOFTMAX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.insert(0, (key, table.clone()));
+    cache.truncate(SOFTMAX_CACHE_LEN);
+    Some(table)
 }
 
 /// Rounds i32 values in place by the requantization shift of their maximum `mx` to B16.

@@ -500,3 +500,23 @@ proptest! {
         prop_assert_eq!(gelu(&x), old::gelu(&x));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Softmax through its cached table of exponentials (tensors of at least a table's
+    /// length build one; smaller ones reuse it for the same exponent and scale).
+    #[test]
+    fn softmax_table_equals_reference(e in prop_oneof![exp(), -100i32..100, -14i32..-8], causal in any::<bool>(),
+                                      scale in prop_oneof![Just(11_585u32), Just(1 << 16), any::<u32>()],
+                                      cols in prop_oneof![Just(64usize), 1usize..300], seed in any::<u64>()) {
+        let rows = SOFTMAX_TABLE_LEN.div_ceil(cols);
+        let x: Vec<i32> = (0..(rows * cols) as u64)
+            .map(|i| (crate::fixed::hash3(seed, 11, i) % (2 * B16_MANT_MAX as u64 + 1)) as i32 - B16_MANT_MAX)
+            .collect();
+        let x = Bfp::new(x, e);
+        prop_assert_eq!(softmax(&x, rows, cols, causal, scale), old::softmax(&x, rows, cols, causal, scale));
+        let small = Bfp::new(x.mant[..cols].to_vec(), e);
+        prop_assert_eq!(softmax(&small, 1, cols, causal, scale), old::softmax(&small, 1, cols, causal, scale));
+    }
+}

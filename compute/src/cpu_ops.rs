@@ -1200,6 +1200,37 @@ pub(crate) fn softmax(
     finish(OP, mant, -30, k)
 }
 
+/// A few immutable lookup tables shared across calls and threads, most recently used first: a
+/// hit moves its entry to the front, a `put` drops entries beyond `LEN`. A table is a pure
+/// function of its key, so whether a call finds one never changes a result bit.
+#[derive(Debug)]
+struct TableCache<K, V, const LEN: usize> {
+    entries: Mutex<Vec<(K, Arc<V>)>>,
+}
+
+impl<K: PartialEq, V, const LEN: usize> TableCache<K, V, LEN> {
+    const fn new() -> Self {
+        Self {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<Arc<V>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let i = entries.iter().position(|(k, _)| k == key)?;
+        let hit = entries.remove(i);
+        let table = hit.1.clone();
+        entries.insert(0, hit);
+        Some(table)
+    }
+
+    fn put(&self, key: K, table: Arc<V>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(0, (key, table));
+        entries.truncate(LEN);
+    }
+}
+
 /// Number of distinct softmax arguments `t = max − m ∈ [0, 2·B16_MANT_MAX]`.
 const SOFTMAX_TABLE_LEN: usize = 2 * B16_MANT_MAX as usize + 1;
 
@@ -1210,7 +1241,7 @@ const SOFTMAX_CACHE_LEN: usize = 8;
 type SoftmaxTable = Arc<Vec<u32>>;
 
 /// Tables of recent `(exp, scale_q16)`: attention scores keep their exponent over many steps.
-static SOFTMAX_CACHE: Mutex<Vec<((i32, u32), SoftmaxTable)>> = Mutex::new(Vec::new());
+static SOFTMAX_CACHE: TableCache<(i32, u32), Vec<u32>, SOFTMAX_CACHE_LEN> = TableCache::new();
 
 /// The cached table of `E(t) = exp2_q31(y(t))` for `(exp, scale_q16)`, or a new one when the
 /// tensor has at least as many elements as the table (building costs about as much as
@@ -1218,14 +1249,8 @@ static SOFTMAX_CACHE: Mutex<Vec<((i32, u32), SoftmaxTable)>> = Mutex::new(Vec::n
 /// gives the same bits as computing it.
 fn softmax_table(exp: i32, scale_q16: u32, len: usize) -> Option<SoftmaxTable> {
     let key = (exp, scale_q16);
-    {
-        let mut cache = SOFTMAX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
-            let hit = cache.remove(i);
-            let table = hit.1.clone();
-            cache.insert(0, hit);
-            return Some(table);
-        }
+    if let Some(table) = SOFTMAX_CACHE.get(&key) {
+        return Some(table);
     }
     if len < SOFTMAX_TABLE_LEN {
         return None;
@@ -1239,9 +1264,7 @@ fn softmax_table(exp: i32, scale_q16: u32, len: usize) -> Option<SoftmaxTable> {
             .map(|i| exp2_q31(t, arg.y(i as i32)) as u32)
             .collect(),
     );
-    let mut cache = SOFTMAX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.insert(0, (key, table.clone()));
-    cache.truncate(SOFTMAX_CACHE_LEN);
+    SOFTMAX_CACHE.put(key, table.clone());
     Some(table)
 }
 
@@ -1471,18 +1494,12 @@ impl GeluTable {
 
 /// Tables of recent exponents: the forward and backward of one layer share `x`, and
 /// activations keep their exponent over many steps.
-static GELU_CACHE: Mutex<Vec<(i32, Arc<GeluTable>)>> = Mutex::new(Vec::new());
+static GELU_CACHE: TableCache<i32, GeluTable, GELU_CACHE_LEN> = TableCache::new();
 
 /// The cached table of `exp`, or a new one if the tensor is large enough to pay for it.
 fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
-    {
-        let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = cache.iter().position(|(e, _)| *e == exp) {
-            let hit = cache.remove(i);
-            let table = hit.1.clone();
-            cache.insert(0, hit);
-            return Some(table);
-        }
+    if let Some(table) = GELU_CACHE.get(&exp) {
+        return Some(table);
     }
     if len < GELU_TABLE_BUILD_MIN_LEN {
         return None;
@@ -1503,9 +1520,7 @@ fn gelu_table(exp: i32, len: usize) -> Option<Arc<GeluTable>> {
         pos_max,
         neg_max,
     });
-    let mut cache = GELU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.insert(0, (exp, table.clone()));
-    cache.truncate(GELU_CACHE_LEN);
+    GELU_CACHE.put(exp, table.clone());
     Some(table)
 }
 

@@ -273,7 +273,7 @@ fn max_abs2<F: Fn(i32, i32) -> i64 + Sync>(x: &[i32], y: &[i32], f: F) -> u64 {
 }
 
 /// `rhe(f(v), k)` for every `v` of `x`.
-fn round1<F: Fn(i32) -> i64 + Sync>(x: &[i32], k: u32, f: F) -> Vec<i32> {
+fn round1<T: Copy + Sync, F: Fn(T) -> i64 + Sync>(x: &[T], k: u32, f: F) -> Vec<i32> {
     let rh = Rhe::new(k);
     let mut out = vec![0i32; x.len()];
     out.par_chunks_mut(PAR_MIN_LEN)
@@ -319,16 +319,7 @@ fn requant_i64(
 
 /// `rhe(v, k)` of every value.
 fn round_i64(wide: &[i64], k: u32) -> Vec<i32> {
-    let rh = Rhe::new(k);
-    let mut mant = vec![0i32; wide.len()];
-    mant.par_chunks_mut(PAR_MIN_LEN)
-        .zip(wide.par_chunks(PAR_MIN_LEN))
-        .for_each(|(o, c)| {
-            for (o, &v) in o.iter_mut().zip(c) {
-                *o = rh.round(v) as i32;
-            }
-        });
-    mant
+    round1(wide, k, |v| v)
 }
 
 /// Requantizes exact i128 values like [`crate::kernels::requant_wide`], in 64 bits when the

@@ -18,7 +18,7 @@
 //! - rayon tasks of at least [`PAR_MIN_LEN`] elements, so small tensors do not pay fork/join.
 
 use crate::fixed::{
-    bitlen, div_rhe, exp2_tables, isqrt, log2_q16, requant_shift, rhe, rhe64, B16_MANT_MAX,
+    bitlen, div_rhe, exp2_tables, isqrt, log2_q16, requant_shift, rhe, rhe64, Rhe, B16_MANT_MAX,
     EXP2_TABLE_LEN, LN2_Q30, LOG2E_Q30,
 };
 use crate::kernels::{
@@ -208,41 +208,6 @@ fn rhe_wide(x: i128, k: u32) -> i128 {
     }
 }
 
-/// [`rhe64`] by one shift `k` with its constants hoisted out of the loops (the same formula).
-#[derive(Clone, Copy)]
-struct Rhe {
-    k: u32,
-    mask: i64,
-    bias: i64,
-}
-
-impl Rhe {
-    /// Largest shift of the inline formula of [`rhe64`].
-    const INLINE_K_MAX: u32 = 61;
-
-    fn new(k: u32) -> Self {
-        let (mask, bias) = if k == 0 || k > Self::INLINE_K_MAX {
-            (0, 0)
-        } else {
-            ((1i64 << k) - 1, (1i64 << (k - 1)) - 1)
-        };
-        Self { k, mask, bias }
-    }
-
-    /// `rhe(s, k)`.
-    #[inline]
-    fn round(self, s: i64) -> i64 {
-        if self.k == 0 {
-            s
-        } else if self.k > Self::INLINE_K_MAX {
-            rhe64(s, self.k)
-        } else {
-            let q = s >> self.k;
-            q + (((s & self.mask) + self.bias + (q & 1)) >> self.k)
-        }
-    }
-}
-
 /// The tensor result: mantissas with exponent `base_exp + k`, or `ExponentRange`.
 fn finish(op: &'static str, mant: Vec<i32>, base_exp: i64, k: u32) -> Result<Bfp, KernelError> {
     Ok(Bfp {
@@ -252,7 +217,7 @@ fn finish(op: &'static str, mant: Vec<i32>, base_exp: i64, k: u32) -> Result<Bfp
 }
 
 /// Largest `|f(v)|` over `x`, in parallel chunks of plain loops.
-fn max_abs1<F: Fn(i32) -> i64 + Sync>(x: &[i32], f: F) -> u64 {
+fn max_abs1<T: Copy + Sync, F: Fn(T) -> i64 + Sync>(x: &[T], f: F) -> u64 {
     x.par_chunks(PAR_MIN_LEN)
         .map(|c| c.iter().fold(0u64, |m, &v| m.max(f(v).unsigned_abs())))
         .max()
@@ -308,12 +273,7 @@ fn requant_i64(
     base_exp: i64,
     mant_max: i32,
 ) -> Result<Bfp, KernelError> {
-    let mx = wide
-        .par_chunks(PAR_MIN_LEN)
-        .map(|c| c.iter().fold(0u64, |m, v| m.max(v.unsigned_abs())))
-        .max()
-        .unwrap_or(0);
-    let k = requant_shift(mx as u128, mant_max);
+    let k = requant_shift(max_abs1(wide, |v| v) as u128, mant_max);
     finish(op, round_i64(wide, k), base_exp, k)
 }
 

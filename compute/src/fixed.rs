@@ -40,15 +40,45 @@ pub fn rhe(s: i128, k: u32) -> i128 {
 /// back to [`rhe`].
 #[inline]
 pub fn rhe64(s: i64, k: u32) -> i64 {
-    if k == 0 {
-        return s;
+    Rhe::new(k).round(s)
+}
+
+/// [`rhe64`] by one shift `k`, with the constants of its formula computed once, for loops
+/// that round many values by the same shift.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rhe {
+    k: u32,
+    mask: i64,
+    bias: i64,
+}
+
+impl Rhe {
+    /// Largest shift of the 64-bit formula (no overflow up to here); larger ones use [`rhe`].
+    pub(crate) const INLINE_K_MAX: u32 = 61;
+
+    /// Rounding by `2^k`.
+    #[inline]
+    pub(crate) fn new(k: u32) -> Self {
+        let (mask, bias) = if k == 0 || k > Self::INLINE_K_MAX {
+            (0, 0)
+        } else {
+            ((1i64 << k) - 1, (1i64 << (k - 1)) - 1)
+        };
+        Self { k, mask, bias }
     }
-    if k > 61 {
-        return rhe(s as i128, k) as i64;
+
+    /// `rhe64(s, k)`.
+    #[inline]
+    pub(crate) fn round(self, s: i64) -> i64 {
+        if self.k == 0 {
+            s
+        } else if self.k > Self::INLINE_K_MAX {
+            rhe(s as i128, self.k) as i64
+        } else {
+            let q = s >> self.k;
+            q + (((s & self.mask) + self.bias + (q & 1)) >> self.k)
+        }
     }
-    let q = s >> k;
-    let r = s & ((1i64 << k) - 1);
-    q + ((r + (1i64 << (k - 1)) - 1 + (q & 1)) >> k)
 }
 
 /// `n / d` rounded to the nearest integer, ties to even. `d` must be positive.

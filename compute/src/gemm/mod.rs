@@ -25,7 +25,7 @@
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::fixed::{rhe64, B16_MANT_MAX};
+use crate::fixed::{Rhe, B16_MANT_MAX};
 use crate::kernels::MatmulShape;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -192,12 +192,13 @@ pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Ve
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = path;
+        let rh = Rhe::new(k);
         let mut mant = vec![0i32; sums.len()];
         mant.par_chunks_mut(par_min)
             .zip(sums.par_chunks(par_min))
             .for_each(|(o, s)| {
                 for (o, &v) in o.iter_mut().zip(s) {
-                    *o = rhe64(v, k) as i32;
+                    *o = rh.round(v) as i32;
                 }
             });
         mant
@@ -205,23 +206,15 @@ pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Ve
 }
 
 /// `out[i] = rhe64(sums[i], k)` for every `i` (`out` and `sums` have equal lengths: every element
-/// of `out` is written). For `1 ≤ k ≤ 61` the body is `rhe64`'s own branch-free formula with the
-/// shift hoisted out of the loop, so that it vectorizes; other `k` call `rhe64`.
+/// of `out` is written), through [`Rhe`] so that the shift's constants are hoisted out of the
+/// loop and it vectorizes.
 #[inline(always)]
 fn requant_into(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
     // Soundness of `x86::requantize` rests on every element of `out` being written.
     assert_eq!(out.len(), sums.len(), "one output per sum");
-    if (1..=61).contains(&k) {
-        let mask = (1i64 << k) - 1;
-        let half_m1 = (1i64 << (k - 1)) - 1;
-        for (o, &v) in out.iter_mut().zip(sums) {
-            let q = v >> k;
-            o.write((q + (((v & mask) + half_m1 + (q & 1)) >> k)) as i32);
-        }
-    } else {
-        for (o, &v) in out.iter_mut().zip(sums) {
-            o.write(rhe64(v, k) as i32);
-        }
+    let rh = Rhe::new(k);
+    for (o, &v) in out.iter_mut().zip(sums) {
+        o.write(rh.round(v) as i32);
     }
 }
 

@@ -295,6 +295,20 @@ fn merge_heads(x: &Bfp, b: usize, t: usize, h: usize, hs: usize) -> Bfp {
     Bfp::new(out, x.exp)
 }
 
+/// Runs two independent kernel chains of the backward pass with `rayon::join`, so the two
+/// cores overlap their serial parts (rounding-shift scans, small shapes, fork/join tails)
+/// instead of meeting at a barrier after every kernel. Results are the same bits: each chain
+/// only reads shared inputs. Errors are reported as the sequential order would: the first
+/// chain's error wins, as it ran first there (kernels have no side effects, so running the
+/// second chain anyway is unobservable).
+fn both<A: Send, B: Send>(
+    a: impl FnOnce() -> Result<A, KernelError> + Send,
+    b: impl FnOnce() -> Result<B, KernelError> + Send,
+) -> Result<(A, B), KernelError> {
+    let (ra, rb) = rayon::join(a, b);
+    Ok((ra?, rb?))
+}
+
 /// `[B·H, T, hs]` ×3 (aligned to one exponent) → `[B·T, 3C]`.
 fn merge_qkv(
     k: &dyn Kernels,
@@ -469,38 +483,72 @@ pub fn forward_backward(
     }
 
     let mut grads: Vec<Bfp> = vec![Bfp::default(); params.len()];
-    let daf = kern.matmul(&dlogits, &w16[WTE], MatmulShape::new(bt, v, c))?;
-    let dwte_head = kern.matmul(&dlogits, &af, MatmulShape::new(v, bt, c).ta())?;
-    grads[lnf] = kern.col_dot(&daf, &hf, bt, c)?;
-    let dhf = kern.mul_cols(&daf, &w16[lnf], bt, c)?;
+    let (daf, dwte_head) = both(
+        || kern.matmul(&dlogits, &w16[WTE], MatmulShape::new(bt, v, c)),
+        || kern.matmul(&dlogits, &af, MatmulShape::new(v, bt, c).ta()),
+    )?;
+    let (g_lnf, dhf) = both(
+        || kern.col_dot(&daf, &hf, bt, c),
+        || kern.mul_cols(&daf, &w16[lnf], bt, c),
+    )?;
+    grads[lnf] = g_lnf;
     let mut dx = kern.layernorm_bwd(&dhf, &hf, &rf, x.exp, bt, c)?;
     for l in (0..cfg.n_layer).rev() {
         let cch = &caches[l];
-        // MLP
-        grads[lp(l, MPROJ)] = kern.matmul(&dx, &cch.gf, MatmulShape::new(c, bt, 4 * c).ta())?;
-        let dgf = kern.matmul(&dx, &w16[lp(l, MPROJ)], MatmulShape::new(bt, c, 4 * c))?;
-        let df = kern.gelu_bwd(&cch.f, &dgf)?;
-        grads[lp(l, FC)] = kern.matmul(&df, &cch.a2, MatmulShape::new(4 * c, bt, c).ta())?;
-        let da2 = kern.matmul(&df, &w16[lp(l, FC)], MatmulShape::new(bt, 4 * c, c))?;
-        grads[lp(l, LN2)] = kern.col_dot(&da2, &cch.h2, bt, c)?;
-        let dh2 = kern.mul_cols(&da2, &w16[lp(l, LN2)], bt, c)?;
-        let dxm = kern.layernorm_bwd(&dh2, &cch.h2, &cch.r2, cch.x_mid.exp, bt, c)?;
-        let dx_mid = kern.add(&dx, &dxm)?;
+        // MLP: each weight gradient runs beside the chain of input gradients it does not feed.
+        let (g_mproj, df) = both(
+            || kern.matmul(&dx, &cch.gf, MatmulShape::new(c, bt, 4 * c).ta()),
+            || {
+                let dgf = kern.matmul(&dx, &w16[lp(l, MPROJ)], MatmulShape::new(bt, c, 4 * c))?;
+                kern.gelu_bwd(&cch.f, &dgf)
+            },
+        )?;
+        grads[lp(l, MPROJ)] = g_mproj;
+        let (g_fc, (g_ln2, dx_mid)) = both(
+            || kern.matmul(&df, &cch.a2, MatmulShape::new(4 * c, bt, c).ta()),
+            || {
+                let da2 = kern.matmul(&df, &w16[lp(l, FC)], MatmulShape::new(bt, 4 * c, c))?;
+                let (g_ln2, dh2) = both(
+                    || kern.col_dot(&da2, &cch.h2, bt, c),
+                    || kern.mul_cols(&da2, &w16[lp(l, LN2)], bt, c),
+                )?;
+                let dxm = kern.layernorm_bwd(&dh2, &cch.h2, &cch.r2, cch.x_mid.exp, bt, c)?;
+                Ok((g_ln2, kern.add(&dx, &dxm)?))
+            },
+        )?;
+        grads[lp(l, FC)] = g_fc;
+        grads[lp(l, LN2)] = g_ln2;
         // attention
-        grads[lp(l, PROJ)] = kern.matmul(&dx_mid, &cch.y, MatmulShape::new(c, bt, c).ta())?;
-        let dy = kern.matmul(&dx_mid, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c))?;
+        let (g_proj, dy) = both(
+            || kern.matmul(&dx_mid, &cch.y, MatmulShape::new(c, bt, c).ta()),
+            || kern.matmul(&dx_mid, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c)),
+        )?;
+        grads[lp(l, PROJ)] = g_proj;
         let dyh = split_heads_single(&dy, batch, t, h, hs);
-        let dp = kern.matmul(&dyh, &cch.v, MatmulShape::new(t, hs, t).tb().batched(bh))?;
-        let dv = kern.matmul(&cch.p, &dyh, MatmulShape::new(t, t, hs).ta().batched(bh))?;
+        let (dp, dv) = both(
+            || kern.matmul(&dyh, &cch.v, MatmulShape::new(t, hs, t).tb().batched(bh)),
+            || kern.matmul(&cch.p, &dyh, MatmulShape::new(t, t, hs).ta().batched(bh)),
+        )?;
         let ds = kern.softmax_bwd(&cch.p, &dp, bh * t, t, scale)?;
-        let dq = kern.matmul(&ds, &cch.k, MatmulShape::new(t, t, hs).batched(bh))?;
-        let dk = kern.matmul(&ds, &cch.q, MatmulShape::new(t, t, hs).ta().batched(bh))?;
+        let (dq, dk) = both(
+            || kern.matmul(&ds, &cch.k, MatmulShape::new(t, t, hs).batched(bh)),
+            || kern.matmul(&ds, &cch.q, MatmulShape::new(t, t, hs).ta().batched(bh)),
+        )?;
         let dqkv = merge_qkv(kern, [&dq, &dk, &dv], batch, t, h, hs)?;
-        grads[lp(l, ATTN)] = kern.matmul(&dqkv, &cch.a1, MatmulShape::new(3 * c, bt, c).ta())?;
-        let da1 = kern.matmul(&dqkv, &w16[lp(l, ATTN)], MatmulShape::new(bt, 3 * c, c))?;
-        grads[lp(l, LN1)] = kern.col_dot(&da1, &cch.h1, bt, c)?;
-        let dh1 = kern.mul_cols(&da1, &w16[lp(l, LN1)], bt, c)?;
-        let dxi = kern.layernorm_bwd(&dh1, &cch.h1, &cch.r1, cch.x_in.exp, bt, c)?;
+        let (g_attn, (g_ln1, dxi)) = both(
+            || kern.matmul(&dqkv, &cch.a1, MatmulShape::new(3 * c, bt, c).ta()),
+            || {
+                let da1 = kern.matmul(&dqkv, &w16[lp(l, ATTN)], MatmulShape::new(bt, 3 * c, c))?;
+                let (g_ln1, dh1) = both(
+                    || kern.col_dot(&da1, &cch.h1, bt, c),
+                    || kern.mul_cols(&da1, &w16[lp(l, LN1)], bt, c),
+                )?;
+                let dxi = kern.layernorm_bwd(&dh1, &cch.h1, &cch.r1, cch.x_in.exp, bt, c)?;
+                Ok((g_ln1, dxi))
+            },
+        )?;
+        grads[lp(l, ATTN)] = g_attn;
+        grads[lp(l, LN1)] = g_ln1;
         dx = kern.add(&dx_mid, &dxi)?;
     }
     let dwte_emb = kern.scatter_add_rows(&dx, idx, v, c)?;

@@ -241,9 +241,7 @@ impl TrainState {
         stream: u64,
         iters: usize,
     ) -> Result<f64, TrainError> {
-        let mut sum: i128 = 0;
-        let mut positions = 0usize;
-        for i in 0..iters as u64 {
+        let batch_loss = |i: u64| -> Result<(i64, usize), TrainError> {
             let b = sample_batch(
                 tokens,
                 what,
@@ -263,8 +261,23 @@ impl TrainState {
                 b.len,
                 false,
             )?;
-            sum += pass.loss_sum_q16 as i128;
-            positions += pass.positions;
+            Ok((pass.loss_sum_q16, pass.positions))
+        };
+        // Two batches at a time, one per `rayon::join` arm: the forward passes overlap their
+        // serial parts, and at most two sets of activations are alive. The integer sum does not
+        // depend on the order; errors are taken in batch order, as a sequential loop would.
+        let mut sum: i128 = 0;
+        let mut positions = 0usize;
+        let iters = iters as u64;
+        for i in (0..iters).step_by(2) {
+            let (first, second) = rayon::join(
+                || batch_loss(i),
+                || (i + 1 < iters).then(|| batch_loss(i + 1)).transpose(),
+            );
+            for (loss, n) in std::iter::once(first?).chain(second?) {
+                sum += loss as i128;
+                positions += n;
+            }
         }
         Ok(sum as f64 / 65536.0 / positions.max(1) as f64)
     }

@@ -8,6 +8,7 @@
 use crate::fixed::{cos_pi_q56, div_rhe, isqrt, rhe, to_fixed};
 use crate::kernels::{AdamStep, Bfp, KernelError, Kernels};
 use crate::model::ParamSpec;
+use rayon::prelude::*;
 
 /// Exponent given to all-zero Adam moments at initialization.
 pub const MOMENT_INIT_EXP: i32 = -64;
@@ -196,9 +197,13 @@ pub fn clip_coeff_q30(
     if h.grad_clip_q30 == 0 {
         return Ok(None);
     }
+    // Tensors in parallel (most are too small to split well on their own); the errors are
+    // then taken in tensor order, as a sequential loop would report them.
+    let sums: Vec<Result<u128, KernelError>> =
+        grads.par_iter().map(|g| kern.sum_squares(g)).collect();
     let mut terms = Vec::with_capacity(grads.len());
-    for g in grads {
-        let ss = kern.sum_squares(g)?;
+    for (g, ss) in grads.iter().zip(sums) {
+        let ss = ss?;
         if ss > 0 {
             terms.push((ss, 2 * g.exp as i64));
         }
@@ -261,18 +266,27 @@ pub fn step(
     let clip = clip_coeff_q30(kern, h, grads)?;
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
-    for i in 0..params.len() {
-        // Borrowed when not clipped: no copy of the gradient.
-        let g = match clip {
-            Some(c) => std::borrow::Cow::Owned(kern.scale(&grads[i], c)?),
-            None => std::borrow::Cow::Borrowed(&grads[i]),
-        };
-        let st = if specs[i].decay {
-            &with_decay
-        } else {
-            &without
-        };
-        let (p2, m2, r2) = kern.adamw(&params[i], &g, &m[i], &r[i], st)?;
+    // The tensors are updated in parallel (most are too small for the kernels to split well
+    // on their own) into new tensors, which then replace the old ones in tensor order up to the
+    // first error: the state after an error is the one a sequential loop leaves.
+    let updates: Vec<Result<(Bfp, Bfp, Bfp), KernelError>> = (0..params.len())
+        .into_par_iter()
+        .map(|i| {
+            // Borrowed when not clipped: no copy of the gradient.
+            let g = match clip {
+                Some(c) => std::borrow::Cow::Owned(kern.scale(&grads[i], c)?),
+                None => std::borrow::Cow::Borrowed(&grads[i]),
+            };
+            let st = if specs[i].decay {
+                &with_decay
+            } else {
+                &without
+            };
+            kern.adamw(&params[i], &g, &m[i], &r[i], st)
+        })
+        .collect();
+    for (i, update) in updates.into_iter().enumerate() {
+        let (p2, m2, r2) = update?;
         params[i] = p2;
         m[i] = m2;
         r[i] = r2;

@@ -9,6 +9,7 @@
 
 use crate::fixed::{isqrt, normal_q16, requantize, to_fixed, B24_MANT_MAX};
 use crate::kernels::{Bfp, KernelError, Kernels, MatmulShape};
+use rayon::prelude::*;
 
 /// Largest vocabulary, context, width, depth and head count accepted by [`Config::validate`].
 pub const VOCAB_MAX: usize = 1 << 16;
@@ -407,10 +408,13 @@ pub fn forward_backward(
     let bt = batch * t;
     let bh = batch * h;
     let scale = cfg.attn_scale_q16();
-    let w16: Vec<Bfp> = params
-        .iter()
+    // Tensors in parallel (most are too small to split on their own); the first error in
+    // tensor order is reported, as a sequential loop would.
+    let w16: Vec<Result<Bfp, KernelError>> = params
+        .par_iter()
         .map(|p| kern.requant(p, crate::fixed::B16_MANT_MAX))
-        .collect::<Result<_, _>>()?;
+        .collect();
+    let w16: Vec<Bfp> = w16.into_iter().collect::<Result<_, _>>()?;
     let lp = |l: usize, i: usize| 2 + l * PER_LAYER + i;
     let lnf = 2 + cfg.n_layer * PER_LAYER;
 

@@ -341,7 +341,9 @@ pub(crate) struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     pool: Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>,
     lost: Arc<AtomicBool>,
-    /// One op at a time: error scopes are per thread but submissions share the queue.
+    /// One op at a time: error scopes are per thread but submissions share the queue. Never
+    /// held across a rayon call: the model runs kernels from two `rayon::join` arms at once, and
+    /// a worker waiting inside a parallel loop may pick up the other arm (a self-deadlock).
     pub(crate) op_lock: Mutex<()>,
 }
 

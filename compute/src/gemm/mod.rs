@@ -28,7 +28,10 @@ mod x86;
 use crate::fixed::{Rhe, B16_MANT_MAX};
 use crate::kernels::MatmulShape;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::thread::LocalKey;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
 /// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
@@ -38,6 +41,13 @@ const K_BLOCK_PAIRS_MAX: usize = K_BLOCK_MAX / 2;
 /// Smallest number of multiply-accumulates per rayon task: smaller products are not split,
 /// so they do not pay fork/join (a few µs) for a few µs of work.
 const TASK_MACS_MIN: usize = 1 << 17;
+/// Smallest number of B elements packed per rayon task, for the same reason.
+const PACK_ELEMS_MIN: usize = 1 << 14;
+/// Rows of `Aᵀ` split per task of an unbatched product: `Aᵀ` is stored `k×m`, so a task's
+/// rows are a column strip of it, and the split loop runs along the strip (one 16-lane vector
+/// per k row); a plain A is split per `MR` rows instead (its rows are contiguous). 16 rows of
+/// 384 k-pairs are 48 KiB of split pairs, read back from L1/L2 by the tiles right away.
+const TRANS_A_TASK_ROWS: usize = 16;
 
 /// A SIMD implementation of the exact product, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,9 +137,6 @@ pub(crate) fn store_tile<const MR: usize, const NR: usize>(
     mx
 }
 
-/// The buffers of one batch: A hi pairs, A lo pairs, packed B.
-type Bufs = [Vec<i32>; 3];
-
 /// A SIMD implementation with an `MR×NR` register tile. Implementations exist only once their
 /// CPU features are detected. Every method but `tile` runs one of this module's plain Rust
 /// functions inlined into a function compiled with the CPU features, so that those loops
@@ -147,15 +154,16 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
         self,
         a: &[i32],
         s: MatmulShape,
+        rows: Range<usize>,
         hi: &'a mut Vec<i32>,
         lo: &'a mut Vec<i32>,
     ) -> (SplitA<'a>, bool);
 
-    /// [`pack_b`] compiled for the path.
-    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool);
+    /// [`pack_panel`] compiled for the path.
+    fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool;
 
     /// [`panels`] compiled for the path.
-    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
+    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64;
 
     /// [`requant_into`] compiled for the path.
     fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32);
@@ -251,95 +259,128 @@ fn sized(v: &mut Vec<i32>, len: usize) -> &mut [i32] {
     &mut v[..len]
 }
 
-/// Packs one batch's B (`k×n`, or `n×k` if `trans_b`) into `NR`-column panels of k-pairs,
-/// zero-padded to full panels and an even K; writes every element of the result. The flag is
-/// true if some element of `b` is [`out_of_range`].
+/// Sets every element of `x` to 0. The padding this clears is empty for most shapes: the test
+/// saves a `memset` call per k-pair (a measurable share of the packing loops).
 #[inline(always)]
-fn pack_b<'a, const NR: usize>(
-    b: &[i32],
-    s: MatmulShape,
-    dst: &'a mut Vec<i32>,
-) -> (&'a [i32], bool) {
+fn zero(x: &mut [i32]) {
+    if !x.is_empty() {
+        x.fill(0);
+    }
+}
+
+/// Packs column panel `c` of one batch's B (`k×n`, or `n×k` if `trans_b`) into `panel`
+/// (`k.div_ceil(2)·NR` i32: columns `c·NR ..`, as k-pairs), zero-padded to `NR` columns and an
+/// even K; writes every element of `panel`. Returns true if some element read is
+/// [`out_of_range`]; every element of `b` is read by exactly one panel.
+#[inline(always)]
+fn pack_panel<const NR: usize>(b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
     let (k, n) = (s.k, s.n);
     let mut bad = false;
     let pairs = k.div_ceil(2);
-    let dst = sized(dst, n.div_ceil(NR) * pairs * NR);
-    for (c, panel) in dst.chunks_exact_mut(pairs * NR).enumerate() {
-        let j0 = c * NR;
-        let cols = NR.min(n - j0);
-        if s.trans_b {
-            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
-            // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
-            // which is then stored down the lane (stride `NR`).
-            const TB_PAIRS: usize = 16;
-            for (jj, lane) in (0..NR).zip(0..) {
-                if jj >= cols {
-                    for p in 0..pairs {
-                        panel[p * NR + lane] = 0;
-                    }
-                    continue;
+    debug_assert_eq!(panel.len(), pairs * NR);
+    let j0 = c * NR;
+    let cols = NR.min(n - j0);
+    if s.trans_b {
+        // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
+        // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
+        // which is then stored down the lane (stride `NR`).
+        const TB_PAIRS: usize = 16;
+        for (jj, lane) in (0..NR).zip(0..) {
+            if jj >= cols {
+                for p in 0..pairs {
+                    panel[p * NR + lane] = 0;
                 }
-                let row = &b[(j0 + jj) * k..][..k];
-                let (whole, odd) = row.as_chunks::<2>();
-                let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
-                for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
-                    let mut buf = [0i32; TB_PAIRS];
-                    for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
-                        bad |= out_of_range(x0) | out_of_range(x1);
-                        *o = pair(x0, x1);
-                    }
-                    for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
-                        d[lane] = v;
-                    }
-                }
-                let p0 = blocks.len() * TB_PAIRS;
-                for (p, &[x0, x1]) in (p0..).zip(rest) {
+                continue;
+            }
+            let row = &b[(j0 + jj) * k..][..k];
+            let (whole, odd) = row.as_chunks::<2>();
+            let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
+            for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
+                let mut buf = [0i32; TB_PAIRS];
+                for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
                     bad |= out_of_range(x0) | out_of_range(x1);
-                    panel[p * NR + lane] = pair(x0, x1);
+                    *o = pair(x0, x1);
                 }
-                if let [x0] = *odd {
-                    bad |= out_of_range(x0);
-                    panel[whole.len() * NR + lane] = pair(x0, 0);
+                for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
+                    d[lane] = v;
                 }
             }
-        } else {
-            // Row-major B: two contiguous row segments per k-pair.
-            for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
-                let (lanes, pad) = lanes.split_at_mut(cols);
-                pad.fill(0);
-                let r0 = &b[2 * p * n + j0..][..cols];
-                if 2 * p + 1 < k {
-                    let r1 = &b[(2 * p + 1) * n + j0..][..cols];
-                    for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
-                        bad |= out_of_range(x0) | out_of_range(x1);
-                        *l = pair(x0, x1);
-                    }
-                } else {
-                    for (l, &x0) in lanes.iter_mut().zip(r0) {
-                        bad |= out_of_range(x0);
-                        *l = pair(x0, 0);
-                    }
+            let p0 = blocks.len() * TB_PAIRS;
+            for (p, &[x0, x1]) in (p0..).zip(rest) {
+                bad |= out_of_range(x0) | out_of_range(x1);
+                panel[p * NR + lane] = pair(x0, x1);
+            }
+            if let [x0] = *odd {
+                bad |= out_of_range(x0);
+                panel[whole.len() * NR + lane] = pair(x0, 0);
+            }
+        }
+    } else {
+        // Row-major B: two contiguous row segments per k-pair.
+        for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+            let (lanes, pad) = lanes.split_at_mut(cols);
+            zero(pad);
+            let r0 = &b[2 * p * n + j0..][..cols];
+            if 2 * p + 1 < k {
+                let r1 = &b[(2 * p + 1) * n + j0..][..cols];
+                for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
+                    bad |= out_of_range(x0) | out_of_range(x1);
+                    *l = pair(x0, x1);
+                }
+            } else {
+                for (l, &x0) in lanes.iter_mut().zip(r0) {
+                    bad |= out_of_range(x0);
+                    *l = pair(x0, 0);
                 }
             }
         }
     }
+    bad
+}
+
+/// Packs all of one batch's B into `NR`-column panels ([`pack_panel`]) in `dst`, panels in
+/// parallel tasks of at least [`PACK_ELEMS_MIN`] elements if `par`; writes every element of
+/// the result. The flag is true if some element of `b` is [`out_of_range`].
+fn pack_b<'a, const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    b: &[i32],
+    s: MatmulShape,
+    dst: &'a mut Vec<i32>,
+    par: bool,
+) -> (&'a [i32], bool) {
+    let panel_len = s.k.div_ceil(2) * NR;
+    let dst = sized(dst, s.n.div_ceil(NR) * panel_len);
+    let bad = if par {
+        dst.par_chunks_mut(panel_len)
+            .enumerate()
+            .with_min_len(PACK_ELEMS_MIN.div_ceil(2 * panel_len))
+            .map(|(c, panel)| t.pack_panel(b, s, c, panel))
+            .reduce(|| false, |x, y| x | y)
+    } else {
+        dst.chunks_exact_mut(panel_len)
+            .enumerate()
+            .fold(false, |bad, (c, panel)| bad | t.pack_panel(b, s, c, panel))
+    };
     (dst, bad)
 }
 
-/// Splits and pairs one batch's A (`m×k`, or `k×m` if `trans_a`) into `hi` and `lo` (see
-/// [`SplitA`]), rows zero-padded to a multiple of `MR` and K to an even length; writes every
-/// element. The layout follows the stored one so that both loops run over contiguous memory:
-/// row-major pairs (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`,
-/// `ps = padded rows`) for `Aᵀ`. The flag is true if some element of `a` is [`out_of_range`].
+/// Splits and pairs `rows` of one batch's op(A) (`a` is stored `m×k`, or `k×m` if `trans_a`)
+/// into `hi` and `lo` (see [`SplitA`]), the row count zero-padded to a multiple of `MR` and K to
+/// an even length; writes every element. Row `rows.start` is row 0 of the result. The layout
+/// follows the stored one so that both loops run over contiguous memory: row-major pairs
+/// (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`, `ps = padded rows`) for `Aᵀ`.
+/// The flag is true if some element read (those of `rows`) is [`out_of_range`].
 #[inline(always)]
 fn split_a<'a, const MR: usize>(
     a: &[i32],
     s: MatmulShape,
+    rows: Range<usize>,
     hi: &'a mut Vec<i32>,
     lo: &'a mut Vec<i32>,
 ) -> (SplitA<'a>, bool) {
     let mut bad = false;
-    let (m, k) = (s.m, s.k);
+    let k = s.k;
+    let (r0, m) = (rows.start, rows.len());
     let pairs = k.div_ceil(2);
     let rows = m.div_ceil(MR) * MR;
     let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
@@ -357,16 +398,16 @@ fn split_a<'a, const MR: usize>(
         {
             let (h, hpad) = h.split_at_mut(m);
             let (l, lpad) = l.split_at_mut(m);
-            hpad.fill(0);
-            lpad.fill(0);
-            let r0 = &a[2 * p * m..][..m];
+            zero(hpad);
+            zero(lpad);
+            let k0 = &a[2 * p * s.m + r0..][..m];
             if 2 * p + 1 < k {
-                let r1 = &a[(2 * p + 1) * m..][..m];
-                for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(r0).zip(r1) {
+                let k1 = &a[(2 * p + 1) * s.m + r0..][..m];
+                for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(k0).zip(k1) {
                     bad |= one(h, l, x0, x1);
                 }
             } else {
-                for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(r0) {
+                for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(k0) {
                     bad |= one(h, l, x0, 0);
                 }
             }
@@ -375,12 +416,12 @@ fn split_a<'a, const MR: usize>(
     } else {
         let (h, hpad) = hi.split_at_mut(m * pairs);
         let (l, lpad) = lo.split_at_mut(m * pairs);
-        hpad.fill(0);
-        lpad.fill(0);
+        zero(hpad);
+        zero(lpad);
         for ((h, l), row) in h
             .chunks_exact_mut(pairs)
             .zip(l.chunks_exact_mut(pairs))
-            .zip(a.chunks_exact(k))
+            .zip(a[r0 * k..][..m * k].chunks_exact(k))
         {
             let (whole, odd) = row.as_chunks::<2>();
             for ((h, l), &[x0, x1]) in h.iter_mut().zip(l.iter_mut()).zip(whole) {
@@ -395,16 +436,15 @@ fn split_a<'a, const MR: usize>(
     (SplitA { hi, lo, rs, ps }, bad)
 }
 
-/// The row panels `row0 ..` in `out` (whole rows of one batch's `m×n` result, starting at row
-/// `row0`, a multiple of `MR`): every `MR×NR` tile against packed B (`b`, all column panels),
-/// written to `out`; returns their `max |sum|`.
+/// The row panels in `out` (whole rows of one batch's `m×n` result, whose first row is row 0 of
+/// `a`): every `MR×NR` tile against packed B (`b`, all column panels), written to `out`;
+/// returns their `max |sum|`.
 #[inline(always)]
 fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
     t: T,
     a: SplitA<'_>,
     b: &[i32],
     s: MatmulShape,
-    row0: usize,
     out: &mut [i64],
 ) -> u64 {
     let pairs = s.k.div_ceil(2);
@@ -419,32 +459,39 @@ fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
                 rows,
                 cols: NR.min(s.n - j0),
             };
-            mx = mx.max(t.tile(a, row0 + i * MR, bp, dst));
+            mx = mx.max(t.tile(a, i * MR, bp, dst));
         }
     }
     mx
 }
 
 thread_local! {
-    /// Buffers of one product, reused by the next call on the same thread: fresh buffers
-    /// would cost page faults and zeroing on every call.
-    static SCRATCH: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Default::default());
+    /// Buffers for split A (hi and lo pairs) of one task, reused by the next task on the same
+    /// thread: fresh buffers would cost page faults and zeroing on every call.
+    static SCRATCH_A: RefCell<[Vec<i32>; 2]> = RefCell::new(Default::default());
+    /// Buffer for packed B, likewise. Separate from [`SCRATCH_A`]: the thread that packs B for
+    /// an unbatched product holds it while it runs tasks that split A.
+    static SCRATCH_B: RefCell<[Vec<i32>; 1]> = RefCell::new(Default::default());
 }
 
-/// Largest buffer (elements) kept in [`SCRATCH`] for the next call: the model's operands are far
+/// Largest buffer (elements) kept in a scratch for the next call: the model's operands are far
 /// smaller; a one-off huge product does not pin its buffers to the thread for good.
 const SCRATCH_KEEP_MAX: usize = 1 << 21;
 
-/// Runs `f` with this thread's buffers (taken out, so a nested call cannot alias them).
-fn with_scratch<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
-    let mut bufs = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+/// Runs `f` with this thread's buffers of `key` (taken out, so a nested call cannot alias
+/// them).
+fn with_scratch<const N: usize, R>(
+    key: &'static LocalKey<RefCell<[Vec<i32>; N]>>,
+    f: impl FnOnce(&mut [Vec<i32>; N]) -> R,
+) -> R {
+    let mut bufs = key.with(|c| c.replace(std::array::from_fn(|_| Vec::new())));
     let r = f(&mut bufs);
     for v in &mut bufs {
         if v.capacity() > SCRATCH_KEEP_MAX {
             *v = Vec::new();
         }
     }
-    SCRATCH.with(|c| *c.borrow_mut() = bufs);
+    key.with(|c| *c.borrow_mut() = bufs);
     r
 }
 
@@ -463,22 +510,27 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
         return (!bad).then_some(0);
     }
     if s.batch == 1 {
-        // Split A and pack B once (side by side: linear in the operands), then the row panels
-        // in parallel.
-        let mut bufs = with_scratch(std::mem::take);
-        let [ah, al, pb] = &mut bufs;
-        let ((sa, bad_a), (pb, bad_b)) =
-            rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
-        let mx = (!(bad_a | bad_b)).then(|| {
-            out.par_chunks_mut(MR * s.n)
+        // Pack B (panels in parallel), then tasks of rows: each splits its own rows of A into
+        // its thread's scratch (kept in L1/L2 for its tiles, instead of a whole split A written
+        // out and read back) and runs their tiles.
+        with_scratch(&SCRATCH_B, |[pb]| {
+            let (pb, bad_b) = pack_b(t, b, s, pb, true);
+            if bad_b {
+                return None;
+            }
+            let task_rows = if s.trans_a { TRANS_A_TASK_ROWS } else { MR };
+            out.par_chunks_mut(task_rows * s.n)
                 .enumerate()
-                .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
-                .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
-                .max()
-                .unwrap_or(0)
-        });
-        with_scratch(|keep| *keep = bufs);
-        mx
+                .with_min_len(TASK_MACS_MIN.div_ceil(task_rows * s.k * s.n))
+                .map(|(i, o)| {
+                    let r0 = i * task_rows;
+                    with_scratch(&SCRATCH_A, |[ah, al]| {
+                        let (sa, bad_a) = t.split_a(a, s, r0..r0 + o.len() / s.n, ah, al);
+                        (!bad_a).then(|| t.panels(sa, pb, s, o))
+                    })
+                })
+                .try_reduce(|| 0, |x, y| Some(x.max(y)))
+        })
     } else {
         // Per batch `None` if its operands are out of range (its products are skipped).
         out.par_chunks_mut(sc)
@@ -486,10 +538,14 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
             .zip(b.par_chunks(sb))
             .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
             .map(|((o, ab), bb)| {
-                with_scratch(|[ah, al, pb]| {
-                    let ((sa, bad_a), (pb, bad_b)) =
-                        (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
-                    (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, 0, o))
+                with_scratch(&SCRATCH_B, |[pb]| {
+                    with_scratch(&SCRATCH_A, |[ah, al]| {
+                        let ((sa, bad_a), (pb, bad_b)) = (
+                            t.split_a(ab, s, 0..s.m, ah, al),
+                            pack_b(t, bb, s, pb, false),
+                        );
+                        (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, o))
+                    })
                 })
             })
             .try_reduce(|| 0, |x, y| Some(x.max(y)))

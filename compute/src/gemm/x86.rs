@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -36,33 +37,22 @@ macro_rules! multiversion {
                 self,
                 a: &[i32],
                 s: MatmulShape,
+                rows: Range<usize>,
                 hi: &'a mut Vec<i32>,
                 lo: &'a mut Vec<i32>,
             ) -> (SplitA<'a>, bool) {
                 // SAFETY: as for `tile`.
-                unsafe { $split_a(a, s, hi, lo) }
+                unsafe { $split_a(a, s, rows, hi, lo) }
             }
 
-            fn pack_b<'a>(
-                self,
-                b: &[i32],
-                s: MatmulShape,
-                dst: &'a mut Vec<i32>,
-            ) -> (&'a [i32], bool) {
+            fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
                 // SAFETY: as for `tile`.
-                unsafe { $pack_b(b, s, dst) }
+                unsafe { $pack_b(b, s, c, panel) }
             }
 
-            fn panels(
-                self,
-                a: SplitA<'_>,
-                b: &[i32],
-                s: MatmulShape,
-                row0: usize,
-                out: &mut [i64],
-            ) -> u64 {
+            fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64 {
                 // SAFETY: as for `tile`.
-                unsafe { $panels(self, a, b, s, row0, out) }
+                unsafe { $panels(self, a, b, s, out) }
             }
 
             fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
@@ -75,27 +65,21 @@ macro_rules! multiversion {
         fn $split_a<'a>(
             a: &[i32],
             s: MatmulShape,
+            rows: Range<usize>,
             hi: &'a mut Vec<i32>,
             lo: &'a mut Vec<i32>,
         ) -> (SplitA<'a>, bool) {
-            super::split_a::<$mr>(a, s, hi, lo)
+            super::split_a::<$mr>(a, s, rows, hi, lo)
         }
 
         #[target_feature(enable = $feat)]
-        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool) {
-            super::pack_b::<$nr>(b, s, dst)
+        fn $pack_b(b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
+            super::pack_panel::<$nr>(b, s, c, panel)
         }
 
         #[target_feature(enable = $feat)]
-        fn $panels(
-            t: $t,
-            a: SplitA<'_>,
-            b: &[i32],
-            s: MatmulShape,
-            row0: usize,
-            out: &mut [i64],
-        ) -> u64 {
-            super::panels::<$mr, $nr, $t>(t, a, b, s, row0, out)
+        fn $panels(t: $t, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64 {
+            super::panels::<$mr, $nr, $t>(t, a, b, s, out)
         }
 
         #[target_feature(enable = $feat)]

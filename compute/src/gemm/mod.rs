@@ -31,7 +31,6 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::thread::LocalKey;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
 /// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
@@ -41,13 +40,8 @@ const K_BLOCK_PAIRS_MAX: usize = K_BLOCK_MAX / 2;
 /// Smallest number of multiply-accumulates per rayon task: smaller products are not split,
 /// so they do not pay fork/join (a few µs) for a few µs of work.
 const TASK_MACS_MIN: usize = 1 << 17;
-/// Smallest number of B elements packed per rayon task, for the same reason.
+/// Smallest number of operand elements split or packed per rayon task, for the same reason.
 const PACK_ELEMS_MIN: usize = 1 << 14;
-/// Rows of `Aᵀ` split per task of an unbatched product: `Aᵀ` is stored `k×m`, so a task's
-/// rows are a column strip of it, and the split loop runs along the strip (one 16-lane vector
-/// per k row); a plain A is split per `MR` rows instead (its rows are contiguous). 16 rows of
-/// 384 k-pairs are 48 KiB of split pairs, read back from L1/L2 by the tiles right away.
-const TRANS_A_TASK_ROWS: usize = 16;
 
 /// A SIMD implementation of the exact product, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,21 +143,21 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
     /// `max |sum|` (rows and columns past the window are sums of zero padding: 0).
     fn tile(self, a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64;
 
-    /// [`split_a`] compiled for the path.
-    fn split_a<'a>(
+    /// [`split_part`] compiled for the path.
+    fn split_part(
         self,
         a: &[i32],
         s: MatmulShape,
-        rows: Range<usize>,
-        hi: &'a mut Vec<i32>,
-        lo: &'a mut Vec<i32>,
-    ) -> (SplitA<'a>, bool);
+        part: Range<usize>,
+        hi: &mut [i32],
+        lo: &mut [i32],
+    ) -> bool;
 
     /// [`pack_panel`] compiled for the path.
     fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool;
 
     /// [`panels`] compiled for the path.
-    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64;
+    fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
 
     /// [`requant_into`] compiled for the path.
     fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32);
@@ -364,64 +358,63 @@ fn pack_b<'a, const MR: usize, const NR: usize, T: Tile<MR, NR>>(
     (dst, bad)
 }
 
-/// Splits and pairs `rows` of one batch's op(A) (`a` is stored `m×k`, or `k×m` if `trans_a`)
-/// into `hi` and `lo` (see [`SplitA`]), the row count zero-padded to a multiple of `MR` and K to
-/// an even length; writes every element. Row `rows.start` is row 0 of the result. The layout
-/// follows the stored one so that both loops run over contiguous memory: row-major pairs
-/// (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`, `ps = padded rows`) for `Aᵀ`.
-/// The flag is true if some element read (those of `rows`) is [`out_of_range`].
+/// Splits and pairs `part` of one batch's op(A) (`a` is stored `m×k`, or `k×m` if `trans_a`)
+/// into `hi` and `lo`, the part's window of the whole split layout (see [`SplitA`]): rows
+/// zero-padded to a multiple of `MR`, K to an even length. The layout follows the stored one so
+/// that both loops run over contiguous memory: row-major pairs (`rs = pairs`, `ps = 1`) for a
+/// plain A, where `part` is a range of (padded) rows; pair-major (`rs = 1`, `ps = padded rows`)
+/// for `Aᵀ`, where `part` is a range of k-pairs. Writes every element of `hi` and `lo`; returns
+/// true if some element read is [`out_of_range`] (each element of `a` is read by exactly one
+/// part of a partition).
 #[inline(always)]
-fn split_a<'a, const MR: usize>(
+fn split_part<const MR: usize>(
     a: &[i32],
     s: MatmulShape,
-    rows: Range<usize>,
-    hi: &'a mut Vec<i32>,
-    lo: &'a mut Vec<i32>,
-) -> (SplitA<'a>, bool) {
+    part: Range<usize>,
+    hi: &mut [i32],
+    lo: &mut [i32],
+) -> bool {
     let mut bad = false;
-    let k = s.k;
-    let (r0, m) = (rows.start, rows.len());
+    let (m, k) = (s.m, s.k);
     let pairs = k.div_ceil(2);
     let rows = m.div_ceil(MR) * MR;
-    let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
     let one = |h: &mut i32, l: &mut i32, x0: i32, x1: i32| {
         let ((h0, l0), (h1, l1)) = (split(x0), split(x1));
         *h = pair(h0, h1);
         *l = pair(l0, l1);
         out_of_range(x0) | out_of_range(x1)
     };
-    let (rs, ps) = if s.trans_a {
-        for (p, (h, l)) in hi
-            .chunks_exact_mut(rows)
-            .zip(lo.chunks_exact_mut(rows))
-            .enumerate()
-        {
+    if s.trans_a {
+        debug_assert_eq!(hi.len(), part.len() * rows);
+        for (p, (h, l)) in part.zip(hi.chunks_exact_mut(rows).zip(lo.chunks_exact_mut(rows))) {
             let (h, hpad) = h.split_at_mut(m);
             let (l, lpad) = l.split_at_mut(m);
             zero(hpad);
             zero(lpad);
-            let k0 = &a[2 * p * s.m + r0..][..m];
+            let r0 = &a[2 * p * m..][..m];
             if 2 * p + 1 < k {
-                let k1 = &a[(2 * p + 1) * s.m + r0..][..m];
-                for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(k0).zip(k1) {
+                let r1 = &a[(2 * p + 1) * m..][..m];
+                for (((h, l), &x0), &x1) in h.iter_mut().zip(l.iter_mut()).zip(r0).zip(r1) {
                     bad |= one(h, l, x0, x1);
                 }
             } else {
-                for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(k0) {
+                for ((h, l), &x0) in h.iter_mut().zip(l.iter_mut()).zip(r0) {
                     bad |= one(h, l, x0, 0);
                 }
             }
         }
-        (1, rows)
     } else {
-        let (h, hpad) = hi.split_at_mut(m * pairs);
-        let (l, lpad) = lo.split_at_mut(m * pairs);
+        debug_assert_eq!(hi.len(), part.len() * pairs);
+        // Rows `part.start .. m.min(part.end)` of A; padding rows after them.
+        let real = part.start.min(m)..part.end.min(m);
+        let (h, hpad) = hi.split_at_mut(real.len() * pairs);
+        let (l, lpad) = lo.split_at_mut(real.len() * pairs);
         zero(hpad);
         zero(lpad);
         for ((h, l), row) in h
             .chunks_exact_mut(pairs)
             .zip(l.chunks_exact_mut(pairs))
-            .zip(a[r0 * k..][..m * k].chunks_exact(k))
+            .zip(a[real.start * k..real.end * k].chunks_exact(k))
         {
             let (whole, odd) = row.as_chunks::<2>();
             for ((h, l), &[x0, x1]) in h.iter_mut().zip(l.iter_mut()).zip(whole) {
@@ -431,20 +424,57 @@ fn split_a<'a, const MR: usize>(
                 bad |= one(&mut h[pairs - 1], &mut l[pairs - 1], x0, 0);
             }
         }
-        (pairs, 1)
+    }
+    bad
+}
+
+/// Splits all of one batch's op(A) ([`split_part`]) into `hi` and `lo`, in parallel parts of at
+/// least [`PACK_ELEMS_MIN`] elements of `a` if `par`. The flag is true if some element of `a` is
+/// [`out_of_range`].
+fn split_a<'a, const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    a: &[i32],
+    s: MatmulShape,
+    hi: &'a mut Vec<i32>,
+    lo: &'a mut Vec<i32>,
+    par: bool,
+) -> (SplitA<'a>, bool) {
+    let pairs = s.k.div_ceil(2);
+    let rows = s.m.div_ceil(MR) * MR;
+    let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
+    // Parts: rows of a plain A (`pairs` split pairs, `k` elements each), k-pairs of `Aᵀ`
+    // (`rows` split pairs, `2·m` elements each).
+    let (rs, ps, unit, unit_elems, units) = if s.trans_a {
+        (1, rows, rows, 2 * s.m, pairs)
+    } else {
+        (pairs, 1, pairs, s.k, rows)
+    };
+    let per_job = PACK_ELEMS_MIN.div_ceil(unit_elems);
+    let bad = if par && units > per_job {
+        hi.par_chunks_mut(per_job * unit)
+            .zip(lo.par_chunks_mut(per_job * unit))
+            .enumerate()
+            .map(|(i, (h, l))| {
+                let u0 = i * per_job;
+                t.split_part(a, s, u0..u0 + h.len() / unit, h, l)
+            })
+            .reduce(|| false, |x, y| x | y)
+    } else {
+        t.split_part(a, s, 0..units, hi, lo)
     };
     (SplitA { hi, lo, rs, ps }, bad)
 }
 
-/// The row panels in `out` (whole rows of one batch's `m×n` result, whose first row is row 0 of
-/// `a`): every `MR×NR` tile against packed B (`b`, all column panels), written to `out`;
-/// returns their `max |sum|`.
+/// The row panels `row0 ..` in `out` (whole rows of one batch's `m×n` result, starting at row
+/// `row0`, a multiple of `MR`): every `MR×NR` tile against packed B (`b`, all column panels),
+/// written to `out`; returns their `max |sum|`.
 #[inline(always)]
 fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
     t: T,
     a: SplitA<'_>,
     b: &[i32],
     s: MatmulShape,
+    row0: usize,
     out: &mut [i64],
 ) -> u64 {
     let pairs = s.k.div_ceil(2);
@@ -459,39 +489,32 @@ fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
                 rows,
                 cols: NR.min(s.n - j0),
             };
-            mx = mx.max(t.tile(a, i * MR, bp, dst));
+            mx = mx.max(t.tile(a, row0 + i * MR, bp, dst));
         }
     }
     mx
 }
 
 thread_local! {
-    /// Buffers for split A (hi and lo pairs) of one task, reused by the next task on the same
-    /// thread: fresh buffers would cost page faults and zeroing on every call.
-    static SCRATCH_A: RefCell<[Vec<i32>; 2]> = RefCell::new(Default::default());
-    /// Buffer for packed B, likewise. Separate from [`SCRATCH_A`]: the thread that packs B for
-    /// an unbatched product holds it while it runs tasks that split A.
-    static SCRATCH_B: RefCell<[Vec<i32>; 1]> = RefCell::new(Default::default());
+    /// Buffers of one product (A hi pairs, A lo pairs, packed B), reused by the next call on the
+    /// same thread: fresh buffers would cost page faults and zeroing on every call.
+    static SCRATCH: RefCell<[Vec<i32>; 3]> = RefCell::new(Default::default());
 }
 
-/// Largest buffer (elements) kept in a scratch for the next call: the model's operands are far
+/// Largest buffer (elements) kept in [`SCRATCH`] for the next call: the model's operands are far
 /// smaller; a one-off huge product does not pin its buffers to the thread for good.
 const SCRATCH_KEEP_MAX: usize = 1 << 21;
 
-/// Runs `f` with this thread's buffers of `key` (taken out, so a nested call cannot alias
-/// them).
-fn with_scratch<const N: usize, R>(
-    key: &'static LocalKey<RefCell<[Vec<i32>; N]>>,
-    f: impl FnOnce(&mut [Vec<i32>; N]) -> R,
-) -> R {
-    let mut bufs = key.with(|c| c.replace(std::array::from_fn(|_| Vec::new())));
+/// Runs `f` with this thread's buffers (taken out, so a nested call cannot alias them).
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<i32>; 3]) -> R) -> R {
+    let mut bufs = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let r = f(&mut bufs);
     for v in &mut bufs {
         if v.capacity() > SCRATCH_KEEP_MAX {
             *v = Vec::new();
         }
     }
-    key.with(|c| *c.borrow_mut() = bufs);
+    SCRATCH.with(|c| *c.borrow_mut() = bufs);
     r
 }
 
@@ -510,26 +533,21 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
         return (!bad).then_some(0);
     }
     if s.batch == 1 {
-        // Pack B (panels in parallel), then tasks of rows: each splits its own rows of A into
-        // its thread's scratch (kept in L1/L2 for its tiles, instead of a whole split A written
-        // out and read back) and runs their tiles.
-        with_scratch(&SCRATCH_B, |[pb]| {
-            let (pb, bad_b) = pack_b(t, b, s, pb, true);
-            if bad_b {
-                return None;
-            }
-            let task_rows = if s.trans_a { TRANS_A_TASK_ROWS } else { MR };
-            out.par_chunks_mut(task_rows * s.n)
-                .enumerate()
-                .with_min_len(TASK_MACS_MIN.div_ceil(task_rows * s.k * s.n))
-                .map(|(i, o)| {
-                    let r0 = i * task_rows;
-                    with_scratch(&SCRATCH_A, |[ah, al]| {
-                        let (sa, bad_a) = t.split_a(a, s, r0..r0 + o.len() / s.n, ah, al);
-                        (!bad_a).then(|| t.panels(sa, pb, s, o))
-                    })
-                })
-                .try_reduce(|| 0, |x, y| Some(x.max(y)))
+        // Split A and pack B, side by side and each in parallel parts (balanced however the
+        // two compare in size; linear in the operands), then the row panels in parallel.
+        with_scratch(|[ah, al, pb]| {
+            let ((sa, bad_a), (pb, bad_b)) = rayon::join(
+                || split_a(t, a, s, ah, al, true),
+                || pack_b(t, b, s, pb, true),
+            );
+            (!(bad_a | bad_b)).then(|| {
+                out.par_chunks_mut(MR * s.n)
+                    .enumerate()
+                    .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
+                    .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
+                    .max()
+                    .unwrap_or(0)
+            })
         })
     } else {
         // Per batch `None` if its operands are out of range (its products are skipped).
@@ -538,14 +556,12 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
             .zip(b.par_chunks(sb))
             .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
             .map(|((o, ab), bb)| {
-                with_scratch(&SCRATCH_B, |[pb]| {
-                    with_scratch(&SCRATCH_A, |[ah, al]| {
-                        let ((sa, bad_a), (pb, bad_b)) = (
-                            t.split_a(ab, s, 0..s.m, ah, al),
-                            pack_b(t, bb, s, pb, false),
-                        );
-                        (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, o))
-                    })
+                with_scratch(|[ah, al, pb]| {
+                    let ((sa, bad_a), (pb, bad_b)) = (
+                        split_a(t, ab, s, ah, al, false),
+                        pack_b(t, bb, s, pb, false),
+                    );
+                    (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, 0, o))
                 })
             })
             .try_reduce(|| 0, |x, y| Some(x.max(y)))

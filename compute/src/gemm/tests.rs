@@ -109,6 +109,30 @@ fn worst_case_block_sums_are_exact() {
 }
 
 #[test]
+fn row_tasks_panels_and_edges_are_exact() {
+    // Unbatched products split A in parallel parts (rows of a plain A, k-pairs of `Aᵀ`, with
+    // padding rows) and pack B per column panel (a partial last panel: 1, 33 and 65 columns);
+    // batched ones split and pack per batch. K around the pair and block boundaries; extreme
+    // and random mantissas.
+    let mut case_no = 0u64;
+    for batch in [1, 3] {
+        for m in [1, 4, 5, 16, 17, 33, 65] {
+            for k in [1, 32, 33, 511, K_BLOCK_MAX, K_BLOCK_MAX + 1] {
+                for n in [1, 33, 65] {
+                    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                        case_no += 1;
+                        let s = shape(batch, m, k, n, ta, tb);
+                        let modes = [(0, 0), (2, 2), (1, 2), (3, 3)][case_no as usize % 4];
+                        let (a, b) = case(s, B16_MANT_MAX, modes, case_no, (2, -7));
+                        check_all(&a, &b, s).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn model_shapes_are_exact() {
     // The shapes of the nanoGPT CPU preset (forward, both backward transposes, batched
     // attention, the 65-column head), full-range random mantissas.
@@ -123,6 +147,10 @@ fn model_shapes_are_exact() {
         shape(48, 64, 64, 32, true, false),
         shape(1, 768, 128, 65, false, false),
         shape(1, 768, 65, 128, false, true),
+        shape(1, 768, 128, 65, false, true),
+        shape(1, 65, 768, 128, true, false),
+        shape(1, 128, 768, 512, true, false),
+        shape(48, 64, 64, 32, true, true),
     ];
     for (i, s) in shapes.into_iter().enumerate() {
         let (a, b) = case(s, B16_MANT_MAX, (0, 0), i as u64, (-12, -13));

@@ -33,16 +33,16 @@ macro_rules! multiversion {
                 unsafe { $tile(a, row0, b, dst) }
             }
 
-            fn split_a<'a>(
+            fn split_part(
                 self,
                 a: &[i32],
                 s: MatmulShape,
-                rows: Range<usize>,
-                hi: &'a mut Vec<i32>,
-                lo: &'a mut Vec<i32>,
-            ) -> (SplitA<'a>, bool) {
+                part: Range<usize>,
+                hi: &mut [i32],
+                lo: &mut [i32],
+            ) -> bool {
                 // SAFETY: as for `tile`.
-                unsafe { $split_a(a, s, rows, hi, lo) }
+                unsafe { $split_a(a, s, part, hi, lo) }
             }
 
             fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
@@ -50,9 +50,16 @@ macro_rules! multiversion {
                 unsafe { $pack_b(b, s, c, panel) }
             }
 
-            fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64 {
+            fn panels(
+                self,
+                a: SplitA<'_>,
+                b: &[i32],
+                s: MatmulShape,
+                row0: usize,
+                out: &mut [i64],
+            ) -> u64 {
                 // SAFETY: as for `tile`.
-                unsafe { $panels(self, a, b, s, out) }
+                unsafe { $panels(self, a, b, s, row0, out) }
             }
 
             fn requant(self, out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
@@ -62,14 +69,14 @@ macro_rules! multiversion {
         }
 
         #[target_feature(enable = $feat)]
-        fn $split_a<'a>(
+        fn $split_a(
             a: &[i32],
             s: MatmulShape,
-            rows: Range<usize>,
-            hi: &'a mut Vec<i32>,
-            lo: &'a mut Vec<i32>,
-        ) -> (SplitA<'a>, bool) {
-            super::split_a::<$mr>(a, s, rows, hi, lo)
+            part: Range<usize>,
+            hi: &mut [i32],
+            lo: &mut [i32],
+        ) -> bool {
+            super::split_part::<$mr>(a, s, part, hi, lo)
         }
 
         #[target_feature(enable = $feat)]
@@ -78,8 +85,15 @@ macro_rules! multiversion {
         }
 
         #[target_feature(enable = $feat)]
-        fn $panels(t: $t, a: SplitA<'_>, b: &[i32], s: MatmulShape, out: &mut [i64]) -> u64 {
-            super::panels::<$mr, $nr, $t>(t, a, b, s, out)
+        fn $panels(
+            t: $t,
+            a: SplitA<'_>,
+            b: &[i32],
+            s: MatmulShape,
+            row0: usize,
+            out: &mut [i64],
+        ) -> u64 {
+            super::panels::<$mr, $nr, $t>(t, a, b, s, row0, out)
         }
 
         #[target_feature(enable = $feat)]

@@ -207,16 +207,32 @@ pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Ve
     }
 }
 
+/// Bits of the largest `|sum|` of an exact product: `MATMUL_K_MAX · 32767² < 2^52` (module docs).
+pub(crate) const SUM_ABS_BITS_MAX: u32 = 52;
+
 /// `out[i] = rhe64(sums[i], k)` for every `i` (`out` and `sums` have equal lengths: every element
-/// of `out` is written), through [`Rhe`] so that the shift's constants are hoisted out of the
-/// loop and it vectorizes.
+/// of `out` is written), the shift's constants hoisted out of the loop so that it vectorizes.
+/// The sums are exact products' (`|v| < 2^SUM_ABS_BITS_MAX`), which allows one add fewer than
+/// [`Rhe::round`]: with `q = v >> k` (floor) and `r = v − q·2^k ∈ [0, 2^k)`, `Rhe` computes
+/// `q + ((r + bias + (q & 1)) >> k)`, which equals `(v + bias + (q & 1)) >> k` because
+/// `q·2^k` is a multiple of `2^k` (floor division of `q·2^k + x` by `2^k` is `q + ⌊x/2^k⌋`);
+/// no overflow, as `|v| + bias + 1 < 2^52 + 2^60 + 1 < 2^63` for `k ≤` [`Rhe::INLINE_K_MAX`].
+/// Other shifts (0, none in practice beyond 38 for such sums) go through [`Rhe`] itself.
 #[inline(always)]
 fn requant_into(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
     // Soundness of `x86::requantize` rests on every element of `out` being written.
     assert_eq!(out.len(), sums.len(), "one output per sum");
-    let rh = Rhe::new(k);
-    for (o, &v) in out.iter_mut().zip(sums) {
-        o.write(rh.round(v) as i32);
+    if k == 0 || k > Rhe::INLINE_K_MAX {
+        let rh = Rhe::new(k);
+        for (o, &v) in out.iter_mut().zip(sums) {
+            o.write(rh.round(v) as i32);
+        }
+    } else {
+        let bias = (1i64 << (k - 1)) - 1;
+        for (o, &v) in out.iter_mut().zip(sums) {
+            debug_assert!(v.unsigned_abs() < 1 << SUM_ABS_BITS_MAX);
+            o.write(((v + bias + ((v >> k) & 1)) >> k) as i32);
+        }
     }
 }
 

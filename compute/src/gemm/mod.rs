@@ -28,7 +28,9 @@ mod x86;
 use crate::fixed::{Rhe, B16_MANT_MAX};
 use crate::kernels::MatmulShape;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// Largest number of K terms (products per output) accumulated in i32 between two folds into
 /// i64: `512 · 128 · 32767 = 2 147 418 112 ≤ i32::MAX` (module docs).
@@ -38,6 +40,8 @@ const K_BLOCK_PAIRS_MAX: usize = K_BLOCK_MAX / 2;
 /// Smallest number of multiply-accumulates per rayon task: smaller products are not split,
 /// so they do not pay fork/join (a few µs) for a few µs of work.
 const TASK_MACS_MIN: usize = 1 << 17;
+/// Smallest number of operand elements split or packed per rayon task, for the same reason.
+const PACK_ELEMS_MIN: usize = 1 << 14;
 
 /// A SIMD implementation of the exact product, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,9 +131,6 @@ pub(crate) fn store_tile<const MR: usize, const NR: usize>(
     mx
 }
 
-/// The buffers of one batch: A hi pairs, A lo pairs, packed B.
-type Bufs = [Vec<i32>; 3];
-
 /// A SIMD implementation with an `MR×NR` register tile. Implementations exist only once their
 /// CPU features are detected. Every method but `tile` runs one of this module's plain Rust
 /// functions inlined into a function compiled with the CPU features, so that those loops
@@ -142,17 +143,18 @@ pub(crate) trait Tile<const MR: usize, const NR: usize>: Copy + Send + Sync {
     /// `max |sum|` (rows and columns past the window are sums of zero padding: 0).
     fn tile(self, a: SplitA<'_>, row0: usize, b: &[i32], dst: Dst<'_>) -> u64;
 
-    /// [`split_a`] compiled for the path.
-    fn split_a<'a>(
+    /// [`split_part`] compiled for the path.
+    fn split_part(
         self,
         a: &[i32],
         s: MatmulShape,
-        hi: &'a mut Vec<i32>,
-        lo: &'a mut Vec<i32>,
-    ) -> (SplitA<'a>, bool);
+        part: Range<usize>,
+        hi: &mut [i32],
+        lo: &mut [i32],
+    ) -> bool;
 
-    /// [`pack_b`] compiled for the path.
-    fn pack_b<'a>(self, b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool);
+    /// [`pack_panel`] compiled for the path.
+    fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool;
 
     /// [`panels`] compiled for the path.
     fn panels(self, a: SplitA<'_>, b: &[i32], s: MatmulShape, row0: usize, out: &mut [i64]) -> u64;
@@ -205,16 +207,32 @@ pub(crate) fn requantize(path: Path, sums: &[i64], k: u32, par_min: usize) -> Ve
     }
 }
 
+/// Bits of the largest `|sum|` of an exact product: `MATMUL_K_MAX · 32767² < 2^52` (module docs).
+pub(crate) const SUM_ABS_BITS_MAX: u32 = 52;
+
 /// `out[i] = rhe64(sums[i], k)` for every `i` (`out` and `sums` have equal lengths: every element
-/// of `out` is written), through [`Rhe`] so that the shift's constants are hoisted out of the
-/// loop and it vectorizes.
+/// of `out` is written), the shift's constants hoisted out of the loop so that it vectorizes.
+/// The sums are exact products' (`|v| < 2^SUM_ABS_BITS_MAX`), which allows one add fewer than
+/// [`Rhe::round`]: with `q = v >> k` (floor) and `r = v − q·2^k ∈ [0, 2^k)`, `Rhe` computes
+/// `q + ((r + bias + (q & 1)) >> k)`, which equals `(v + bias + (q & 1)) >> k` because
+/// `q·2^k` is a multiple of `2^k` (floor division of `q·2^k + x` by `2^k` is `q + ⌊x/2^k⌋`);
+/// no overflow, as `|v| + bias + 1 < 2^52 + 2^60 + 1 < 2^63` for `k ≤` [`Rhe::INLINE_K_MAX`].
+/// Other shifts (0, none in practice beyond 38 for such sums) go through [`Rhe`] itself.
 #[inline(always)]
 fn requant_into(out: &mut [MaybeUninit<i32>], sums: &[i64], k: u32) {
     // Soundness of `x86::requantize` rests on every element of `out` being written.
     assert_eq!(out.len(), sums.len(), "one output per sum");
-    let rh = Rhe::new(k);
-    for (o, &v) in out.iter_mut().zip(sums) {
-        o.write(rh.round(v) as i32);
+    if k == 0 || k > Rhe::INLINE_K_MAX {
+        let rh = Rhe::new(k);
+        for (o, &v) in out.iter_mut().zip(sums) {
+            o.write(rh.round(v) as i32);
+        }
+    } else {
+        let bias = (1i64 << (k - 1)) - 1;
+        for (o, &v) in out.iter_mut().zip(sums) {
+            debug_assert!(v.unsigned_abs() < 1 << SUM_ABS_BITS_MAX);
+            o.write(((v + bias + ((v >> k) & 1)) >> k) as i32);
+        }
     }
 }
 
@@ -251,114 +269,144 @@ fn sized(v: &mut Vec<i32>, len: usize) -> &mut [i32] {
     &mut v[..len]
 }
 
-/// Packs one batch's B (`k×n`, or `n×k` if `trans_b`) into `NR`-column panels of k-pairs,
-/// zero-padded to full panels and an even K; writes every element of the result. The flag is
-/// true if some element of `b` is [`out_of_range`].
+/// Sets every element of `x` to 0. The padding this clears is empty for most shapes: the test
+/// saves a `memset` call per k-pair (a measurable share of the packing loops).
 #[inline(always)]
-fn pack_b<'a, const NR: usize>(
-    b: &[i32],
-    s: MatmulShape,
-    dst: &'a mut Vec<i32>,
-) -> (&'a [i32], bool) {
+fn zero(x: &mut [i32]) {
+    if !x.is_empty() {
+        x.fill(0);
+    }
+}
+
+/// Packs column panel `c` of one batch's B (`k×n`, or `n×k` if `trans_b`) into `panel`
+/// (`k.div_ceil(2)·NR` i32: columns `c·NR ..`, as k-pairs), zero-padded to `NR` columns and an
+/// even K; writes every element of `panel`. Returns true if some element read is
+/// [`out_of_range`]; every element of `b` is read by exactly one panel.
+#[inline(always)]
+fn pack_panel<const NR: usize>(b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
     let (k, n) = (s.k, s.n);
     let mut bad = false;
     let pairs = k.div_ceil(2);
-    let dst = sized(dst, n.div_ceil(NR) * pairs * NR);
-    for (c, panel) in dst.chunks_exact_mut(pairs * NR).enumerate() {
-        let j0 = c * NR;
-        let cols = NR.min(n - j0);
-        if s.trans_b {
-            // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
-            // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
-            // which is then stored down the lane (stride `NR`).
-            const TB_PAIRS: usize = 16;
-            for (jj, lane) in (0..NR).zip(0..) {
-                if jj >= cols {
-                    for p in 0..pairs {
-                        panel[p * NR + lane] = 0;
-                    }
-                    continue;
+    debug_assert_eq!(panel.len(), pairs * NR);
+    let j0 = c * NR;
+    let cols = NR.min(n - j0);
+    if s.trans_b {
+        // Stored n×k: column j of op(B) is stored row j, its k-pairs adjacent. The pairs of
+        // a row are formed `TB_PAIRS` at a time in a small array (contiguous loads: vectorized),
+        // which is then stored down the lane (stride `NR`).
+        const TB_PAIRS: usize = 16;
+        for (jj, lane) in (0..NR).zip(0..) {
+            if jj >= cols {
+                for p in 0..pairs {
+                    panel[p * NR + lane] = 0;
                 }
-                let row = &b[(j0 + jj) * k..][..k];
-                let (whole, odd) = row.as_chunks::<2>();
-                let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
-                for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
-                    let mut buf = [0i32; TB_PAIRS];
-                    for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
-                        bad |= out_of_range(x0) | out_of_range(x1);
-                        *o = pair(x0, x1);
-                    }
-                    for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
-                        d[lane] = v;
-                    }
-                }
-                let p0 = blocks.len() * TB_PAIRS;
-                for (p, &[x0, x1]) in (p0..).zip(rest) {
+                continue;
+            }
+            let row = &b[(j0 + jj) * k..][..k];
+            let (whole, odd) = row.as_chunks::<2>();
+            let (blocks, rest) = whole.as_chunks::<TB_PAIRS>();
+            for (blk, dst) in blocks.iter().zip(panel.chunks_exact_mut(TB_PAIRS * NR)) {
+                let mut buf = [0i32; TB_PAIRS];
+                for (o, &[x0, x1]) in buf.iter_mut().zip(blk) {
                     bad |= out_of_range(x0) | out_of_range(x1);
-                    panel[p * NR + lane] = pair(x0, x1);
+                    *o = pair(x0, x1);
                 }
-                if let [x0] = *odd {
-                    bad |= out_of_range(x0);
-                    panel[whole.len() * NR + lane] = pair(x0, 0);
+                for (&v, d) in buf.iter().zip(dst.chunks_exact_mut(NR)) {
+                    d[lane] = v;
                 }
             }
-        } else {
-            // Row-major B: two contiguous row segments per k-pair.
-            for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
-                let (lanes, pad) = lanes.split_at_mut(cols);
-                pad.fill(0);
-                let r0 = &b[2 * p * n + j0..][..cols];
-                if 2 * p + 1 < k {
-                    let r1 = &b[(2 * p + 1) * n + j0..][..cols];
-                    for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
-                        bad |= out_of_range(x0) | out_of_range(x1);
-                        *l = pair(x0, x1);
-                    }
-                } else {
-                    for (l, &x0) in lanes.iter_mut().zip(r0) {
-                        bad |= out_of_range(x0);
-                        *l = pair(x0, 0);
-                    }
+            let p0 = blocks.len() * TB_PAIRS;
+            for (p, &[x0, x1]) in (p0..).zip(rest) {
+                bad |= out_of_range(x0) | out_of_range(x1);
+                panel[p * NR + lane] = pair(x0, x1);
+            }
+            if let [x0] = *odd {
+                bad |= out_of_range(x0);
+                panel[whole.len() * NR + lane] = pair(x0, 0);
+            }
+        }
+    } else {
+        // Row-major B: two contiguous row segments per k-pair.
+        for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+            let (lanes, pad) = lanes.split_at_mut(cols);
+            zero(pad);
+            let r0 = &b[2 * p * n + j0..][..cols];
+            if 2 * p + 1 < k {
+                let r1 = &b[(2 * p + 1) * n + j0..][..cols];
+                for ((l, &x0), &x1) in lanes.iter_mut().zip(r0).zip(r1) {
+                    bad |= out_of_range(x0) | out_of_range(x1);
+                    *l = pair(x0, x1);
+                }
+            } else {
+                for (l, &x0) in lanes.iter_mut().zip(r0) {
+                    bad |= out_of_range(x0);
+                    *l = pair(x0, 0);
                 }
             }
         }
     }
+    bad
+}
+
+/// Packs all of one batch's B into `NR`-column panels ([`pack_panel`]) in `dst`, panels in
+/// parallel tasks of at least [`PACK_ELEMS_MIN`] elements if `par`; writes every element of
+/// the result. The flag is true if some element of `b` is [`out_of_range`].
+fn pack_b<'a, const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    b: &[i32],
+    s: MatmulShape,
+    dst: &'a mut Vec<i32>,
+    par: bool,
+) -> (&'a [i32], bool) {
+    let panel_len = s.k.div_ceil(2) * NR;
+    let dst = sized(dst, s.n.div_ceil(NR) * panel_len);
+    let bad = if par {
+        dst.par_chunks_mut(panel_len)
+            .enumerate()
+            .with_min_len(PACK_ELEMS_MIN.div_ceil(2 * panel_len))
+            .map(|(c, panel)| t.pack_panel(b, s, c, panel))
+            .reduce(|| false, |x, y| x | y)
+    } else {
+        dst.chunks_exact_mut(panel_len)
+            .enumerate()
+            .fold(false, |bad, (c, panel)| bad | t.pack_panel(b, s, c, panel))
+    };
     (dst, bad)
 }
 
-/// Splits and pairs one batch's A (`m×k`, or `k×m` if `trans_a`) into `hi` and `lo` (see
-/// [`SplitA`]), rows zero-padded to a multiple of `MR` and K to an even length; writes every
-/// element. The layout follows the stored one so that both loops run over contiguous memory:
-/// row-major pairs (`rs = pairs`, `ps = 1`) for a plain A, pair-major (`rs = 1`,
-/// `ps = padded rows`) for `Aᵀ`. The flag is true if some element of `a` is [`out_of_range`].
+/// Splits and pairs `part` of one batch's op(A) (`a` is stored `m×k`, or `k×m` if `trans_a`)
+/// into `hi` and `lo`, the part's window of the whole split layout (see [`SplitA`]): rows
+/// zero-padded to a multiple of `MR`, K to an even length. The layout follows the stored one so
+/// that both loops run over contiguous memory: row-major pairs (`rs = pairs`, `ps = 1`) for a
+/// plain A, where `part` is a range of (padded) rows; pair-major (`rs = 1`, `ps = padded rows`)
+/// for `Aᵀ`, where `part` is a range of k-pairs. Writes every element of `hi` and `lo`; returns
+/// true if some element read is [`out_of_range`] (each element of `a` is read by exactly one
+/// part of a partition).
 #[inline(always)]
-fn split_a<'a, const MR: usize>(
+fn split_part<const MR: usize>(
     a: &[i32],
     s: MatmulShape,
-    hi: &'a mut Vec<i32>,
-    lo: &'a mut Vec<i32>,
-) -> (SplitA<'a>, bool) {
+    part: Range<usize>,
+    hi: &mut [i32],
+    lo: &mut [i32],
+) -> bool {
     let mut bad = false;
     let (m, k) = (s.m, s.k);
     let pairs = k.div_ceil(2);
     let rows = m.div_ceil(MR) * MR;
-    let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
     let one = |h: &mut i32, l: &mut i32, x0: i32, x1: i32| {
         let ((h0, l0), (h1, l1)) = (split(x0), split(x1));
         *h = pair(h0, h1);
         *l = pair(l0, l1);
         out_of_range(x0) | out_of_range(x1)
     };
-    let (rs, ps) = if s.trans_a {
-        for (p, (h, l)) in hi
-            .chunks_exact_mut(rows)
-            .zip(lo.chunks_exact_mut(rows))
-            .enumerate()
-        {
+    if s.trans_a {
+        debug_assert_eq!(hi.len(), part.len() * rows);
+        for (p, (h, l)) in part.zip(hi.chunks_exact_mut(rows).zip(lo.chunks_exact_mut(rows))) {
             let (h, hpad) = h.split_at_mut(m);
             let (l, lpad) = l.split_at_mut(m);
-            hpad.fill(0);
-            lpad.fill(0);
+            zero(hpad);
+            zero(lpad);
             let r0 = &a[2 * p * m..][..m];
             if 2 * p + 1 < k {
                 let r1 = &a[(2 * p + 1) * m..][..m];
@@ -371,16 +419,18 @@ fn split_a<'a, const MR: usize>(
                 }
             }
         }
-        (1, rows)
     } else {
-        let (h, hpad) = hi.split_at_mut(m * pairs);
-        let (l, lpad) = lo.split_at_mut(m * pairs);
-        hpad.fill(0);
-        lpad.fill(0);
+        debug_assert_eq!(hi.len(), part.len() * pairs);
+        // Rows `part.start .. m.min(part.end)` of A; padding rows after them.
+        let real = part.start.min(m)..part.end.min(m);
+        let (h, hpad) = hi.split_at_mut(real.len() * pairs);
+        let (l, lpad) = lo.split_at_mut(real.len() * pairs);
+        zero(hpad);
+        zero(lpad);
         for ((h, l), row) in h
             .chunks_exact_mut(pairs)
             .zip(l.chunks_exact_mut(pairs))
-            .zip(a.chunks_exact(k))
+            .zip(a[real.start * k..real.end * k].chunks_exact(k))
         {
             let (whole, odd) = row.as_chunks::<2>();
             for ((h, l), &[x0, x1]) in h.iter_mut().zip(l.iter_mut()).zip(whole) {
@@ -390,7 +440,43 @@ fn split_a<'a, const MR: usize>(
                 bad |= one(&mut h[pairs - 1], &mut l[pairs - 1], x0, 0);
             }
         }
-        (pairs, 1)
+    }
+    bad
+}
+
+/// Splits all of one batch's op(A) ([`split_part`]) into `hi` and `lo`, in parallel parts of at
+/// least [`PACK_ELEMS_MIN`] elements of `a` if `par`. The flag is true if some element of `a` is
+/// [`out_of_range`].
+fn split_a<'a, const MR: usize, const NR: usize, T: Tile<MR, NR>>(
+    t: T,
+    a: &[i32],
+    s: MatmulShape,
+    hi: &'a mut Vec<i32>,
+    lo: &'a mut Vec<i32>,
+    par: bool,
+) -> (SplitA<'a>, bool) {
+    let pairs = s.k.div_ceil(2);
+    let rows = s.m.div_ceil(MR) * MR;
+    let (hi, lo) = (sized(hi, rows * pairs), sized(lo, rows * pairs));
+    // Parts: rows of a plain A (`pairs` split pairs, `k` elements each), k-pairs of `Aᵀ`
+    // (`rows` split pairs, `2·m` elements each).
+    let (rs, ps, unit, unit_elems, units) = if s.trans_a {
+        (1, rows, rows, 2 * s.m, pairs)
+    } else {
+        (pairs, 1, pairs, s.k, rows)
+    };
+    let per_job = PACK_ELEMS_MIN.div_ceil(unit_elems);
+    let bad = if par && units > per_job {
+        hi.par_chunks_mut(per_job * unit)
+            .zip(lo.par_chunks_mut(per_job * unit))
+            .enumerate()
+            .map(|(i, (h, l))| {
+                let u0 = i * per_job;
+                t.split_part(a, s, u0..u0 + h.len() / unit, h, l)
+            })
+            .reduce(|| false, |x, y| x | y)
+    } else {
+        t.split_part(a, s, 0..units, hi, lo)
     };
     (SplitA { hi, lo, rs, ps }, bad)
 }
@@ -426,9 +512,9 @@ fn panels<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
 }
 
 thread_local! {
-    /// Buffers of one product, reused by the next call on the same thread: fresh buffers
-    /// would cost page faults and zeroing on every call.
-    static SCRATCH: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Default::default());
+    /// Buffers of one product (A hi pairs, A lo pairs, packed B), reused by the next call on the
+    /// same thread: fresh buffers would cost page faults and zeroing on every call.
+    static SCRATCH: RefCell<[Vec<i32>; 3]> = RefCell::new(Default::default());
 }
 
 /// Largest buffer (elements) kept in [`SCRATCH`] for the next call: the model's operands are far
@@ -436,7 +522,7 @@ thread_local! {
 const SCRATCH_KEEP_MAX: usize = 1 << 21;
 
 /// Runs `f` with this thread's buffers (taken out, so a nested call cannot alias them).
-fn with_scratch<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<i32>; 3]) -> R) -> R {
     let mut bufs = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let r = f(&mut bufs);
     for v in &mut bufs {
@@ -463,22 +549,22 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
         return (!bad).then_some(0);
     }
     if s.batch == 1 {
-        // Split A and pack B once (side by side: linear in the operands), then the row panels
-        // in parallel.
-        let mut bufs = with_scratch(std::mem::take);
-        let [ah, al, pb] = &mut bufs;
-        let ((sa, bad_a), (pb, bad_b)) =
-            rayon::join(|| t.split_a(a, s, ah, al), || t.pack_b(b, s, pb));
-        let mx = (!(bad_a | bad_b)).then(|| {
-            out.par_chunks_mut(MR * s.n)
-                .enumerate()
-                .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
-                .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
-                .max()
-                .unwrap_or(0)
-        });
-        with_scratch(|keep| *keep = bufs);
-        mx
+        // Split A and pack B, side by side and each in parallel parts (balanced however the
+        // two compare in size; linear in the operands), then the row panels in parallel.
+        with_scratch(|[ah, al, pb]| {
+            let ((sa, bad_a), (pb, bad_b)) = rayon::join(
+                || split_a(t, a, s, ah, al, true),
+                || pack_b(t, b, s, pb, true),
+            );
+            (!(bad_a | bad_b)).then(|| {
+                out.par_chunks_mut(MR * s.n)
+                    .enumerate()
+                    .with_min_len(TASK_MACS_MIN.div_ceil(MR * s.k * s.n))
+                    .map(|(i, o)| t.panels(sa, pb, s, i * MR, o))
+                    .max()
+                    .unwrap_or(0)
+            })
+        })
     } else {
         // Per batch `None` if its operands are out of range (its products are skipped).
         out.par_chunks_mut(sc)
@@ -487,8 +573,10 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
             .with_min_len(TASK_MACS_MIN.div_ceil(s.m * s.k * s.n))
             .map(|((o, ab), bb)| {
                 with_scratch(|[ah, al, pb]| {
-                    let ((sa, bad_a), (pb, bad_b)) =
-                        (t.split_a(ab, s, ah, al), t.pack_b(bb, s, pb));
+                    let ((sa, bad_a), (pb, bad_b)) = (
+                        split_a(t, ab, s, ah, al, false),
+                        pack_b(t, bb, s, pb, false),
+                    );
                     (!(bad_a | bad_b)).then(|| t.panels(sa, pb, s, 0, o))
                 })
             })

@@ -1,8 +1,8 @@
 //! Every matmul path against `matmul_naive` (index-order i64 loops) and against each other, bit
 //! for bit, including the extremes of the hi/lo split and of the K blocks.
 
-use super::{Path, K_BLOCK_MAX};
-use crate::fixed::{hash3, B16_MANT_MAX};
+use super::{requantize, Path, K_BLOCK_MAX, SUM_ABS_BITS_MAX};
+use crate::fixed::{hash3, rhe64, B16_MANT_MAX};
 use crate::kernels::{matmul_naive, matmul_with, Bfp, KernelError, MatmulShape};
 use proptest::prelude::*;
 
@@ -109,6 +109,30 @@ fn worst_case_block_sums_are_exact() {
 }
 
 #[test]
+fn row_tasks_panels_and_edges_are_exact() {
+    // Unbatched products split A in parallel parts (rows of a plain A, k-pairs of `Aᵀ`, with
+    // padding rows) and pack B per column panel (a partial last panel: 1, 33 and 65 columns);
+    // batched ones split and pack per batch. K around the pair and block boundaries; extreme
+    // and random mantissas.
+    let mut case_no = 0u64;
+    for batch in [1, 3] {
+        for m in [1, 4, 5, 16, 17, 33, 65] {
+            for k in [1, 32, 33, 511, K_BLOCK_MAX, K_BLOCK_MAX + 1] {
+                for n in [1, 33, 65] {
+                    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                        case_no += 1;
+                        let s = shape(batch, m, k, n, ta, tb);
+                        let modes = [(0, 0), (2, 2), (1, 2), (3, 3)][case_no as usize % 4];
+                        let (a, b) = case(s, B16_MANT_MAX, modes, case_no, (2, -7));
+                        check_all(&a, &b, s).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn model_shapes_are_exact() {
     // The shapes of the nanoGPT CPU preset (forward, both backward transposes, batched
     // attention, the 65-column head), full-range random mantissas.
@@ -123,6 +147,10 @@ fn model_shapes_are_exact() {
         shape(48, 64, 64, 32, true, false),
         shape(1, 768, 128, 65, false, false),
         shape(1, 768, 65, 128, false, true),
+        shape(1, 768, 128, 65, false, true),
+        shape(1, 65, 768, 128, true, false),
+        shape(1, 128, 768, 512, true, false),
+        shape(48, 64, 64, 32, true, true),
     ];
     for (i, s) in shapes.into_iter().enumerate() {
         let (a, b) = case(s, B16_MANT_MAX, (0, 0), i as u64, (-12, -13));
@@ -284,6 +312,44 @@ proptest! {
         prop_assert_eq!(&matmul_with(Path::Dgemm, &a, &b, s), &want);
         for p in runnable() {
             prop_assert_eq!(&matmul_with(p, &a, &b, s), &want, "path {:?}, shape {:?}", p, s);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The requantization of the sums (its own rounding formula, vectorized per path) is
+    /// `rhe64` bit for bit, over the whole range of exact sums `|v| < 2^52` and every shift,
+    /// including the largest sums, halfway ties of either parity and lengths around the
+    /// parallel chunk size.
+    #[test]
+    fn requantize_is_rhe64(
+        k in prop_oneof![0u32..=40, 41u32..=70],
+        len in 0usize..40,
+        seed in any::<u64>(),
+        par_min in 1usize..9,
+    ) {
+        let lim = (1i64 << SUM_ABS_BITS_MAX) - 1;
+        let sums: Vec<i64> = (0..len as u64)
+            .map(|j| {
+                let h = hash3(seed, 11, j);
+                let half = if (1..=62).contains(&k) { 1i64 << (k - 1) } else { 0 };
+                match h % 8 {
+                    0 => lim,
+                    1 => -lim,
+                    2 => 0,
+                    // A halfway tie `(2q + 1)·2^(k−1)` (q of either parity), either sign.
+                    3 => ((h >> 8) as i64 % (lim >> k.min(62)).max(1)) * 2 * half + half,
+                    4 => -(((h >> 8) as i64 % (lim >> k.min(62)).max(1)) * 2 * half + half),
+                    _ => (h >> 8) as i64 % (lim + 1) * if h & 16 == 0 { 1 } else { -1 },
+                }
+                .clamp(-lim, lim)
+            })
+            .collect();
+        let want: Vec<i32> = sums.iter().map(|&v| rhe64(v, k) as i32).collect();
+        for p in Path::ALL {
+            prop_assert_eq!(&requantize(p, &sums, k, par_min), &want, "path {:?}, k {}", p, k);
         }
     }
 }

@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -32,25 +33,21 @@ macro_rules! multiversion {
                 unsafe { $tile(a, row0, b, dst) }
             }
 
-            fn split_a<'a>(
+            fn split_part(
                 self,
                 a: &[i32],
                 s: MatmulShape,
-                hi: &'a mut Vec<i32>,
-                lo: &'a mut Vec<i32>,
-            ) -> (SplitA<'a>, bool) {
+                part: Range<usize>,
+                hi: &mut [i32],
+                lo: &mut [i32],
+            ) -> bool {
                 // SAFETY: as for `tile`.
-                unsafe { $split_a(a, s, hi, lo) }
+                unsafe { $split_a(a, s, part, hi, lo) }
             }
 
-            fn pack_b<'a>(
-                self,
-                b: &[i32],
-                s: MatmulShape,
-                dst: &'a mut Vec<i32>,
-            ) -> (&'a [i32], bool) {
+            fn pack_panel(self, b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
                 // SAFETY: as for `tile`.
-                unsafe { $pack_b(b, s, dst) }
+                unsafe { $pack_b(b, s, c, panel) }
             }
 
             fn panels(
@@ -72,18 +69,19 @@ macro_rules! multiversion {
         }
 
         #[target_feature(enable = $feat)]
-        fn $split_a<'a>(
+        fn $split_a(
             a: &[i32],
             s: MatmulShape,
-            hi: &'a mut Vec<i32>,
-            lo: &'a mut Vec<i32>,
-        ) -> (SplitA<'a>, bool) {
-            super::split_a::<$mr>(a, s, hi, lo)
+            part: Range<usize>,
+            hi: &mut [i32],
+            lo: &mut [i32],
+        ) -> bool {
+            super::split_part::<$mr>(a, s, part, hi, lo)
         }
 
         #[target_feature(enable = $feat)]
-        fn $pack_b<'a>(b: &[i32], s: MatmulShape, dst: &'a mut Vec<i32>) -> (&'a [i32], bool) {
-            super::pack_b::<$nr>(b, s, dst)
+        fn $pack_b(b: &[i32], s: MatmulShape, c: usize, panel: &mut [i32]) -> bool {
+            super::pack_panel::<$nr>(b, s, c, panel)
         }
 
         #[target_feature(enable = $feat)]

@@ -1,0 +1,389 @@
+//! AVX-512 passes of [`super::adamw_narrow`], eight elements per step (one 64-bit lane each).
+//!
+//! This module is `unsafe` for the same two reasons as the matmul kernels of
+//! `crate::gemm::x86`: calling `#[target_feature]` functions from code compiled without the
+//! features, and SIMD loads/stores through pointers. Safety rests on two invariants:
+//! - the proof type [`Avx512Dq`] can only be built by [`Avx512Dq::new`], which returns `None`
+//!   unless the CPU reports AVX-512 F and DQ (every feature the functions are compiled for);
+//! - every load/store goes through a reference to a fixed-size array (`&[i32; 8]`,
+//!   `&mut [i32; 8]`) obtained by `as_chunks` or a local array, so the pointer is valid for
+//!   exactly the 32 bytes accessed (unaligned access instructions are used).
+//!
+//! Exactness: the integer lanes compute the same exact values as the scalar code (each bound
+//! is stated where it is used), and the f64 lanes repeat the scalar code's operations one for
+//! one (separate multiplies and adds, no fused multiply-add), so an estimate is vouched for in
+//! exactly the lanes where the scalar code vouches for it. A lane whose estimate is not
+//! provably exact goes through the scalar fallback the caller passes in, for just that element,
+//! so every result is the scalar code's by construction.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use super::{
+    Align, MomentConsts, RootConsts, UpdateConsts, DIV_EST_MARGIN, ROOT_EST_MARGIN, ROUND_MAGIC,
+    UPDATE_EST_MAX,
+};
+
+/// Lanes per step: 64-bit integers or f64 in a zmm register.
+const LANES: usize = 8;
+
+/// Proof that the CPU supports AVX-512 F and DQ (see module docs).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Avx512Dq(());
+
+impl Avx512Dq {
+    /// `Some` only if the running CPU has AVX-512 F and DQ.
+    pub(super) fn new() -> Option<Self> {
+        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq"))
+            .then_some(Self(()))
+    }
+
+    /// [`maxima`] (see there).
+    pub(super) fn maxima(
+        self,
+        k: &MomentConsts,
+        m: &[i32],
+        g: &[i32],
+        r: &[i32],
+        p: &[i32],
+    ) -> Maxima {
+        // SAFETY: `self` exists only if `new` detected every feature `maxima` enables.
+        unsafe { maxima(k, m, g, r, p) }
+    }
+
+    /// [`moments`] (see there).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moments<F: Fn(i32, i32) -> i32>(
+        self,
+        k: &MomentConsts,
+        root: &RootConsts,
+        ins: (&[i32], &[i32], &[i32]),
+        m2: &mut [i32],
+        r2: &mut [i32],
+        exact_root: F,
+    ) {
+        // SAFETY: as for `maxima`.
+        unsafe { moments(k, root, ins, m2, r2, exact_root) }
+    }
+
+    /// [`update`] (see there).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn update<F: Fn(i32, i32, i32) -> i128>(
+        self,
+        u: &UpdateConsts,
+        m2: &[i32],
+        r2: &[i32],
+        p: &[i32],
+        out: &mut [i32],
+        k: u32,
+        wide: F,
+    ) -> (u64, bool) {
+        // SAFETY: as for `maxima`.
+        unsafe { update(u, m2, r2, p, out, k, wide) }
+    }
+}
+
+/// Results of [`maxima`]: the largest `|m'|` before rounding, the largest second moment (not
+/// doubled) and the largest `|p|`.
+pub(super) type Maxima = (u64, u128, u32);
+
+/// Loads 8 i32 as 8 i64 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load8(x: &[i32; LANES]) -> __m512i {
+    // SAFETY: `x` is valid for 32 bytes; `loadu` has no alignment requirement.
+    _mm512_cvtepi32_epi64(unsafe { _mm256_loadu_si256(x.as_ptr().cast()) })
+}
+
+/// Stores the low 32 bits of 8 i64 lanes (the scalar code's `as i32`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store8(o: &mut [i32; LANES], v: __m512i) {
+    // SAFETY: `o` is valid for 32 bytes; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm512_cvtepi64_epi32(v)) }
+}
+
+/// A shift count for the `sll/srl/sra` instructions (counts above 63 give 0, or the sign).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn count(k: u32) -> __m128i {
+    _mm_cvtsi64_si128(k as i64)
+}
+
+/// `Rhe::new(k).round` per lane (`k ≤ ADAM_RHE_K_MAX`): the same formula, `q = s >> k` plus
+/// `((s & (2^k − 1)) + 2^(k−1) − 1 + (q & 1)) >> k`; `k = 0` is the identity.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn rhe(s: __m512i, k: u32) -> __m512i {
+    if k == 0 {
+        return s;
+    }
+    let c = count(k);
+    let mask = _mm512_set1_epi64((1i64 << k) - 1);
+    let bias = _mm512_set1_epi64((1i64 << (k - 1)) - 1);
+    let q = _mm512_sra_epi64(s, c);
+    let odd = _mm512_and_si512(q, _mm512_set1_epi64(1));
+    let t = _mm512_add_epi64(_mm512_add_epi64(_mm512_and_si512(s, mask), bias), odd);
+    _mm512_add_epi64(q, _mm512_sra_epi64(t, c))
+}
+
+/// `Align::apply` per lane (`|x| < 2^23`, `right ≤ ADAM_RHE_K_MAX`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn align(x: __m512i, a: Align) -> __m512i {
+    if a.right == 0 {
+        _mm512_sll_epi64(x, count(a.left))
+    } else {
+        rhe(x, a.right)
+    }
+}
+
+/// `m'` before rounding and the two terms `(ta, tb)` of the second moment of 8 elements.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn terms(k: &MomentConsts, m: __m512i, g: __m512i, r: __m512i) -> [__m512i; 3] {
+    // `vpmuldq` multiplies the low 32 bits of each lane as signed: the aligned B16 values are
+    // below 2^31 in magnitude (see `MomentConsts::supported`) and b1, c1 ∈ [0, 2^30]; the sum is below
+    // 2^61 (as in the scalar `wm_narrow`).
+    let wm = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_set1_epi64(k.b1), align(m, k.am)),
+        _mm512_mul_epi32(_mm512_set1_epi64(k.c1), align(g, k.ag)),
+    );
+    // Squares of B16 values (< 2^30, `vpmuldq` of 16-bit operands), rounded right as `sq`
+    // (still < 2^30) and multiplied by b2, c2 ≤ 2^30 as unsigned 32-bit operands: < 2^60.
+    let sq = |x: __m512i, right: u32| rhe(_mm512_mul_epi32(x, x), right);
+    let ta = _mm512_mul_epu32(_mm512_set1_epi64(k.b2 as i64), sq(r, k.ar_right));
+    let tb = _mm512_mul_epu32(_mm512_set1_epi64(k.c2 as i64), sq(g, k.ag2_right));
+    [wm, ta, tb]
+}
+
+/// Pass 1 of [`super::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
+/// `(ta << la) + (tb << lb)` (below `2^101`, kept as 128-bit lanes split into high and low
+/// 64-bit halves) and the largest `|p|`. The padding of the tail is zero, which adds zeros to
+/// maxima of nonnegative values.
+#[target_feature(enable = "avx512f,avx512dq")]
+fn maxima(k: &MomentConsts, m: &[i32], g: &[i32], r: &[i32], p: &[i32]) -> Maxima {
+    let z = _mm512_setzero_si512();
+    let (mut mm, mut mhi, mut mlo, mut mp) = (z, z, z, z);
+    let (la, lb) = (count(k.la), count(k.lb));
+    // `x >> (64 − l)` is the high half of `x << l` (a count of 64 gives 0).
+    let (ha, hb) = (count(64 - k.la), count(64 - k.lb));
+    let mut step = |m8: &[i32; LANES], g8: &[i32; LANES], r8: &[i32; LANES], p8: &[i32; LANES]| {
+        let [wm, ta, tb] = terms(k, load8(m8), load8(g8), load8(r8));
+        // |wm| ≤ 2^61: the absolute value does not overflow.
+        mm = _mm512_max_epu64(mm, _mm512_abs_epi64(wm));
+        let (lo_a, lo_b) = (_mm512_sll_epi64(ta, la), _mm512_sll_epi64(tb, lb));
+        let lo = _mm512_add_epi64(lo_a, lo_b);
+        let carry = _mm512_cmplt_epu64_mask(lo, lo_a);
+        let hi = _mm512_add_epi64(_mm512_srl_epi64(ta, ha), _mm512_srl_epi64(tb, hb));
+        let hi = _mm512_mask_add_epi64(hi, carry, hi, _mm512_set1_epi64(1));
+        let gt = _mm512_cmpgt_epu64_mask(hi, mhi)
+            | (_mm512_cmpeq_epi64_mask(hi, mhi) & _mm512_cmpgt_epu64_mask(lo, mlo));
+        mhi = _mm512_mask_blend_epi64(gt, mhi, hi);
+        mlo = _mm512_mask_blend_epi64(gt, mlo, lo);
+        mp = _mm512_max_epu64(mp, _mm512_abs_epi64(load8(p8)));
+    };
+    let (mc, mt) = m.as_chunks::<LANES>();
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let (rc, rt) = r.as_chunks::<LANES>();
+    let (pc, pt) = p.as_chunks::<LANES>();
+    for (((m8, g8), r8), p8) in mc.iter().zip(gc).zip(rc).zip(pc) {
+        step(m8, g8, r8, p8);
+    }
+    if !mt.is_empty() {
+        step(&pad(mt), &pad(gt), &pad(rt), &pad(pt));
+    }
+    let (mut his, mut los) = ([0u64; LANES], [0u64; LANES]);
+    // SAFETY: both arrays are valid for 64 bytes; `storeu` has no alignment requirement.
+    unsafe {
+        _mm512_storeu_si512(his.as_mut_ptr().cast(), mhi);
+        _mm512_storeu_si512(los.as_mut_ptr().cast(), mlo);
+    }
+    let mv = his
+        .iter()
+        .zip(&los)
+        .map(|(&h, &l)| ((h as u128) << 64) | l as u128)
+        .max()
+        .unwrap_or(0);
+    (
+        _mm512_reduce_max_epu64(mm),
+        mv,
+        _mm512_reduce_max_epu64(mp) as u32,
+    )
+}
+
+/// A tail of fewer than 8 elements padded with zeros.
+#[inline]
+fn pad(t: &[i32]) -> [i32; LANES] {
+    let mut a = [0; LANES];
+    a[..t.len()].copy_from_slice(t);
+    a
+}
+
+/// `y` rounded half to even (`|y| < 2^51`) and whether `y` is farther than `margin` from a
+/// half-integer: `(y + ROUND_MAGIC) − ROUND_MAGIC`, `off = 0.5 − |y − q|` (exact: `q` is
+/// within a half of `y`), `off > margin`, as the scalar code.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn round_sure(y: __m512d, margin: __m512d) -> (__m512d, __mmask8) {
+    let magic = _mm512_set1_pd(ROUND_MAGIC);
+    let q = _mm512_sub_pd(_mm512_add_pd(y, magic), magic);
+    let off = _mm512_sub_pd(_mm512_set1_pd(0.5), _mm512_abs_pd(_mm512_sub_pd(y, q)));
+    (q, _mm512_cmp_pd_mask::<_CMP_GT_OQ>(off, margin))
+}
+
+/// Pass 2a of [`super::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
+/// from the f64 root where the scalar code takes it, `exact_root(r, g)` elsewhere.
+#[target_feature(enable = "avx512f,avx512dq")]
+fn moments<F: Fn(i32, i32) -> i32>(
+    k: &MomentConsts,
+    c: &RootConsts,
+    (m, g, r): (&[i32], &[i32], &[i32]),
+    m2: &mut [i32],
+    r2: &mut [i32],
+    exact_root: F,
+) {
+    let (fa, fb) = (_mm512_set1_pd(c.fa), _mm512_set1_pd(c.fb));
+    let scale_r = _mm512_set1_pd(c.scale_r);
+    let root_margin = _mm512_set1_pd(ROOT_EST_MARGIN);
+    let step = |m8: &[i32; LANES],
+                g8: &[i32; LANES],
+                r8: &[i32; LANES],
+                mo: &mut [i32; LANES],
+                ro: &mut [i32; LANES]|
+     -> u8 {
+        let [wm, ta, tb] = terms(k, load8(m8), load8(g8), load8(r8));
+        store8(mo, rhe(wm, c.k_m));
+        // The scalar `(ta as f64 * fa + tb as f64 * fb).sqrt() * scale_r` (ta, tb < 2^60).
+        let sum = _mm512_add_pd(
+            _mm512_mul_pd(_mm512_cvtepi64_pd(ta), fa),
+            _mm512_mul_pd(_mm512_cvtepi64_pd(tb), fb),
+        );
+        let y = _mm512_mul_pd(_mm512_sqrt_pd(sum), scale_r);
+        let margin = _mm512_add_pd(_mm512_mul_pd(y, root_margin), scale_r);
+        let (q, sure) = round_sure(y, margin);
+        // Vouched-for roots are rounded r' ≤ 32767: the conversion is exact.
+        store8(ro, _mm512_cvtpd_epi64(q));
+        !sure
+    };
+    let fix = |unsure: u8, r8: &[i32], g8: &[i32], ro: &mut [i32]| {
+        for (i, o) in ro.iter_mut().enumerate() {
+            if unsure >> i & 1 == 1 {
+                *o = exact_root(r8[i], g8[i]);
+            }
+        }
+    };
+    let (mc, mt) = m.as_chunks::<LANES>();
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let (rc, rt) = r.as_chunks::<LANES>();
+    let (m2c, m2t) = m2.as_chunks_mut::<LANES>();
+    let (r2c, r2t) = r2.as_chunks_mut::<LANES>();
+    let ins = mc.iter().zip(gc).zip(rc);
+    for ((((m8, g8), r8), mo), ro) in ins.zip(m2c.iter_mut()).zip(r2c.iter_mut()) {
+        let unsure = step(m8, g8, r8, mo, ro);
+        if unsure != 0 {
+            fix(unsure, r8, g8, ro);
+        }
+    }
+    let n = mt.len();
+    if n > 0 {
+        let (mut mo, mut ro) = ([0; LANES], [0; LANES]);
+        let unsure = step(&pad(mt), &pad(gt), &pad(rt), &mut mo, &mut ro) & ((1u16 << n) - 1) as u8;
+        fix(unsure, rt, gt, &mut ro[..n]);
+        m2t.copy_from_slice(&mo[..n]);
+        r2t.copy_from_slice(&ro[..n]);
+    }
+}
+
+/// `AdamUpdate::round_chunk` with the estimates of 8 elements at a time: the quotient
+/// `u = rhe(m'·2^30 / (r' + 1))` as the scalar code estimates it, then `a = rhe(alpha·u, sh)`
+/// from `y = u·alpha·2^−sh` in f64 (one rounding of an exact product: `|y − Y| ≤ |Y|·2^−53`,
+/// no subnormals, see [`UpdateConsts::new`]), vouched for like the quotient when farther than
+/// `|y|·DIV_EST_MARGIN` (over 16 times the error) from a half-integer and below `2^50`; the
+/// decay `rhe(decay·p, 24)` and `p' = (p << 16) − d − a` in exact integer lanes
+/// (`|p'| < 2^39 + 2^39 + 2^50`, so it fits in i64), rounded by `k`. Lanes not vouched for go
+/// through `wide` (the scalar `AdamUpdate::wide`), for just that element.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn update<F: Fn(i32, i32, i32) -> i128>(
+    u: &UpdateConsts,
+    m2: &[i32],
+    r2: &[i32],
+    p: &[i32],
+    out: &mut [i32],
+    k: u32,
+    wide: F,
+) -> (u64, bool) {
+    let div_margin = _mm512_set1_pd(DIV_EST_MARGIN);
+    let q30 = _mm512_set1_pd((1u64 << 30) as f64);
+    let one = _mm512_set1_epi64(1);
+    let alpha = _mm512_set1_pd(u.alpha_scaled);
+    let decay = _mm512_set1_epi64(u.decay_q40);
+    let est_max = _mm512_set1_pd(UPDATE_EST_MAX);
+    let mut mx = _mm512_setzero_si512();
+    let mut step = |m8: &[i32; LANES],
+                    r8: &[i32; LANES],
+                    p8: &[i32; LANES],
+                    o: &mut [i32; LANES],
+                    valid: u8|
+     -> u8 {
+        let (mm, rm, pm) = (load8(m8), load8(r8), load8(p8));
+        // The scalar `(m' << 30) as f64 / (r' + 1) as f64`: both exact (below 2^45, 2^16).
+        let num = _mm512_mul_pd(_mm512_cvtepi64_pd(mm), q30);
+        let den = _mm512_cvtepi64_pd(_mm512_add_epi64(rm, one));
+        let y = _mm512_div_pd(num, den);
+        let (uq, sure_u) = round_sure(y, _mm512_mul_pd(_mm512_abs_pd(y), div_margin));
+        let ya = _mm512_mul_pd(uq, alpha);
+        let abs_a = _mm512_abs_pd(ya);
+        let (aq, sure_a) = round_sure(ya, _mm512_mul_pd(abs_a, div_margin));
+        let small = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(abs_a, est_max);
+        let sure = sure_u & sure_a & small;
+        // |decay| < 2^40, |p| < 2^23: the product fits in i64.
+        let d = rhe(_mm512_mullo_epi64(decay, pm), 24);
+        let a = _mm512_cvtpd_epi64(aq);
+        let w = _mm512_sub_epi64(_mm512_sub_epi64(_mm512_slli_epi64::<16>(pm), d), a);
+        store8(o, rhe(w, k));
+        mx = _mm512_mask_max_epu64(mx, sure & valid, mx, _mm512_abs_epi64(w));
+        !sure & valid
+    };
+    let rh = crate::fixed::Rhe::new(k);
+    let mut scalar_mx = 0u64;
+    let mut fits = true;
+    let mut fix = |unsure: u8, m8: &[i32], r8: &[i32], p8: &[i32], o: &mut [i32]| {
+        for (i, o) in o.iter_mut().enumerate() {
+            if unsure >> i & 1 == 1 {
+                match i64::try_from(wide(m8[i], r8[i], p8[i])) {
+                    Ok(v) => {
+                        *o = rh.round(v) as i32;
+                        scalar_mx = scalar_mx.max(v.unsigned_abs());
+                    }
+                    Err(_) => fits = false,
+                }
+            }
+        }
+    };
+    let (mc, mt) = m2.as_chunks::<LANES>();
+    let (rc, rt) = r2.as_chunks::<LANES>();
+    let (pc, pt) = p.as_chunks::<LANES>();
+    let (oc, ot) = out.as_chunks_mut::<LANES>();
+    for (((m8, r8), p8), o) in mc.iter().zip(rc).zip(pc).zip(oc) {
+        let unsure = step(m8, r8, p8, o, u8::MAX);
+        if unsure != 0 {
+            fix(unsure, m8, r8, p8, o);
+        }
+    }
+    let n = mt.len();
+    if n > 0 {
+        let mut o = [0; LANES];
+        let unsure = step(
+            &pad(mt),
+            &pad(rt),
+            &pad(pt),
+            &mut o,
+            ((1u16 << n) - 1) as u8,
+        );
+        fix(unsure, mt, rt, pt, &mut o[..n]);
+        ot.copy_from_slice(&o[..n]);
+    }
+    (_mm512_reduce_max_epu64(mx).max(scalar_mx), fits)
+}

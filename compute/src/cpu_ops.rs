@@ -1667,7 +1667,6 @@ fn adamw_on(
     st: &AdamStep,
     simd: Option<AdamSimd>,
 ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
-    check_adamw(p, g, m, r)?;
     let one = 1i128 << 30;
     let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
     // 1. first moment, aligned to e0
@@ -1693,6 +1692,7 @@ fn adamw_on(
     };
     let betas_in_range = (0..=one).contains(&b1) && (0..=one).contains(&b2);
     if !betas_in_range {
+        check_adamw(p, g, m, r)?;
         return adamw_with(p, g, m, r, st, e0, ev, wm, wv);
     }
     // β ∈ [0, 2^30]: |b1·am + (2^30 − b1)·ag| ≤ 2^30·2^15·2^16 = 2^61 in i64 when both
@@ -1727,15 +1727,26 @@ fn adamw_on(
             la: ar.left,
             lb: ag2.left,
         };
+        let moments = Some(k).filter(MomentConsts::supported);
+        // The vector pass 1 reads every mantissa anyway: when it runs, it checks their range
+        // too (saving a serial pass over the four inputs), after the lengths are checked.
+        let checked_in_pass1 =
+            simd.is_some() && moments.is_some() && [g, m, r].iter().all(|t| t.len() == p.len());
+        if !checked_in_pass1 {
+            check_adamw(p, g, m, r)?;
+        }
         let lanes = AdamLanes {
             simd,
-            moments: Some(k).filter(MomentConsts::supported),
+            moments,
+            checked_in_pass1,
         };
         adamw_fast(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts, lanes)
     } else {
+        check_adamw(p, g, m, r)?;
         let lanes = AdamLanes {
             simd,
             moments: None,
+            checked_in_pass1: false,
         };
         adamw_fast(p, g, m, r, st, e0, ev, wm, parts, shifts, lanes)
     }
@@ -1830,11 +1841,13 @@ impl UpdateConsts {
 
 /// The vector passes [`adamw_narrow`] may use: `simd` (the CPU's vector unit, if any) for the
 /// parameter update, and with it the moments when `moments` is set (64-bit first moments whose
-/// constants [`MomentConsts::supported`] accepts).
+/// constants [`MomentConsts::supported`] accepts). `checked_in_pass1`: the mantissa ranges
+/// are not checked yet (the lengths are) and the vector pass 1 checks them.
 #[derive(Clone, Copy)]
 struct AdamLanes {
     simd: Option<AdamSimd>,
     moments: Option<MomentConsts>,
+    checked_in_pass1: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1858,7 +1871,7 @@ impl AdamSimd {
         _: &[i32],
         _: &[i32],
         _: &[i32],
-    ) -> (u64, u128, u32) {
+    ) -> (u64, u128, u32, u64) {
         match self {}
     }
 
@@ -1916,7 +1929,9 @@ impl Moment for i64 {
         rh.round(self) as i32
     }
     fn from_abs(v: u64) -> Self {
-        v as i64
+        // A no-op for every valid input (below 2^62); keeps wrapped lanes of out-of-range
+        // input (reported right after pass 1) from overflowing `abs`.
+        v.min(i64::MAX as u64) as i64
     }
 }
 
@@ -2006,8 +2021,9 @@ where
     if ev % 2 != 0 {
         ev -= 1;
     }
-    // Pass 1: max |wm|, max wv and max |p| (for the guess of p's rounding shift).
-    let (mx_m, mx_v, mx_pin) = m
+    // Pass 1: max |wm|, max wv and max |p| (for the guess of p's rounding shift), and the OR
+    // of the B16 magnitudes when the vector pass checks their range.
+    let (mx_m, mx_v, mx_pin, or_b16) = m
         .mant
         .par_chunks(ADAM_CHUNK)
         .zip(g.mant.par_chunks(ADAM_CHUNK))
@@ -2015,8 +2031,8 @@ where
         .zip(p.mant.par_chunks(ADAM_CHUNK))
         .map(|(((mc, gc), rc), pc)| {
             if let (Some(simd), Some(k)) = (lanes.simd, lanes.moments) {
-                let (mm, mv, mp) = simd.maxima(&k, mc, gc, rc, pc);
-                return (T::from_abs(mm), mv, mp);
+                let (mm, mv, mp, or) = simd.maxima(&k, mc, gc, rc, pc);
+                return (T::from_abs(mm), mv, mp, or);
             }
             let mut mm = T::default();
             let mut mv = 0u128;
@@ -2025,12 +2041,19 @@ where
                 mv = mv.max(wv_even(c, b));
             }
             let mp = pc.iter().fold(0u32, |x, &v| x.max(v.unsigned_abs()));
-            (mm, mv, mp)
+            (mm, mv, mp, 0)
         })
         .reduce(
-            || (T::default(), 0, 0),
-            |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2)),
+            || (T::default(), 0, 0, 0),
+            |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2), x.3 | y.3),
         );
+    let in_range = or_b16 <= B16_MANT_MAX as u64 && mx_pin <= WIDE_MANT_MAX as u32;
+    if lanes.checked_in_pass1 && !in_range {
+        // The scan reports the first out-of-range mantissa, as it would have up front.
+        if let Err(e) = check_adamw(p, g, m, r) {
+            return Some(Err(e));
+        }
+    }
     // Doubling is monotone and the values stay below 2^102: the largest doubled value is the
     // doubled largest.
     let mx_v = mx_v << odd;

@@ -84,8 +84,9 @@ impl Avx512Dq {
 }
 
 /// Results of [`maxima`]: the largest `|m'|` before rounding, the largest second moment (not
-/// doubled) and the largest `|p|`.
-pub(super) type Maxima = (u64, u128, u32);
+/// doubled), the largest `|p|`, and the bitwise OR of every `|m|`, `|g|` and `|r|` (all are
+/// at most `2^15 − 1` exactly when the OR is: it has all fifteen low bits set).
+pub(super) type Maxima = (u64, u128, u32, u64);
 
 /// Loads 8 i32 as 8 i64 lanes.
 #[inline]
@@ -159,17 +160,22 @@ fn terms(k: &MomentConsts, m: __m512i, g: __m512i, r: __m512i) -> [__m512i; 3] {
 
 /// Pass 1 of [`super::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
 /// `(ta << la) + (tb << lb)` (below `2^101`, kept as 128-bit lanes split into high and low
-/// 64-bit halves) and the largest `|p|`. The padding of the tail is zero, which adds zeros to
-/// maxima of nonnegative values.
+/// 64-bit halves), the largest `|p|` and the OR of the B16 magnitudes, so that the caller can
+/// skip the separate range scan of the inputs. The padding of the tail is zero, which adds
+/// zeros to maxima of nonnegative values and nothing to the OR. Out-of-range mantissas give
+/// wrapped lanes, never a panic (the caller then reports them as the scan would).
 #[target_feature(enable = "avx512f,avx512dq")]
 fn maxima(k: &MomentConsts, m: &[i32], g: &[i32], r: &[i32], p: &[i32]) -> Maxima {
     let z = _mm512_setzero_si512();
-    let (mut mm, mut mhi, mut mlo, mut mp) = (z, z, z, z);
+    let (mut mm, mut mhi, mut mlo, mut mp, mut or) = (z, z, z, z, z);
     let (la, lb) = (count(k.la), count(k.lb));
     // `x >> (64 − l)` is the high half of `x << l` (a count of 64 gives 0).
     let (ha, hb) = (count(64 - k.la), count(64 - k.lb));
     let mut step = |m8: &[i32; LANES], g8: &[i32; LANES], r8: &[i32; LANES], p8: &[i32; LANES]| {
-        let [wm, ta, tb] = terms(k, load8(m8), load8(g8), load8(r8));
+        let (m, g, r) = (load8(m8), load8(g8), load8(r8));
+        let abs = |x| _mm512_abs_epi64(x);
+        or = _mm512_or_si512(or, _mm512_or_si512(abs(m), _mm512_or_si512(abs(g), abs(r))));
+        let [wm, ta, tb] = terms(k, m, g, r);
         // |wm| ≤ 2^61: the absolute value does not overflow.
         mm = _mm512_max_epu64(mm, _mm512_abs_epi64(wm));
         let (lo_a, lo_b) = (_mm512_sll_epi64(ta, la), _mm512_sll_epi64(tb, lb));
@@ -209,6 +215,7 @@ fn maxima(k: &MomentConsts, m: &[i32], g: &[i32], r: &[i32], p: &[i32]) -> Maxim
         _mm512_reduce_max_epu64(mm),
         mv,
         _mm512_reduce_max_epu64(mp) as u32,
+        _mm512_reduce_or_epi64(or) as u64,
     )
 }
 

@@ -329,6 +329,25 @@ proptest! {
         prop_assert_eq!(&adamw(&p, &g, &m, &r, &st), &want);
         prop_assert_eq!(&adamw_on(&p, &g, &m, &r, &st, None), &want);
     }
+
+    /// Out-of-range mantissas in any of the four inputs (several at once, with wrong lengths),
+    /// which the vector pass 1 detects instead of the up-front scan: the same error.
+    #[test]
+    fn adamw_errors_equal_reference(n in len(), eg in -40i32..40, dm in delta(), dr in delta(),
+                                    p in mants(B24_MANT_MAX, 9000), g in mants(B16_MANT_MAX, 9000),
+                                    m in mants(B16_MANT_MAX, 9000), r in mants(B16_MANT_MAX, 9000),
+                                    st in adam_step(), bad_p in bad(B24_MANT_MAX), bad_r in bad(B16_MANT_MAX),
+                                    bad_g in bad(B16_MANT_MAX), bad_m in bad(B16_MANT_MAX),
+                                    short in prop_oneof![4 => Just(None), 1 => (0usize..3).prop_map(Some)]) {
+        let cut = |v: &[i32], i| if short == Some(i) && n > 0 { v[..n - 1].to_vec() } else { v[..n].to_vec() };
+        let p = Bfp::new(poison(p[..n].to_vec(), bad_p), eg - 4);
+        let g = Bfp::new(poison(cut(&g, 0), bad_g), eg);
+        let m = Bfp::new(poison(cut(&m, 1), bad_m), eg + dm);
+        let r = Bfp::new(poison(cut(&r, 2), bad_r), eg + dr);
+        let want = old::adamw(&p, &g, &m, &r, &st);
+        prop_assert_eq!(&adamw(&p, &g, &m, &r, &st), &want);
+        prop_assert_eq!(&adamw_on(&p, &g, &m, &r, &st, None), &want);
+    }
 }
 
 /// The i64 GELU `(σ, g)` equals the reference's for every B16 mantissa at exponents from
@@ -602,10 +621,11 @@ proptest! {
         let k = moment_consts(k);
         prop_assert!(k.supported());
         let (m, g, r, p) = (&m[..n], &g[..n], &r[..n], &p[..n]);
-        let mut want = (0u64, 0u128, 0u32);
+        let mut want = (0u64, 0u128, 0u32, 0u64);
         for i in 0..n {
             let (wm, wv) = exact_moments(&k, m[i], g[i], r[i]);
-            want = (want.0.max(wm.unsigned_abs()), want.1.max(wv), want.2.max(p[i].unsigned_abs()));
+            let or = [m[i], g[i], r[i]].iter().fold(want.3, |o, x| o | x.unsigned_abs() as u64);
+            want = (want.0.max(wm.unsigned_abs()), want.1.max(wv), want.2.max(p[i].unsigned_abs()), or);
         }
         prop_assert_eq!(simd.maxima(&k, m, g, r, p), want);
     }

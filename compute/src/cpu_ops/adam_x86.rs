@@ -161,17 +161,39 @@ fn terms(k: &MomentConsts, m: __m512i, g: __m512i, r: __m512i) -> [__m512i; 3] {
 /// Pass 1 of [`super::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
 /// `(ta << la) + (tb << lb)` (below `2^101`, kept as 128-bit lanes split into high and low
 /// 64-bit halves), the largest `|p|` and the OR of the B16 magnitudes, so that the caller can
-/// skip the separate range scan of the inputs. The padding of the tail is zero, which adds
-/// zeros to maxima of nonnegative values and nothing to the OR. Out-of-range mantissas give
-/// wrapped lanes, never a panic (the caller then reports them as the scan would).
+/// skip the separate range scan of the inputs. The tail is padded with zeros, which add zeros
+/// to maxima of nonnegative values and nothing to the OR. Out-of-range mantissas give wrapped
+/// lanes, never a panic (the caller then reports them as the scan would).
 #[target_feature(enable = "avx512f,avx512dq")]
 fn maxima(k: &MomentConsts, m: &[i32], g: &[i32], r: &[i32], p: &[i32]) -> Maxima {
+    let (mc, mt) = m.as_chunks::<LANES>();
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let (rc, rt) = r.as_chunks::<LANES>();
+    let (pc, pt) = p.as_chunks::<LANES>();
+    let x = maxima_groups(k, mc, gc, rc, pc);
+    if mt.is_empty() {
+        return x;
+    }
+    let y = maxima_groups(k, &[pad(mt)], &[pad(gt)], &[pad(rt)], &[pad(pt)]);
+    (x.0.max(y.0), x.1.max(y.1), x.2.max(y.2), x.3 | y.3)
+}
+
+/// [`maxima`] of whole groups of 8 (one loop with the constants in registers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn maxima_groups(
+    k: &MomentConsts,
+    m: &[[i32; LANES]],
+    g: &[[i32; LANES]],
+    r: &[[i32; LANES]],
+    p: &[[i32; LANES]],
+) -> Maxima {
     let z = _mm512_setzero_si512();
     let (mut mm, mut mhi, mut mlo, mut mp, mut or) = (z, z, z, z, z);
     let (la, lb) = (count(k.la), count(k.lb));
     // `x >> (64 − l)` is the high half of `x << l` (a count of 64 gives 0).
     let (ha, hb) = (count(64 - k.la), count(64 - k.lb));
-    let mut step = |m8: &[i32; LANES], g8: &[i32; LANES], r8: &[i32; LANES], p8: &[i32; LANES]| {
+    for (((m8, g8), r8), p8) in m.iter().zip(g).zip(r).zip(p) {
         let (m, g, r) = (load8(m8), load8(g8), load8(r8));
         let abs = |x| _mm512_abs_epi64(x);
         or = _mm512_or_si512(or, _mm512_or_si512(abs(m), _mm512_or_si512(abs(g), abs(r))));
@@ -188,16 +210,6 @@ fn maxima(k: &MomentConsts, m: &[i32], g: &[i32], r: &[i32], p: &[i32]) -> Maxim
         mhi = _mm512_mask_blend_epi64(gt, mhi, hi);
         mlo = _mm512_mask_blend_epi64(gt, mlo, lo);
         mp = _mm512_max_epu64(mp, _mm512_abs_epi64(load8(p8)));
-    };
-    let (mc, mt) = m.as_chunks::<LANES>();
-    let (gc, gt) = g.as_chunks::<LANES>();
-    let (rc, rt) = r.as_chunks::<LANES>();
-    let (pc, pt) = p.as_chunks::<LANES>();
-    for (((m8, g8), r8), p8) in mc.iter().zip(gc).zip(rc).zip(pc) {
-        step(m8, g8, r8, p8);
-    }
-    if !mt.is_empty() {
-        step(&pad(mt), &pad(gt), &pad(rt), &pad(pt));
     }
     let (mut his, mut los) = ([0u64; LANES], [0u64; LANES]);
     // SAFETY: both arrays are valid for 64 bytes; `storeu` has no alignment requirement.
@@ -227,6 +239,17 @@ fn pad(t: &[i32]) -> [i32; LANES] {
     a
 }
 
+/// The lanes `0..n` of a group (`n ≤ 8`).
+#[inline]
+fn lanes_below(n: usize) -> u8 {
+    ((1u16 << n) - 1) as u8
+}
+
+/// Groups of 8 per block of the vector loops of [`moments`] and [`update`]: the lanes to
+/// recompute are recorded per group (one byte each, on the stack) and recomputed after the
+/// block's loop, so the loop itself makes no calls and keeps its constants in registers.
+const BLOCK_GROUPS: usize = 512;
+
 /// `y` rounded half to even (`|y| < 2^51`) and whether `y` is farther than `margin` from a
 /// half-integer: `(y + ROUND_MAGIC) − ROUND_MAGIC`, `off = 0.5 − |y − q|` (exact: `q` is
 /// within a half of `y`), `off > margin`, as the scalar code.
@@ -250,15 +273,74 @@ fn moments<F: Fn(i32, i32) -> i32>(
     r2: &mut [i32],
     exact_root: F,
 ) {
+    let mut unsure = [0u8; BLOCK_GROUPS];
+    let (mc, mt) = m.as_chunks::<LANES>();
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let (rc, rt) = r.as_chunks::<LANES>();
+    let (m2c, m2t) = m2.as_chunks_mut::<LANES>();
+    let (r2c, r2t) = r2.as_chunks_mut::<LANES>();
+    let blocks = mc
+        .chunks(BLOCK_GROUPS)
+        .zip(gc.chunks(BLOCK_GROUPS))
+        .zip(rc.chunks(BLOCK_GROUPS));
+    let outs = m2c
+        .chunks_mut(BLOCK_GROUPS)
+        .zip(r2c.chunks_mut(BLOCK_GROUPS));
+    for (((mb, gb), rb), (m2b, r2b)) in blocks.zip(outs) {
+        let masks = &mut unsure[..mb.len()];
+        if moments_groups(k, c, (mb, gb, rb), m2b, r2b, u8::MAX, masks) {
+            for (((&mask, g8), r8), ro) in masks.iter().zip(gb).zip(rb).zip(r2b.iter_mut()) {
+                fix_roots(mask, g8, r8, ro, &exact_root);
+            }
+        }
+    }
+    let n = mt.len();
+    if n > 0 {
+        let (mut mo, mut ro) = ([[0; LANES]], [[0; LANES]]);
+        let ins = (&[pad(mt)][..], &[pad(gt)][..], &[pad(rt)][..]);
+        let masks = &mut unsure[..1];
+        moments_groups(k, c, ins, &mut mo, &mut ro, lanes_below(n), masks);
+        fix_roots(masks[0], gt, rt, &mut ro[0], &exact_root);
+        m2t.copy_from_slice(&mo[0][..n]);
+        r2t.copy_from_slice(&ro[0][..n]);
+    }
+}
+
+/// The roots of the lanes in `mask` by `exact_root(r, g)`.
+fn fix_roots<F: Fn(i32, i32) -> i32>(
+    mask: u8,
+    g: &[i32],
+    r: &[i32],
+    ro: &mut [i32],
+    exact_root: &F,
+) {
+    for (i, ((o, &gv), &rv)) in ro.iter_mut().zip(g).zip(r).enumerate() {
+        if mask >> i & 1 == 1 {
+            *o = exact_root(rv, gv);
+        }
+    }
+}
+
+/// [`moments`] of whole groups of 8: `unsure[i]` gets the lanes of group `i` (within `valid`)
+/// whose root is not vouched for; returns whether there are any.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn moments_groups(
+    k: &MomentConsts,
+    c: &RootConsts,
+    (m, g, r): (&[[i32; LANES]], &[[i32; LANES]], &[[i32; LANES]]),
+    m2: &mut [[i32; LANES]],
+    r2: &mut [[i32; LANES]],
+    valid: u8,
+    unsure: &mut [u8],
+) -> bool {
     let (fa, fb) = (_mm512_set1_pd(c.fa), _mm512_set1_pd(c.fb));
     let scale_r = _mm512_set1_pd(c.scale_r);
     let root_margin = _mm512_set1_pd(ROOT_EST_MARGIN);
-    let step = |m8: &[i32; LANES],
-                g8: &[i32; LANES],
-                r8: &[i32; LANES],
-                mo: &mut [i32; LANES],
-                ro: &mut [i32; LANES]|
-     -> u8 {
+    let mut any = 0u8;
+    let ins = m.iter().zip(g).zip(r);
+    let outs = m2.iter_mut().zip(r2.iter_mut()).zip(unsure.iter_mut());
+    for (((m8, g8), r8), ((mo, ro), un)) in ins.zip(outs) {
         let [wm, ta, tb] = terms(k, load8(m8), load8(g8), load8(r8));
         store8(mo, rhe(wm, c.k_m));
         // The scalar `(ta as f64 * fa + tb as f64 * fb).sqrt() * scale_r` (ta, tb < 2^60).
@@ -271,35 +353,10 @@ fn moments<F: Fn(i32, i32) -> i32>(
         let (q, sure) = round_sure(y, margin);
         // Vouched-for roots are rounded r' ≤ 32767: the conversion is exact.
         store8(ro, _mm512_cvtpd_epi64(q));
-        !sure
-    };
-    let fix = |unsure: u8, r8: &[i32], g8: &[i32], ro: &mut [i32]| {
-        for (i, o) in ro.iter_mut().enumerate() {
-            if unsure >> i & 1 == 1 {
-                *o = exact_root(r8[i], g8[i]);
-            }
-        }
-    };
-    let (mc, mt) = m.as_chunks::<LANES>();
-    let (gc, gt) = g.as_chunks::<LANES>();
-    let (rc, rt) = r.as_chunks::<LANES>();
-    let (m2c, m2t) = m2.as_chunks_mut::<LANES>();
-    let (r2c, r2t) = r2.as_chunks_mut::<LANES>();
-    let ins = mc.iter().zip(gc).zip(rc);
-    for ((((m8, g8), r8), mo), ro) in ins.zip(m2c.iter_mut()).zip(r2c.iter_mut()) {
-        let unsure = step(m8, g8, r8, mo, ro);
-        if unsure != 0 {
-            fix(unsure, r8, g8, ro);
-        }
+        *un = !sure & valid;
+        any |= *un;
     }
-    let n = mt.len();
-    if n > 0 {
-        let (mut mo, mut ro) = ([0; LANES], [0; LANES]);
-        let unsure = step(&pad(mt), &pad(gt), &pad(rt), &mut mo, &mut ro) & ((1u16 << n) - 1) as u8;
-        fix(unsure, rt, gt, &mut ro[..n]);
-        m2t.copy_from_slice(&mo[..n]);
-        r2t.copy_from_slice(&ro[..n]);
-    }
+    any != 0
 }
 
 /// `AdamUpdate::round_chunk` with the estimates of 8 elements at a time: the quotient
@@ -321,6 +378,73 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
     k: u32,
     wide: F,
 ) -> (u64, bool) {
+    let rh = crate::fixed::Rhe::new(k);
+    let mut mx = 0u64;
+    let mut fits = true;
+    // The scalar `round_chunk` for the lanes in `mask` of one group.
+    let mut fix = |mask: u8, m8: &[i32], r8: &[i32], p8: &[i32], o: &mut [i32]| {
+        for (i, o) in o.iter_mut().enumerate() {
+            if mask >> i & 1 == 1 {
+                match i64::try_from(wide(m8[i], r8[i], p8[i])) {
+                    Ok(v) => {
+                        *o = rh.round(v) as i32;
+                        mx = mx.max(v.unsigned_abs());
+                    }
+                    Err(_) => fits = false,
+                }
+            }
+        }
+    };
+    let mut unsure = [0u8; BLOCK_GROUPS];
+    let (mc, mt) = m2.as_chunks::<LANES>();
+    let (rc, rt) = r2.as_chunks::<LANES>();
+    let (pc, pt) = p.as_chunks::<LANES>();
+    let (oc, ot) = out.as_chunks_mut::<LANES>();
+    let blocks = mc
+        .chunks(BLOCK_GROUPS)
+        .zip(rc.chunks(BLOCK_GROUPS))
+        .zip(pc.chunks(BLOCK_GROUPS));
+    let mut vec_mx = 0u64;
+    for (((mb, rb), pb), ob) in blocks.zip(oc.chunks_mut(BLOCK_GROUPS)) {
+        let masks = &mut unsure[..mb.len()];
+        let (bmx, any) = update_groups(u, (mb, rb, pb), ob, k, u8::MAX, masks);
+        vec_mx = vec_mx.max(bmx);
+        if any {
+            for ((((&mask, m8), r8), p8), o) in
+                masks.iter().zip(mb).zip(rb).zip(pb).zip(ob.iter_mut())
+            {
+                if mask != 0 {
+                    fix(mask, m8, r8, p8, o);
+                }
+            }
+        }
+    }
+    let n = mt.len();
+    if n > 0 {
+        let mut o = [[0; LANES]];
+        let ins = (&[pad(mt)][..], &[pad(rt)][..], &[pad(pt)][..]);
+        let masks = &mut unsure[..1];
+        let (bmx, _) = update_groups(u, ins, &mut o, k, lanes_below(n), masks);
+        vec_mx = vec_mx.max(bmx);
+        fix(masks[0], mt, rt, pt, &mut o[0][..n]);
+        ot.copy_from_slice(&o[0][..n]);
+    }
+    (vec_mx.max(mx), fits)
+}
+
+/// [`update`] of whole groups of 8: the largest `|p'|` of the vouched-for lanes within
+/// `valid`, with `unsure[i]` the other lanes of group `i` within `valid`, and whether there
+/// are any.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn update_groups(
+    u: &UpdateConsts,
+    (m2, r2, p): (&[[i32; LANES]], &[[i32; LANES]], &[[i32; LANES]]),
+    out: &mut [[i32; LANES]],
+    k: u32,
+    valid: u8,
+    unsure: &mut [u8],
+) -> (u64, bool) {
     let div_margin = _mm512_set1_pd(DIV_EST_MARGIN);
     let q30 = _mm512_set1_pd((1u64 << 30) as f64);
     let one = _mm512_set1_epi64(1);
@@ -328,12 +452,9 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
     let decay = _mm512_set1_epi64(u.decay_q40);
     let est_max = _mm512_set1_pd(UPDATE_EST_MAX);
     let mut mx = _mm512_setzero_si512();
-    let mut step = |m8: &[i32; LANES],
-                    r8: &[i32; LANES],
-                    p8: &[i32; LANES],
-                    o: &mut [i32; LANES],
-                    valid: u8|
-     -> u8 {
+    let mut any = 0u8;
+    let ins = m2.iter().zip(r2).zip(p);
+    for (((m8, r8), p8), (o, un)) in ins.zip(out.iter_mut().zip(unsure.iter_mut())) {
         let (mm, rm, pm) = (load8(m8), load8(r8), load8(p8));
         // The scalar `(m' << 30) as f64 / (r' + 1) as f64`: both exact (below 2^45, 2^16).
         let num = _mm512_mul_pd(_mm512_cvtepi64_pd(mm), q30);
@@ -344,53 +465,15 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
         let abs_a = _mm512_abs_pd(ya);
         let (aq, sure_a) = round_sure(ya, _mm512_mul_pd(abs_a, div_margin));
         let small = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(abs_a, est_max);
-        let sure = sure_u & sure_a & small;
+        let sure = sure_u & sure_a & small & valid;
         // |decay| < 2^40, |p| < 2^23: the product fits in i64.
         let d = rhe(_mm512_mullo_epi64(decay, pm), 24);
         let a = _mm512_cvtpd_epi64(aq);
         let w = _mm512_sub_epi64(_mm512_sub_epi64(_mm512_slli_epi64::<16>(pm), d), a);
         store8(o, rhe(w, k));
-        mx = _mm512_mask_max_epu64(mx, sure & valid, mx, _mm512_abs_epi64(w));
-        !sure & valid
-    };
-    let rh = crate::fixed::Rhe::new(k);
-    let mut scalar_mx = 0u64;
-    let mut fits = true;
-    let mut fix = |unsure: u8, m8: &[i32], r8: &[i32], p8: &[i32], o: &mut [i32]| {
-        for (i, o) in o.iter_mut().enumerate() {
-            if unsure >> i & 1 == 1 {
-                match i64::try_from(wide(m8[i], r8[i], p8[i])) {
-                    Ok(v) => {
-                        *o = rh.round(v) as i32;
-                        scalar_mx = scalar_mx.max(v.unsigned_abs());
-                    }
-                    Err(_) => fits = false,
-                }
-            }
-        }
-    };
-    let (mc, mt) = m2.as_chunks::<LANES>();
-    let (rc, rt) = r2.as_chunks::<LANES>();
-    let (pc, pt) = p.as_chunks::<LANES>();
-    let (oc, ot) = out.as_chunks_mut::<LANES>();
-    for (((m8, r8), p8), o) in mc.iter().zip(rc).zip(pc).zip(oc) {
-        let unsure = step(m8, r8, p8, o, u8::MAX);
-        if unsure != 0 {
-            fix(unsure, m8, r8, p8, o);
-        }
+        mx = _mm512_mask_max_epu64(mx, sure, mx, _mm512_abs_epi64(w));
+        *un = !sure & valid;
+        any |= *un;
     }
-    let n = mt.len();
-    if n > 0 {
-        let mut o = [0; LANES];
-        let unsure = step(
-            &pad(mt),
-            &pad(rt),
-            &pad(pt),
-            &mut o,
-            ((1u16 << n) - 1) as u8,
-        );
-        fix(unsure, mt, rt, pt, &mut o[..n]);
-        ot.copy_from_slice(&o[..n]);
-    }
-    (_mm512_reduce_max_epu64(mx).max(scalar_mx), fits)
+    (_mm512_reduce_max_epu64(mx), any != 0)
 }

@@ -116,6 +116,7 @@ fn count(k: u32) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn rhe(s: __m512i, k: u32) -> __m512i {
+    debug_assert!(k <= super::ADAM_RHE_K_MAX);
     if k == 0 {
         return s;
     }
@@ -231,6 +232,9 @@ fn maxima_groups(
     )
 }
 
+/// Three inputs as groups of 8 elements.
+type Groups3<'a> = (&'a [[i32; LANES]], &'a [[i32; LANES]], &'a [[i32; LANES]]);
+
 /// A tail of fewer than 8 elements padded with zeros.
 #[inline]
 fn pad(t: &[i32]) -> [i32; LANES] {
@@ -328,7 +332,7 @@ fn fix_roots<F: Fn(i32, i32) -> i32>(
 fn moments_groups(
     k: &MomentConsts,
     c: &RootConsts,
-    (m, g, r): (&[[i32; LANES]], &[[i32; LANES]], &[[i32; LANES]]),
+    (m, g, r): Groups3<'_>,
     m2: &mut [[i32; LANES]],
     r2: &mut [[i32; LANES]],
     valid: u8,
@@ -365,8 +369,9 @@ fn moments_groups(
 /// no subnormals, see [`UpdateConsts::new`]), vouched for like the quotient when farther than
 /// `|y|·DIV_EST_MARGIN` (over 16 times the error) from a half-integer and below `2^50`; the
 /// decay `rhe(decay·p, 24)` and `p' = (p << 16) − d − a` in exact integer lanes
-/// (`|p'| < 2^39 + 2^39 + 2^50`, so it fits in i64), rounded by `k`. Lanes not vouched for go
-/// through `wide` (the scalar `AdamUpdate::wide`), for just that element.
+/// (`|p'| < 2^39 + 2^39 + 2^50`, so it fits in i64), rounded by `k` (at most 41, the shift of
+/// a value below `2^63`). Lanes not vouched for go through `wide` (the scalar
+/// `AdamUpdate::wide`), for just that element.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512dq")]
 fn update<F: Fn(i32, i32, i32) -> i128>(
@@ -439,7 +444,7 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
 #[target_feature(enable = "avx512f,avx512dq")]
 fn update_groups(
     u: &UpdateConsts,
-    (m2, r2, p): (&[[i32; LANES]], &[[i32; LANES]], &[[i32; LANES]]),
+    (m2, r2, p): Groups3<'_>,
     out: &mut [[i32; LANES]],
     k: u32,
     valid: u8,

@@ -1877,15 +1877,17 @@ impl AdamSimd {
         match self {}
     }
 
-    fn moments<F: Fn(i32, i32) -> i32>(
+    #[allow(clippy::too_many_arguments)]
+    fn pass2<FR, FW>(
         self,
         _: &MomentConsts,
         _: &RootConsts,
-        _: (&[i32], &[i32], &[i32]),
-        _: &mut [i32],
-        _: &mut [i32],
-        _: F,
-    ) {
+        _: &UpdateConsts,
+        _: (&[i32], &[i32], &[i32], &[i32]),
+        _: u32,
+        _: FR,
+        _: FW,
+    ) -> (Vec<i32>, Vec<i32>, Vec<i32>, u64, bool) {
         match self {}
     }
 
@@ -2108,46 +2110,50 @@ where
     let k_guess = requant_shift((mx_pin as u128) << 16, WIDE_MANT_MAX);
     // Pass 2: m', r' and p' (rounded by `k_guess`), the largest unrounded |p'| and whether
     // every p' fits in i64.
-    let mut m2 = vec![0i32; n];
-    let mut r2 = vec![0i32; n];
-    let mut p2 = vec![0i32; n];
-    let rh_guess = Rhe::new(k_guess);
-    let (mx_p, fits) = m2
-        .par_chunks_mut(ADAM_CHUNK)
-        .zip(r2.par_chunks_mut(ADAM_CHUNK))
-        .zip(p2.par_chunks_mut(ADAM_CHUNK))
-        .zip(
-            m.mant
-                .par_chunks(ADAM_CHUNK)
-                .zip(g.mant.par_chunks(ADAM_CHUNK))
-                .zip(r.mant.par_chunks(ADAM_CHUNK))
-                .zip(p.mant.par_chunks(ADAM_CHUNK)),
-        )
-        .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
-            if let Some((simd, k)) = root_lanes {
-                simd.moments(&k, &roots, (mc, gc, rc), m2c, r2c, exact_root);
-                return round_chunk(p2c, m2c, r2c, pc, rh_guess, k_guess);
-            }
-            // Roots first, then divisions: two loops of independent iterations with short
-            // dependency chains, so the sqrt and divide units overlap consecutive elements.
-            let ins = mc.iter().zip(gc).zip(rc);
-            for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
-                *mo = wm(a, b).round(rh_m, k_m);
-                // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
-                // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
-                let (ta, tb) = parts(c, b);
-                let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
-                let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
-                let off = 0.5 - (y - q).abs();
-                *ro = if off > y * ROOT_EST_MARGIN + scale_r {
-                    q as i32
-                } else {
-                    exact_root(c, b)
-                };
-            }
-            round_chunk(p2c, m2c, r2c, pc, rh_guess, k_guess)
-        })
-        .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+    let (m2, r2, mut p2, mx_p, fits) =
+        if let (Some((simd, k)), Some((_, u))) = (root_lanes, upd_lanes) {
+            let ins = (&m.mant[..], &g.mant[..], &r.mant[..], &p.mant[..]);
+            let wide = |mm, rm, pm| upd.wide(mm, rm, pm);
+            simd.pass2(&k, &roots, &u, ins, k_guess, exact_root, wide)
+        } else {
+            let mut m2 = vec![0i32; n];
+            let mut r2 = vec![0i32; n];
+            let mut p2 = vec![0i32; n];
+            let rh_guess = Rhe::new(k_guess);
+            let (mx_p, fits) = m2
+                .par_chunks_mut(ADAM_CHUNK)
+                .zip(r2.par_chunks_mut(ADAM_CHUNK))
+                .zip(p2.par_chunks_mut(ADAM_CHUNK))
+                .zip(
+                    m.mant
+                        .par_chunks(ADAM_CHUNK)
+                        .zip(g.mant.par_chunks(ADAM_CHUNK))
+                        .zip(r.mant.par_chunks(ADAM_CHUNK))
+                        .zip(p.mant.par_chunks(ADAM_CHUNK)),
+                )
+                .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
+                    // Roots first, then divisions: two loops of independent iterations with short
+                    // dependency chains, so the sqrt and divide units overlap consecutive elements.
+                    let ins = mc.iter().zip(gc).zip(rc);
+                    for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
+                        *mo = wm(a, b).round(rh_m, k_m);
+                        // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
+                        // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
+                        let (ta, tb) = parts(c, b);
+                        let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
+                        let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+                        let off = 0.5 - (y - q).abs();
+                        *ro = if off > y * ROOT_EST_MARGIN + scale_r {
+                            q as i32
+                        } else {
+                            exact_root(c, b)
+                        };
+                    }
+                    round_chunk(p2c, m2c, r2c, pc, rh_guess, k_guess)
+                })
+                .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+            (m2, r2, p2, mx_p, fits)
+        };
     if !fits {
         return None;
     }

@@ -6,8 +6,13 @@
 //! - the proof type [`Avx512Dq`] can only be built by [`Avx512Dq::new`], which returns `None`
 //!   unless the CPU reports AVX-512 F and DQ (every feature the functions are compiled for);
 //! - every load/store goes through a reference to a fixed-size array (`&[i32; 8]`,
-//!   `&mut [i32; 8]`) obtained by `as_chunks` or a local array, so the pointer is valid for
-//!   exactly the 32 bytes accessed (unaligned access instructions are used).
+//!   `&mut [S; 8]` for a 4-byte [`Slot`] `S`) obtained by `as_chunks` or a local array, so the
+//!   pointer is valid for exactly the 32 bytes accessed (unaligned access instructions are
+//!   used).
+//!
+//! [`Avx512Dq::pass2`] also allocates its three outputs without zeroing them (zeroing is a
+//! serial pass over all three, page faults included, about 5% of the whole AdamW): its
+//! kernels write every element before the lengths are set, as stated where they are.
 //!
 //! Exactness: the integer lanes compute the same exact values as the scalar code (each bound
 //! is stated where it is used), and the f64 lanes repeat the scalar code's operations one for
@@ -18,11 +23,46 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
 
 use super::{
-    Align, MomentConsts, RootConsts, UpdateConsts, DIV_EST_MARGIN, ROOT_EST_MARGIN, ROUND_MAGIC,
-    UPDATE_EST_MAX,
+    Align, MomentConsts, RootConsts, UpdateConsts, ADAM_CHUNK, DIV_EST_MARGIN, ROOT_EST_MARGIN,
+    ROUND_MAGIC, UPDATE_EST_MAX,
 };
+
+/// An output element of the kernels: an `i32`, or one not initialized yet (the outputs of
+/// [`Avx512Dq::pass2`]). Implemented only for those two types, both 4 bytes.
+pub(super) trait Slot: Sized {
+    /// Writes `v`.
+    fn put(&mut self, v: i32);
+    /// The address of 8 consecutive slots, for one 32-byte store of initialized values.
+    fn ptr8(o: &mut [Self; LANES]) -> *mut i32;
+}
+
+impl Slot for i32 {
+    fn put(&mut self, v: i32) {
+        *self = v;
+    }
+    fn ptr8(o: &mut [Self; LANES]) -> *mut i32 {
+        o.as_mut_ptr()
+    }
+}
+
+impl Slot for MaybeUninit<i32> {
+    fn put(&mut self, v: i32) {
+        self.write(v);
+    }
+    fn ptr8(o: &mut [Self; LANES]) -> *mut i32 {
+        // `MaybeUninit<i32>` has the layout of `i32`.
+        o.as_mut_ptr().cast()
+    }
+}
+
+/// Results of [`Avx512Dq::pass2`]: `m'`, `r'`, `p'` (rounded by the guessed shift), the
+/// largest unrounded `|p'|` and whether every `p'` fits in i64.
+pub(super) type Pass2 = (Vec<i32>, Vec<i32>, Vec<i32>, u64, bool);
 
 /// Lanes per step: 64-bit integers or f64 in a zmm register.
 const LANES: usize = 8;
@@ -52,7 +92,7 @@ impl Avx512Dq {
     }
 
     /// [`moments`] (see there).
-    #[allow(clippy::too_many_arguments)]
+    #[cfg(test)]
     pub(super) fn moments<F: Fn(i32, i32) -> i32>(
         self,
         k: &MomentConsts,
@@ -63,7 +103,69 @@ impl Avx512Dq {
         exact_root: F,
     ) {
         // SAFETY: as for `maxima`.
-        unsafe { moments(k, root, ins, m2, r2, exact_root) }
+        unsafe { moments(k, root, ins, m2, r2, &exact_root) }
+    }
+
+    /// Pass 2 of [`super::adamw_narrow`] in parallel chunks: [`moments`], then [`update`] of
+    /// the chunk's `m'`, `r'` and `p = ins.3` with `p'` rounded by `k`, into three vectors
+    /// allocated without zeroing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pass2<FR, FW>(
+        self,
+        k: &MomentConsts,
+        roots: &RootConsts,
+        u: &UpdateConsts,
+        (m, g, r, p): (&[i32], &[i32], &[i32], &[i32]),
+        k_p: u32,
+        exact_root: FR,
+        wide: FW,
+    ) -> Pass2
+    where
+        FR: Fn(i32, i32) -> i32 + Sync,
+        FW: Fn(i32, i32, i32) -> i128 + Sync,
+    {
+        let n = p.len();
+        let (mut m2, mut r2, mut p2) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mx, fits) = m2.spare_capacity_mut()[..n]
+            .par_chunks_mut(ADAM_CHUNK)
+            .zip(r2.spare_capacity_mut()[..n].par_chunks_mut(ADAM_CHUNK))
+            .zip(p2.spare_capacity_mut()[..n].par_chunks_mut(ADAM_CHUNK))
+            .zip(
+                m.par_chunks(ADAM_CHUNK)
+                    .zip(g.par_chunks(ADAM_CHUNK))
+                    .zip(r.par_chunks(ADAM_CHUNK))
+                    .zip(p.par_chunks(ADAM_CHUNK)),
+            )
+            .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
+                // SAFETY: as for `maxima`.
+                unsafe { moments(k, roots, (mc, gc, rc), m2c, r2c, &exact_root) };
+                // SAFETY: `moments` initialized every element of both chunks (it is as long
+                // as `mc`: whole groups by `store8`, the tail by `put`), and `MaybeUninit<i32>`
+                // has the layout of `i32`.
+                let (m2c, r2c) = unsafe {
+                    (
+                        &*(m2c as *const [MaybeUninit<i32>] as *const [i32]),
+                        &*(r2c as *const [MaybeUninit<i32>] as *const [i32]),
+                    )
+                };
+                // SAFETY: as for `maxima`.
+                unsafe { update(u, m2c, r2c, pc, p2c, k_p, &wide) }
+            })
+            .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+        // SAFETY: the capacity is at least `n`; the chunks of the first `n` spare elements of
+        // each vector cover them, and each chunk was written whole: `moments` (see above) and
+        // `update` (whole groups by `store8`, the tail by `put`) write every element of their
+        // outputs, the lanes recomputed by the scalar code included.
+        unsafe {
+            m2.set_len(n);
+            r2.set_len(n);
+            p2.set_len(n);
+        }
+        (m2, r2, p2, mx, fits)
     }
 
     /// [`update`] (see there).
@@ -79,7 +181,7 @@ impl Avx512Dq {
         wide: F,
     ) -> (u64, bool) {
         // SAFETY: as for `maxima`.
-        unsafe { update(u, m2, r2, p, out, k, wide) }
+        unsafe { update(u, m2, r2, p, out, k, &wide) }
     }
 }
 
@@ -99,9 +201,10 @@ fn load8(x: &[i32; LANES]) -> __m512i {
 /// Stores the low 32 bits of 8 i64 lanes (the scalar code's `as i32`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn store8(o: &mut [i32; LANES], v: __m512i) {
-    // SAFETY: `o` is valid for 32 bytes; `storeu` has no alignment requirement.
-    unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm512_cvtepi64_epi32(v)) }
+fn store8<S: Slot>(o: &mut [S; LANES], v: __m512i) {
+    // SAFETY: `o` is 8 slots of 4 bytes (see `Slot`), valid for 32 bytes; `storeu` has no
+    // alignment requirement; the values stored are initialized.
+    unsafe { _mm256_storeu_si256(S::ptr8(o).cast(), _mm512_cvtepi64_epi32(v)) }
 }
 
 /// A shift count for the `sll/srl/sra` instructions (counts above 63 give 0, or the sign).
@@ -268,14 +371,15 @@ fn round_sure(y: __m512d, margin: __m512d) -> (__m512d, __mmask8) {
 
 /// Pass 2a of [`super::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
 /// from the f64 root where the scalar code takes it, `exact_root(r, g)` elsewhere.
+/// Writes every element of `m2` and `r2` (as long as `m`).
 #[target_feature(enable = "avx512f,avx512dq")]
-fn moments<F: Fn(i32, i32) -> i32>(
+fn moments<S: Slot, F: Fn(i32, i32) -> i32>(
     k: &MomentConsts,
     c: &RootConsts,
     (m, g, r): (&[i32], &[i32], &[i32]),
-    m2: &mut [i32],
-    r2: &mut [i32],
-    exact_root: F,
+    m2: &mut [S],
+    r2: &mut [S],
+    exact_root: &F,
 ) {
     let mut unsure = [0u8; BLOCK_GROUPS];
     let (mc, mt) = m.as_chunks::<LANES>();
@@ -294,7 +398,7 @@ fn moments<F: Fn(i32, i32) -> i32>(
         let masks = &mut unsure[..mb.len()];
         if moments_groups(k, c, (mb, gb, rb), m2b, r2b, u8::MAX, masks) {
             for (((&mask, g8), r8), ro) in masks.iter().zip(gb).zip(rb).zip(r2b.iter_mut()) {
-                fix_roots(mask, g8, r8, ro, &exact_root);
+                fix_roots(mask, g8, r8, ro, exact_root);
             }
         }
     }
@@ -304,23 +408,29 @@ fn moments<F: Fn(i32, i32) -> i32>(
         let ins = (&[pad(mt)][..], &[pad(gt)][..], &[pad(rt)][..]);
         let masks = &mut unsure[..1];
         moments_groups(k, c, ins, &mut mo, &mut ro, lanes_below(n), masks);
-        fix_roots(masks[0], gt, rt, &mut ro[0], &exact_root);
-        m2t.copy_from_slice(&mo[0][..n]);
-        r2t.copy_from_slice(&ro[0][..n]);
+        fix_roots(masks[0], gt, rt, &mut ro[0], exact_root);
+        for ((md, rd), (&mv, &rv)) in m2t
+            .iter_mut()
+            .zip(r2t.iter_mut())
+            .zip(mo[0].iter().zip(&ro[0]))
+        {
+            md.put(mv);
+            rd.put(rv);
+        }
     }
 }
 
 /// The roots of the lanes in `mask` by `exact_root(r, g)`.
-fn fix_roots<F: Fn(i32, i32) -> i32>(
+fn fix_roots<S: Slot, F: Fn(i32, i32) -> i32>(
     mask: u8,
     g: &[i32],
     r: &[i32],
-    ro: &mut [i32],
+    ro: &mut [S],
     exact_root: &F,
 ) {
     for (i, ((o, &gv), &rv)) in ro.iter_mut().zip(g).zip(r).enumerate() {
         if mask >> i & 1 == 1 {
-            *o = exact_root(rv, gv);
+            o.put(exact_root(rv, gv));
         }
     }
 }
@@ -329,12 +439,12 @@ fn fix_roots<F: Fn(i32, i32) -> i32>(
 /// whose root is not vouched for; returns whether there are any.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn moments_groups(
+fn moments_groups<S: Slot>(
     k: &MomentConsts,
     c: &RootConsts,
     (m, g, r): Groups3<'_>,
-    m2: &mut [[i32; LANES]],
-    r2: &mut [[i32; LANES]],
+    m2: &mut [[S; LANES]],
+    r2: &mut [[S; LANES]],
     valid: u8,
     unsure: &mut [u8],
 ) -> bool {
@@ -372,27 +482,28 @@ fn moments_groups(
 /// (`|p'| < 2^39 + 2^39 + 2^50`, so it fits in i64), rounded by `k` (at most 41, the shift of
 /// a value below `2^63`). Lanes not vouched for go through `wide` (the scalar
 /// `AdamUpdate::wide`), for just that element.
+/// Writes every element of `out` (as long as `p`).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn update<F: Fn(i32, i32, i32) -> i128>(
+fn update<S: Slot, F: Fn(i32, i32, i32) -> i128>(
     u: &UpdateConsts,
     m2: &[i32],
     r2: &[i32],
     p: &[i32],
-    out: &mut [i32],
+    out: &mut [S],
     k: u32,
-    wide: F,
+    wide: &F,
 ) -> (u64, bool) {
     let rh = crate::fixed::Rhe::new(k);
     let mut mx = 0u64;
     let mut fits = true;
     // The scalar `round_chunk` for the lanes in `mask` of one group.
-    let mut fix = |mask: u8, m8: &[i32], r8: &[i32], p8: &[i32], o: &mut [i32]| {
+    let mut fix = |mask: u8, m8: &[i32], r8: &[i32], p8: &[i32], o: &mut [S]| {
         for (i, o) in o.iter_mut().enumerate() {
             if mask >> i & 1 == 1 {
                 match i64::try_from(wide(m8[i], r8[i], p8[i])) {
                     Ok(v) => {
-                        *o = rh.round(v) as i32;
+                        o.put(rh.round(v) as i32);
                         mx = mx.max(v.unsigned_abs());
                     }
                     Err(_) => fits = false,
@@ -431,8 +542,10 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
         let masks = &mut unsure[..1];
         let (bmx, _) = update_groups(u, ins, &mut o, k, lanes_below(n), masks);
         vec_mx = vec_mx.max(bmx);
-        fix(masks[0], mt, rt, pt, &mut o[0][..n]);
-        ot.copy_from_slice(&o[0][..n]);
+        for (d, &v) in ot.iter_mut().zip(&o[0]) {
+            d.put(v);
+        }
+        fix(masks[0], mt, rt, pt, ot);
     }
     (vec_mx.max(mx), fits)
 }
@@ -442,10 +555,10 @@ fn update<F: Fn(i32, i32, i32) -> i128>(
 /// are any.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn update_groups(
+fn update_groups<S: Slot>(
     u: &UpdateConsts,
     (m2, r2, p): Groups3<'_>,
-    out: &mut [[i32; LANES]],
+    out: &mut [[S; LANES]],
     k: u32,
     valid: u8,
     unsure: &mut [u8],

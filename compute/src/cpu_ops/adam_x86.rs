@@ -124,7 +124,14 @@ impl Avx512Dq {
         FR: Fn(i32, i32) -> i32 + Sync,
         FW: Fn(i32, i32, i32) -> i128 + Sync,
     {
-        let n = p.len();
+        // Equal lengths (checked by the caller); the shortest, so that the chunks of the inputs
+        // and of the outputs pair up one to one whatever the caller passes.
+        debug_assert!([m.len(), g.len(), r.len()].iter().all(|&l| l == p.len()));
+        let n = [m.len(), g.len(), r.len(), p.len()]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        let (m, g, r, p) = (&m[..n], &g[..n], &r[..n], &p[..n]);
         let (mut m2, mut r2, mut p2) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),

@@ -30,6 +30,8 @@ use crate::kernels::{
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
+#[cfg(target_arch = "x86_64")]
+mod adam_x86;
 #[cfg(test)]
 pub(crate) mod reference;
 #[cfg(test)]
@@ -1641,7 +1643,9 @@ const ADAM_CHUNK: usize = 1 << 12;
 /// [`crate::kernels::Kernels::adamw`], the rule of [`AdamStep`]. For β in `[0, 2^30]` (every
 /// real configuration) [`adamw_narrow`] runs it in three passes (maxima; m', r' and the
 /// unrounded p'; rounding of p'), with 64-bit moments where the alignment allows and f64
-/// estimates of roots and quotients where provably exact. Otherwise [`adamw_with`] runs the
+/// estimates of roots and quotients where provably exact; on x86-64 with AVX-512 its passes
+/// run 8 elements per instruction (`adam_x86`, the same values lane by lane, the scalar code
+/// for the few elements an estimate cannot vouch for). Otherwise [`adamw_with`] runs the
 /// reference's i128 expressions (so out-of-range hyperparameters wrap identically) in four
 /// passes, with 64 bits only where the bound is structural: aligned B16 values
 /// (`≤ 2^15·2^40 < 2^63`), `m'·2^30 < 2^45`, and the isqrt of values below `2^104`.
@@ -1652,7 +1656,19 @@ pub(crate) fn adamw(
     r: &Bfp,
     st: &AdamStep,
 ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
-    check_adamw(p, g, m, r)?;
+    adamw_on(p, g, m, r, st, AdamSimd::new())
+}
+
+/// [`adamw`] with the vector passes of `simd` where they apply, or only the portable code
+/// (`None`; the tests run both).
+fn adamw_on(
+    p: &Bfp,
+    g: &Bfp,
+    m: &Bfp,
+    r: &Bfp,
+    st: &AdamStep,
+    simd: Option<AdamSimd>,
+) -> Result<(Bfp, Bfp, Bfp), KernelError> {
     let one = 1i128 << 30;
     let (b1, b2) = (st.beta1_q30 as i128, st.beta2_q30 as i128);
     // 1. first moment, aligned to e0
@@ -1678,6 +1694,7 @@ pub(crate) fn adamw(
     };
     let betas_in_range = (0..=one).contains(&b1) && (0..=one).contains(&b2);
     if !betas_in_range {
+        check_adamw(p, g, m, r)?;
         return adamw_with(p, g, m, r, st, e0, ev, wm, wv);
     }
     // β ∈ [0, 2^30]: |b1·am + (2^30 − b1)·ag| ≤ 2^30·2^15·2^16 = 2^61 in i64 when both
@@ -1700,9 +1717,192 @@ pub(crate) fn adamw(
     let parts = move |a: i32, b: i32| (b2n * sq(a, ar), c2 * sq(b, ag2));
     let shifts = (ar.left, ag2.left, odd as u32);
     if am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX {
-        adamw_fast(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts)
+        let k = MomentConsts {
+            b1: b1n,
+            c1,
+            am,
+            ag,
+            b2: b2n,
+            c2,
+            ar_right: ar.right,
+            ag2_right: ag2.right,
+            la: ar.left,
+            lb: ag2.left,
+        };
+        let moments = Some(k).filter(MomentConsts::supported);
+        // The vector pass 1 reads every mantissa anyway: when it runs, it checks their range
+        // too (saving a serial pass over the four inputs), after the lengths are checked.
+        let checked_in_pass1 =
+            simd.is_some() && moments.is_some() && [g, m, r].iter().all(|t| t.len() == p.len());
+        if !checked_in_pass1 {
+            check_adamw(p, g, m, r)?;
+        }
+        let lanes = AdamLanes {
+            simd,
+            moments,
+            checked_in_pass1,
+        };
+        adamw_fast(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts, lanes)
     } else {
-        adamw_fast(p, g, m, r, st, e0, ev, wm, parts, shifts)
+        check_adamw(p, g, m, r)?;
+        let lanes = AdamLanes {
+            simd,
+            moments: None,
+            checked_in_pass1: false,
+        };
+        adamw_fast(p, g, m, r, st, e0, ev, wm, parts, shifts, lanes)
+    }
+}
+
+/// The per-call constants of the moments (see [`super::adamw`]): `m'` before rounding is
+/// `b1·am(m) + c1·ag(g)`, the second moment `(b2·sq(r, ar)) << la + (c2·sq(g, ag2)) << lb`
+/// with `sq(x, al) = rhe(x², al.right)`.
+#[derive(Clone, Copy)]
+struct MomentConsts {
+    b1: i64,
+    c1: i64,
+    am: Align,
+    ag: Align,
+    b2: u64,
+    c2: u64,
+    ar_right: u32,
+    ag2_right: u32,
+    la: u32,
+    lb: u32,
+}
+
+/// Largest rounding shift of the vector passes: that of `Rhe`'s 64-bit formula, which they
+/// repeat lane by lane.
+const ADAM_RHE_K_MAX: u32 = Rhe::INLINE_K_MAX;
+
+impl MomentConsts {
+    /// Whether the vector passes compute these moments exactly: 32-bit multiplier operands
+    /// (`b1, c1, b2, c2 ∈ [0, 2^30]`, first-moment left shifts `≤ ADAM_M_LEFT_MAX`, so an aligned
+    /// `|x| ≤ 2^15 − 1` is below `2^31`, a signed 32-bit operand) and rounding shifts within
+    /// the 64-bit formula (`≤ ADAM_RHE_K_MAX`); `la, lb ≤ 40` by alignment.
+    fn supported(&self) -> bool {
+        let beta = |b: i64| (0..=1 << 30).contains(&b);
+        beta(self.b1)
+            && beta(self.c1)
+            && self.b2 <= 1 << 30
+            && self.c2 <= 1 << 30
+            && [self.am, self.ag]
+                .iter()
+                .all(|a| a.left <= ADAM_M_LEFT_MAX && a.right <= ADAM_RHE_K_MAX)
+            && [self.ar_right, self.ag2_right, self.la, self.lb]
+                .iter()
+                .all(|&s| s <= ADAM_RHE_K_MAX)
+    }
+}
+
+/// The f64 constants of the roots: `y = √(ta·fa + tb·fb)·scale_r`, and `k_m` for `m'`.
+#[derive(Clone, Copy)]
+struct RootConsts {
+    fa: f64,
+    fb: f64,
+    scale_r: f64,
+    k_m: u32,
+}
+
+/// The constants of the parameter update: `a = rhe(alpha·u, sh)` estimated as
+/// `u·alpha_scaled`, `alpha_scaled = alpha·2^−sh` (exact, see [`UpdateConsts::new`]), and the
+/// decay factor.
+#[derive(Clone, Copy)]
+struct UpdateConsts {
+    alpha_scaled: f64,
+    decay_q40: i64,
+}
+
+/// Largest `|alpha|` of the vector update: exact as an f64.
+const ALPHA_MAX: u64 = 1 << 53;
+
+/// Largest update rounding shift `sh` of the vector update: `|alpha|·2^−sh` and every nonzero
+/// `|u·alpha|·2^−sh ≥ 2^−sh` stay normal f64 (no subnormal rounding) up to here.
+const UPDATE_SH_MAX: i64 = 900;
+
+/// Bound (exclusive) on the update estimates taken: [`ROUND_MAGIC`] rounds exactly below `2^51`.
+const UPDATE_EST_MAX: f64 = (1u64 << 50) as f64;
+
+impl UpdateConsts {
+    /// `None` unless the vector update is exact for these constants: `0 ≤ sh ≤ UPDATE_SH_MAX`
+    /// (negative shifts saturate, left to the scalar code), `|alpha| ≤ 2^53` and
+    /// `|decay| < 2^40` (so `decay·p`, `|p| < 2^23`, fits in i64).
+    fn new(alpha_q40: i64, decay_q40: i64, sh: i64) -> Option<Self> {
+        let ok = (0..=UPDATE_SH_MAX).contains(&sh)
+            && alpha_q40.unsigned_abs() <= ALPHA_MAX
+            && decay_q40.unsigned_abs() < 1 << 40;
+        // Both factors are exact (alpha below 2^53, a power of two from 2^0 to 2^−900), and
+        // the product of an integer of magnitude ≥ 1 is normal: `alpha·2^−sh` exactly.
+        let scale = f64::from_bits((1023 - sh.clamp(0, UPDATE_SH_MAX) as u64) << 52);
+        ok.then_some(Self {
+            alpha_scaled: alpha_q40 as f64 * scale,
+            decay_q40,
+        })
+    }
+}
+
+/// The vector passes [`adamw_narrow`] may use: `simd` (the CPU's vector unit, if any) for the
+/// parameter update, and with it the moments when `moments` is set (64-bit first moments whose
+/// constants [`MomentConsts::supported`] accepts). `checked_in_pass1`: the mantissa ranges
+/// are not checked yet (the lengths are) and the vector pass 1 checks them.
+#[derive(Clone, Copy)]
+struct AdamLanes {
+    simd: Option<AdamSimd>,
+    moments: Option<MomentConsts>,
+    checked_in_pass1: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+use adam_x86::Avx512Dq as AdamSimd;
+
+/// No vector passes off x86-64: uninhabited, so only the portable code runs.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+enum AdamSimd {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl AdamSimd {
+    fn new() -> Option<Self> {
+        None
+    }
+
+    fn maxima(
+        self,
+        _: &MomentConsts,
+        _: &[i32],
+        _: &[i32],
+        _: &[i32],
+        _: &[i32],
+    ) -> (u64, u128, u32, u64) {
+        match self {}
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pass2<FR, FW>(
+        self,
+        _: &MomentConsts,
+        _: &RootConsts,
+        _: &UpdateConsts,
+        _: (&[i32], &[i32], &[i32], &[i32]),
+        _: u32,
+        _: FR,
+        _: FW,
+    ) -> (Vec<i32>, Vec<i32>, Vec<i32>, u64, bool) {
+        match self {}
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update<F: Fn(i32, i32, i32) -> i128>(
+        self,
+        _: &UpdateConsts,
+        _: &[i32],
+        _: &[i32],
+        _: &[i32],
+        _: &mut [i32],
+        _: u32,
+        _: F,
+    ) -> (u64, bool) {
+        match self {}
     }
 }
 
@@ -1714,6 +1914,8 @@ trait Moment: Copy + Default + Send + Sync {
     fn wide(self) -> i128;
     /// `rhe(self, k)` (`rh` is the rounding by `k`).
     fn round(self, rh: Rhe, k: u32) -> i32;
+    /// A nonnegative moment from its magnitude (below `2^62`, a maximum of the vector pass).
+    fn from_abs(v: u64) -> Self;
 }
 
 impl Moment for i64 {
@@ -1729,6 +1931,11 @@ impl Moment for i64 {
     #[inline]
     fn round(self, rh: Rhe, _k: u32) -> i32 {
         rh.round(self) as i32
+    }
+    fn from_abs(v: u64) -> Self {
+        // A no-op for every valid input (below 2^62); keeps wrapped lanes of out-of-range
+        // input (reported right after pass 1) from overflowing `abs`.
+        v.min(i64::MAX as u64) as i64
     }
 }
 
@@ -1749,6 +1956,9 @@ impl Moment for i128 {
             Err(_) => rhe(self, k) as i32,
         }
     }
+    fn from_abs(v: u64) -> Self {
+        v as i128
+    }
 }
 
 /// [`adamw_narrow`], or the general passes when it declines.
@@ -1764,6 +1974,7 @@ fn adamw_fast<T: Moment, WM, WP>(
     wm: WM,
     parts: WP,
     shifts: (u32, u32, u32),
+    lanes: AdamLanes,
 ) -> Result<(Bfp, Bfp, Bfp), KernelError>
 where
     WM: Fn(i32, i32) -> T + Sync + Copy,
@@ -1773,7 +1984,7 @@ where
         let (ta, tb) = parts(a, b);
         ((((ta as u128) << shifts.0) + ((tb as u128) << shifts.1)) << shifts.2) as i128
     };
-    adamw_narrow(p, g, m, r, st, e0, ev, wm, parts, shifts)
+    adamw_narrow(p, g, m, r, st, e0, ev, wm, parts, shifts, lanes)
         .unwrap_or_else(|| adamw_with(p, g, m, r, st, e0, ev, move |a, b| wm(a, b).wide(), wv))
 }
 
@@ -1795,6 +2006,7 @@ fn adamw_narrow<T: Moment, WM, WP>(
     wm: WM,
     parts: WP,
     (la, lb, odd): (u32, u32, u32),
+    lanes: AdamLanes,
 ) -> Option<Result<(Bfp, Bfp, Bfp), KernelError>>
 where
     WM: Fn(i32, i32) -> T + Sync,
@@ -1813,14 +2025,19 @@ where
     if ev % 2 != 0 {
         ev -= 1;
     }
-    // Pass 1: max |wm|, max wv and max |p| (for the guess of p's rounding shift).
-    let (mx_m, mx_v, mx_pin) = m
+    // Pass 1: max |wm|, max wv and max |p| (for the guess of p's rounding shift), and the OR
+    // of the B16 magnitudes when the vector pass checks their range.
+    let (mx_m, mx_v, mx_pin, or_b16) = m
         .mant
         .par_chunks(ADAM_CHUNK)
         .zip(g.mant.par_chunks(ADAM_CHUNK))
         .zip(r.mant.par_chunks(ADAM_CHUNK))
         .zip(p.mant.par_chunks(ADAM_CHUNK))
         .map(|(((mc, gc), rc), pc)| {
+            if let (Some(simd), Some(k)) = (lanes.simd, lanes.moments) {
+                let (mm, mv, mp, or) = simd.maxima(&k, mc, gc, rc, pc);
+                return (T::from_abs(mm), mv, mp, or);
+            }
             let mut mm = T::default();
             let mut mv = 0u128;
             for ((&a, &b), &c) in mc.iter().zip(gc).zip(rc) {
@@ -1828,12 +2045,19 @@ where
                 mv = mv.max(wv_even(c, b));
             }
             let mp = pc.iter().fold(0u32, |x, &v| x.max(v.unsigned_abs()));
-            (mm, mv, mp)
+            (mm, mv, mp, 0)
         })
         .reduce(
-            || (T::default(), 0, 0),
-            |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2)),
+            || (T::default(), 0, 0, 0),
+            |x, y| (x.0.max_abs(y.0), x.1.max(y.1), x.2.max(y.2), x.3 | y.3),
         );
+    let in_range = or_b16 <= B16_MANT_MAX as u64 && mx_pin <= WIDE_MANT_MAX as u32;
+    if lanes.checked_in_pass1 && !in_range {
+        // The scan reports the first out-of-range mantissa, as it would have up front.
+        if let Err(e) = check_adamw(p, g, m, r) {
+            return Some(Err(e));
+        }
+    }
     // Doubling is monotone and the values stay below 2^102: the largest doubled value is the
     // doubled largest.
     let mx_v = mx_v << odd;
@@ -1857,6 +2081,27 @@ where
     let (fa, fb) = (pow2(la + odd + 2 * s as u32), pow2(lb + odd + 2 * s as u32));
     let scale_r = f64_scale(k_r);
     let upd = AdamUpdate::new(st, sh);
+    let upd_lanes = lanes
+        .simd
+        .zip(UpdateConsts::new(st.alpha_q40, st.decay_q40, sh));
+    let root_lanes = lanes
+        .simd
+        .zip(lanes.moments)
+        .filter(|_| k_m <= ADAM_RHE_K_MAX);
+    let roots = RootConsts {
+        fa,
+        fb,
+        scale_r,
+        k_m,
+    };
+    let exact_root = |c: i32, b: i32| rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32;
+    let round_chunk =
+        |out: &mut [i32], m2c: &[i32], r2c: &[i32], pc: &[i32], rh: Rhe, k: u32| match upd_lanes {
+            Some((simd, u)) => {
+                simd.update(&u, m2c, r2c, pc, out, k, |mm, rm, pm| upd.wide(mm, rm, pm))
+            }
+            None => upd.round_chunk(out, m2c, r2c, pc, rh),
+        };
     // p' is rounded in the same pass as it is formed, by the shift of `p << 16` (the update
     // is small next to the parameters, so that shift is almost always p''s); the pass
     // reports the true largest |p'| and, when its shift differs, the rounding runs again with
@@ -1865,42 +2110,50 @@ where
     let k_guess = requant_shift((mx_pin as u128) << 16, WIDE_MANT_MAX);
     // Pass 2: m', r' and p' (rounded by `k_guess`), the largest unrounded |p'| and whether
     // every p' fits in i64.
-    let mut m2 = vec![0i32; n];
-    let mut r2 = vec![0i32; n];
-    let mut p2 = vec![0i32; n];
-    let rh_guess = Rhe::new(k_guess);
-    let (mx_p, fits) = m2
-        .par_chunks_mut(ADAM_CHUNK)
-        .zip(r2.par_chunks_mut(ADAM_CHUNK))
-        .zip(p2.par_chunks_mut(ADAM_CHUNK))
-        .zip(
-            m.mant
-                .par_chunks(ADAM_CHUNK)
-                .zip(g.mant.par_chunks(ADAM_CHUNK))
-                .zip(r.mant.par_chunks(ADAM_CHUNK))
-                .zip(p.mant.par_chunks(ADAM_CHUNK)),
-        )
-        .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
-            // Roots first, then divisions: two loops of independent iterations with short
-            // dependency chains, so the sqrt and divide units overlap consecutive elements.
-            let ins = mc.iter().zip(gc).zip(rc);
-            for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
-                *mo = wm(a, b).round(rh_m, k_m);
-                // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
-                // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
-                let (ta, tb) = parts(c, b);
-                let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
-                let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
-                let off = 0.5 - (y - q).abs();
-                *ro = if off > y * ROOT_EST_MARGIN + scale_r {
-                    q as i32
-                } else {
-                    rh_r.round(isqrt_fast(wv(c, b) << (2 * s)) as i64) as i32
-                };
-            }
-            upd.round_chunk(p2c, m2c, r2c, pc, rh_guess)
-        })
-        .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+    let (m2, r2, mut p2, mx_p, fits) =
+        if let (Some((simd, k)), Some((_, u))) = (root_lanes, upd_lanes) {
+            let ins = (&m.mant[..], &g.mant[..], &r.mant[..], &p.mant[..]);
+            let wide = |mm, rm, pm| upd.wide(mm, rm, pm);
+            simd.pass2(&k, &roots, &u, ins, k_guess, exact_root, wide)
+        } else {
+            let mut m2 = vec![0i32; n];
+            let mut r2 = vec![0i32; n];
+            let mut p2 = vec![0i32; n];
+            let rh_guess = Rhe::new(k_guess);
+            let (mx_p, fits) = m2
+                .par_chunks_mut(ADAM_CHUNK)
+                .zip(r2.par_chunks_mut(ADAM_CHUNK))
+                .zip(p2.par_chunks_mut(ADAM_CHUNK))
+                .zip(
+                    m.mant
+                        .par_chunks(ADAM_CHUNK)
+                        .zip(g.mant.par_chunks(ADAM_CHUNK))
+                        .zip(r.mant.par_chunks(ADAM_CHUNK))
+                        .zip(p.mant.par_chunks(ADAM_CHUNK)),
+                )
+                .map(|(((m2c, r2c), p2c), (((mc, gc), rc), pc))| {
+                    // Roots first, then divisions: two loops of independent iterations with short
+                    // dependency chains, so the sqrt and divide units overlap consecutive elements.
+                    let ins = mc.iter().zip(gc).zip(rc);
+                    for ((mo, ro), ((&a, &b), &c)) in m2c.iter_mut().zip(r2c.iter_mut()).zip(ins) {
+                        *mo = wm(a, b).round(rh_m, k_m);
+                        // r' = rhe(isqrt(wv·2^2s), k_r) from the f64 root when provably the same
+                        // (see ROOT_EST_MARGIN), else exactly; the root is below 2^51.
+                        let (ta, tb) = parts(c, b);
+                        let y = (ta as i64 as f64 * fa + tb as i64 as f64 * fb).sqrt() * scale_r;
+                        let q = (y + ROUND_MAGIC) - ROUND_MAGIC;
+                        let off = 0.5 - (y - q).abs();
+                        *ro = if off > y * ROOT_EST_MARGIN + scale_r {
+                            q as i32
+                        } else {
+                            exact_root(c, b)
+                        };
+                    }
+                    round_chunk(p2c, m2c, r2c, pc, rh_guess, k_guess)
+                })
+                .reduce(|| (0, true), |x, y| (x.0.max(y.0), x.1 && y.1));
+            (m2, r2, p2, mx_p, fits)
+        };
     if !fits {
         return None;
     }
@@ -1912,7 +2165,7 @@ where
             .zip(r2.par_chunks(ADAM_CHUNK))
             .zip(p.mant.par_chunks(ADAM_CHUNK))
             .for_each(|(((p2c, m2c), r2c), pc)| {
-                upd.round_chunk(p2c, m2c, r2c, pc, rh_p);
+                round_chunk(p2c, m2c, r2c, pc, rh_p, k_p);
             });
     }
     Some(

@@ -325,7 +325,28 @@ proptest! {
         let m = Bfp::new(m[..n].to_vec(), eg + dm);
         let nr = if short && n > 0 { n - 1 } else { n };
         let r = Bfp::new(poison(r[..nr].to_vec(), bad_r), eg + dr);
-        prop_assert_eq!(adamw(&p, &g, &m, &r, &st), old::adamw(&p, &g, &m, &r, &st));
+        let want = old::adamw(&p, &g, &m, &r, &st);
+        prop_assert_eq!(&adamw(&p, &g, &m, &r, &st), &want);
+        prop_assert_eq!(&adamw_on(&p, &g, &m, &r, &st, None), &want);
+    }
+
+    /// Out-of-range mantissas in any of the four inputs (several at once, with wrong lengths),
+    /// which the vector pass 1 detects instead of the up-front scan: the same error.
+    #[test]
+    fn adamw_errors_equal_reference(n in len(), eg in -40i32..40, dm in delta(), dr in delta(),
+                                    p in mants(B24_MANT_MAX, 9000), g in mants(B16_MANT_MAX, 9000),
+                                    m in mants(B16_MANT_MAX, 9000), r in mants(B16_MANT_MAX, 9000),
+                                    st in adam_step(), bad_p in bad(B24_MANT_MAX), bad_r in bad(B16_MANT_MAX),
+                                    bad_g in bad(B16_MANT_MAX), bad_m in bad(B16_MANT_MAX),
+                                    short in prop_oneof![4 => Just(None), 1 => (0usize..3).prop_map(Some)]) {
+        let cut = |v: &[i32], i| if short == Some(i) && n > 0 { v[..n - 1].to_vec() } else { v[..n].to_vec() };
+        let p = Bfp::new(poison(p[..n].to_vec(), bad_p), eg - 4);
+        let g = Bfp::new(poison(cut(&g, 0), bad_g), eg);
+        let m = Bfp::new(poison(cut(&m, 1), bad_m), eg + dm);
+        let r = Bfp::new(poison(cut(&r, 2), bad_r), eg + dr);
+        let want = old::adamw(&p, &g, &m, &r, &st);
+        prop_assert_eq!(&adamw(&p, &g, &m, &r, &st), &want);
+        prop_assert_eq!(&adamw_on(&p, &g, &m, &r, &st, None), &want);
     }
 }
 
@@ -412,8 +433,9 @@ fn adamw_training_like_equals_reference() {
             })
             .collect()
     };
-    let n = 1 << 15;
     for seed in 0..6u64 {
+        // Lengths with every remainder mod 8 handled by the vector passes' padded tail.
+        let n = (1 << 15) + 3 * seed as usize;
         let eg = -20 - seed as i32;
         let p = Bfp::new(gen(seed, n, B24_MANT_MAX as u64), -26);
         let g = Bfp::new(gen(seed + 100, n, B16_MANT_MAX as u64), eg);
@@ -437,11 +459,9 @@ fn adamw_training_like_equals_reference() {
             alpha_q40: 10_886_254 + seed as i64 * 1_000_003,
             decay_q40: if seed % 3 == 0 { 0 } else { 1_088_625 },
         };
-        assert_eq!(
-            adamw(&p, &g, &m, &r, &st),
-            old::adamw(&p, &g, &m, &r, &st),
-            "seed {seed}"
-        );
+        let want = old::adamw(&p, &g, &m, &r, &st);
+        assert_eq!(adamw(&p, &g, &m, &r, &st), want, "seed {seed}");
+        assert_eq!(adamw_on(&p, &g, &m, &r, &st, None), want, "seed {seed}");
     }
 }
 
@@ -519,4 +539,167 @@ proptest! {
         let small = Bfp::new(x.mant[..cols].to_vec(), e);
         prop_assert_eq!(softmax(&small, 1, cols, causal, scale), old::softmax(&small, 1, cols, causal, scale));
     }
+}
+
+/// An alignment `(left, right)` of the vector passes' range: a left shift up to 16 or a right
+/// shift up to 61.
+fn lane_align() -> impl Strategy<Value = (u32, u32)> {
+    prop_oneof![
+        (0u32..=16).prop_map(|left| (left, 0)),
+        Just((16, 0)),
+        (1u32..=61).prop_map(|right| (0, right)),
+        Just((0, 61)),
+    ]
+}
+
+/// A rounding or alignment shift of the vector passes: 0, small, or near the 61-bit limit.
+fn lane_shift(max: u32) -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0), Just(max), 0..=max, 0u32..=3]
+}
+
+/// A β of the vector passes: `[0, 2^30]` with its ends.
+fn lane_beta() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0i64),
+        Just(1 << 30),
+        0i64..=(1 << 30),
+        Just(966_367_642)
+    ]
+}
+
+/// Constants of the vector moment passes over their whole accepted range, as
+/// `(β1, β2, am, ag, [ar.right, ag2.right, la, lb])`.
+type MomentArgs = (i64, i64, (u32, u32), (u32, u32), [u32; 4]);
+
+fn moment_args() -> impl Strategy<Value = MomentArgs> {
+    let shifts = (
+        lane_shift(61),
+        lane_shift(61),
+        lane_shift(40),
+        lane_shift(40),
+    )
+        .prop_map(|(a, b, c, d)| [a, b, c, d]);
+    (lane_beta(), lane_beta(), lane_align(), lane_align(), shifts)
+}
+
+fn moment_consts((b1, b2, am, ag, [ar_right, ag2_right, la, lb]): MomentArgs) -> MomentConsts {
+    let one = 1i64 << 30;
+    let align = |(left, right)| Align { left, right };
+    MomentConsts {
+        b1,
+        c1: one - b1,
+        am: align(am),
+        ag: align(ag),
+        b2: b2 as u64,
+        c2: (one - b2) as u64,
+        ar_right,
+        ag2_right,
+        la,
+        lb,
+    }
+}
+
+/// The exact unrounded first moment and (undoubled) second moment of one element.
+fn exact_moments(k: &MomentConsts, a: i32, b: i32, c: i32) -> (i64, u128) {
+    let wm = k.b1 * k.am.apply(a as i64) + k.c1 * k.ag.apply(b as i64);
+    let sq = |x: i32, right: u32| rhe64(x as i64 * x as i64, right) as u128;
+    let wv = ((k.b2 as u128 * sq(c, k.ar_right)) << k.la)
+        + ((k.c2 as u128 * sq(b, k.ag2_right)) << k.lb);
+    (wm, wv)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The vector pass 1 finds the exact maxima (the 128-bit second moments compared as two
+    /// halves, carries included), tails of every length.
+    #[test]
+    fn adamw_lane_maxima_are_exact(n in len(), k in moment_args(),
+                                   m in mants(B16_MANT_MAX, 9000), g in mants(B16_MANT_MAX, 9000),
+                                   r in mants(B16_MANT_MAX, 9000), p in mants(B24_MANT_MAX, 9000)) {
+        let Some(simd) = AdamSimd::new() else { return Ok(()) };
+        let k = moment_consts(k);
+        prop_assert!(k.supported());
+        let (m, g, r, p) = (&m[..n], &g[..n], &r[..n], &p[..n]);
+        let mut want = (0u64, 0u128, 0u32, 0u64);
+        for i in 0..n {
+            let (wm, wv) = exact_moments(&k, m[i], g[i], r[i]);
+            let or = [m[i], g[i], r[i]].iter().fold(want.3, |o, x| o | x.unsigned_abs() as u64);
+            want = (want.0.max(wm.unsigned_abs()), want.1.max(wv), want.2.max(p[i].unsigned_abs()), or);
+        }
+        prop_assert_eq!(simd.maxima(&k, m, g, r, p), want);
+    }
+
+    /// The vector moments equal the exact `m'` and `r'` for any root shift `s` and rounding
+    /// `k_r` (small ones put lanes the f64 root cannot vouch for next to lanes it can).
+    #[test]
+    fn adamw_lane_moments_are_exact(n in len(), k in moment_args(), odd in 0u32..=1,
+                                    s_frac in 0u32..=4, k_r_less in prop_oneof![Just(0u32), Just(16), 0u32..=16],
+                                    m in mants(B16_MANT_MAX, 9000), g in mants(B16_MANT_MAX, 9000),
+                                    r in mants(B16_MANT_MAX, 9000)) {
+        let Some(simd) = AdamSimd::new() else { return Ok(()) };
+        let k = moment_consts(k);
+        let (m, g, r) = (&m[..n], &g[..n], &r[..n]);
+        let exact: Vec<(i64, u128)> = (0..n).map(|i| exact_moments(&k, m[i], g[i], r[i])).collect();
+        let mx_m = exact.iter().map(|e| e.0.unsigned_abs()).max().unwrap_or(0);
+        let mx_v = exact.iter().map(|e| e.1 << odd).max().unwrap_or(0);
+        let k_m = requant_shift(mx_m as u128, B16_MANT_MAX);
+        // As adamw_narrow: the largest shifted value below 2^101; here also smaller shifts.
+        let s = ((100i64 - bitlen(mx_v) as i64).max(0) / 2) as u32 * s_frac / 4;
+        let k_r = requant_shift(isqrt(mx_v << (2 * s)), B16_MANT_MAX).saturating_sub(k_r_less);
+        let pow2 = |e: u32| f64::from_bits((1023 + e as u64) << 52);
+        let roots = RootConsts {
+            fa: pow2(k.la + odd + 2 * s),
+            fb: pow2(k.lb + odd + 2 * s),
+            scale_r: f64_scale(k_r),
+            k_m,
+        };
+        let root = |v: u128| rhe(isqrt((v << odd) << (2 * s)) as i128, k_r) as i32;
+        let exact_root = |c: i32, b: i32| root(exact_moments(&k, 0, b, c).1);
+        let (mut m2, mut r2) = (vec![i32::MIN; n], vec![i32::MIN; n]);
+        simd.moments(&k, &roots, (m, g, r), &mut m2, &mut r2, exact_root);
+        for i in 0..n {
+            prop_assert_eq!(m2[i], rhe64(exact[i].0, k_m) as i32, "m' {}", i);
+            prop_assert_eq!(r2[i], root(exact[i].1), "r' {}", i);
+        }
+    }
+
+    /// The vector parameter update equals the portable `round_chunk` (largest |p'|, whether
+    /// every p' fits, and the rounded p' when they do) over the whole accepted range of
+    /// α, decay and `sh`, with m' at ±32767 and 0 and r' at 0, small `sh` making exact ties
+    /// (lanes left to the scalar code) and huge α making p' overflow i64 (`fits == false`).
+    #[test]
+    fn adamw_lane_update_equals_portable(n in len(), sh in prop_oneof![Just(0i64), 0i64..64, Just(900), 0i64..=900],
+                                         alpha in prop_oneof![Just(0i64), Just(1 << 30), -(1i64 << 53)..=(1 << 53), Just(1 << 53), Just(-(1 << 53))],
+                                         decay in prop_oneof![Just(0i64), Just((1 << 40) - 1), Just(1 - (1 << 40)), -(1i64 << 40) + 1..(1 << 40)],
+                                         k in prop_oneof![Just(0u32), 0u32..=41],
+                                         m2 in mants(B16_MANT_MAX, 9000),
+                                         r2 in proptest::collection::vec(prop_oneof![Just(0i32), Just(B16_MANT_MAX), 0..=B16_MANT_MAX, 0i32..4], 9000),
+                                         p in mants(B24_MANT_MAX, 9000)) {
+        let Some(simd) = AdamSimd::new() else { return Ok(()) };
+        let st = AdamStep { beta1_q30: 0, beta2_q30: 0, alpha_q40: alpha, decay_q40: decay };
+        let u = UpdateConsts::new(alpha, decay, sh);
+        prop_assert!(u.is_some());
+        let upd = AdamUpdate::new(&st, sh);
+        let (m2, r2, p) = (&m2[..n], &r2[..n], &p[..n]);
+        let (mut want, mut got) = (vec![0; n], vec![0; n]);
+        let w = upd.round_chunk(&mut want, m2, r2, p, Rhe::new(k));
+        let v = simd.update(&u.unwrap(), m2, r2, p, &mut got, k, |mm, rm, pm| upd.wide(mm, rm, pm));
+        prop_assert_eq!(v.1, w.1);
+        if w.1 {
+            prop_assert_eq!(v.0, w.0);
+            prop_assert_eq!(got, want);
+        }
+    }
+}
+
+/// The vector update declines what it does not handle exactly (negative `sh`, whose shifts
+/// saturate, |α| above `2^53`, |decay| from `2^40`), leaving it to the portable code.
+#[test]
+fn adamw_lane_update_declines_out_of_range() {
+    assert!(UpdateConsts::new(1, 0, -1).is_none());
+    assert!(UpdateConsts::new(1, 0, 901).is_none());
+    assert!(UpdateConsts::new((1 << 53) + 1, 0, 10).is_none());
+    assert!(UpdateConsts::new(0, 1 << 40, 10).is_none());
+    assert!(UpdateConsts::new(1 << 53, (1 << 40) - 1, 900).is_some());
 }

@@ -1,5 +1,7 @@
 //! Time per kernel of a few training steps of the nanoGPT CPU preset on the cpu backend:
-//! `cargo run --release -p leam-compute --example profile_step -- [steps]`.
+//! `cargo run --release -p leam-compute --example profile_step -- [steps]`. Independent
+//! backward chains run concurrently (`rayon::join` in the model), so the per-kernel times can
+//! add up to more than the step's wall time, which the first line gives.
 use leam_compute::backend::Timed;
 use leam_compute::data::Corpus;
 use leam_compute::kernels::CpuKernels;

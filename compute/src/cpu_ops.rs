@@ -1716,8 +1716,9 @@ fn adamw_on(
     };
     let parts = move |a: i32, b: i32| (b2n * sq(a, ar), c2 * sq(b, ag2));
     let shifts = (ar.left, ag2.left, odd as u32);
-    if am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX {
-        let k = MomentConsts {
+    let narrow_m = am.left <= ADAM_M_LEFT_MAX && ag.left <= ADAM_M_LEFT_MAX;
+    let moments = narrow_m
+        .then_some(MomentConsts {
             b1: b1n,
             c1,
             am,
@@ -1728,28 +1729,23 @@ fn adamw_on(
             ag2_right: ag2.right,
             la: ar.left,
             lb: ag2.left,
-        };
-        let moments = Some(k).filter(MomentConsts::supported);
-        // The vector pass 1 reads every mantissa anyway: when it runs, it checks their range
-        // too (saving a serial pass over the four inputs), after the lengths are checked.
-        let checked_in_pass1 =
-            simd.is_some() && moments.is_some() && [g, m, r].iter().all(|t| t.len() == p.len());
-        if !checked_in_pass1 {
-            check_adamw(p, g, m, r)?;
-        }
-        let lanes = AdamLanes {
-            simd,
-            moments,
-            checked_in_pass1,
-        };
+        })
+        .filter(MomentConsts::supported);
+    // The vector pass 1 reads every mantissa anyway: when it runs, it checks their range too
+    // (saving a serial pass over the four inputs), after the lengths are checked.
+    let checked_in_pass1 =
+        simd.is_some() && moments.is_some() && [g, m, r].iter().all(|t| t.len() == p.len());
+    if !checked_in_pass1 {
+        check_adamw(p, g, m, r)?;
+    }
+    let lanes = AdamLanes {
+        simd,
+        moments,
+        checked_in_pass1,
+    };
+    if narrow_m {
         adamw_fast(p, g, m, r, st, e0, ev, wm_narrow, parts, shifts, lanes)
     } else {
-        check_adamw(p, g, m, r)?;
-        let lanes = AdamLanes {
-            simd,
-            moments: None,
-            checked_in_pass1: false,
-        };
         adamw_fast(p, g, m, r, st, e0, ev, wm, parts, shifts, lanes)
     }
 }

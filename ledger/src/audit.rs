@@ -15,6 +15,10 @@
 //!
 //! then fold all logs ([`account::fold`]) and, only when everything verified, record the
 //! checkpoints in the state file (written atomically).
+//!
+//! With a federation genesis ([`AuditOptions::genesis`]), membership is computed with
+//! [`genesis::members`] over the admissions of all audited logs, and only the logs of members
+//! are folded; the others are verified all the same and listed as [`Outsider`]s.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use crate::account::{self, AccountError, LogState, LogView, Report, RuleError};
 use crate::checkpoint;
 use crate::entry::{self, DecodeError, Entry, PublicKey, VerifyError};
 use crate::evidence::Equivocation;
+use crate::genesis::{self, Genesis};
 use crate::log::{LogError, LogReader};
 use crate::merkle::{self, Hash};
 use crate::note::{Note, Verifier};
@@ -230,6 +235,10 @@ pub struct AuditOptions {
     pub state: Option<PathBuf>,
     /// Verifier keys (C2SP form) of witnesses whose cosignatures must verify when present.
     pub witnesses: Vec<String>,
+    /// The federation's genesis: when set, only logs of federation members
+    /// ([`genesis::members`] over the admissions of all audited logs) are folded into the
+    /// accounting; the others are reported as [`AuditReport::outsiders`].
+    pub genesis: Option<Genesis>,
 }
 
 /// The audit result of one log.
@@ -253,13 +262,30 @@ pub struct LogAudit {
     pub consistent_with_size: Option<u64>,
 }
 
+/// A verified log left out of the accounting because its owner is not a federation member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outsider {
+    /// Owner key, hex.
+    pub key: String,
+    /// Log directory.
+    pub dir: PathBuf,
+    /// Entries in the log (all verified).
+    pub entries: u64,
+    /// Why it is not a member.
+    pub reason: String,
+}
+
 /// The audit result.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
-    /// Per log.
+    /// Per folded log (with a genesis: the members' logs).
     pub logs: Vec<LogAudit>,
-    /// Accounting over all audited logs.
+    /// Accounting over the folded logs.
     pub accounting: Report,
+    /// Logs verified but not folded because their owner is not a member of the federation
+    /// ([`AuditOptions::genesis`]); always empty without a genesis (and then not serialised).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outsiders: Vec<Outsider>,
 }
 
 struct Verified {
@@ -288,7 +314,27 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
         }
         verified.push(v);
     }
-    let views: Vec<LogView<'_>> = verified
+    let mut outsiders = Vec::new();
+    let mut folded: Vec<&Verified> = verified.iter().collect();
+    if let Some(g) = &options.genesis {
+        let all = || verified.iter().flat_map(|v| v.entries.iter());
+        let members = genesis::members(g, all());
+        folded.retain(|v| members.contains_key(&v.owner));
+        for v in verified.iter().filter(|v| !members.contains_key(&v.owner)) {
+            let votes = genesis::voters(&members, &v.owner, all()).len();
+            outsiders.push(Outsider {
+                key: hex::encode(v.owner),
+                dir: v.audit.dir.clone(),
+                entries: v.audit.size,
+                reason: format!(
+                    "not a founder of federation {}, and admitted by {votes} of the {} members needed",
+                    hex::encode(g.id()),
+                    g.threshold
+                ),
+            });
+        }
+    }
+    let views: Vec<LogView<'_>> = folded
         .iter()
         .map(|v| LogView {
             owner: v.owner,
@@ -309,9 +355,11 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
         }
         state.save(path)?;
     }
+    let logs = folded.iter().map(|v| v.audit.clone()).collect();
     Ok(AuditReport {
-        logs: verified.into_iter().map(|v| v.audit).collect(),
+        logs,
         accounting,
+        outsiders,
     })
 }
 

@@ -174,6 +174,18 @@ pub enum VerifyError {
         /// Second party hex.
         b: String,
     },
+    /// A detached co-signature is offered by a key that is not one of the fact's parties.
+    #[error("co-signer {cosigner} is not a party of this {kind} (parties {a} and {b})")]
+    CosignerNotParty {
+        /// Kind name.
+        kind: &'static str,
+        /// Hex of the offered co-signer key.
+        cosigner: String,
+        /// First party hex.
+        a: String,
+        /// Second party hex.
+        b: String,
+    },
     /// Both parties of a co-signed fact are the same key.
     #[error("both parties of this {kind} are the same key {key}")]
     SameParties {
@@ -459,9 +471,50 @@ pub trait Terms: Sized {
         self.encode_into(&mut m);
         Sha256::digest(&m).into()
     }
-    /// Co-sign the terms with the counterparty's key.
+    /// The counterparty's detached co-signature over these terms: `key` signs
+    /// [`Terms::cosigning_message`]. The counterparty computes it on its own node and sends only
+    /// these bytes; the author attaches them with [`Terms::with_cosignature`].
+    fn cosignature(&self, key: &SigningKey) -> [u8; SIGNATURE_BYTES] {
+        key.sign(&self.cosigning_message()).to_bytes()
+    }
+    /// Attach a detached co-signature `sig` by `counterparty`, after checking that
+    /// `counterparty` is one of the two (distinct) parties and that `sig` verifies (strictly)
+    /// over [`Terms::cosigning_message`].
+    fn with_cosignature(
+        self,
+        counterparty: &PublicKey,
+        sig: [u8; SIGNATURE_BYTES],
+    ) -> Result<CoSigned<Self>, VerifyError> {
+        let (a, b) = self.parties();
+        if a == b {
+            return Err(VerifyError::SameParties {
+                kind: Self::KIND.name(),
+                key: hex::encode(a),
+            });
+        }
+        if *counterparty != a && *counterparty != b {
+            return Err(VerifyError::CosignerNotParty {
+                kind: Self::KIND.name(),
+                cosigner: hex::encode(counterparty),
+                a: hex::encode(a),
+                b: hex::encode(b),
+            });
+        }
+        let key = verifying_key("cosigner", counterparty)?;
+        key.verify_strict(&self.cosigning_message(), &Signature::from_bytes(&sig))
+            .map_err(|_| VerifyError::BadCosignature {
+                kind: Self::KIND.name(),
+                cosigner: hex::encode(counterparty),
+            })?;
+        Ok(CoSigned {
+            terms: self,
+            cosignature: sig,
+        })
+    }
+    /// Co-sign the terms with the counterparty's key (in-process form of
+    /// [`Terms::cosignature`]; no check that the key is a party).
     fn cosign(self, counterparty: &SigningKey) -> CoSigned<Self> {
-        let cosignature = counterparty.sign(&self.cosigning_message()).to_bytes();
+        let cosignature = self.cosignature(counterparty);
         CoSigned {
             terms: self,
             cosignature,

@@ -17,3 +17,7 @@ pub mod entry;
 pub mod identity;
 pub mod log;
 pub mod store;
+
+// Federation (genesis document and membership, verified replicas of other members' logs).
+pub mod genesis;
+pub mod replica;

@@ -152,7 +152,7 @@ fn sign_checkpoint(dir: &Path, id: &Identity, size: u64, root: Hash) -> Result<V
 }
 
 /// Parse a checkpoint note and verify the log key's signature on it.
-fn open_checkpoint(
+pub(crate) fn open_checkpoint(
     dir: &Path,
     what: &'static str,
     note: &[u8],
@@ -176,7 +176,7 @@ fn open_checkpoint(
 }
 
 /// Write `DIR/checkpoint` atomically: temporary file, fsync, rename, fsync of the directory.
-fn write_checkpoint_file(dir: &Path, note: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_checkpoint_file(dir: &Path, note: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{CHECKPOINT_FILE_NAME}.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(note)?;
@@ -188,10 +188,10 @@ fn write_checkpoint_file(dir: &Path, note: &[u8]) -> std::io::Result<()> {
 /// Read access to a node's log, verified on open; needs no secret key.
 #[derive(Debug)]
 pub struct LogReader {
-    dir: PathBuf,
-    key: PublicKey,
-    store: SledStore,
-    head: Head,
+    pub(crate) dir: PathBuf,
+    pub(crate) key: PublicKey,
+    pub(crate) store: SledStore,
+    pub(crate) head: Head,
 }
 
 impl LogReader {
@@ -202,6 +202,11 @@ impl LogReader {
     /// match the store's entries.
     pub fn open(dir: &Path) -> Result<LogReader, LogError> {
         let store = SledStore::open(&dir.join(STORE_DIR_NAME))?;
+        Self::from_store(dir, store)
+    }
+
+    /// [`LogReader::open`] on a store already opened from `DIR/ledger.sled`.
+    pub(crate) fn from_store(dir: &Path, store: SledStore) -> Result<LogReader, LogError> {
         let note = store.checkpoint()?.ok_or_else(|| LogError::Checkpoint {
             dir: dir.to_owned(),
             what: "store",
@@ -239,7 +244,7 @@ impl LogReader {
         }
     }
 
-    fn merkle(&self, source: MerkleError) -> LogError {
+    pub(crate) fn merkle(&self, source: MerkleError) -> LogError {
         LogError::Merkle {
             dir: self.dir.clone(),
             source,
@@ -418,7 +423,7 @@ impl LogReader {
     }
 
     /// Decode every entry (no signature check), for rebuilding state.
-    fn decode_all(&self) -> Result<Vec<Entry>, LogError> {
+    pub(crate) fn decode_all(&self) -> Result<Vec<Entry>, LogError> {
         let mut out = Vec::with_capacity(self.head.size as usize);
         let mut start = 0;
         while start < self.head.size {
@@ -474,6 +479,35 @@ impl HashReader for Overlay<'_> {
         }
         Ok(out)
     }
+}
+
+/// The stored hashes that appending leaf hashes `leaves` at index `first` adds to `store`
+/// (which holds the stored hashes of the first `first` records), in index order starting at
+/// `stored_hash_count(first)`, and the root of the tree of size `first + leaves.len()`. Reads
+/// the store, writes nothing. Shared by [`Log::append_batch`] and the replica's `extend`.
+pub(crate) fn extend_hashes(
+    store: &SledStore,
+    first: u64,
+    leaves: &[Hash],
+) -> Result<(Vec<Hash>, Hash), MerkleError> {
+    let base_count = merkle::stored_hash_count(first);
+    let mut pending: Vec<Hash> = Vec::with_capacity(leaves.len() * 2);
+    for (i, leaf) in leaves.iter().enumerate() {
+        let overlay = Overlay {
+            base: store,
+            base_count,
+            pending: &pending,
+        };
+        let hs = merkle::stored_hashes_for_record_hash(first + i as u64, *leaf, &overlay)?;
+        pending.extend(hs);
+    }
+    let overlay = Overlay {
+        base: store,
+        base_count,
+        pending: &pending,
+    };
+    let root = merkle::tree_hash(first + leaves.len() as u64, &overlay)?;
+    Ok((pending, root))
 }
 
 impl Log {
@@ -657,24 +691,9 @@ impl Log {
             })?;
         let leaves: Vec<Hash> = encoded.par_iter().map(|b| merkle::leaf_hash(b)).collect();
         let base_count = merkle::stored_hash_count(first);
-        let mut pending: Vec<Hash> = Vec::with_capacity(entries.len() * 2);
-        for (i, leaf) in leaves.iter().enumerate() {
-            let overlay = Overlay {
-                base: &self.reader.store,
-                base_count,
-                pending: &pending,
-            };
-            let hs = merkle::stored_hashes_for_record_hash(first + i as u64, *leaf, &overlay)
-                .map_err(|e| self.reader.merkle(e))?;
-            pending.extend(hs);
-        }
+        let (pending, root) =
+            extend_hashes(&self.reader.store, first, &leaves).map_err(|e| self.reader.merkle(e))?;
         let size = first + entries.len() as u64;
-        let overlay = Overlay {
-            base: &self.reader.store,
-            base_count,
-            pending: &pending,
-        };
-        let root = merkle::tree_hash(size, &overlay).map_err(|e| self.reader.merkle(e))?;
         let note = sign_checkpoint(&dir, &self.identity, size, root)?;
         self.reader.store.append(Batch {
             first_index: first,

@@ -656,6 +656,7 @@ fn forked_checkpoint_yields_conclusive_evidence() {
     let opts = AuditOptions {
         state: Some(state.clone()),
         witnesses: vec![],
+        genesis: None,
     };
     audit_dirs(std::slice::from_ref(&dir), &opts).unwrap();
     let saved = std::fs::read(&state).unwrap();
@@ -760,6 +761,7 @@ fn witness_cosignature_is_stored_and_audited() {
     let opts = AuditOptions {
         state: None,
         witnesses: vec![wkey],
+        genesis: None,
     };
     let report = audit_dirs(std::slice::from_ref(&dir), &opts).unwrap();
     assert_eq!(
@@ -788,6 +790,7 @@ fn auditor_notices_a_whole_node_rolled_back() {
     let opts = AuditOptions {
         state: Some(state.clone()),
         witnesses: vec![],
+        genesis: None,
     };
     audit_dirs(std::slice::from_ref(&dir), &opts).unwrap();
     match audit_dirs(std::slice::from_ref(&old), &opts).unwrap_err() {
@@ -810,6 +813,7 @@ fn auditor_state_file_errors_are_precise() {
     let opts = AuditOptions {
         state: Some(state.clone()),
         witnesses: vec![],
+        genesis: None,
     };
     std::fs::write(&state, b"{\"version\": 2, \"logs\": {}}").unwrap();
     match audit_dirs(std::slice::from_ref(&dir), &opts).unwrap_err() {

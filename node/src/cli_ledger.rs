@@ -128,6 +128,12 @@ pub struct AuditArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The federation's genesis document: entries by keys that are neither founders nor
+    /// admitted by its vote threshold are reported and not counted. With it, a node directory
+    /// is audited together with the replicas it holds (`DIR/replicas/*`), except replicas of
+    /// logs whose own directory is also given.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
 }
 
 fn now_ms() -> u64 {
@@ -262,12 +268,63 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The log key of a node or replica directory, from its checkpoint file's origin line.
+fn dir_log_key(dir: &Path) -> Option<leam_ledger::entry::PublicKey> {
+    let note = std::fs::read(dir.join(leam_ledger::log::CHECKPOINT_FILE_NAME)).ok()?;
+    let origin = std::str::from_utf8(&note).ok()?.lines().next()?.to_string();
+    leam_ledger::identity::key_of_origin(&origin)
+}
+
+/// The given directories, each followed by its replicas (those whose log is not given itself).
+fn with_replicas(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let given: Vec<_> = dirs.iter().filter_map(|d| dir_log_key(d)).collect();
+    let mut seen = given.clone();
+    let mut out = Vec::new();
+    for d in dirs {
+        out.push(d.clone());
+        let Ok(read) = std::fs::read_dir(d.join("replicas")) else {
+            continue;
+        };
+        let mut replicas: Vec<PathBuf> = read.flatten().map(|e| e.path()).collect();
+        replicas.sort();
+        for r in replicas {
+            if let Some(k) = dir_log_key(&r) {
+                if !seen.contains(&k) {
+                    seen.push(k);
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let genesis = match &args.genesis {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading genesis {}", path.display()))?;
+            let doc = leam_ledger::genesis::SignedGenesis::parse(&bytes)
+                .with_context(|| format!("genesis {}", path.display()))?;
+            Some(
+                doc.verify_complete()
+                    .with_context(|| format!("genesis {}", path.display()))?
+                    .clone(),
+            )
+        }
+        None => None,
+    };
+    let dirs = if genesis.is_some() {
+        with_replicas(&args.dirs)
+    } else {
+        args.dirs.clone()
+    };
     let options = AuditOptions {
         state: (!args.no_state).then(|| args.state.clone()),
         witnesses: args.witnesses.clone(),
+        genesis,
     };
-    match audit_dirs(&args.dirs, &options) {
+    match audit_dirs(&dirs, &options) {
         Ok(report) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

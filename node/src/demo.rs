@@ -724,6 +724,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &AuditOptions {
             state: Some(state.clone()),
             witnesses: witnesses.clone(),
+            genesis: None,
         },
     )?;
     crate::cli_ledger::print_report(&report);

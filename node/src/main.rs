@@ -4,9 +4,11 @@
 //! crates (`leam-ledger`, `leam-compute`, `leam-web`).
 
 mod cli_compute;
+mod cli_fed;
 mod cli_kernels;
 mod cli_ledger;
 mod demo;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a node directory: key (0600), ledger, commented node.toml, member.toml; prints
+    /// the PeerId.
+    Init(cli_fed::InitArgs),
+    /// Create, sign and verify the federation's genesis document.
+    Genesis {
+        #[command(subcommand)]
+        cmd: cli_fed::GenesisCmd,
+    },
+    /// Run a federation node until SIGINT or SIGTERM.
+    Node(cli_fed::NodeArgs),
+    /// List the members connected to a running node.
+    Peers(cli_fed::PeersArgs),
+    /// Vote, on a running node, to admit a new member.
+    Admit(cli_fed::AdmitArgs),
+    /// Simulate a federation of many nodes in one process and print gossip, connection and
+    /// replication figures.
+    Sim(sim::SimArgs),
     /// Generate a node identity key (ed25519), written with mode 0600.
     Keygen(cli_ledger::KeygenArgs),
     /// Inspect and benchmark a node's signed ledger.
@@ -60,6 +79,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Init(args) => return cli_fed::exit(cli_fed::init(args)),
+        Command::Genesis { cmd } => return cli_fed::exit(cli_fed::genesis(cmd)),
+        Command::Node(args) => return cli_fed::exit(cli_fed::node(args)),
+        Command::Peers(args) => return cli_fed::exit(cli_fed::peers(args)),
+        Command::Admit(args) => return cli_fed::exit(cli_fed::admit(args)),
         Command::Keygen(args) => cli_ledger::keygen(args),
         Command::Ledger { cmd } => cli_ledger::run(cmd),
         Command::Audit(args) => cli_ledger::audit(args),
@@ -68,6 +92,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cli_compute::eval(args),
         Command::Compute { cmd } => cli_kernels::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,533 @@
+//! A verified replica of another member's log (`specs/federation.md` §3–§4).
+//!
+//! A replica directory has the layout of a node directory without `node.key`:
+//! `DIR/ledger.sled/` (the store, same keys and values) and `DIR/checkpoint` (the latest
+//! verified checkpoint note, as received). So [`crate::log::LogReader::open`] and
+//! [`crate::audit::audit_dirs`] read a replica directory as they read a node's own.
+//!
+//! Nothing enters a replica unless it verifies against a checkpoint signed by the owner's log
+//! key: every entry decodes, is the owner's, has its index as `seq`, carries valid signatures
+//! and co-signatures, obeys the log rules, and the new leaves extend the stored tree to the
+//! checkpoint's root. An extension is one atomic, durable store write (as a log append); on
+//! any error nothing is stored.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::account::{LogState, RuleError};
+use crate::checkpoint::Checkpoint;
+use crate::entry::{self, DecodeError, Entry, PublicKey, VerifyError};
+use crate::evidence::Equivocation;
+use crate::identity;
+use crate::log::{self, Head, LogError, LogReader, CHECKPOINT_FILE_NAME, STORE_DIR_NAME};
+use crate::merkle::{self, Hash, MerkleError};
+use crate::store::{Batch, SledStore, Store as _, StoreError};
+
+/// Most entries one [`Replica::extend`] call accepts.
+pub const REPLICA_EXTEND_ENTRIES_MAX: usize = 65_536;
+
+/// Why a replica cannot be opened, extended or read. Every variant names the replicated log
+/// by its owner's key (hex), and the entry index where one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The directory is unusable: it holds another key's log, or a store without its
+    /// checkpoint, or cannot be created.
+    #[error("replica of {log} in {dir}: {reason}")]
+    Location {
+        /// Owner key hex.
+        log: String,
+        /// Replica directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Opening or reading the stored log failed (tail verification, ranges, proofs).
+    #[error("replica of {log}: {source}")]
+    Log {
+        /// Owner key hex.
+        log: String,
+        /// Cause.
+        source: LogError,
+    },
+    /// The store failed.
+    #[error("replica of {log}: {source}")]
+    Store {
+        /// Owner key hex.
+        log: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// Stored hashes could not be read or combined.
+    #[error("replica of {log}: Merkle tree: {source}")]
+    Merkle {
+        /// Owner key hex.
+        log: String,
+        /// Cause.
+        source: MerkleError,
+    },
+    /// The offered checkpoint is malformed, of another log, or not signed by the owner.
+    #[error("replica of {log}: checkpoint: {reason}")]
+    Checkpoint {
+        /// Owner key hex.
+        log: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// More entries than [`REPLICA_EXTEND_ENTRIES_MAX`] in one extension.
+    #[error("replica of {log}: {found} entries in one extension, more than REPLICA_EXTEND_ENTRIES_MAX = {max}")]
+    TooManyEntries {
+        /// Owner key hex.
+        log: String,
+        /// Entries offered.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The checkpoint's size is not the replica's size plus the number of entries offered.
+    #[error("replica of {log}: checkpoint size {found}, expected {expected} (replica size {replica} + {entries} entries)")]
+    SizeMismatch {
+        /// Owner key hex.
+        log: String,
+        /// Size the extension needs.
+        expected: u64,
+        /// The checkpoint's size.
+        found: u64,
+        /// The replica's size.
+        replica: u64,
+        /// Entries offered.
+        entries: usize,
+    },
+    /// An offered entry does not decode.
+    #[error("replica of {log}: entry {index}: {source}")]
+    Decode {
+        /// Owner key hex.
+        log: String,
+        /// Entry index in the log.
+        index: u64,
+        /// Cause.
+        source: DecodeError,
+    },
+    /// An offered entry's author or seq is wrong for its place.
+    #[error("replica of {log}: entry {index}: field `{field}` is {found}, expected {expected}")]
+    Misplaced {
+        /// Owner key hex.
+        log: String,
+        /// Entry index in the log.
+        index: u64,
+        /// `author` or `seq`.
+        field: &'static str,
+        /// What its place requires.
+        expected: String,
+        /// What the entry holds.
+        found: String,
+    },
+    /// An offered entry's signature or co-signature does not verify.
+    #[error("replica of {log}: entry {index}: {source}")]
+    Signature {
+        /// Owner key hex.
+        log: String,
+        /// Entry index in the log.
+        index: u64,
+        /// Cause.
+        source: VerifyError,
+    },
+    /// An offered entry breaks the log rules.
+    #[error("replica of {log}: {source}")]
+    Rule {
+        /// Owner key hex.
+        log: String,
+        /// Cause (names the entry).
+        source: RuleError,
+    },
+    /// The stored tree extended by the offered entries does not have the checkpoint's root.
+    #[error("replica of {log}: the tree of size {size} with the offered entries has root {computed}, the checkpoint says {expected}")]
+    RootMismatch {
+        /// Owner key hex.
+        log: String,
+        /// Tree size.
+        size: u64,
+        /// The checkpoint's root (hex).
+        expected: String,
+        /// The computed root (hex).
+        computed: String,
+    },
+    /// Writing `DIR/checkpoint` failed after the store committed the extension; reopening
+    /// the replica repairs the file.
+    #[error("replica of {log}: the extension is committed, but writing {dir}/checkpoint failed: {source}")]
+    CheckpointFile {
+        /// Owner key hex.
+        log: String,
+        /// Replica directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What a checkpoint signed by the owner means for a replica ([`Replica::classify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// The log is bigger than the replica: fetch entries `replica.size()..size`.
+    Ahead {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// The replica already holds this tree (same size and root, or a smaller size whose root
+    /// is the replica's tree of that size).
+    Known,
+    /// The owner signed a tree the replica contradicts; the evidence (the replica's signed
+    /// checkpoint, the offered one and a consistency proof from the smaller size to the
+    /// replica's size) passes `Equivocation::verify_conclusive`.
+    Equivocation(Equivocation),
+    /// The owner signed a root for `size` that differs from the replica's tree of that size,
+    /// but tlog.md §6 evidence built from the two notes cannot be conclusive: `size` is a
+    /// power of two below the replica's size (the consistency proof omits that subtree), or
+    /// the replica holds no signed checkpoint to pair it with. The owner's own signed entries
+    /// in the replica still contradict the note.
+    Contradiction {
+        /// The checkpoint's size.
+        size: u64,
+        /// The checkpoint's root.
+        note_root: Hash,
+        /// The replica's root of that size.
+        replica_root: Hash,
+    },
+}
+
+/// A verified replica of the log owned by one key; see the module documentation.
+#[derive(Debug)]
+pub struct Replica {
+    reader: LogReader,
+    state: LogState,
+}
+
+impl Replica {
+    fn log(&self) -> String {
+        hex::encode(self.reader.key)
+    }
+
+    fn wrap_log(&self, source: LogError) -> ReplicaError {
+        ReplicaError::Log {
+            log: self.log(),
+            source,
+        }
+    }
+
+    /// Open the replica of `owner`'s log in `dir`, or create an empty one (size 0, no
+    /// checkpoint) when `dir` holds no store. An existing store is opened with the same tail
+    /// verification as [`LogReader::open`] and must be a replica (or the log) of `owner`; the
+    /// log rules are re-applied to every entry, and a `DIR/checkpoint` left behind the store by
+    /// a crash is rewritten.
+    pub fn open_or_create(dir: &Path, owner: PublicKey) -> Result<Replica, ReplicaError> {
+        let log = hex::encode(owner);
+        let location = |reason: String| ReplicaError::Location {
+            log: log.clone(),
+            dir: dir.to_owned(),
+            reason,
+        };
+        let store_err = |source| ReplicaError::Store {
+            log: log.clone(),
+            source,
+        };
+        let store_path = dir.join(STORE_DIR_NAME);
+        let file = dir.join(CHECKPOINT_FILE_NAME);
+        let empty = |store: SledStore| Replica {
+            reader: LogReader {
+                dir: dir.to_owned(),
+                key: owner,
+                store,
+                head: Head {
+                    size: 0,
+                    root: merkle::empty_root(),
+                    note: vec![],
+                },
+            },
+            state: LogState::new(owner),
+        };
+        if !store_path.exists() {
+            if file.exists() {
+                return Err(location(format!(
+                    "{CHECKPOINT_FILE_NAME} exists but {STORE_DIR_NAME} does not: the store was lost"
+                )));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| location(e.to_string()))?;
+            let store = SledStore::create(&store_path).map_err(store_err)?;
+            return Ok(empty(store));
+        }
+        let store = SledStore::open(&store_path).map_err(store_err)?;
+        if store.checkpoint().map_err(store_err)?.is_none() {
+            // An empty replica: nothing may be stored yet.
+            let size = store.size().map_err(store_err)?;
+            if size != 0 || store.has_entry(0).map_err(store_err)? {
+                return Err(location(format!(
+                    "the store has no checkpoint but records size {size}"
+                )));
+            }
+            if file.exists() {
+                return Err(location(format!(
+                    "{CHECKPOINT_FILE_NAME} exists but the store is empty: committed entries were lost"
+                )));
+            }
+            return Ok(empty(store));
+        }
+        let reader = LogReader::from_store(dir, store).map_err(|source| ReplicaError::Log {
+            log: log.clone(),
+            source,
+        })?;
+        if reader.key != owner {
+            return Err(location(format!(
+                "it holds the log of {}, not of {log}",
+                hex::encode(reader.key)
+            )));
+        }
+        if std::fs::read(&file).ok().as_deref() != Some(reader.head.note.as_slice()) {
+            log::write_checkpoint_file(dir, &reader.head.note).map_err(|source| {
+                ReplicaError::CheckpointFile {
+                    log: log.clone(),
+                    dir: dir.to_owned(),
+                    source,
+                }
+            })?;
+        }
+        let entries = reader.decode_all().map_err(|source| ReplicaError::Log {
+            log: log.clone(),
+            source,
+        })?;
+        let mut state = LogState::new(owner);
+        state
+            .apply_all(&entries)
+            .map_err(|source| ReplicaError::Rule {
+                log: log.clone(),
+                source,
+            })?;
+        Ok(Replica { reader, state })
+    }
+
+    /// The replica directory.
+    pub fn dir(&self) -> &Path {
+        &self.reader.dir
+    }
+    /// The key of the log's owner.
+    pub fn owner(&self) -> PublicKey {
+        self.reader.key
+    }
+    /// Number of entries held.
+    pub fn size(&self) -> u64 {
+        self.reader.head.size
+    }
+    /// Root of the tree of all entries held (`SHA-256("")` when empty).
+    pub fn root(&self) -> Hash {
+        self.reader.head.root
+    }
+    /// The latest verified checkpoint note exactly as received (with any cosignature lines);
+    /// empty when nothing was stored yet.
+    pub fn checkpoint(&self) -> &[u8] {
+        &self.reader.head.note
+    }
+    /// The log rules' state after the entries held (balance, admitted keys).
+    pub fn state(&self) -> &LogState {
+        &self.state
+    }
+
+    /// Encoded entries `start..end` (`end <= size`).
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, ReplicaError> {
+        self.reader
+            .entries(start, end)
+            .map_err(|e| self.wrap_log(e))
+    }
+
+    /// Every entry held, decoded (they were verified when stored).
+    pub fn decode_all(&self) -> Result<Vec<Entry>, ReplicaError> {
+        self.reader.decode_all().map_err(|e| self.wrap_log(e))
+    }
+
+    /// Consistency proof from the tree of size `from` to the tree of size `to` (`to <= size`).
+    pub fn prove_consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, ReplicaError> {
+        self.reader
+            .prove_consistency(from, to)
+            .map_err(|e| self.wrap_log(e))
+    }
+
+    /// Root of the tree of the first `size` entries (`size <= self.size()`).
+    pub fn root_at(&self, size: u64) -> Result<Hash, ReplicaError> {
+        self.reader.root_at(size).map_err(|e| self.wrap_log(e))
+    }
+
+    /// Parses `note` as a checkpoint of the owner's log and verifies the owner's signature.
+    fn open_note(&self, note: &[u8]) -> Result<Checkpoint, ReplicaError> {
+        let err = |reason: String| ReplicaError::Checkpoint {
+            log: self.log(),
+            reason,
+        };
+        let verifier = identity::log_verifier(&self.reader.key).map_err(err)?;
+        let (cp, _) = Checkpoint::open(note, &verifier).map_err(|e| err(e.to_string()))?;
+        Ok(cp)
+    }
+
+    /// Verify and durably append `entries` (encoded) under `note`, a checkpoint signed by the
+    /// owner's log key with size `self.size() + entries.len()` (see the module documentation
+    /// and `specs/federation.md` §4). Each entry must decode, be authored by the owner, have
+    /// its index as `seq`, carry valid signatures and co-signatures (batch verification), and
+    /// obey the log rules after the entries held; the stored hashes extended by the new leaves
+    /// must give the checkpoint's root. Entries, stored hashes, the note and the size are
+    /// written in one atomic, durable store write; on any error nothing is stored. With no
+    /// entries, a checkpoint of the same size and root (re-signed or cosigned) replaces the
+    /// stored note. Afterwards `DIR/checkpoint` is replaced atomically.
+    pub fn extend(&mut self, note: &[u8], entries: &[Vec<u8>]) -> Result<(), ReplicaError> {
+        let log = self.log();
+        if entries.len() > REPLICA_EXTEND_ENTRIES_MAX {
+            return Err(ReplicaError::TooManyEntries {
+                log,
+                found: entries.len(),
+                max: REPLICA_EXTEND_ENTRIES_MAX,
+            });
+        }
+        let cp = self.open_note(note)?;
+        let first = self.size();
+        let size = first.saturating_add(entries.len() as u64);
+        if cp.size != size {
+            return Err(ReplicaError::SizeMismatch {
+                log,
+                expected: size,
+                found: cp.size,
+                replica: first,
+                entries: entries.len(),
+            });
+        }
+        let owner = self.reader.key;
+        let checked: Vec<Result<Entry, ReplicaError>> = entries
+            .par_iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let index = first + i as u64;
+                let e = Entry::decode(bytes).map_err(|source| ReplicaError::Decode {
+                    log: log.clone(),
+                    index,
+                    source,
+                })?;
+                if e.author != owner {
+                    return Err(ReplicaError::Misplaced {
+                        log: log.clone(),
+                        index,
+                        field: "author",
+                        expected: hex::encode(owner),
+                        found: hex::encode(e.author),
+                    });
+                }
+                if e.seq != index {
+                    return Err(ReplicaError::Misplaced {
+                        log: log.clone(),
+                        index,
+                        field: "seq",
+                        expected: index.to_string(),
+                        found: e.seq.to_string(),
+                    });
+                }
+                Ok(e)
+            })
+            .collect();
+        // Report the first bad entry, whatever order the threads finished in.
+        let decoded: Vec<Entry> = checked.into_iter().collect::<Result<_, _>>()?;
+        entry::verify_many(&decoded, entries).map_err(|(i, source)| ReplicaError::Signature {
+            log: log.clone(),
+            index: first + i as u64,
+            source,
+        })?;
+        let delta = self
+            .state
+            .check(&decoded)
+            .map_err(|source| ReplicaError::Rule {
+                log: log.clone(),
+                source,
+            })?;
+        let leaves: Vec<Hash> = entries.par_iter().map(|b| merkle::leaf_hash(b)).collect();
+        let (hashes, root) =
+            log::extend_hashes(&self.reader.store, first, &leaves).map_err(|source| {
+                ReplicaError::Merkle {
+                    log: log.clone(),
+                    source,
+                }
+            })?;
+        if root != cp.root {
+            return Err(ReplicaError::RootMismatch {
+                log,
+                size,
+                expected: hex::encode(cp.root),
+                computed: hex::encode(root),
+            });
+        }
+        self.reader
+            .store
+            .append(Batch {
+                first_index: first,
+                entries,
+                first_hash_index: merkle::stored_hash_count(first),
+                hashes: &hashes,
+                checkpoint: note,
+            })
+            .map_err(|source| ReplicaError::Store {
+                log: log.clone(),
+                source,
+            })?;
+        self.state.commit(delta);
+        self.reader.head = Head {
+            size,
+            root,
+            note: note.to_vec(),
+        };
+        log::write_checkpoint_file(&self.reader.dir, note).map_err(|source| {
+            ReplicaError::CheckpointFile {
+                log,
+                dir: self.reader.dir.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Classify `note`, a checkpoint that must be signed by the owner's log key (else an
+    /// error), against the replica: [`Classified::Ahead`] when it is bigger,
+    /// [`Classified::Known`] when the replica holds its tree, [`Classified::Equivocation`]
+    /// with conclusive evidence when a size the replica covers has another root, and
+    /// [`Classified::Contradiction`] when it has another root but the notes cannot make
+    /// conclusive evidence (see there). Reads only; stores nothing.
+    pub fn classify(&self, note: &[u8]) -> Result<Classified, ReplicaError> {
+        let cp = self.open_note(note)?;
+        let size = self.size();
+        if cp.size > size {
+            return Ok(Classified::Ahead { size: cp.size });
+        }
+        let replica_root = self.root_at(cp.size)?;
+        if replica_root == cp.root {
+            return Ok(Classified::Known);
+        }
+        let contradiction = Classified::Contradiction {
+            size: cp.size,
+            note_root: cp.root,
+            replica_root,
+        };
+        let mine = match std::str::from_utf8(&self.reader.head.note) {
+            Ok(s) if !s.is_empty() => s,
+            _ => return Ok(contradiction),
+        };
+        let theirs = std::str::from_utf8(note).map_err(|e| ReplicaError::Checkpoint {
+            log: self.log(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let proof = if cp.size == 0 || cp.size == size {
+            vec![]
+        } else {
+            self.prove_consistency(cp.size, size)?
+        };
+        let evidence = Equivocation::new(
+            &identity::verifier_key_of(&self.reader.key),
+            mine,
+            theirs,
+            proof,
+        );
+        match evidence.verify_conclusive() {
+            Ok(_) => Ok(Classified::Equivocation(evidence)),
+            Err(_) => Ok(contradiction),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! leam-net: the federation on libp2p.
+//!
+//! - [`wire`]: every message, protocol name and limit (`specs/wire.md`).
+//! - [`core`]: the node core, a state machine over the own log, replicas and witness state; no
+//!   libp2p, no async.
+//! - [`shell`]: the libp2p swarm that drives the core.
+//!
+//! Invariants: the core never touches the network; nothing unsigned changes state (gossip
+//! carries signed checkpoints and signed entries, replicas store only what verifies against a
+//! checkpoint signed by the log's owner); peers that are not members are dropped at the
+//! connection.
+
+pub mod core;
+pub mod shell;
+pub mod wire;

@@ -1,0 +1,196 @@
+//! Wire formats of the federation (`specs/wire.md`): gossip messages, request-response messages,
+//! protocol names and every size and time limit, as named constants.
+
+use serde::{Deserialize, Serialize};
+
+use leam_ledger::entry::{PublicKey, ENTRY_BYTES_MAX};
+
+/// Request-response protocol for logs: entries, checkpoints, cosignatures.
+pub const PROTOCOL_LOG: &str = "/leam/log/1.0.0";
+/// Identify protocol version string (`/leam/<federation id hex>` is appended by the node).
+pub const PROTOCOL_VERSION: &str = "/leam/1.0.0";
+/// Kademlia protocol name (private to the federation, so leam nodes never join a public DHT).
+pub const PROTOCOL_KAD: &str = "/leam/kad/1.0.0";
+/// Prefix of the gossip topic; the topic is `leam/<federation id hex>/log/1`.
+pub const TOPIC_PREFIX: &str = "leam/";
+
+/// Largest gossip message (a tag byte and a checkpoint note or an evidence entry).
+pub const GOSSIP_BYTES_MAX: usize = ENTRY_BYTES_MAX + 1;
+/// Largest encoded request.
+pub const REQUEST_BYTES_MAX: u64 = 16 * 1024;
+/// Largest encoded response.
+pub const RESPONSE_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Most entries one `Entries` request may ask for.
+pub const ENTRIES_PER_REQUEST_MAX: u64 = 1024;
+/// A responder stops adding entries once this many entry bytes are in the response (so a
+/// response stays under [`RESPONSE_BYTES_MAX`] with CBOR framing).
+pub const RESPONSE_ENTRY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest cosignature line a witness may send.
+pub const COSIGNATURE_LINE_BYTES_MAX: usize = 512;
+/// Largest refusal reason.
+pub const REASON_BYTES_MAX: usize = 512;
+/// Timeout of one request.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Concurrent inbound and outbound request streams per connection.
+pub const CONCURRENT_STREAMS_MAX: usize = 32;
+
+/// Gossip tag: a signed checkpoint note of a member's log follows.
+pub const GOSSIP_CHECKPOINT: u8 = 1;
+/// Gossip tag: an encoded ledger entry of kind Evidence follows (signed by its reporter).
+pub const GOSSIP_EVIDENCE: u8 = 2;
+
+/// A decoded gossip message. Encoding: one tag byte, then the payload bytes as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gossip {
+    /// A checkpoint note (C2SP signed note, as the log owner signed it).
+    Checkpoint(Vec<u8>),
+    /// A signed ledger entry carrying misbehaviour evidence.
+    Evidence(Vec<u8>),
+}
+
+/// Why a gossip message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GossipError {
+    /// Empty message.
+    #[error("empty gossip message")]
+    Empty,
+    /// Over the limit.
+    #[error("gossip message of {found} bytes, more than GOSSIP_BYTES_MAX = {GOSSIP_BYTES_MAX}")]
+    TooLong {
+        /// Size found.
+        found: usize,
+    },
+    /// Unknown tag.
+    #[error("gossip tag {found}, expected {GOSSIP_CHECKPOINT} (checkpoint) or {GOSSIP_EVIDENCE} (evidence)")]
+    UnknownTag {
+        /// Tag found.
+        found: u8,
+    },
+}
+
+impl Gossip {
+    /// Encode: tag ‖ payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, payload) = match self {
+            Gossip::Checkpoint(p) => (GOSSIP_CHECKPOINT, p),
+            Gossip::Evidence(p) => (GOSSIP_EVIDENCE, p),
+        };
+        let mut out = Vec::with_capacity(1 + payload.len());
+        out.push(tag);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Decode, checking the size limit and the tag (the payload is checked by its receiver).
+    pub fn decode(bytes: &[u8]) -> Result<Gossip, GossipError> {
+        if bytes.len() > GOSSIP_BYTES_MAX {
+            return Err(GossipError::TooLong { found: bytes.len() });
+        }
+        let (&tag, payload) = bytes.split_first().ok_or(GossipError::Empty)?;
+        match tag {
+            GOSSIP_CHECKPOINT => Ok(Gossip::Checkpoint(payload.to_vec())),
+            GOSSIP_EVIDENCE => Ok(Gossip::Evidence(payload.to_vec())),
+            found => Err(GossipError::UnknownTag { found }),
+        }
+    }
+}
+
+/// A request on [`PROTOCOL_LOG`] (CBOR, RFC 8949, as serde maps it: an enum is a map with one
+/// key, the variant name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The latest checkpoint the responder holds of `log` (its own or a replica).
+    Checkpoint {
+        /// Log owner key.
+        #[serde(with = "serde_bytes")]
+        log: PublicKey,
+    },
+    /// Entries `from..to` of `log`, as stored (at most [`ENTRIES_PER_REQUEST_MAX`]).
+    Entries {
+        /// Log owner key.
+        #[serde(with = "serde_bytes")]
+        log: PublicKey,
+        /// First index.
+        from: u64,
+        /// One past the last index.
+        to: u64,
+    },
+    /// A witness's C2SP cosignature line for the responder's current checkpoint.
+    Cosignature {
+        /// `— <name> <base64>\n`.
+        line: String,
+    },
+}
+
+/// A response on [`PROTOCOL_LOG`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A checkpoint note (empty when the responder holds nothing of that log).
+    Checkpoint {
+        /// The note.
+        #[serde(with = "serde_bytes")]
+        note: Vec<u8>,
+    },
+    /// Encoded entries, starting at the requested `from`; fewer than asked when the responder
+    /// holds fewer or the response would grow past [`RESPONSE_ENTRY_BYTES_MAX`].
+    Entries {
+        /// Entries in order.
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The cosignature was verified and stored.
+    Cosigned,
+    /// The request was refused; the reason says why.
+    Refused {
+        /// Why (at most [`REASON_BYTES_MAX`] bytes).
+        reason: String,
+    },
+}
+
+impl Request {
+    /// Check a decoded request against the limits; `Err` carries the refusal reason.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Request::Checkpoint { .. } => Ok(()),
+            Request::Entries { from, to, .. } => {
+                if to <= from || to - from > ENTRIES_PER_REQUEST_MAX {
+                    Err(format!(
+                        "entries {from}..{to}: expected a non-empty range of at most {ENTRIES_PER_REQUEST_MAX}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Request::Cosignature { line } => {
+                if line.len() > COSIGNATURE_LINE_BYTES_MAX {
+                    Err(format!(
+                        "cosignature line of {} bytes, more than {COSIGNATURE_LINE_BYTES_MAX}",
+                        line.len()
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A refusal, with the reason cut to [`REASON_BYTES_MAX`].
+pub fn refused(reason: impl Into<String>) -> Response {
+    let mut reason = reason.into();
+    if reason.len() > REASON_BYTES_MAX {
+        let mut cut = REASON_BYTES_MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Response::Refused { reason }
+}
+
+/// The gossip topic of a federation.
+pub fn topic(federation_id: &[u8; 32]) -> String {
+    format!("{TOPIC_PREFIX}{}/log/1", hex::encode(federation_id))
+}
+
+/// Listen addresses of a peer (from identify) kept at most.
+pub const LISTEN_ADDRS_MAX: usize = 16;

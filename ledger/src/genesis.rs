@@ -265,7 +265,7 @@ impl Genesis {
         threshold: u16,
         mut members: Vec<Founder>,
     ) -> Result<Genesis, GenesisError> {
-        members.sort_by(|a, b| a.key.cmp(&b.key));
+        members.sort_by_key(|f| f.key);
         let g = Genesis {
             subsidy_percent,
             threshold,

@@ -48,7 +48,7 @@ pub enum ReplicaError {
         /// Owner key hex.
         log: String,
         /// Cause.
-        source: LogError,
+        source: Box<LogError>,
     },
     /// The store failed.
     #[error("replica of {log}: {source}")]
@@ -210,7 +210,7 @@ impl Replica {
     fn wrap_log(&self, source: LogError) -> ReplicaError {
         ReplicaError::Log {
             log: self.log(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -273,7 +273,7 @@ impl Replica {
         }
         let reader = LogReader::from_store(dir, store).map_err(|source| ReplicaError::Log {
             log: log.clone(),
-            source,
+            source: Box::new(source),
         })?;
         if reader.key != owner {
             return Err(location(format!(
@@ -292,7 +292,7 @@ impl Replica {
         }
         let entries = reader.decode_all().map_err(|source| ReplicaError::Log {
             log: log.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let mut state = LogState::new(owner);
         state

@@ -127,6 +127,9 @@ fn key(prefix: u8, n: u64) -> [u8; 9] {
     k
 }
 
+/// Page cache of one store. A node opens one store for its own log and one per replica of
+/// every other member's log, so the cache is per store and small; reads are sequential.
+pub const STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest wait for sled's file lock when opening a store.
 pub const LOCK_WAIT_MS_MAX: u64 = 2_000;
 /// Pause between attempts to take the lock.
@@ -168,6 +171,10 @@ impl SledStore {
             sled::Config::new()
                 .path(&p)
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(STORE_CACHE_BYTES)
+                // Every write is flushed before it is acknowledged (`append`): no background
+                // flusher thread per store (a node holds one store per member's replica).
+                .flush_every_ms(None)
                 .open()
         });
         match opened {

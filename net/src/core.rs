@@ -461,9 +461,16 @@ impl Core {
         Ok(actions)
     }
 
-    /// A member connected.
-    pub fn connected(&mut self, peer: PublicKey) {
-        self.connected.insert(peer);
+    /// A member connected: ask it for its latest checkpoint (gossip only carries changes, and
+    /// an unchanged checkpoint is a duplicate that gossipsub does not deliver again).
+    pub fn connected(&mut self, peer: PublicKey) -> Vec<Action> {
+        if !self.connected.insert(peer) || self.accused.contains(&peer) {
+            return vec![];
+        }
+        vec![Action::Send {
+            to: peer,
+            request: Request::Checkpoint { log: peer },
+        }]
     }
     /// A member's last connection closed.
     pub fn disconnected(&mut self, peer: &PublicKey) {
@@ -791,6 +798,16 @@ impl Core {
             (Request::Entries { log, from: a, .. }, Response::Entries { entries }) => {
                 self.on_entries(from, log, a, entries, now_ms)
             }
+            (Request::Checkpoint { log }, Response::Checkpoint { note }) => {
+                if note.is_empty() || checkpoint_owner(&note) != Some(log) {
+                    return vec![];
+                }
+                let (acceptance, actions) = self.on_checkpoint(from, note, now_ms);
+                if let Acceptance::Reject(r) = acceptance {
+                    bump(&mut self.stats.replica_refused, r);
+                }
+                actions
+            }
             (Request::Entries { log, .. }, _) => {
                 self.syncs.remove(&log);
                 bump(&mut self.stats.replica_refused, "entries request refused");
@@ -960,6 +977,11 @@ impl Core {
         }
         actions
     }
+}
+
+/// The log key named by a checkpoint note's origin line, without verifying it.
+pub fn checkpoint_owner(note: &[u8]) -> Option<PublicKey> {
+    key_of_origin(std::str::from_utf8(note).ok()?.lines().next()?)
 }
 
 /// Size of a checkpoint note (second line), without verifying it.

@@ -71,6 +71,10 @@ pub struct NetConfig {
     pub listen: Vec<Multiaddr>,
     /// Members to dial at start.
     pub bootstrap: Vec<Multiaddr>,
+    /// New connections are refused while the process uses more memory than this
+    /// ([`PROCESS_MEMORY_BYTES_MAX`] for a node; a simulation of many nodes in one process
+    /// raises it).
+    pub process_memory_bytes_max: usize,
 }
 
 /// A connected member as `leam peers` shows it.
@@ -121,7 +125,7 @@ pub enum Command {
     /// Append a signed entry with this body to the own log and announce it.
     Append {
         /// Body.
-        body: leam_ledger::entry::Body,
+        body: Box<leam_ledger::entry::Body>,
         /// Index of the entry, or why not.
         reply: oneshot::Sender<Result<u64, String>>,
     },
@@ -216,10 +220,12 @@ fn gossip_config() -> Result<gossipsub::Config, NetError> {
 fn score_params(
     topic: &IdentTopic,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let mut params = gossipsub::PeerScoreParams::default();
     // Membership is enforced at the connection, and partners may run several nodes behind one
     // address (or, in tests and simulations, all on loopback): IP colocation says nothing here.
-    params.ip_colocation_factor_weight = 0.0;
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
     let topic_params = gossipsub::TopicScoreParams {
         invalid_message_deliveries_weight: -100.0,
         invalid_message_deliveries_decay: 0.5,
@@ -307,7 +313,7 @@ impl Node {
                             .with_max_pending_outgoing(Some(PENDING_CONNECTIONS_MAX)),
                     ),
                     memory: memory_connection_limits::Behaviour::with_max_bytes(
-                        PROCESS_MEMORY_BYTES_MAX,
+                        config.process_memory_bytes_max,
                     ),
                     identify: identify::Behaviour::new(identify::Config::new(
                         format!("{}/{fed}", wire::PROTOCOL_VERSION),
@@ -461,7 +467,7 @@ impl Node {
                 let _ = reply.send(self.status());
             }
             Command::Append { body, reply } => {
-                let result = match self.core.append(body, now_ms()) {
+                let result = match self.core.append(*body, now_ms()) {
                     Ok((index, actions)) => {
                         self.apply(actions);
                         Ok(index)
@@ -609,7 +615,8 @@ impl Node {
                         if self.keys.insert(peer_id, key).is_none() {
                             tracing::info!(peer = %peer_id, "member connected");
                         }
-                        self.core.connected(key);
+                        let actions = self.core.connected(key);
+                        self.apply(actions);
                     }
                     _ => {
                         // The allow-list refuses non-members before this point; this is a
@@ -621,15 +628,13 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    if let Some(key) = self.keys.remove(&peer_id) {
-                        self.core.disconnected(&key);
-                        self.rtt.remove(&peer_id);
-                        self.endpoints.remove(&peer_id);
-                    }
+                if let Some(key) = self.keys.remove(&peer_id) {
+                    self.core.disconnected(&key);
+                    self.rtt.remove(&peer_id);
+                    self.endpoints.remove(&peer_id);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -670,21 +675,21 @@ impl Node {
 
     fn on_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if self.keys.contains_key(&peer_id) {
-                    let addrs: Vec<Multiaddr> = info
-                        .listen_addrs
-                        .into_iter()
-                        .take(wire::LISTEN_ADDRS_MAX)
-                        .collect();
-                    for a in &addrs {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, a.clone());
-                    }
-                    self.announced.insert(peer_id, addrs);
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if self.keys.contains_key(&peer_id) =>
+            {
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .take(wire::LISTEN_ADDRS_MAX)
+                    .collect();
+                for a in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, a.clone());
                 }
+                self.announced.insert(peer_id, addrs);
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -693,17 +698,16 @@ impl Node {
             }) => {
                 self.rtt.insert(peer, rtt);
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
                 if !self.swarm.is_connected(&peer)
                     && self.keys.len() < CONNECTIONS_MAX as usize
                     && self
                         .core
                         .members()
                         .keys()
-                        .any(|k| peer_id_of(k) == Some(peer))
-                {
-                    let _ = self.swarm.dial(peer);
-                }
+                        .any(|k| peer_id_of(k) == Some(peer)) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

@@ -706,6 +706,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
         let config = NetConfig {
             listen: listen.clone(),
             bootstrap,
+            process_memory_bytes_max: leam_net::shell::PROCESS_MEMORY_BYTES_MAX,
         };
         let mut node = Node::new(core, &seed, &config).map_err(|e| match e {
             leam_net::shell::NetError::Listen { .. } => fail(EXIT_ENV, e.into()),

@@ -62,12 +62,11 @@ struct SimNode {
     commands: mpsc::Sender<NodeCommand>,
 }
 
+/// A node directory and its key seed.
+type NodeDir = (PathBuf, [u8; 32]);
+
 /// Create `n` node directories and the genesis naming them all.
-fn create(
-    root: &Path,
-    n: usize,
-    threshold: u16,
-) -> anyhow::Result<(Genesis, Vec<(PathBuf, [u8; 32])>)> {
+fn create(root: &Path, n: usize, threshold: u16) -> anyhow::Result<(Genesis, Vec<NodeDir>)> {
     let mut founders = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -109,6 +108,8 @@ async fn spawn(
     let config = NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap,
+        // All nodes share this process: the per-node limit times the node count.
+        process_memory_bytes_max: SIM_NODES_MAX * leam_net::shell::PROCESS_MEMORY_BYTES_MAX,
     };
     let mut node = Node::new(core, seed, &config)?;
     let addrs = node.listening(1).await?;
@@ -154,7 +155,10 @@ async fn peers(n: &SimNode) -> anyhow::Result<usize> {
 async fn append(n: &SimNode, body: Body) -> anyhow::Result<u64> {
     let (tx, rx) = oneshot::channel();
     n.commands
-        .send(NodeCommand::Append { body, reply: tx })
+        .send(NodeCommand::Append {
+            body: Box::new(body),
+            reply: tx,
+        })
         .await?;
     rx.await?.map_err(anyhow::Error::msg)
 }

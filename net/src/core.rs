@@ -27,8 +27,8 @@ use crate::wire::{
 pub const REPLICAS_DIR_NAME: &str = "replicas";
 /// Folder of the witness state inside a node directory.
 pub const WITNESS_DIR_NAME: &str = "witness";
-/// How often a node republishes its latest checkpoint even when nothing changed, so that new
-/// and restarted peers learn it and witnesses can catch up.
+/// How long a node waits before publishing its checkpoint again when the last publish reached
+/// no peer.
 pub const REPUBLISH_MS: u64 = 5_000;
 /// A sync that has not progressed for this long is abandoned and restarted from another peer.
 pub const SYNC_STALL_MS: u64 = 15_000;
@@ -176,6 +176,8 @@ pub struct Core {
     ahead: BTreeMap<PublicKey, (Vec<u8>, PublicKey)>,
     accused: BTreeSet<PublicKey>,
     last_publish_ms: Option<u64>,
+    republish: bool,
+    pull_cursor: PublicKey,
     stats: Stats,
 }
 
@@ -210,7 +212,24 @@ impl Core {
                 else {
                     continue;
                 };
-                replicas.insert(owner, Replica::open_or_create(&rdir.join(&name), owner)?);
+                let path = rdir.join(&name);
+                match Replica::open_or_create(&path, owner) {
+                    Ok(r) => {
+                        replicas.insert(owner, r);
+                    }
+                    Err(e) => {
+                        // A replica is a verified copy that can be fetched again: one that does
+                        // not open (a crash during its very first write leaves a store without
+                        // its checkpoint file) is set aside, not trusted and not fatal.
+                        let aside = rdir.join(format!("{}.unreadable", hex::encode(owner)));
+                        let _ = std::fs::remove_dir_all(&aside);
+                        tracing::warn!(log = %hex::encode(owner), error = %e, aside = %aside.display(), "replica does not open; set aside, fetching it again");
+                        std::fs::rename(&path, &aside).map_err(|io| CoreError::Witness {
+                            dir: path.clone(),
+                            reason: format!("cannot set aside an unreadable replica: {io}"),
+                        })?;
+                    }
+                }
             }
         }
         let federation_id = genesis.id();
@@ -229,6 +248,8 @@ impl Core {
             ahead: BTreeMap::new(),
             accused: BTreeSet::new(),
             last_publish_ms: None,
+            republish: false,
+            pull_cursor: [0; 32],
             stats: Stats::default(),
         };
         let own = core.own_entries()?;
@@ -461,6 +482,13 @@ impl Core {
         Ok(actions)
     }
 
+    /// The last publish reached nobody (no peer subscribed yet): publish again after
+    /// [`REPUBLISH_MS`]. An unchanged checkpoint is never republished otherwise: gossipsub
+    /// would drop it as a duplicate, and members that connect later ask for it.
+    pub fn publish_failed(&mut self) {
+        self.republish = true;
+    }
+
     /// A member connected: ask it for its latest checkpoint (gossip only carries changes, and
     /// an unchanged checkpoint is a duplicate that gossipsub does not deliver again).
     pub fn connected(&mut self, peer: PublicKey) -> Vec<Action> {
@@ -668,18 +696,28 @@ impl Core {
         if self.syncs.contains_key(&owner) {
             return vec![];
         }
-        let Some((note, peer)) = self.ahead.remove(&owner) else {
+        // The checkpoint stays in `ahead` until the replica reaches it, so a sync that fails
+        // (a forwarder that does not hold the entries, a timeout) is retried on the next tick,
+        // from the owner whenever it is connected.
+        let Some((note, source)) = self.ahead.get(&owner).cloned() else {
             return vec![];
         };
         let (Some(target), Some(size)) = (
             checkpoint_size(&note),
             self.replicas.get(&owner).map(Replica::size),
         ) else {
+            self.ahead.remove(&owner);
             return vec![];
         };
         if target <= size {
+            self.ahead.remove(&owner);
             return vec![];
         }
+        let peer = if self.connected.contains(&owner) {
+            owner
+        } else {
+            source
+        };
         self.syncs.insert(
             owner,
             Sync {
@@ -955,10 +993,12 @@ impl Core {
     /// Periodic work: republish the own checkpoint, restart stalled syncs.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self
-            .last_publish_ms
-            .is_none_or(|t| now_ms.saturating_sub(t) >= REPUBLISH_MS)
+        if self.republish
+            && self
+                .last_publish_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= REPUBLISH_MS)
         {
+            self.republish = false;
             actions.push(self.publish(now_ms));
         }
         let stalled: Vec<PublicKey> = self
@@ -970,6 +1010,24 @@ impl Core {
         for k in stalled {
             self.syncs.remove(&k);
             bump(&mut self.stats.replica_refused, "sync stalled");
+        }
+        // Anti-entropy: one connected member a tick is asked for its latest checkpoint, so a
+        // missed gossip message costs at most one round through the members.
+        if let Some(next) = self
+            .connected
+            .range((
+                std::ops::Bound::Excluded(self.pull_cursor),
+                std::ops::Bound::Unbounded,
+            ))
+            .next()
+            .or_else(|| self.connected.iter().next())
+            .copied()
+        {
+            self.pull_cursor = next;
+            actions.push(Action::Send {
+                to: next,
+                request: Request::Checkpoint { log: next },
+            });
         }
         let pending: Vec<PublicKey> = self.ahead.keys().copied().collect();
         for k in pending {

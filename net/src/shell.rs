@@ -42,6 +42,10 @@ pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 300_000;
 pub const TICK_MS: u64 = 1_000;
 /// Operator commands queued at most.
 pub const COMMAND_QUEUE_MAX: usize = 64;
+/// A member that is not connected is looked up in the DHT at most this often.
+pub const LOOKUP_INTERVAL_MS: u64 = 2_000;
+/// DHT lookups started per tick at most.
+pub const LOOKUPS_PER_TICK_MAX: usize = 16;
 /// Gossipsub heartbeat.
 pub const GOSSIP_HEARTBEAT_MS: u64 = 700;
 
@@ -246,6 +250,7 @@ pub struct Node {
     announced: HashMap<PeerId, Vec<Multiaddr>>,
     pending: HashMap<request_response::OutboundRequestId, (PublicKey, Request)>,
     bootstrap: Vec<Multiaddr>,
+    lookups: HashMap<PeerId, Instant>,
     refused_non_members: u64,
     observer: Option<mpsc::UnboundedSender<Observed>>,
 }
@@ -353,6 +358,7 @@ impl Node {
             announced: HashMap::new(),
             pending: HashMap::new(),
             bootstrap: config.bootstrap.clone(),
+            lookups: HashMap::new(),
             refused_non_members: 0,
             observer: None,
         })
@@ -439,6 +445,7 @@ impl Node {
             self.dial_bootstrap();
         }
         let mut missing = 0;
+        let mut lookups = 0;
         for key in members {
             if key == self.core.key() || !self.core.is_member(&key) {
                 continue;
@@ -450,6 +457,17 @@ impl Node {
                 missing += 1;
                 // Dials the addresses Kademlia or identify learnt; fails quietly if none.
                 let _ = self.swarm.dial(pid);
+                // A k-bucket keeps at most 20 peers, so a member may be missing from the
+                // routing table: look it up by its PeerId (rate-limited per member).
+                let due = self
+                    .lookups
+                    .get(&pid)
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(LOOKUP_INTERVAL_MS));
+                if due && lookups < LOOKUPS_PER_TICK_MAX && connected > 0 {
+                    lookups += 1;
+                    self.lookups.insert(pid, Instant::now());
+                    self.swarm.behaviour_mut().kad.get_closest_peers(pid);
+                }
             }
         }
         if missing > 0 && connected > 0 {
@@ -552,8 +570,11 @@ impl Node {
                         .gossipsub
                         .publish(self.topic.clone(), data)
                     {
-                        // InsufficientPeers before the mesh forms; the tick republishes.
+                        // InsufficientPeers before anyone subscribed: the tick publishes again.
                         tracing::debug!(error = %e, "publish");
+                        if !matches!(e, gossipsub::PublishError::Duplicate) {
+                            self.core.publish_failed();
+                        }
                     }
                 }
                 Action::Send { to, request } => {
@@ -709,6 +730,30 @@ impl Node {
             {
                 let _ = self.swarm.dial(peer);
             }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(ok)),
+                ..
+            }) => {
+                for p in ok.peers {
+                    if p.addrs.is_empty()
+                        || self.swarm.is_connected(&p.peer_id)
+                        || !self
+                            .core
+                            .members()
+                            .keys()
+                            .any(|k| peer_id_of(k) == Some(p.peer_id))
+                    {
+                        continue;
+                    }
+                    for a in p.addrs.iter().take(wire::LISTEN_ADDRS_MAX) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&p.peer_id, a.clone());
+                    }
+                    let _ = self.swarm.dial(p.peer_id);
+                }
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -770,6 +815,20 @@ impl Node {
                         response,
                     } => {
                         if let Some((to, request)) = self.pending.remove(&request_id) {
+                            if let (Some(obs), Response::Checkpoint { note }) =
+                                (&self.observer, &response)
+                            {
+                                if let (Some(log), Some(size)) = (
+                                    crate::core::checkpoint_owner(note),
+                                    crate::core::checkpoint_size(note),
+                                ) {
+                                    let _ = obs.send(Observed::Checkpoint {
+                                        log,
+                                        size,
+                                        at: Instant::now(),
+                                    });
+                                }
+                            }
                             let log = match &request {
                                 Request::Entries { log, .. } => Some(*log),
                                 _ => None,

@@ -21,7 +21,7 @@ pub const REQUEST_BYTES_MAX: u64 = 16 * 1024;
 /// Largest encoded response.
 pub const RESPONSE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Most entries one `Entries` request may ask for.
-pub const ENTRIES_PER_REQUEST_MAX: u64 = 1024;
+pub const ENTRIES_PER_REQUEST_MAX: u64 = 4096;
 /// A responder stops adding entries once this many entry bytes are in the response (so a
 /// response stays under [`RESPONSE_BYTES_MAX`] with CBOR framing).
 pub const RESPONSE_ENTRY_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -194,3 +194,56 @@ pub fn topic(federation_id: &[u8; 32]) -> String {
 
 /// Listen addresses of a peer (from identify) kept at most.
 pub const LISTEN_ADDRS_MAX: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn gossip_decode_never_panics_and_round_trips(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(g) = Gossip::decode(&data) {
+                prop_assert_eq!(g.encode(), data);
+            }
+        }
+
+        #[test]
+        fn gossip_encode_decode(tag in 0u8..2, payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let g = if tag == 0 { Gossip::Checkpoint(payload) } else { Gossip::Evidence(payload) };
+            prop_assert_eq!(Gossip::decode(&g.encode()).unwrap(), g);
+        }
+
+        #[test]
+        fn request_limits(from in 0u64..u64::MAX / 2, len in 0u64..3000, line in ".{0,600}") {
+            let r = Request::Entries { log: [7; 32], from, to: from.saturating_add(len) };
+            let ok = len > 0 && len <= ENTRIES_PER_REQUEST_MAX;
+            prop_assert_eq!(r.check().is_ok(), ok);
+            let c = Request::Cosignature { line: line.clone() };
+            prop_assert_eq!(c.check().is_ok(), line.len() <= COSIGNATURE_LINE_BYTES_MAX);
+        }
+    }
+
+    #[test]
+    fn gossip_limits_and_tags() {
+        assert_eq!(Gossip::decode(&[]), Err(GossipError::Empty));
+        assert_eq!(
+            Gossip::decode(&[3, 1]),
+            Err(GossipError::UnknownTag { found: 3 })
+        );
+        let big = vec![GOSSIP_CHECKPOINT; GOSSIP_BYTES_MAX + 1];
+        assert_eq!(
+            Gossip::decode(&big),
+            Err(GossipError::TooLong {
+                found: GOSSIP_BYTES_MAX + 1
+            })
+        );
+        let max = vec![GOSSIP_CHECKPOINT; GOSSIP_BYTES_MAX];
+        assert!(Gossip::decode(&max).is_ok());
+        let r = refused("é".repeat(REASON_BYTES_MAX));
+        match r {
+            Response::Refused { reason } => assert!(reason.len() <= REASON_BYTES_MAX),
+            _ => unreachable!(),
+        }
+    }
+}

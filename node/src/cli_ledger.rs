@@ -285,7 +285,17 @@ fn with_replicas(dirs: &[PathBuf]) -> Vec<PathBuf> {
         let Ok(read) = std::fs::read_dir(d.join("replicas")) else {
             continue;
         };
-        let mut replicas: Vec<PathBuf> = read.flatten().map(|e| e.path()).collect();
+        // Replica folders are named by their log's key in hex; anything else (a replica the
+        // node set aside as unreadable) is not part of the federation's state.
+        let mut replicas: Vec<PathBuf> = read
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .map(|e| e.path())
+            .collect();
         replicas.sort();
         for r in replicas {
             if let Some(k) = dir_log_key(&r) {

@@ -102,8 +102,9 @@ fn main() -> std::process::ExitCode {
     lean_allocator_for_network_commands();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,libp2p_gossipsub=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

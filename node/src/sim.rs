@@ -24,6 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 pub const SIM_NODES_MAX: usize = 256;
 /// Most messages whose propagation is timed.
 pub const SIM_MESSAGES_MAX: usize = 1_000;
+/// Tokio worker threads of the simulation.
+const SIM_WORKER_THREADS: usize = 16;
+/// Longest wait for replication to converge.
+const CONVERGE_S_MAX: u64 = 300;
 /// Most entries of the replication measurement.
 pub const SIM_ENTRIES_MAX: u64 = 1_000_000;
 
@@ -193,7 +197,12 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             tmp.path().to_owned()
         }
     };
+    // Every node's event loop writes its sled stores synchronously (each append is durable
+    // before it is acknowledged); with one process for all nodes, more worker threads than
+    // cores keep one node's fsync from holding up the others' gossip (a real node has its own
+    // process and event loop).
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SIM_WORKER_THREADS)
         .enable_all()
         .build()?;
     let result = rt.block_on(simulate(&root, &a))?;
@@ -270,8 +279,28 @@ async fn simulate(root: &Path, a: &SimArgs) -> anyhow::Result<BTreeMap<String, s
         if done {
             break;
         }
-        if t1.elapsed() > Duration::from_secs(120) {
-            bail!("replication did not converge within 120 s");
+        if t1.elapsed() > Duration::from_secs(CONVERGE_S_MAX) {
+            let missing: usize = statuses
+                .iter()
+                .map(|s| {
+                    sizes
+                        .iter()
+                        .filter(|(k, size)| {
+                            !s.logs.iter().any(|l| &l.key == *k && l.size == **size)
+                        })
+                        .count()
+                })
+                .sum();
+            let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+            for s in &statuses {
+                for (k, v) in &s.stats.replica_refused {
+                    *refused.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            bail!(
+                "replication did not converge within {CONVERGE_S_MAX} s: {missing} of {} replicas behind; refusals {refused:?}",
+                nodes.len() * (nodes.len() - 1)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -38,6 +38,9 @@ pub const PENDING_CONNECTIONS_MAX: u32 = 128;
 pub const PROCESS_MEMORY_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Idle connections between members stay open this long.
 pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 300_000;
+/// A node given bootstrap members stops with [`NetError::Bootstrap`] if none of them is
+/// reachable this long after start (a node that awaits its admission keeps trying).
+pub const BOOTSTRAP_TIMEOUT_MS: u64 = 10_000;
 /// Period of [`Core::tick`] and of re-dialling members that are not connected.
 pub const TICK_MS: u64 = 1_000;
 /// Operator commands queued at most.
@@ -66,6 +69,18 @@ pub enum NetError {
     /// libp2p set-up.
     #[error("network set-up: {0}")]
     Setup(String),
+    /// No bootstrap member could be reached in time.
+    #[error(
+        "no bootstrap member reachable within {waited_ms} ms ({addrs}); last error: {last_error}"
+    )]
+    Bootstrap {
+        /// The bootstrap addresses.
+        addrs: String,
+        /// How long the node tried.
+        waited_ms: u64,
+        /// The last dial error.
+        last_error: String,
+    },
 }
 
 /// Network settings of a node (from `node.toml` and flags).
@@ -251,6 +266,8 @@ pub struct Node {
     pending: HashMap<request_response::OutboundRequestId, (PublicKey, Request)>,
     bootstrap: Vec<Multiaddr>,
     lookups: HashMap<PeerId, Instant>,
+    bootstrapped: bool,
+    last_dial_error: String,
     refused_non_members: u64,
     observer: Option<mpsc::UnboundedSender<Observed>>,
 }
@@ -359,6 +376,8 @@ impl Node {
             pending: HashMap::new(),
             bootstrap: config.bootstrap.clone(),
             lookups: HashMap::new(),
+            bootstrapped: false,
+            last_dial_error: "none".into(),
             refused_non_members: 0,
             observer: None,
         })
@@ -408,6 +427,7 @@ impl Node {
         let actions = self.core.start(now_ms())?;
         self.apply(actions);
         self.dial_bootstrap();
+        let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -419,6 +439,26 @@ impl Node {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    if !self.bootstrapped && !self.keys.is_empty() {
+                        self.bootstrapped = true;
+                    }
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    if !self.bootstrapped
+                        && !self.bootstrap.is_empty()
+                        && self.core.is_member(&self.core.key())
+                        && waited_ms >= BOOTSTRAP_TIMEOUT_MS
+                    {
+                        return Err(NetError::Bootstrap {
+                            addrs: self
+                                .bootstrap
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            waited_ms,
+                            last_error: self.last_dial_error.clone(),
+                        });
+                    }
                     let actions = self.core.tick(now_ms());
                     self.apply(actions);
                     self.redial();
@@ -688,6 +728,7 @@ impl Node {
                     }
                 }
                 tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                self.last_dial_error = error.to_string();
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
             _ => {}

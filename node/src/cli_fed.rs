@@ -624,6 +624,11 @@ pub struct NodeArgs {
     /// Control and web API address (replaces node.toml's `http`).
     #[arg(long)]
     pub http: Option<String>,
+    /// Run although this node's key is neither a founder nor admitted yet: members refuse its
+    /// connections until the genesis threshold of them ran `leam admit` for it (without this
+    /// flag such a node exits with code 1).
+    #[arg(long)]
+    pub await_admission: bool,
 }
 
 #[derive(Clone)]
@@ -679,6 +684,18 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             ));
         }
     };
+    if !core.is_member(&core.key()) && !a.await_admission {
+        return Err(fail(
+            EXIT_INVALID,
+            anyhow!(
+                "this node's key {} is not in the genesis document {} and not admitted by {threshold} member votes; \
+                 send {} to the members, or run with --await-admission to wait for their votes",
+                hex::encode(core.key()),
+                genesis_path.display(),
+                a.dir.join(MEMBER_TOML).display()
+            ),
+        ));
+    }
     if !core.is_member(&core.key()) {
         eprintln!(
             "warning: this node's key {} is not in the genesis document {} nor admitted yet; \
@@ -756,12 +773,27 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
                 .join(" ")
         );
         let mut stop_node = stop_rx;
-        let node_task = tokio::spawn(node.run(rx, async move {
+        let mut node_task = tokio::spawn(node.run(rx, async move {
             let _ = stop_node.changed().await;
         }));
-        let signal = shutdown_signal().await;
-        eprintln!("{signal}: stopping (no new work; the log is durable)");
+        // The node stops by itself only on an error (no bootstrap member reachable).
+        let early = tokio::select! {
+            signal = shutdown_signal() => {
+                eprintln!("{signal}: stopping (no new work; the log is durable)");
+                None
+            }
+            ended = &mut node_task => Some(ended),
+        };
         let _ = stop_tx.send(true);
+        if let Some(ended) = early {
+            let _ = server.await;
+            let _ = std::fs::remove_file(dir.join(HTTP_ADDR_FILE));
+            return match ended {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(fail(EXIT_ENV, e.into())),
+                Err(e) => Err(fail(EXIT_ENV, e.into())),
+            };
+        }
         let deadline = Duration::from_millis(SHUTDOWN_MS_MAX - 1_000);
         match tokio::time::timeout(deadline, async {
             let n = node_task.await;
@@ -771,7 +803,10 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
         .await
         {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(fail(EXIT_ENV, e.into())),
+            Ok(Ok(Err(e))) => {
+                let _ = std::fs::remove_file(dir.join(HTTP_ADDR_FILE));
+                return Err(fail(EXIT_ENV, e.into()));
+            }
             Ok(Err(e)) => return Err(fail(EXIT_ENV, e.into())),
             Err(_) => eprintln!("shutdown took longer than {deadline:?}; exiting anyway"),
         }

@@ -46,6 +46,14 @@ impl Drop for Running {
 }
 
 fn start(dir: &Path, genesis: &Path, bootstrap: &[String]) -> Running {
+    start_with(dir, genesis, bootstrap, &[])
+}
+
+fn start_awaiting(dir: &Path, genesis: &Path, bootstrap: &[String]) -> Running {
+    start_with(dir, genesis, bootstrap, &["--await-admission"])
+}
+
+fn start_with(dir: &Path, genesis: &Path, bootstrap: &[String], extra: &[&str]) -> Running {
     let _ = std::fs::remove_file(dir.join("http.addr"));
     let _ = std::fs::remove_file(dir.join("listen.addrs"));
     let mut args = vec![
@@ -59,6 +67,7 @@ fn start(dir: &Path, genesis: &Path, bootstrap: &[String]) -> Running {
         args.push("--bootstrap".into());
         args.push(b.clone());
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args(&args)
@@ -319,7 +328,11 @@ fn four_nodes_federate_refuse_an_outsider_admit_it_and_survive_sigkill() {
     eprintln!("replicated and cosigned (>= 2 witnesses each) {took:?} after all connected");
 
     // The outsider: initialised, not in the genesis, refused by every founder.
-    let e = start(&dirs[4], &genesis, &boot);
+    // Without --await-admission an outsider's node refuses to start (exit 1, says why).
+    let refused = leam(&["node", "--dir", p(&dirs[4]), "--genesis", p(&genesis)]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not in the genesis document"));
+    let e = start_awaiting(&dirs[4], &genesis, &boot);
     std::thread::sleep(Duration::from_secs(3));
     for s in all_statuses(&founders) {
         assert!(

@@ -33,14 +33,13 @@ use leam_compute::shard::ShardSpec;
 use leam_compute::train::TrainState;
 use leam_ledger::account::Membership;
 use leam_ledger::audit::{audit_dirs, AuditOptions};
-use leam_ledger::checkpoint::{Checkpoint, Cosigner};
 use leam_ledger::entry::{
     Admission, Bid, Body, CoSigned, Deposit, Evidence, EvidenceKind, LeaseTerms, Money, Offer,
     PublicKey, ReceiptTerms, Sector, SettlementTerms, Terms, Verdict,
 };
-use leam_ledger::identity::{log_verifier, origin_of, Identity};
+use leam_ledger::genesis::{Founder, Genesis, SignedGenesis};
+use leam_ledger::identity::Identity;
 use leam_ledger::log::Log;
-use leam_ledger::witness::{FileState, Witness, WitnessState as _};
 use rand_core::OsRng;
 use sha2::{Digest as _, Sha256};
 
@@ -52,6 +51,14 @@ const ROUNDS_MAX: u32 = 50;
 const STEPS_MAX: u32 = 2_000;
 /// Validation batches of the demo's loss estimates.
 const EVAL_BATCHES: usize = 16;
+/// The demo federation's public subsidy rate, percent.
+const DEMO_SUBSIDY_PERCENT: u8 = 30;
+/// Votes that admit a new member in the demo federation.
+const DEMO_THRESHOLD: u16 = 2;
+/// Witness cosignatures every node's checkpoint must carry before the demo audits.
+const DEMO_COSIGNATURES: usize = 2;
+/// Longest wait for the demo federation to replicate and cosign.
+const DEMO_FEDERATE_S_MAX: u64 = 60;
 /// Bytes of portable evidence the demo records for a wrong shard result.
 const EVIDENCE_BYTES_MAX: usize = 16 * 1024;
 
@@ -87,7 +94,6 @@ struct Node {
     dir: PathBuf,
     log: Log,
     key: PublicKey,
-    witness: Witness<FileState>,
 }
 
 impl Node {
@@ -228,22 +234,12 @@ fn create_nodes(root: &Path) -> anyhow::Result<Vec<Node>> {
         let dir = root.join(slug);
         let identity = Identity::generate(&mut OsRng);
         let key = identity.public_key();
-        let cosigner = Cosigner::new(
-            &format!("leam.witness/{}", hex::encode(&key[..8])),
-            identity.signing_key().clone(),
-        )
-        .context("witness name")?;
         let membership = Membership {
             organisation: organisation.to_string(),
             sector,
         };
         let log = Log::create(&dir, identity, &membership, now_ms())
             .with_context(|| format!("creating the log of {organisation}"))?;
-        let witness = Witness::new(
-            cosigner,
-            FileState::open(&root.join(format!("witness-state-{slug}")))
-                .context("witness state")?,
-        );
         println!(
             "  {organisation:<24} {:<8} {}  log {}",
             sector.name(),
@@ -256,7 +252,6 @@ fn create_nodes(root: &Path) -> anyhow::Result<Vec<Node>> {
             dir,
             log,
             key,
-            witness,
         });
     }
     // Every node admits the other members into its own log: entries may name only admitted keys.
@@ -283,45 +278,6 @@ fn create_nodes(root: &Path) -> anyhow::Result<Vec<Node>> {
         node.log.append_batch(batch)?;
     }
     Ok(nodes)
-}
-
-/// Every node witnesses every other node's latest checkpoint: it checks the consistency proof
-/// from the checkpoint it cosigned last (none the first time), then its cosignature is added.
-fn witness_round(nodes: &mut [Node]) -> anyhow::Result<usize> {
-    let mut cosignatures = 0;
-    for w in 0..nodes.len() {
-        for l in 0..nodes.len() {
-            if w == l {
-                continue;
-            }
-            let note = nodes[l].log.checkpoint().to_vec();
-            let verifier = log_verifier(&nodes[l].key).map_err(anyhow::Error::msg)?;
-            let origin = origin_of(&nodes[l].key);
-            let previous = nodes[w].witness.state().load(&origin)?;
-            let proof = match previous {
-                Some(prev) => {
-                    let (old, _) = Checkpoint::open(prev.checkpoint.as_bytes(), &verifier)?;
-                    nodes[l]
-                        .log
-                        .prove_consistency(old.size, nodes[l].log.size())?
-                }
-                None => Vec::new(),
-            };
-            let line = nodes[w]
-                .witness
-                .cosign(&note, &verifier, &proof, now_ms() / 1000)
-                .with_context(|| {
-                    format!(
-                        "{} witnessing {}",
-                        nodes[w].organisation, nodes[l].organisation
-                    )
-                })?;
-            let cosigner = nodes[w].witness.cosigner().verifier().clone();
-            nodes[l].log.add_cosignature(&line, &cosigner)?;
-            cosignatures += 1;
-        }
-    }
-    Ok(cosignatures)
 }
 
 /// A shard as one provider ran it, with what the verifier found.
@@ -422,16 +378,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let started = Instant::now();
 
-    println!("leam demo: a local federation of four partners, in one process");
-    println!("  not built yet (later issues), so not shown: libp2p networking (the nodes hand each other bytes in memory),");
-    println!("  the reverse auction (leases take the posted offer price), the web dashboard.\n");
+    println!("leam demo: a local federation of four partners");
+    println!("  not built yet (later issues), so not shown: leases and shards over the network (steps 3-5 hand");
+    println!("  bytes over in memory; step 6 runs the federation on libp2p), the reverse auction (leases take");
+    println!("  the posted offer price), the web dashboard.\n");
 
     println!(
         "1. identities and ledgers (ed25519 keys, mode 0600; sled stores; signed checkpoints)"
     );
     let mut nodes = create_nodes(&root)?;
-    let cosigned = witness_round(&mut nodes)?;
-    println!("   every node admitted the others; {cosigned} witness cosignatures on the genesis checkpoints");
+    println!("   every node admitted the others in its own log");
 
     println!("\n2. compute backend and model");
     let (corpus_path, bytes) = corpus_bytes(args.corpus.as_deref())?;
@@ -706,16 +662,52 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    println!("\n6. witnesses: each node cosigns the others' checkpoints after a consistency proof");
-    let cosigned = witness_round(&mut nodes)?;
-    println!("   {cosigned} cosignatures, each after verifying consistency with the genesis checkpoint it cosigned");
-
+    println!(
+        "\n6. the federation on libp2p: a signed genesis; the nodes connect on loopback, replicate\n   \
+         each other's logs (verified against signed checkpoints) and cosign them as witnesses"
+    );
+    let founders = nodes
+        .iter()
+        .map(|n| Founder {
+            organisation: n.organisation.to_string(),
+            sector: n.sector,
+            key: n.key,
+        })
+        .collect();
+    let genesis = Genesis::new(DEMO_SUBSIDY_PERCENT, DEMO_THRESHOLD, founders)?;
+    let mut doc = SignedGenesis::unsigned(genesis.clone());
+    for n in &nodes {
+        doc.sign(n.log.identity().signing_key())?;
+    }
+    let genesis_path = root.join("federation.genesis");
+    std::fs::write(&genesis_path, doc.encode())
+        .with_context(|| format!("writing {}", genesis_path.display()))?;
+    let node_dirs: Vec<(PathBuf, [u8; 32])> = nodes
+        .iter()
+        .map(|n| (n.dir.clone(), n.log.identity().signing_key().to_bytes()))
+        .collect();
     let witnesses: Vec<String> = nodes
         .iter()
-        .map(|n| n.witness.cosigner().verifier().to_string())
+        .filter_map(|n| leam_net::core::witness_verifier(&n.key).map(|v| v.to_string()))
         .collect();
     let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
-    drop(nodes); // release the sled stores so that the audit opens them as an outsider would
+    drop(nodes); // the network nodes open the logs themselves
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let fed = rt.block_on(crate::sim::federate(
+        &node_dirs,
+        &genesis,
+        DEMO_COSIGNATURES,
+        std::time::Duration::from_secs(DEMO_FEDERATE_S_MAX),
+    ))?;
+    let replicas: usize = fed.statuses.iter().map(|s| s.logs.len() - 1).sum();
+    let cosigs: usize = fed.statuses.iter().map(|s| s.logs[0].cosignatures).sum();
+    println!(
+        "   federation {}: {replicas} verified replicas, {cosigs} witness cosignatures over the network, in {:.1} s",
+        &hex::encode(genesis.id())[..16],
+        fed.converged.as_secs_f64()
+    );
 
     println!("\n7. audit: every signature, every tree, cosignatures, the accounting fold");
     let state = root.join("auditor-state.json");
@@ -724,7 +716,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &AuditOptions {
             state: Some(state.clone()),
             witnesses: witnesses.clone(),
-            genesis: None,
+            genesis: Some(genesis.clone()),
         },
     )?;
     crate::cli_ledger::print_report(&report);
@@ -738,7 +730,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    println!("  leam audit --state {} {dir_list}", state.display());
+    println!(
+        "  leam audit --state {} --genesis {} {}",
+        state.display(),
+        genesis_path.display(),
+        dirs[PUBLIC_CENTRE].display()
+    );
+    println!("  leam audit --no-state {dir_list}");
     println!("  leam ledger export --dir {}", dirs[STARTUP].display());
     Ok(ExitCode::SUCCESS)
 }

@@ -466,3 +466,76 @@ async fn replication(root: &Path, entries: u64) -> anyhow::Result<(f64, f64, f64
     let _ = hb.await;
     Ok((rep_rate, audit_rate, rep_rate / audit_rate))
 }
+
+/// What [`federate`] observed.
+#[derive(Debug)]
+pub(crate) struct Federated {
+    /// From the first node's start until every node held every log at its owner's size and
+    /// every own checkpoint carried the cosignatures asked for.
+    pub converged: Duration,
+    /// Each node's status at that moment.
+    pub statuses: Vec<leam_net::shell::Status>,
+}
+
+/// Run existing node directories as a federation on loopback (the first listens, the others
+/// bootstrap to it) until every node holds a verified replica of every other log at its
+/// owner's size and every node's own checkpoint carries at least `cosignatures` witness
+/// cosignatures; then stop them all. The same `leam-net` code as `leam node`.
+pub(crate) async fn federate(
+    dirs: &[NodeDir],
+    genesis: &Genesis,
+    cosignatures: usize,
+    limit: Duration,
+) -> anyhow::Result<Federated> {
+    let (otx, _orx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t0 = Instant::now();
+    let mut nodes = Vec::new();
+    let mut handles = Vec::new();
+    let mut first: Option<libp2p::Multiaddr> = None;
+    for (i, (dir, seed)) in dirs.iter().enumerate() {
+        let boot: Vec<_> = first.iter().cloned().collect();
+        let (n, addr, h) = spawn(dir, seed, genesis, boot, otx.clone(), i, stop_rx.clone()).await?;
+        first.get_or_insert(addr);
+        nodes.push(n);
+        handles.push(h);
+    }
+    let result = loop {
+        let mut statuses = Vec::new();
+        for n in &nodes {
+            statuses.push(status(n).await?);
+        }
+        let own: BTreeMap<String, u64> = statuses
+            .iter()
+            .map(|s| (s.logs[0].key.clone(), s.logs[0].size))
+            .collect();
+        let done = statuses.iter().all(|s| {
+            s.logs[0].cosignatures >= cosignatures
+                && own
+                    .iter()
+                    .all(|(k, size)| s.logs.iter().any(|l| &l.key == k && l.size == *size))
+        });
+        if done {
+            break Ok(Federated {
+                converged: t0.elapsed(),
+                statuses,
+            });
+        }
+        if t0.elapsed() > limit {
+            break Err(anyhow::anyhow!(
+                "the federation did not converge within {limit:?}: {}",
+                statuses
+                    .iter()
+                    .map(|s| serde_json::to_string(&s.logs).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    result
+}

@@ -522,6 +522,25 @@ pub trait Terms: Sized {
     }
 }
 
+/// The canonical encoding of co-signed terms on their own (what a proposer sends its
+/// counterparty to countersign; `specs/wire.md` §4).
+pub fn encode_terms<T: Terms>(terms: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    terms.encode_into(&mut out);
+    out
+}
+
+/// Decode terms sent on their own: strict, the bytes must end exactly after the terms.
+pub fn decode_terms<T: Terms>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let t = T::decode_from(&mut r)?;
+    let rest = bytes.len() - r.pos;
+    if rest != 0 {
+        return Err(DecodeError::TrailingBytes { found: rest });
+    }
+    Ok(t)
+}
+
 /// Entry kinds and their tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

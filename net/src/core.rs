@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use leam_ledger::account::Membership;
 use leam_ledger::checkpoint::{Checkpoint, Cosigner};
-use leam_ledger::entry::{Admission, Body, Entry, Evidence, EvidenceKind, Kind, PublicKey};
+use leam_ledger::entry::{
+    decode_terms, encode_terms, Admission, Body, Entry, Evidence, EvidenceKind, Kind, LeaseTerms,
+    PublicKey, ReceiptTerms, SettlementTerms, Terms, SIGNATURE_BYTES,
+};
 use leam_ledger::evidence::Equivocation;
 use leam_ledger::genesis::{self, Genesis};
 use leam_ledger::identity::{key_of_origin, log_verifier, verifier_key_of};
@@ -159,6 +162,82 @@ pub fn witness_verifier(key: &PublicKey) -> Option<Verifier> {
     Verifier::new(&witness_name(key), Algorithm::CosignatureV1, vk).ok()
 }
 
+/// A fact two members record in both their logs, each copy co-signed by the other party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// A lease.
+    Lease(LeaseTerms),
+    /// A receipt.
+    Receipt(ReceiptTerms),
+    /// A settlement.
+    Settlement(SettlementTerms),
+}
+
+impl Fact {
+    /// The entry kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Fact::Lease(_) => LeaseTerms::KIND,
+            Fact::Receipt(_) => ReceiptTerms::KIND,
+            Fact::Settlement(_) => SettlementTerms::KIND,
+        }
+    }
+    /// The two parties.
+    pub fn parties(&self) -> (PublicKey, PublicKey) {
+        match self {
+            Fact::Lease(t) => t.parties(),
+            Fact::Receipt(t) => t.parties(),
+            Fact::Settlement(t) => t.parties(),
+        }
+    }
+    /// The terms' canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Fact::Lease(t) => encode_terms(t),
+            Fact::Receipt(t) => encode_terms(t),
+            Fact::Settlement(t) => encode_terms(t),
+        }
+    }
+    /// Decode terms of entry kind `kind`.
+    pub fn decode(kind: u8, bytes: &[u8]) -> Result<Fact, String> {
+        let e = |e: leam_ledger::entry::DecodeError| format!("terms: {e}");
+        match kind {
+            k if k == LeaseTerms::KIND as u8 => decode_terms(bytes).map(Fact::Lease).map_err(e),
+            k if k == ReceiptTerms::KIND as u8 => decode_terms(bytes).map(Fact::Receipt).map_err(e),
+            k if k == SettlementTerms::KIND as u8 => {
+                decode_terms(bytes).map(Fact::Settlement).map_err(e)
+            }
+            k => Err(format!(
+                "kind {k} is not a co-signed fact (expected 5 lease, 6 receipt or 8 settlement)"
+            )),
+        }
+    }
+    /// This party's signature over the terms' cosigning message.
+    pub fn cosignature(&self, key: &ed25519_dalek::SigningKey) -> [u8; SIGNATURE_BYTES] {
+        match self {
+            Fact::Lease(t) => t.cosignature(key),
+            Fact::Receipt(t) => t.cosignature(key),
+            Fact::Settlement(t) => t.cosignature(key),
+        }
+    }
+    /// The entry body of this party's copy, co-signed by `counterparty` with `sig` (verified).
+    pub fn body(
+        self,
+        counterparty: &PublicKey,
+        sig: [u8; SIGNATURE_BYTES],
+    ) -> Result<Body, leam_ledger::entry::VerifyError> {
+        Ok(match self {
+            Fact::Lease(t) => Body::Lease(t.with_cosignature(counterparty, sig)?),
+            Fact::Receipt(t) => Body::Receipt(t.with_cosignature(counterparty, sig)?),
+            Fact::Settlement(t) => Body::Settlement(t.with_cosignature(counterparty, sig)?),
+        })
+    }
+}
+
+/// Decides whether this node agrees to a fact a member proposes to it (the market's rule plugs
+/// in here); `Err` says why not. Without a policy a node agrees to nothing.
+pub type Policy = Box<dyn Fn(&Fact) -> Result<(), String> + Send>;
+
 /// The node core.
 #[derive(Debug)]
 pub struct Core {
@@ -178,7 +257,21 @@ pub struct Core {
     last_publish_ms: Option<u64>,
     republish: bool,
     pull_cursor: PublicKey,
+    policy: PolicySlot,
     stats: Stats,
+}
+
+/// The policy, if set (a closure has no `Debug`).
+struct PolicySlot(Option<Policy>);
+
+impl std::fmt::Debug for PolicySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Policy(set)"
+        } else {
+            "Policy(none)"
+        })
+    }
 }
 
 impl Core {
@@ -250,6 +343,7 @@ impl Core {
             last_publish_ms: None,
             republish: false,
             pull_cursor: [0; 32],
+            policy: PolicySlot(None),
             stats: Stats::default(),
         };
         let own = core.own_entries()?;
@@ -480,6 +574,112 @@ impl Core {
             actions.push(self.publish(now_ms));
         }
         Ok(actions)
+    }
+
+    /// Set the rule by which this node agrees to facts members propose.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = PolicySlot(Some(policy));
+    }
+
+    /// Propose `fact` to its other party: the request carries this node's signature, so the
+    /// counterparty can record its copy; [`Core::on_countersigned`] records this node's copy
+    /// when the countersignature comes back.
+    pub fn propose(&self, fact: &Fact) -> Result<Action, CoreError> {
+        let (a, b) = fact.parties();
+        let other = match (a == self.key, b == self.key) {
+            (true, false) => b,
+            (false, true) => a,
+            _ => {
+                return Err(CoreError::Refused(format!(
+                    "this node ({}) must be exactly one of the fact's parties",
+                    hex::encode(self.key)
+                )))
+            }
+        };
+        if !self.is_member(&other) {
+            return Err(CoreError::Refused(format!(
+                "the counterparty {} is not a member",
+                hex::encode(other)
+            )));
+        }
+        Ok(Action::Send {
+            to: other,
+            request: Request::Countersign {
+                kind: fact.kind() as u8,
+                terms: fact.encode(),
+                cosignature: fact.cosignature(self.log.identity().signing_key()).to_vec(),
+            },
+        })
+    }
+
+    /// The answer to a [`Request::Countersign`] this node sent to `from`: on a valid
+    /// countersignature, this node's copy is appended (its index returned).
+    pub fn on_countersigned(
+        &mut self,
+        from: PublicKey,
+        request: &Request,
+        response: Response,
+        now_ms: u64,
+    ) -> (Result<u64, String>, Vec<Action>) {
+        let Request::Countersign { kind, terms, .. } = request else {
+            return (Err("not a countersign request".into()), vec![]);
+        };
+        let sig = match response {
+            Response::Countersigned { cosignature } => cosignature,
+            Response::Refused { reason } => return (Err(format!("refused: {reason}")), vec![]),
+            other => return (Err(format!("unexpected answer {other:?}")), vec![]),
+        };
+        let Ok(sig) = <[u8; SIGNATURE_BYTES]>::try_from(sig.as_slice()) else {
+            return (Err("countersignature is not 64 bytes".into()), vec![]);
+        };
+        let body = match Fact::decode(*kind, terms).and_then(|f| {
+            f.body(&from, sig)
+                .map_err(|e| format!("countersignature does not verify: {e}"))
+        }) {
+            Ok(b) => b,
+            Err(e) => return (Err(e), vec![]),
+        };
+        match self.append(body, now_ms) {
+            Ok((index, actions)) => (Ok(index), actions),
+            Err(e) => (Err(e.to_string()), vec![]),
+        }
+    }
+
+    fn on_countersign(
+        &mut self,
+        from: PublicKey,
+        kind: u8,
+        terms: &[u8],
+        cosignature: &[u8],
+        now_ms: u64,
+    ) -> Result<(Response, Vec<Action>), String> {
+        let fact = Fact::decode(kind, terms)?;
+        let (a, b) = fact.parties();
+        if !((a == self.key && b == from) || (b == self.key && a == from)) {
+            return Err(format!(
+                "the fact's parties are {} and {}; a proposal must come from one to the other",
+                hex::encode(a),
+                hex::encode(b)
+            ));
+        }
+        let sig = <[u8; SIGNATURE_BYTES]>::try_from(cosignature)
+            .map_err(|_| "cosignature is not 64 bytes".to_string())?;
+        let body = fact
+            .clone()
+            .body(&from, sig)
+            .map_err(|e| format!("the proposer's signature does not verify: {e}"))?;
+        match &self.policy.0 {
+            None => {
+                return Err(format!(
+                    "this node has no rule for agreeing to {} facts (the market is not built yet)",
+                    fact.kind().name()
+                ))
+            }
+            Some(policy) => policy(&fact)?,
+        }
+        let (_, actions) = self.append(body, now_ms).map_err(|e| e.to_string())?;
+        let mine = fact.cosignature(self.log.identity().signing_key()).to_vec();
+        Ok((Response::Countersigned { cosignature: mine }, actions))
     }
 
     /// The last publish reached nobody (no peer subscribed yet): publish again after
@@ -801,6 +1001,17 @@ impl Core {
                     Err(e) => refused(e),
                 }
             }
+            Request::Countersign {
+                kind,
+                terms,
+                cosignature,
+            } => match self.on_countersign(from, kind, &terms, &cosignature, now_ms) {
+                Ok((response, more)) => {
+                    actions.extend(more);
+                    response
+                }
+                Err(reason) => refused(reason),
+            },
             Request::Cosignature { line } => match witness_verifier(&from) {
                 None => refused("no witness key for the sender"),
                 Some(v) => match self.log.add_cosignature(&line, &v) {
@@ -820,7 +1031,6 @@ impl Core {
             }
             _ => self.stats.requests_served += 1,
         }
-        actions.retain(|_: &Action| true);
         (response, actions)
     }
 

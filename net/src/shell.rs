@@ -43,6 +43,8 @@ pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 300_000;
 pub const BOOTSTRAP_TIMEOUT_MS: u64 = 10_000;
 /// Period of [`Core::tick`] and of re-dialling members that are not connected.
 pub const TICK_MS: u64 = 1_000;
+/// Proposals awaiting a countersignature at most.
+pub const PROPOSALS_MAX: usize = 256;
 /// Operator commands queued at most.
 pub const COMMAND_QUEUE_MAX: usize = 64;
 /// A member that is not connected is looked up in the DHT at most this often.
@@ -146,6 +148,14 @@ pub enum Command {
         /// Body.
         body: Box<leam_ledger::entry::Body>,
         /// Index of the entry, or why not.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Propose a co-signed fact (lease, receipt, settlement) to its other party; both record
+    /// it once the other party agrees and countersigns.
+    Propose {
+        /// The fact.
+        fact: Box<crate::core::Fact>,
+        /// This node's entry index of its copy, or why not.
         reply: oneshot::Sender<Result<u64, String>>,
     },
     /// Vote to admit a member.
@@ -264,6 +274,7 @@ pub struct Node {
     endpoints: HashMap<PeerId, Multiaddr>,
     announced: HashMap<PeerId, Vec<Multiaddr>>,
     pending: HashMap<request_response::OutboundRequestId, (PublicKey, Request)>,
+    proposals: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<u64, String>>>,
     bootstrap: Vec<Multiaddr>,
     lookups: HashMap<PeerId, Instant>,
     bootstrapped: bool,
@@ -374,6 +385,7 @@ impl Node {
             endpoints: HashMap::new(),
             announced: HashMap::new(),
             pending: HashMap::new(),
+            proposals: HashMap::new(),
             bootstrap: config.bootstrap.clone(),
             lookups: HashMap::new(),
             bootstrapped: false,
@@ -533,6 +545,36 @@ impl Node {
                     Err(e) => Err(e.to_string()),
                 };
                 let _ = reply.send(result);
+            }
+            Command::Propose { fact, reply } => {
+                if self.proposals.len() >= PROPOSALS_MAX {
+                    let _ = reply.send(Err(format!(
+                        "{PROPOSALS_MAX} proposals already await an answer"
+                    )));
+                    return;
+                }
+                match self.core.propose(&fact) {
+                    Ok(Action::Send { to, request }) => match peer_id_of(&to) {
+                        Some(pid) => {
+                            let id = self
+                                .swarm
+                                .behaviour_mut()
+                                .log
+                                .send_request(&pid, request.clone());
+                            self.pending.insert(id, (to, request));
+                            self.proposals.insert(id, reply);
+                        }
+                        None => {
+                            let _ = reply.send(Err("counterparty key invalid".into()));
+                        }
+                    },
+                    Ok(_) => {
+                        let _ = reply.send(Err("nothing to send".into()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
             }
             Command::Admit {
                 member,
@@ -856,6 +898,13 @@ impl Node {
                         response,
                     } => {
                         if let Some((to, request)) = self.pending.remove(&request_id) {
+                            if let Some(reply) = self.proposals.remove(&request_id) {
+                                let (result, actions) =
+                                    self.core.on_countersigned(to, &request, response, now_ms());
+                                let _ = reply.send(result);
+                                self.apply(actions);
+                                return;
+                            }
                             if let (Some(obs), Response::Checkpoint { note }) =
                                 (&self.observer, &response)
                             {
@@ -894,6 +943,9 @@ impl Node {
                 error,
                 ..
             }) => {
+                if let Some(reply) = self.proposals.remove(&request_id) {
+                    let _ = reply.send(Err(format!("no answer from the counterparty: {error}")));
+                }
                 if let Some((to, request)) = self.pending.remove(&request_id) {
                     tracing::debug!(peer = %hex::encode(to), %error, "request failed");
                     self.core.on_failure(to, request);

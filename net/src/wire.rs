@@ -27,6 +27,8 @@ pub const ENTRIES_PER_REQUEST_MAX: u64 = 4096;
 pub const RESPONSE_ENTRY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest cosignature line a witness may send.
 pub const COSIGNATURE_LINE_BYTES_MAX: usize = 512;
+/// Largest terms a countersign proposal may carry.
+pub const TERMS_BYTES_MAX: usize = 4 * 1024;
 /// Largest refusal reason.
 pub const REASON_BYTES_MAX: usize = 512;
 /// Timeout of one request.
@@ -120,6 +122,19 @@ pub enum Request {
         /// `— <name> <base64>\n`.
         line: String,
     },
+    /// A proposal to countersign a fact both parties record (a lease, receipt or settlement).
+    Countersign {
+        /// The entry kind of the fact (`specs/ledger.md` §2.1: 5 lease, 6 receipt, 8
+        /// settlement).
+        kind: u8,
+        /// The terms' canonical encoding (`specs/ledger.md`), at most [`TERMS_BYTES_MAX`].
+        #[serde(with = "serde_bytes")]
+        terms: Vec<u8>,
+        /// The proposer's signature over the terms' cosigning message, so that the responder
+        /// can record its copy co-signed by the proposer.
+        #[serde(with = "serde_bytes")]
+        cosignature: Vec<u8>,
+    },
 }
 
 /// A response on [`PROTOCOL_LOG`].
@@ -139,6 +154,13 @@ pub enum Response {
     },
     /// The cosignature was verified and stored.
     Cosigned,
+    /// The responder agreed to the proposed fact and recorded it; its signature over the
+    /// terms' cosigning message follows.
+    Countersigned {
+        /// 64 bytes.
+        #[serde(with = "serde_bytes")]
+        cosignature: Vec<u8>,
+    },
     /// The request was refused; the reason says why.
     Refused {
         /// Why (at most [`REASON_BYTES_MAX`] bytes).
@@ -155,6 +177,24 @@ impl Request {
                 if to <= from || to - from > ENTRIES_PER_REQUEST_MAX {
                     Err(format!(
                         "entries {from}..{to}: expected a non-empty range of at most {ENTRIES_PER_REQUEST_MAX}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Request::Countersign {
+                terms, cosignature, ..
+            } => {
+                if terms.len() > TERMS_BYTES_MAX {
+                    Err(format!(
+                        "terms of {} bytes, more than {TERMS_BYTES_MAX}",
+                        terms.len()
+                    ))
+                } else if cosignature.len() != leam_ledger::entry::SIGNATURE_BYTES {
+                    Err(format!(
+                        "cosignature of {} bytes, expected {}",
+                        cosignature.len(),
+                        leam_ledger::entry::SIGNATURE_BYTES
                     ))
                 } else {
                     Ok(())

@@ -554,14 +554,8 @@ impl Node {
                     return;
                 }
                 match self.core.propose(&fact) {
-                    Ok(Action::Send { to, request }) => match peer_id_of(&to) {
-                        Some(pid) => {
-                            let id = self
-                                .swarm
-                                .behaviour_mut()
-                                .log
-                                .send_request(&pid, request.clone());
-                            self.pending.insert(id, (to, request));
+                    Ok(Action::Send { to, request }) => match self.send(to, request) {
+                        Some(id) => {
                             self.proposals.insert(id, reply);
                         }
                         None => {
@@ -660,13 +654,7 @@ impl Node {
                     }
                 }
                 Action::Send { to, request } => {
-                    let Some(pid) = peer_id_of(&to) else { continue };
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .log
-                        .send_request(&pid, request.clone());
-                    self.pending.insert(id, (to, request));
+                    self.send(to, request);
                 }
                 Action::Allow(key) => {
                     if let Some(pid) = peer_id_of(&key) {
@@ -683,6 +671,22 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Send a request to a member (dialling it if needed) and remember it for its answer.
+    fn send(
+        &mut self,
+        to: PublicKey,
+        request: Request,
+    ) -> Option<request_response::OutboundRequestId> {
+        let pid = peer_id_of(&to)?;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .log
+            .send_request(&pid, request.clone());
+        self.pending.insert(id, (to, request));
+        Some(id)
     }
 
     fn key_of(&self, pid: &PeerId) -> Option<PublicKey> {

@@ -3,19 +3,10 @@
 //! bootstrap, no running node).
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn leam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args(args)
-        .output()
-        .expect("the leam binary runs")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod common;
+use common::{leam, p};
 
 fn code_and_err(args: &[&str]) -> (Option<i32>, String) {
     let out = leam(args);

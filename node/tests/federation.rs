@@ -5,33 +5,13 @@
 //! the audit of one node's directory (own log and replicas) equals the audit of all of them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn leam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args(args)
-        .output()
-        .expect("the leam binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = leam(args);
-    assert!(
-        out.status.success(),
-        "leam {args:?} failed ({:?}): {}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod common;
+use common::{leam, ok, p};
 
 struct Running {
     dir: PathBuf,

@@ -26,6 +26,8 @@ pub const SIM_NODES_MAX: usize = 256;
 pub const SIM_MESSAGES_MAX: usize = 1_000;
 /// Longest wait for replication to converge.
 const CONVERGE_S_MAX: u64 = 300;
+/// Longest pause between timed messages.
+pub const SIM_INTERVAL_MS_MAX: u64 = 60_000;
 /// Most entries of the replication measurement.
 pub const SIM_ENTRIES_MAX: u64 = 1_000_000;
 
@@ -36,9 +38,13 @@ pub struct SimArgs {
     /// Nodes in the simulated federation.
     #[arg(long, default_value_t = 64)]
     pub nodes: usize,
-    /// Signed checkpoints whose propagation to every node is timed (one every 200 ms).
+    /// Signed checkpoints whose propagation to every node is timed.
     #[arg(long, default_value_t = 50)]
     pub messages: usize,
+    /// Pause between two timed messages, milliseconds (the replication and witnessing each
+    /// message triggers settle before the next is timed).
+    #[arg(long, default_value_t = 1_000)]
+    pub interval_ms: u64,
     /// Entries of the log replicated between two nodes for the throughput measurement
     /// (0 skips it).
     #[arg(long, default_value_t = 20_000)]
@@ -177,6 +183,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     if a.nodes < 2 || a.nodes > SIM_NODES_MAX {
         bail!("--nodes must be in 2..={SIM_NODES_MAX}, found {}", a.nodes);
+    }
+    if a.interval_ms > SIM_INTERVAL_MS_MAX {
+        bail!("--interval-ms must be at most {SIM_INTERVAL_MS_MAX}");
     }
     if a.messages > SIM_MESSAGES_MAX {
         bail!("--messages must be at most {SIM_MESSAGES_MAX}");
@@ -349,7 +358,7 @@ async fn simulate(root: &Path, a: &SimArgs) -> anyhow::Result<BTreeMap<String, s
             }
         }
         latencies.push(last.as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(a.interval_ms)).await;
     }
     latencies.sort_by(|x, y| x.total_cmp(y));
     per_node.sort_by(|x, y| x.total_cmp(y));

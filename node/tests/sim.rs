@@ -15,6 +15,8 @@ fn sixty_four_nodes_converge() {
             "64",
             "--messages",
             "10",
+            "--interval-ms",
+            "300",
             "--entries",
             "2000",
             "--json",

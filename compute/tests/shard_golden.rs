@@ -51,9 +51,11 @@ fn example_result() -> ShardResult {
     }
 }
 
+/// Prints the values of the worked example, to regenerate `specs/shard.md` after a deliberate
+/// format change; the tests below check every golden block of the document.
 #[test]
+#[ignore = "prints the golden values, checks nothing: run with `cargo test --release -p leam-compute --test shard_golden -- --ignored --nocapture print_golden_values`"]
 fn print_golden_values() {
-    // `cargo test -p leam-compute --test shard_golden -- --nocapture print` regenerates the doc.
     let spec = example_spec();
     println!("spec {}", hex::encode(spec.encode()));
     println!("id {}", hex::encode(spec.id()));

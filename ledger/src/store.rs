@@ -78,6 +78,16 @@ pub enum StoreError {
         /// Store path.
         path: PathBuf,
     },
+    /// Another process (a running node, usually) holds the store's file lock.
+    #[error(
+        "store {path}: locked by another process (a running node?); gave up after {waited_ms} ms"
+    )]
+    Locked {
+        /// Store path.
+        path: PathBuf,
+        /// How long the open waited for the lock.
+        waited_ms: u64,
+    },
 }
 
 /// One atomic append.
@@ -135,6 +145,31 @@ pub const LOCK_WAIT_MS_MAX: u64 = 2_000;
 /// Pause between attempts to take the lock.
 const LOCK_RETRY_MS: u64 = 10;
 
+/// Why one attempt to open sled failed.
+enum OpenError {
+    /// Another handle holds the file lock (maybe one being dropped): worth retrying.
+    Locked,
+    /// Anything else: final.
+    Other(StoreError),
+}
+
+/// Whether sled failed to open because another handle holds its file lock.
+///
+/// sled 0.34 (`Config::try_lock` in its `config.rs`) does not keep the `WouldBlock` of the
+/// failed `flock`: it returns `Error::Io` of kind `Other` whose message starts with "could not
+/// acquire lock on". No other failure of `open` has that kind and prefix. Detecting the lock
+/// without that wording needs our own `flock` probe (`File::try_lock`, Rust 1.89, above the
+/// workspace's `rust-version`), so the wording is pinned instead: the test
+/// `tests::a_second_open_in_one_process_is_locked` fails if a sled upgrade changes it.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::Other
+            && io.to_string().starts_with(SLED_LOCK_MESSAGE_PREFIX))
+}
+
+/// The start of sled 0.34's message when its file lock is held elsewhere.
+const SLED_LOCK_MESSAGE_PREFIX: &str = "could not acquire lock on";
+
 impl SledStore {
     fn backend(&self, e: sled::Error) -> StoreError {
         StoreError::Backend {
@@ -145,25 +180,29 @@ impl SledStore {
 
     fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         // sled 0.34 releases its file lock asynchronously: background threads of a just-dropped
-        // handle may hold it for a few milliseconds, so reopening at once can fail with
-        // `WouldBlock`. Retry for a bounded time; a lock held by another live process still
-        // fails, with sled's message, after `LOCK_WAIT_MS_MAX`.
-        let mut waited_ms = 0;
+        // handle may hold it for a few milliseconds, so reopening at once can fail to take it.
+        // Retry for a bounded time; a lock held by another live process fails with
+        // `StoreError::Locked` after `LOCK_WAIT_MS_MAX`.
+        let started = std::time::Instant::now();
         loop {
             match Self::open_db_once(path) {
-                Err(StoreError::Backend { message, .. })
-                    if message.contains("could not acquire lock")
-                        && waited_ms < LOCK_WAIT_MS_MAX =>
-                {
+                Err(OpenError::Locked) => {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    if waited_ms >= LOCK_WAIT_MS_MAX {
+                        return Err(StoreError::Locked {
+                            path: path.to_owned(),
+                            waited_ms,
+                        });
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
-                    waited_ms += LOCK_RETRY_MS;
                 }
-                other => return other,
+                Err(OpenError::Other(e)) => return Err(e),
+                Ok(db) => return Ok(db),
             }
         }
     }
 
-    fn open_db_once(path: &Path) -> Result<sled::Db, StoreError> {
+    fn open_db_once(path: &Path) -> Result<sled::Db, OpenError> {
         // sled can panic on some on-disk corruptions instead of returning an error; turn that
         // into a precise error rather than aborting the node.
         let p = path.to_owned();
@@ -179,14 +218,15 @@ impl SledStore {
         });
         match opened {
             Ok(Ok(db)) => Ok(db),
-            Ok(Err(e)) => Err(StoreError::Backend {
+            Ok(Err(e)) if is_lock_error(&e) => Err(OpenError::Locked),
+            Ok(Err(e)) => Err(OpenError::Other(StoreError::Backend {
                 path: path.to_owned(),
                 message: e.to_string(),
-            }),
-            Err(_) => Err(StoreError::Backend {
+            })),
+            Err(_) => Err(OpenError::Other(StoreError::Backend {
                 path: path.to_owned(),
                 message: "sled panicked while opening the store (corrupt files?)".into(),
-            }),
+            })),
         }
     }
 
@@ -394,5 +434,65 @@ impl Store for SledStore {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_second_open_in_one_process_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let held = SledStore::create(&path).unwrap();
+
+        // Pin sled's wording: a raw second open fails with exactly the error `is_lock_error`
+        // recognises. If a sled upgrade rewords it, this fails here rather than turning a
+        // held lock into a generic backend error.
+        let raw = sled::Config::new().path(&path).open().unwrap_err();
+        assert!(is_lock_error(&raw), "sled's lock error changed: {raw:?}");
+
+        let started = Instant::now();
+        let err = SledStore::open(&path).unwrap_err();
+        let elapsed = started.elapsed();
+        match &err {
+            StoreError::Locked { path: p, waited_ms } => {
+                assert_eq!(p, &path);
+                assert!(*waited_ms >= LOCK_WAIT_MS_MAX, "{waited_ms}");
+            }
+            other => panic!("expected StoreError::Locked, got {other:?}"),
+        }
+        assert!(
+            elapsed >= Duration::from_millis(LOCK_WAIT_MS_MAX)
+                && elapsed < Duration::from_millis(LOCK_WAIT_MS_MAX + 3_000),
+            "the wait is bounded by LOCK_WAIT_MS_MAX: {elapsed:?}"
+        );
+        // The binary maps this message to its environment exit code.
+        let message = err.to_string();
+        assert!(
+            message.contains("locked by another process")
+                && message.contains(&path.display().to_string()),
+            "{message}"
+        );
+        // The held handle is unaffected.
+        assert_eq!(held.size().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_reopen_after_drop_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        drop(SledStore::create(&path).unwrap());
+        // sled releases its lock asynchronously; each reopen right after a drop must succeed
+        // within the bounded wait, not fail as locked.
+        for _ in 0..5 {
+            let started = Instant::now();
+            let s = SledStore::open(&path).unwrap();
+            assert!(started.elapsed() < Duration::from_millis(LOCK_WAIT_MS_MAX));
+            assert_eq!(s.size().unwrap(), 0);
+            drop(s);
+        }
     }
 }

@@ -62,6 +62,18 @@ pub enum CoreError {
     Refused(String),
 }
 
+impl CoreError {
+    /// Whether the node's own store is held by another process (a running node).
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            self,
+            CoreError::Log(LogError::Store(
+                leam_ledger::store::StoreError::Locked { .. }
+            ))
+        )
+    }
+}
+
 /// What to do with a gossip message (maps to gossipsub's `MessageAcceptance`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acceptance {

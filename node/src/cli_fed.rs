@@ -677,7 +677,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let core = match Core::open(&a.dir, genesis) {
         Ok(c) => c,
         Err(e) => {
-            let locked = e.to_string().contains("lock");
+            let locked = e.is_locked();
             return Err(fail(
                 if locked { EXIT_ENV } else { EXIT_INPUT },
                 anyhow!("opening {}: {e}", a.dir.display()),

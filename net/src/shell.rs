@@ -236,6 +236,11 @@ fn now_ms() -> u64 {
 fn gossip_config() -> Result<gossipsub::Config, NetError> {
     gossipsub::ConfigBuilder::default()
         .validate_messages()
+        // Every payload carries its own signature (a checkpoint signed by its log's owner, an
+        // entry signed by its author), so the envelope is unsigned, as Ethereum's consensus
+        // gossip does (StrictNoSign): no author, no sequence number, and no ed25519
+        // verification of every duplicate copy a node receives from its mesh.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .heartbeat_interval(Duration::from_millis(GOSSIP_HEARTBEAT_MS))
         .max_transmit_size(GOSSIP_BYTES_MAX + 1024)
         // Content-addressed ids: the same message published twice (a replay) is a duplicate.
@@ -310,7 +315,7 @@ impl Node {
                 let peer_id = key.public().to_peer_id();
                 let (params, thresholds) = score_params(&topic);
                 let mut gossipsub = gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
+                    MessageAuthenticity::Anonymous,
                     gossip_config().map_err(|e| e.to_string())?,
                 )?;
                 gossipsub.with_peer_score(params, thresholds)?;

@@ -369,9 +369,10 @@ impl Core {
                     .filter(|e| e.author == owner && e.kind() == Kind::Admission),
             );
         }
-        for e in own.iter().chain(core.replica_entries()?.iter()) {
+        // Keys this node recorded equivocation evidence against (in its own log) stay blocked.
+        for e in &own {
             if let Body::Evidence(ev) = &e.body {
-                if ev.kind == EvidenceKind::CheckpointEquivocation && e.author == core.key {
+                if ev.kind == EvidenceKind::CheckpointEquivocation {
                     core.accused.insert(ev.accused);
                 }
             }
@@ -383,14 +384,6 @@ impl Core {
     fn own_entries(&self) -> Result<Vec<Entry>, CoreError> {
         let raw = self.log.reader().entries(0, self.log.size())?;
         Ok(raw.iter().filter_map(|b| Entry::decode(b).ok()).collect())
-    }
-
-    fn replica_entries(&self) -> Result<Vec<Entry>, CoreError> {
-        let mut out = Vec::new();
-        for r in self.replicas.values() {
-            out.extend(r.decode_all()?);
-        }
-        Ok(out)
     }
 
     fn collect_votes(&mut self, entries: &[Entry]) {
@@ -1029,7 +1022,6 @@ impl Core {
                 Some(v) => match self.log.add_cosignature(&line, &v) {
                     Ok(()) => {
                         self.stats.cosignatures_received += 1;
-                        let _ = now_ms;
                         Response::Cosigned
                     }
                     Err(e) => refused(format!("cosignature not stored: {e}")),

@@ -220,6 +220,17 @@ pub fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
     Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
 }
 
+/// The ledger key of a PeerId, read from the PeerId itself (an ed25519 PeerId is the identity
+/// multihash of the protobuf-encoded public key); `None` for any other kind of PeerId.
+pub fn key_of_peer(peer: &PeerId) -> Option<PublicKey> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(pk.try_into_ed25519().ok()?.to_bytes())
+}
+
 /// The libp2p keypair of a ledger seed (the same 32-byte RFC 8032 seed; one key, one identity).
 pub fn keypair_of(seed: &[u8; 32]) -> Result<Keypair, NetError> {
     let mut copy = *seed; // ed25519_from_bytes zeroizes its argument
@@ -703,13 +714,7 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                let key = self
-                    .core
-                    .members()
-                    .keys()
-                    .find(|k| peer_id_of(k) == Some(peer_id))
-                    .copied();
-                match key {
+                match key_of_peer(&peer_id) {
                     Some(key) if self.core.is_member(&key) => {
                         let addr = match &endpoint {
                             ConnectedPoint::Dialer { address, .. } => address.clone(),
@@ -814,11 +819,7 @@ impl Node {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
                 if !self.swarm.is_connected(&peer)
                     && self.keys.len() < CONNECTIONS_MAX as usize
-                    && self
-                        .core
-                        .members()
-                        .keys()
-                        .any(|k| peer_id_of(k) == Some(peer)) =>
+                    && key_of_peer(&peer).is_some_and(|k| self.core.members().contains_key(&k)) =>
             {
                 let _ = self.swarm.dial(peer);
             }
@@ -829,11 +830,8 @@ impl Node {
                 for p in ok.peers {
                     if p.addrs.is_empty()
                         || self.swarm.is_connected(&p.peer_id)
-                        || !self
-                            .core
-                            .members()
-                            .keys()
-                            .any(|k| peer_id_of(k) == Some(p.peer_id))
+                        || !key_of_peer(&p.peer_id)
+                            .is_some_and(|k| self.core.members().contains_key(&k))
                     {
                         continue;
                     }
@@ -860,10 +858,7 @@ impl Node {
                     if let Ok(wire::Gossip::Checkpoint(note)) = wire::Gossip::decode(&message.data)
                     {
                         if let (Some(log), Some(size)) = (
-                            std::str::from_utf8(&note)
-                                .ok()
-                                .and_then(|t| t.lines().next())
-                                .and_then(leam_ledger::identity::key_of_origin),
+                            crate::core::checkpoint_owner(&note),
                             crate::core::checkpoint_size(&note),
                         ) {
                             let _ = obs.send(Observed::Checkpoint {

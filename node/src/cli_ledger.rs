@@ -271,8 +271,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
 /// The log key of a node or replica directory, from its checkpoint file's origin line.
 fn dir_log_key(dir: &Path) -> Option<leam_ledger::entry::PublicKey> {
     let note = std::fs::read(dir.join(leam_ledger::log::CHECKPOINT_FILE_NAME)).ok()?;
-    let origin = std::str::from_utf8(&note).ok()?.lines().next()?.to_string();
-    leam_ledger::identity::key_of_origin(&origin)
+    leam_net::core::checkpoint_owner(&note)
 }
 
 /// The given directories, each followed by its replicas (those whose log is not given itself).

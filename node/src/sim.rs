@@ -154,6 +154,31 @@ async fn status(n: &SimNode) -> anyhow::Result<leam_net::shell::Status> {
     Ok(rx.await?)
 }
 
+async fn statuses(nodes: &[SimNode]) -> anyhow::Result<Vec<leam_net::shell::Status>> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(status(n).await?);
+    }
+    Ok(out)
+}
+
+/// Pairs (node, other member's log) where the node does not hold the log at the size its
+/// owner reports (each status lists the node's own log first).
+fn replicas_behind(statuses: &[leam_net::shell::Status]) -> usize {
+    let own: BTreeMap<&str, u64> = statuses
+        .iter()
+        .map(|s| (s.logs[0].key.as_str(), s.logs[0].size))
+        .collect();
+    statuses
+        .iter()
+        .map(|s| {
+            own.iter()
+                .filter(|(k, size)| !s.logs.iter().any(|l| l.key == **k && l.size == **size))
+                .count()
+        })
+        .sum()
+}
+
 async fn peers(n: &SimNode) -> anyhow::Result<usize> {
     let (tx, rx) = oneshot::channel();
     n.commands.send(NodeCommand::Peers(tx)).await?;
@@ -269,33 +294,12 @@ async fn simulate(root: &Path, a: &SimArgs) -> anyhow::Result<BTreeMap<String, s
     // Until replication converged: every node holds every log at its owner's size.
     let t1 = Instant::now();
     loop {
-        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
-        let mut statuses = Vec::new();
-        for n in &nodes {
-            let s = status(n).await?;
-            sizes.insert(s.logs[0].key.clone(), s.logs[0].size);
-            statuses.push(s);
-        }
-        let done = statuses.iter().all(|s| {
-            sizes
-                .iter()
-                .all(|(k, size)| s.logs.iter().any(|l| &l.key == k && l.size == *size))
-        });
-        if done {
+        let statuses = statuses(&nodes).await?;
+        let missing = replicas_behind(&statuses);
+        if missing == 0 {
             break;
         }
         if t1.elapsed() > Duration::from_secs(CONVERGE_S_MAX) {
-            let missing: usize = statuses
-                .iter()
-                .map(|s| {
-                    sizes
-                        .iter()
-                        .filter(|(k, size)| {
-                            !s.logs.iter().any(|l| &l.key == *k && l.size == **size)
-                        })
-                        .count()
-                })
-                .sum();
             let mut refused: BTreeMap<String, u64> = BTreeMap::new();
             for s in &statuses {
                 for (k, v) in &s.stats.replica_refused {
@@ -510,20 +514,11 @@ pub(crate) async fn federate(
         handles.push(h);
     }
     let result = loop {
-        let mut statuses = Vec::new();
-        for n in &nodes {
-            statuses.push(status(n).await?);
-        }
-        let own: BTreeMap<String, u64> = statuses
-            .iter()
-            .map(|s| (s.logs[0].key.clone(), s.logs[0].size))
-            .collect();
-        let done = statuses.iter().all(|s| {
-            s.logs[0].cosignatures >= cosignatures
-                && own
-                    .iter()
-                    .all(|(k, size)| s.logs.iter().any(|l| &l.key == k && l.size == *size))
-        });
+        let statuses = statuses(&nodes).await?;
+        let done = replicas_behind(&statuses) == 0
+            && statuses
+                .iter()
+                .all(|s| s.logs[0].cosignatures >= cosignatures);
         if done {
             break Ok(Federated {
                 converged: t0.elapsed(),

@@ -335,7 +335,12 @@ impl LogState {
                     .checked_add(dep.eur_cents)
                     .ok_or(RuleError::Overflow { seq })?;
             }
-            Body::Offer(_) | Body::Bid(_) => {}
+            Body::Offer(_) | Body::Bid(_) | Body::Job(_) => {}
+            Body::Clearing(c) => {
+                for a in &c.assignments {
+                    need(&a.provider, "assigned provider")?;
+                }
+            }
             Body::Lease(c) => {
                 need(&c.terms.bidder, "bidder")?;
                 need(&c.terms.provider, "provider")?;
@@ -747,7 +752,11 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
                 Body::Verdict(v) => {
                     org_of(&v.provider)?;
                 }
-                Body::Admission(_) | Body::Offer(_) | Body::Bid(_) => {}
+                Body::Admission(_)
+                | Body::Offer(_)
+                | Body::Bid(_)
+                | Body::Job(_)
+                | Body::Clearing(_) => {}
             }
             org_of(&e.author)?;
         }

@@ -34,6 +34,12 @@ pub const ORGANISATION_BYTES_MAX: usize = 128;
 pub const REFERENCE_BYTES_MAX: usize = 256;
 /// Largest portable evidence blob in a misbehaviour entry.
 pub const EVIDENCE_BYTES_MAX: usize = 60 * 1024;
+/// Largest canonical job description in a job entry (`specs/market.md`).
+pub const JOB_BYTES_MAX: usize = 8 * 1024;
+/// Most member logs a clearing record may name as its view of the offers.
+pub const CLEARING_VIEWS_MAX: usize = 256;
+/// Most providers a clearing record may assign shards to.
+pub const CLEARING_ASSIGNMENTS_MAX: usize = 256;
 /// Prefix of the message the author signs.
 pub const ENTRY_SIGNING_CONTEXT: &[u8] = b"leam/entry/v1\0";
 /// Prefix of the message a counterparty signs for a co-signed fact.
@@ -82,7 +88,7 @@ pub enum DecodeError {
         found: u8,
     },
     /// The kind byte names no kind.
-    #[error("unknown entry kind {found} (expected 1..=9)")]
+    #[error("unknown entry kind {found} (expected 1..=11)")]
     UnknownKind {
         /// Kind found.
         found: u8,
@@ -335,6 +341,61 @@ pub struct Bid {
     pub deadline_ms: u64,
 }
 
+/// A job description the author (a bidder) publishes, so that every auditor holds the inputs of
+/// its clearings and verifications. The bytes are the canonical description of `specs/market.md`
+/// (the ledger only bounds them); the job id is their SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    /// Canonical job description bytes (≤ [`JOB_BYTES_MAX`]).
+    #[serde(serialize_with = "ser_hex")]
+    pub description: Vec<u8>,
+}
+
+/// One member log as the bidder had verified it when it cleared: the offers a clearing
+/// considers are those in the first `size` entries of each named log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LogView {
+    /// The log's key.
+    #[serde(serialize_with = "ser_hex")]
+    pub log: PublicKey,
+    /// Entries of that log the bidder held (a checkpoint size it had verified).
+    pub size: u64,
+}
+
+/// Shards a clearing assigns to one provider's offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    /// The provider.
+    #[serde(serialize_with = "ser_hex")]
+    pub provider: PublicKey,
+    /// The provider's offer the shards are bought from.
+    pub offer_id: u64,
+    /// Shards assigned.
+    pub shards: u32,
+}
+
+/// The bidder's record of one clearing of the market rule (`specs/market.md`): its inputs (the
+/// bid, the time, the logs it saw) and its outputs (price, assignments), so that any auditor
+/// re-runs the rule and compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Clearing {
+    /// Job cleared.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// Index of the bid entry in the author's (the bidder's) log.
+    pub bid_seq: u64,
+    /// The clearing time (Unix ms): offers valid at this time are considered.
+    pub clearing_ms: u64,
+    /// Compute units of one shard (from the job's tensor shapes).
+    pub shard_units: u64,
+    /// The uniform clearing price, credits (EUR cents) per 1,000 compute units.
+    pub price_cents_per_kilo_unit: u64,
+    /// The logs the bidder saw (≤ [`CLEARING_VIEWS_MAX`], strictly ascending by key).
+    pub views: Vec<LogView>,
+    /// The rule's output (≤ [`CLEARING_ASSIGNMENTS_MAX`], in the rule's order).
+    pub assignments: Vec<Assignment>,
+}
+
 /// Terms of a lease between a bidder and a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseTerms {
@@ -564,6 +625,10 @@ pub enum Kind {
     Settlement = 8,
     /// [`Evidence`].
     Evidence = 9,
+    /// [`Job`].
+    Job = 10,
+    /// [`Clearing`].
+    Clearing = 11,
 }
 
 impl Kind {
@@ -579,6 +644,8 @@ impl Kind {
             Kind::Verdict => "verdict",
             Kind::Settlement => "settlement",
             Kind::Evidence => "evidence",
+            Kind::Job => "job",
+            Kind::Clearing => "clearing",
         }
     }
     fn from_tag(tag: u8) -> Option<Self> {
@@ -592,6 +659,8 @@ impl Kind {
             7 => Kind::Verdict,
             8 => Kind::Settlement,
             9 => Kind::Evidence,
+            10 => Kind::Job,
+            11 => Kind::Clearing,
             _ => return None,
         })
     }
@@ -619,6 +688,10 @@ pub enum Body {
     Settlement(CoSigned<SettlementTerms>),
     /// Misbehaviour evidence.
     Evidence(Evidence),
+    /// Job description.
+    Job(Job),
+    /// Market clearing record.
+    Clearing(Clearing),
 }
 
 impl Body {
@@ -634,6 +707,8 @@ impl Body {
             Body::Verdict(_) => Kind::Verdict,
             Body::Settlement(_) => Kind::Settlement,
             Body::Evidence(_) => Kind::Evidence,
+            Body::Job(_) => Kind::Job,
+            Body::Clearing(_) => Kind::Clearing,
         }
     }
 
@@ -696,6 +771,27 @@ impl Body {
                 w.extend_from_slice(&e.accused);
                 w.push(e.kind as u8);
                 put_bytes(w, &e.bytes);
+            }
+            Body::Job(j) => put_bytes(w, &j.description),
+            Body::Clearing(c) => {
+                w.extend_from_slice(&c.job_id);
+                w.extend_from_slice(&c.bid_seq.to_be_bytes());
+                w.extend_from_slice(&c.clearing_ms.to_be_bytes());
+                w.extend_from_slice(&c.shard_units.to_be_bytes());
+                w.extend_from_slice(&c.price_cents_per_kilo_unit.to_be_bytes());
+                let n = u32::try_from(c.views.len()).expect("views are bounded");
+                w.extend_from_slice(&n.to_be_bytes());
+                for v in &c.views {
+                    w.extend_from_slice(&v.log);
+                    w.extend_from_slice(&v.size.to_be_bytes());
+                }
+                let n = u32::try_from(c.assignments.len()).expect("assignments are bounded");
+                w.extend_from_slice(&n.to_be_bytes());
+                for a in &c.assignments {
+                    w.extend_from_slice(&a.provider);
+                    w.extend_from_slice(&a.offer_id.to_be_bytes());
+                    w.extend_from_slice(&a.shards.to_be_bytes());
+                }
             }
         }
     }
@@ -768,6 +864,42 @@ impl Body {
                 },
                 bytes: r.bytes("evidence", EVIDENCE_BYTES_MAX)?.to_vec(),
             }),
+            Kind::Job => Body::Job(Job {
+                description: r.bytes("description", JOB_BYTES_MAX)?.to_vec(),
+            }),
+            Kind::Clearing => {
+                let job_id = r.array("job_id")?;
+                let bid_seq = r.u64("bid_seq")?;
+                let clearing_ms = r.u64("clearing_ms")?;
+                let shard_units = r.u64("shard_units")?;
+                let price_cents_per_kilo_unit = r.u64("price_cents_per_kilo_unit")?;
+                let n = r.count("views", CLEARING_VIEWS_MAX)?;
+                let mut views = Vec::with_capacity(n);
+                for _ in 0..n {
+                    views.push(LogView {
+                        log: r.array("views.log")?,
+                        size: r.u64("views.size")?,
+                    });
+                }
+                let n = r.count("assignments", CLEARING_ASSIGNMENTS_MAX)?;
+                let mut assignments = Vec::with_capacity(n);
+                for _ in 0..n {
+                    assignments.push(Assignment {
+                        provider: r.array("assignments.provider")?,
+                        offer_id: r.u64("assignments.offer_id")?,
+                        shards: r.u32("assignments.shards")?,
+                    });
+                }
+                Body::Clearing(Clearing {
+                    job_id,
+                    bid_seq,
+                    clearing_ms,
+                    shard_units,
+                    price_cents_per_kilo_unit,
+                    views,
+                    assignments,
+                })
+            }
         })
     }
 }
@@ -968,6 +1100,18 @@ impl<'a> Reader<'a> {
         }
         self.take(field, len as usize)
     }
+    /// A `u32` element count, at most `max`.
+    fn count(&mut self, field: &'static str, max: usize) -> Result<usize, DecodeError> {
+        let n = self.u32(field)?;
+        if n as usize > max {
+            return Err(DecodeError::LengthOverMax {
+                field,
+                found: u64::from(n),
+                max,
+            });
+        }
+        Ok(n as usize)
+    }
     fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
         let b = self.bytes(field, max)?;
         let s = std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { field })?;
@@ -1153,7 +1297,8 @@ impl Entry {
         let mut keys = match &self.body {
             Body::Admission(a) => vec![a.member],
             Body::Deposit(d) => vec![d.member],
-            Body::Offer(_) | Body::Bid(_) => vec![],
+            Body::Offer(_) | Body::Bid(_) | Body::Job(_) => vec![],
+            Body::Clearing(c) => c.assignments.iter().map(|a| a.provider).collect(),
             Body::Lease(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Receipt(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Verdict(v) => vec![v.provider],

@@ -140,6 +140,33 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                 ][k],
                 bytes,
             })),
+        prop::collection::vec(any::<u8>(), 0..600)
+            .prop_map(|description| Body::Job(Job { description })),
+        (
+            any::<[u8; 32]>(),
+            any::<[u64; 4]>(),
+            prop::collection::vec((any::<[u8; 32]>(), any::<u64>()), 0..6),
+            prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u32>()), 0..6)
+        )
+            .prop_map(|(job_id, n, views, assignments)| Body::Clearing(Clearing {
+                job_id,
+                bid_seq: n[0],
+                clearing_ms: n[1],
+                shard_units: n[2],
+                price_cents_per_kilo_unit: n[3],
+                views: views
+                    .into_iter()
+                    .map(|(log, size)| LogView { log, size })
+                    .collect(),
+                assignments: assignments
+                    .into_iter()
+                    .map(|(provider, offer_id, shards)| Assignment {
+                        provider,
+                        offer_id,
+                        shards
+                    })
+                    .collect(),
+            })),
     ]
 }
 
@@ -236,7 +263,7 @@ fn non_canonical_forms_are_rejected_with_the_field() {
         Entry::decode(&b),
         Err(DecodeError::UnknownVersion { found: 2 })
     );
-    for kind in [0u8, 10, 255] {
+    for kind in [0u8, 12, 255] {
         let mut b = good.clone();
         b[1] = kind;
         assert_eq!(

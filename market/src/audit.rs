@@ -1,0 +1,361 @@
+//! The market audit (`specs/market.md` §6): re-run the clearing rule for every clearing record
+//! and check every bid, lease, receipt, verdict and settlement against the job and clearing it
+//! belongs to. Pure: it reads decoded logs (already verified by the ledger audit) and returns
+//! findings; it never stops at the first one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use leam_ledger::entry::{Body, Clearing, Digest32, Entry, PublicKey};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::clearing::{self, lease_terms, Request};
+use crate::job::Job;
+use crate::settle::owed_cents;
+
+/// One thing the market audit found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Log (key hex) holding the entry.
+    pub log: String,
+    /// The entry's index.
+    pub seq: u64,
+    /// Entry kind.
+    pub kind: &'static str,
+    /// What is wrong, saying what was expected and what was found.
+    pub detail: String,
+}
+
+/// The market audit's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MarketAudit {
+    /// Job entries that decode.
+    pub jobs: u64,
+    /// Bids seen.
+    pub bids: u64,
+    /// Clearing records re-run.
+    pub clearings: u64,
+    /// Of those, the ones the rule reproduces exactly.
+    pub clearings_reproduced: u64,
+    /// Distinct leases (by fact id) checked.
+    pub leases: u64,
+    /// Of those, the ones a reproduced clearing implies exactly.
+    pub leases_matching: u64,
+    /// Distinct receipts checked.
+    pub receipts: u64,
+    /// Verdicts by a referee of the job.
+    pub verdicts_counted: u64,
+    /// Verdicts by a member who is not a referee of the job (reported, never counted).
+    pub verdicts_ignored: u64,
+    /// Distinct settlements checked.
+    pub settlements: u64,
+    /// Everything found wrong.
+    pub findings: Vec<Finding>,
+}
+
+impl MarketAudit {
+    /// Whether nothing was found wrong.
+    pub fn clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+fn fact_id(e: &Entry) -> Option<Digest32> {
+    e.body.cosigned().map(|v| v.fact_id)
+}
+
+/// Audit the market records of `logs` (entries by log key, each log complete from entry 0 as
+/// far as the auditor holds it).
+pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
+    let mut out = MarketAudit::default();
+    let find = |out: &mut MarketAudit, e: &Entry, detail: String| {
+        out.findings.push(Finding {
+            log: hex::encode(e.author),
+            seq: e.seq,
+            kind: e.body.kind().name(),
+            detail,
+        });
+    };
+
+    // 1. Jobs published, by (bidder, job id).
+    let mut jobs: BTreeMap<(PublicKey, Digest32), (u64, Job)> = BTreeMap::new();
+    for entries in logs.values() {
+        for e in entries {
+            if let Body::Job(j) = &e.body {
+                match Job::decode(&j.description) {
+                    Ok(job) => {
+                        out.jobs += 1;
+                        let id: Digest32 = Sha256::digest(&j.description).into();
+                        jobs.entry((e.author, id)).or_insert((e.seq, job));
+                    }
+                    Err(err) => find(
+                        &mut out,
+                        e,
+                        format!("job description does not decode: {err}"),
+                    ),
+                }
+            }
+        }
+    }
+    // Any bidder's job by id (verdicts and receipts name only the job id).
+    let job_by_id: BTreeMap<Digest32, (&PublicKey, &Job)> =
+        jobs.iter().map(|((b, id), (_, j))| (*id, (b, j))).collect();
+
+    // 2. Bids and clearings, in the bidder's own log.
+    let mut clearings: BTreeMap<(PublicKey, Digest32), Vec<&Clearing>> = BTreeMap::new();
+    for (bidder, entries) in logs {
+        for e in entries {
+            match &e.body {
+                Body::Bid(b) => {
+                    out.bids += 1;
+                    match jobs.get(&(*bidder, b.job_id)) {
+                        Some((seq, job)) if *seq < e.seq => {
+                            if b.max_price_cents_per_kilo_unit != job.max_price_cents_per_kilo_unit
+                                || b.deadline_ms != job.deadline_ms
+                            {
+                                find(
+                                    &mut out,
+                                    e,
+                                    format!(
+                                    "bid says max price {} and deadline {}, its job says {} and {}",
+                                    b.max_price_cents_per_kilo_unit, b.deadline_ms,
+                                    job.max_price_cents_per_kilo_unit, job.deadline_ms
+                                ),
+                                );
+                            }
+                        }
+                        _ => find(
+                            &mut out,
+                            e,
+                            format!(
+                                "bid for job {} that the bidder's log does not publish before it",
+                                hex::encode(b.job_id)
+                            ),
+                        ),
+                    }
+                }
+                Body::Clearing(c) => {
+                    out.clearings += 1;
+                    if let Some(detail) = check_clearing(logs, &jobs, bidder, e, c) {
+                        find(&mut out, e, detail);
+                    } else {
+                        out.clearings_reproduced += 1;
+                        clearings.entry((*bidder, c.job_id)).or_default().push(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // 3. Co-signed facts (each once) and verdicts.
+    let mut seen: BTreeSet<Digest32> = BTreeSet::new();
+    let mut leased: BTreeMap<(Digest32, PublicKey, PublicKey), (u64, u64, u64)> = BTreeMap::new(); // (job, bidder, provider) -> (units, price/k, cents)
+    let mut verdicts: BTreeMap<(Digest32, u32, PublicKey, Digest32), (u64, u64)> = BTreeMap::new();
+    for entries in logs.values() {
+        for e in entries {
+            let new = fact_id(e).is_none_or(|f| seen.insert(f));
+            match &e.body {
+                Body::Lease(c) if new => {
+                    out.leases += 1;
+                    let t = &c.terms;
+                    let implied = clearings.get(&(t.bidder, t.job_id)).and_then(|cs| {
+                        let (_, job) = &jobs[&(t.bidder, t.job_id)];
+                        cs.iter().find_map(|cl| {
+                            cl.assignments
+                                .iter()
+                                .find(|a| a.provider == t.provider && a.offer_id == t.offer_id)
+                                .map(|a| {
+                                    (
+                                        lease_terms(cl, job, t.bidder, a),
+                                        cl.price_cents_per_kilo_unit,
+                                    )
+                                })
+                        })
+                    });
+                    match implied {
+                        Some((terms, price)) if terms == *t => {
+                            out.leases_matching += 1;
+                            leased.insert((t.job_id, t.bidder, t.provider), (t.compute_units, price, t.price_cents));
+                        }
+                        Some((terms, _)) => find(&mut out, e, format!(
+                            "lease terms differ from what the clearing implies: expected {} units for {} cents until {}, found {} units for {} cents until {}",
+                            terms.compute_units, terms.price_cents, terms.expires_ms,
+                            t.compute_units, t.price_cents, t.expires_ms
+                        )),
+                        None => find(&mut out, e, format!(
+                            "no reproduced clearing of job {} in the bidder's log assigns shards to provider {} under offer {}: the rule would not have produced this lease",
+                            hex::encode(t.job_id), hex::encode(t.provider), t.offer_id
+                        )),
+                    }
+                }
+                Body::Verdict(v) => match job_by_id.get(&v.job_id) {
+                    Some((_, job)) if job.is_referee(&e.author) => {
+                        out.verdicts_counted += 1;
+                        let x = verdicts
+                            .entry((v.job_id, v.shard, v.provider, v.output_commitment))
+                            .or_default();
+                        if v.accepted {
+                            x.0 += 1
+                        } else {
+                            x.1 += 1
+                        }
+                    }
+                    Some(_) => {
+                        out.verdicts_ignored += 1;
+                        find(&mut out, e, format!(
+                            "verdict on job {} shard {} by {}, who is not one of the job's referees: not counted",
+                            hex::encode(v.job_id), v.shard, hex::encode(e.author)
+                        ));
+                    }
+                    None => {
+                        out.verdicts_ignored += 1;
+                        find(
+                            &mut out,
+                            e,
+                            format!(
+                                "verdict on job {}, which no log publishes: not counted",
+                                hex::encode(v.job_id)
+                            ),
+                        );
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+
+    // 4. Receipts and settlements against leases and referee verdicts.
+    seen.clear();
+    let mut verified_units: BTreeMap<(Digest32, PublicKey), u64> = BTreeMap::new();
+    let mut paid: BTreeMap<(Digest32, PublicKey), (u64, &Entry)> = BTreeMap::new();
+    for entries in logs.values() {
+        for e in entries {
+            if !fact_id(e).is_none_or(|f| seen.insert(f)) {
+                continue;
+            }
+            match &e.body {
+                Body::Receipt(c) => {
+                    out.receipts += 1;
+                    let t = &c.terms;
+                    if !leased.contains_key(&(t.job_id, t.bidder, t.provider)) {
+                        find(&mut out, e, format!(
+                            "receipt for shard {} of job {} names no matching lease between bidder {} and provider {}",
+                            t.shard, hex::encode(t.job_id), hex::encode(t.bidder), hex::encode(t.provider)
+                        ));
+                        continue;
+                    }
+                    let (acc, rej) = verdicts
+                        .get(&(t.job_id, t.shard, t.provider, t.output_commitment))
+                        .copied()
+                        .unwrap_or((0, 0));
+                    if acc > 0 && rej == 0 {
+                        let v = verified_units.entry((t.job_id, t.provider)).or_default();
+                        *v = v.saturating_add(t.compute_units);
+                    }
+                }
+                Body::Settlement(c) => {
+                    out.settlements += 1;
+                    let p = paid
+                        .entry((c.terms.job_id, c.terms.payee))
+                        .or_insert((0, e));
+                    p.0 = p.0.saturating_add(c.terms.credits_cents);
+                    p.1 = e;
+                }
+                _ => {}
+            }
+        }
+    }
+    for ((job_id, payee), (cents, e)) in &paid {
+        let owed: u64 = leased
+            .iter()
+            .filter(|((j, _, p), _)| j == job_id && p == payee)
+            .map(|(_, (_, price, lease_cents))| {
+                owed_cents(
+                    verified_units.get(&(*job_id, *payee)).copied().unwrap_or(0),
+                    *price,
+                    *lease_cents,
+                )
+            })
+            .sum();
+        if *cents > owed {
+            find(&mut out, e, format!(
+                "settlements pay {} {} cents for job {}, but its referee-verified work at the lease price is worth {} cents",
+                hex::encode(payee), cents, hex::encode(job_id), owed
+            ));
+        }
+    }
+    out
+}
+
+/// Re-run one clearing; `Some(reason)` when it does not reproduce.
+fn check_clearing(
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    jobs: &BTreeMap<(PublicKey, Digest32), (u64, Job)>,
+    bidder: &PublicKey,
+    e: &Entry,
+    c: &Clearing,
+) -> Option<String> {
+    let entries = &logs[bidder];
+    let bid = entries.get(usize::try_from(c.bid_seq).ok()?);
+    match bid.map(|b| &b.body) {
+        Some(Body::Bid(b)) if b.job_id == c.job_id => {
+            let bid_ms = entries[c.bid_seq as usize].timestamp_ms;
+            if c.clearing_ms < bid_ms || c.clearing_ms > e.timestamp_ms {
+                return Some(format!(
+                    "clearing time {} is outside [bid time {bid_ms}, clearing entry time {}]",
+                    c.clearing_ms, e.timestamp_ms
+                ));
+            }
+        }
+        _ => {
+            return Some(format!(
+                "entry {} of the bidder's log is not a bid for job {}",
+                c.bid_seq,
+                hex::encode(c.job_id)
+            ))
+        }
+    }
+    let Some((_, job)) = jobs.get(&(*bidder, c.job_id)) else {
+        return Some(format!(
+            "job {} is not published in the bidder's log",
+            hex::encode(c.job_id)
+        ));
+    };
+    let req = Request {
+        job,
+        job_id: c.job_id,
+        bidder: *bidder,
+        bid_seq: c.bid_seq,
+        clearing_ms: c.clearing_ms,
+        shard_units: c.shard_units,
+        views: c.views.clone(),
+    };
+    match clearing::run(&req, logs) {
+        Err(err) => Some(format!("cannot re-run the rule: {err}")),
+        Ok((again, _)) if again != *c => Some(format!(
+            "the rule gives price {} and assignments {}, the record says price {} and {}",
+            again.price_cents_per_kilo_unit,
+            show(&again),
+            c.price_cents_per_kilo_unit,
+            show(c)
+        )),
+        Ok(_) => None,
+    }
+}
+
+fn show(c: &Clearing) -> String {
+    let parts: Vec<String> = c
+        .assignments
+        .iter()
+        .map(|a| {
+            format!(
+                "{}…#{}×{}",
+                &hex::encode(a.provider)[..8],
+                a.offer_id,
+                a.shards
+            )
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}

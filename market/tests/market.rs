@@ -1,0 +1,593 @@
+//! The market's pure parts: job encoding, the clearing rule's properties, replica selection, and
+//! the audit's detection of every kind of market record the rule or the lease does not back.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use leam_ledger::entry::*;
+use leam_market::audit::audit;
+use leam_market::clearing::{self, capacity_shards, clear, lease_terms, Ask, Request};
+use leam_market::job::{seed_commitment, Job, JobFile, ModelSpec};
+use leam_market::replicate::{catch_probability_ppb, opens, replicated};
+use leam_market::settle::{owed_cents, split};
+use proptest::prelude::*;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn pk(seed: u8) -> PublicKey {
+    key(seed).verifying_key().to_bytes()
+}
+
+fn job(referees: Vec<PublicKey>) -> Job {
+    let mut referees = referees;
+    referees.sort_unstable();
+    Job {
+        name: "shakespeare char".into(),
+        model: ModelSpec::NANOGPT_CPU,
+        corpus_sha256: [7; 32],
+        corpus_bytes: 1_115_394,
+        rounds: 3,
+        shards_per_round: 2,
+        inner_steps: 30,
+        replication_ppm: 0,
+        seed_commitment: seed_commitment(&[9; 32]),
+        referees,
+        deadline_ms: 10_000_000,
+        max_price_cents_per_kilo_unit: 60,
+    }
+}
+
+fn job_strategy() -> impl Strategy<Value = Job> {
+    (
+        "[a-zA-Z0-9][a-zA-Z0-9 .-]{0,40}[a-zA-Z0-9]",
+        (
+            1u32..8,
+            1u32..8,
+            1u32..64,
+            1u32..512,
+            1u32..64,
+            any::<u64>(),
+        ),
+        (any::<[u8; 32]>(), 1u64..u64::MAX),
+        (1u32..100, 1u32..64, 1u32..5000, 0u32..=1_000_000),
+        prop::collection::btree_set(any::<[u8; 32]>(), 1..5),
+        (any::<u64>(), any::<u64>()),
+    )
+        .prop_map(|(name, m, c, s, referees, d)| Job {
+            name,
+            model: ModelSpec {
+                n_layer: m.0,
+                n_head: m.1,
+                n_embd: m.1 * m.2,
+                block_size: m.3,
+                batch: m.4,
+                init_seed: m.5,
+            },
+            corpus_sha256: c.0,
+            corpus_bytes: c.1,
+            rounds: s.0,
+            shards_per_round: s.1,
+            inner_steps: s.2,
+            replication_ppm: s.3,
+            seed_commitment: [3; 32],
+            referees: referees.into_iter().collect(),
+            deadline_ms: d.0,
+            max_price_cents_per_kilo_unit: d.1,
+        })
+}
+
+proptest! {
+    #[test]
+    fn job_encoding_round_trips(j in job_strategy()) {
+        let bytes = j.encode();
+        prop_assert_eq!(Job::decode(&bytes).unwrap(), j);
+    }
+
+    /// Whatever a mutation gives, a decoded job re-encodes to exactly the bytes it came from:
+    /// one job, one encoding, one id.
+    #[test]
+    fn job_decode_accepts_only_canonical_bytes(j in job_strategy(), at in any::<prop::sample::Index>(), b in any::<u8>()) {
+        let mut bytes = j.encode();
+        let i = at.index(bytes.len());
+        bytes[i] = b;
+        if let Ok(other) = Job::decode(&bytes) {
+            prop_assert_eq!(other.encode(), bytes);
+        }
+    }
+
+    /// The rule's invariants on random books.
+    #[test]
+    fn clearing_invariants(
+        asks in prop::collection::vec((0u8..12, 1u64..100, 0u64..6), 0..10),
+        shards in 0u64..20,
+        max in 0u64..120,
+    ) {
+        let job_id = [1u8; 32];
+        let bidder = pk(200);
+        let asks: Vec<Ask> = asks.iter().enumerate().map(|(i, (p, price, cap))| Ask {
+            provider: pk(*p),
+            offer_id: i as u64,
+            price_cents_per_kilo_unit: *price,
+            capacity_shards: *cap,
+        }).collect();
+        let out = clear(&job_id, &bidder, shards, max, &asks);
+        let sold: u64 = out.assignments.iter().map(|a| u64::from(a.shards)).sum();
+        prop_assert_eq!(sold + out.unserved_shards, shards);
+        let eligible: u64 = asks.iter().filter(|a| a.price_cents_per_kilo_unit <= max).map(|a| a.capacity_shards).sum();
+        prop_assert_eq!(sold, shards.min(eligible));
+        for a in &out.assignments {
+            let ask = asks.iter().find(|x| x.provider == a.provider && x.offer_id == a.offer_id).unwrap();
+            prop_assert!(ask.price_cents_per_kilo_unit <= out.price_cents_per_kilo_unit, "an assigned ask is above the price");
+            prop_assert!(u64::from(a.shards) <= ask.capacity_shards);
+            // No cheaper ask with capacity left was passed over.
+            for other in &asks {
+                let used: u64 = out.assignments.iter().filter(|x| x.provider == other.provider && x.offer_id == other.offer_id).map(|x| u64::from(x.shards)).sum();
+                if other.price_cents_per_kilo_unit < ask.price_cents_per_kilo_unit {
+                    prop_assert_eq!(used, other.capacity_shards, "a cheaper ask kept capacity");
+                }
+            }
+        }
+        if !out.assignments.is_empty() {
+            prop_assert!(out.price_cents_per_kilo_unit <= max);
+        }
+        // Order of the book does not matter.
+        let mut rev = asks.clone();
+        rev.reverse();
+        prop_assert_eq!(clear(&job_id, &bidder, shards, max, &rev), out);
+    }
+}
+
+#[test]
+fn job_decode_names_line_and_field() {
+    let j = job(vec![pk(1)]);
+    let text = String::from_utf8(j.encode()).unwrap();
+    let bad = text.replace("schedule 3 2 30", "schedule 3 02 30");
+    let err = Job::decode(bad.as_bytes()).unwrap_err().to_string();
+    assert!(
+        err.contains("line 5") && err.contains("schedule") && err.contains("leading zeros"),
+        "{err}"
+    );
+    let bad = text.replace("deadline", "dead-line");
+    let err = Job::decode(bad.as_bytes()).unwrap_err().to_string();
+    assert!(err.contains("expected field `deadline`"), "{err}");
+    let unsorted = text.replace(&hex::encode(pk(1)), &"f".repeat(64)) + "";
+    assert!(Job::decode(unsorted.as_bytes()).is_ok());
+}
+
+#[test]
+fn job_file_resolves_preset_and_overrides() {
+    let f = JobFile::parse(
+        r#"
+name = "tiny"
+preset = "nanogpt-cpu"
+corpus = "data/tinyshakespeare.txt"
+rounds = 2
+shards_per_round = 4
+inner_steps = 50
+replication_percent = 2.5
+referees = ["0202020202020202020202020202020202020202020202020202020202020202", "0101010101010101010101010101010101010101010101010101010101010101"]
+deadline_minutes = 30
+max_price_cents_per_kilo_unit = 80
+[model]
+n_layer = 2
+"#,
+    )
+    .unwrap();
+    let m = f.model().unwrap();
+    assert_eq!(
+        (m.n_layer, m.n_head, m.n_embd, m.block_size),
+        (2, 4, 128, 64)
+    );
+    assert_eq!(f.replication_ppm().unwrap(), 25_000);
+    let r = f.referee_keys().unwrap();
+    assert_eq!(r, vec![[1u8; 32], [2u8; 32]]);
+    let err = JobFile::parse("name = \"x\"\nbogus = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn uniform_price_is_the_first_rejected_ask() {
+    let id = [1u8; 32];
+    let bidder = pk(9);
+    let ask = |p: u8, price, cap| Ask {
+        provider: pk(p),
+        offer_id: 1,
+        price_cents_per_kilo_unit: price,
+        capacity_shards: cap,
+    };
+    // Cheapest fills 3, the second 1 of its 4: the first unsold unit is the second's, at 55.
+    let out = clear(
+        &id,
+        &bidder,
+        4,
+        60,
+        &[ask(1, 55, 4), ask(2, 40, 3), ask(3, 58, 10)],
+    );
+    assert_eq!(out.price_cents_per_kilo_unit, 55);
+    assert_eq!(
+        out.assignments
+            .iter()
+            .map(|a| (a.provider, a.shards))
+            .collect::<Vec<_>>(),
+        vec![(pk(2), 3), (pk(1), 1)]
+    );
+    // Both fully used: the next ask (58) sets the price.
+    let out = clear(
+        &id,
+        &bidder,
+        7,
+        60,
+        &[ask(1, 55, 4), ask(2, 40, 3), ask(3, 58, 10)],
+    );
+    assert_eq!(out.price_cents_per_kilo_unit, 58);
+    // The next ask is above the maximum: capped at 60.
+    let out = clear(
+        &id,
+        &bidder,
+        7,
+        60,
+        &[ask(1, 55, 4), ask(2, 40, 3), ask(3, 90, 10)],
+    );
+    assert_eq!(out.price_cents_per_kilo_unit, 60);
+    // Not enough supply: everything eligible sold at the maximum, the rest unserved.
+    let out = clear(&id, &bidder, 9, 60, &[ask(1, 55, 4), ask(2, 40, 3)]);
+    assert_eq!(
+        (out.price_cents_per_kilo_unit, out.unserved_shards),
+        (60, 2)
+    );
+    // The bidder cannot sell to itself; no capacity, no part.
+    let out = clear(&id, &bidder, 2, 60, &[ask(9, 1, 5), ask(2, 40, 0)]);
+    assert!(out.assignments.is_empty());
+    assert_eq!(out.unserved_shards, 2);
+}
+
+#[test]
+fn capacity_follows_throughput_window_and_deadline() {
+    let o = Offer {
+        offer_id: 1,
+        device_fingerprint: [0; 32],
+        compute_units_per_hour: 3_600_000,
+        price_cents_per_kilo_unit: 1,
+        valid_until_ms: 10_000,
+    };
+    // 1 unit/ms from t=0 to min(10,000, deadline) ms, 1,000 units per shard.
+    assert_eq!(capacity_shards(&o, 0, 1_000_000, 1_000), 10);
+    assert_eq!(capacity_shards(&o, 0, 5_000, 1_000), 5);
+    assert_eq!(capacity_shards(&o, 0, 5_999, 1_000), 5);
+    assert_eq!(capacity_shards(&o, 10_000, 20_000, 1_000), 0);
+    assert_eq!(capacity_shards(&o, 0, 20_000, 0), 0);
+}
+
+#[test]
+fn replicas_are_fixed_by_the_seed_and_checkable() {
+    let j = job(vec![pk(1)]);
+    let a = replicated(&[9; 32], &j.id(), 100, 10);
+    assert_eq!(a.len(), 10);
+    assert_eq!(a, replicated(&[9; 32], &j.id(), 100, 10));
+    assert_ne!(a, replicated(&[8; 32], &j.id(), 100, 10));
+    assert!(opens(&j, &[9; 32]) && !opens(&j, &[8; 32]));
+    // 10 of 100 checked, 5 falsified: 1 − C(95,10)/C(100,10) ≈ 0.4162.
+    let p = catch_probability_ppb(100, 10, 5);
+    assert!((416_000_000..416_400_000).contains(&p), "{p}");
+    assert_eq!(catch_probability_ppb(100, 0, 5), 0);
+}
+
+#[test]
+fn subsidy_split_and_owed_amounts() {
+    assert_eq!(split(1000, Sector::Startup, 30).public_cents, 300);
+    assert_eq!(split(1000, Sector::Startup, 30).bidder_cents, 700);
+    assert_eq!(split(999, Sector::Startup, 30).public_cents, 299);
+    assert_eq!(split(1000, Sector::Private, 30).public_cents, 0);
+    assert_eq!(owed_cents(1_500, 55, 1_000), 83);
+    assert_eq!(owed_cents(1_000_000, 55, 1_000), 1_000);
+}
+
+/// A small federation's market records as logs: bidder 10 (startup), providers 1 and 2, referee 3.
+struct Book {
+    logs: BTreeMap<PublicKey, Vec<Entry>>,
+    keys: BTreeMap<PublicKey, SigningKey>,
+    job: Job,
+}
+
+impl Book {
+    fn new() -> Book {
+        let mut b = Book {
+            logs: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            job: job(vec![pk(3)]),
+        };
+        for s in [1u8, 2, 3, 10] {
+            b.keys.insert(pk(s), key(s));
+            b.logs.insert(pk(s), Vec::new());
+        }
+        b
+    }
+    fn append(&mut self, who: u8, ts: u64, body: Body) -> u64 {
+        let log = self.logs.get_mut(&pk(who)).unwrap();
+        let seq = log.len() as u64;
+        log.push(Entry::sign(&key(who), seq, ts, body));
+        seq
+    }
+    fn offer(&mut self, who: u8, ts: u64, price: u64) {
+        self.append(
+            who,
+            ts,
+            Body::Offer(Offer {
+                offer_id: ts,
+                device_fingerprint: [who; 32],
+                compute_units_per_hour: 3_600_000,
+                price_cents_per_kilo_unit: price,
+                valid_until_ms: 5_000_000,
+            }),
+        );
+    }
+    /// Job, bid and a clearing by the rule; returns the clearing.
+    fn clear(&mut self, at: u64) -> Clearing {
+        let job_id = self.job.id();
+        self.append(10, at, Body::Job(Job_(self.job.encode())));
+        let bid_seq = self.append(
+            10,
+            at,
+            Body::Bid(Bid {
+                job_id,
+                compute_units: 6_000_000,
+                max_price_cents_per_kilo_unit: 60,
+                deadline_ms: self.job.deadline_ms,
+            }),
+        );
+        let views = self
+            .logs
+            .iter()
+            .filter(|(k, _)| **k != pk(10))
+            .map(|(k, v)| LogView {
+                log: *k,
+                size: v.len() as u64,
+            })
+            .collect();
+        let req = Request {
+            job: &self.job,
+            job_id,
+            bidder: pk(10),
+            bid_seq,
+            clearing_ms: at,
+            shard_units: 1_000_000,
+            views,
+        };
+        let (c, _) = clearing::run(&req, &self.logs).unwrap();
+        self.append(10, at, Body::Clearing(c.clone()));
+        c
+    }
+    fn both<T: Terms + Clone>(
+        &mut self,
+        a: u8,
+        b: u8,
+        ts: u64,
+        terms: T,
+        wrap: fn(CoSigned<T>) -> Body,
+    ) {
+        let ka = key(a);
+        let kb = key(b);
+        self.append(a, ts, wrap(terms.clone().cosign(&kb)));
+        self.append(b, ts, wrap(terms.cosign(&ka)));
+    }
+}
+
+#[allow(non_snake_case)]
+fn Job_(description: Vec<u8>) -> leam_ledger::entry::Job {
+    leam_ledger::entry::Job { description }
+}
+
+#[test]
+fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
+    let mut b = Book::new();
+    // Provider 1 at 40, provider 2 at 55; both deliver 1 unit/ms until 5,000,000 ms.
+    b.offer(1, 100, 40);
+    b.offer(2, 100, 55);
+    let c = b.clear(1_000_000);
+    // 6 shards of 1M units; from 1,000,000 ms provider 1 can finish 4 before its offer ends, so
+    // provider 2 takes 2 and its unsold capacity (at 55) sets the uniform price.
+    assert_eq!(
+        c.assignments.iter().map(|a| a.shards).collect::<Vec<_>>(),
+        vec![4, 2]
+    );
+    assert_eq!(c.price_cents_per_kilo_unit, 55);
+    let job = b.job.clone();
+    for a in c.assignments.clone() {
+        let t = lease_terms(&c, &job, pk(10), &a);
+        let p = a.provider;
+        let who = if p == pk(1) { 1 } else { 2 };
+        b.both(10, who, 1_000_100, t, Body::Lease);
+    }
+    // Provider 1's first shard: receipt, accepted by the referee; 1M units at 55 cents per
+    // 1,000 units are worth 55,000 cents.
+    let receipt = ReceiptTerms {
+        job_id: job.id(),
+        shard: 0,
+        bidder: pk(10),
+        provider: pk(1),
+        input_commitment: [1; 32],
+        output_commitment: [2; 32],
+        compute_units: 1_000_000,
+        gpu_ms: 1234,
+        device_fingerprint: [1; 32],
+    };
+    b.both(1, 10, 1_000_200, receipt, Body::Receipt);
+    b.append(
+        3,
+        1_000_300,
+        Body::Verdict(Verdict {
+            job_id: job.id(),
+            shard: 0,
+            provider: pk(1),
+            output_commitment: [2; 32],
+            accepted: true,
+        }),
+    );
+    let pay = SettlementTerms {
+        job_id: job.id(),
+        payer: pk(10),
+        payee: pk(1),
+        credits_cents: 55_000,
+    };
+    b.both(10, 1, 1_000_400, pay, Body::Settlement);
+    let a = audit(&b.logs);
+    assert!(a.clean(), "{:#?}", a.findings);
+    assert_eq!(
+        (a.jobs, a.bids, a.clearings, a.clearings_reproduced),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        (
+            a.leases,
+            a.leases_matching,
+            a.receipts,
+            a.verdicts_counted,
+            a.settlements
+        ),
+        (2, 2, 1, 1, 1)
+    );
+
+    // Deviations, each found and named.
+    let found = |logs: &BTreeMap<PublicKey, Vec<Entry>>, needle: &str| {
+        let a = audit(logs);
+        assert!(
+            a.findings.iter().any(|f| f.detail.contains(needle)),
+            "expected a finding containing {needle:?}, got {:#?}",
+            a.findings
+        );
+    };
+    // A verdict by a non-referee.
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    x.append(
+        2,
+        1_000_500,
+        Body::Verdict(Verdict {
+            job_id: job.id(),
+            shard: 0,
+            provider: pk(1),
+            output_commitment: [2; 32],
+            accepted: false,
+        }),
+    );
+    found(&x.logs, "not one of the job's referees");
+    // Overpayment: one more cent than the verified work is worth.
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    let pay = SettlementTerms {
+        job_id: job.id(),
+        payer: pk(10),
+        payee: pk(1),
+        credits_cents: 1,
+    };
+    x.both(10, 1, 1_000_600, pay, Body::Settlement);
+    found(&x.logs, "worth 55000 cents");
+    // A lease at a price the clearing does not imply.
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    let mut t = lease_terms(&c, &job, pk(10), &c.assignments[0]);
+    t.price_cents += 1;
+    x.both(10, 1, 1_000_700, t, Body::Lease);
+    found(&x.logs, "lease terms differ");
+    // A clearing record whose price the rule does not give.
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    let mut bad = c.clone();
+    bad.price_cents_per_kilo_unit = 60;
+    x.append(10, 1_000_800, Body::Clearing(bad));
+    found(&x.logs, "the rule gives price 55");
+    // A clearing that ignores a cheaper offer its own view holds: provider 2 offered at 30
+    // before the clearing; a record assigning the old split no longer reproduces.
+    let mut x = Book::new();
+    x.offer(1, 100, 40);
+    x.offer(2, 100, 55);
+    x.offer(2, 200, 30);
+    let honest = x.clear(1_000_000);
+    assert_eq!(honest.assignments[0].provider, pk(2));
+    let mut stale = honest.clone();
+    stale.assignments = c.assignments.clone();
+    x.append(10, 1_000_001, Body::Clearing(stale));
+    found(&x.logs, "assignments");
+    // A receipt with no lease.
+    let mut x = Book::new();
+    let r = ReceiptTerms {
+        job_id: job.id(),
+        shard: 0,
+        bidder: pk(10),
+        provider: pk(2),
+        input_commitment: [1; 32],
+        output_commitment: [2; 32],
+        compute_units: 1,
+        gpu_ms: 1,
+        device_fingerprint: [1; 32],
+    };
+    x.both(2, 10, 5, r, Body::Receipt);
+    found(&x.logs, "names no matching lease");
+    // A bid for an unpublished job.
+    let mut x = Book::new();
+    x.append(
+        10,
+        5,
+        Body::Bid(Bid {
+            job_id: [5; 32],
+            compute_units: 1,
+            max_price_cents_per_kilo_unit: 1,
+            deadline_ms: 1,
+        }),
+    );
+    found(&x.logs, "does not publish");
+}
+
+/// The example job of `specs/market.md` §2: the spec's bytes and id are the code's.
+#[test]
+fn spec_example_job_matches_the_code() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs/market.md"))
+        .unwrap();
+    let block = |marker: &str| -> String {
+        let at = spec
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} missing from market.md"));
+        let rest = &spec[at..];
+        let start = rest.find("```text\n").unwrap() + "```text\n".len();
+        let end = rest[start..].find("```").unwrap();
+        rest[start..start + end].to_owned()
+    };
+    let j = Job {
+        name: "shakespeare char".into(),
+        model: ModelSpec::NANOGPT_CPU,
+        corpus_sha256: [0x11; 32],
+        corpus_bytes: 1_115_394,
+        rounds: 3,
+        shards_per_round: 2,
+        inner_steps: 30,
+        replication_ppm: 100_000,
+        seed_commitment: seed_commitment(&[0x22; 32]),
+        referees: vec![[0x33; 32]],
+        deadline_ms: 1_767_225_600_000,
+        max_price_cents_per_kilo_unit: 60,
+    };
+    let encoded = String::from_utf8(j.encode()).unwrap();
+    assert_eq!(
+        block("<!-- example-job -->"),
+        encoded,
+        "market.md's example job differs from the code's encoding"
+    );
+    assert_eq!(block("<!-- example-job-id -->").trim(), hex::encode(j.id()));
+    assert_eq!(Job::decode(encoded.as_bytes()).unwrap(), j);
+}

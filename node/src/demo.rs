@@ -2,7 +2,8 @@
 //!
 //! What runs for real: four node identities and ledgers (ed25519 keys with mode 0600, sled stores,
 //! signed entries, RFC 6962 logs with signed checkpoints), membership admissions, a funding
-//! deposit, capacity offers, a bid, co-signed leases, DiLoCo training rounds whose shards run on
+//! deposit, measured capacity offers, a job description, a bid, the market's clearing rule
+//! (`leam_market`) and the co-signed leases it implies, DiLoCo training rounds whose shards run on
 //! two providers on the chosen compute backend, verification of every shard by a third partner
 //! that replays it, bisection to the first divergent step and a referee replay of that single
 //! step when a provider returns a wrong result, co-signed receipts and settlements, verdicts and
@@ -10,9 +11,10 @@
 //! per-sector report.
 //!
 //! What is not built yet, and said so when the demo runs: the libp2p network (the four nodes
-//! live in one process and hand each other bytes in memory), the reverse auction (leases take the
-//! offer's posted price), and the web dashboard.
+//! live in one process and hand each other bytes in memory), secret replication on a second
+//! provider, and the web dashboard.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,12 +36,15 @@ use leam_compute::train::TrainState;
 use leam_ledger::account::Membership;
 use leam_ledger::audit::{audit_dirs, AuditOptions};
 use leam_ledger::entry::{
-    Admission, Bid, Body, CoSigned, Deposit, Evidence, EvidenceKind, LeaseTerms, Money, Offer,
-    PublicKey, ReceiptTerms, Sector, SettlementTerms, Terms, Verdict,
+    Admission, Assignment, Bid, Body, CoSigned, Deposit, Entry, Evidence, EvidenceKind, LogView,
+    Money, Offer, PublicKey, ReceiptTerms, Sector, SettlementTerms, Terms, Verdict,
 };
 use leam_ledger::genesis::{Founder, Genesis, SignedGenesis};
 use leam_ledger::identity::Identity;
 use leam_ledger::log::Log;
+use leam_market::clearing::{lease_terms, shards_bought, Request};
+use leam_market::job::{seed_commitment, Job, ModelSpec};
+use leam_market::settle::{owed_cents, split};
 use rand_core::OsRng;
 use sha2::{Digest as _, Sha256};
 
@@ -59,6 +64,14 @@ const DEMO_THRESHOLD: u16 = 2;
 const DEMO_COSIGNATURES: usize = 2;
 /// Longest wait for the demo federation to replicate and cosign.
 const DEMO_FEDERATE_S_MAX: u64 = 60;
+/// The startup's highest price, credits (EUR cents) per 1,000 compute units.
+const DEMO_MAX_PRICE: u64 = 60;
+/// The startup's private deposit, EUR cents.
+const DEMO_PRIVATE_DEPOSIT_CENTS: u64 = 100_000;
+/// The public research centre's public funding (the subsidy pool), EUR cents.
+const DEMO_PUBLIC_DEPOSIT_CENTS: u64 = 50_000;
+/// Inner steps of the providers' benchmark shard that measures their throughput.
+const BENCH_STEPS: u32 = 4;
 /// Bytes of portable evidence the demo records for a wrong shard result.
 const EVIDENCE_BYTES_MAX: usize = 16 * 1024;
 
@@ -110,7 +123,7 @@ const PUBLIC_CENTRE: usize = 0;
 const INDUSTRY: usize = 1;
 const UNIVERSITY: usize = 2;
 const STARTUP: usize = 3;
-/// The two providers that train, and their posted prices (credit cents per 1,000 units).
+/// The two providers that offer compute, and their asks (credit cents per 1,000 units).
 const PROVIDERS: [(usize, u64); 2] = [(PUBLIC_CENTRE, 40), (INDUSTRY, 55)];
 
 fn now_ms() -> u64 {
@@ -149,6 +162,50 @@ fn record_both<T: Terms + Clone>(
     append(&mut nodes[a], wrap(terms.clone().cosign(&key_b)))?;
     append(&mut nodes[b], wrap(terms.cosign(&key_a)))?;
     Ok(())
+}
+
+/// Every node's log, decoded, by key (the clearing rule's and the market audit's input).
+fn decoded_logs(nodes: &[Node]) -> anyhow::Result<BTreeMap<PublicKey, Vec<Entry>>> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let raw = n.log.reader().entries(0, n.log.size())?;
+        let entries = raw
+            .iter()
+            .map(|b| Entry::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(n.key, entries);
+    }
+    Ok(out)
+}
+
+/// The logs of node directories (read after the nodes have stopped), decoded, by key.
+fn decoded_dirs(dirs: &[PathBuf]) -> anyhow::Result<BTreeMap<PublicKey, Vec<Entry>>> {
+    let mut out = BTreeMap::new();
+    for d in dirs {
+        let r = leam_ledger::log::LogReader::open(d)?;
+        let raw = r.entries(0, r.head().size)?;
+        let entries = raw
+            .iter()
+            .map(|b| Entry::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(r.key(), entries);
+    }
+    Ok(out)
+}
+
+/// Deal shards round-robin over the assignments' quotas: the provider of each shard in order.
+fn deal(assignments: &[Assignment]) -> Vec<PublicKey> {
+    let mut left: Vec<u32> = assignments.iter().map(|a| a.shards).collect();
+    let mut out = Vec::new();
+    while left.iter().any(|l| *l > 0) {
+        for (a, l) in assignments.iter().zip(left.iter_mut()) {
+            if *l > 0 {
+                *l -= 1;
+                out.push(a.provider);
+            }
+        }
+    }
+    out
 }
 
 /// The honest runner, except that after global step `fault_at` it flips the lowest bit of one
@@ -380,8 +437,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     println!("leam demo: a local federation of four partners");
     println!("  not built yet (later issues), so not shown: leases and shards over the network (steps 3-5 hand");
-    println!("  bytes over in memory; step 6 runs the federation on libp2p), the reverse auction (leases take");
-    println!("  the posted offer price), the web dashboard.\n");
+    println!("  bytes over in memory; step 6 runs the federation on libp2p), secret replication on a second");
+    println!("  provider (the referee replays every shard), the web dashboard.\n");
 
     println!(
         "1. identities and ledgers (ed25519 keys, mode 0600; sled stores; signed checkpoints)"
@@ -428,78 +485,178 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         start.batch_size
     );
 
-    // The job: what the startup buys.
-    let job_description = format!(
-        "leam demo job: DiLoCo, {} rounds x 2 shards x {} inner steps, model {:?}, corpus sha256 {}",
-        args.rounds,
-        args.steps,
-        cfg,
-        hex::encode(runner.corpus_sha256())
-    );
-    let job_id = sha256(job_description.as_bytes());
+    // The job: what the startup buys, as a canonical job description (specs/market.md §2).
     let probe_spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), args.steps)?;
-    let units_per_shard = leam_compute::shard::compute_units(&probe_spec);
-    let shard_units = units_per_shard * u64::from(args.rounds);
+    let shard_units = leam_compute::shard::compute_units(&probe_spec);
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut seed);
+    let deadline_ms = now_ms() + 3_600_000;
+    let job = Job {
+        name: "leam demo: char-level Shakespeare".into(),
+        model: ModelSpec {
+            n_layer: cfg.n_layer as u32,
+            n_head: cfg.n_head as u32,
+            n_embd: cfg.n_embd as u32,
+            block_size: cfg.block_size as u32,
+            batch: start.batch_size as u32,
+            init_seed: 1337,
+        },
+        corpus_sha256: runner.corpus_sha256(),
+        corpus_bytes: bytes.len() as u64,
+        rounds: args.rounds,
+        shards_per_round: PROVIDERS.len() as u32,
+        inner_steps: args.steps,
+        // The demo's referee replays every shard itself (below); secret replication on a
+        // second provider runs with the network market (specs/market.md §7).
+        replication_ppm: 0,
+        seed_commitment: seed_commitment(&seed),
+        referees: vec![nodes[UNIVERSITY].key],
+        deadline_ms,
+        max_price_cents_per_kilo_unit: DEMO_MAX_PRICE,
+    };
+    let job_id = job.id();
 
-    println!("\n3. market (ledger entries; the auction rule is a later issue)");
-    let deposit_cents = 100_000;
+    println!(
+        "\n3. market: measured offers, a bid, the clearing rule (uniform price at the first rejected ask)"
+    );
     let startup_key = nodes[STARTUP].key;
+    let public_key = nodes[PUBLIC_CENTRE].key;
     append(
         &mut nodes[STARTUP],
         Body::Deposit(Deposit {
             member: startup_key,
-            eur_cents: deposit_cents,
+            eur_cents: DEMO_PRIVATE_DEPOSIT_CENTS,
             money: Money::Private,
             reference: "demo seed round".into(),
         }),
     )?;
-    let valid_until = now_ms() + 3_600_000;
-    for (p, price) in PROVIDERS {
+    append(
+        &mut nodes[PUBLIC_CENTRE],
+        Body::Deposit(Deposit {
+            member: public_key,
+            eur_cents: DEMO_PUBLIC_DEPOSIT_CENTS,
+            money: Money::Public,
+            reference: "demo public funding pool".into(),
+        }),
+    )?;
+    println!(
+        "   deposits: {} {:.2} EUR private money, {} {:.2} EUR public funding (the subsidy pool)",
+        nodes[STARTUP].organisation,
+        DEMO_PRIVATE_DEPOSIT_CENTS as f64 / 100.0,
+        nodes[PUBLIC_CENTRE].organisation,
+        DEMO_PUBLIC_DEPOSIT_CENTS as f64 / 100.0
+    );
+    // Each provider measures its throughput with a benchmark shard on its backend.
+    let bench_spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), BENCH_STEPS)?;
+    let bench_units = leam_compute::shard::compute_units(&bench_spec);
+    let t = Instant::now();
+    run_shard(&runner, &bench_spec, &start)?;
+    let bench_ms = (t.elapsed().as_millis() as u64).max(1);
+    let units_per_hour = bench_units.saturating_mul(3_600_000) / bench_ms;
+    let shard_ms = shard_units
+        .saturating_mul(3_600_000)
+        .div_ceil(units_per_hour.max(1));
+    println!(
+        "   benchmark shard ({BENCH_STEPS} steps on {fingerprint}): {bench_units} units in {bench_ms} ms = {units_per_hour} units/hour; one job shard is {shard_units} units (~{shard_ms} ms)"
+    );
+    let offered_ms = now_ms();
+    for (i, (p, price)) in PROVIDERS.iter().enumerate() {
+        // The public centre is available for about half the job's shards, the industry
+        // partner for the whole hour: capacity, not only price, decides the assignment.
+        let window_ms = if i == 0 {
+            (2 * u64::from(args.rounds) + 1) * shard_ms / 2
+        } else {
+            3_600_000
+        };
         append(
-            &mut nodes[p],
+            &mut nodes[*p],
             Body::Offer(Offer {
                 offer_id: 1,
                 device_fingerprint: sha256(fingerprint.as_bytes()),
-                compute_units_per_hour: 1_000_000,
-                price_cents_per_kilo_unit: price,
-                valid_until_ms: valid_until,
+                compute_units_per_hour: units_per_hour,
+                price_cents_per_kilo_unit: *price,
+                valid_until_ms: offered_ms + window_ms,
             }),
         )?;
+        println!(
+            "   offer: {:<24} {price} cents/1000 units, {units_per_hour} units/hour, available {:.1} s",
+            nodes[*p].organisation,
+            window_ms as f64 / 1e3
+        );
     }
     append(
         &mut nodes[STARTUP],
-        Body::Bid(Bid {
-            job_id,
-            compute_units: 2 * shard_units,
-            max_price_cents_per_kilo_unit: 60,
-            deadline_ms: valid_until,
+        Body::Job(leam_ledger::entry::Job {
+            description: job.encode(),
         }),
     )?;
-    for (p, price) in PROVIDERS {
-        let terms = LeaseTerms {
+    let bought = shards_bought(&job);
+    let bid_seq = append(
+        &mut nodes[STARTUP],
+        Body::Bid(Bid {
             job_id,
-            bidder: startup_key,
-            provider: nodes[p].key,
-            offer_id: 1,
-            compute_units: shard_units,
-            price_cents: (shard_units * price).div_ceil(1000),
-            expires_ms: valid_until,
-        };
+            compute_units: bought * shard_units,
+            max_price_cents_per_kilo_unit: job.max_price_cents_per_kilo_unit,
+            deadline_ms,
+        }),
+    )?;
+    println!(
+        "   bid: {} wants {bought} shards of job {} at most {} cents/1000 units",
+        nodes[STARTUP].organisation,
+        short(&job_id),
+        job.max_price_cents_per_kilo_unit
+    );
+    // The startup clears on the logs it holds (here: the other nodes' logs as they are now).
+    let clearing_ms = now_ms().max(offered_ms);
+    let logs = decoded_logs(&nodes)?;
+    let mut views: Vec<LogView> = nodes
+        .iter()
+        .filter(|n| n.key != startup_key)
+        .map(|n| LogView {
+            log: n.key,
+            size: n.log.size(),
+        })
+        .collect();
+    views.sort_unstable_by_key(|v| v.log);
+    let request = Request {
+        job: &job,
+        job_id,
+        bidder: startup_key,
+        bid_seq,
+        clearing_ms,
+        shard_units,
+        views,
+    };
+    let (clearing, outcome) = leam_market::clearing::run(&request, &logs)?;
+    if outcome.unserved_shards > 0 {
+        bail!(
+            "the clearing left {} of {bought} shards unserved (offers below the maximum price could not take them before the deadline)",
+            outcome.unserved_shards
+        );
+    }
+    append(&mut nodes[STARTUP], Body::Clearing(clearing.clone()))?;
+    let keys: Vec<PublicKey> = nodes.iter().map(|n| n.key).collect();
+    let by_key = |k: &PublicKey| keys.iter().position(|n| n == k);
+    for a in &clearing.assignments {
+        let p = by_key(&a.provider).context("an assigned provider is a demo node")?;
+        let terms = lease_terms(&clearing, &job, startup_key, a);
         println!(
-            "   lease: {} computes {} units for {} at {} cents/1000 units = {:.2} EUR (co-signed, in both logs)",
+            "   lease: {} computes {} shards ({} units) for {} at the clearing price {} cents/1000 units = {:.2} EUR (co-signed, in both logs)",
             nodes[p].organisation,
+            a.shards,
             terms.compute_units,
             nodes[STARTUP].organisation,
-            price,
+            clearing.price_cents_per_kilo_unit,
             terms.price_cents as f64 / 100.0
         );
         record_both(&mut nodes, STARTUP, p, terms, Body::Lease)?;
     }
-    println!(
-        "   {} deposited {:.2} EUR (private money)",
-        nodes[STARTUP].organisation,
-        deposit_cents as f64 / 100.0
-    );
+    // Shards are dealt round-robin over the assignments, so each round's two shards go to
+    // different providers while both have shards left.
+    let schedule: Vec<usize> = deal(&clearing.assignments)
+        .iter()
+        .map(|k| by_key(k).expect("assigned providers are demo nodes"))
+        .collect();
 
     println!(
         "\n4. training: DiLoCo, {} rounds; each round two providers train {} inner steps on disjoint halves \
@@ -511,11 +668,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let ranges = [(0u64, half as u64), (half as u64, train_end as u64)];
     let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
     let mut workers = [start.clone(), start.clone()];
-    let mut accepted_units = [0u64; 2];
+    let mut accepted_units = [0u64; 4];
     let mut shard_no = 0u32;
     for round in 0..args.rounds {
         let mut checked = Vec::new();
-        for (w, (p, _)) in PROVIDERS.iter().enumerate() {
+        for w in 0..PROVIDERS.len() {
+            let p = &schedule[shard_no as usize];
             let spec = runner.spec_for(&workers[w], ranges[w].0, ranges[w].1, args.steps)?;
             let cheating = args.cheat && round + 1 == args.rounds && *p == INDUSTRY;
             let t = Instant::now();
@@ -607,7 +765,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     c.spec.id(),
                     ParamDelta::between(&workers[w].params, &c.claimed.final_state.params)?,
                 ));
-                accepted_units[w] += c.claimed.result.compute_units;
+                accepted_units[c.provider] += c.claimed.result.compute_units;
             }
         }
         if deltas.is_empty() {
@@ -636,29 +794,53 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    println!("\n5. settlement (co-signed, in both logs; the ledger refuses an overdraw)");
-    for (w, (p, price)) in PROVIDERS.iter().enumerate() {
-        let credits = (accepted_units[w] * price).div_ceil(1000);
-        if credits == 0 {
+    println!(
+        "\n5. settlement: referee-verified units at the clearing price; {}% of a startup's bill from the public pool",
+        DEMO_SUBSIDY_PERCENT
+    );
+    for a in &clearing.assignments {
+        let p = by_key(&a.provider).expect("assigned providers are demo nodes");
+        let lease = lease_terms(&clearing, &job, startup_key, a);
+        let owed = owed_cents(
+            accepted_units[p],
+            clearing.price_cents_per_kilo_unit,
+            lease.price_cents,
+        );
+        if owed == 0 {
             println!(
                 "   {}: nothing verified, nothing paid",
-                nodes[*p].organisation
+                nodes[p].organisation
             );
             continue;
         }
-        let terms = SettlementTerms {
-            job_id,
-            payer: startup_key,
-            payee: nodes[*p].key,
-            credits_cents: credits,
+        let share = split(owed, nodes[STARTUP].sector, DEMO_SUBSIDY_PERCENT);
+        let pay = |nodes: &mut [Node], payer: usize, cents: u64| -> anyhow::Result<()> {
+            if cents == 0 || payer == p {
+                return Ok(());
+            }
+            let terms = SettlementTerms {
+                job_id,
+                payer: nodes[payer].key,
+                payee: nodes[p].key,
+                credits_cents: cents,
+            };
+            record_both(nodes, payer, p, terms, Body::Settlement)
         };
-        record_both(&mut nodes, STARTUP, *p, terms, Body::Settlement)?;
+        pay(&mut nodes, STARTUP, share.bidder_cents)?;
+        pay(&mut nodes, PUBLIC_CENTRE, share.public_cents)?;
         println!(
-            "   {} pays {} {:.2} EUR for {} verified units",
+            "   {} is owed {:.2} EUR for {} verified units: {} pays {:.2} EUR, the public pool {:.2} EUR{}",
+            nodes[p].organisation,
+            owed as f64 / 100.0,
+            accepted_units[p],
             nodes[STARTUP].organisation,
-            nodes[*p].organisation,
-            credits as f64 / 100.0,
-            accepted_units[w]
+            share.bidder_cents as f64 / 100.0,
+            share.public_cents as f64 / 100.0,
+            if p == PUBLIC_CENTRE {
+                " (the pool is the provider: its share stays with it)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -720,6 +902,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     crate::cli_ledger::print_report(&report);
+    let market = leam_market::audit::audit(&decoded_dirs(&dirs)?);
+    println!(
+        "   market: {} clearing(s) re-run and reproduced {}/{}, leases implied by them {}/{}, {} referee verdict(s) counted, {} ignored, {} finding(s)",
+        market.clearings,
+        market.clearings_reproduced,
+        market.clearings,
+        market.leases_matching,
+        market.leases,
+        market.verdicts_counted,
+        market.verdicts_ignored,
+        market.findings.len()
+    );
+    for f in &market.findings {
+        println!(
+            "   finding: log {} entry {} ({}): {}",
+            &f.log[..16],
+            f.seq,
+            f.kind,
+            f.detail
+        );
+    }
 
     println!(
         "\nweb dashboard: not built yet (later issue). Done in {:.1} s. Re-check it yourself:",

@@ -31,6 +31,21 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     assert!(
         stdout.contains("recorded a rejecting verdict and evidence against Industrie Compute AG")
     );
+    // The clearing rule splits the shards by capacity and pays both providers the first
+    // rejected ask (the industry partner's 55, under the startup's maximum of 60), and the
+    // audit's re-run of the rule reproduces the clearing and both leases.
+    assert_eq!(
+        stdout
+            .matches("at the clearing price 55 cents/1000 units")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reproduced 1/1, leases implied by them 2/2")
+            && stdout.contains(" 0 finding(s)"),
+        "{stdout}"
+    );
     // It says what is not built instead of pretending.
     assert!(stdout.contains("not built yet"));
     // The report charges the evidence to the private sector and pays only verified units.

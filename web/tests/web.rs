@@ -479,6 +479,69 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     );
 }
 
+#[tokio::test]
+async fn pages_show_the_report_figures_and_why_bids_are_not_served() {
+    let fed = federation();
+    let app = read_only(&fed);
+    let report = get_json(&app, "/api/report").await;
+    let (s, h, body) = get(&app, "/report").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let html = String::from_utf8(body).unwrap();
+    // Every organisation figure on the page equals the API's.
+    for (org, o) in report["organisations"].as_object().unwrap() {
+        for field in [
+            "compute_contributed_units",
+            "compute_unverified_units",
+            "compute_rejected_units",
+            "compute_consumed_units",
+            "funding_public_eur_cents",
+            "credit_balance_cents",
+            "evidence_against",
+        ] {
+            let needle = format!(
+                "data-org=\"{org}\" data-field=\"{field}\" data-value=\"{}\"",
+                o[field]
+            );
+            assert!(html.contains(&needle), "{needle}");
+        }
+    }
+    assert!(html.contains("data-field=\"settled_cents\" data-value=\"2500\""));
+    assert!(html.contains("<svg class=\"chart\" id=\"contributed\""));
+    assert!(html.contains("href=\"/api/report.csv\""));
+    assert!(html.contains("subsidy parameter is 20 %"));
+    // Deterministic: the same ledger renders the same page.
+    assert_eq!(get(&app, "/report").await.2, html.into_bytes());
+
+    let (_, _, market) = get(&app, "/market").await;
+    let market = String::from_utf8(market).unwrap();
+    assert!(
+        market.contains("served: 2,000 of 2,000 units leased"),
+        "{market}"
+    );
+    assert!(market.contains("not served: no offer at or below its max price of €0.01 per 1,000 units (cheapest valid offer: €0.03)"), "{market}");
+
+    let (_, _, home) = get(&app, "/").await;
+    let home = String::from_utf8(home).unwrap();
+    assert!(home.contains("Forschungszentrum A") && home.contains("Startup B"));
+    assert!(
+        home.contains("Startup B ✓"),
+        "B's witness cosignature on A's log is shown verified"
+    );
+    let (s, _, ledger) = get(&app, &format!("/ledger?log={}", hex::encode(pk(2)))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8(ledger)
+        .unwrap()
+        .contains("deposits €100.00 of public money, reference EXIST grant 2026/17"));
+    let (s, h, css) = get(&app, leam_web::pages::CSS_PATH).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        h[header::CACHE_CONTROL],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(!css.is_empty());
+}
+
 fn hex32(s: &str) -> [u8; 32] {
     let mut h = [0u8; 32];
     hex::decode_to_slice(s, &mut h).unwrap();

@@ -376,7 +376,7 @@ pub(crate) fn involves(
 }
 
 /// Entries of `kind` over all logs, co-signed facts once.
-pub(crate) fn of_kind<'a>(logs: &'a [LogEntries], kind: Kind) -> Vec<&'a Entry> {
+pub(crate) fn of_kind(logs: &[LogEntries], kind: Kind) -> Vec<&Entry> {
     let mut ordered: Vec<&LogEntries> = logs.iter().collect();
     ordered.sort_by_key(|l| l.info.key);
     let mut facts = BTreeSet::new();

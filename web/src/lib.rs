@@ -11,6 +11,11 @@
 //! `/tlog/<log key hex>/` (`specs/tlog.md` §8), `/metrics` (Prometheus text), server-sent
 //! events at `/api/events`, pages at `/`, `/ledger`, `/market`, `/report`.
 
+// `DirError` wraps the ledger's `AuditError`/`LogError`, which name the directory, entry,
+// expected and found values and so exceed clippy's `result_large_err` bound (as in the ledger);
+// they are returned on cold paths only.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,6 +123,9 @@ impl LogEntries {
     }
 }
 
+/// The report with the log sizes it was computed for.
+type ReportCache = (Vec<(PublicKey, u64)>, Arc<Report>);
+
 /// State shared by the handlers.
 pub(crate) struct Shared {
     pub view: Arc<dyn View>,
@@ -127,7 +135,7 @@ pub(crate) struct Shared {
     pub limiter: writes::Limiter,
     pub openapi: String,
     decoded: Mutex<HashMap<PublicKey, Arc<Vec<Entry>>>>,
-    report: Mutex<Option<(Vec<(PublicKey, u64)>, Arc<Report>)>>,
+    report: Mutex<Option<ReportCache>>,
 }
 
 pub(crate) type AppShared = Arc<Shared>;

@@ -643,6 +643,9 @@ fn bid_by(seed: u8, seq: u64) -> Entry {
     )
 }
 
+/// (what, route, token, body, status, words the error must contain).
+type WriteCase<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
 #[tokio::test]
 async fn writes_are_checked_before_the_node_sees_them() {
     let fed = federation();
@@ -670,7 +673,7 @@ async fn writes_are_checked_before_the_node_sees_them() {
     wrong_key.author = pk(2);
     let offer = Entry::sign(&key(2), 11, T0, offer(1));
     let big = format!("{{\"entry_hex\":\"{}\"}}", "00".repeat(80 * 1024));
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    let cases: Vec<WriteCase<'_>> = vec![
         (
             "missing token",
             "/api/bids",

@@ -815,7 +815,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
     })
 }
 
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -12,7 +12,7 @@
 //!
 //! What is not built yet, and said so when the demo runs: the libp2p network (the four nodes
 //! live in one process and hand each other bytes in memory), secret replication on a second
-//! provider, and the web dashboard.
+//! provider; the dashboard serves the finished logs (read-only copies), not the live nodes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +98,12 @@ pub struct DemoArgs {
     /// Training corpus (UTF-8 text). Default: the repository's tinyshakespeare.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
+    /// Where the dashboard and API are served after the run, until Ctrl-C.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
+    /// Exit after the audit instead of serving the dashboard.
+    #[arg(long)]
+    pub exit_when_done: bool,
 }
 
 /// One partner node of the demo.
@@ -438,7 +444,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("leam demo: a local federation of four partners");
     println!("  not built yet (later issues), so not shown: leases and shards over the network (steps 3-5 hand");
     println!("  bytes over in memory; step 6 runs the federation on libp2p), secret replication on a second");
-    println!("  provider (the referee replays every shard), the web dashboard.\n");
+    println!("  provider (the referee replays every shard); the dashboard serves the logs after the run.\n");
 
     println!(
         "1. identities and ledgers (ed25519 keys, mode 0600; sled stores; signed checkpoints)"
@@ -670,12 +676,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut workers = [start.clone(), start.clone()];
     let mut accepted_units = [0u64; 4];
     let mut shard_no = 0u32;
+    let mut cheated = false;
     for round in 0..args.rounds {
         let mut checked = Vec::new();
         for w in 0..PROVIDERS.len() {
             let p = &schedule[shard_no as usize];
             let spec = runner.spec_for(&workers[w], ranges[w].0, ranges[w].1, args.steps)?;
-            let cheating = args.cheat && round + 1 == args.rounds && *p == INDUSTRY;
+            // One falsified shard: the industry partner's first shard of the last round.
+            let cheating = args.cheat && round + 1 == args.rounds && *p == INDUSTRY && !cheated;
+            cheated |= cheating;
             let t = Instant::now();
             let claimed = if cheating {
                 let tampered = Tampered {
@@ -925,7 +934,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "\nweb dashboard: not built yet (later issue). Done in {:.1} s. Re-check it yourself:",
+        "\nDone in {:.1} s. Re-check it yourself:",
         started.elapsed().as_secs_f64()
     );
     let dir_list = dirs
@@ -941,5 +950,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  leam audit --no-state {dir_list}");
     println!("  leam ledger export --dir {}", dirs[STARTUP].display());
+    if !args.exit_when_done {
+        crate::cli_serve::serve_dirs(&dirs, Some(genesis), args.http, |addr| {
+            println!(
+                "\n8. dashboard (read-only copies of the four logs): http://{addr}/ ; funder report http://{addr}/report ; API http://{addr}/api/openapi.json ; Ctrl-C stops"
+            );
+        })?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod cli_compute;
 mod cli_fed;
 mod cli_kernels;
 mod cli_ledger;
+mod cli_serve;
 mod demo;
 mod sim;
 
@@ -65,6 +66,8 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_kernels::ComputeCmd,
     },
+    /// Serve copies of logs read-only: the web API, tlog-tiles and the dashboards.
+    Serve(cli_serve::ServeArgs),
     /// Run a local federation end to end (only the parts built so far; it says which).
     Demo(demo::DemoArgs),
 }
@@ -124,6 +127,7 @@ fn main() -> std::process::ExitCode {
         Command::Compute { cmd } => cli_kernels::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Serve(args) => cli_serve::run(args),
     };
     match result {
         Ok(code) => code,

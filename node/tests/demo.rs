@@ -8,7 +8,15 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("fed");
     let out = Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args(["demo", "--rounds", "2", "--steps", "4", "--dir"])
+        .args([
+            "demo",
+            "--rounds",
+            "2",
+            "--steps",
+            "4",
+            "--exit-when-done",
+            "--dir",
+        ])
         .arg(&root)
         .output()
         .unwrap();
@@ -78,6 +86,52 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
             String::from_utf8_lossy(&audit.stderr)
         );
     }
+    // `leam serve` serves the same logs read-only: its /api/report is the audit's accounting,
+    // and the funder report page shows up.
+    let audit = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(["audit", "--json", "--no-state"])
+        .args(dirs.iter().map(|d| root.join(d)))
+        .output()
+        .unwrap();
+    let audited: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(dirs.iter().map(|d| root.join(d)))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("serve prints its address")
+        .trim_end_matches('/')
+        .to_owned();
+    let get = |path: &str| -> (u16, String) {
+        let mut r = ureq::get(&format!("{base}{path}")).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (status, body) = get("/api/report");
+    assert_eq!(status, 200);
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        served, audited["accounting"],
+        "served report differs from the audit's accounting"
+    );
+    let (status, page) = get("/report");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Industrie Compute AG") && page.contains("<svg"),
+        "{page}"
+    );
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
     // A second demo into the same directory is refused rather than mixing federations.
     let again = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args(["demo", "--dir"])

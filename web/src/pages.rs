@@ -188,6 +188,17 @@ fn summary(e: &Entry, m: &BTreeMap<PublicKey, Membership>) -> String {
             eur(c.terms.credits_cents)
         ),
         Body::Evidence(ev) => format!("evidence against {}: {:?}", org_of(m, &ev.accused), ev.kind),
+        Body::Job(j) => format!(
+            "publishes job {} ({} bytes of job description)",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&j.description))[..12],
+            j.description.len()
+        ),
+        Body::Clearing(c) => format!(
+            "clears job {}: {} provider(s) at {} per 1,000 units",
+            &hex::encode(c.job_id)[..12],
+            c.assignments.len(),
+            eur(c.price_cents_per_kilo_unit)
+        ),
     }
 }
 

@@ -11,15 +11,15 @@ use leam_compute::gpu::selftest::{self, Outcome};
 use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
 use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
 
-/// Which backends a command covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendSel {
-    /// The CPU reference only.
-    Cpu,
-    /// Every wgpu adapter (or the one `--adapter` names).
-    Wgpu,
-    /// Both.
-    All,
+use crate::cli::{self, Backend, CodeExt as _, EXIT_ENV, EXIT_INPUT, EXIT_INVALID};
+
+/// A human line: stdout, or stderr when stdout carries JSON.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 /// Repetitions per shape in `leam compute bench` unless `--reps` says otherwise: measurements
@@ -36,11 +36,12 @@ const TRAIN_STEPS_MAX: u64 = 1000;
 struct Extra {
     kernels: bool,
     train_steps: u64,
-    corpus: std::path::PathBuf,
+    corpus: Option<std::path::PathBuf>,
+    json: bool,
 }
 
 /// Per-kernel seconds on cpu and on each adapter, with the ratio cpu time / wgpu time.
-fn kernel_table(gpus: &[WithCpuFallback], reps: usize) {
+fn kernel_table(gpus: &[WithCpuFallback], reps: usize, json: bool) {
     let cpu = kernel_timings(&CpuKernels, reps);
     let on_gpus: Vec<_> = gpus.iter().map(|g| kernel_timings(g.gpu(), reps)).collect();
     for (i, (name, c)) in cpu.iter().enumerate() {
@@ -65,7 +66,7 @@ fn kernel_table(gpus: &[WithCpuFallback], reps: usize) {
                 )),
             }
         }
-        println!("{line}");
+        say(json, &line);
     }
 }
 
@@ -75,8 +76,10 @@ fn train_table(gpus: &[WithCpuFallback], extra: &Extra) -> anyhow::Result<()> {
     use leam_compute::model::Config;
     use leam_compute::optim::Hyper;
     use leam_compute::train::TrainState;
-    let corpus = Corpus::load(&extra.corpus)
-        .with_context(|| format!("loading corpus {}", extra.corpus.display()))?;
+    let path = cli::find_corpus(extra.corpus.as_deref())?;
+    let corpus = Corpus::load(&path)
+        .with_context(|| format!("loading corpus {}", path.display()))
+        .code(EXIT_INPUT)?;
     let fresh = || -> anyhow::Result<TrainState> {
         let cfg = Config {
             vocab: corpus.vocab.len(),
@@ -94,21 +97,27 @@ fn train_table(gpus: &[WithCpuFallback], extra: &Extra) -> anyhow::Result<()> {
     };
     let mut st = fresh()?;
     let c = train_step_secs(&CpuKernels, &mut st, &corpus.train, extra.train_steps)?;
-    println!(
-        "train tiny (1 layer, 32 wide, context 16, batch 4): cpu {:.2} ms/step, params {}",
-        c * 1e3,
-        hex::encode(st.params_commitment())
+    say(
+        extra.json,
+        &format!(
+            "train tiny (1 layer, 32 wide, context 16, batch 4): cpu {:.2} ms/step, params {}",
+            c * 1e3,
+            hex::encode(st.params_commitment())
+        ),
     );
     for g in gpus {
         let mut st = fresh()?;
         let t = train_step_secs(g, &mut st, &corpus.train, extra.train_steps)?;
-        println!(
-            "train tiny: {} {:.2} ms/step (cpu/wgpu speed {:.3}), params {}, ops on cpu: {:?}",
-            g.name(),
-            t * 1e3,
-            c / t,
-            hex::encode(st.params_commitment()),
-            g.fallback_counts()
+        say(
+            extra.json,
+            &format!(
+                "train tiny: {} {:.2} ms/step (cpu/wgpu speed {:.3}), params {}, ops on cpu: {:?}",
+                g.name(),
+                t * 1e3,
+                c / t,
+                hex::encode(st.params_commitment()),
+                g.fallback_counts()
+            ),
         );
     }
     Ok(())
@@ -117,22 +126,29 @@ fn train_table(gpus: &[WithCpuFallback], extra: &Extra) -> anyhow::Result<()> {
 #[derive(Debug, clap::Subcommand)]
 pub enum ComputeCmd {
     /// Run every kernel against the CPU reference on each local adapter; prints the device
-    /// fingerprint and PASS/FAIL/UNSUPPORTED per kernel; exits non-zero on any mismatch.
+    /// fingerprint and PASS/FAIL/UNSUPPORTED per kernel; exit 1 on any mismatch, 3 if the
+    /// adapter named by --adapter cannot be opened (no adapter at all and none named: exit 0,
+    /// nothing to compare).
+    #[command(after_long_help = "Example:\n  leam compute selftest --adapter vulkan --json")]
     Selftest {
         /// Adapter: `auto`, an index from the list, or a substring (`vulkan`, `gl`, …);
         /// default: every adapter.
         #[arg(long)]
         adapter: Option<String>,
+        /// Print the result as one JSON document (fields in specs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Time the cpu backend's matmul against matrixmultiply sgemm on the model's shapes
-    /// (last line: `ratio <cpu/sgemm>`); with `--backend wgpu|all` also each adapter.
+    /// (last line: `ratio <cpu/sgemm>`), and each wgpu adapter against cpu.
+    #[command(
+        after_long_help = "Example:\n  leam compute bench --backend cpu --reps 5\n  leam compute bench --backend wgpu --kernels --train-steps 5"
+    )]
     Bench {
-        /// Backends to time besides the sgemm baseline.
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendSel,
-        /// Time every backend (same as `--backend all`).
-        #[arg(long)]
-        all: bool,
+        /// Backends to time besides the sgemm baseline: cpu only; wgpu: cpu and every adapter
+        /// (or --adapter; exit 3 without one); auto: cpu and every adapter that opens.
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
         /// Adapter for the wgpu backend (default: every adapter).
         #[arg(long)]
         adapter: Option<String>,
@@ -143,60 +159,72 @@ pub enum ComputeCmd {
         #[arg(long)]
         kernels: bool,
         /// Also time this many training steps of a tiny model (1 layer, width 32, context 16,
-        /// batch 4) on each backend; needs `--corpus`.
-        #[arg(long, default_value_t = 0)]
+        /// batch 4) on each backend (0: none).
+        #[arg(long, value_name = "STEPS", default_value_t = 0)]
         train_steps: u64,
-        /// Corpus for `--train-steps`.
-        #[arg(long, default_value = "data/tinyshakespeare.txt")]
-        corpus: std::path::PathBuf,
+        /// Corpus for --train-steps. Default: tinyshakespeare.txt next to the binary (or in
+        /// data/ there), else data/tinyshakespeare.txt in the working folder.
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<std::path::PathBuf>,
+        /// Print the matmul figures as one JSON document (fields in specs/cli.md); the
+        /// human lines go to stderr.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ComputeCmd::Selftest { adapter } => selftest_cmd(adapter),
+        ComputeCmd::Selftest { adapter, json } => selftest_cmd(adapter, json),
         ComputeCmd::Bench {
             backend,
-            all,
             adapter,
             reps,
             kernels,
             train_steps,
             corpus,
+            json,
         } => {
-            anyhow::ensure!(
-                (1..=BENCH_REPS_MAX).contains(&reps),
-                "--reps must be between 1 and {BENCH_REPS_MAX}, got {reps}"
-            );
-            anyhow::ensure!(
-                train_steps <= TRAIN_STEPS_MAX,
-                "--train-steps must be at most {TRAIN_STEPS_MAX}, got {train_steps}"
-            );
-            let sel = if all { BackendSel::All } else { backend };
+            if !(1..=BENCH_REPS_MAX).contains(&reps) {
+                return Err(cli::fail(
+                    EXIT_INPUT,
+                    anyhow::anyhow!("--reps must be between 1 and {BENCH_REPS_MAX}, got {reps}"),
+                ));
+            }
+            if train_steps > TRAIN_STEPS_MAX {
+                return Err(cli::fail(
+                    EXIT_INPUT,
+                    anyhow::anyhow!(
+                        "--train-steps must be at most {TRAIN_STEPS_MAX}, got {train_steps}"
+                    ),
+                ));
+            }
             let extra = Extra {
                 kernels,
                 train_steps,
                 corpus,
+                json,
             };
-            bench_cmd(sel, adapter, reps, &extra)
+            bench_cmd(backend, adapter, reps, &extra)
         }
     }
 }
 
 /// Opens the adapters a command covers: the one named, or every one listed.
-fn open_adapters(adapter: Option<String>) -> anyhow::Result<Vec<GpuKernels>> {
+fn open_adapters(adapter: Option<String>, json: bool) -> anyhow::Result<Vec<GpuKernels>> {
     match adapter {
         Some(a) => {
             let choice = AdapterChoice::parse(&a);
             Ok(vec![GpuKernels::with_adapter(&choice)
-                .with_context(|| format!("opening wgpu adapter '{a}'"))?])
+                .with_context(|| format!("opening wgpu adapter '{a}'"))
+                .code(EXIT_ENV)?])
         }
         None => {
             let mut out = Vec::new();
             for a in list_adapters() {
                 match GpuKernels::with_adapter(&AdapterChoice::Index(a.index)) {
                     Ok(k) => out.push(k),
-                    Err(e) => println!("adapter {a}: not usable: {e}"),
+                    Err(e) => say(json, &format!("adapter {a}: not usable: {e}")),
                 }
             }
             Ok(out)
@@ -204,54 +232,101 @@ fn open_adapters(adapter: Option<String>) -> anyhow::Result<Vec<GpuKernels>> {
     }
 }
 
-fn selftest_cmd(adapter: Option<String>) -> anyhow::Result<ExitCode> {
-    let gpus = open_adapters(adapter)?;
-    if gpus.is_empty() {
-        println!("no wgpu adapter on this machine: nothing to compare with the cpu reference");
-        return Ok(ExitCode::SUCCESS);
-    }
+fn selftest_cmd(adapter: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let gpus = open_adapters(adapter, json)?;
     let mut failed = 0usize;
+    let mut adapters = Vec::new();
+    if gpus.is_empty() {
+        say(
+            json,
+            "no wgpu adapter on this machine: nothing to compare with the cpu reference",
+        );
+    }
     for g in &gpus {
         let f = g.fingerprint();
-        println!("== {}", g.name());
-        println!("{f}");
-        println!("fingerprint {}", f.digest_hex());
+        say(json, &format!("== {}", g.name()));
+        say(json, &format!("{f}"));
+        say(json, &format!("fingerprint {}", f.digest_hex()));
+        let mut kernels = Vec::new();
         for c in selftest::run(g) {
-            match &c.outcome {
-                Outcome::Pass => println!("PASS {} ({} cases)", c.kernel, c.cases),
-                Outcome::Unsupported => println!("UNSUPPORTED {}", c.kernel),
+            let (outcome, detail) = match &c.outcome {
+                Outcome::Pass => {
+                    say(json, &format!("PASS {} ({} cases)", c.kernel, c.cases));
+                    ("pass", None)
+                }
+                Outcome::Unsupported => {
+                    say(json, &format!("UNSUPPORTED {}", c.kernel));
+                    ("unsupported", None)
+                }
                 Outcome::Fail(why) => {
                     failed += 1;
-                    println!("FAIL {}: {why}", c.kernel);
+                    say(json, &format!("FAIL {}: {why}", c.kernel));
+                    ("fail", Some(why.to_string()))
                 }
-            }
+            };
+            kernels.push(serde_json::json!({
+                "kernel": c.kernel, "outcome": outcome, "cases": c.cases, "detail": detail,
+            }));
         }
+        adapters.push(serde_json::json!({
+            "name": g.name(), "fingerprint": f.digest_hex(), "kernels": kernels,
+        }));
+    }
+    if json {
+        cli::print_json(&serde_json::json!({ "adapters": adapters, "failed": failed }))?;
     }
     if failed > 0 {
-        println!("{failed} kernel check(s) FAILED");
-        Ok(ExitCode::FAILURE)
+        say(json, &format!("{failed} kernel check(s) FAILED"));
+        Ok(ExitCode::from(EXIT_INVALID))
     } else {
-        println!("all ported kernels bit-identical to the cpu reference");
+        if !gpus.is_empty() {
+            say(
+                json,
+                "all ported kernels bit-identical to the cpu reference",
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
 }
 
 fn bench_cmd(
-    sel: BackendSel,
+    sel: Backend,
     adapter: Option<String>,
     reps: usize,
     extra: &Extra,
 ) -> anyhow::Result<ExitCode> {
+    let json = extra.json;
     let shapes: Vec<MatmulShape> = BENCH_SHAPES
         .iter()
         .map(|&(m, k, n)| MatmulShape::new(m, k, n))
         .collect();
+    // Open the adapters first: `--backend wgpu` without one is refused before minutes of cpu
+    // timing.
+    let gpus: Vec<WithCpuFallback> = if sel == Backend::Cpu {
+        Vec::new()
+    } else {
+        open_adapters(adapter, json)?
+            .into_iter()
+            .map(WithCpuFallback::new)
+            .collect()
+    };
+    if sel == Backend::Wgpu && gpus.is_empty() {
+        return Err(cli::fail(
+            EXIT_ENV,
+            anyhow::anyhow!(
+                "--backend wgpu: no wgpu adapter on this machine (use --backend cpu or auto)"
+            ),
+        ));
+    }
     let cpu = CpuKernels::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "matmul, best of {reps} measurements of >= {:.0} ms (cpu and sgemm alternately, shapes \
-         round robin), {threads} hardware threads; GOP/s counts a multiply-add as 2",
-        MEASURE_SECS_MIN * 1e3
+    say(
+        json,
+        &format!(
+            "matmul, best of {reps} measurements of >= {:.0} ms (cpu and sgemm alternately, \
+             shapes round robin), {threads} hardware threads; GOP/s counts a multiply-add as 2",
+            MEASURE_SECS_MIN * 1e3
+        ),
     );
     let label = |s: &MatmulShape| {
         let mut l = format!("{}x{}x{}", s.m, s.k, s.n);
@@ -270,19 +345,27 @@ fn bench_cmd(
     let (mut cpu_s, mut sg_s, mut ops) = (0.0, 0.0, 0.0);
     let (mut all_cpu_s, mut all_sg_s) = (0.0, 0.0);
     let mut cpu_times = Vec::new();
+    let mut shape_rows = Vec::new();
     let all: Vec<MatmulShape> = shapes.iter().chain(&BENCH_MODEL_SHAPES).copied().collect();
     for (i, (s, (c, g))) in all
         .iter()
         .zip(time_against_sgemm(&cpu, &all, reps)?)
         .enumerate()
     {
-        println!(
-            "{:<18} cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
-            label(s),
-            c.gops,
-            g.gops,
-            c.gops / g.gops
+        say(
+            json,
+            &format!(
+                "{:<18} cpu {:8.2} GOP/s  sgemm {:8.2} GOP/s  ratio {:.2}",
+                label(s),
+                c.gops,
+                g.gops,
+                c.gops / g.gops
+            ),
         );
+        shape_rows.push(serde_json::json!({
+            "shape": label(s), "cpu_gops": c.gops, "sgemm_gops": g.gops,
+            "in_ratio": i < shapes.len(),
+        }));
         all_cpu_s += c.secs;
         all_sg_s += g.secs;
         if i < shapes.len() {
@@ -292,27 +375,21 @@ fn bench_cmd(
             cpu_times.push(c);
         }
     }
-    let gpus: Vec<WithCpuFallback> = if sel == BackendSel::Cpu {
-        Vec::new()
-    } else {
-        open_adapters(adapter)?
-            .into_iter()
-            .map(WithCpuFallback::new)
-            .collect()
-    };
     if extra.kernels {
-        kernel_table(&gpus, reps);
+        kernel_table(&gpus, reps, json);
     }
     if extra.train_steps > 0 {
         train_table(&gpus, extra)?;
     }
-    {
-        for gpu in gpus.iter().map(WithCpuFallback::gpu) {
-            let mut gs = 0.0;
-            for (&s, c) in shapes.iter().zip(&cpu_times) {
-                let t = time_kernels(gpu, s, reps)?;
-                gs += t.secs;
-                println!(
+    let mut adapter_rows = Vec::new();
+    for gpu in gpus.iter().map(WithCpuFallback::gpu) {
+        let mut gs = 0.0;
+        for (&s, c) in shapes.iter().zip(&cpu_times) {
+            let t = time_kernels(gpu, s, reps)?;
+            gs += t.secs;
+            say(
+                json,
+                &format!(
                     "{}x{}x{}  {} {:8.2} GOP/s  cpu {:8.2} GOP/s  ratio wgpu/cpu {:.3}",
                     s.m,
                     s.k,
@@ -321,26 +398,51 @@ fn bench_cmd(
                     t.gops,
                     c.gops,
                     t.gops / c.gops
-                );
-            }
-            println!(
+                ),
+            );
+        }
+        say(
+            json,
+            &format!(
                 "total {}: {:.2} GOP/s, ratio wgpu/cpu {:.3}",
                 gpu.name(),
                 ops / gs / 1e9,
                 cpu_s / gs
-            );
-        }
+            ),
+        );
+        adapter_rows.push(serde_json::json!({
+            "name": gpu.name(), "gops": ops / gs / 1e9, "ratio_wgpu_cpu": cpu_s / gs,
+        }));
     }
-    println!(
-        "ratio over every shape above (training-step products included) {:.2}",
-        all_sg_s / all_cpu_s
+    say(
+        json,
+        &format!(
+            "ratio over every shape above (training-step products included) {:.2}",
+            all_sg_s / all_cpu_s
+        ),
     );
-    println!(
-        "total cpu {:.2} GOP/s, sgemm {:.2} GOP/s ({} shapes of BENCH_SHAPES)",
-        ops / cpu_s / 1e9,
-        ops / sg_s / 1e9,
-        shapes.len()
+    say(
+        json,
+        &format!(
+            "total cpu {:.2} GOP/s, sgemm {:.2} GOP/s ({} shapes of BENCH_SHAPES)",
+            ops / cpu_s / 1e9,
+            ops / sg_s / 1e9,
+            shapes.len()
+        ),
     );
-    println!("ratio {:.2}", sg_s / cpu_s);
+    if json {
+        cli::print_json(&serde_json::json!({
+            "reps": reps,
+            "threads": threads,
+            "shapes": shape_rows,
+            "cpu_gops": ops / cpu_s / 1e9,
+            "sgemm_gops": ops / sg_s / 1e9,
+            "ratio_all_shapes": all_sg_s / all_cpu_s,
+            "adapters": adapter_rows,
+            "ratio": sg_s / cpu_s,
+        }))?;
+    } else {
+        println!("ratio {:.2}", sg_s / cpu_s);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,8 +19,8 @@ use leam_ledger::log::{Log, LogReader, BATCH_ENTRIES_MAX};
 use leam_ledger::merkle;
 use rayon::prelude::*;
 
-/// Default auditor state file (relative to the working directory).
-pub const AUDIT_STATE_DEFAULT: &str = "leam-audit-state.json";
+use crate::cli::{self, CodeExt as _, SectorArg, EXIT_ENV, EXIT_INPUT};
+
 /// Default entries per append batch in `leam ledger bench`.
 pub const BENCH_BATCH_DEFAULT: usize = 4096;
 /// Signatures verified one by one to measure the raw single-verification rate.
@@ -31,8 +31,11 @@ pub const BENCH_PROOFS: u64 = 1_000;
 #[derive(Debug, clap::Args)]
 pub struct KeygenArgs {
     /// Where to write the key file (created with mode 0600; never overwritten).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Print `{"key_file", "verifier_key"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -42,9 +45,9 @@ pub enum LedgerCmd {
     /// Print every entry as one JSON line: index, leaf_hash, entry (base64), kind, author, body.
     Export(DirArgs),
     /// Print the latest checkpoint note exactly as signed, with its cosignatures.
-    Checkpoint(DirArgs),
+    Checkpoint(DirJsonArgs),
     /// Print the log's verifier key (name+hex(keyID)+base64(0x01‖pubkey)).
-    Vkey(DirArgs),
+    Vkey(DirJsonArgs),
     /// Print an inclusion proof (--index [--size]) or a consistency proof (--from --to).
     Prove(ProveArgs),
     /// Fill a fresh log with synthetic signed entries, audit it, and print throughput; the last
@@ -57,15 +60,18 @@ pub struct InitArgs {
     /// Node directory to create.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Organisation name of this node.
-    #[arg(long = "name")]
-    pub name: String,
-    /// Sector of the organisation: public, private, science or startup.
-    #[arg(long)]
-    pub sector: Sector,
+    /// Organisation running this node (`--name` is an old spelling of it).
+    #[arg(long = "org", alias = "name", value_name = "NAME")]
+    pub org: String,
+    /// Sector of the organisation.
+    #[arg(long, value_enum)]
+    pub sector: SectorArg,
     /// Use this existing key file instead of generating a key (it is copied to DIR/node.key).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Print `{"dir", "organisation", "sector", "verifier_key"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +79,16 @@ pub struct DirArgs {
     /// Node directory.
     #[arg(long)]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DirJsonArgs {
+    /// Node directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Print JSON (fields in specs/cli.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,8 +122,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub entries: u64,
     /// Entries per durable append batch.
-    #[arg(long, default_value_t = BENCH_BATCH_DEFAULT)]
+    #[arg(long, value_name = "ENTRIES", default_value_t = BENCH_BATCH_DEFAULT)]
     pub batch: usize,
+    /// Print the rates as one JSON document (fields in specs/cli.md); the human lines go to
+    /// stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,23 +136,25 @@ pub struct AuditArgs {
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// Auditor state file: checkpoints seen in earlier runs (JSON, updated atomically when
-    /// everything verifies).
-    #[arg(long, default_value = AUDIT_STATE_DEFAULT)]
-    pub state: PathBuf,
+    /// everything verifies). Default: $XDG_STATE_HOME/leam/audit-state.json, else
+    /// $HOME/.local/state/leam/audit-state.json (the folder is created).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Do not read or write an auditor state file.
     #[arg(long, conflicts_with = "state")]
     pub no_state: bool,
-    /// Verifier key of a trusted witness; its cosignatures must verify where present.
-    #[arg(long = "witness")]
+    /// Verifier key of a trusted witness; its cosignatures must verify where present
+    /// (repeatable; default: none).
+    #[arg(long = "witness", value_name = "VKEY")]
     pub witnesses: Vec<String>,
-    /// Print the report as JSON.
+    /// Print the report as JSON (fields in specs/ledger.md and specs/cli.md).
     #[arg(long)]
     pub json: bool,
     /// The federation's genesis document: entries by keys that are neither founders nor
     /// admitted by its vote threshold are reported and not counted. With it, a node directory
     /// is audited together with the replicas it holds (`DIR/replicas/*`), except replicas of
     /// logs whose own directory is also given.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub genesis: Option<PathBuf>,
 }
 
@@ -146,8 +168,15 @@ fn now_ms() -> u64 {
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let id = Identity::generate(&mut rand_core::OsRng);
     id.write_new(&args.out)?;
-    println!("wrote {} (mode 0600)", args.out.display());
-    println!("verifier key: {}", id.verifier_key());
+    if args.json {
+        cli::print_json(&serde_json::json!({
+            "key_file": args.out.display().to_string(),
+            "verifier_key": id.verifier_key().to_string(),
+        }))?;
+    } else {
+        println!("wrote {} (mode 0600)", args.out.display());
+        println!("verifier key: {}", id.verifier_key());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,11 +186,25 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<ExitCode> {
         LedgerCmd::Export(a) => export(&a.dir),
         LedgerCmd::Checkpoint(a) => {
             let r = LogReader::open(&a.dir)?;
-            print!("{}", String::from_utf8_lossy(&r.head().note));
+            let head = r.head();
+            if a.json {
+                cli::print_json(&serde_json::json!({
+                    "size": head.size,
+                    "root": hex::encode(head.root),
+                    "note": String::from_utf8_lossy(&head.note),
+                }))?;
+            } else {
+                print!("{}", String::from_utf8_lossy(&head.note));
+            }
             Ok(ExitCode::SUCCESS)
         }
         LedgerCmd::Vkey(a) => {
-            println!("{}", LogReader::open(&a.dir)?.verifier_key());
+            let vkey = LogReader::open(&a.dir)?.verifier_key().to_string();
+            if a.json {
+                cli::print_json(&serde_json::json!({ "verifier_key": vkey }))?;
+            } else {
+                println!("{vkey}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         LedgerCmd::Prove(a) => prove(a),
@@ -174,18 +217,29 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         Some(k) => Identity::load(k)?,
         None => Identity::generate(&mut rand_core::OsRng),
     };
+    let sector: Sector = a.sector.into();
     let membership = Membership {
-        organisation: a.name.clone(),
-        sector: a.sector,
+        organisation: a.org.clone(),
+        sector,
     };
     let log = Log::create(&a.dir, id, &membership, now_ms())?;
-    println!(
-        "created {} for {} ({})",
-        a.dir.display(),
-        a.name,
-        a.sector.name()
-    );
-    println!("verifier key: {}", log.reader().verifier_key());
+    let vkey = log.reader().verifier_key().to_string();
+    if a.json {
+        cli::print_json(&serde_json::json!({
+            "dir": a.dir.display().to_string(),
+            "organisation": a.org,
+            "sector": sector.name(),
+            "verifier_key": vkey,
+        }))?;
+    } else {
+        println!(
+            "created {} for {} ({})",
+            a.dir.display(),
+            a.org,
+            sector.name()
+        );
+        println!("verifier key: {vkey}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -227,7 +281,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     let latest = r.head().size;
     let (json, proof) = if let Some(index) = a.index {
         let size = a.size.unwrap_or(latest);
-        let proof = r.prove_inclusion(index, size)?;
+        let proof = r.prove_inclusion(index, size).code(EXIT_INPUT)?;
         let leaf = merkle::leaf_hash(&r.entries(index, index + 1)?[0]);
         let root = r.root_at(size)?;
         merkle::check_record(&proof, size, &root, index, &leaf)
@@ -245,7 +299,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
             a.from.context("--from is required")?,
             a.to.context("--to is required")?,
         );
-        let proof = r.prove_consistency(from, to)?;
+        let proof = r.prove_consistency(from, to).code(EXIT_INPUT)?;
         let (old, new) = (r.root_at(from)?, r.root_at(to)?);
         merkle::check_tree(&proof, to, &new, from, &old)
             .context("the proof just generated does not verify")?;
@@ -312,12 +366,15 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let genesis = match &args.genesis {
         Some(path) => {
             let bytes = std::fs::read(path)
-                .with_context(|| format!("reading genesis {}", path.display()))?;
+                .with_context(|| format!("reading genesis {}", path.display()))
+                .code(EXIT_INPUT)?;
             let doc = leam_ledger::genesis::SignedGenesis::parse(&bytes)
-                .with_context(|| format!("genesis {}", path.display()))?;
+                .with_context(|| format!("genesis {}", path.display()))
+                .code(EXIT_INPUT)?;
             Some(
                 doc.verify_complete()
-                    .with_context(|| format!("genesis {}", path.display()))?
+                    .with_context(|| format!("genesis {}", path.display()))
+                    .code(cli::EXIT_INVALID)?
                     .clone(),
             )
         }
@@ -328,8 +385,22 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.dirs.clone()
     };
+    let state = match (&args.state, args.no_state) {
+        (_, true) => None,
+        (Some(s), false) => Some(s.clone()),
+        (None, false) => {
+            let dir = cli::state_dir()?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))
+                .code(EXIT_ENV)?;
+            Some(dir.join(cli::AUDIT_STATE_FILE))
+        }
+    };
+    if let Some(s) = &state {
+        eprintln!("auditor state: {}", s.display());
+    }
     let options = AuditOptions {
-        state: (!args.no_state).then(|| args.state.clone()),
+        state,
         witnesses: args.witnesses.clone(),
         genesis,
     };
@@ -343,6 +414,15 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
+            let err = anyhow::Error::new(err);
+            let code = cli::exit_code(&err);
+            if code != cli::EXIT_INVALID {
+                // Not a verdict on the data: the logs could not be read (locked, missing).
+                return Err(err);
+            }
+            let Some(err) = err.downcast_ref::<AuditError>() else {
+                return Err(err);
+            };
             eprintln!("audit FAILED: {err}");
             if let AuditError::Inconsistent { evidence, .. } = &err {
                 eprintln!("equivocation evidence (portable, leam-equivocation/v1):");
@@ -524,17 +604,30 @@ fn rate(n: u64, secs: f64) -> f64 {
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(a.entries >= 1, "--entries must be at least 1");
-    anyhow::ensure!(
-        (1..=BATCH_ENTRIES_MAX).contains(&a.batch),
-        "--batch must be in 1..={BATCH_ENTRIES_MAX}"
-    );
+    let usage = |m: String| Err(cli::fail(EXIT_INPUT, anyhow::anyhow!(m)));
+    if a.entries < 1 {
+        return usage(format!("--entries must be at least 1, found {}", a.entries));
+    }
+    if !(1..=BATCH_ENTRIES_MAX).contains(&a.batch) {
+        return usage(format!(
+            "--batch must be in 1..={BATCH_ENTRIES_MAX}, found {}",
+            a.batch
+        ));
+    }
     if a.dir.exists() && std::fs::read_dir(&a.dir)?.next().is_some() {
-        anyhow::bail!(
+        return usage(format!(
             "{} is not empty; bench needs a fresh directory",
             a.dir.display()
-        );
+        ));
     }
+    let json = a.json;
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let threads = rayon::current_num_threads();
     let id = Identity::generate(&mut rand_core::OsRng);
     let me = id.signing_key().clone();
@@ -561,11 +654,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .into_par_iter()
         .map(|i| Entry::sign(&me, first + i, t0 + i, bench_body(i, &me, &other)))
         .collect();
-    println!(
+    say(format!(
         "bench: {} synthetic entries of 8 kinds (deposit, offer, bid, lease, receipt, verdict, settlement, evidence; co-signed where required), signed before timing in {:.1} s; {threads} threads",
         a.entries,
         start.elapsed().as_secs_f64()
-    );
+    ));
 
     let cpu = cpu_seconds();
     let start = Instant::now();
@@ -578,13 +671,13 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let append_s = start.elapsed().as_secs_f64();
     let append_cpu = cpu_since(cpu);
-    println!(
+    say(format!(
         "append: {} entries in {batches} durable batches of up to {} in {append_s:.2} s{}: {:.0} durable appends/s (validated, hashed, checkpoint signed, fsynced)",
         a.entries,
         a.batch,
         cpu_note(append_cpu),
         rate(a.entries, append_s)
-    );
+    ));
 
     let size = log.size();
     let root = log.reader().head().root;
@@ -613,11 +706,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         merkle::check_tree(&proof, size, &root, from, &old)?;
     }
     let consistency_s = start.elapsed().as_secs_f64();
-    println!(
+    say(format!(
         "proofs at size {size} on the sled store: inclusion {:.1} us, consistency {:.1} us (each generated and verified; consistency includes computing the old root)",
         inclusion_s * 1e6 / BENCH_PROOFS as f64,
         consistency_s * 1e6 / BENCH_PROOFS as f64
-    );
+    ));
     let dir = a.dir.clone();
     drop(log);
 
@@ -628,10 +721,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let audit_cpu = cpu_since(cpu);
     let sigs = report.logs[0].signatures_verified;
     let audit_rate = rate(size, audit_s);
-    println!(
+    say(format!(
         "audit: {size} entries ({sigs} signatures, batch-verified on {threads} threads; tree recomputed; rules and accounting folded) in {audit_s:.2} s{}: {audit_rate:.0} audited entries/s",
         cpu_note(audit_cpu)
-    );
+    ));
 
     // Raw single-signature verification of the same entries, one thread.
     let n_raw = (size as usize).min(BENCH_RAW_VERIFICATIONS_MAX) as u64;
@@ -654,23 +747,37 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let raw_s = start.elapsed().as_secs_f64();
     let raw_cpu = cpu_since(cpu);
     let raw_rate = rate(n_raw, raw_s);
-    println!(
+    say(format!(
         "raw: {n_raw} single ed25519-dalek signature verifications (1 thread) in {raw_s:.2} s{}: {raw_rate:.0} verifications/s",
         cpu_note(raw_cpu)
-    );
-    println!(
+    ));
+    say(format!(
         "per core: audit {:.0} entries/s/core on {threads} threads vs raw {raw_rate:.0}/s/core",
         audit_rate / threads as f64
-    );
+    ));
     if let (Some(ac), Some(rc), Some(pc)) = (audit_cpu, raw_cpu, append_cpu) {
-        println!(
+        say(format!(
             "per CPU-second (independent of other load on a shared machine): append {:.0} entries, audit {:.0} entries, raw {:.0} verifications; audit/raw {:.2}",
             a.entries as f64 / pc,
             size as f64 / ac,
             n_raw as f64 / rc,
             (size as f64 / ac) / (n_raw as f64 / rc)
-        );
+        ));
     }
-    println!("ratio {:.2}", audit_rate / raw_rate);
+    if json {
+        cli::print_json(&serde_json::json!({
+            "entries": a.entries,
+            "batch": a.batch,
+            "threads": threads,
+            "append_entries_per_s": rate(a.entries, append_s),
+            "inclusion_proof_us": inclusion_s * 1e6 / BENCH_PROOFS as f64,
+            "consistency_proof_us": consistency_s * 1e6 / BENCH_PROOFS as f64,
+            "audit_entries_per_s": audit_rate,
+            "raw_verifications_per_s": raw_rate,
+            "ratio": audit_rate / raw_rate,
+        }))?;
+    } else {
+        println!("ratio {:.2}", audit_rate / raw_rate);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,8 +26,6 @@ use leam_compute::data::{Corpus, STREAM_EVAL_VAL};
 use leam_compute::diloco::{next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta};
 use leam_compute::fixed::B24_MANT_MAX;
 use leam_compute::kernels::Kernels;
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
 use leam_compute::replay::{
     replay_shard, run_shard, ModelRunner, RunnerError, ShardRun, ShardVerdict, StepRunner,
 };
@@ -48,14 +46,12 @@ use leam_market::settle::{owed_cents, split};
 use rand_core::OsRng;
 use sha2::{Digest as _, Sha256};
 
-/// Default corpus: the repository's demo corpus, found from the working directory or the crate.
-const DEFAULT_CORPUS: &str = "data/tinyshakespeare.txt";
+use crate::cli::{self, Backend, Preset, TrainSettings, EXIT_INPUT};
+
 /// Largest number of DiLoCo rounds the demo runs.
 const ROUNDS_MAX: u32 = 50;
 /// Largest number of inner steps per shard the demo runs.
 const STEPS_MAX: u32 = 2_000;
-/// Validation batches of the demo's loss estimates.
-const EVAL_BATCHES: usize = 16;
 /// The demo federation's public subsidy rate, percent.
 const DEMO_SUBSIDY_PERCENT: u8 = 30;
 /// Votes that admit a new member in the demo federation.
@@ -82,21 +78,26 @@ pub struct DemoArgs {
     /// yet. Default: a new directory `leam-demo-<unix ms>` in the system's temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Compute backend of the shards: cpu, wgpu or auto.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    /// Compute backend of the shards.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// The shards' model, batch, optimizer, seed and evaluation batches (the definitions of
+    /// `leam train --preset`; warm-up and decay are fitted to rounds × steps).
+    #[arg(long, value_enum, default_value_t = Preset::Demo)]
+    pub preset: Preset,
     /// DiLoCo outer rounds (each: two shards, each replayed by a verifier).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Inner training steps per shard.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, value_name = "STEPS", default_value_t = 30)]
     pub steps: u32,
-    /// In the last round, one provider returns a result with one flipped parameter bit, to show
-    /// bisection, the referee and misbehaviour evidence (`--cheat false` to run all honest).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub cheat: bool,
-    /// Training corpus (UTF-8 text). Default: the repository's tinyshakespeare.
+    /// Run every shard honestly. Default: in the last round one provider returns a result with
+    /// one flipped parameter bit, to show bisection, the referee and misbehaviour evidence.
     #[arg(long)]
+    pub honest: bool,
+    /// Training corpus (UTF-8 text). Default: tinyshakespeare.txt next to the binary (or in
+    /// data/ there), else data/tinyshakespeare.txt in the working folder.
+    #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
     /// Where the dashboard and API are served after the run, until Ctrl-C.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -247,29 +248,11 @@ impl StepRunner for Tampered<'_> {
 }
 
 fn corpus_bytes(path: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let candidates: Vec<PathBuf> = match path {
-        Some(p) => vec![p.to_owned()],
-        None => vec![
-            PathBuf::from(DEFAULT_CORPUS),
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(DEFAULT_CORPUS),
-        ],
-    };
-    for p in &candidates {
-        if p.exists() {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            return Ok((p.clone(), bytes));
-        }
-    }
-    bail!(
-        "corpus not found (looked for {}); pass --corpus FILE",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    let p = cli::find_corpus(path)?;
+    let bytes = std::fs::read(&p)
+        .with_context(|| format!("reading {}", p.display()))
+        .map_err(|e| cli::fail(EXIT_INPUT, e))?;
+    Ok((p, bytes))
 }
 
 /// Largest character boundary of `text` at or below `at`.
@@ -420,23 +403,34 @@ fn verify_shard(
 /// Runs `leam demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.rounds == 0 || args.rounds > ROUNDS_MAX {
-        bail!(
-            "--rounds must be in 1..={ROUNDS_MAX}, found {}",
-            args.rounds
-        );
+        return Err(cli::fail(
+            EXIT_INPUT,
+            anyhow::anyhow!(
+                "--rounds must be in 1..={ROUNDS_MAX}, found {}",
+                args.rounds
+            ),
+        ));
     }
     if args.steps < 2 || args.steps > STEPS_MAX {
-        bail!("--steps must be in 2..={STEPS_MAX}, found {}", args.steps);
+        return Err(cli::fail(
+            EXIT_INPUT,
+            anyhow::anyhow!("--steps must be in 2..={STEPS_MAX}, found {}", args.steps),
+        ));
     }
     let root = match args.dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("leam-demo-{}", now_ms())),
     };
+    // The corpus first: a missing one is refused before anything is created.
+    let (corpus_path, bytes) = corpus_bytes(args.corpus.as_deref())?;
     if root.exists() {
-        bail!(
-            "{} exists; the demo creates a fresh federation (pass a new --dir)",
-            root.display()
-        );
+        return Err(cli::fail(
+            EXIT_INPUT,
+            anyhow::anyhow!(
+                "{} exists; the demo creates a fresh federation (pass a new --dir)",
+                root.display()
+            ),
+        ));
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let started = Instant::now();
@@ -453,33 +447,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("   every node admitted the others in its own log");
 
     println!("\n2. compute backend and model");
-    let (corpus_path, bytes) = corpus_bytes(args.corpus.as_deref())?;
-    let kernels: Box<dyn Kernels> = leam_compute::backend::select(&args.backend)?;
+    let kernels: Box<dyn Kernels> = args.backend.open()?;
     let fingerprint = kernels.name();
     println!("   backend {fingerprint}");
     let runner = ModelRunner::new(kernels.as_ref(), &bytes)?;
     let corpus = Corpus::from_bytes(&bytes, &corpus_path.display().to_string())?;
-    let cfg = Config {
-        vocab: runner.vocab_size(),
-        n_layer: 2,
-        n_head: 4,
-        n_embd: 64,
-        block_size: 32,
-    };
+    let settings = TrainSettings::of(Some(args.preset));
+    let eval_batches = settings.eval_iters;
+    let cfg = settings.model(runner.vocab_size());
     let total_steps = u64::from(args.rounds) * u64::from(args.steps);
-    let hyper = Hyper {
-        warmup_iters: 10.min(total_steps / 4),
-        lr_decay_iters: total_steps,
-        ..Hyper::nanogpt_cpu()
+    let hyper = TrainSettings {
+        warmup_iters: settings.warmup_iters.min(total_steps / 4),
+        lr_decay_iters: Some(total_steps),
+        ..settings
     }
+    .hyper()
     .to_fixed()?;
-    let start = TrainState::new(cfg, hyper, 8, 1337)?;
+    let start = TrainState::new(cfg, hyper, settings.batch_size, settings.seed)?;
     let val0 = start.evaluate(
         kernels.as_ref(),
         &corpus.val,
         "validation",
         STREAM_EVAL_VAL,
-        EVAL_BATCHES,
+        eval_batches,
     )?;
     println!(
         "   corpus {} ({} bytes), model {} layers x {} wide, context {}, batch {}; val loss at start {val0:.4}",
@@ -683,7 +673,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let p = &schedule[shard_no as usize];
             let spec = runner.spec_for(&workers[w], ranges[w].0, ranges[w].1, args.steps)?;
             // One falsified shard: the industry partner's first shard of the last round.
-            let cheating = args.cheat && round + 1 == args.rounds && *p == INDUSTRY && !cheated;
+            let cheating = !args.honest && round + 1 == args.rounds && *p == INDUSTRY && !cheated;
             cheated |= cheating;
             let t = Instant::now();
             let claimed = if cheating {
@@ -795,7 +785,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &corpus.val,
             "validation",
             STREAM_EVAL_VAL,
-            EVAL_BATCHES,
+            eval_batches,
         )?;
         println!(
             "   round {round}: outer step (Nesterov) merged {} shard delta(s); val loss {val:.4}",

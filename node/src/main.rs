@@ -3,6 +3,7 @@
 //! The binary is thin: each command group lives in its own module and calls into the library
 //! crates (`leam-ledger`, `leam-compute`, `leam-web`).
 
+mod cli;
 mod cli_compute;
 mod cli_fed;
 mod cli_kernels;
@@ -11,7 +12,7 @@ mod cli_serve;
 mod demo;
 mod sim;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: training frees and reallocates megabyte tensors every
 /// step, which glibc returns to the kernel and faults back in (the preset's run: 18 s of system
@@ -20,8 +21,18 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// leam: federated compute sharing for the consortium's open foundation models.
+///
+/// Exit codes: 0 success; 1 the data is wrong (tampered, forged, inconsistent, fraud found);
+/// 2 a usage error or unreadable input; 3 an environment problem (no adapter where one is
+/// required, port in use, store locked by a running node). See specs/cli.md.
 #[derive(Debug, Parser)]
-#[command(name = "leam", version, about, long_about = None)]
+#[command(
+    name = "leam",
+    version,
+    long_version = cli::LONG_VERSION,
+    about,
+    after_long_help = "Example:\n  leam demo\n  leam audit --genesis fed.genesis nodes/a"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +44,9 @@ enum Command {
     /// the PeerId.
     Init(cli_fed::InitArgs),
     /// Create, sign and verify the federation's genesis document.
+    #[command(
+        after_long_help = "Example:\n  leam genesis create --out fed.genesis --subsidy-percent 30 --threshold 2 a b c"
+    )]
     Genesis {
         #[command(subcommand)]
         cmd: cli_fed::GenesisCmd,
@@ -47,21 +61,38 @@ enum Command {
     /// replication figures.
     Sim(sim::SimArgs),
     /// Generate a node identity key (ed25519), written with mode 0600.
+    #[command(after_long_help = "Example:\n  leam keygen --out node.key")]
     Keygen(cli_ledger::KeygenArgs),
     /// Inspect and benchmark a node's signed ledger.
+    #[command(after_long_help = "Example:\n  leam ledger export --dir nodes/a")]
     Ledger {
         #[command(subcommand)]
         cmd: cli_ledger::LedgerCmd,
     },
     /// Verify ledgers end to end and print the per-sector contribution report.
+    #[command(
+        after_long_help = "Example:\n  leam audit --genesis fed.genesis nodes/a\n  leam audit --state audit.json --json nodes/a nodes/b"
+    )]
     Audit(cli_ledger::AuditArgs),
     /// Train the bit-exact transformer language model on one node.
+    #[command(
+        after_long_help = "Example:\n  leam train --preset nanogpt-cpu --out shakespeare.ckpt\n  leam train --preset demo --backend cpu --max-iters 20 --quiet"
+    )]
     Train(cli_compute::TrainArgs),
     /// Generate text from a training checkpoint.
+    #[command(
+        after_long_help = "Example:\n  leam sample --checkpoint shakespeare.ckpt --prompt ROMEO: --tokens 200"
+    )]
     Sample(cli_compute::SampleArgs),
     /// Re-measure a checkpoint's train and validation loss.
+    #[command(
+        after_long_help = "Example:\n  leam eval --checkpoint shakespeare.ckpt --preset nanogpt-cpu --json"
+    )]
     Eval(cli_compute::EvalArgs),
     /// Kernel self-test and benchmarks of the compute backends.
+    #[command(
+        after_long_help = "Example:\n  leam compute selftest\n  leam compute bench --backend wgpu --kernels"
+    )]
     Compute {
         #[command(subcommand)]
         cmd: cli_kernels::ComputeCmd,
@@ -69,7 +100,49 @@ enum Command {
     /// Serve copies of logs read-only: the web API, tlog-tiles and the dashboards.
     Serve(cli_serve::ServeArgs),
     /// Run a local federation end to end (only the parts built so far; it says which).
+    #[command(after_long_help = "Example:\n  leam demo --rounds 2 --steps 4 --honest")]
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_long_help = "Example:\n  leam completions bash > ~/.local/share/bash-completion/completions/leam\n  leam completions zsh > ~/.zfunc/_leam"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page leam(1) to stdout, or write a page per command into a folder.
+    #[command(
+        after_long_help = "Example:\n  leam man | man -l -\n  leam man --out share/man/man1"
+    )]
+    Man {
+        /// Write leam.1 and leam-<command>.1 for every command into this folder (created)
+        /// instead of printing leam.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// `leam man`: the page of `leam`, or every page into `out`.
+fn man(out: Option<std::path::PathBuf>) -> anyhow::Result<std::process::ExitCode> {
+    use cli::CodeExt as _;
+    let cmd = Cli::command();
+    match out {
+        None => {
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout().lock())
+                .code(cli::EXIT_ENV)?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
+                .code(cli::EXIT_ENV)?;
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))
+                .code(cli::EXIT_ENV)?;
+            eprintln!("wrote the man pages into {}", dir.display());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// mimalloc's option that commits whole arenas eagerly (with transparent huge pages in
@@ -128,12 +201,17 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Serve(args) => cli_serve::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "leam", &mut std::io::stdout());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Man { out } => man(out),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cli::exit_code(&err))
         }
     }
 }

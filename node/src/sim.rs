@@ -207,16 +207,16 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Runs `leam sim`.
 pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     if a.nodes < 2 || a.nodes > SIM_NODES_MAX {
-        bail!("--nodes must be in 2..={SIM_NODES_MAX}, found {}", a.nodes);
+        crate::cli::usage!("--nodes must be in 2..={SIM_NODES_MAX}, found {}", a.nodes);
     }
     if a.interval_ms > SIM_INTERVAL_MS_MAX {
-        bail!("--interval-ms must be at most {SIM_INTERVAL_MS_MAX}");
+        crate::cli::usage!("--interval-ms must be at most {SIM_INTERVAL_MS_MAX}");
     }
     if a.messages > SIM_MESSAGES_MAX {
-        bail!("--messages must be at most {SIM_MESSAGES_MAX}");
+        crate::cli::usage!("--messages must be at most {SIM_MESSAGES_MAX}");
     }
     if a.entries > SIM_ENTRIES_MAX {
-        bail!("--entries must be at most {SIM_ENTRIES_MAX}");
+        crate::cli::usage!("--entries must be at most {SIM_ENTRIES_MAX}");
     }
     let tmp;
     let root = match &a.dir {
@@ -235,7 +235,10 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(simulate(&root, &a))?;
+    // Not converging in time is the machine's (too slow, too loaded): exit 3.
+    let result = rt
+        .block_on(simulate(&root, &a))
+        .map_err(|e| crate::cli::fail(crate::cli::EXIT_ENV, e))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

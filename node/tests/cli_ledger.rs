@@ -220,7 +220,7 @@ fn init_creates_a_node_directory() {
         "init",
         "--dir",
         p(&dir),
-        "--name",
+        "--org",
         "Stadtwerke AG",
         "--sector",
         "private",
@@ -235,11 +235,16 @@ fn init_creates_a_node_directory() {
         "init",
         "--dir",
         p(&dir),
-        "--name",
+        "--org",
         "X",
         "--sector",
         "banks",
     ]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown sector"));
+    // A usage error (exit 2) that lists the sectors.
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("invalid value 'banks'") && err.contains("public, private, science, startup"),
+        "{err}"
+    );
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("fed");
+    // From the repository root, where the demo finds data/tinyshakespeare.txt itself.
     let out = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args([
             "demo",
@@ -18,6 +19,7 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
             "--dir",
         ])
         .arg(&root)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,8 +138,9 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     let again = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args(["demo", "--dir"])
         .arg(&root)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
-    assert!(!again.status.success());
+    assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }

@@ -406,10 +406,22 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     match audit_dirs(&dirs, &options) {
         Ok(report) => {
+            // The market audit re-runs the clearing rule over the verified logs.
+            let market = leam_market::audit::audit(&decoded_dirs(&dirs)?);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                v["market"] = serde_json::to_value(&market)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_report(&report);
+                print_market(&market);
+            }
+            if !market.clean() {
+                eprintln!(
+                    "audit FAILED: {} market finding(s) (records the clearing rule, a lease or a referee does not back)",
+                    market.findings.len()
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -430,6 +442,49 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The logs of audited directories, decoded, by key (the market audit's input).
+pub(crate) fn decoded_dirs(
+    dirs: &[PathBuf],
+) -> anyhow::Result<
+    std::collections::BTreeMap<leam_ledger::entry::PublicKey, Vec<leam_ledger::entry::Entry>>,
+> {
+    let mut out = std::collections::BTreeMap::new();
+    for d in dirs {
+        let r = leam_ledger::log::LogReader::open(d)?;
+        let raw = r.entries(0, r.head().size)?;
+        let entries = raw
+            .iter()
+            .map(|b| leam_ledger::entry::Entry::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(r.key(), entries);
+    }
+    Ok(out)
+}
+
+/// One line for the market audit, then its findings.
+pub(crate) fn print_market(m: &leam_market::audit::MarketAudit) {
+    println!(
+        "market: {} clearing(s) re-run and reproduced {}/{}, leases implied by them {}/{}, {} referee verdict(s) counted, {} ignored, {} finding(s)",
+        m.clearings,
+        m.clearings_reproduced,
+        m.clearings,
+        m.leases_matching,
+        m.leases,
+        m.verdicts_counted,
+        m.verdicts_ignored,
+        m.findings.len()
+    );
+    for f in &m.findings {
+        println!(
+            "finding: log {} entry {} ({}): {}",
+            &f.log[..16],
+            f.seq,
+            f.kind,
+            f.detail
+        );
     }
 }
 

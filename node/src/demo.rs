@@ -185,21 +185,6 @@ fn decoded_logs(nodes: &[Node]) -> anyhow::Result<BTreeMap<PublicKey, Vec<Entry>
     Ok(out)
 }
 
-/// The logs of node directories (read after the nodes have stopped), decoded, by key.
-fn decoded_dirs(dirs: &[PathBuf]) -> anyhow::Result<BTreeMap<PublicKey, Vec<Entry>>> {
-    let mut out = BTreeMap::new();
-    for d in dirs {
-        let r = leam_ledger::log::LogReader::open(d)?;
-        let raw = r.entries(0, r.head().size)?;
-        let entries = raw
-            .iter()
-            .map(|b| Entry::decode(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.insert(r.key(), entries);
-    }
-    Ok(out)
-}
-
 /// Deal shards round-robin over the assignments' quotas: the provider of each shard in order.
 fn deal(assignments: &[Assignment]) -> Vec<PublicKey> {
     let mut left: Vec<u32> = assignments.iter().map(|a| a.shards).collect();
@@ -901,27 +886,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     crate::cli_ledger::print_report(&report);
-    let market = leam_market::audit::audit(&decoded_dirs(&dirs)?);
-    println!(
-        "   market: {} clearing(s) re-run and reproduced {}/{}, leases implied by them {}/{}, {} referee verdict(s) counted, {} ignored, {} finding(s)",
-        market.clearings,
-        market.clearings_reproduced,
-        market.clearings,
-        market.leases_matching,
-        market.leases,
-        market.verdicts_counted,
-        market.verdicts_ignored,
-        market.findings.len()
-    );
-    for f in &market.findings {
-        println!(
-            "   finding: log {} entry {} ({}): {}",
-            &f.log[..16],
-            f.seq,
-            f.kind,
-            f.detail
-        );
-    }
+    let market = leam_market::audit::audit(&crate::cli_ledger::decoded_dirs(&dirs)?);
+    crate::cli_ledger::print_market(&market);
 
     println!(
         "\nDone in {:.1} s. Re-check it yourself:",

@@ -322,46 +322,6 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The log key of a node or replica directory, from its checkpoint file's origin line.
-fn dir_log_key(dir: &Path) -> Option<leam_ledger::entry::PublicKey> {
-    let note = std::fs::read(dir.join(leam_ledger::log::CHECKPOINT_FILE_NAME)).ok()?;
-    leam_net::core::checkpoint_owner(&note)
-}
-
-/// The given directories, each followed by its replicas (those whose log is not given itself).
-fn with_replicas(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let given: Vec<_> = dirs.iter().filter_map(|d| dir_log_key(d)).collect();
-    let mut seen = given.clone();
-    let mut out = Vec::new();
-    for d in dirs {
-        out.push(d.clone());
-        let Ok(read) = std::fs::read_dir(d.join("replicas")) else {
-            continue;
-        };
-        // Replica folders are named by their log's key in hex; anything else (a replica the
-        // node set aside as unreadable) is not part of the federation's state.
-        let mut replicas: Vec<PathBuf> = read
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-            })
-            .map(|e| e.path())
-            .collect();
-        replicas.sort();
-        for r in replicas {
-            if let Some(k) = dir_log_key(&r) {
-                if !seen.contains(&k) {
-                    seen.push(k);
-                    out.push(r);
-                }
-            }
-        }
-    }
-    out
-}
-
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let genesis = match &args.genesis {
         Some(path) => {
@@ -381,7 +341,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let dirs = if genesis.is_some() {
-        with_replicas(&args.dirs)
+        leam_web::dir::with_replicas(&args.dirs)
     } else {
         args.dirs.clone()
     };

@@ -5,6 +5,7 @@
 //! - [`clearing`]: the reverse auction (uniform price at the first rejected ask, capped at the
 //!   bid's maximum) and the leases it implies;
 //! - [`replicate`]: the commit-reveal choice of replicated shards;
+//! - [`flow`]: what a bidder's node does next and whether a provider agrees to a lease;
 //! - [`settle`]: what verified work is worth and the public subsidy's share;
 //! - [`audit`]: the re-run of the rule and the checks of every market record in the logs.
 //!
@@ -13,6 +14,7 @@
 
 pub mod audit;
 pub mod clearing;
+pub mod flow;
 pub mod job;
 pub mod replicate;
 pub mod settle;

@@ -591,3 +591,78 @@ fn spec_example_job_matches_the_code() {
     assert_eq!(block("<!-- example-job-id -->").trim(), hex::encode(j.id()));
     assert_eq!(Job::decode(encoded.as_bytes()).unwrap(), j);
 }
+
+/// A bidder's node clears a bid once, then proposes each implied lease until it is in its log;
+/// a provider agrees only to the terms a reproducible clearing implies.
+#[test]
+fn bidder_steps_and_provider_check() {
+    use leam_market::flow::{bidder_steps, check_lease, Step};
+    let mut b = Book::new();
+    b.offer(1, 100, 40);
+    b.offer(2, 100, 55);
+    let job = b.job.clone();
+    b.append(10, 1_000, Body::Job(Job_(job.encode())));
+    b.append(
+        10,
+        1_000,
+        Body::Bid(Bid {
+            job_id: job.id(),
+            compute_units: 6_000_000,
+            max_price_cents_per_kilo_unit: 60,
+            deadline_ms: job.deadline_ms,
+        }),
+    );
+    let (steps, waiting) = bidder_steps(&pk(10), &b.logs, 1_000_000);
+    assert!(waiting.is_empty(), "{waiting:?}");
+    let [Step::Clear(c)] = steps.as_slice() else {
+        panic!("expected one clearing, got {steps:?}")
+    };
+    assert_eq!(c.price_cents_per_kilo_unit, 55);
+    b.append(10, 1_000_000, Body::Clearing(c.clone()));
+    let (steps, _) = bidder_steps(&pk(10), &b.logs, 1_000_001);
+    let leases: Vec<LeaseTerms> = steps
+        .iter()
+        .map(|s| match s {
+            Step::ProposeLease(t) => t.clone(),
+            other => panic!("expected only lease proposals, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(leases.len(), 2);
+    // The provider agrees to its implied lease, and to nothing else.
+    let mine = leases.iter().find(|t| t.provider == pk(1)).unwrap();
+    assert_eq!(check_lease(&pk(1), mine, &b.logs), Ok(()));
+    let mut dearer = mine.clone();
+    dearer.price_cents += 1;
+    assert!(check_lease(&pk(1), &dearer, &b.logs)
+        .unwrap_err()
+        .contains("differ"));
+    assert!(check_lease(&pk(2), mine, &b.logs).is_err());
+    // A provider whose copy of the bidder's log ends before the clearing cannot check yet.
+    let mut behind = b.logs.clone();
+    behind.get_mut(&pk(10)).unwrap().pop();
+    assert!(check_lease(&pk(1), mine, &behind).is_err());
+    // Once recorded, a lease is not proposed again.
+    b.both(10, 1, 1_000_002, mine.clone(), Body::Lease);
+    let (steps, _) = bidder_steps(&pk(10), &b.logs, 1_000_003);
+    assert_eq!(steps.len(), 1);
+    // No offer under the maximum: the bid waits, with the reason.
+    let mut x = Book::new();
+    x.offer(1, 100, 90);
+    x.append(10, 1_000, Body::Job(Job_(job.encode())));
+    x.append(
+        10,
+        1_000,
+        Body::Bid(Bid {
+            job_id: job.id(),
+            compute_units: 6_000_000,
+            max_price_cents_per_kilo_unit: 60,
+            deadline_ms: job.deadline_ms,
+        }),
+    );
+    let (steps, waiting) = bidder_steps(&pk(10), &x.logs, 1_000_000);
+    assert!(steps.is_empty());
+    assert!(
+        waiting[0].reason.contains("no offer at or under 60"),
+        "{waiting:?}"
+    );
+}

@@ -247,8 +247,9 @@ impl Fact {
 }
 
 /// Decides whether this node agrees to a fact a member proposes to it (the market's rule plugs
-/// in here); `Err` says why not. Without a policy a node agrees to nothing.
-pub type Policy = Box<dyn Fn(&Fact) -> Result<(), String> + Send>;
+/// in here, reading the logs this node holds through [`Core::decoded_logs`]); `Err` says why not.
+/// Without a policy a node agrees to nothing.
+pub type Policy = Box<dyn Fn(&Fact, &Core) -> Result<(), String> + Send>;
 
 /// The node core.
 #[derive(Debug)]
@@ -379,6 +380,17 @@ impl Core {
         }
         core.members = genesis::members(&core.genesis, core.votes.iter());
         Ok(core)
+    }
+
+    /// Every log this node holds (its own and its verified replicas), decoded, by key: what
+    /// the market's rules read. Cost grows with the logs (a full decode per call).
+    pub fn decoded_logs(&self) -> Result<BTreeMap<PublicKey, Vec<Entry>>, CoreError> {
+        let mut out = BTreeMap::new();
+        out.insert(self.key, self.own_entries()?);
+        for (k, r) in &self.replicas {
+            out.insert(*k, r.decode_all()?);
+        }
+        Ok(out)
     }
 
     fn own_entries(&self) -> Result<Vec<Entry>, CoreError> {
@@ -680,7 +692,7 @@ impl Core {
                     fact.kind().name()
                 ))
             }
-            Some(policy) => policy(&fact)?,
+            Some(policy) => policy(&fact, self)?,
         }
         let (_, actions) = self.append(body, now_ms).map_err(|e| e.to_string())?;
         let mine = fact.cosignature(self.log.identity().signing_key()).to_vec();

@@ -143,6 +143,8 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// The node's status.
     Status(oneshot::Sender<Status>),
+    /// Every log this node holds, decoded, by key ([`crate::core::Core::decoded_logs`]).
+    Logs(oneshot::Sender<Result<BTreeMap<PublicKey, Vec<leam_ledger::entry::Entry>>, String>>),
     /// Append a signed entry with this body to the own log and announce it.
     Append {
         /// Body.
@@ -551,6 +553,9 @@ impl Node {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Logs(reply) => {
+                let _ = reply.send(self.core.decoded_logs().map_err(|e| e.to_string()));
             }
             Command::Append { body, reply } => {
                 let result = match self.core.append(*body, now_ms()) {

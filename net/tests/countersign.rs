@@ -76,7 +76,7 @@ fn a_lease_is_proposed_countersigned_and_recorded_by_both() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut provider, mut startup, _) = setup(tmp.path());
     // The provider agrees to leases of at most 50 cents per 1,000 units.
-    provider.set_policy(Box::new(|f| match f {
+    provider.set_policy(Box::new(|f, _| match f {
         Fact::Lease(t) if t.price_cents * 1_000 <= 50 * t.compute_units => Ok(()),
         Fact::Lease(t) => Err(format!("price {} cents is over my ask", t.price_cents)),
         _ => Err("only leases".into()),
@@ -123,13 +123,13 @@ fn proposals_the_counterparty_cannot_verify_or_does_not_want_are_refused_and_not
         matches!(&r, Response::Refused { reason } if reason.contains("no rule")),
         "{r:?}"
     );
-    provider.set_policy(Box::new(|_| Err("not today".into())));
+    provider.set_policy(Box::new(|_, _| Err("not today".into())));
     let (r, _) = provider.on_request(sk, request.clone(), 3_000);
     assert!(
         matches!(&r, Response::Refused { reason } if reason.contains("not today")),
         "{r:?}"
     );
-    provider.set_policy(Box::new(|_| Ok(())));
+    provider.set_policy(Box::new(|_, _| Ok(())));
     // A forged proposer signature.
     let Request::Countersign {
         kind,

@@ -60,7 +60,7 @@ pub struct Failure {
     pub error: anyhow::Error,
 }
 
-fn fail(code: u8, error: anyhow::Error) -> Failure {
+pub(crate) fn fail(code: u8, error: anyhow::Error) -> Failure {
     Failure { code, error }
 }
 
@@ -86,7 +86,7 @@ pub fn exit(result: Res<ExitCode>) -> ExitCode {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -319,7 +319,7 @@ fn new_token() -> String {
     hex::encode(b)
 }
 
-fn read_token(dir: &Path) -> Res<String> {
+pub(crate) fn read_token(dir: &Path) -> Res<String> {
     let path = dir.join(TOKEN_FILE);
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("reading the control token {}", path.display()))
@@ -725,6 +725,9 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             bootstrap,
             process_memory_bytes_max: leam_net::shell::PROCESS_MEMORY_BYTES_MAX,
         };
+        let me = core.key();
+        let mut core = core;
+        core.set_policy(crate::cli_market::policy(me));
         let mut node = Node::new(core, &seed, &config).map_err(|e| match e {
             leam_net::shell::NetError::Listen { .. } => fail(EXIT_ENV, e.into()),
             e => fail(EXIT_INPUT, e.into()),
@@ -755,6 +758,11 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             token: std::sync::Arc::new(token),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(crate::cli_market::run(
+            me,
+            control.commands.clone(),
+            stop_rx.clone(),
+        ));
         let app = control_router(control);
         let mut stop_http = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -942,7 +950,7 @@ async fn api_admit(
 // ---------------------------------------------------------------------------------------------
 // leam peers, leam admit (clients of the control API)
 
-fn control_url(dir: &Path, path: &str) -> Res<String> {
+pub(crate) fn control_url(dir: &Path, path: &str) -> Res<String> {
     let file = dir.join(HTTP_ADDR_FILE);
     let addr = std::fs::read_to_string(&file)
         .map_err(|_| {
@@ -957,7 +965,7 @@ fn control_url(dir: &Path, path: &str) -> Res<String> {
     Ok(format!("http://{}{path}", addr.trim()))
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_millis(CONTROL_TIMEOUT_MS)))
         .http_status_as_error(false)

@@ -8,6 +8,7 @@ mod cli_compute;
 mod cli_fed;
 mod cli_kernels;
 mod cli_ledger;
+mod cli_market;
 mod cli_serve;
 mod demo;
 mod sim;
@@ -97,6 +98,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_kernels::ComputeCmd,
     },
+    /// Record a funding deposit in a running node's log.
+    Deposit(cli_market::DepositArgs),
+    /// Measure this machine's throughput and publish a capacity offer from a running node.
+    Offer(cli_market::OfferArgs),
+    /// Publish a job and bid for it from a running node; prints the job id.
+    Bid(cli_market::BidArgs),
     /// Serve copies of logs read-only: the web API, tlog-tiles and the dashboards.
     Serve(cli_serve::ServeArgs),
     /// Run a local federation end to end (only the parts built so far; it says which).
@@ -201,6 +208,9 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Serve(args) => cli_serve::run(args),
+        Command::Deposit(args) => cli_market::deposit(args),
+        Command::Offer(args) => cli_market::offer(args),
+        Command::Bid(args) => cli_market::bid(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "leam", &mut std::io::stdout());
             Ok(std::process::ExitCode::SUCCESS)

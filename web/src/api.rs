@@ -30,7 +30,7 @@ pub const LIMIT_MAX: u64 = 500;
 pub const SCAN_ENTRIES_MAX: u64 = 100_000;
 
 /// Every entry kind, for parsing `kind=` filters.
-pub const KINDS: [Kind; 9] = [
+pub const KINDS: [Kind; 11] = [
     Kind::Admission,
     Kind::Deposit,
     Kind::Offer,
@@ -40,6 +40,8 @@ pub const KINDS: [Kind; 9] = [
     Kind::Verdict,
     Kind::Settlement,
     Kind::Evidence,
+    Kind::Job,
+    Kind::Clearing,
 ];
 
 /// An error answer.
@@ -231,7 +233,7 @@ pub struct EntriesQuery {
     /// Entries per page, 1..=500 (default 50).
     pub limit: Option<u64>,
     /// Only entries of this kind (admission, deposit, offer, bid, lease, receipt, verdict,
-    /// settlement, evidence).
+    /// settlement, evidence, job, clearing).
     pub kind: Option<String>,
     /// Only entries that involve this organisation (as author or party).
     pub organisation: Option<String>,

@@ -1,4 +1,4 @@
-//! Writes: `POST /api/bids`, `/api/offers`, `/api/deposits`, `/api/admissions` and
+//! Writes: `POST /api/jobs`, `/api/bids`, `/api/offers`, `/api/deposits`, `/api/admissions` and
 //! `/api/data`, each carrying one signed ledger entry.
 //!
 //! A write is accepted only when, in this order: the client is within its rate limit; the
@@ -130,6 +130,8 @@ pub enum Route {
     Admissions,
     /// `/api/data`.
     Data,
+    /// `/api/jobs` (a job description a bidder publishes before its bid).
+    Jobs,
 }
 
 impl Route {
@@ -141,6 +143,7 @@ impl Route {
             Route::Deposits => Some(Kind::Deposit),
             Route::Admissions => Some(Kind::Admission),
             Route::Data => None,
+            Route::Jobs => Some(Kind::Job),
         }
     }
     fn path(self) -> &'static str {
@@ -150,6 +153,7 @@ impl Route {
             Route::Deposits => "/api/deposits",
             Route::Admissions => "/api/admissions",
             Route::Data => "/api/data",
+            Route::Jobs => "/api/jobs",
         }
     }
 }
@@ -332,8 +336,22 @@ async fn post_data(
     write(s, Route::Data, c, h, b).await
 }
 
+/// Publish a signed job description (`specs/market.md` §2), which a bid then names by its id.
+#[utoipa::path(post, path = "/api/jobs", tag = "writes", request_body = SubmitJson,
+    responses((status = 201, description = "Appended", body = Accepted),
+              (status = 400, description = "Refused", body = ErrorJson)))]
+async fn post_job(
+    State(s): State<AppShared>,
+    c: Client,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> WriteResult {
+    write(s, Route::Jobs, c, h, b).await
+}
+
 pub(crate) fn openapi_router() -> OpenApiRouter<AppShared> {
     OpenApiRouter::new()
+        .routes(routes!(post_job))
         .routes(routes!(post_bid))
         .routes(routes!(post_offer))
         .routes(routes!(post_deposit))

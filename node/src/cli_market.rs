@@ -1,0 +1,437 @@
+//! The market on a running node: the provider's lease policy and the bidder's market task
+//! (both only execute `leam_market::flow`), and the commands `leam deposit`, `leam offer` and
+//! `leam bid`, which sign entries with the node key and submit them to the running node's web
+//! API (`POST /api/deposits|offers|jobs|bids`, authenticated by the node's control token).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use leam_ledger::entry::{Bid, Body, Deposit, Entry, Money, Offer, PublicKey};
+use leam_ledger::identity::Identity;
+use leam_ledger::log::KEY_FILE_NAME;
+use leam_market::flow::{bidder_steps, check_lease, Step};
+use leam_market::job::{seed_commitment, Job, JobFile};
+use leam_net::core::{Fact, Policy};
+use leam_net::shell::Command as NodeCommand;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cli::{self, CodeExt as _};
+
+/// How often the market task looks for bids to clear and leases to propose.
+pub const MARKET_TICK_MS: u64 = 1_000;
+/// Longest wait for a provider's answer to one lease proposal.
+pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
+/// Attempts to submit one entry when another append took the sequence number first.
+pub const SUBMIT_ATTEMPTS_MAX: u32 = 5;
+/// Inner steps of the benchmark shard `leam offer` measures throughput with.
+pub const BENCH_STEPS: u32 = 4;
+/// Folder in the node directory that keeps bidders' secret replication seeds (mode 0600).
+pub const JOBS_DIR_NAME: &str = "jobs";
+
+/// The provider's policy: agree to a lease only if a clearing in the bidder's log reproduces on
+/// this node's copies of the logs and implies exactly its terms (`specs/market.md` §3.4).
+/// Receipts and settlements are not agreed to yet (shards over the network are not built).
+pub fn policy(me: PublicKey) -> Policy {
+    Box::new(move |fact, core| match fact {
+        Fact::Lease(terms) => {
+            let logs = core.decoded_logs().map_err(|e| e.to_string())?;
+            check_lease(&me, terms, &logs)
+        }
+        other => Err(format!(
+            "this node does not agree to {} facts yet (shards over the network are not built)",
+            other.kind().name()
+        )),
+    })
+}
+
+async fn ask<T>(
+    commands: &mpsc::Sender<NodeCommand>,
+    make: impl FnOnce(oneshot::Sender<T>) -> NodeCommand,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    commands.send(make(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// The bidder's market task: every [`MARKET_TICK_MS`], run `leam_market::flow::bidder_steps`
+/// on the logs the node holds and execute its steps (append a clearing, propose a lease), until
+/// `stop` turns true.
+pub async fn run(
+    me: PublicKey,
+    commands: mpsc::Sender<NodeCommand>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(MARKET_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(Ok(logs)) = ask(&commands, NodeCommand::Logs).await else {
+            continue;
+        };
+        let (steps, _waiting) = bidder_steps(&me, &logs, crate::cli_fed::now_ms());
+        for step in steps {
+            match step {
+                Step::Clear(c) => {
+                    let job = hex::encode(&c.job_id[..8]);
+                    let n = c.assignments.len();
+                    let price = c.price_cents_per_kilo_unit;
+                    match ask(&commands, |reply| NodeCommand::Append {
+                        body: Box::new(Body::Clearing(c)),
+                        reply,
+                    })
+                    .await
+                    {
+                        Some(Ok(i)) => {
+                            tracing::info!(%job, providers = n, price, entry = i, "cleared a bid")
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(%job, error = %e, "clearing refused by the log")
+                        }
+                        None => return,
+                    }
+                }
+                Step::ProposeLease(t) => {
+                    let provider = hex::encode(&t.provider[..8]);
+                    let answer = tokio::time::timeout(
+                        Duration::from_millis(PROPOSAL_TIMEOUT_MS),
+                        ask(&commands, |reply| NodeCommand::Propose {
+                            fact: Box::new(Fact::Lease(t)),
+                            reply,
+                        }),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Some(Ok(i))) => tracing::info!(%provider, entry = i, "lease co-signed"),
+                        Ok(Some(Err(e))) => {
+                            tracing::info!(%provider, reason = %e, "lease not agreed yet")
+                        }
+                        Ok(None) => return,
+                        Err(_) => tracing::info!(%provider, "no answer to the lease proposal yet"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients: sign with the node key, submit to the running node.
+
+/// The node key of a node directory.
+fn identity(dir: &Path) -> anyhow::Result<Identity> {
+    Identity::load(&dir.join(KEY_FILE_NAME))
+        .with_context(|| format!("reading the node key in {}", dir.display()))
+        .code(cli::EXIT_INPUT)
+}
+
+/// The running node's base URL and control token.
+fn endpoint(dir: &Path) -> anyhow::Result<(String, String)> {
+    let url = crate::cli_fed::control_url(dir, "").map_err(|f| cli::fail(f.code, f.error))?;
+    let token = crate::cli_fed::read_token(dir).map_err(|f| cli::fail(f.code, f.error))?;
+    Ok((url, token))
+}
+
+/// The own log's size as the running node serves it (`GET /api/logs`).
+fn own_size(base: &str, key: &PublicKey) -> anyhow::Result<u64> {
+    let url = format!("{base}/api/logs");
+    let mut resp = crate::cli_fed::agent()
+        .get(&url)
+        .call()
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("asking the node at {url}: {e}")))?;
+    let logs: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("{url}: {e}")))?;
+    let hex_key = hex::encode(key);
+    logs.as_array()
+        .and_then(|a| a.iter().find(|l| l["key"] == hex_key.as_str()))
+        .and_then(|l| l["size"].as_u64())
+        .ok_or_else(|| {
+            cli::fail(
+                cli::EXIT_ENV,
+                anyhow!("{url} does not list this node's own log"),
+            )
+        })
+}
+
+/// Sign `body` as the next entry of the node's log and submit it on `route`; retries when
+/// another append took the index first. Returns the entry's index.
+fn submit(dir: &Path, route: &str, body: Body) -> anyhow::Result<u64> {
+    let id = identity(dir)?;
+    let key = id.public_key();
+    let (base, token) = endpoint(dir)?;
+    let url = format!("{base}{route}");
+    let mut last = String::new();
+    for _ in 0..SUBMIT_ATTEMPTS_MAX {
+        let seq = own_size(&base, &key)?;
+        let entry = Entry::sign(
+            id.signing_key(),
+            seq,
+            crate::cli_fed::now_ms(),
+            body.clone(),
+        );
+        let mut resp = crate::cli_fed::agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(serde_json::json!({ "entry_hex": hex::encode(entry.encode()) }))
+            .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("posting to {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let answer: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+        if (200..300).contains(&status) {
+            return Ok(answer["index"].as_u64().unwrap_or(seq));
+        }
+        last = format!(
+            "{status}: {}",
+            answer["error"].as_str().unwrap_or("(no error text)")
+        );
+        if status != 409 {
+            break;
+        }
+    }
+    Err(cli::fail(
+        cli::EXIT_ENV,
+        anyhow!("the node at {url} refused the entry ({last})"),
+    ))
+}
+
+/// Money kind of a deposit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MoneyArg {
+    /// Public funding.
+    Public,
+    /// Private money.
+    Private,
+}
+
+/// Arguments of `leam deposit`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Example:\n  leam deposit --dir nodes/startup --eur-cents 100000 --money private --reference 'seed round'"
+)]
+pub struct DepositArgs {
+    /// Node directory of the running node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Amount, EUR cents.
+    #[arg(long)]
+    pub eur_cents: u64,
+    /// Public funding or private money (kept apart in the report).
+    #[arg(long, value_enum)]
+    pub money: MoneyArg,
+    /// Payment reference that auditors match against bank records.
+    #[arg(long)]
+    pub reference: String,
+}
+
+/// Runs `leam deposit`.
+pub fn deposit(a: DepositArgs) -> anyhow::Result<ExitCode> {
+    let key = identity(&a.dir)?.public_key();
+    if !leam_ledger::entry::valid_text(&a.reference) {
+        bail!(cli::fail(
+            cli::EXIT_INPUT,
+            anyhow!("--reference must be non-empty text without control characters")
+        ));
+    }
+    let i = submit(
+        &a.dir,
+        "/api/deposits",
+        Body::Deposit(Deposit {
+            member: key,
+            eur_cents: a.eur_cents,
+            money: match a.money {
+                MoneyArg::Public => Money::Public,
+                MoneyArg::Private => Money::Private,
+            },
+            reference: a.reference,
+        }),
+    )?;
+    println!("deposit recorded as entry {i} of this node's log");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `leam offer`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Example:\n  leam offer --dir nodes/a --price 40 --minutes 120\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
+)]
+pub struct OfferArgs {
+    /// Node directory of the running node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Asked price, credits (EUR cents) per 1,000 compute units.
+    #[arg(long)]
+    pub price: u64,
+    /// Minutes from now the offer stands (its availability window).
+    #[arg(long, default_value_t = 60)]
+    pub minutes: u64,
+    /// Backend the benchmark shard (and later the leased shards) runs on.
+    #[arg(long, value_enum, default_value_t = cli::Backend::Auto)]
+    pub backend: cli::Backend,
+    /// Corpus for the benchmark shard. Default: the demo corpus found as `leam demo` finds it.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+}
+
+/// Runs `leam offer`: kernel self-test and a benchmark shard measure units per hour.
+pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
+    use leam_compute::model::Config;
+    use leam_compute::optim::Hyper;
+    use leam_compute::replay::{run_shard, ModelRunner};
+    use leam_compute::train::TrainState;
+    let kernels = a.backend.open()?;
+    let name = kernels.name();
+    let bytes = match &a.corpus {
+        Some(p) => std::fs::read(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .code(cli::EXIT_INPUT)?,
+        None => {
+            let p = cli::find_corpus(None)?;
+            std::fs::read(&p)
+                .with_context(|| format!("reading {}", p.display()))
+                .code(cli::EXIT_INPUT)?
+        }
+    };
+    let runner = ModelRunner::new(kernels.as_ref(), &bytes)?;
+    let cfg = Config {
+        vocab: runner.vocab_size(),
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 64,
+        block_size: 32,
+    };
+    let start = TrainState::new(cfg, Hyper::nanogpt_cpu().to_fixed()?, 8, 1337)?;
+    let spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), BENCH_STEPS)?;
+    let units = leam_compute::shard::compute_units(&spec);
+    let t = Instant::now();
+    run_shard(&runner, &spec, &start)?;
+    let ms = (t.elapsed().as_millis() as u64).max(1);
+    let per_hour = units.saturating_mul(3_600_000) / ms;
+    let until = crate::cli_fed::now_ms() + a.minutes.saturating_mul(60_000);
+    let i = submit(
+        &a.dir,
+        "/api/offers",
+        Body::Offer(Offer {
+            offer_id: crate::cli_fed::now_ms(),
+            device_fingerprint: Sha256::digest(name.as_bytes()).into(),
+            compute_units_per_hour: per_hour,
+            price_cents_per_kilo_unit: a.price,
+            valid_until_ms: until,
+        }),
+    )?;
+    println!(
+        "offer recorded as entry {i}: {per_hour} units/hour measured on {name} ({units} units in {ms} ms), {} cents per 1,000 units, for {} minutes",
+        a.price, a.minutes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `leam bid`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Example:\n  leam bid --dir nodes/startup --job job.toml\n\nPublishes the job description and the bid; the node clears it by the market rule and proposes the leases. Prints the job id."
+)]
+pub struct BidArgs {
+    /// Node directory of the running node (the bidder).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The job file (TOML, `specs/market.md` §2).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Override the job file's maximum price, credits per 1,000 compute units.
+    #[arg(long)]
+    pub max_price: Option<u64>,
+}
+
+/// Runs `leam bid`.
+pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
+    let input = |e: anyhow::Error| cli::fail(cli::EXIT_INPUT, e);
+    let text = std::fs::read_to_string(&a.job)
+        .with_context(|| format!("reading {}", a.job.display()))
+        .map_err(input)?;
+    let file = JobFile::parse(&text)
+        .with_context(|| format!("job file {}", a.job.display()))
+        .map_err(input)?;
+    let corpus_path = a.job.parent().unwrap_or(Path::new(".")).join(&file.corpus);
+    let corpus = std::fs::read(&corpus_path)
+        .with_context(|| format!("reading the corpus {}", corpus_path.display()))
+        .map_err(input)?;
+    let model = file.model().map_err(|e| input(e.into()))?;
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let job = Job {
+        name: file.name.clone(),
+        model,
+        corpus_sha256: Sha256::digest(&corpus).into(),
+        corpus_bytes: corpus.len() as u64,
+        rounds: file.rounds,
+        shards_per_round: file.shards_per_round,
+        inner_steps: file.inner_steps,
+        replication_ppm: file.replication_ppm().map_err(|e| input(e.into()))?,
+        seed_commitment: seed_commitment(&seed),
+        referees: file.referee_keys().map_err(|e| input(e.into()))?,
+        deadline_ms: crate::cli_fed::now_ms() + file.deadline_minutes.saturating_mul(60_000),
+        max_price_cents_per_kilo_unit: a.max_price.unwrap_or(file.max_price_cents_per_kilo_unit),
+    };
+    job.check().map_err(|e| input(e.into()))?;
+    // One shard's compute units, from the tensor shapes (char-level vocabulary of the corpus).
+    let text = String::from_utf8_lossy(&corpus);
+    let shape = leam_compute::shard::ModelShape {
+        vocab_size: leam_compute::data::Vocab::of_text(&text).len() as u32,
+        n_layer: model.n_layer,
+        n_head: model.n_head,
+        n_embd: model.n_embd,
+        block_size: model.block_size,
+        batch_size: model.batch,
+    };
+    let macs = leam_compute::shard::step_macs(&shape) * u128::from(job.inner_steps);
+    let shard_units = u64::try_from(macs.div_ceil(leam_compute::shard::MACS_PER_COMPUTE_UNIT))
+        .unwrap_or(u64::MAX);
+    let bought = leam_market::clearing::shards_bought(&job);
+    let job_id = job.id();
+    // The secret seed stays with the bidder until the reveal.
+    let jobs = a.dir.join(JOBS_DIR_NAME);
+    std::fs::create_dir_all(&jobs).code(cli::EXIT_ENV)?;
+    let seed_path = jobs.join(format!("{}.seed", hex::encode(job_id)));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&seed_path)
+            .with_context(|| format!("writing {}", seed_path.display()))
+            .code(cli::EXIT_ENV)?;
+        f.write_all(hex::encode(seed).as_bytes())
+            .code(cli::EXIT_ENV)?;
+    }
+    submit(
+        &a.dir,
+        "/api/jobs",
+        Body::Job(leam_ledger::entry::Job {
+            description: job.encode(),
+        }),
+    )?;
+    let i = submit(
+        &a.dir,
+        "/api/bids",
+        Body::Bid(Bid {
+            job_id,
+            compute_units: bought.saturating_mul(shard_units),
+            max_price_cents_per_kilo_unit: job.max_price_cents_per_kilo_unit,
+            deadline_ms: job.deadline_ms,
+        }),
+    )?;
+    eprintln!(
+        "bid recorded as entry {i}: {bought} shards of {shard_units} units at most {} cents per 1,000 units; the node clears it and proposes the leases",
+        job.max_price_cents_per_kilo_unit
+    );
+    println!("{}", hex::encode(job_id));
+    Ok(ExitCode::SUCCESS)
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use leam_ledger::account::Membership;
-use leam_ledger::entry::{PublicKey, Sector};
+use leam_ledger::entry::{Entry, Kind, PublicKey, Sector};
 use leam_ledger::genesis::{Founder, Genesis, SignedGenesis, GENESIS_BYTES_MAX};
 use leam_ledger::identity::Identity;
 use leam_ledger::log::{Log, KEY_FILE_NAME};
@@ -855,6 +855,10 @@ fn control_router(control: Control) -> axum::Router {
         .route("/api/peers", get(api_peers))
         .route("/api/status", get(api_status))
         .route("/api/admissions", post(api_admit))
+        .route("/api/deposits", post(api_submit))
+        .route("/api/offers", post(api_submit))
+        .route("/api/jobs", post(api_submit))
+        .route("/api/bids", post(api_submit))
         .layer(axum::extract::DefaultBodyLimit::max(CONTROL_BODY_BYTES_MAX))
         .with_state(control)
 }
@@ -902,6 +906,80 @@ async fn api_status(
 /// Compare secrets in time independent of where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /api/deposits|offers|jobs|bids` on the control API: `{"entry_hex": ...}`, an entry
+/// signed with this node's key (proof the caller holds it, besides the token) whose kind
+/// matches the route; the node appends its body as its next entry (the node assigns index and
+/// time, so concurrent writers never race for an index).
+async fn api_submit(
+    axum::extract::State(c): axum::extract::State<Control>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    use axum::http::StatusCode;
+    authorize(&c, &headers)?;
+    let expected = match uri.path() {
+        "/api/deposits" => Kind::Deposit,
+        "/api/offers" => Kind::Offer,
+        "/api/jobs" => Kind::Job,
+        _ => Kind::Bid,
+    };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SubmitRequest {
+        entry_hex: String,
+    }
+    let req: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let bytes = hex::decode(req.entry_hex.trim())
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("entry_hex: {e}")))?;
+    let entry = Entry::decode(&bytes)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("entry: {e}")))?;
+    if entry.kind() != expected {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} takes {} entries, found a {} entry",
+                uri.path(),
+                expected.name(),
+                entry.kind().name()
+            ),
+        ));
+    }
+    entry
+        .verify()
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("signature: {e}")))?;
+    let me = ask(&c, NodeCommand::Status).await?.member_key;
+    if hex::encode(entry.author) != me {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "the entry must be signed with this node's key",
+        ));
+    }
+    let result = ask(&c, |reply| NodeCommand::Append {
+        body: Box::new(entry.body),
+        reply,
+    })
+    .await?;
+    match result {
+        Ok(index) => Ok(axum::Json(serde_json::json!({ "log": me, "index": index }))),
+        Err(e) => Err(api_error(StatusCode::CONFLICT, e)),
+    }
+}
+
+fn authorize(c: &Control, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    use axum::http::StatusCode;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` (the token is in the node directory's control.token)"))?;
+    if !same_secret(given.as_bytes(), c.token.as_bytes()) {
+        return Err(api_error(StatusCode::FORBIDDEN, "wrong control token"));
+    }
+    Ok(())
 }
 
 async fn api_admit(

@@ -137,19 +137,20 @@ fn endpoint(dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((url, token))
 }
 
-/// The own log's size as the running node serves it (`GET /api/logs`).
+/// The own log's size as the running node reports it (`GET /api/status`).
 fn own_size(base: &str, key: &PublicKey) -> anyhow::Result<u64> {
-    let url = format!("{base}/api/logs");
+    let url = format!("{base}/api/status");
     let mut resp = crate::cli_fed::agent()
         .get(&url)
         .call()
         .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("asking the node at {url}: {e}")))?;
-    let logs: serde_json::Value = resp
+    let status: serde_json::Value = resp
         .body_mut()
         .read_json()
         .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("{url}: {e}")))?;
     let hex_key = hex::encode(key);
-    logs.as_array()
+    status["logs"]
+        .as_array()
         .and_then(|a| a.iter().find(|l| l["key"] == hex_key.as_str()))
         .and_then(|l| l["size"].as_u64())
         .ok_or_else(|| {

@@ -342,7 +342,11 @@ pub const AUDIT_STATE_FILE: &str = "audit-state.json";
 
 /// The user's state directory for leam: `$XDG_STATE_HOME/leam`, else `$HOME/.local/state/leam`.
 pub fn state_dir() -> anyhow::Result<PathBuf> {
-    let non_empty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(x) = non_empty("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
         return Ok(x.join("leam"));
     }

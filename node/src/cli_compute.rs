@@ -344,8 +344,7 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     )
     .code(EXIT_INPUT)?;
     if args.json {
-        return cli::print_json(&serde_json::json!({ "text": text }))
-            .map(|()| ExitCode::SUCCESS);
+        return cli::print_json(&serde_json::json!({ "text": text })).map(|()| ExitCode::SUCCESS);
     }
     println!("{text}");
     Ok(ExitCode::SUCCESS)

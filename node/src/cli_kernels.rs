@@ -141,7 +141,9 @@ pub enum ComputeCmd {
     },
     /// Time the cpu backend's matmul against matrixmultiply sgemm on the model's shapes
     /// (last line: `ratio <cpu/sgemm>`), and each wgpu adapter against cpu.
-    #[command(after_long_help = "Example:\n  leam compute bench --backend cpu --reps 5\n  leam compute bench --backend wgpu --kernels --train-steps 5")]
+    #[command(
+        after_long_help = "Example:\n  leam compute bench --backend cpu --reps 5\n  leam compute bench --backend wgpu --kernels --train-steps 5"
+    )]
     Bench {
         /// Backends to time besides the sgemm baseline: cpu only; wgpu: cpu and every adapter
         /// (or --adapter; exit 3 without one); auto: cpu and every adapter that opens.
@@ -278,7 +280,10 @@ fn selftest_cmd(adapter: Option<String>, json: bool) -> anyhow::Result<ExitCode>
         Ok(ExitCode::from(EXIT_INVALID))
     } else {
         if !gpus.is_empty() {
-            say(json, "all ported kernels bit-identical to the cpu reference");
+            say(
+                json,
+                "all ported kernels bit-identical to the cpu reference",
+            );
         }
         Ok(ExitCode::SUCCESS)
     }

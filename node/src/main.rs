@@ -43,7 +43,9 @@ enum Command {
     /// the PeerId.
     Init(cli_fed::InitArgs),
     /// Create, sign and verify the federation's genesis document.
-    #[command(after_long_help = "Example:\n  leam genesis create --out fed.genesis --subsidy-percent 30 --threshold 2 a b c")]
+    #[command(
+        after_long_help = "Example:\n  leam genesis create --out fed.genesis --subsidy-percent 30 --threshold 2 a b c"
+    )]
     Genesis {
         #[command(subcommand)]
         cmd: cli_fed::GenesisCmd,
@@ -67,19 +69,29 @@ enum Command {
         cmd: cli_ledger::LedgerCmd,
     },
     /// Verify ledgers end to end and print the per-sector contribution report.
-    #[command(after_long_help = "Example:\n  leam audit --genesis fed.genesis nodes/a\n  leam audit --state audit.json --json nodes/a nodes/b")]
+    #[command(
+        after_long_help = "Example:\n  leam audit --genesis fed.genesis nodes/a\n  leam audit --state audit.json --json nodes/a nodes/b"
+    )]
     Audit(cli_ledger::AuditArgs),
     /// Train the bit-exact transformer language model on one node.
-    #[command(after_long_help = "Example:\n  leam train --preset nanogpt-cpu --out shakespeare.ckpt\n  leam train --preset demo --backend cpu --max-iters 20 --quiet")]
+    #[command(
+        after_long_help = "Example:\n  leam train --preset nanogpt-cpu --out shakespeare.ckpt\n  leam train --preset demo --backend cpu --max-iters 20 --quiet"
+    )]
     Train(cli_compute::TrainArgs),
     /// Generate text from a training checkpoint.
-    #[command(after_long_help = "Example:\n  leam sample --checkpoint shakespeare.ckpt --prompt ROMEO: --tokens 200")]
+    #[command(
+        after_long_help = "Example:\n  leam sample --checkpoint shakespeare.ckpt --prompt ROMEO: --tokens 200"
+    )]
     Sample(cli_compute::SampleArgs),
     /// Re-measure a checkpoint's train and validation loss.
-    #[command(after_long_help = "Example:\n  leam eval --checkpoint shakespeare.ckpt --preset nanogpt-cpu --json")]
+    #[command(
+        after_long_help = "Example:\n  leam eval --checkpoint shakespeare.ckpt --preset nanogpt-cpu --json"
+    )]
     Eval(cli_compute::EvalArgs),
     /// Kernel self-test and benchmarks of the compute backends.
-    #[command(after_long_help = "Example:\n  leam compute selftest\n  leam compute bench --backend wgpu --kernels")]
+    #[command(
+        after_long_help = "Example:\n  leam compute selftest\n  leam compute bench --backend wgpu --kernels"
+    )]
     Compute {
         #[command(subcommand)]
         cmd: cli_kernels::ComputeCmd,
@@ -96,7 +108,9 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page leam(1) to stdout, or write a page per command into a folder.
-    #[command(after_long_help = "Example:\n  leam man | man -l -\n  leam man --out share/man/man1")]
+    #[command(
+        after_long_help = "Example:\n  leam man | man -l -\n  leam man --out share/man/man1"
+    )]
     Man {
         /// Write leam.1 and leam-<command>.1 for every command into this folder (created)
         /// instead of printing leam.1.

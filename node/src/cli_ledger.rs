@@ -41,17 +41,29 @@ pub struct KeygenArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum LedgerCmd {
     /// Create a node directory: key (DIR/node.key), store, and entry 0, the node's admission.
+    #[command(
+        after_long_help = "Example:\n  leam ledger init --dir nodes/a --org 'Rechenzentrum Nord' --sector public"
+    )]
     Init(InitArgs),
     /// Print every entry as one JSON line: index, leaf_hash, entry (base64), kind, author, body.
+    #[command(after_long_help = "Example:\n  leam ledger export --dir nodes/a > a.jsonl")]
     Export(DirArgs),
     /// Print the latest checkpoint note exactly as signed, with its cosignatures.
+    #[command(after_long_help = "Example:\n  leam ledger checkpoint --dir nodes/a")]
     Checkpoint(DirJsonArgs),
     /// Print the log's verifier key (name+hex(keyID)+base64(0x01‖pubkey)).
+    #[command(after_long_help = "Example:\n  leam ledger vkey --dir nodes/a")]
     Vkey(DirJsonArgs),
     /// Print an inclusion proof (--index [--size]) or a consistency proof (--from --to).
+    #[command(
+        after_long_help = "Example:\n  leam ledger prove --dir nodes/a --index 7 --json\n  leam ledger prove --dir nodes/a --from 10 --to 62"
+    )]
     Prove(ProveArgs),
     /// Fill a fresh log with synthetic signed entries, audit it, and print throughput; the last
     /// line is the ratio of audited entries/s to raw single-signature verifications/s.
+    #[command(
+        after_long_help = "Example:\n  leam ledger bench --dir /tmp/leam-bench --entries 100000 --json"
+    )]
     Bench(BenchArgs),
 }
 

@@ -147,6 +147,11 @@ pub struct AuditArgs {
     /// Node directories to audit.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
+    /// Skip the market audit (for ledgers that are not a market, such as `leam ledger bench`
+    /// workloads, whose leases and verdicts name no published job). By default every clearing,
+    /// lease, receipt, verdict and settlement is checked and any finding fails the audit.
+    #[arg(long)]
+    pub no_market: bool,
     /// Auditor state file: checkpoints seen in earlier runs (JSON, updated atomically when
     /// everything verifies). Default: $XDG_STATE_HOME/leam/audit-state.json, else
     /// $HOME/.local/state/leam/audit-state.json (the folder is created).
@@ -379,16 +384,24 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match audit_dirs(&dirs, &options) {
         Ok(report) => {
             // The market audit re-runs the clearing rule over the verified logs.
-            let market = leam_market::audit::audit(&decoded_dirs(&dirs)?);
+            let market = if args.no_market {
+                None
+            } else {
+                Some(leam_market::audit::audit(&decoded_dirs(&dirs)?))
+            };
             if args.json {
                 let mut v = serde_json::to_value(&report)?;
-                v["market"] = serde_json::to_value(&market)?;
+                if let Some(m) = &market {
+                    v["market"] = serde_json::to_value(m)?;
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_report(&report);
-                print_market(&market);
+                if let Some(m) = &market {
+                    print_market(m);
+                }
             }
-            if !market.clean() {
+            if let Some(market) = market.filter(|m| !m.clean()) {
                 eprintln!(
                     "audit FAILED: {} market finding(s) (records the clearing rule, a lease or a referee does not back)",
                     market.findings.len()

@@ -266,7 +266,16 @@ fn exit_codes_on_real_cases() {
     let dir = tmp.path().join("node");
     bench_log(&dir, "30");
     // 0: a clean audit.
-    assert_eq!(code(&leam(&["audit", "--no-state", p(&dir)])), Some(0));
+    assert_eq!(
+        code(&leam(&["audit", "--no-market", "--no-state", p(&dir)])),
+        Some(0)
+    );
+    // 1: the same bench ledger is no market (its leases and verdicts name no published job):
+    // the market audit reports them and fails.
+    let out = leam(&["audit", "--no-state", p(&dir)]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("the rule would not have produced this lease"));
 
     // 2: usage errors (clap's code) and unreadable input.
     for args in [
@@ -303,7 +312,7 @@ fn exit_codes_on_real_cases() {
     {
         let _held = leam_ledger::store::SledStore::open(&dir.join("ledger.sled")).unwrap();
         for args in [
-            vec!["audit", "--no-state", p(&dir)],
+            vec!["audit", "--no-market", "--no-state", p(&dir)],
             vec!["ledger", "export", "--dir", p(&dir)],
         ] {
             let out = leam(&args);
@@ -324,7 +333,7 @@ fn exit_codes_on_real_cases() {
         .raw_insert(&leam_ledger::store::SledStore::entry_key(20), &bytes)
         .unwrap();
     drop(store);
-    let out = leam(&["audit", "--no-state", p(&dir)]);
+    let out = leam(&["audit", "--no-market", "--no-state", p(&dir)]);
     assert_eq!(code(&out), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("entry 20"), "{}", stderr(&out));
 }
@@ -377,7 +386,7 @@ fn json_outputs_carry_their_documented_fields() {
         ],
         "ledger bench",
     );
-    let v = json(&["audit", "--no-state", "--json", p(&bench)]);
+    let v = json(&["audit", "--no-market", "--no-state", "--json", p(&bench)]);
     has_fields(&v, &["logs", "accounting"], "audit");
     has_fields(
         &v["logs"][0],
@@ -585,7 +594,11 @@ fn audit_state_goes_to_the_state_directory_not_the_working_folder() {
     let work = tmp.path().join("work");
     let state = tmp.path().join("state");
     std::fs::create_dir_all(&work).unwrap();
-    let out = leam_in(&work, &[("XDG_STATE_HOME", &state)], &["audit", p(&dir)]);
+    let out = leam_in(
+        &work,
+        &[("XDG_STATE_HOME", &state)],
+        &["audit", "--no-market", p(&dir)],
+    );
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert!(state.join("leam/audit-state.json").is_file());
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
@@ -594,7 +607,7 @@ fn audit_state_goes_to_the_state_directory_not_the_working_folder() {
     let home = tmp.path().join("home");
     let mut c = Command::new(env!("CARGO_BIN_EXE_leam"));
     let out = c
-        .args(["audit", p(&dir)])
+        .args(["audit", "--no-market", p(&dir)])
         .current_dir(&work)
         .env_remove("XDG_STATE_HOME")
         .env("HOME", &home)

@@ -177,7 +177,7 @@ fn ledger_commands_on_a_bench_log() {
 
     // Audit: text, JSON with a state file, and a second run checked against the first.
     let state = tmp.path().join("state.json");
-    let text = ok(&["audit", p(&dir), "--state", p(&state)]);
+    let text = ok(&["audit", "--no-market", p(&dir), "--state", p(&state)]);
     assert!(
         text.contains("ok ") && text.contains("62 entries"),
         "{text}"
@@ -186,8 +186,15 @@ fn ledger_commands_on_a_bench_log() {
         text.contains("science") && text.contains("Bench Node"),
         "{text}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&["audit", p(&dir), "--state", p(&state), "--json"])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "audit",
+        "--no-market",
+        p(&dir),
+        "--state",
+        p(&state),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(json["logs"][0]["size"], size);
     assert_eq!(json["logs"][0]["consistent_with_size"], size);
     assert_eq!(json["accounting"]["entries"], size);
@@ -205,7 +212,7 @@ fn ledger_commands_on_a_bench_log() {
         .raw_insert(&leam_ledger::store::SledStore::entry_key(40), &bytes)
         .unwrap();
     drop(store);
-    let out = leam(&["audit", p(&dir), "--no-state"]);
+    let out = leam(&["audit", "--no-market", p(&dir), "--no-state"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("entry 40"), "{err}");

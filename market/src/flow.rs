@@ -200,3 +200,105 @@ pub fn check_lease(
     }
     Err(last)
 }
+
+/// One provider's part of a cleared job, as the bidder sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Part {
+    /// Provider key hex.
+    pub provider: String,
+    /// Shards assigned.
+    pub shards: u32,
+    /// Compute units of the lease.
+    pub compute_units: u64,
+    /// Credits (EUR cents) of the lease.
+    pub price_cents: u64,
+    /// Whether the co-signed lease is in the bidder's log.
+    pub leased: bool,
+}
+
+/// A bidder's job and where it stands (`leam jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobStatus {
+    /// Job id hex.
+    pub job: String,
+    /// Job name.
+    pub name: String,
+    /// `waiting` (no clearing yet), `clearing` (leases pending) or `leased` (every
+    /// assignment co-signed).
+    pub state: &'static str,
+    /// Why the job waits, when it does (the reason no provider serves it yet).
+    pub reason: Option<String>,
+    /// Shards bought (with replicas).
+    pub shards: u64,
+    /// The clearing price, credits per 1,000 units, once cleared.
+    pub price_cents_per_kilo_unit: Option<u64>,
+    /// Providers and their leases, once cleared.
+    pub parts: Vec<Part>,
+}
+
+/// The bidder's jobs at `now_ms`, from the logs its node holds.
+pub fn job_statuses(
+    bidder: &PublicKey,
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    now_ms: u64,
+) -> Vec<JobStatus> {
+    let Some(own) = logs.get(bidder) else {
+        return Vec::new();
+    };
+    let jobs = published_jobs(own);
+    let (_, waiting) = bidder_steps(bidder, logs, now_ms);
+    let leased: Vec<&LeaseTerms> = own
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Lease(c) => Some(&c.terms),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for e in own {
+        let Body::Bid(bid) = &e.body else { continue };
+        let job_hex = hex::encode(bid.job_id);
+        let Some((_, job)) = jobs.get(&bid.job_id) else {
+            continue;
+        };
+        let clearing = own.iter().find_map(|x| match &x.body {
+            Body::Clearing(c) if c.bid_seq == e.seq => Some(c),
+            _ => None,
+        });
+        let parts: Vec<Part> = clearing
+            .map(|c| {
+                c.assignments
+                    .iter()
+                    .map(|a| {
+                        let t = lease_terms(c, job, *bidder, a);
+                        Part {
+                            provider: hex::encode(a.provider),
+                            shards: a.shards,
+                            compute_units: t.compute_units,
+                            price_cents: t.price_cents,
+                            leased: leased.iter().any(|l| **l == t),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let state = match clearing {
+            None => "waiting",
+            Some(_) if parts.iter().all(|p| p.leased) => "leased",
+            Some(_) => "clearing",
+        };
+        out.push(JobStatus {
+            reason: waiting
+                .iter()
+                .find(|w| w.job == job_hex)
+                .map(|w| w.reason.clone()),
+            job: job_hex,
+            name: job.name.clone(),
+            state,
+            shards: clearing::shards_bought(job),
+            price_cents_per_kilo_unit: clearing.map(|c| c.price_cents_per_kilo_unit),
+            parts,
+        });
+    }
+    out
+}

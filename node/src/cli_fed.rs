@@ -855,6 +855,7 @@ fn control_router(control: Control) -> axum::Router {
         .route("/api/peers", get(api_peers))
         .route("/api/status", get(api_status))
         .route("/api/admissions", post(api_admit))
+        .route("/api/market/jobs", get(api_jobs))
         .route("/api/deposits", post(api_submit))
         .route("/api/offers", post(api_submit))
         .route("/api/jobs", post(api_submit))
@@ -967,6 +968,29 @@ async fn api_submit(
         Ok(index) => Ok(axum::Json(serde_json::json!({ "log": me, "index": index }))),
         Err(e) => Err(api_error(StatusCode::CONFLICT, e)),
     }
+}
+
+/// `GET /api/market/jobs`: this node's jobs as a bidder and where each stands
+/// (`leam_market::flow::job_statuses`).
+async fn api_jobs(
+    axum::extract::State(c): axum::extract::State<Control>,
+) -> Result<axum::Json<Vec<leam_market::flow::JobStatus>>, ApiError> {
+    let me = ask(&c, NodeCommand::Status).await?.member_key;
+    let mut key: PublicKey = [0; 32];
+    hex::decode_to_slice(&me, &mut key).map_err(|_| {
+        api_error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "node key unreadable",
+        )
+    })?;
+    let logs = ask(&c, NodeCommand::Logs)
+        .await?
+        .map_err(|e| api_error(axum::http::StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(axum::Json(leam_market::flow::job_statuses(
+        &key,
+        &logs,
+        now_ms(),
+    )))
 }
 
 fn authorize(c: &Control, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {

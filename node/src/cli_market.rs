@@ -436,3 +436,69 @@ pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
     println!("{}", hex::encode(job_id));
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `leam jobs`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Example:\n  leam jobs --dir nodes/startup --json\n\nA job waits (with the reason no provider serves it yet), is being leased, or is leased."
+)]
+pub struct JobsArgs {
+    /// Node directory of the running node (the bidder).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Print a JSON array of jobs with `job`, `name`, `state`, `reason`, `shards`,
+    /// `price_cents_per_kilo_unit` and `parts` (each `provider`, `shards`, `compute_units`,
+    /// `price_cents`, `leased`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `leam jobs`.
+pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
+    let (base, _) = endpoint(&a.dir)?;
+    let url = format!("{base}/api/market/jobs");
+    let mut resp = crate::cli_fed::agent()
+        .get(&url)
+        .call()
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("asking the node at {url}: {e}")))?;
+    let jobs: Vec<serde_json::Value> = resp
+        .body_mut()
+        .read_json()
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("{url}: {e}")))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} job(s)", jobs.len());
+    for j in &jobs {
+        println!(
+            "{}  {:<8} {} shards  {}  {}",
+            &j["job"].as_str().unwrap_or("")[..16.min(j["job"].as_str().unwrap_or("").len())],
+            j["state"].as_str().unwrap_or(""),
+            j["shards"],
+            j["price_cents_per_kilo_unit"]
+                .as_u64()
+                .map(|p| format!("{p} cents/1000 units"))
+                .unwrap_or_else(|| "-".into()),
+            j["name"].as_str().unwrap_or("")
+        );
+        if let Some(r) = j["reason"].as_str() {
+            println!("    waiting: {r}");
+        }
+        for p in j["parts"].as_array().into_iter().flatten() {
+            println!(
+                "    {}…  {} shards, {} units, {:.2} EUR, {}",
+                &p["provider"].as_str().unwrap_or("")[..16],
+                p["shards"],
+                p["compute_units"],
+                p["price_cents"].as_u64().unwrap_or(0) as f64 / 100.0,
+                if p["leased"].as_bool() == Some(true) {
+                    "leased"
+                } else {
+                    "lease pending"
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

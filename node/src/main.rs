@@ -104,6 +104,8 @@ enum Command {
     Offer(cli_market::OfferArgs),
     /// Publish a job and bid for it from a running node; prints the job id.
     Bid(cli_market::BidArgs),
+    /// A running bidder node's jobs: waiting (and why), being leased, or leased.
+    Jobs(cli_market::JobsArgs),
     /// Serve copies of logs read-only: the web API, tlog-tiles and the dashboards.
     Serve(cli_serve::ServeArgs),
     /// Run a local federation end to end (only the parts built so far; it says which).
@@ -211,6 +213,7 @@ fn main() -> std::process::ExitCode {
         Command::Deposit(args) => cli_market::deposit(args),
         Command::Offer(args) => cli_market::offer(args),
         Command::Bid(args) => cli_market::bid(args),
+        Command::Jobs(args) => cli_market::jobs(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "leam", &mut std::io::stdout());
             Ok(std::process::ExitCode::SUCCESS)

@@ -498,6 +498,9 @@ pub struct Report {
     pub organisations: BTreeMap<String, OrgReport>,
     /// Per sector (every sector listed, zero if no member).
     pub sectors: BTreeMap<Sector, Totals>,
+    /// Verdicts that count for nothing: their job is not published in any folded log, or
+    /// their author is not one of the job's referees.
+    pub verdicts_ignored: u64,
 }
 
 /// Why a set of logs cannot be folded.
@@ -597,6 +600,7 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
             .iter()
             .map(|s| (*s, Totals::default()))
             .collect(),
+        verdicts_ignored: 0,
     };
     for (key, (m, _, _)) in &members {
         let org = report
@@ -610,12 +614,24 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
         org.members.push(hex::encode(key));
     }
 
-    // 2. Verdicts.
+    // 2. Verdicts, counted only from the referees the job names.
+    let mut referees: HashMap<Digest32, Vec<PublicKey>> = HashMap::new();
+    for log in &ordered {
+        for e in log.entries {
+            if let Body::Job(j) = &e.body {
+                referees.entry(j.id()).or_insert_with(|| j.referees());
+            }
+        }
+    }
     let mut verdicts: HashMap<ShardKey, (u64, u64)> = HashMap::new();
     for log in &ordered {
         for e in log.entries {
             if let Body::Verdict(v) = &e.body {
-                if v.provider == e.author {
+                let may_judge = referees
+                    .get(&v.job_id)
+                    .is_some_and(|r| r.contains(&e.author));
+                if v.provider == e.author || !may_judge {
+                    report.verdicts_ignored += 1;
                     continue;
                 }
                 let c = verdicts

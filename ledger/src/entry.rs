@@ -351,6 +351,30 @@ pub struct Job {
     pub description: Vec<u8>,
 }
 
+impl Job {
+    /// The job id: SHA-256 of the description.
+    pub fn id(&self) -> Digest32 {
+        Sha256::digest(&self.description).into()
+    }
+
+    /// The keys the description names on `referee <64 lower-case hex>` lines (`specs/market.md`
+    /// §2): the members whose verdicts on this job count. The ledger reads only these lines of
+    /// the description; the market crate decodes the rest.
+    pub fn referees(&self) -> Vec<PublicKey> {
+        let Ok(text) = std::str::from_utf8(&self.description) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| l.strip_prefix("referee "))
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .filter_map(|h| {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(h, &mut k).ok().map(|_| k)
+            })
+            .collect()
+    }
+}
+
 /// One member log as the bidder had verified it when it cleared: the offers a clearing
 /// considers are those in the first `size` entries of each named log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -33,9 +33,21 @@ fn log(k: &SigningKey, org: &str, sector: Sector, bodies: Vec<Body>) -> Vec<Entr
     entries
 }
 
-fn receipt(job: u8, bidder: &SigningKey, provider: &SigningKey, units: u64) -> ReceiptTerms {
+/// Job `n` as published: a description naming `key(3)` as its one referee.
+fn job(n: u8) -> Job {
+    Job {
+        description: format!(
+            "leam-job/v1\nname test {n}\nreferee {}\n",
+            hex::encode(pk(&key(3)))
+        )
+        .into_bytes(),
+    }
+}
+
+fn receipt(n: u8, bidder: &SigningKey, provider: &SigningKey, units: u64) -> ReceiptTerms {
+    let job = n;
     ReceiptTerms {
-        job_id: [job; 32],
+        job_id: self::job(n).id(),
         shard: 0,
         bidder: pk(bidder),
         provider: pk(provider),
@@ -49,7 +61,7 @@ fn receipt(job: u8, bidder: &SigningKey, provider: &SigningKey, units: u64) -> R
 
 fn verdict(job: u8, provider: &SigningKey, accepted: bool) -> Body {
     Body::Verdict(Verdict {
-        job_id: [job; 32],
+        job_id: self::job(job).id(),
         shard: 0,
         provider: pk(provider),
         output_commitment: [job; 32],
@@ -77,7 +89,12 @@ fn verdicts_decide_what_counts_and_facts_count_once() {
         Sector::Startup,
         vec![
             admit(pk(&a), "A", Sector::Science),
+            Body::Job(job(1)),
+            Body::Job(job(2)),
+            Body::Job(job(3)),
             Body::Receipt(receipt(1, &b, &a, 100).cosign(&a)),
+            // The bidder is not job 3's referee: its verdict counts for nothing.
+            verdict(3, &a, true),
         ],
     );
     let lr = log(
@@ -123,7 +140,11 @@ fn verdicts_decide_what_counts_and_facts_count_once() {
         at.compute_rejected_units, 200,
         "receipt 2 has a rejecting verdict"
     );
-    assert_eq!(at.compute_unverified_units, 400, "receipt 3 has no verdict");
+    assert_eq!(
+        at.compute_unverified_units, 400,
+        "receipt 3 has no verdict by a referee"
+    );
+    assert_eq!(rep.verdicts_ignored, 1);
     assert_eq!(at.evidence_against, 1);
     assert_eq!(rep.organisations["B"].totals.compute_consumed_units, 100);
     assert_eq!(rep.facts, 3);

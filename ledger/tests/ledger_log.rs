@@ -508,8 +508,8 @@ fn largest_file(dir: &Path) -> PathBuf {
     best.unwrap().1
 }
 
-/// Two nodes trade: B (startup) leases compute from A (science), A computes a shard, B accepts
-/// it as referee, B pays A. Both logs hold the co-signed facts; the fold counts them once.
+/// Two nodes trade: B (startup) publishes a job that names B as its referee, leases compute from
+/// A (science), A computes a shard, B accepts it as referee, B pays A. Both logs hold the co-signed facts; the fold counts them once.
 fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
     let (a_dir, b_dir) = (tmp.join("a"), tmp.join("b"));
     let mut a = new_log(&a_dir, 1, "Forschungszentrum A", Sector::Science);
@@ -519,7 +519,14 @@ fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
         b.identity().signing_key().clone(),
     );
     let (apk, bpk) = (ak.verifying_key().to_bytes(), bk.verifying_key().to_bytes());
-    let job = [0x42; 32];
+    let job_entry = Job {
+        description: format!(
+            "leam-job/v1\nname two nodes\nreferee {}\n",
+            hex::encode(bpk)
+        )
+        .into_bytes(),
+    };
+    let job = job_entry.id();
     let lease = LeaseTerms {
         job_id: job,
         bidder: bpk,
@@ -555,6 +562,7 @@ fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
     };
     let b_entries = vec![
         admit(apk, "Forschungszentrum A", Sector::Science),
+        Body::Job(job_entry),
         Body::Deposit(Deposit {
             member: bpk,
             eur_cents: 10_000,
@@ -599,7 +607,8 @@ fn audit_and_fold_two_nodes() {
     drop((a, b));
     let report = audit_dirs(&[a_dir.clone(), b_dir.clone()], &AuditOptions::default()).unwrap();
     let acc = &report.accounting;
-    assert_eq!((acc.logs, acc.entries, acc.facts), (2, 12, 3));
+    assert_eq!((acc.logs, acc.entries, acc.facts), (2, 13, 3));
+    assert_eq!(acc.verdicts_ignored, 0);
     let fa = &acc.organisations["Forschungszentrum A"].totals;
     let sb = &acc.organisations["Startup B"].totals;
     assert_eq!(
@@ -628,9 +637,9 @@ fn audit_and_fold_two_nodes() {
     // Same report whatever the order of directories.
     let again = audit_dirs(&[b_dir, a_dir], &AuditOptions::default()).unwrap();
     assert_eq!(&again.accounting, acc);
-    // Signatures: B has 7 entries, 3 of them co-signed; A has 5 entries, 3 co-signed.
+    // Signatures: B has 8 entries, 3 of them co-signed; A has 5 entries, 3 co-signed.
     let sigs: u64 = report.logs.iter().map(|l| l.signatures_verified).sum();
-    assert_eq!(sigs, 7 + 3 + 5 + 3);
+    assert_eq!(sigs, 8 + 3 + 5 + 3);
 }
 
 #[test]

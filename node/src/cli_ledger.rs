@@ -492,8 +492,8 @@ pub(crate) fn print_report(report: &AuditReport) {
     }
     let a = &report.accounting;
     println!(
-        "\n{} logs, {} entries, {} co-signed facts",
-        a.logs, a.entries, a.facts
+        "\n{} logs, {} entries, {} co-signed facts, {} verdict(s) ignored (job not published or author not its referee)",
+        a.logs, a.entries, a.facts, a.verdicts_ignored
     );
     println!(
         "{:<28} {:>14} {:>12} {:>14} {:>12} {:>12} {:>14} {:>14} {:>9}",

@@ -82,7 +82,12 @@ fn federation() -> Fed {
     .unwrap();
     let (ak, bk) = (key(1), key(2));
     let (apk, bpk) = (pk(1), pk(2));
-    let job = [0x42; 32];
+    // The job names B as its referee, so B's verdicts count (specs/ledger.md §6.3).
+    let job_entry = leam_ledger::entry::Job {
+        description: format!("leam-job/v1\nname web test\nreferee {}\n", hex::encode(bpk))
+            .into_bytes(),
+    };
+    let job = job_entry.id();
     let lease = LeaseTerms {
         job_id: job,
         bidder: bpk,
@@ -156,6 +161,7 @@ fn federation() -> Fed {
             bytes: b"shard 1 of job 42: referee replay differs at step 17".to_vec(),
         }),
         Body::Settlement(settle.clone().cosign(&ak)),
+        Body::Job(job_entry),
     ];
     let mut a_entries = vec![
         admit(bpk, "Startup B", Sector::Startup),
@@ -1065,7 +1071,7 @@ async fn an_independent_tile_reader_rebuilds_every_served_root() {
     let fed = federation();
     let app = read_only(&fed);
     assert_eq!(read_log(&app, &pk(1)).await, 5 + A_OFFERS);
-    assert_eq!(read_log(&app, &pk(2)).await, 12);
+    assert_eq!(read_log(&app, &pk(2)).await, 13);
 
     // One log served at many sizes: partial tiles, exactly full tiles, level-1 and level-2
     // tiles.

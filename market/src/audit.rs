@@ -13,6 +13,10 @@ use crate::clearing::{self, lease_terms, Request};
 use crate::job::Job;
 use crate::settle::owed_cents;
 
+/// An offer may claim at most this many times the throughput its provider's own receipts show
+/// before the audit flags it.
+pub const OFFER_RECEIPT_TOLERANCE: u64 = 2;
+
 /// One thing the market audit found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -51,6 +55,10 @@ pub struct MarketAudit {
     pub settlements: u64,
     /// Everything found wrong.
     pub findings: Vec<Finding>,
+    /// Offers whose throughput their provider's own receipts contradict (more than
+    /// [`OFFER_RECEIPT_TOLERANCE`] times the units per device hour its receipts show). A flag,
+    /// not a finding: device time varies with load, so this is evidence to look at, not proof.
+    pub flags: Vec<Finding>,
 }
 
 impl MarketAudit {
@@ -263,6 +271,40 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                     p.1 = e;
                 }
                 _ => {}
+            }
+        }
+    }
+    // 5. Offers against the provider's own receipts (units per device hour).
+    seen.clear();
+    let mut done: BTreeMap<PublicKey, (u128, u128)> = BTreeMap::new();
+    for entries in logs.values() {
+        for e in entries {
+            if let Body::Receipt(c) = &e.body {
+                if fact_id(e).is_none_or(|f| seen.insert(f)) && c.terms.gpu_ms > 0 {
+                    let d = done.entry(c.terms.provider).or_default();
+                    d.0 += u128::from(c.terms.compute_units);
+                    d.1 += u128::from(c.terms.gpu_ms);
+                }
+            }
+        }
+    }
+    for (provider, (units, ms)) in &done {
+        let per_hour = units * 3_600_000 / ms;
+        for e in logs.get(provider).map_or(&[][..], Vec::as_slice) {
+            if let Body::Offer(o) = &e.body {
+                if u128::from(o.compute_units_per_hour)
+                    > per_hour * u128::from(OFFER_RECEIPT_TOLERANCE)
+                {
+                    out.flags.push(Finding {
+                        log: hex::encode(provider),
+                        seq: e.seq,
+                        kind: "offer",
+                        detail: format!(
+                            "offer {} claims {} units per hour; the provider's receipts show {per_hour} ({units} units in {ms} device ms)",
+                            o.offer_id, o.compute_units_per_hour
+                        ),
+                    });
+                }
             }
         }
     }

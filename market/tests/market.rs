@@ -436,6 +436,8 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
     b.both(10, 1, 1_000_400, pay, Body::Settlement);
     let a = audit(&b.logs);
     assert!(a.clean(), "{:#?}", a.findings);
+    // Provider 1 offered 1 unit/ms; its receipt shows 1M units in 1,234 ms: no flag.
+    assert!(a.flags.is_empty(), "{:#?}", a.flags);
     assert_eq!(
         (a.jobs, a.bids, a.clearings, a.clearings_reproduced),
         (1, 1, 1, 1)
@@ -524,6 +526,31 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
     stale.assignments = c.assignments.clone();
     x.append(10, 1_000_001, Body::Clearing(stale));
     found(&x.logs, "assignments");
+    // An offer claiming ten times what the provider's receipts show is flagged.
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    x.append(
+        1,
+        1_000_900,
+        Body::Offer(Offer {
+            offer_id: 2,
+            device_fingerprint: [1; 32],
+            compute_units_per_hour: 30_000_000_000,
+            price_cents_per_kilo_unit: 40,
+            valid_until_ms: 9_000_000,
+        }),
+    );
+    let a = audit(&x.logs);
+    assert!(a.clean(), "a flag is not a finding");
+    assert_eq!(a.flags.len(), 1, "{:#?}", a.flags);
+    assert!(
+        a.flags[0].detail.contains("receipts show 2917341"),
+        "{}",
+        a.flags[0].detail
+    );
     // A receipt with no lease.
     let mut x = Book::new();
     let r = ReceiptTerms {

@@ -471,6 +471,15 @@ pub(crate) fn print_market(m: &leam_market::audit::MarketAudit) {
             f.detail
         );
     }
+    for f in &m.flags {
+        println!(
+            "flag: log {} entry {} ({}): {}",
+            &f.log[..16],
+            f.seq,
+            f.kind,
+            f.detail
+        );
+    }
 }
 
 pub(crate) fn print_report(report: &AuditReport) {

@@ -144,7 +144,9 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// Node directories to audit.
+    /// Node directories to audit, or URLs of servers (`leam serve`, a node's HTTP address):
+    /// a base URL audits every log it lists, `…/tlog/<key>/` one log, fetched over the C2SP
+    /// tlog-tiles interface and verified before the audit.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// Skip the market audit (for ledgers that are not a market, such as `leam ledger bench`
@@ -357,10 +359,22 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Logs behind URLs are fetched into verified replicas in a temporary folder first.
+    let fetched = tempfile::tempdir().code(cli::EXIT_ENV)?;
+    let mut given = Vec::new();
+    for d in &args.dirs {
+        if crate::tlog_client::is_url(d) {
+            let url = d.to_str().expect("URLs are UTF-8");
+            let into = fetched.path().join(given.len().to_string());
+            given.extend(crate::tlog_client::fetch(url, &into)?);
+        } else {
+            given.push(d.clone());
+        }
+    }
     let dirs = if genesis.is_some() {
-        leam_web::dir::with_replicas(&args.dirs)
+        leam_web::dir::with_replicas(&given)
     } else {
-        args.dirs.clone()
+        given
     };
     let state = match (&args.state, args.no_state) {
         (_, true) => None,

@@ -12,6 +12,7 @@ mod cli_market;
 mod cli_serve;
 mod demo;
 mod sim;
+mod tlog_client;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 

@@ -131,6 +131,53 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
         page.contains("Industrie Compute AG") && page.contains("<svg"),
         "{page}"
     );
+    // A funder audits over the tlog-tiles interface alone: the same accounting and market.
+    let remote = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(["audit", "--json", "--no-state", &base])
+        .output()
+        .unwrap();
+    assert!(
+        remote.status.success(),
+        "audit over HTTP failed: {}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let remote: serde_json::Value = serde_json::from_slice(&remote.stdout).unwrap();
+    assert_eq!(remote["accounting"], audited["accounting"]);
+    assert_eq!(remote["market"], audited["market"]);
+    // One log by its tlog URL; a key the server does not hold is an error, not a pass.
+    let key = audited["logs"][0]["origin"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("leam.ledger/")
+        .to_owned();
+    let one = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "audit",
+            "--no-market",
+            "--no-state",
+            &format!("{base}/tlog/{key}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert!(String::from_utf8_lossy(&one.stdout).contains("1 logs,"));
+    let missing = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "audit",
+            "--no-state",
+            &format!("{base}/tlog/{}/", "0".repeat(64)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        missing.status.code(),
+        Some(3),
+        "a log the server lacks: environment, exit 3"
+    );
     serve.kill().unwrap();
     serve.wait().unwrap();
 

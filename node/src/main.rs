@@ -10,6 +10,7 @@ mod cli_kernels;
 mod cli_ledger;
 mod cli_serve;
 mod demo;
+mod live;
 mod sim;
 
 use clap::{CommandFactory as _, Parser, Subcommand};

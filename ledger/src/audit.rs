@@ -341,7 +341,7 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
             entries: &v.entries,
         })
         .collect();
-    let accounting = account::fold(&views)?;
+    let accounting = accounting(options.genesis.as_ref(), &views)?;
     if let (Some(path), Some(state)) = (&options.state, state.as_mut()) {
         for v in &verified {
             state.logs.insert(
@@ -361,6 +361,25 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
         accounting,
         outsiders,
     })
+}
+
+/// The accounting of verified logs as the audit reports it: with a genesis, only the logs of
+/// federation members (`genesis::members` over every admission in `logs`) are folded; without,
+/// every log. Shared by [`audit_dirs`] and a running node's report over its own log and
+/// replicas, so both count alike.
+pub fn accounting(genesis: Option<&Genesis>, logs: &[LogView<'_>]) -> Result<Report, AccountError> {
+    match genesis {
+        None => account::fold(logs),
+        Some(g) => {
+            let members = genesis::members(g, logs.iter().flat_map(|l| l.entries.iter()));
+            let folded: Vec<LogView<'_>> = logs
+                .iter()
+                .filter(|l| members.contains_key(&l.owner))
+                .copied()
+                .collect();
+            account::fold(&folded)
+        }
+    }
 }
 
 /// One chunk's result: decoded entries, leaf hashes, signature count.

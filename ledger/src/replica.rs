@@ -325,6 +325,10 @@ impl Replica {
     pub fn checkpoint(&self) -> &[u8] {
         &self.reader.head.note
     }
+    /// The store (for read handles; only [`Replica::extend`] writes to it).
+    pub fn store(&self) -> &SledStore {
+        self.reader.store()
+    }
     /// The log rules' state after the entries held (balance, admitted keys).
     pub fn state(&self) -> &LogState {
         &self.state

@@ -123,8 +123,10 @@ pub trait Store: HashReader + Send + Sync {
     fn path(&self) -> &Path;
 }
 
-/// A log store on sled.
-#[derive(Debug)]
+/// A log store on sled. A clone shares the open database (sled's handles are
+/// reference-counted and thread-safe): a running node lends clones to its web server to read
+/// the stores it holds locked, and only the `Log` or `Replica` that owns the store writes.
+#[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
     path: PathBuf,

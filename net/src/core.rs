@@ -1285,3 +1285,70 @@ pub fn cosignature_count(note: &[u8]) -> usize {
         None => 0,
     }
 }
+
+/// Entries signed elsewhere (the operator's CLI, the web API) and read-outs for the node's web
+/// server.
+impl Core {
+    /// Append `entry`, signed elsewhere with this node's key, to the own log and announce the
+    /// new checkpoint as [`Core::append`] does. Refused, naming what was expected and found,
+    /// unless its author is this node, its `seq` is the next index, its timestamp is not
+    /// before the last entry's, its signature verifies and the log rules accept it.
+    pub fn submit(&mut self, entry: Entry, now_ms: u64) -> Result<(u64, Vec<Action>), CoreError> {
+        if entry.author != self.key {
+            return Err(CoreError::Refused(format!(
+                "entry author {}, expected this node's key {}",
+                hex::encode(entry.author),
+                hex::encode(self.key)
+            )));
+        }
+        let next = self.log.size();
+        if entry.seq != next {
+            return Err(CoreError::Refused(format!(
+                "entry seq {}, expected the next index {next}",
+                entry.seq
+            )));
+        }
+        let last = self.timestamp(0);
+        if entry.timestamp_ms < last {
+            return Err(CoreError::Refused(format!(
+                "entry timestamp {} ms, expected at least the last entry's {last} ms",
+                entry.timestamp_ms
+            )));
+        }
+        entry
+            .verify()
+            .map_err(|e| CoreError::Refused(format!("entry signature: {e}")))?;
+        let index = match self.log.append(entry.clone()) {
+            Ok(i) => i,
+            Err(LogError::Rule { source, .. }) => {
+                return Err(CoreError::Refused(format!("log rules: {source}")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut actions = Vec::new();
+        if entry.kind() == Kind::Admission {
+            self.votes.push(entry);
+            actions.extend(self.refresh_members(now_ms)?);
+        }
+        actions.push(self.publish(now_ms));
+        Ok((index, actions))
+    }
+
+    /// For each replica, the size of the newest verified checkpoint of that log this node
+    /// knows of (gossiped or fetched, not yet replicated), at least the replica's size: the
+    /// replication lag of a log is this minus the replica's size.
+    pub fn known_sizes(&self) -> BTreeMap<PublicKey, u64> {
+        self.replicas
+            .iter()
+            .map(|(k, r)| {
+                let ahead = self
+                    .ahead
+                    .get(k)
+                    .and_then(|(note, _)| checkpoint_size(note))
+                    .unwrap_or(0);
+                let syncing = self.syncs.get(k).map(|s| s.target).unwrap_or(0);
+                (*k, r.size().max(ahead).max(syncing))
+            })
+            .collect()
+    }
+}

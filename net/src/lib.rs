@@ -4,6 +4,7 @@
 //! - [`core`]: the node core, a state machine over the own log, replicas and witness state; no
 //!   libp2p, no async.
 //! - [`shell`]: the libp2p swarm that drives the core.
+//! - [`live`]: read handles on a running node's logs, peers and status for its web server.
 //!
 //! Invariants: the core never touches the network; nothing unsigned changes state (gossip
 //! carries signed checkpoints and signed entries, replicas store only what verifies against a
@@ -15,5 +16,6 @@
 #![allow(clippy::result_large_err)]
 
 pub mod core;
+pub mod live;
 pub mod shell;
 pub mod wire;

@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Acceptance, Action, Core, CoreError, LogStatus, Stats};
+use crate::live::Live;
 use crate::wire::{
     self, Request, Response, CONCURRENT_STREAMS_MAX, GOSSIP_BYTES_MAX, REQUEST_BYTES_MAX,
     REQUEST_TIMEOUT_MS, RESPONSE_BYTES_MAX,
@@ -150,6 +151,16 @@ pub enum Command {
         /// Body.
         body: Box<leam_ledger::entry::Body>,
         /// Index of the entry, or why not.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Append an entry signed elsewhere with this node's key (the operator's CLI or a client
+    /// of the web API holding the control token) to the own log and announce it; refused
+    /// unless it is this node's, the next index, not older than the last entry, validly signed
+    /// and allowed by the log rules (`Core::submit`).
+    Submit {
+        /// The entry.
+        entry: Box<leam_ledger::entry::Entry>,
+        /// Index of the entry, or why not (naming what was expected and found).
         reply: oneshot::Sender<Result<u64, String>>,
     },
     /// Propose a co-signed fact (lease, receipt, settlement) to its other party; both record
@@ -299,6 +310,7 @@ pub struct Node {
     last_dial_error: String,
     refused_non_members: u64,
     observer: Option<mpsc::UnboundedSender<Observed>>,
+    live: Option<Live>,
 }
 
 impl std::fmt::Debug for Node {
@@ -410,12 +422,32 @@ impl Node {
             last_dial_error: "none".into(),
             refused_non_members: 0,
             observer: None,
+            live: None,
         })
     }
 
     /// Report gossip and replication progress to `observer` (simulations, benchmarks).
     pub fn observe(&mut self, observer: mpsc::UnboundedSender<Observed>) {
         self.observer = Some(observer);
+    }
+
+    /// Read handles on this node's logs, peers and status for its web server, kept up to date
+    /// by the running node from now on (see [`crate::live`]).
+    pub fn live(&mut self) -> Live {
+        let live = self.live.get_or_insert_with(Live::default).clone();
+        self.refresh_live(true);
+        live
+    }
+
+    /// Publish the logs' heads if they changed, and with `network` also peers, status and lag.
+    fn refresh_live(&self, network: bool) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        live.refresh_logs(&self.core);
+        if network {
+            live.refresh_network(self.peers(), self.status(), &self.core);
+        }
     }
 
     /// This node's PeerId.
@@ -492,8 +524,16 @@ impl Node {
                     let actions = self.core.tick(now_ms());
                     self.apply(actions);
                     self.redial();
+                    self.refresh_live(true);
                 }
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => {
+                    let connections = matches!(
+                        ev,
+                        SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. }
+                    );
+                    self.on_swarm_event(ev);
+                    self.refresh_live(connections);
+                }
             }
         }
         tracing::info!("shutting down: no new work taken; the log is durable");
@@ -565,6 +605,19 @@ impl Node {
                     }
                     Err(e) => Err(e.to_string()),
                 };
+                self.refresh_live(false);
+                let _ = reply.send(result);
+            }
+            Command::Submit { entry, reply } => {
+                let result = match self.core.submit(*entry, now_ms()) {
+                    Ok((index, actions)) => {
+                        self.apply(actions);
+                        Ok(index)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                // Readers see the entry before its author hears it was appended.
+                self.refresh_live(false);
                 let _ = reply.send(result);
             }
             Command::Propose { fact, reply } => {
@@ -605,6 +658,7 @@ impl Node {
                     }
                     Err(e) => Err(e.to_string()),
                 };
+                self.refresh_live(false);
                 let _ = reply.send(result);
             }
         }
@@ -910,6 +964,7 @@ impl Node {
                             if let Some(reply) = self.proposals.remove(&request_id) {
                                 let (result, actions) =
                                     self.core.on_countersigned(to, &request, response, now_ms());
+                                self.refresh_live(false);
                                 let _ = reply.send(result);
                                 self.apply(actions);
                                 return;

@@ -15,15 +15,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use leam_ledger::account::Membership;
-use leam_ledger::entry::{Entry, Kind, PublicKey, Sector};
+use leam_ledger::entry::{Admission, Body, Entry, PublicKey, Sector};
 use leam_ledger::genesis::{Founder, Genesis, SignedGenesis, GENESIS_BYTES_MAX};
 use leam_ledger::identity::Identity;
 use leam_ledger::log::{Log, KEY_FILE_NAME};
 use leam_net::core::Core;
-use leam_net::shell::{peer_id_of, Command as NodeCommand, NetConfig, Node, PeerInfo};
+use leam_net::shell::{peer_id_of, NetConfig, Node, PeerInfo};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The node's configuration file in its directory.
 pub const NODE_TOML: &str = "node.toml";
@@ -31,19 +32,20 @@ pub const NODE_TOML: &str = "node.toml";
 pub const MEMBER_TOML: &str = "member.toml";
 /// The secret token file authenticating the operator's commands to the running node.
 pub const TOKEN_FILE: &str = "control.token";
-/// Written by a running node: its control API address.
+/// Written by a running node: its HTTP address (web app, API and control).
 pub const HTTP_ADDR_FILE: &str = "http.addr";
 /// Written by a running node: its libp2p listen addresses with `/p2p/<PeerId>`, one a line.
 pub const LISTEN_ADDRS_FILE: &str = "listen.addrs";
 /// Largest config, member or token file read.
 pub const CONFIG_BYTES_MAX: u64 = 64 * 1024;
-/// Largest control request body.
-pub const CONTROL_BODY_BYTES_MAX: usize = 16 * 1024;
+/// `leam admit` signs its vote for the next index of the node's log; when another write took
+/// that index meanwhile (409 naming the expected index), it signs again, at most this often.
+pub const ADMIT_ATTEMPTS_MAX: u32 = 5;
 /// After SIGINT/SIGTERM the node exits within this time, whatever is in flight.
 pub const SHUTDOWN_MS_MAX: u64 = 10_000;
 /// Timeout of a control API call from the CLI.
 pub const CONTROL_TIMEOUT_MS: u64 = 10_000;
-/// Default control API address: loopback, any free port (written to `DIR/http.addr`).
+/// Default HTTP address: loopback, any free port (written to `DIR/http.addr`).
 pub const HTTP_DEFAULT: &str = "127.0.0.1:0";
 
 /// Exit code: the data is wrong.
@@ -631,12 +633,6 @@ pub struct NodeArgs {
     pub await_admission: bool,
 }
 
-#[derive(Clone)]
-struct Control {
-    commands: mpsc::Sender<NodeCommand>,
-    token: std::sync::Arc<String>,
-}
-
 /// Runs `leam node` until SIGINT or SIGTERM.
 pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let file = read_node_file(&a.dir)?;
@@ -674,6 +670,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let seed = identity.signing_key().to_bytes();
     drop(identity);
     let threshold = genesis.threshold;
+    let served_genesis = genesis.clone();
     let core = match Core::open(&a.dir, genesis) {
         Ok(c) => c,
         Err(e) => {
@@ -742,47 +739,45 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             .map_err(|e| fail(EXIT_ENV, e.into()))?;
         let listener = tokio::net::TcpListener::bind(http)
             .await
-            .map_err(|e| fail(EXIT_ENV, anyhow!("control API on {http}: {e}")))?;
+            .map_err(|e| fail(EXIT_ENV, anyhow!("HTTP server on {http}: {e}")))?;
         let http_bound = listener
             .local_addr()
             .map_err(|e| fail(EXIT_ENV, e.into()))?;
+        let (tx, rx) = mpsc::channel(leam_net::shell::COMMAND_QUEUE_MAX);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::cli_market::run(me, tx.clone(), shutdown.clone()));
+        let app = crate::live::app(crate::live::Server {
+            live: node.live(),
+            genesis: served_genesis,
+            token,
+            commands: tx,
+            shutdown: shutdown.clone(),
+        })
+        .into_make_service_with_connect_info::<SocketAddr>();
+        let stop_http = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_http.cancelled().await })
+                .await
+        });
+        // Written once the server is about to accept: clients find it ready.
         write_atomic(
             &dir.join(HTTP_ADDR_FILE),
             http_bound.to_string().as_bytes(),
             0o644,
         )
         .map_err(|e| fail(EXIT_ENV, e.into()))?;
-        let (tx, rx) = mpsc::channel(leam_net::shell::COMMAND_QUEUE_MAX);
-        let control = Control {
-            commands: tx,
-            token: std::sync::Arc::new(token),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(crate::cli_market::run(
-            me,
-            control.commands.clone(),
-            stop_rx.clone(),
-        ));
-        let app = control_router(control);
-        let mut stop_http = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_http.changed().await;
-                })
-                .await
-        });
         eprintln!(
-            "leam node {pid} listening on {}; control API http://{http_bound}",
+            "leam node {pid} listening on {}; web and API http://{http_bound}/ (report: /report)",
             bound
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let mut stop_node = stop_rx;
+        let stop_node = shutdown.clone();
         let mut node_task = tokio::spawn(node.run(rx, async move {
-            let _ = stop_node.changed().await;
+            stop_node.cancelled().await;
         }));
         // The node stops by itself only on an error (no bootstrap member reachable).
         let early = tokio::select! {
@@ -792,7 +787,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             }
             ended = &mut node_task => Some(ended),
         };
-        let _ = stop_tx.send(true);
+        shutdown.cancel();
         if let Some(ended) = early {
             let _ = server.await;
             let _ = std::fs::remove_file(dir.join(HTTP_ADDR_FILE));
@@ -839,218 +834,7 @@ pub(crate) async fn shutdown_signal() -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The control API (read: peers, status; write with the token: admissions)
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdmitRequest {
-    member: String,
-    organisation: String,
-    sector: String,
-}
-
-fn control_router(control: Control) -> axum::Router {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/api/peers", get(api_peers))
-        .route("/api/status", get(api_status))
-        .route("/api/admissions", post(api_admit))
-        .route("/api/market/jobs", get(api_jobs))
-        .route("/api/deposits", post(api_submit))
-        .route("/api/offers", post(api_submit))
-        .route("/api/jobs", post(api_submit))
-        .route("/api/bids", post(api_submit))
-        .layer(axum::extract::DefaultBodyLimit::max(CONTROL_BODY_BYTES_MAX))
-        .with_state(control)
-}
-
-type ApiError = (axum::http::StatusCode, axum::Json<serde_json::Value>);
-
-fn api_error(status: axum::http::StatusCode, msg: impl Into<String>) -> ApiError {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": msg.into() })),
-    )
-}
-
-async fn ask<T>(
-    c: &Control,
-    make: impl FnOnce(oneshot::Sender<T>) -> NodeCommand,
-) -> Result<T, ApiError> {
-    let (tx, rx) = oneshot::channel();
-    c.commands.send(make(tx)).await.map_err(|_| {
-        api_error(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "node is stopping",
-        )
-    })?;
-    rx.await.map_err(|_| {
-        api_error(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "node is stopping",
-        )
-    })
-}
-
-async fn api_peers(
-    axum::extract::State(c): axum::extract::State<Control>,
-) -> Result<axum::Json<Vec<PeerInfo>>, ApiError> {
-    Ok(axum::Json(ask(&c, NodeCommand::Peers).await?))
-}
-
-async fn api_status(
-    axum::extract::State(c): axum::extract::State<Control>,
-) -> Result<axum::Json<leam_net::shell::Status>, ApiError> {
-    Ok(axum::Json(ask(&c, NodeCommand::Status).await?))
-}
-
-/// Compare secrets in time independent of where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `POST /api/deposits|offers|jobs|bids` on the control API: `{"entry_hex": ...}`, an entry
-/// signed with this node's key (proof the caller holds it, besides the token) whose kind
-/// matches the route; the node appends its body as its next entry (the node assigns index and
-/// time, so concurrent writers never race for an index).
-async fn api_submit(
-    axum::extract::State(c): axum::extract::State<Control>,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    use axum::http::StatusCode;
-    authorize(&c, &headers)?;
-    let expected = match uri.path() {
-        "/api/deposits" => Kind::Deposit,
-        "/api/offers" => Kind::Offer,
-        "/api/jobs" => Kind::Job,
-        _ => Kind::Bid,
-    };
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SubmitRequest {
-        entry_hex: String,
-    }
-    let req: SubmitRequest = serde_json::from_slice(&body)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let bytes = hex::decode(req.entry_hex.trim())
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("entry_hex: {e}")))?;
-    let entry = Entry::decode(&bytes)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("entry: {e}")))?;
-    if entry.kind() != expected {
-        return Err(api_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{} takes {} entries, found a {} entry",
-                uri.path(),
-                expected.name(),
-                entry.kind().name()
-            ),
-        ));
-    }
-    entry
-        .verify()
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("signature: {e}")))?;
-    let me = ask(&c, NodeCommand::Status).await?.member_key;
-    if hex::encode(entry.author) != me {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "the entry must be signed with this node's key",
-        ));
-    }
-    let result = ask(&c, |reply| NodeCommand::Append {
-        body: Box::new(entry.body),
-        reply,
-    })
-    .await?;
-    match result {
-        Ok(index) => Ok(axum::Json(serde_json::json!({ "log": me, "index": index }))),
-        Err(e) => Err(api_error(StatusCode::CONFLICT, e)),
-    }
-}
-
-/// `GET /api/market/jobs`: this node's jobs as a bidder and where each stands
-/// (`leam_market::flow::job_statuses`).
-async fn api_jobs(
-    axum::extract::State(c): axum::extract::State<Control>,
-) -> Result<axum::Json<Vec<leam_market::flow::JobStatus>>, ApiError> {
-    let me = ask(&c, NodeCommand::Status).await?.member_key;
-    let mut key: PublicKey = [0; 32];
-    hex::decode_to_slice(&me, &mut key).map_err(|_| {
-        api_error(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "node key unreadable",
-        )
-    })?;
-    let logs = ask(&c, NodeCommand::Logs)
-        .await?
-        .map_err(|e| api_error(axum::http::StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(axum::Json(leam_market::flow::job_statuses(
-        &key,
-        &logs,
-        now_ms(),
-    )))
-}
-
-fn authorize(c: &Control, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    use axum::http::StatusCode;
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` (the token is in the node directory's control.token)"))?;
-    if !same_secret(given.as_bytes(), c.token.as_bytes()) {
-        return Err(api_error(StatusCode::FORBIDDEN, "wrong control token"));
-    }
-    Ok(())
-}
-
-async fn api_admit(
-    axum::extract::State(c): axum::extract::State<Control>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    use axum::http::StatusCode;
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` (the token is in the node directory's control.token)"))?;
-    if !same_secret(given.as_bytes(), c.token.as_bytes()) {
-        return Err(api_error(StatusCode::FORBIDDEN, "wrong control token"));
-    }
-    let req: AdmitRequest = serde_json::from_slice(&body)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let mut member: PublicKey = [0; 32];
-    hex::decode_to_slice(&req.member, &mut member).map_err(|_| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "field member: expected 64 hex digits, found {:?}",
-                req.member
-            ),
-        )
-    })?;
-    let sector: Sector = req
-        .sector
-        .parse()
-        .map_err(|e: String| api_error(StatusCode::BAD_REQUEST, format!("field sector: {e}")))?;
-    let result = ask(&c, |reply| NodeCommand::Admit {
-        member,
-        organisation: req.organisation.clone(),
-        sector,
-        reply,
-    })
-    .await?;
-    match result {
-        Ok(index) => Ok(axum::Json(serde_json::json!({ "entry": index }))),
-        Err(e) => Err(api_error(StatusCode::CONFLICT, e)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// leam peers, leam admit (clients of the control API)
+// leam peers, leam admit (clients of the node's HTTP API)
 
 pub(crate) fn control_url(dir: &Path, path: &str) -> Res<String> {
     let file = dir.join(HTTP_ADDR_FILE);
@@ -1153,38 +937,117 @@ pub fn admit(a: AdmitArgs) -> Res<ExitCode> {
             ),
         ));
     }
-    let url = control_url(&a.dir, "/api/admissions")?;
+    let identity = Identity::load(&a.dir.join(KEY_FILE_NAME))
+        .with_context(|| format!("node key in {}", a.dir.display()))
+        .code(EXIT_INPUT)?;
+    let key = identity.public_key();
     let token = read_token(&a.dir)?;
-    let mut resp = agent()
-        .post(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send_json(serde_json::json!({
-            "member": hex::encode(m.key),
-            "organisation": m.organisation,
-            "sector": m.sector.name(),
-        }))
-        .map_err(|e| anyhow!("asking the node at {url}: {e}"))
-        .code(EXIT_ENV)?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
-    if !status.is_success() {
+    let url = control_url(&a.dir, "/api/admissions")?;
+    let body = Body::Admission(Admission {
+        organisation: m.organisation.clone(),
+        sector: m.sector,
+        member: m.key,
+    });
+    let (mut next, mut last_ms) = log_tail(&a.dir, &key)?;
+    for attempt in 1..=ADMIT_ATTEMPTS_MAX {
+        let entry = Entry::sign(
+            identity.signing_key(),
+            next,
+            now_ms().max(last_ms),
+            body.clone(),
+        );
+        let mut resp = agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(serde_json::json!({ "entry_hex": hex::encode(entry.encode()) }))
+            .map_err(|e| anyhow!("asking the node at {url}: {e}"))
+            .code(EXIT_ENV)?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+        let error = answer
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("")
+            .to_string();
+        if status.is_success() {
+            println!(
+                "vote recorded as entry {} of this node's log; {} votes of members admit {}",
+                answer.get("index").and_then(|e| e.as_u64()).unwrap_or(next),
+                genesis.threshold,
+                m.organisation
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Another write took the index meanwhile: sign again for the one the node expects.
+        if status.as_u16() == 409 && expected_index(&error).is_some() {
+            tracing::debug!(attempt, %error, "the next index was taken meanwhile; signing again");
+            (next, last_ms) = log_tail(&a.dir, &key)?;
+            continue;
+        }
         return Err(fail(
             if status.as_u16() == 409 {
                 EXIT_INVALID
             } else {
                 EXIT_ENV
             },
-            anyhow!(
-                "node refused the vote ({status}): {}",
-                body.get("error").and_then(|e| e.as_str()).unwrap_or("")
-            ),
+            anyhow!("node refused the vote ({status}): {error}"),
         ));
     }
-    println!(
-        "vote recorded as entry {} of this node's log; {} votes of members admit {}",
-        body.get("entry").and_then(|e| e.as_u64()).unwrap_or(0),
-        genesis.threshold,
-        m.organisation
-    );
-    Ok(ExitCode::SUCCESS)
+    Err(fail(
+        EXIT_ENV,
+        anyhow!("other writes took the next index of the node's log {ADMIT_ATTEMPTS_MAX} times in a row; try again"),
+    ))
+}
+
+/// The index named by a refusal "…, expected the next index N".
+fn expected_index(error: &str) -> Option<u64> {
+    error
+        .rsplit_once("expected the next index ")
+        .and_then(|(_, n)| {
+            n.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
+}
+
+/// The running node's own log, from its API: (its size, the last entry's timestamp in ms).
+fn log_tail(dir: &Path, key: &PublicKey) -> Res<(u64, u64)> {
+    let page = |start: Option<u64>| -> Res<serde_json::Value> {
+        let url = control_url(
+            dir,
+            &format!(
+                "/api/logs/{}/entries?limit=1{}",
+                hex::encode(key),
+                start.map(|s| format!("&start={s}")).unwrap_or_default()
+            ),
+        )?;
+        let mut resp = agent()
+            .get(&url)
+            .call()
+            .map_err(|e| anyhow!("asking the node at {url}: {e}"))
+            .code(EXIT_ENV)?;
+        if !resp.status().is_success() {
+            return Err(fail(
+                EXIT_ENV,
+                anyhow!("node answered {url} with {}", resp.status()),
+            ));
+        }
+        resp.body_mut()
+            .read_json()
+            .map_err(|e| anyhow!("node answered {url} with something else than entries: {e}"))
+            .code(EXIT_ENV)
+    };
+    let size = page(None)?["size"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the node's entry page has no size"))
+        .code(EXIT_ENV)?;
+    if size == 0 {
+        return Ok((0, 0));
+    }
+    let last = page(Some(size - 1))?;
+    let ts = last["entries"][0]["entry"]["timestamp_ms"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the node's last entry has no timestamp_ms"))
+        .code(EXIT_ENV)?;
+    Ok((size, ts))
 }

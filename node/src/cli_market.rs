@@ -16,7 +16,7 @@ use leam_market::job::{seed_commitment, Job, JobFile};
 use leam_net::core::{Fact, Policy};
 use leam_net::shell::Command as NodeCommand;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::{self, CodeExt as _};
 
@@ -58,18 +58,18 @@ async fn ask<T>(
 
 /// The bidder's market task: every [`MARKET_TICK_MS`], run `leam_market::flow::bidder_steps`
 /// on the logs the node holds and execute its steps (append a clearing, propose a lease), until
-/// `stop` turns true.
+/// `stop` is cancelled.
 pub async fn run(
     me: PublicKey,
     commands: mpsc::Sender<NodeCommand>,
-    mut stop: watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(MARKET_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let Some(Ok(logs)) = ask(&commands, NodeCommand::Logs).await else {
             continue;

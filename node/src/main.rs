@@ -11,6 +11,7 @@ mod cli_ledger;
 mod cli_market;
 mod cli_serve;
 mod demo;
+mod live;
 mod sim;
 mod tlog_client;
 

@@ -5,88 +5,16 @@
 //! the audit of one node's directory (own log and replicas) equals the audit of all of them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
+use common::fed::{sigterm, start, start_with, status, tcp_addr, Running};
 use common::{leam, ok, p};
-
-struct Running {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, genesis: &Path, bootstrap: &[String]) -> Running {
-    start_with(dir, genesis, bootstrap, &[])
-}
 
 fn start_awaiting(dir: &Path, genesis: &Path, bootstrap: &[String]) -> Running {
     start_with(dir, genesis, bootstrap, &["--await-admission"])
-}
-
-fn start_with(dir: &Path, genesis: &Path, bootstrap: &[String], extra: &[&str]) -> Running {
-    let _ = std::fs::remove_file(dir.join("http.addr"));
-    let _ = std::fs::remove_file(dir.join("listen.addrs"));
-    let mut args = vec![
-        "node".to_string(),
-        "--dir".into(),
-        p(dir).into(),
-        "--genesis".into(),
-        p(genesis).into(),
-    ];
-    for b in bootstrap {
-        args.push("--bootstrap".into());
-        args.push(b.clone());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("leam node starts");
-    let t = Instant::now();
-    while !(dir.join("http.addr").exists() && dir.join("listen.addrs").exists()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "node {} did not start: {}",
-            dir.display(),
-            std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Running {
-        dir: dir.to_owned(),
-        child,
-    }
-}
-
-fn tcp_addr(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("listen.addrs"))
-        .unwrap()
-        .lines()
-        .find(|l| l.contains("/tcp/"))
-        .unwrap()
-        .to_string()
-}
-
-fn status(dir: &Path) -> Option<Value> {
-    let addr = std::fs::read_to_string(dir.join("http.addr")).ok()?;
-    let mut resp = ureq::get(&format!("http://{}/api/status", addr.trim()))
-        .call()
-        .ok()?;
-    resp.body_mut().read_json().ok()
 }
 
 fn peers(dir: &Path) -> Vec<Value> {
@@ -150,26 +78,6 @@ fn converged(statuses: &[Value], keys: &[String], cosigs: u64) -> bool {
                     .any(|l| l["key"] == *k && Some(l["size"].as_u64().unwrap()) == want)
             })
         })
-}
-
-fn sigterm(mut n: Running) -> (std::process::ExitStatus, Duration) {
-    let pid = n.child.id();
-    let t = Instant::now();
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    loop {
-        if let Some(status) = n.child.try_wait().unwrap() {
-            return (status, t.elapsed());
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "node did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn all_statuses(nodes: &[&Running]) -> Vec<Value> {

@@ -29,3 +29,4 @@ pub fn ok(args: &[&str]) -> String {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+pub mod fed;

@@ -5,52 +5,15 @@
 //! SIGTERM, `leam audit --genesis` of the startup's directory reproduces every clearing and
 //! every lease.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
+use common::fed::{federation, start, tcp_addr, wait_until as wait};
 use common::{leam, ok, p};
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, genesis: &Path, bootstrap: Option<&str>) -> Running {
-    let _ = std::fs::remove_file(dir.join("http.addr"));
-    let _ = std::fs::remove_file(dir.join("listen.addrs"));
-    let mut args = vec!["node", "--dir", p(dir), "--genesis", p(genesis)];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !(dir.join("http.addr").exists() && dir.join("listen.addrs").exists()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "node {} did not start",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Running { child }
-}
 
 fn get(dir: &Path, path: &str) -> Option<Value> {
     let addr = std::fs::read_to_string(dir.join("http.addr")).ok()?;
@@ -77,14 +40,6 @@ fn export(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn wait(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "{what}: not reached within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn member_key(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("member.toml")).unwrap();
     let v: toml::Value = toml::from_str(&text).unwrap();
@@ -101,37 +56,12 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
         ("c", "Universitaet Sued", "science"),
         ("d", "Sprachwerk GmbH", "startup"),
     ];
-    let dirs: Vec<PathBuf> = orgs.iter().map(|(n, _, _)| root.join(n)).collect();
-    for ((_, org, sector), dir) in orgs.iter().zip(&dirs) {
-        ok(&["init", "--dir", p(dir), "--org", org, "--sector", sector]);
-    }
-    let genesis = root.join("fed.genesis");
-    let mut create = vec![
-        "genesis",
-        "create",
-        "--out",
-        p(&genesis),
-        "--subsidy-percent",
-        "30",
-        "--threshold",
-        "2",
-    ];
-    create.extend(dirs.iter().map(|d| p(d)));
-    ok(&create);
-    for d in &dirs {
-        ok(&["genesis", "sign", "--dir", p(d), p(&genesis)]);
-    }
+    let (genesis, dirs) = federation(root, &orgs, 2);
     let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
-    let first = start(&dirs[0], &genesis, None);
-    let boot = std::fs::read_to_string(dirs[0].join("listen.addrs"))
-        .unwrap()
-        .lines()
-        .find(|l| l.contains("/tcp/"))
-        .unwrap()
-        .to_owned();
-    let mut nodes = vec![first];
+    let mut nodes = vec![start(&dirs[0], &genesis, &[])];
+    let boot = tcp_addr(&dirs[0]);
     for d in &dirs[1..] {
-        nodes.push(start(d, &genesis, Some(&boot)));
+        nodes.push(start(d, &genesis, std::slice::from_ref(&boot)));
     }
     // Everyone holds everyone's log.
     wait("replicas", Duration::from_secs(30), || {

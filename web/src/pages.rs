@@ -23,9 +23,11 @@ use crate::{members, parse_key, AppError, AppShared, LogEntries};
 pub const CSS: &str = include_str!("../assets/leam.css");
 /// Versioned path of the stylesheet (a new version gets a new path, so it may be cached
 /// forever).
-pub const CSS_PATH: &str = "/static/leam.v1.css";
+pub const CSS_PATH: &str = "/static/leam.v2.css";
 /// Bar chart width in SVG units.
 const CHART_WIDTH: u32 = 640;
+/// Width kept right of the longest bar for its value label.
+const VALUE_LABEL_W: u32 = 160;
 /// Height of one bar row.
 const BAR_HEIGHT: u32 = 22;
 
@@ -96,7 +98,9 @@ fn bar_chart(id: &str, title: &str, unit: &str, rows: &[(String, i128)]) -> Mark
     let label_w = 170u32;
     let max = rows.iter().map(|r| r.1.max(0)).max().unwrap_or(0).max(1);
     let height = BAR_HEIGHT * rows.len().max(1) as u32 + 10;
-    let span = i128::from(CHART_WIDTH - label_w - 90);
+    // Room right of the longest bar for its value label ("1,234,500 cents" at the chart's
+    // font size is about 110 units).
+    let span = i128::from(CHART_WIDTH - label_w - VALUE_LABEL_W);
     html! {
         figure {
             svg.chart #(id) role="img" aria-labelledby=(format!("{id}-t")) viewBox=(format!("0 0 {CHART_WIDTH} {height}")) width=(CHART_WIDTH) height=(height) xmlns="http://www.w3.org/2000/svg" {

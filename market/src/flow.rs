@@ -41,6 +41,17 @@ pub fn published_jobs(entries: &[Entry]) -> BTreeMap<Digest32, (u64, Job)> {
         .collect()
 }
 
+/// The lease terms a log records.
+fn leases(entries: &[Entry]) -> Vec<&LeaseTerms> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Lease(c) => Some(&c.terms),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The bidder's next steps at `now_ms`, from the logs its node holds (its own log under
 /// `bidder`). One shard's compute units are the bid's units over the shards it buys (the
 /// bidder counted them from the job's tensor shapes). Each bid is cleared once (at the first time some offer can serve it); each assignment of a
@@ -61,13 +72,7 @@ pub fn bidder_steps(
             _ => None,
         })
         .collect();
-    let leased: Vec<&LeaseTerms> = own
-        .iter()
-        .filter_map(|e| match &e.body {
-            Body::Lease(c) => Some(&c.terms),
-            _ => None,
-        })
-        .collect();
+    let leased = leases(own);
     let mut steps = Vec::new();
     let mut waiting = Vec::new();
     for e in own {
@@ -247,13 +252,7 @@ pub fn job_statuses(
     };
     let jobs = published_jobs(own);
     let (_, waiting) = bidder_steps(bidder, logs, now_ms);
-    let leased: Vec<&LeaseTerms> = own
-        .iter()
-        .filter_map(|e| match &e.body {
-            Body::Lease(c) => Some(&c.terms),
-            _ => None,
-        })
-        .collect();
+    let leased = leases(own);
     let mut out = Vec::new();
     for e in own {
         let Body::Bid(bid) = &e.body else { continue };

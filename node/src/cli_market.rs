@@ -66,15 +66,29 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(MARKET_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Decoding every held log is the expensive part: skip a tick when no log grew since the
+    // last one and that tick left nothing to retry (a proposal waits on the provider's copies,
+    // which this node's sizes do not show).
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut retry = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        let Some(status) = ask(&commands, NodeCommand::Status).await else {
+            return;
+        };
+        let sizes: Vec<(String, u64)> = status.logs.into_iter().map(|l| (l.key, l.size)).collect();
+        if sizes == seen && !retry {
+            continue;
+        }
+        seen = sizes;
         let Some(Ok(logs)) = ask(&commands, NodeCommand::Logs).await else {
             continue;
         };
         let (steps, _waiting) = bidder_steps(&me, &logs, crate::cli_fed::now_ms());
+        retry = !steps.is_empty();
         for step in steps {
             match step {
                 Step::Clear(c) => {

@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _};
 use leam_ledger::entry::PublicKey;
 use leam_ledger::replica::{Replica, REPLICA_EXTEND_ENTRIES_MAX};
+use leam_web::tiles::{Tile, TILE_WIDTH as BUNDLE_ENTRIES};
 
 use crate::cli;
 
-/// Entries per entry bundle (C2SP tlog-tiles).
-pub const BUNDLE_ENTRIES: u64 = 256;
 /// Largest response the client reads: a full bundle of maximal entries.
 pub const RESPONSE_BYTES_MAX: u64 = BUNDLE_ENTRIES * (2 + 65_535);
 /// Most logs one server may list for an audit.
@@ -43,18 +42,6 @@ fn get(url: &str) -> anyhow::Result<Vec<u8>> {
         .limit(RESPONSE_BYTES_MAX)
         .read_to_vec()
         .map_err(|e| env(anyhow!("reading {url}: {e}")))
-}
-
-/// `N` as a tile path (1234067 → `x001/x234/067`).
-fn index_path(n: u64) -> String {
-    let mut groups = vec![format!("{:03}", n % 1000)];
-    let mut rest = n / 1000;
-    while rest > 0 {
-        groups.push(format!("x{:03}", rest % 1000));
-        rest /= 1000;
-    }
-    groups.reverse();
-    groups.join("/")
 }
 
 /// The entries of one bundle: big-endian `u16` lengths, each followed by that many bytes.
@@ -153,11 +140,11 @@ pub fn fetch(url: &str, into: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let mut n = 0;
         while n * BUNDLE_ENTRIES < size {
             let width = (size - n * BUNDLE_ENTRIES).min(BUNDLE_ENTRIES);
-            let path = if width == BUNDLE_ENTRIES {
-                format!("{base}/tile/entries/{}", index_path(n))
-            } else {
-                format!("{base}/tile/entries/{}.p/{width}", index_path(n))
+            let tile = Tile::Entries {
+                n,
+                width: (width < BUNDLE_ENTRIES).then_some(width),
             };
+            let path = format!("{base}/{}", tile.path());
             let bundle = parse_bundle(&get(&path)?, width)
                 .with_context(|| path.clone())
                 .map_err(|e| cli::fail(cli::EXIT_INVALID, e))?;
@@ -209,6 +196,7 @@ mod tests {
 
     #[test]
     fn tile_index_paths() {
+        use leam_web::tiles::index_path;
         assert_eq!(index_path(0), "000");
         assert_eq!(index_path(1_234_067), "x001/x234/067");
         assert_eq!(index_path(1_000), "x001/000");

@@ -364,10 +364,54 @@ pub fn state_dir() -> anyhow::Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // Output
 
-/// Print one JSON document on stdout.
+/// The reader of stdout went away before the command finished writing (`leam man | head -1`).
+/// Not a failure of the command: `main` exits 0 without a message (what a command killed by
+/// SIGPIPE would look like to a shell pipeline, minus the signal).
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// An error writing to stdout: a closed pipe is [`StdoutClosed`] (exit 0, quietly); anything
+/// else (a full disk behind a redirection) an environment problem (3).
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        fail(EXIT_ENV, anyhow!("writing to stdout: {e}"))
+    }
+}
+
+/// Whether `err` is only that the reader of stdout went away.
+pub fn is_stdout_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<StdoutClosed>())
+}
+
+/// Write `bytes` to stdout and flush; errors as [`stdout_error`] says.
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+/// Print one JSON document on stdout (pretty, with a final newline). A reader that left early
+/// is ignored here, so that the command's exit code stays its verdict (an audit that found
+/// fraud exits 1 even when piped into `head`).
 pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    match write_stdout(text.as_bytes()) {
+        Err(e) if is_stdout_closed(&e) => Ok(()),
+        r => r,
+    }
 }
 
 /// Whether progress bars may be drawn: only when stderr is a terminal.
@@ -424,5 +468,16 @@ mod tests {
         let e = fail(EXIT_ENV, anyhow!("x")).context("outer");
         assert_eq!(exit_code(&e), EXIT_ENV);
         assert_eq!(exit_code(&anyhow!("plain")), EXIT_INPUT);
+    }
+
+    #[test]
+    fn a_closed_stdout_is_no_error_but_other_write_errors_are_environment_ones() {
+        use std::io::{Error, ErrorKind};
+        let e = stdout_error(Error::from(ErrorKind::BrokenPipe)).context("writing the man page");
+        assert!(is_stdout_closed(&e));
+        let e = stdout_error(Error::from(ErrorKind::StorageFull));
+        assert!(!is_stdout_closed(&e));
+        assert_eq!(exit_code(&e), EXIT_ENV);
+        assert!(e.to_string().starts_with("writing to stdout: "), "{e}");
     }
 }

@@ -81,6 +81,7 @@ impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
 pub fn exit(result: Res<ExitCode>) -> ExitCode {
     match result {
         Ok(c) => c,
+        Err(f) if crate::cli::is_stdout_closed(&f.error) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("error: {:#}", f.error);
             ExitCode::from(f.code)

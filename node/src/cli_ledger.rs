@@ -283,15 +283,20 @@ fn export(dir: &Path) -> anyhow::Result<ExitCode> {
     let size = r.head().size;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut start = 0;
+    let mut line = Vec::new();
     while start < size {
         let end = (start + leam_ledger::store::READ_CHUNK_ENTRIES).min(size);
         for (i, b) in r.entries(start, end)?.iter().enumerate() {
-            serde_json::to_writer(&mut out, &export_line(start + i as u64, b)?)?;
-            out.write_all(b"\n")?;
+            // Serialised apart from the writing: an error writing (a reader that stopped
+            // early, `| head`) is then an I/O error of stdout, not a JSON one.
+            line.clear();
+            serde_json::to_writer(&mut line, &export_line(start + i as u64, b)?)?;
+            line.push(b'\n');
+            out.write_all(&line).map_err(cli::stdout_error)?;
         }
         start = end;
     }
-    out.flush()?;
+    out.flush().map_err(cli::stdout_error)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -408,7 +413,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 if let Some(m) = &market {
                     v["market"] = serde_json::to_value(m)?;
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                cli::print_json(&v)?;
             } else {
                 print_report(&report);
                 if let Some(m) = &market {

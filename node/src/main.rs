@@ -139,9 +139,13 @@ fn man(out: Option<std::path::PathBuf>) -> anyhow::Result<std::process::ExitCode
     let cmd = Cli::command();
     match out {
         None => {
+            // Rendered in memory first: only writing to stdout can fail, and a reader that
+            // stops early (`leam man | head -1`) is no error.
+            let mut page = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout().lock())
+                .render(&mut page)
                 .code(cli::EXIT_ENV)?;
+            cli::write_stdout(&page)?;
         }
         Some(dir) => {
             std::fs::create_dir_all(&dir)
@@ -153,6 +157,15 @@ fn man(out: Option<std::path::PathBuf>) -> anyhow::Result<std::process::ExitCode
             eprintln!("wrote the man pages into {}", dir.display());
         }
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `leam completions SHELL`: generated in memory (clap_complete panics on a write error), then
+/// written to stdout, where a reader that stops early is no error.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<std::process::ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "leam", &mut script);
+    cli::write_stdout(&script)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -216,14 +229,13 @@ fn main() -> std::process::ExitCode {
         Command::Offer(args) => cli_market::offer(args),
         Command::Bid(args) => cli_market::bid(args),
         Command::Jobs(args) => cli_market::jobs(args),
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "leam", &mut std::io::stdout());
-            Ok(std::process::ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(out),
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`leam man | head -1`): what it read was complete.
+        Err(err) if cli::is_stdout_closed(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(cli::exit_code(&err))

@@ -245,6 +245,69 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     }
 }
 
+/// `leam args` with stdout a pipe whose reader is closed before it starts: every write fails
+/// with EPIPE (SIGPIPE is ignored by Rust programs). Returns (exit code, stderr).
+fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    (code(&out), stderr(&out))
+}
+
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    bench_log(&dir, "300");
+    // `leam man | head -1`: the reader takes a few bytes and goes away. The export of 300
+    // entries (about 1 KB each) is larger than a pipe's buffer (64 KiB), so leam is still
+    // writing when the reader leaves; the man page and the completion script fit in it today.
+    let export = ["ledger", "export", "--dir", p(&dir)];
+    for args in [&["man"][..], &["completions", "bash"], &export] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leam"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(&mut child.stdout.take().unwrap(), &mut first).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), Some(0), "leam {args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("error"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Whatever the sizes: the reader is gone before the first write.
+    for args in [
+        &["man"][..],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &export,
+    ] {
+        let (code, err) = with_stdout_closed(args);
+        assert_eq!(code, Some(0), "leam {args:?}: {err}");
+        assert!(
+            !err.contains("error") && !err.contains("panicked"),
+            "leam {args:?}: {err}"
+        );
+    }
+    // A verdict stands when nobody reads the report: the market audit of a bench ledger
+    // fails (exit 1, as in exit_codes_on_real_cases), piped or not; a clean one exits 0.
+    let (code, err) = with_stdout_closed(&["audit", "--no-state", "--json", p(&dir)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("audit FAILED"), "{err}");
+    let (code, err) =
+        with_stdout_closed(&["audit", "--no-market", "--no-state", "--json", p(&dir)]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
 /// A fresh log of `entries` synthetic entries (plus two admissions) in `dir`.
 fn bench_log(dir: &Path, entries: &str) -> serde_json::Value {
     json(&[

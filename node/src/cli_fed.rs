@@ -357,8 +357,8 @@ pub struct InitArgs {
     #[arg(long)]
     pub org: String,
     /// Sector of the organisation.
-    #[arg(long, value_parser = ["public", "private", "science", "startup"])]
-    pub sector: String,
+    #[arg(long, value_enum)]
+    pub sector: crate::cli::SectorArg,
     /// libp2p listen address (repeatable). Default: /ip4/127.0.0.1/tcp/0 and
     /// /ip4/127.0.0.1/udp/0/quic-v1 (loopback, free ports).
     #[arg(long)]
@@ -370,11 +370,7 @@ pub struct InitArgs {
 
 /// Runs `leam init`.
 pub fn init(a: InitArgs) -> Res<ExitCode> {
-    let sector: Sector = a
-        .sector
-        .parse()
-        .map_err(|e: String| anyhow!(e))
-        .code(EXIT_INPUT)?;
+    let sector = Sector::from(a.sector);
     let listen = if a.listen.is_empty() {
         vec![
             "/ip4/127.0.0.1/tcp/0".to_string(),

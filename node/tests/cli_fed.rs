@@ -82,17 +82,23 @@ fn malformed_inputs_exit_2_with_the_field_named() {
     // A directory that already holds a node.
     let (code, err) = code_and_err(&["init", "--dir", p(&dir), "--org", "A", "--sector", "public"]);
     assert_eq!(code, Some(2), "{err}");
-    // A sector that does not exist: clap's usage error.
-    let (code, _) = code_and_err(&[
+    // A sector that does not exist: clap's usage error, listing the valid ones; nothing made.
+    let (code, err) = code_and_err(&[
         "init",
         "--dir",
         p(&tmp.path().join("z")),
         "--org",
         "Z",
         "--sector",
-        "moon",
+        "bogus",
     ]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'bogus' for '--sector <SECTOR>'")
+            && err.contains("[possible values: public, private, science, startup]"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("z").exists());
 }
 
 #[test]

@@ -89,6 +89,11 @@ pub fn exit(result: Res<ExitCode>) -> ExitCode {
     }
 }
 
+/// Print one JSON document on stdout (`--json`; specs/cli.md §2.1).
+fn print_json(v: &serde_json::Value) -> Res<()> {
+    crate::cli::print_json(v).code(EXIT_ENV)
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -366,6 +371,10 @@ pub struct InitArgs {
     /// Control and web API address.
     #[arg(long, default_value = HTTP_DEFAULT)]
     pub http: String,
+    /// Print a JSON object (`dir`, `peer_id`, `member_key`, `verifier_key`, `organisation`,
+    /// `sector`) instead of the PeerId.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `leam init`.
@@ -395,6 +404,7 @@ pub fn init(a: InitArgs) -> Res<ExitCode> {
     }
     let identity = Identity::generate(&mut rand_core::OsRng);
     let key = identity.public_key();
+    let verifier_key = identity.verifier_key();
     let membership = Membership {
         organisation: a.org.clone(),
         sector,
@@ -429,7 +439,18 @@ pub fn init(a: InitArgs) -> Res<ExitCode> {
     )
     .map_err(io)?;
     write_atomic(&a.dir.join(TOKEN_FILE), new_token().as_bytes(), 0o600).map_err(io)?;
-    println!("{pid}");
+    if a.json {
+        print_json(&serde_json::json!({
+            "dir": a.dir.display().to_string(),
+            "peer_id": member.peer_id,
+            "member_key": member.key,
+            "verifier_key": verifier_key,
+            "organisation": member.organisation,
+            "sector": member.sector,
+        }))?;
+    } else {
+        println!("{pid}");
+    }
     eprintln!(
         "created node {} for {} ({}); send {} to the other founders",
         a.dir.display(),
@@ -474,6 +495,10 @@ pub struct GenesisCreateArgs {
     /// Founding members: `member.toml` files or node directories.
     #[arg(required = true)]
     pub members: Vec<PathBuf>,
+    /// Print a JSON object (`federation`, `file`, `subsidy_percent`, `threshold`, `members`
+    /// as in `genesis verify --json`) instead of the federation id.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `leam genesis sign`.
@@ -484,6 +509,10 @@ pub struct GenesisSignArgs {
     pub dir: PathBuf,
     /// Genesis document.
     pub genesis: PathBuf,
+    /// Print a JSON object (`federation`, `file`, `signed_by`, `signatures`,
+    /// `subsidy_percent`, `threshold`, `members` as in `genesis verify --json`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `leam genesis verify`.
@@ -495,6 +524,32 @@ pub struct GenesisVerifyArgs {
     /// with `organisation`, `sector`, `key`, `signed`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The JSON form of a genesis document shared by `genesis create|sign|verify --json`:
+/// `federation`, `subsidy_percent`, `threshold`, `members` (each `organisation`, `sector`,
+/// `key`, `signed`).
+fn genesis_json(doc: &SignedGenesis) -> serde_json::Value {
+    let signed = doc.signed_by();
+    let members: Vec<_> = doc
+        .genesis
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "organisation": m.organisation,
+                "sector": m.sector.name(),
+                "key": hex::encode(m.key),
+                "signed": signed.contains(&m.key),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "federation": hex::encode(doc.genesis.id()),
+        "subsidy_percent": doc.genesis.subsidy_percent,
+        "threshold": doc.genesis.threshold,
+        "members": members,
+    })
 }
 
 /// Runs `leam genesis …`.
@@ -517,7 +572,13 @@ pub fn genesis(cmd: GenesisCmd) -> Res<ExitCode> {
             write_atomic(&a.out, doc.encode().as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", a.out.display()))
                 .code(EXIT_ENV)?;
-            println!("{}", hex::encode(g.id()));
+            if a.json {
+                let mut v = genesis_json(&doc);
+                v["file"] = a.out.display().to_string().into();
+                print_json(&v)?;
+            } else {
+                println!("{}", hex::encode(g.id()));
+            }
             eprintln!(
                 "wrote {} ({} founders); each founder now runs `leam genesis sign --dir DIR {}`",
                 a.out.display(),
@@ -537,10 +598,16 @@ pub fn genesis(cmd: GenesisCmd) -> Res<ExitCode> {
             write_atomic(&a.genesis, doc.encode().as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", a.genesis.display()))
                 .code(EXIT_ENV)?;
-            let missing = doc.missing_signatures();
+            let signatures = doc.genesis.members.len() - doc.missing_signatures().len();
+            if a.json {
+                let mut v = genesis_json(&doc);
+                v["file"] = a.genesis.display().to_string().into();
+                v["signed_by"] = hex::encode(id.public_key()).into();
+                v["signatures"] = signatures.into();
+                print_json(&v)?;
+            }
             eprintln!(
-                "signed; {} of {} founders have signed",
-                doc.genesis.members.len() - missing.len(),
+                "signed; {signatures} of {} founders have signed",
                 doc.genesis.members.len()
             );
             Ok(ExitCode::SUCCESS)
@@ -549,28 +616,7 @@ pub fn genesis(cmd: GenesisCmd) -> Res<ExitCode> {
             let doc = read_genesis(&a.genesis)?;
             let signed = doc.signed_by();
             if a.json {
-                let members: Vec<_> = doc
-                    .genesis
-                    .members
-                    .iter()
-                    .map(|m| {
-                        serde_json::json!({
-                            "organisation": m.organisation,
-                            "sector": m.sector.name(),
-                            "key": hex::encode(m.key),
-                            "signed": signed.contains(&m.key),
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "federation": hex::encode(doc.genesis.id()),
-                        "subsidy_percent": doc.genesis.subsidy_percent,
-                        "threshold": doc.genesis.threshold,
-                        "members": members,
-                    })
-                );
+                print_json(&genesis_json(&doc))?;
             } else {
                 println!("federation {}", hex::encode(doc.genesis.id()));
                 println!(
@@ -628,6 +674,11 @@ pub struct NodeArgs {
     /// flag such a node exits with code 1).
     #[arg(long)]
     pub await_admission: bool,
+    /// Print one JSON line on stdout once the node listens and its HTTP server accepts
+    /// (`peer_id`, `listen`: the bound addresses with /p2p/<PeerId>, `http`: the bound
+    /// address); nothing else goes to stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `leam node` until SIGINT or SIGTERM.
@@ -713,6 +764,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
         .build()
         .code(EXIT_ENV)?;
     let dir = a.dir.clone();
+    let json = a.json;
     rt.block_on(async move {
         let config = NetConfig {
             listen: listen.clone(),
@@ -772,6 +824,20 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        if json {
+            // One line, so that a supervisor reads it with one `readline`. Stdout failing
+            // (its reader gone) does not stop the node: the same facts are in its files.
+            let line = serde_json::json!({
+                "peer_id": pid.to_string(),
+                "listen": lines.lines().collect::<Vec<_>>(),
+                "http": http_bound.to_string(),
+            });
+            if let Err(e) = crate::cli::write_stdout(format!("{line}\n").as_bytes()) {
+                if !crate::cli::is_stdout_closed(&e) {
+                    eprintln!("warning: the start line was not written: {e:#}");
+                }
+            }
+        }
         let stop_node = shutdown.clone();
         let mut node_task = tokio::spawn(node.run(rx, async move {
             stop_node.cancelled().await;
@@ -919,6 +985,10 @@ pub struct AdmitArgs {
     pub genesis: PathBuf,
     /// The new member: its `member.toml` or node directory.
     pub member: PathBuf,
+    /// Print a JSON object (`member`, `organisation`, `index`, `threshold`) instead of the
+    /// sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `leam admit`.
@@ -967,12 +1037,22 @@ pub fn admit(a: AdmitArgs) -> Res<ExitCode> {
             .unwrap_or("")
             .to_string();
         if status.is_success() {
-            println!(
-                "vote recorded as entry {} of this node's log; {} votes of members admit {}",
-                answer.get("index").and_then(|e| e.as_u64()).unwrap_or(next),
-                genesis.threshold,
-                m.organisation
+            let index = answer.get("index").and_then(|e| e.as_u64()).unwrap_or(next);
+            let line = format!(
+                "vote recorded as entry {index} of this node's log; {} votes of members admit {}",
+                genesis.threshold, m.organisation
             );
+            if a.json {
+                print_json(&serde_json::json!({
+                    "member": hex::encode(m.key),
+                    "organisation": m.organisation,
+                    "index": index,
+                    "threshold": genesis.threshold,
+                }))?;
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
             return Ok(ExitCode::SUCCESS);
         }
         // Another write took the index meanwhile: sign again for the one the node expects.

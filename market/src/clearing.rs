@@ -209,16 +209,19 @@ pub fn run(
             });
         }
         if let Some(o) = standing_offer(entries, v.size, req.clearing_ms) {
+            let capacity =
+                capacity_shards(&o, req.clearing_ms, req.job.deadline_ms, req.shard_units);
             asks.push(Ask {
                 provider: v.log,
                 offer_id: o.offer_id,
                 price_cents_per_kilo_unit: o.price_cents_per_kilo_unit,
-                capacity_shards: capacity_shards(
-                    &o,
-                    req.clearing_ms,
-                    req.job.deadline_ms,
-                    req.shard_units,
-                ),
+                // A replica must run on another provider than its shard: with replication no
+                // provider takes more than the job's shards, so the replicas need a second one.
+                capacity_shards: if replica_count(req.job) > 0 {
+                    capacity.min(req.job.shards())
+                } else {
+                    capacity
+                },
             });
         }
     }

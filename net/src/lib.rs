@@ -4,6 +4,8 @@
 //! - [`core`]: the node core, a state machine over the own log, replicas and witness state; no
 //!   libp2p, no async.
 //! - [`shell`]: the libp2p swarm that drives the core.
+//! - [`work`]: the work protocol (blobs, shard runs, step hashes, referee requests), carried
+//!   by the shell to a handler the node plugs in.
 //! - [`live`]: read handles on a running node's logs, peers and status for its web server.
 //!
 //! Invariants: the core never touches the network; nothing unsigned changes state (gossip
@@ -19,3 +21,4 @@ pub mod core;
 pub mod live;
 pub mod shell;
 pub mod wire;
+pub mod work;

@@ -28,6 +28,10 @@ use crate::wire::{
     self, Request, Response, CONCURRENT_STREAMS_MAX, GOSSIP_BYTES_MAX, REQUEST_BYTES_MAX,
     REQUEST_TIMEOUT_MS, RESPONSE_BYTES_MAX,
 };
+use crate::work::{
+    self, Inbound, WorkRequest, WorkResponse, WORK_OUTBOUND_MAX, WORK_REQUEST_BYTES_MAX,
+    WORK_REQUEST_TIMEOUT_MS, WORK_RESPONSE_BYTES_MAX,
+};
 
 /// Established connections a node keeps at most (all peers together).
 pub const CONNECTIONS_MAX: u32 = 512;
@@ -171,6 +175,15 @@ pub enum Command {
         /// This node's entry index of its copy, or why not.
         reply: oneshot::Sender<Result<u64, String>>,
     },
+    /// Send a work request (`/leam/shard/1.0.0`) to a member and return its answer.
+    Work {
+        /// The member.
+        to: PublicKey,
+        /// The request.
+        request: Box<WorkRequest>,
+        /// The answer (checked against the limits), or why none came.
+        reply: oneshot::Sender<Result<WorkResponse, String>>,
+    },
     /// Vote to admit a member.
     Admit {
         /// Key.
@@ -219,6 +232,7 @@ pub struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     log: request_response::cbor::Behaviour<Request, Response>,
+    work: request_response::cbor::Behaviour<WorkRequest, WorkResponse>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -311,6 +325,18 @@ pub struct Node {
     refused_non_members: u64,
     observer: Option<mpsc::UnboundedSender<Observed>>,
     live: Option<Live>,
+    work_handler: Option<mpsc::Sender<Inbound>>,
+    work_pending:
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<WorkResponse, String>>>,
+    work_replies: futures::stream::FuturesUnordered<
+        futures::future::BoxFuture<
+            'static,
+            (
+                request_response::ResponseChannel<WorkResponse>,
+                WorkResponse,
+            ),
+        >,
+    >,
 }
 
 impl std::fmt::Debug for Node {
@@ -365,6 +391,19 @@ impl Node {
                         .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
                         .with_max_concurrent_streams(CONCURRENT_STREAMS_MAX),
                 );
+                let work_codec = request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(WORK_REQUEST_BYTES_MAX)
+                    .set_response_size_maximum(WORK_RESPONSE_BYTES_MAX);
+                let work = request_response::Behaviour::with_codec(
+                    work_codec,
+                    [(
+                        StreamProtocol::new(work::PROTOCOL_SHARD),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_millis(WORK_REQUEST_TIMEOUT_MS))
+                        .with_max_concurrent_streams(CONCURRENT_STREAMS_MAX),
+                );
                 Ok(Behaviour {
                     allow: Default::default(),
                     block: Default::default(),
@@ -386,6 +425,7 @@ impl Node {
                     kad,
                     gossipsub,
                     log,
+                    work,
                 })
             })
             .map_err(|e| NetError::Setup(e.to_string()))?
@@ -423,7 +463,16 @@ impl Node {
             refused_non_members: 0,
             observer: None,
             live: None,
+            work_handler: None,
+            work_pending: HashMap::new(),
+            work_replies: futures::stream::FuturesUnordered::new(),
         })
+    }
+
+    /// Hand inbound work requests (`/leam/shard/1.0.0`) to `handler`; without one, or while
+    /// its queue is full, they are refused with the reason.
+    pub fn serve_work(&mut self, handler: mpsc::Sender<Inbound>) {
+        self.work_handler = Some(handler);
     }
 
     /// Report gossip and replication progress to `observer` (simulations, benchmarks).
@@ -525,6 +574,9 @@ impl Node {
                     self.apply(actions);
                     self.redial();
                     self.refresh_live(true);
+                }
+                Some((channel, response)) = self.work_replies.next(), if !self.work_replies.is_empty() => {
+                    let _ = self.swarm.behaviour_mut().work.send_response(channel, response);
                 }
                 ev = self.swarm.select_next_some() => {
                     let connections = matches!(
@@ -644,6 +696,24 @@ impl Node {
                     }
                 }
             }
+            Command::Work { to, request, reply } => {
+                if self.work_pending.len() >= WORK_OUTBOUND_MAX {
+                    let _ = reply.send(Err(format!(
+                        "{WORK_OUTBOUND_MAX} work requests already await an answer"
+                    )));
+                    return;
+                }
+                if let Err(reason) = request.check() {
+                    let _ = reply.send(Err(reason));
+                    return;
+                }
+                let Some(pid) = peer_id_of(&to) else {
+                    let _ = reply.send(Err("member key is not an Ed25519 key".into()));
+                    return;
+                };
+                let id = self.swarm.behaviour_mut().work.send_request(&pid, *request);
+                self.work_pending.insert(id, reply);
+            }
             Command::Admit {
                 member,
                 organisation,
@@ -762,6 +832,56 @@ impl Node {
             .send_request(&pid, request.clone());
         self.pending.insert(id, (to, request));
         Some(id)
+    }
+
+    /// An inbound work request: checked, then queued for the handler, whose answer goes back
+    /// when it comes (a dropped answer is a refusal).
+    fn on_work_request(
+        &mut self,
+        peer: PeerId,
+        request: WorkRequest,
+        channel: request_response::ResponseChannel<WorkResponse>,
+    ) {
+        let refuse = |this: &mut Self, channel, reason: String| {
+            let _ = this
+                .swarm
+                .behaviour_mut()
+                .work
+                .send_response(channel, work::refused(reason));
+        };
+        let Some(from) = self.key_of(&peer) else {
+            return refuse(self, channel, "not a member".into());
+        };
+        if let Err(reason) = request.check() {
+            return refuse(self, channel, reason);
+        }
+        let Some(handler) = &self.work_handler else {
+            return refuse(self, channel, "this node takes no work".into());
+        };
+        let (tx, rx) = oneshot::channel();
+        match handler.try_send(Inbound {
+            from,
+            request,
+            reply: tx,
+        }) {
+            Ok(()) => self.work_replies.push(Box::pin(async move {
+                let response = rx
+                    .await
+                    .unwrap_or_else(|_| work::refused("the handler dropped the request"));
+                (channel, response)
+            })),
+            Err(mpsc::error::TrySendError::Full(_)) => refuse(
+                self,
+                channel,
+                format!(
+                    "{} work requests already queued; ask again later",
+                    work::WORK_INBOUND_QUEUE_MAX
+                ),
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                refuse(self, channel, "this node is shutting down".into())
+            }
+        }
     }
 
     fn key_of(&self, pid: &PeerId) -> Option<PublicKey> {
@@ -1000,6 +1120,30 @@ impl Node {
                             self.apply(actions);
                         }
                     }
+                }
+            }
+            BehaviourEvent::Work(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.on_work_request(peer, request, channel),
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.work_pending.remove(&request_id) {
+                            let _ = reply.send(response.check().map(|()| response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Work(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.work_pending.remove(&request_id) {
+                    let _ = reply.send(Err(format!("no answer: {error}")));
                 }
             }
             BehaviourEvent::Log(request_response::Event::OutboundFailure {

@@ -679,6 +679,13 @@ pub struct NodeArgs {
     /// address); nothing else goes to stdout.
     #[arg(long)]
     pub json: bool,
+    /// Backend that runs leased shards and the referee's replays.
+    #[arg(long, value_enum, default_value_t = crate::cli::Backend::Auto)]
+    pub backend: crate::cli::Backend,
+    /// For adversary tests and the demo only: falsify the result of the N-th shard run this
+    /// process takes (0 = the first).
+    #[arg(long, hide = true)]
+    pub falsify_run: Option<u32>,
 }
 
 /// Runs `leam node` until SIGINT or SIGTERM.
@@ -758,6 +765,12 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             t
         }
     };
+    let kernels: std::sync::Arc<dyn leam_compute::kernels::Kernels> = std::sync::Arc::from(
+        a.backend
+            .open()
+            .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
+    );
+    let falsify_run = a.falsify_run;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -773,7 +786,13 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
         };
         let me = core.key();
         let mut core = core;
-        core.set_policy(crate::cli_market::policy(me));
+        let provider = leam_jobs::provider::Provider::new(
+            &dir,
+            me,
+            kernels.clone(),
+            leam_jobs::provider::Faults { falsify_run },
+        );
+        core.set_policy(crate::cli_market::policy(me, provider.clone()));
         let mut node = Node::new(core, &seed, &config).map_err(|e| match e {
             leam_net::shell::NetError::Listen { .. } => fail(EXIT_ENV, e.into()),
             e => fail(EXIT_INPUT, e.into()),
@@ -794,7 +813,25 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             .map_err(|e| fail(EXIT_ENV, e.into()))?;
         let (tx, rx) = mpsc::channel(leam_net::shell::COMMAND_QUEUE_MAX);
         let shutdown = CancellationToken::new();
-        tokio::spawn(crate::cli_market::run(me, tx.clone(), shutdown.clone()));
+        tokio::spawn(crate::cli_market::run(
+            me,
+            tx.clone(),
+            shutdown.clone(),
+            crate::cli_market::JobsContext {
+                dir: dir.clone(),
+                kernels: kernels.clone(),
+            },
+        ));
+        let (work_tx, work_rx) = mpsc::channel(leam_net::work::WORK_INBOUND_QUEUE_MAX);
+        node.serve_work(work_tx);
+        let blobs = leam_jobs::blobs::Blobs::new(&dir);
+        tokio::spawn(leam_jobs::serve::serve(
+            work_rx,
+            leam_jobs::link::Link::new(tx.clone()),
+            blobs.clone(),
+            provider,
+            leam_jobs::referee::Referee::new(me, blobs, kernels.clone()),
+        ));
         let app = crate::live::app(crate::live::Server {
             live: node.live(),
             genesis: served_genesis,

@@ -31,20 +31,122 @@ pub const BENCH_STEPS: u32 = 4;
 /// Folder in the node directory that keeps bidders' secret replication seeds (mode 0600).
 pub const JOBS_DIR_NAME: &str = "jobs";
 
-/// The provider's policy: agree to a lease only if a clearing in the bidder's log reproduces on
-/// this node's copies of the logs and implies exactly its terms (`specs/market.md` §3.4).
-/// Receipts and settlements are not agreed to yet (shards over the network are not built).
-pub fn policy(me: PublicKey) -> Policy {
+/// The node's policy on co-signed facts others propose: a lease only if a clearing in the
+/// bidder's log reproduces on this node's copies of the logs and implies exactly its terms
+/// (`specs/market.md` §3.4); a receipt only if it states exactly a run this node finished
+/// (`leam_jobs::provider::Provider::check_receipt`); a settlement only if it pays this node.
+pub fn policy(me: PublicKey, provider: leam_jobs::provider::Provider) -> Policy {
     Box::new(move |fact, core| match fact {
         Fact::Lease(terms) => {
             let logs = core.decoded_logs().map_err(|e| e.to_string())?;
             check_lease(&me, terms, &logs)
         }
-        other => Err(format!(
-            "this node does not agree to {} facts yet (shards over the network are not built)",
-            other.kind().name()
-        )),
+        Fact::Receipt(terms) => provider.check_receipt(terms),
+        Fact::Settlement(t) if t.payee == me => Ok(()),
+        Fact::Settlement(_) => {
+            Err("this node pays settlements it proposes itself, never on request".into())
+        }
     })
+}
+
+/// What the market task needs to run the jobs this node bids for.
+#[derive(Clone)]
+pub struct JobsContext {
+    /// Node directory (blobs, seeds, progress files).
+    pub dir: PathBuf,
+    /// The node's compute backend (evaluation and the referee's replays).
+    pub kernels: std::sync::Arc<dyn leam_compute::kernels::Kernels>,
+}
+
+/// Start the job of every clearing in `me`'s log whose leases are all co-signed, once per
+/// process (a job with a progress file from an earlier process is not started again).
+fn start_jobs(
+    me: &PublicKey,
+    logs: &std::collections::BTreeMap<PublicKey, Vec<Entry>>,
+    ctx: &JobsContext,
+    commands: &mpsc::Sender<NodeCommand>,
+    started: &mut std::collections::BTreeSet<leam_ledger::entry::Digest32>,
+) {
+    let own = logs.get(me).map_or(&[][..], Vec::as_slice);
+    let jobs = leam_market::flow::published_jobs(own);
+    for e in own {
+        let Body::Clearing(c) = &e.body else { continue };
+        if started.contains(&c.job_id) || c.assignments.is_empty() {
+            continue;
+        }
+        let leased = c.assignments.iter().all(|a| {
+            own.iter().any(|x| {
+                matches!(&x.body, Body::Lease(l) if l.terms.job_id == c.job_id && l.terms.provider == a.provider)
+            })
+        });
+        let Some((_, job)) = jobs.get(&c.job_id) else {
+            continue;
+        };
+        if !leased {
+            continue;
+        }
+        started.insert(c.job_id);
+        if leam_jobs::bidder::progress_path(&ctx.dir, &c.job_id).exists() {
+            tracing::warn!(job = %hex::encode(&c.job_id[..8]), "job ran in an earlier process; not started again");
+            continue;
+        }
+        let seed_path = ctx
+            .dir
+            .join(JOBS_DIR_NAME)
+            .join(format!("{}.seed", hex::encode(c.job_id)));
+        let mut seed = [0u8; 32];
+        let ok = std::fs::read_to_string(&seed_path)
+            .ok()
+            .is_some_and(|t| hex::decode_to_slice(t.trim(), &mut seed).is_ok());
+        if !ok {
+            tracing::warn!(file = %seed_path.display(), "no secret seed for a cleared job; not run");
+            continue;
+        }
+        let units_per_hour = c
+            .assignments
+            .iter()
+            .filter_map(|a| {
+                logs.get(&a.provider)?
+                    .iter()
+                    .rev()
+                    .find_map(|x| match &x.body {
+                        Body::Offer(o) if o.offer_id == a.offer_id => {
+                            Some((a.provider, o.compute_units_per_hour))
+                        }
+                        _ => None,
+                    })
+            })
+            .collect();
+        let (job, clearing, ctx, me) = (job.clone(), c.clone(), ctx.clone(), *me);
+        let link = leam_jobs::link::Link::new(commands.clone());
+        tokio::spawn(async move {
+            let kernels = ctx.kernels.clone();
+            let id = hex::encode(&clearing.job_id[..8]);
+            let bidder = match leam_jobs::bidder::Bidder::new(
+                link,
+                &ctx.dir,
+                kernels.as_ref(),
+                me,
+                job,
+                clearing,
+                &seed,
+                units_per_hour,
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job not started");
+                    return;
+                }
+            };
+            tracing::info!(job = %id, "job started: shards go to the providers");
+            match bidder.run().await {
+                Ok(p) => {
+                    tracing::info!(job = %id, rounds = p.rounds.len(), paid = ?p.paid_cents, "job done")
+                }
+                Err(e) => tracing::error!(job = %id, error = %e, "job failed"),
+            }
+        });
+    }
 }
 
 async fn ask<T>(
@@ -63,7 +165,9 @@ pub async fn run(
     me: PublicKey,
     commands: mpsc::Sender<NodeCommand>,
     stop: tokio_util::sync::CancellationToken,
+    jobs: JobsContext,
 ) {
+    let mut started = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(MARKET_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Decoding every held log is the expensive part: skip a tick when no log grew since the
@@ -89,6 +193,7 @@ pub async fn run(
         };
         let (steps, _waiting) = bidder_steps(&me, &logs, crate::cli_fed::now_ms());
         retry = !steps.is_empty();
+        start_jobs(&me, &logs, &jobs, &commands, &mut started);
         for step in steps {
             match step {
                 Step::Clear(c) => {
@@ -409,6 +514,10 @@ pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(u64::MAX);
     let bought = leam_market::clearing::shards_bought(&job);
     let job_id = job.id();
+    // The providers fetch the corpus from this node by its hash.
+    leam_jobs::blobs::Blobs::new(&a.dir)
+        .put(&corpus)
+        .code(cli::EXIT_ENV)?;
     // The secret seed stays with the bidder until the reveal.
     let jobs = a.dir.join(JOBS_DIR_NAME);
     std::fs::create_dir_all(&jobs).code(cli::EXIT_ENV)?;

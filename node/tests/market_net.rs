@@ -1,9 +1,11 @@
-//! The market across real processes: four `leam node`s on loopback; two providers publish
-//! measured offers with `leam offer`, the startup deposits and bids with `leam deposit` and
-//! `leam bid`; the startup's node clears the bid by the market rule and proposes the leases it
-//! implies; each provider's node re-runs the rule on its own replicas before it co-signs; after
-//! SIGTERM, `leam audit --genesis` of the startup's directory reproduces every clearing and
-//! every lease.
+//! The market and a federated job across real processes: four `leam node`s on loopback; two
+//! providers publish measured offers with `leam offer`, the startup deposits and bids with
+//! `leam deposit` and `leam bid`; the startup's node clears the bid by the market rule and
+//! proposes the leases it implies; each provider's node re-runs the rule on its own replicas
+//! before it co-signs. Then the job runs over the network: shards and replicas on the
+//! providers (one falsifies its first run), receipts, the referee's bisection and verdicts,
+//! evidence, settlements; after SIGTERM, `leam audit --genesis` of the startup's directory
+//! reproduces the clearing and finds every record backed.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::fed::{federation, start, tcp_addr, wait_until as wait};
+use common::fed::{federation, start_with, tcp_addr, wait_until as wait};
 use common::{leam, ok, p};
 
 fn get(dir: &Path, path: &str) -> Option<Value> {
@@ -47,7 +49,7 @@ fn member_key(dir: &Path) -> String {
 }
 
 #[test]
-fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
+fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let orgs = [
@@ -58,10 +60,16 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
     ];
     let (genesis, dirs) = federation(root, &orgs, 2);
     let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
-    let mut nodes = vec![start(&dirs[0], &genesis, &[])];
+    let mut nodes = vec![start_with(&dirs[0], &genesis, &[], &["--backend", "cpu"])];
     let boot = tcp_addr(&dirs[0]);
-    for d in &dirs[1..] {
-        nodes.push(start(d, &genesis, std::slice::from_ref(&boot)));
+    for (i, d) in dirs[1..].iter().enumerate() {
+        // The industry partner (b) falsifies the first shard it runs.
+        let extra: &[&str] = if i == 0 {
+            &["--backend", "cpu", "--falsify-run", "0"]
+        } else {
+            &["--backend", "cpu"]
+        };
+        nodes.push(start_with(d, &genesis, std::slice::from_ref(&boot), extra));
     }
     // Everyone holds everyone's log.
     wait("replicas", Duration::from_secs(30), || {
@@ -113,7 +121,7 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
     std::fs::write(
         &job,
         format!(
-            "name = \"tiny shakespeare\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 2\nshards_per_round = 2\ninner_steps = 10\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            "name = \"tiny shakespeare\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 2\nshards_per_round = 2\ninner_steps = 10\nreplication_percent = 50\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
             corpus.display(),
             keys[2]
         ),
@@ -133,17 +141,55 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
         .trim()
         .to_owned();
     assert_eq!(job_id.len(), 64, "bid prints the job id: {job_id}");
-    // Both providers measured far more than the job's 4 shards within the hour, so the rule
-    // gives every shard to the cheaper ask (40) and prices them at its own unsold capacity:
-    // a clearing and a lease in the bidder's log after its job and bid, a lease in the
-    // provider's.
-    wait("clearing and lease", Duration::from_secs(30), || {
-        own(3) == d0 + 4 && own(0) == a0 + 1
+    // With 50% replication the job buys 4 shards + 2 replicas, and no provider may take more
+    // than the 4 shards (a replica needs a second provider): the cheaper ask (40) takes 4, the
+    // other (55) the 2 replicas, and 55 is the first unsold unit's price.
+    wait("clearing and leases", Duration::from_secs(30), || {
+        own(3) >= d0 + 5 && own(0) > a0 && own(1) > b0
     });
     println!(
-        "bid to lease co-signed over the network: {} ms",
+        "bid to co-signed leases over the network: {} ms",
         t.elapsed().as_millis()
     );
+    // The job runs: shards, replicas, receipts, the referee's verdicts, settlements.
+    let progress = dirs[3].join("jobs").join(format!("{job_id}.progress.json"));
+    let t = Instant::now();
+    let mut last = Value::Null;
+    wait("the job done", Duration::from_secs(240), || {
+        last = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let state = last["state"].as_str().unwrap_or("");
+        assert!(!state.starts_with("failed"), "{last}");
+        state == "done"
+    });
+    println!(
+        "job run over the network in {} ms: {last}",
+        t.elapsed().as_millis()
+    );
+    let rounds = last["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{last}");
+    let mismatched: u64 = rounds
+        .iter()
+        .map(|r| r["mismatched"].as_u64().unwrap())
+        .sum();
+    let replicated: u64 = rounds
+        .iter()
+        .map(|r| r["replicated"].as_u64().unwrap())
+        .sum();
+    assert_eq!(replicated, 2, "{last}");
+    assert_eq!(
+        mismatched, 1,
+        "the falsified replica differs from its primary: {last}"
+    );
+    let start_loss = last["val_loss_start"].as_f64().unwrap();
+    let end_loss = rounds[1]["val_loss"].as_f64().unwrap();
+    assert!(
+        end_loss < start_loss,
+        "training lowers the validation loss: {last}"
+    );
+    assert_eq!(last["verdicts"], serde_json::json!([5, 1]), "{last}");
     std::thread::sleep(Duration::from_secs(2));
     for n in nodes.drain(..) {
         let pid = n.child.id();
@@ -155,30 +201,63 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
         n.child.wait().unwrap();
     }
     let bidder = export(&dirs[3]);
-    let kinds: Vec<&str> = bidder[d0 as usize..]
+    let count = |log: &[Value], kind: &str| log.iter().filter(|e| e["kind"] == kind).count();
+    let kinds: Vec<&str> = bidder[d0 as usize..d0 as usize + 3]
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(
         kinds,
-        ["job", "bid", "clearing", "lease"],
+        ["job", "bid", "clearing"],
         "the bidder's new entries"
     );
     let clearing = &bidder[d0 as usize + 2]["body"];
-    assert_eq!(clearing["price_cents_per_kilo_unit"], 40, "{clearing}");
+    assert_eq!(clearing["price_cents_per_kilo_unit"], 55, "{clearing}");
     let assignments = clearing["assignments"].as_array().unwrap();
-    assert_eq!(assignments.len(), 1, "{clearing}");
+    assert_eq!(assignments.len(), 2, "{clearing}");
     assert_eq!(assignments[0]["provider"], keys[0].as_str());
     assert_eq!(assignments[0]["shards"], 4);
+    assert_eq!(assignments[1]["shards"], 2);
     assert_eq!(bidder[d0 as usize + 1]["body"]["job_id"], job_id.as_str());
-    let provider = export(&dirs[0]);
-    assert_eq!(provider.last().unwrap()["kind"], "lease");
-    assert_eq!(
-        provider.last().unwrap()["body"]["terms"],
-        bidder.last().unwrap()["body"]["terms"]
+    assert_eq!(count(&bidder, "lease"), 2);
+    assert_eq!(count(&bidder, "receipt"), 6, "4 shards and 2 replicas");
+    // The referee (c) judged every run; the falsified one is rejected, with evidence.
+    let referee = export(&dirs[2]);
+    let verdicts: Vec<&Value> = referee.iter().filter(|e| e["kind"] == "verdict").collect();
+    assert_eq!(verdicts.len(), 6);
+    let rejected: Vec<&&Value> = verdicts
+        .iter()
+        .filter(|v| v["body"]["accepted"] == false)
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["body"]["provider"], keys[1].as_str());
+    let evidence: Vec<&Value> = referee.iter().filter(|e| e["kind"] == "evidence").collect();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(evidence[0]["body"]["accused"], keys[1].as_str());
+    // Both providers are paid for what the referee accepted, the cheat for 1 of its 2 runs.
+    let settlements: Vec<&Value> = bidder
+        .iter()
+        .filter(|e| e["kind"] == "settlement")
+        .collect();
+    assert_eq!(settlements.len(), 2, "{settlements:?}");
+    let paid = |k: &str| {
+        settlements
+            .iter()
+            .find(|s| s["body"]["terms"]["payee"] == k)
+            .map(|s| s["body"]["terms"]["credits_cents"].as_u64().unwrap())
+            .unwrap()
+    };
+    let (pa, pb) = (paid(&keys[0]), paid(&keys[1]));
+    assert!(
+        pa > 3 * pb && pa <= 4 * pb,
+        "4 verified shards vs 1: {pa} vs {pb}"
     );
+    let provider = export(&dirs[0]);
+    assert_eq!(count(&provider, "lease"), 1);
+    assert_eq!(count(&provider, "receipt"), 4);
 
-    // The audit of the bidder's directory (own log and replicas) re-runs the rule.
+    // The audit of the bidder's directory (own log and replicas) re-runs the rule and checks
+    // receipts against leases and verdicts against the job's referee.
     let out = leam(&[
         "audit",
         "--json",
@@ -197,6 +276,9 @@ fn a_bid_is_cleared_by_the_rule_and_leased_over_the_network() {
     let m = &v["market"];
     assert_eq!(m["clearings"], 1, "{m}");
     assert_eq!(m["clearings_reproduced"], 1, "{m}");
-    assert_eq!(m["leases_matching"], 1, "{m}");
+    assert_eq!(m["leases_matching"], 2, "{m}");
+    assert_eq!(m["receipts"], 6, "{m}");
+    assert_eq!(m["verdicts_counted"], 6, "{m}");
+    assert_eq!(m["settlements"], 2, "{m}");
     assert_eq!(m["findings"].as_array().unwrap().len(), 0, "{m}");
 }

@@ -1,0 +1,735 @@
+//! The bidder's round loop (`specs/market.md` §8.2): once every lease of a clearing is co-signed,
+//! the bidder's node runs the job. Per DiLoCo round it derives each worker's shard spec, stores
+//! the start state as a blob, asks the shard's provider (and, for the secretly replicated
+//! shards, a second one) to run it, polls, fetches the final state of the primary's result,
+//! proposes a receipt, compares replicas, asks the job's referee to judge every shard, and
+//! merges the accepted deltas with the outer optimizer. A provider that does not finish within
+//! its timeout, or that fails, loses the shard, which goes to the next provider with lease
+//! quota left. After the last round the bidder waits for the referee's verdicts and pays, by
+//! co-signed settlements, exactly the units the referee accepted at the lease's price.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leam_compute::data::STREAM_EVAL_VAL;
+use leam_compute::diloco::{next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta};
+use leam_compute::fixed::B24_MANT_MAX;
+use leam_compute::kernels::Kernels;
+use leam_compute::replay::ModelRunner;
+use leam_compute::shard::{ShardResult, ShardSpec};
+use leam_compute::train::TrainState;
+use leam_ledger::entry::{
+    Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms,
+};
+use leam_market::clearing::lease_terms;
+use leam_market::job::Job;
+use leam_market::settle::owed_cents;
+use leam_net::core::Fact;
+use leam_net::work::{Claim, WorkRequest, WorkResponse};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::blobs::Blobs;
+use crate::link::{short, Link, LinkError};
+use crate::plan::{self, Slot};
+
+/// How often the bidder polls its providers.
+pub const POLL_MS: u64 = 250;
+/// Longest wait for the referee's verdicts after the last round.
+pub const VERDICT_WAIT_MS: u64 = 120_000;
+/// Times one shard may be leased again before the job gives it up.
+pub const RELEASES_PER_SHARD_MAX: u32 = 4;
+/// File name suffix of a job's progress in `DIR/jobs/`.
+pub const PROGRESS_SUFFIX: &str = ".progress.json";
+
+/// Errors that stop a job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The node stopped or refused an append.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The job cannot be set up.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Training or verification on the bidder's side failed.
+    #[error("{0}")]
+    Compute(String),
+    /// A shard found no provider.
+    #[error("shard {shard}: {reason}")]
+    Unserved {
+        /// Shard index.
+        shard: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One round's progress, as `leam jobs` and the dashboard show it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundProgress {
+    /// Round index.
+    pub round: u32,
+    /// Shards of the round.
+    pub shards: u32,
+    /// Runs that finished (primaries and replicas).
+    pub runs: u32,
+    /// Replicated shards of the round.
+    pub replicated: u32,
+    /// Replicated shards whose two results differed.
+    pub mismatched: u32,
+    /// Shards whose delta entered the outer step.
+    pub merged: u32,
+    /// Runs taken from one provider and leased to another (timeout, failure).
+    pub released: u32,
+    /// Validation loss after the outer step.
+    pub val_loss: Option<f64>,
+    /// Wall time of the round, milliseconds.
+    pub wall_ms: u64,
+}
+
+/// A job's progress and its measured figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// Job id (hex).
+    pub job: String,
+    /// `running`, `settling`, `done` or `failed: …`.
+    pub state: String,
+    /// Validation loss before training.
+    pub val_loss_start: Option<f64>,
+    /// Rounds so far.
+    pub rounds: Vec<RoundProgress>,
+    /// Device time each provider reported for its runs, milliseconds (by key hex).
+    pub device_ms: BTreeMap<String, u64>,
+    /// Compute units of primary runs.
+    pub primary_units: u64,
+    /// Compute units of replica runs (the verification overhead).
+    pub replica_units: u64,
+    /// Bytes moved per outer step per worker: start state to the provider, final state back.
+    pub bytes_per_worker_round: u64,
+    /// What plain data parallelism would move per worker for the same inner steps
+    /// (`leam_compute::diloco::data_parallel_bytes`).
+    pub data_parallel_bytes_per_worker_round: u64,
+    /// Job wall time from the first run request to the last outer step, milliseconds.
+    pub wall_ms: u64,
+    /// Settlements paid (provider key hex → cents).
+    pub paid_cents: BTreeMap<String, u64>,
+    /// Verdicts by the referee: accepted, rejected.
+    pub verdicts: (u64, u64),
+}
+
+/// A running job, as the bidder holds it.
+pub struct Bidder<'k> {
+    link: Link,
+    blobs: Blobs,
+    runner: ModelRunner<'k>,
+    kernels: &'k dyn Kernels,
+    me: PublicKey,
+    job: Job,
+    job_id: Digest32,
+    clearing: Clearing,
+    slots: Vec<Slot>,
+    units_per_hour: BTreeMap<PublicKey, u64>,
+    progress_path: PathBuf,
+    progress: Progress,
+}
+
+impl std::fmt::Debug for Bidder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bidder")
+            .field("job", &short(&self.job_id))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug)]
+struct Track {
+    worker: usize,
+    role: Role,
+    provider: PublicKey,
+    sent: Option<Instant>,
+    released: u32,
+    tried: Vec<PublicKey>,
+    done: Option<(ShardResult, u64)>,
+    receipt: bool,
+}
+
+impl<'k> Bidder<'k> {
+    /// Set up the job `job` (id `job_id`) cleared by `clearing`, with the secret `seed`, on the
+    /// corpus stored as a blob in `dir`. `units_per_hour` are the providers' offered
+    /// throughputs (they set the shard timeouts).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        link: Link,
+        dir: &Path,
+        kernels: &'k dyn Kernels,
+        me: PublicKey,
+        job: Job,
+        clearing: Clearing,
+        seed: &[u8; 32],
+        units_per_hour: BTreeMap<PublicKey, u64>,
+    ) -> Result<Self, JobError> {
+        let blobs = Blobs::new(dir);
+        let job_id = clearing.job_id;
+        let corpus = blobs
+            .get(&job.corpus_sha256)
+            .map_err(LinkError::from)?
+            .ok_or_else(|| {
+                JobError::Compute(format!(
+                    "the corpus {} is not in this node's blob store (leam bid puts it there)",
+                    short(&job.corpus_sha256)
+                ))
+            })?;
+        let runner =
+            ModelRunner::new(kernels, &corpus).map_err(|e| JobError::Compute(e.to_string()))?;
+        let slots = plan::plan(&job, &job_id, &clearing.assignments, seed);
+        let progress_path = dir
+            .join(crate::JOBS_DIR_NAME)
+            .join(format!("{}{PROGRESS_SUFFIX}", hex::encode(job_id)));
+        Ok(Self {
+            link,
+            blobs,
+            runner,
+            kernels,
+            me,
+            progress: Progress {
+                job: hex::encode(job_id),
+                state: "running".into(),
+                ..Progress::default()
+            },
+            job,
+            job_id,
+            clearing,
+            slots,
+            units_per_hour,
+            progress_path,
+        })
+    }
+
+    fn save(&self) {
+        if let Some(d) = self.progress_path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let tmp = self.progress_path.with_extension("tmp");
+        if let Ok(b) = serde_json::to_vec_pretty(&self.progress) {
+            if std::fs::write(&tmp, b).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.progress_path);
+            }
+        }
+    }
+
+    fn eval(&self, state: &TrainState) -> Result<f64, JobError> {
+        let corpus = self
+            .blobs
+            .get(&self.job.corpus_sha256)
+            .map_err(LinkError::from)?
+            .unwrap_or_default();
+        let c = leam_compute::data::Corpus::from_bytes(&corpus, "job corpus")
+            .map_err(|e| JobError::Compute(e.to_string()))?;
+        tokio::task::block_in_place(|| {
+            state.evaluate(
+                self.kernels,
+                &c.val,
+                "validation",
+                STREAM_EVAL_VAL,
+                plan::EVAL_BATCHES,
+            )
+        })
+        .map_err(|e| JobError::Compute(e.to_string()))
+    }
+
+    /// Run every round, then settle. Progress is written to `DIR/jobs/<job id>.progress.json`
+    /// after every round.
+    pub async fn run(mut self) -> Result<Progress, JobError> {
+        let r = self.rounds().await;
+        match r {
+            Ok(()) => {
+                self.progress.state = "settling".into();
+                self.save();
+                self.settle().await?;
+                self.progress.state = "done".into();
+                self.save();
+                Ok(self.progress)
+            }
+            Err(e) => {
+                self.progress.state = format!("failed: {e}");
+                self.save();
+                Err(e)
+            }
+        }
+    }
+
+    async fn rounds(&mut self) -> Result<(), JobError> {
+        let corpus = self
+            .blobs
+            .get(&self.job.corpus_sha256)
+            .map_err(LinkError::from)?
+            .unwrap_or_default();
+        let ranges = plan::worker_ranges(&corpus, self.job.shards_per_round)?;
+        let start = plan::initial_state(&self.job, self.runner.vocab_size())?;
+        self.progress.val_loss_start = Some(self.eval(&start)?);
+        let mut workers = vec![start.clone(); self.job.shards_per_round as usize];
+        let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
+        let state_bytes = start.encode().len() as u64;
+        self.progress.bytes_per_worker_round = 2 * state_bytes;
+        self.progress.data_parallel_bytes_per_worker_round =
+            leam_compute::diloco::data_parallel_bytes(
+                start.params.iter().map(|p| p.mant.len() as u64).sum(),
+                u64::from(self.job.inner_steps),
+            );
+        let job_started = Instant::now();
+        for round in 0..self.job.rounds {
+            let t = Instant::now();
+            let slots: Vec<Slot> = self
+                .slots
+                .iter()
+                .filter(|s| s.round == round)
+                .cloned()
+                .collect();
+            if slots.is_empty() {
+                break;
+            }
+            let mut specs: Vec<ShardSpec> = Vec::new();
+            for (w, range) in ranges.iter().enumerate() {
+                let spec = self
+                    .runner
+                    .spec_for(&workers[w], range.0, range.1, self.job.inner_steps)
+                    .map_err(|e| JobError::Compute(e.to_string()))?;
+                let h = self
+                    .blobs
+                    .put(&workers[w].encode())
+                    .map_err(LinkError::from)?;
+                debug_assert_eq!(h, spec.start_state);
+                specs.push(spec);
+            }
+            let mut tracks: Vec<Track> = Vec::new();
+            for s in &slots {
+                for (role, p) in [(Role::Primary, Some(s.primary)), (Role::Replica, s.replica)] {
+                    if let Some(provider) = p {
+                        tracks.push(Track {
+                            worker: s.worker as usize,
+                            role,
+                            provider,
+                            sent: None,
+                            released: 0,
+                            tried: vec![provider],
+                            done: None,
+                            receipt: false,
+                        });
+                    }
+                }
+            }
+            let mut rp = RoundProgress {
+                round,
+                shards: slots.len() as u32,
+                replicated: slots.iter().filter(|s| s.replica.is_some()).count() as u32,
+                ..RoundProgress::default()
+            };
+            self.drive(&slots, &specs, &mut tracks, &mut rp).await?;
+            // Compare replicas, ask the referee, merge what is accepted.
+            let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
+            let mut finals: Vec<Option<TrainState>> = vec![None; workers.len()];
+            for s in &slots {
+                let w = s.worker as usize;
+                let claims: Vec<&Track> = tracks
+                    .iter()
+                    .filter(|t| t.worker == w && t.done.is_some())
+                    .collect();
+                let results: Vec<&ShardResult> = claims
+                    .iter()
+                    .filter_map(|t| t.done.as_ref().map(|d| &d.0))
+                    .collect();
+                let agree = results.windows(2).all(|p| p[0].same_commitments(p[1]));
+                if !agree {
+                    rp.mismatched += 1;
+                }
+                let judge = WorkRequest::Judge {
+                    job_id: self.job_id,
+                    shard: s.shard,
+                    spec: specs[w].encode(),
+                    claims: claims
+                        .iter()
+                        .filter_map(|t| {
+                            t.done.as_ref().map(|d| Claim {
+                                provider: t.provider,
+                                result: d.0.encode(),
+                            })
+                        })
+                        .collect(),
+                };
+                if let Some(referee) = self.job.referees.first().copied() {
+                    if let Err(e) = self.link.work(referee, judge).await {
+                        tracing::warn!(shard = s.shard, error = %e, "the referee did not take the shard");
+                    }
+                }
+                // A mismatched shard waits for the referee's verdict; its winner's state is merged.
+                let winner: Option<&Track> = if agree {
+                    claims
+                        .iter()
+                        .find(|t| t.role == Role::Primary)
+                        .or(claims.first())
+                        .copied()
+                } else {
+                    self.await_winner(s.shard, &claims).await
+                };
+                let Some(win) = winner else { continue };
+                let result = &win.done.as_ref().expect("claims are done").0;
+                let (bytes, _) = self
+                    .link
+                    .blob(&self.blobs, win.provider, result.final_state)
+                    .await?;
+                let fin =
+                    TrainState::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
+                let delta = ParamDelta::between(&workers[w].params, &fin.params)
+                    .map_err(|e| JobError::Compute(e.to_string()))?;
+                deltas.push((specs[w].id(), delta));
+                finals[w] = Some(fin);
+                rp.merged += 1;
+            }
+            if !deltas.is_empty() {
+                global = tokio::task::block_in_place(|| {
+                    outer_step(&global, &deltas, OuterOptimizer::DILOCO, B24_MANT_MAX)
+                })
+                .map_err(|e| JobError::Compute(e.to_string()))?;
+                for (w, f) in finals.into_iter().enumerate() {
+                    let base = f.unwrap_or_else(|| workers[w].clone());
+                    workers[w] = next_start_state(&base, &global)
+                        .map_err(|e| JobError::Compute(e.to_string()))?;
+                }
+                rp.val_loss = Some(self.eval(&workers[0])?);
+            }
+            rp.wall_ms = t.elapsed().as_millis() as u64;
+            tracing::info!(
+                job = %short(&self.job_id),
+                round,
+                merged = rp.merged,
+                mismatched = rp.mismatched,
+                val_loss = ?rp.val_loss,
+                "round done"
+            );
+            self.progress.rounds.push(rp);
+            self.progress.wall_ms = job_started.elapsed().as_millis() as u64;
+            self.save();
+        }
+        Ok(())
+    }
+
+    /// Send, poll, re-lease and collect every run of a round, proposing each receipt.
+    async fn drive(
+        &mut self,
+        slots: &[Slot],
+        specs: &[ShardSpec],
+        tracks: &mut [Track],
+        rp: &mut RoundProgress,
+    ) -> Result<(), JobError> {
+        let shard_units = specs.first().map_or(0, leam_compute::shard::compute_units);
+        let providers: Vec<PublicKey> = self
+            .clearing
+            .assignments
+            .iter()
+            .map(|a| a.provider)
+            .collect();
+        loop {
+            let mut pending = 0;
+            for t in tracks.iter_mut() {
+                if t.done.is_some() {
+                    if !t.receipt {
+                        t.receipt = self.receipt(slots, specs, t).await;
+                    }
+                    continue;
+                }
+                pending += 1;
+                let spec = &specs[t.worker];
+                let shard = slots
+                    .iter()
+                    .find(|s| s.worker as usize == t.worker)
+                    .map_or(0, |s| s.shard);
+                let Some(sent) = t.sent else {
+                    let req = WorkRequest::Run {
+                        job_id: self.job_id,
+                        shard,
+                        spec: spec.encode(),
+                    };
+                    match self.link.work(t.provider, req).await {
+                        Ok(WorkResponse::Accepted) => t.sent = Some(Instant::now()),
+                        Ok(other) => tracing::warn!(?other, "unexpected answer to a run request"),
+                        Err(e) => {
+                            tracing::info!(shard, provider = %short(&t.provider), error = %e, "run not taken");
+                            release(t, &providers, rp, shard)?;
+                        }
+                    }
+                    continue;
+                };
+                match self
+                    .link
+                    .work(t.provider, WorkRequest::Poll { spec_id: spec.id() })
+                    .await
+                {
+                    Ok(WorkResponse::Done { result, device_ms }) => {
+                        match ShardResult::decode(&result)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| {
+                                r.check_against(spec).map(|()| r).map_err(|e| e.to_string())
+                            }) {
+                            Ok(r) => {
+                                *self
+                                    .progress
+                                    .device_ms
+                                    .entry(hex::encode(t.provider))
+                                    .or_default() += device_ms;
+                                if t.role == Role::Primary {
+                                    self.progress.primary_units += r.compute_units;
+                                } else {
+                                    self.progress.replica_units += r.compute_units;
+                                }
+                                rp.runs += 1;
+                                t.done = Some((r, device_ms));
+                            }
+                            Err(e) => {
+                                tracing::warn!(shard, provider = %short(&t.provider), error = %e, "a result that does not answer its spec");
+                                release(t, &providers, rp, shard)?;
+                            }
+                        }
+                    }
+                    Ok(WorkResponse::Running { .. }) => {
+                        let timeout = plan::shard_timeout_ms(
+                            shard_units,
+                            self.units_per_hour.get(&t.provider).copied().unwrap_or(0),
+                        );
+                        if sent.elapsed() > Duration::from_millis(timeout) {
+                            tracing::warn!(shard, provider = %short(&t.provider), timeout, "shard timed out: leasing it again");
+                            release(t, &providers, rp, shard)?;
+                        }
+                    }
+                    // The provider restarted and lost the run: ask again.
+                    Ok(WorkResponse::Unknown) => t.sent = None,
+                    Ok(other) => tracing::warn!(?other, "unexpected answer to a poll"),
+                    Err(e) => {
+                        let timeout = plan::shard_timeout_ms(
+                            shard_units,
+                            self.units_per_hour.get(&t.provider).copied().unwrap_or(0),
+                        );
+                        if sent.elapsed() > Duration::from_millis(timeout) {
+                            tracing::warn!(shard, provider = %short(&t.provider), error = %e, "provider gone: leasing the shard again");
+                            release(t, &providers, rp, shard)?;
+                        }
+                    }
+                }
+            }
+            if pending == 0 && tracks.iter().all(|t| t.receipt) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// Propose the receipt of a finished run; whether it is recorded.
+    async fn receipt(&self, slots: &[Slot], specs: &[ShardSpec], t: &Track) -> bool {
+        let Some((r, device_ms)) = &t.done else {
+            return false;
+        };
+        let shard = slots
+            .iter()
+            .find(|s| s.worker as usize == t.worker)
+            .map_or(0, |s| s.shard);
+        let terms = ReceiptTerms {
+            job_id: self.job_id,
+            shard,
+            bidder: self.me,
+            provider: t.provider,
+            input_commitment: specs[t.worker].id(),
+            output_commitment: r.step_root,
+            compute_units: r.compute_units,
+            gpu_ms: *device_ms,
+            device_fingerprint: Sha256::digest(r.fingerprint.as_bytes()).into(),
+        };
+        match self.link.propose(Fact::Receipt(terms)).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(shard, provider = %short(&t.provider), error = %e, "receipt not co-signed yet");
+                false
+            }
+        }
+    }
+
+    /// The referee's verdicts on `shard` as this node's copy of its log shows them.
+    fn verdicts(
+        logs: &BTreeMap<PublicKey, Vec<Entry>>,
+        referee: &PublicKey,
+        job: &Digest32,
+        shard: u32,
+    ) -> Vec<(PublicKey, Digest32, bool)> {
+        logs.get(referee)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Verdict(v) if &v.job_id == job && v.shard == shard => {
+                    Some((v.provider, v.output_commitment, v.accepted))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn await_winner<'t>(&self, shard: u32, claims: &[&'t Track]) -> Option<&'t Track> {
+        let referee = self.job.referees.first()?;
+        let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
+        while Instant::now() < until {
+            if let Ok(logs) = self.link.logs().await {
+                let v = Self::verdicts(&logs, referee, &self.job_id, shard);
+                if v.len() >= claims.len() {
+                    return claims.iter().copied().find(|t| {
+                        let root = t.done.as_ref().map(|d| d.0.step_root);
+                        v.iter()
+                            .any(|(p, o, ok)| *ok && p == &t.provider && Some(*o) == root)
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
+        }
+        tracing::warn!(
+            shard,
+            "no verdict on a mismatched shard in time: not merged"
+        );
+        None
+    }
+
+    /// Wait for the verdicts on every receipt, then pay each provider the accepted units at the
+    /// lease's price (never more than the lease's total).
+    async fn settle(&mut self) -> Result<(), JobError> {
+        let Some(referee) = self.job.referees.first().copied() else {
+            return Ok(());
+        };
+        let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
+        let logs = loop {
+            let logs = self.link.logs().await?;
+            let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+            let receipts: Vec<&ReceiptTerms> = own
+                .iter()
+                .filter_map(|e| match &e.body {
+                    Body::Receipt(c) if c.terms.job_id == self.job_id => Some(&c.terms),
+                    _ => None,
+                })
+                .collect();
+            let missing = receipts
+                .iter()
+                .filter(|r| {
+                    !Self::verdicts(&logs, &referee, &self.job_id, r.shard)
+                        .iter()
+                        .any(|(p, o, _)| p == &r.provider && o == &r.output_commitment)
+                })
+                .count();
+            if missing == 0 || Instant::now() >= until {
+                if missing > 0 {
+                    tracing::warn!(
+                        missing,
+                        "settling without every verdict: unjudged receipts are not paid"
+                    );
+                }
+                break logs;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
+        };
+        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+        let mut units: BTreeMap<PublicKey, u64> = BTreeMap::new();
+        let (mut acc, mut rej) = (0u64, 0u64);
+        let mut seen = std::collections::BTreeSet::new();
+        for e in own {
+            let Body::Receipt(c) = &e.body else { continue };
+            let r = &c.terms;
+            if r.job_id != self.job_id || !seen.insert((r.shard, r.provider, r.output_commitment)) {
+                continue;
+            }
+            let v = Self::verdicts(&logs, &referee, &self.job_id, r.shard);
+            let mine: Vec<bool> = v
+                .iter()
+                .filter(|(p, o, _)| p == &r.provider && o == &r.output_commitment)
+                .map(|x| x.2)
+                .collect();
+            if !mine.is_empty() && mine.iter().all(|ok| *ok) {
+                acc += 1;
+                *units.entry(r.provider).or_default() += r.compute_units;
+            } else if mine.iter().any(|ok| !ok) {
+                rej += 1;
+            }
+        }
+        self.progress.verdicts = (acc, rej);
+        for a in &self.clearing.assignments {
+            let lease = lease_terms(&self.clearing, &self.job, self.me, a);
+            let owed = owed_cents(
+                units.get(&a.provider).copied().unwrap_or(0),
+                self.clearing.price_cents_per_kilo_unit,
+                lease.price_cents,
+            );
+            if owed == 0 {
+                continue;
+            }
+            let terms = SettlementTerms {
+                job_id: self.job_id,
+                payer: self.me,
+                payee: a.provider,
+                credits_cents: owed,
+            };
+            match self.link.propose(Fact::Settlement(terms)).await {
+                Ok(_) => {
+                    *self
+                        .progress
+                        .paid_cents
+                        .entry(hex::encode(a.provider))
+                        .or_default() += owed;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %short(&a.provider), error = %e, "settlement not co-signed")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Take a run from its provider and give it to the next provider of the clearing that has not
+/// had it yet.
+fn release(
+    t: &mut Track,
+    providers: &[PublicKey],
+    rp: &mut RoundProgress,
+    shard: u32,
+) -> Result<(), JobError> {
+    if t.released >= RELEASES_PER_SHARD_MAX {
+        return Err(JobError::Unserved {
+            shard,
+            reason: format!("leased {RELEASES_PER_SHARD_MAX} times without a result"),
+        });
+    }
+    let next = providers
+        .iter()
+        .find(|p| !t.tried.contains(p))
+        .or_else(|| providers.iter().find(|p| **p != t.provider))
+        .copied();
+    if let Some(p) = next {
+        if p != t.provider {
+            rp.released += 1;
+        }
+        t.provider = p;
+        t.tried.push(p);
+    }
+    t.released += 1;
+    t.sent = None;
+    Ok(())
+}
+
+/// The progress file of a job in a node directory.
+pub fn progress_path(dir: &Path, job_id: &Digest32) -> PathBuf {
+    dir.join(crate::JOBS_DIR_NAME)
+        .join(format!("{}{PROGRESS_SUFFIX}", hex::encode(job_id)))
+}
+
+/// A shared handle for the job task (the runner borrows the kernels).
+pub type SharedKernels = Arc<dyn Kernels>;

@@ -1,0 +1,534 @@
+//! The provider side of a job (`specs/market.md` §8.2): take a shard run under a co-signed
+//! lease, fetch its start state and corpus by hash from the bidder, run it on this node's
+//! backend (one run at a time, on a thread of its own, so the network never waits on compute),
+//! keep the result, its step hashes and the final state for the bidder's polls and the
+//! referee's bisection, and agree to a receipt only if it states exactly what this node ran.
+//!
+//! Finished runs are written to `DIR/runs/<spec id hex>.json`, so a provider killed and
+//! restarted still answers for them; a run that was going on when the process died is gone
+//! (the bidder hears `Unknown` and asks again, and the run starts over).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use leam_compute::commit::{Hash32, StepLog};
+use leam_compute::kernels::Kernels;
+use leam_compute::replay::{run_shard, ModelRunner, RunnerError, ShardRun, StepRunner};
+use leam_compute::shard::{ShardResult, ShardSpec};
+use leam_compute::train::TrainState;
+use leam_ledger::entry::{Body, Digest32, Entry, PublicKey, ReceiptTerms};
+use leam_net::work::{self, WorkResponse};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::blobs::Blobs;
+use crate::link::{short, Link};
+
+/// Folder of finished runs in a node directory.
+pub const RUNS_DIR_NAME: &str = "runs";
+/// Runs waiting for the compute thread at most; more are refused.
+pub const RUN_QUEUE_MAX: usize = 16;
+/// Runs a provider keeps in memory at most (finished ones are also on disk).
+pub const RUNS_MAX: usize = 4096;
+
+/// How a run stands.
+#[derive(Debug, Clone)]
+pub enum RunState {
+    /// Fetching its inputs or waiting for the compute thread.
+    Waiting,
+    /// On the compute thread.
+    Running,
+    /// Finished.
+    Done(Box<Finished>),
+    /// Could not run; the reason.
+    Failed(String),
+}
+
+/// A finished run, as kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finished {
+    /// The bidder it ran for.
+    #[serde(with = "hex::serde")]
+    pub bidder: PublicKey,
+    /// Job id.
+    #[serde(with = "hex::serde")]
+    pub job_id: Digest32,
+    /// Shard index.
+    pub shard: u32,
+    /// The result's canonical encoding (hex on disk).
+    #[serde(with = "hex::serde")]
+    pub result: Vec<u8>,
+    /// Device time of the run, milliseconds.
+    pub device_ms: u64,
+    /// State hash after every inner step (hex on disk).
+    pub step_hashes: Vec<String>,
+}
+
+impl Finished {
+    fn log(&self) -> Result<StepLog, String> {
+        let mut log = StepLog::new();
+        for h in &self.step_hashes {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(h, &mut b).map_err(|e| format!("step hash {h}: {e}"))?;
+            log.push(b);
+        }
+        Ok(log)
+    }
+
+    /// The decoded result.
+    pub fn result(&self) -> Result<ShardResult, String> {
+        ShardResult::decode(&self.result).map_err(|e| e.to_string())
+    }
+}
+
+/// One run a provider took.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The bidder.
+    pub bidder: PublicKey,
+    /// Job id.
+    pub job_id: Digest32,
+    /// Shard index.
+    pub shard: u32,
+    /// How it stands.
+    pub state: RunState,
+}
+
+/// Deliberate faults, for the demo's and the tests' adversaries: a provider built with one
+/// returns wrong results (never set on a real node; `leam node` takes it from a hidden flag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Flip one parameter bit halfway through the run with this index (0 = the first run this
+    /// process finishes), so its result is wrong from that step on.
+    pub falsify_run: Option<u32>,
+}
+
+struct Task {
+    spec: ShardSpec,
+    spec_id: Digest32,
+    falsify: bool,
+}
+
+/// The provider side of a node.
+#[derive(Clone)]
+pub struct Provider {
+    me: PublicKey,
+    blobs: Blobs,
+    dir: PathBuf,
+    runs: Arc<Mutex<HashMap<Digest32, Run>>>,
+    queue: std::sync::mpsc::SyncSender<Task>,
+    faults: Faults,
+    taken: Arc<Mutex<u32>>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("me", &short(&self.me))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The honest runner, except that after global step `fault_at` it flips the lowest bit of one
+/// parameter: the simplest wrong result a lazy or faulty provider could return.
+#[derive(Debug)]
+pub struct Tampered<'r, 'k> {
+    /// The honest runner.
+    pub inner: &'r ModelRunner<'k>,
+    /// Global step after which the state is tampered with.
+    pub fault_at: u64,
+}
+
+impl StepRunner for Tampered<'_, '_> {
+    type State = TrainState;
+    fn decode_state(&self, spec: &ShardSpec, bytes: &[u8]) -> Result<TrainState, RunnerError> {
+        self.inner.decode_state(spec, bytes)
+    }
+    fn state_hash(&self, state: &TrainState) -> Hash32 {
+        self.inner.state_hash(state)
+    }
+    fn step(&self, spec: &ShardSpec, state: &mut TrainState, g: u64) -> Result<(), RunnerError> {
+        self.inner.step(spec, state, g)?;
+        if g == self.fault_at {
+            if let Some(m) = state.params.first_mut().and_then(|t| t.mant.first_mut()) {
+                *m ^= 1;
+            }
+        }
+        Ok(())
+    }
+    fn delta_commitment(&self, a: &TrainState, b: &TrainState) -> Result<Hash32, RunnerError> {
+        self.inner.delta_commitment(a, b)
+    }
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint()
+    }
+}
+
+impl Provider {
+    /// The provider of the node in `dir` with key `me`, computing on `kernels`. Finished runs
+    /// of an earlier process are loaded from disk.
+    pub fn new(dir: &Path, me: PublicKey, kernels: Arc<dyn Kernels>, faults: Faults) -> Self {
+        let blobs = Blobs::new(dir);
+        let runs: Arc<Mutex<HashMap<Digest32, Run>>> = Arc::new(Mutex::new(load_runs(dir)));
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Task>(RUN_QUEUE_MAX);
+        let t_runs = runs.clone();
+        let t_blobs = blobs.clone();
+        let t_dir = dir.to_owned();
+        std::thread::Builder::new()
+            .name("leam-shards".into())
+            .spawn(move || compute_thread(rx, kernels, t_blobs, t_runs, t_dir))
+            .expect("spawning the compute thread");
+        Self {
+            me,
+            blobs,
+            dir: dir.to_owned(),
+            runs,
+            queue,
+            faults,
+            taken: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// A run request from `bidder`: checked against this node's leases, then its inputs are
+    /// fetched and it is queued. Idempotent: a spec already taken is `Accepted` again.
+    pub async fn on_run(
+        &self,
+        link: &Link,
+        bidder: PublicKey,
+        job_id: Digest32,
+        shard: u32,
+        spec_bytes: &[u8],
+    ) -> WorkResponse {
+        let spec = match ShardSpec::decode(spec_bytes).and_then(|s| s.validate().map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => return work::refused(format!("shard spec: {e}")),
+        };
+        let spec_id = spec.id();
+        {
+            let runs = self.runs.lock().expect("runs lock");
+            if let Some(r) = runs.get(&spec_id) {
+                if !matches!(r.state, RunState::Failed(_)) {
+                    return WorkResponse::Accepted;
+                }
+            }
+            if runs.len() >= RUNS_MAX {
+                return work::refused(format!("{RUNS_MAX} runs held; none more taken"));
+            }
+        }
+        let logs = match link.logs().await {
+            Ok(l) => l,
+            Err(e) => return work::refused(e.to_string()),
+        };
+        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+        let units = leam_compute::shard::compute_units(&spec);
+        let leased: u64 = own
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Lease(c)
+                    if c.terms.job_id == job_id
+                        && c.terms.bidder == bidder
+                        && c.terms.provider == self.me =>
+                {
+                    Some(c.terms.compute_units)
+                }
+                _ => None,
+            })
+            .sum();
+        let used: u64 = {
+            let runs = self.runs.lock().expect("runs lock");
+            runs.values()
+                .filter(|r| r.job_id == job_id && r.bidder == bidder)
+                .filter(|r| !matches!(r.state, RunState::Failed(_)))
+                .count() as u64
+        };
+        if leased == 0 {
+            return work::refused(format!(
+                "no lease of job {} with bidder {} in this node's log",
+                short(&job_id),
+                short(&bidder)
+            ));
+        }
+        if (used + 1).saturating_mul(units) > leased {
+            return work::refused(format!(
+                "the leases of job {} cover {leased} units; {used} runs of {units} units are taken",
+                short(&job_id)
+            ));
+        }
+        self.runs.lock().expect("runs lock").insert(
+            spec_id,
+            Run {
+                bidder,
+                job_id,
+                shard,
+                state: RunState::Waiting,
+            },
+        );
+        let falsify = {
+            let mut t = self.taken.lock().expect("taken lock");
+            let f = self.faults.falsify_run == Some(*t);
+            *t += 1;
+            f
+        };
+        let this = self.clone();
+        let link = link.clone();
+        tokio::spawn(async move {
+            let fail = |reason: String| {
+                tracing::warn!(spec = %short(&spec_id), %reason, "shard run failed");
+                if let Some(r) = this.runs.lock().expect("runs lock").get_mut(&spec_id) {
+                    r.state = RunState::Failed(reason);
+                }
+            };
+            for (what, hash) in [
+                ("corpus", spec.corpus_sha256),
+                ("start state", spec.start_state),
+            ] {
+                if let Err(e) = link.blob(&this.blobs, bidder, hash).await {
+                    return fail(format!("fetching the {what} {}: {e}", short(&hash)));
+                }
+            }
+            if let Err(e) = this.queue.try_send(Task {
+                spec,
+                spec_id,
+                falsify,
+            }) {
+                fail(format!("the compute queue is full or stopped: {e}"));
+            }
+        });
+        WorkResponse::Accepted
+    }
+
+    /// How the run of `spec_id` stands.
+    pub fn on_poll(&self, spec_id: &Digest32) -> WorkResponse {
+        match self
+            .runs
+            .lock()
+            .expect("runs lock")
+            .get(spec_id)
+            .map(|r| &r.state)
+        {
+            None => WorkResponse::Unknown,
+            Some(RunState::Waiting | RunState::Running) => WorkResponse::Running { steps_done: 0 },
+            Some(RunState::Done(f)) => WorkResponse::Done {
+                result: f.result.clone(),
+                device_ms: f.device_ms,
+            },
+            Some(RunState::Failed(reason)) => work::refused(reason.clone()),
+        }
+    }
+
+    /// The step hash after `step` of a finished run, with its proof.
+    pub fn on_step_hash(&self, spec_id: &Digest32, step: u64) -> WorkResponse {
+        let runs = self.runs.lock().expect("runs lock");
+        let Some(RunState::Done(f)) = runs.get(spec_id).map(|r| &r.state) else {
+            return work::refused(format!("no finished run of spec {}", short(spec_id)));
+        };
+        match f
+            .log()
+            .and_then(|l| l.prove(step).map_err(|e| e.to_string()))
+        {
+            Ok(p) => WorkResponse::StepHash {
+                step: p.step,
+                state_hash: p.state_hash,
+                proof: p
+                    .proof
+                    .into_iter()
+                    .map(serde_bytes::ByteArray::new)
+                    .collect(),
+            },
+            Err(e) => work::refused(format!("step {step}: {e}")),
+        }
+    }
+
+    /// Whether this node agrees to a receipt: it finished the run the receipt names, for that
+    /// bidder, job and shard, and the receipt states exactly its result, units and device time.
+    pub fn check_receipt(&self, t: &ReceiptTerms) -> Result<(), String> {
+        if t.provider != self.me {
+            return Err("the receipt names another provider".into());
+        }
+        let runs = self.runs.lock().expect("runs lock");
+        let Some(run) = runs.get(&t.input_commitment) else {
+            return Err(format!(
+                "this node ran no shard spec {}",
+                short(&t.input_commitment)
+            ));
+        };
+        let RunState::Done(f) = &run.state else {
+            return Err(format!(
+                "the run of spec {} is not finished",
+                short(&t.input_commitment)
+            ));
+        };
+        let r = f.result()?;
+        let fp: Digest32 = Sha256::digest(r.fingerprint.as_bytes()).into();
+        let expected = ReceiptTerms {
+            job_id: run.job_id,
+            shard: run.shard,
+            bidder: run.bidder,
+            provider: self.me,
+            input_commitment: t.input_commitment,
+            output_commitment: r.step_root,
+            compute_units: r.compute_units,
+            gpu_ms: f.device_ms,
+            device_fingerprint: fp,
+        };
+        if &expected != t {
+            return Err(format!(
+                "the receipt differs from this node's run: expected {expected:?}, found {t:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs held and how many are finished (for status pages).
+    pub fn counts(&self) -> (usize, usize) {
+        let runs = self.runs.lock().expect("runs lock");
+        let done = runs
+            .values()
+            .filter(|r| matches!(r.state, RunState::Done(_)))
+            .count();
+        (runs.len(), done)
+    }
+
+    /// The node directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Entries of `log` that are receipts naming `provider` (used by tests and status).
+pub fn receipts_of<'a>(log: &'a [Entry], provider: &PublicKey) -> Vec<&'a ReceiptTerms> {
+    log.iter()
+        .filter_map(|e| match &e.body {
+            Body::Receipt(c) if &c.terms.provider == provider => Some(&c.terms),
+            _ => None,
+        })
+        .collect()
+}
+
+fn load_runs(dir: &Path) -> HashMap<Digest32, Run> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(dir.join(RUNS_DIR_NAME)) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let mut id = [0u8; 32];
+        if hex::decode_to_slice(name, &mut id).is_err() {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Finished>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(f) => {
+                out.insert(
+                    id,
+                    Run {
+                        bidder: f.bidder,
+                        job_id: f.job_id,
+                        shard: f.shard,
+                        state: RunState::Done(Box::new(f)),
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring a run record"),
+        }
+    }
+    out
+}
+
+fn compute_thread(
+    rx: std::sync::mpsc::Receiver<Task>,
+    kernels: Arc<dyn Kernels>,
+    blobs: Blobs,
+    runs: Arc<Mutex<HashMap<Digest32, Run>>>,
+    dir: PathBuf,
+) {
+    let mut corpus: Option<(Digest32, Vec<u8>)> = None;
+    while let Ok(task) = rx.recv() {
+        let set = |state: RunState| {
+            if let Some(r) = runs.lock().expect("runs lock").get_mut(&task.spec_id) {
+                r.state = state;
+            }
+        };
+        set(RunState::Running);
+        let outcome = (|| -> Result<Finished, String> {
+            if corpus.as_ref().map(|c| c.0) != Some(task.spec.corpus_sha256) {
+                let bytes = blobs
+                    .get(&task.spec.corpus_sha256)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the corpus is not stored")?;
+                corpus = Some((task.spec.corpus_sha256, bytes));
+            }
+            let bytes = &corpus.as_ref().expect("set above").1;
+            let runner = ModelRunner::new(kernels.as_ref(), bytes).map_err(|e| e.to_string())?;
+            let start_bytes = blobs
+                .get(&task.spec.start_state)
+                .map_err(|e| e.to_string())?
+                .ok_or("the start state is not stored")?;
+            let start = runner
+                .decode_state(&task.spec, &start_bytes)
+                .map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let run: ShardRun<TrainState> = if task.falsify {
+                let tampered = Tampered {
+                    inner: &runner,
+                    fault_at: task.spec.global_step(task.spec.steps / 2),
+                };
+                run_shard(&tampered, &task.spec, &start)
+            } else {
+                run_shard(&runner, &task.spec, &start)
+            }
+            .map_err(|e| e.to_string())?;
+            let device_ms = (t.elapsed().as_millis() as u64).max(1);
+            blobs
+                .put(&run.final_state.encode())
+                .map_err(|e| e.to_string())?;
+            let (bidder, job_id, shard) = {
+                let r = runs.lock().expect("runs lock");
+                let r = r.get(&task.spec_id).ok_or("the run was dropped")?;
+                (r.bidder, r.job_id, r.shard)
+            };
+            let f = Finished {
+                bidder,
+                job_id,
+                shard,
+                result: run.result.encode(),
+                device_ms,
+                step_hashes: run.log.state_hashes().iter().map(hex::encode).collect(),
+            };
+            let rdir = dir.join(RUNS_DIR_NAME);
+            std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
+            let path = rdir.join(format!("{}.json", hex::encode(task.spec_id)));
+            let tmp = rdir.join(format!(".{}.tmp", hex::encode(task.spec_id)));
+            std::fs::write(&tmp, serde_json::to_vec(&f).map_err(|e| e.to_string())?)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tracing::info!(
+                spec = %short(&task.spec_id),
+                shard,
+                device_ms,
+                falsified = task.falsify,
+                "shard run finished"
+            );
+            Ok(f)
+        })();
+        match outcome {
+            Ok(f) => set(RunState::Done(Box::new(f))),
+            Err(e) => {
+                tracing::warn!(spec = %short(&task.spec_id), error = %e, "shard run failed");
+                set(RunState::Failed(e))
+            }
+        }
+    }
+}

@@ -349,6 +349,9 @@ impl Referee {
                 Err(e) => return work::refused(format!("result of {}: {e}", short(&c.provider))),
             }
         }
+        if results.iter().any(|(p, _)| *p == self.me) {
+            return work::refused("a referee does not judge its own results".to_string());
+        }
         if results.len() == 2 && results[0].0 == results[1].0 {
             return work::refused("both claims name the same provider".to_string());
         }

@@ -570,8 +570,8 @@ pub struct JobsArgs {
     #[arg(long)]
     pub dir: PathBuf,
     /// Print a JSON array of jobs with `job`, `name`, `state`, `reason`, `shards`,
-    /// `price_cents_per_kilo_unit` and `parts` (each `provider`, `shards`, `compute_units`,
-    /// `price_cents`, `leased`).
+    /// `price_cents_per_kilo_unit`, `parts` (each `provider`, `shards`, `compute_units`,
+    /// `price_cents`, `leased`) and `progress` (the run's progress file, or null).
     #[arg(long)]
     pub json: bool,
 }
@@ -584,10 +584,22 @@ pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
         .get(&url)
         .call()
         .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("asking the node at {url}: {e}")))?;
-    let jobs: Vec<serde_json::Value> = resp
+    let mut jobs: Vec<serde_json::Value> = resp
         .body_mut()
         .read_json()
         .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("{url}: {e}")))?;
+    // A job that runs or ran on this node has a progress file (`specs/market.md` §8.2).
+    for j in &mut jobs {
+        let id = j["job"].as_str().unwrap_or("").to_owned();
+        let path = a
+            .dir
+            .join(JOBS_DIR_NAME)
+            .join(format!("{id}{}", leam_jobs::bidder::PROGRESS_SUFFIX));
+        j["progress"] = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
@@ -607,6 +619,23 @@ pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(r) = j["reason"].as_str() {
             println!("    waiting: {r}");
+        }
+        let pr = &j["progress"];
+        if let Some(state) = pr["state"].as_str() {
+            println!(
+                "    run: {state}; val loss at start {:.4}",
+                pr["val_loss_start"].as_f64().unwrap_or(f64::NAN)
+            );
+            for r in pr["rounds"].as_array().into_iter().flatten() {
+                println!(
+                    "      round {}: {} shards, {} runs, {} replicated, {} mismatched, {} merged, {} re-leased, val loss {:.4}",
+                    r["round"], r["shards"], r["runs"], r["replicated"], r["mismatched"],
+                    r["merged"], r["released"], r["val_loss"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            if let Some([acc, rej]) = pr["verdicts"].as_array().map(|v| [&v[0], &v[1]]) {
+                println!("      referee verdicts: {acc} accepted, {rej} rejected");
+            }
         }
         for p in j["parts"].as_array().into_iter().flatten() {
             println!(

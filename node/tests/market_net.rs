@@ -190,6 +190,10 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         "training lowers the validation loss: {last}"
     );
     assert_eq!(last["verdicts"], serde_json::json!([5, 1]), "{last}");
+    // `leam jobs` shows the same progress.
+    let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[3]), "--json"])).unwrap();
+    assert_eq!(jobs[0]["progress"]["state"], "done", "{jobs}");
+    assert_eq!(jobs[0]["progress"]["rounds"], last["rounds"], "{jobs}");
     std::thread::sleep(Duration::from_secs(2));
     for n in nodes.drain(..) {
         let pid = n.child.id();

@@ -113,7 +113,8 @@ pub struct Progress {
     pub data_parallel_bytes_per_worker_round: u64,
     /// Job wall time from the first run request to the last outer step, milliseconds.
     pub wall_ms: u64,
-    /// Settlements paid (provider key hex → cents).
+    /// The bidder's settlements (provider key hex → cents; the public pool pays the subsidy
+    /// share by its own settlements).
     pub paid_cents: BTreeMap<String, u64>,
     /// Verdicts by the referee: accepted, rejected.
     pub verdicts: (u64, u64),
@@ -131,8 +132,20 @@ pub struct Bidder<'k> {
     clearing: Clearing,
     slots: Vec<Slot>,
     units_per_hour: BTreeMap<PublicKey, u64>,
+    money: Money,
+    seed: [u8; 32],
     progress_path: PathBuf,
     progress: Progress,
+}
+
+/// Who pays what of a settlement: the bidder's sector and the federation's subsidy rate (a
+/// startup pays `100 − rate` percent, the public pool the rest, `specs/market.md` §5).
+#[derive(Debug, Clone, Copy)]
+pub struct Money {
+    /// The bidder's sector.
+    pub sector: leam_ledger::entry::Sector,
+    /// The genesis subsidy rate, percent.
+    pub subsidy_percent: u8,
 }
 
 impl std::fmt::Debug for Bidder<'_> {
@@ -175,6 +188,7 @@ impl<'k> Bidder<'k> {
         clearing: Clearing,
         seed: &[u8; 32],
         units_per_hour: BTreeMap<PublicKey, u64>,
+        money: Money,
     ) -> Result<Self, JobError> {
         let blobs = Blobs::new(dir);
         let job_id = clearing.job_id;
@@ -209,6 +223,8 @@ impl<'k> Bidder<'k> {
             clearing,
             slots,
             units_per_hour,
+            money,
+            seed: *seed,
             progress_path,
         })
     }
@@ -253,6 +269,14 @@ impl<'k> Bidder<'k> {
             Ok(()) => {
                 self.progress.state = "settling".into();
                 self.save();
+                // The replication seed is public from now on: every auditor re-computes which
+                // shards were checked.
+                self.link
+                    .append(Body::Reveal(leam_ledger::entry::Reveal {
+                        job_id: self.job_id,
+                        seed: self.seed,
+                    }))
+                    .await?;
                 self.settle().await?;
                 self.progress.state = "done".into();
                 self.save();
@@ -438,7 +462,15 @@ impl<'k> Bidder<'k> {
             .collect();
         loop {
             let mut pending = 0;
-            for t in tracks.iter_mut() {
+            for i in 0..tracks.len() {
+                // A replica never goes to the provider of its shard's other run.
+                let siblings: Vec<PublicKey> = tracks
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, x)| *j != i && x.worker == tracks[i].worker)
+                    .map(|(_, x)| x.provider)
+                    .collect();
+                let t = &mut tracks[i];
                 if t.done.is_some() {
                     if !t.receipt {
                         t.receipt = self.receipt(slots, specs, t).await;
@@ -462,7 +494,7 @@ impl<'k> Bidder<'k> {
                         Ok(other) => tracing::warn!(?other, "unexpected answer to a run request"),
                         Err(e) => {
                             tracing::info!(shard, provider = %short(&t.provider), error = %e, "run not taken");
-                            release(t, &providers, rp, shard)?;
+                            release(t, &providers, &siblings, rp, shard)?;
                         }
                     }
                     continue;
@@ -494,7 +526,7 @@ impl<'k> Bidder<'k> {
                             }
                             Err(e) => {
                                 tracing::warn!(shard, provider = %short(&t.provider), error = %e, "a result that does not answer its spec");
-                                release(t, &providers, rp, shard)?;
+                                release(t, &providers, &siblings, rp, shard)?;
                             }
                         }
                     }
@@ -505,12 +537,17 @@ impl<'k> Bidder<'k> {
                         );
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), timeout, "shard timed out: leasing it again");
-                            release(t, &providers, rp, shard)?;
+                            release(t, &providers, &siblings, rp, shard)?;
                         }
                     }
                     // The provider restarted and lost the run: ask again.
                     Ok(WorkResponse::Unknown) => t.sent = None,
                     Ok(other) => tracing::warn!(?other, "unexpected answer to a poll"),
+                    // The run failed on the provider's side: lease it again now.
+                    Err(e @ LinkError::Declined { .. }) => {
+                        tracing::warn!(shard, provider = %short(&t.provider), error = %e, "run failed: leasing the shard again");
+                        release(t, &providers, &siblings, rp, shard)?;
+                    }
                     Err(e) => {
                         let timeout = plan::shard_timeout_ms(
                             shard_units,
@@ -518,7 +555,7 @@ impl<'k> Bidder<'k> {
                         );
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), error = %e, "provider gone: leasing the shard again");
-                            release(t, &providers, rp, shard)?;
+                            release(t, &providers, &siblings, rp, shard)?;
                         }
                     }
                 }
@@ -668,14 +705,17 @@ impl<'k> Bidder<'k> {
                 self.clearing.price_cents_per_kilo_unit,
                 lease.price_cents,
             );
-            if owed == 0 {
+            let share =
+                leam_market::settle::split(owed, self.money.sector, self.money.subsidy_percent)
+                    .bidder_cents;
+            if share == 0 {
                 continue;
             }
             let terms = SettlementTerms {
                 job_id: self.job_id,
                 payer: self.me,
                 payee: a.provider,
-                credits_cents: owed,
+                credits_cents: share,
             };
             match self.link.propose(Fact::Settlement(terms)).await {
                 Ok(_) => {
@@ -683,7 +723,7 @@ impl<'k> Bidder<'k> {
                         .progress
                         .paid_cents
                         .entry(hex::encode(a.provider))
-                        .or_default() += owed;
+                        .or_default() += share;
                 }
                 Err(e) => {
                     tracing::warn!(provider = %short(&a.provider), error = %e, "settlement not co-signed")
@@ -695,10 +735,11 @@ impl<'k> Bidder<'k> {
 }
 
 /// Take a run from its provider and give it to the next provider of the clearing that has not
-/// had it yet.
+/// had it yet and does not run the shard's other run (else to the same provider again).
 fn release(
     t: &mut Track,
     providers: &[PublicKey],
+    siblings: &[PublicKey],
     rp: &mut RoundProgress,
     shard: u32,
 ) -> Result<(), JobError> {
@@ -708,10 +749,17 @@ fn release(
             reason: format!("leased {RELEASES_PER_SHARD_MAX} times without a result"),
         });
     }
+    let eligible = |p: &&PublicKey| !siblings.contains(p);
     let next = providers
         .iter()
+        .filter(eligible)
         .find(|p| !t.tried.contains(p))
-        .or_else(|| providers.iter().find(|p| **p != t.provider))
+        .or_else(|| {
+            providers
+                .iter()
+                .filter(eligible)
+                .find(|p| **p != t.provider)
+        })
         .copied();
     if let Some(p) = next {
         if p != t.provider {

@@ -81,9 +81,14 @@ impl Blobs {
             move |source| BlobError::Io { path, source }
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", hex::encode(hash), std::process::id()));
+        // A name of its own per writer: two runs may fetch the same start state at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{n}.tmp",
+            hex::encode(hash),
+            std::process::id()
+        ));
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(hash)
@@ -135,6 +140,20 @@ pub fn check(hash: &Digest32, bytes: &[u8]) -> Result<(), BlobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_puts_of_one_blob_all_succeed() {
+        // Two runs fetching the same start state store it at the same moment.
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blobs::new(dir.path());
+        let data = vec![7u8; 300_000];
+        let hashes: Vec<Digest32> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| b.put(&data).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(b.get(&hashes[0]).unwrap().unwrap(), data);
+    }
 
     #[test]
     fn put_get_chunk_and_corruption() {

@@ -28,9 +28,17 @@ pub enum LinkError {
     /// The node stopped.
     #[error("the node stopped")]
     Stopped,
-    /// The node or the other member refused, or no answer came.
+    /// The node refused, or no answer came.
     #[error("{0}")]
     Refused(String),
+    /// The other member answered with a refusal.
+    #[error("{member} refused: {reason}")]
+    Declined {
+        /// Member key (first 8 bytes, hex).
+        member: String,
+        /// Its reason.
+        reason: String,
+    },
     /// The other member answered something that does not fit the request.
     #[error("unexpected answer from {member}: {detail}")]
     Unexpected {
@@ -77,10 +85,10 @@ impl Link {
             .await?
             .map_err(LinkError::Refused)?;
         match r {
-            WorkResponse::Refused { reason } => Err(LinkError::Refused(format!(
-                "{} refused: {reason}",
-                short(&to)
-            ))),
+            WorkResponse::Refused { reason } => Err(LinkError::Declined {
+                member: short(&to),
+                reason,
+            }),
             r => Ok(r),
         }
     }

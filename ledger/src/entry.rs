@@ -88,7 +88,7 @@ pub enum DecodeError {
         found: u8,
     },
     /// The kind byte names no kind.
-    #[error("unknown entry kind {found} (expected 1..=11)")]
+    #[error("unknown entry kind {found} (expected 1..=12)")]
     UnknownKind {
         /// Kind found.
         found: u8,
@@ -420,6 +420,18 @@ pub struct Clearing {
     pub assignments: Vec<Assignment>,
 }
 
+/// The bidder's reveal of a job's secret replication seed (`specs/market.md` §4), after the
+/// job's last round: every auditor re-computes which shards were replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reveal {
+    /// Job whose seed this is.
+    #[serde(serialize_with = "ser_hex")]
+    pub job_id: Digest32,
+    /// The seed (its commitment is in the job description).
+    #[serde(serialize_with = "ser_hex")]
+    pub seed: Digest32,
+}
+
 /// Terms of a lease between a bidder and a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseTerms {
@@ -653,6 +665,8 @@ pub enum Kind {
     Job = 10,
     /// [`Clearing`].
     Clearing = 11,
+    /// [`Reveal`].
+    Reveal = 12,
 }
 
 impl Kind {
@@ -670,6 +684,7 @@ impl Kind {
             Kind::Evidence => "evidence",
             Kind::Job => "job",
             Kind::Clearing => "clearing",
+            Kind::Reveal => "reveal",
         }
     }
     fn from_tag(tag: u8) -> Option<Self> {
@@ -685,6 +700,7 @@ impl Kind {
             9 => Kind::Evidence,
             10 => Kind::Job,
             11 => Kind::Clearing,
+            12 => Kind::Reveal,
             _ => return None,
         })
     }
@@ -716,6 +732,8 @@ pub enum Body {
     Job(Job),
     /// Market clearing record.
     Clearing(Clearing),
+    /// Replication seed reveal.
+    Reveal(Reveal),
 }
 
 impl Body {
@@ -733,6 +751,7 @@ impl Body {
             Body::Evidence(_) => Kind::Evidence,
             Body::Job(_) => Kind::Job,
             Body::Clearing(_) => Kind::Clearing,
+            Body::Reveal(_) => Kind::Reveal,
         }
     }
 
@@ -816,6 +835,10 @@ impl Body {
                     w.extend_from_slice(&a.offer_id.to_be_bytes());
                     w.extend_from_slice(&a.shards.to_be_bytes());
                 }
+            }
+            Body::Reveal(r) => {
+                w.extend_from_slice(&r.job_id);
+                w.extend_from_slice(&r.seed);
             }
         }
     }
@@ -924,6 +947,10 @@ impl Body {
                     assignments,
                 })
             }
+            Kind::Reveal => Body::Reveal(Reveal {
+                job_id: r.array("job_id")?,
+                seed: r.array("seed")?,
+            }),
         })
     }
 }
@@ -1321,7 +1348,7 @@ impl Entry {
         let mut keys = match &self.body {
             Body::Admission(a) => vec![a.member],
             Body::Deposit(d) => vec![d.member],
-            Body::Offer(_) | Body::Bid(_) | Body::Job(_) => vec![],
+            Body::Offer(_) | Body::Bid(_) | Body::Job(_) | Body::Reveal(_) => vec![],
             Body::Clearing(c) => c.assignments.iter().map(|a| a.provider).collect(),
             Body::Lease(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Receipt(c) => vec![c.terms.bidder, c.terms.provider],

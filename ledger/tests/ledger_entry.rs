@@ -167,6 +167,8 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                     })
                     .collect(),
             })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(job_id, seed)| Body::Reveal(Reveal { job_id, seed })),
     ]
 }
 
@@ -263,7 +265,7 @@ fn non_canonical_forms_are_rejected_with_the_field() {
         Entry::decode(&b),
         Err(DecodeError::UnknownVersion { found: 2 })
     );
-    for kind in [0u8, 12, 255] {
+    for kind in [0u8, 13, 255] {
         let mut b = good.clone();
         b[1] = kind;
         assert_eq!(

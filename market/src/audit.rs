@@ -53,12 +53,23 @@ pub struct MarketAudit {
     pub verdicts_ignored: u64,
     /// Distinct settlements checked.
     pub settlements: u64,
+    /// Seed reveals seen.
+    pub reveals: u64,
+    /// Of those, the ones that open their job's seed commitment.
+    pub reveals_opening: u64,
     /// Everything found wrong.
     pub findings: Vec<Finding>,
     /// Offers whose throughput their provider's own receipts contradict (more than
     /// [`OFFER_RECEIPT_TOLERANCE`] times the units per device hour its receipts show). A flag,
     /// not a finding: device time varies with load, so this is evidence to look at, not proof.
     pub flags: Vec<Finding>,
+    /// What each lease's provider is owed for referee-verified work at the lease's price, by
+    /// (job, bidder, provider) (`settle::owed_cents`; not in the JSON).
+    #[serde(skip)]
+    pub owed_cents: BTreeMap<(Digest32, PublicKey, PublicKey), u64>,
+    /// Settlements paid, by (job, payer, payee) (not in the JSON).
+    #[serde(skip)]
+    pub paid_cents: BTreeMap<(Digest32, PublicKey, PublicKey), u64>,
 }
 
 impl MarketAudit {
@@ -108,6 +119,73 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
     // Any bidder's job by id (verdicts and receipts name only the job id).
     let job_by_id: BTreeMap<Digest32, (&PublicKey, &Job)> =
         jobs.iter().map(|((b, id), (_, j))| (*id, (b, j))).collect();
+
+    // Seed reveals: by the job's bidder, opening the job's commitment. The shards the seed
+    // draws must have receipts from two providers (a flag where not: a replica may find no
+    // second provider with quota left, `specs/market.md` §8.1).
+    for (bidder, entries) in logs {
+        for e in entries {
+            let Body::Reveal(r) = &e.body else { continue };
+            out.reveals += 1;
+            let Some((_, job)) = jobs.get(&(*bidder, r.job_id)) else {
+                find(
+                    &mut out,
+                    e,
+                    format!(
+                        "reveal for job {}, which the revealing log does not publish",
+                        hex::encode(r.job_id)
+                    ),
+                );
+                continue;
+            };
+            if !crate::replicate::opens(job, &r.seed) {
+                find(
+                    &mut out,
+                    e,
+                    format!(
+                        "the revealed seed does not open job {}'s seed commitment",
+                        hex::encode(r.job_id)
+                    ),
+                );
+                continue;
+            }
+            out.reveals_opening += 1;
+            let drawn = crate::replicate::replicated(
+                &r.seed,
+                &r.job_id,
+                job.shards(),
+                crate::clearing::replica_count(job),
+            );
+            let mut providers: BTreeMap<u32, BTreeSet<PublicKey>> = BTreeMap::new();
+            for x in logs.values().flatten() {
+                if let Body::Receipt(c) = &x.body {
+                    if c.terms.job_id == r.job_id && c.terms.bidder == *bidder {
+                        providers
+                            .entry(c.terms.shard)
+                            .or_default()
+                            .insert(c.terms.provider);
+                    }
+                }
+            }
+            for k in drawn {
+                let n = u32::try_from(k)
+                    .ok()
+                    .and_then(|k| providers.get(&k))
+                    .map_or(0, BTreeSet::len);
+                if n < 2 {
+                    out.flags.push(Finding {
+                        log: hex::encode(bidder),
+                        seq: e.seq,
+                        kind: "reveal",
+                        detail: format!(
+                            "shard {k} of job {} was drawn for replication but has receipts from {n} provider(s)",
+                            hex::encode(r.job_id)
+                        ),
+                    });
+                }
+            }
+        }
+    }
 
     // 2. Bids and clearings, in the bidder's own log.
     let mut clearings: BTreeMap<(PublicKey, Digest32), Vec<&Clearing>> = BTreeMap::new();
@@ -264,6 +342,11 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                 }
                 Body::Settlement(c) => {
                     out.settlements += 1;
+                    let by = out
+                        .paid_cents
+                        .entry((c.terms.job_id, c.terms.payer, c.terms.payee))
+                        .or_default();
+                    *by = by.saturating_add(c.terms.credits_cents);
                     let p = paid
                         .entry((c.terms.job_id, c.terms.payee))
                         .or_insert((0, e));
@@ -307,6 +390,19 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                 }
             }
         }
+    }
+    for ((job_id, bidder, provider), (_, price, lease_cents)) in &leased {
+        out.owed_cents.insert(
+            (*job_id, *bidder, *provider),
+            owed_cents(
+                verified_units
+                    .get(&(*job_id, *provider))
+                    .copied()
+                    .unwrap_or(0),
+                *price,
+                *lease_cents,
+            ),
+        );
     }
     for ((job_id, payee), (cents, e)) in &paid {
         let owed: u64 = leased

@@ -1,6 +1,8 @@
 //! What verified work is worth, and who pays it (`specs/market.md` §5).
 
-use leam_ledger::entry::Sector;
+use std::collections::BTreeMap;
+
+use leam_ledger::entry::{Body, Entry, Money, PublicKey, Sector, SettlementTerms};
 
 use crate::clearing::price_cents;
 
@@ -31,4 +33,69 @@ pub fn split(amount_cents: u64, bidder_sector: Sector, subsidy_percent: u8) -> S
         bidder_cents: amount_cents - public,
         public_cents: public,
     }
+}
+
+/// The federation's public pool: the public-sector member with the most public money deposited
+/// in its own log (ties: the smaller key); `None` while no public member deposited public money.
+pub fn public_pool(
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    sectors: &BTreeMap<PublicKey, Sector>,
+) -> Option<PublicKey> {
+    logs.iter()
+        .filter(|(k, _)| sectors.get(*k) == Some(&Sector::Public))
+        .map(|(k, entries)| {
+            let public: u64 = entries
+                .iter()
+                .filter_map(|e| match &e.body {
+                    Body::Deposit(d) if d.member == *k && d.money == Money::Public => {
+                        Some(d.eur_cents)
+                    }
+                    _ => None,
+                })
+                .fold(0u64, u64::saturating_add);
+            (public, *k)
+        })
+        .filter(|(public, _)| *public > 0)
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, k)| k)
+}
+
+/// The subsidy settlements `pool` still owes (`specs/market.md` §5): for every lease of a
+/// startup's job whose bidder has paid its share to the provider, the public share of what the
+/// referee-verified work is owed ([`split`]) less what the pool already paid that provider for
+/// the job. The pool pays no one when it is the provider itself (its share stays with it).
+pub fn subsidy_due(
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    sectors: &BTreeMap<PublicKey, Sector>,
+    pool: &PublicKey,
+    subsidy_percent: u8,
+) -> Vec<SettlementTerms> {
+    let audit = crate::audit::audit(logs);
+    let paid = |job, payer, payee| {
+        audit
+            .paid_cents
+            .get(&(job, payer, payee))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for ((job_id, bidder, provider), owed) in &audit.owed_cents {
+        if sectors.get(bidder) != Some(&Sector::Startup) || provider == pool || bidder == pool {
+            continue;
+        }
+        if paid(*job_id, *bidder, *provider) == 0 {
+            continue;
+        }
+        let share = split(*owed, Sector::Startup, subsidy_percent).public_cents;
+        let due = share.saturating_sub(paid(*job_id, *pool, *provider));
+        if due > 0 {
+            out.push(SettlementTerms {
+                job_id: *job_id,
+                payer: *pool,
+                payee: *provider,
+                credits_cents: due,
+            });
+        }
+    }
+    out
 }

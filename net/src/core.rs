@@ -72,6 +72,17 @@ impl CoreError {
             ))
         )
     }
+
+    /// Whether the append was refused because the same co-signed fact is already in the log.
+    pub fn is_duplicate_fact(&self) -> bool {
+        matches!(
+            self,
+            CoreError::Log(LogError::Rule {
+                source: leam_ledger::account::RuleError::DuplicateFact { .. },
+                ..
+            })
+        )
+    }
 }
 
 /// What to do with a gossip message (maps to gossipsub's `MessageAcceptance`).
@@ -658,6 +669,8 @@ impl Core {
         };
         match self.append(body, now_ms) {
             Ok((index, actions)) => (Ok(index), actions),
+            // An earlier proposal of the same fact was recorded and only its answer was lost.
+            Err(e) if e.is_duplicate_fact() => (Ok(self.log.size().saturating_sub(1)), vec![]),
             Err(e) => (Err(e.to_string()), vec![]),
         }
     }
@@ -694,7 +707,13 @@ impl Core {
             }
             Some(policy) => policy(&fact, self)?,
         }
-        let (_, actions) = self.append(body, now_ms).map_err(|e| e.to_string())?;
+        // A proposal repeated because its answer was lost: the fact is recorded already, and the
+        // (deterministic) countersignature is sent again so the proposer can record its copy.
+        let actions = match self.append(body, now_ms) {
+            Ok((_, actions)) => actions,
+            Err(e) if e.is_duplicate_fact() => vec![],
+            Err(e) => return Err(e.to_string()),
+        };
         let mine = fact.cosignature(self.log.identity().signing_key()).to_vec();
         Ok((Response::Countersigned { cosignature: mine }, actions))
     }

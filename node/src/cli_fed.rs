@@ -725,6 +725,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let seed = identity.signing_key().to_bytes();
     drop(identity);
     let threshold = genesis.threshold;
+    let subsidy_percent = genesis.subsidy_percent;
     let served_genesis = genesis.clone();
     let core = match Core::open(&a.dir, genesis) {
         Ok(c) => c,
@@ -785,6 +786,8 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             process_memory_bytes_max: leam_net::shell::PROCESS_MEMORY_BYTES_MAX,
         };
         let me = core.key();
+        let sectors: std::collections::BTreeMap<_, _> =
+            core.members().iter().map(|(k, m)| (*k, m.sector)).collect();
         let mut core = core;
         let provider = leam_jobs::provider::Provider::new(
             &dir,
@@ -820,6 +823,8 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             crate::cli_market::JobsContext {
                 dir: dir.clone(),
                 kernels: kernels.clone(),
+                sectors,
+                subsidy_percent,
             },
         ));
         let (work_tx, work_rx) = mpsc::channel(leam_net::work::WORK_INBOUND_QUEUE_MAX);

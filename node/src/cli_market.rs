@@ -56,6 +56,37 @@ pub struct JobsContext {
     pub dir: PathBuf,
     /// The node's compute backend (evaluation and the referee's replays).
     pub kernels: std::sync::Arc<dyn leam_compute::kernels::Kernels>,
+    /// Sectors of the members known at start (the founders and admitted members).
+    pub sectors: std::collections::BTreeMap<PublicKey, leam_ledger::entry::Sector>,
+    /// The genesis subsidy rate, percent.
+    pub subsidy_percent: u8,
+}
+
+/// If this node is the federation's public pool, propose the subsidy settlements it owes
+/// (`leam_market::settle::subsidy_due`); whether any is still open.
+async fn pay_subsidies(
+    me: &PublicKey,
+    logs: &std::collections::BTreeMap<PublicKey, Vec<Entry>>,
+    ctx: &JobsContext,
+    commands: &mpsc::Sender<NodeCommand>,
+) -> bool {
+    if leam_market::settle::public_pool(logs, &ctx.sectors) != Some(*me) {
+        return false;
+    }
+    let due = leam_market::settle::subsidy_due(logs, &ctx.sectors, me, ctx.subsidy_percent);
+    let mut open = false;
+    let link = leam_jobs::link::Link::new(commands.clone());
+    for t in due {
+        let (payee, cents) = (hex::encode(&t.payee[..8]), t.credits_cents);
+        match link.propose(Fact::Settlement(t)).await {
+            Ok(i) => tracing::info!(%payee, cents, entry = i, "public subsidy paid"),
+            Err(e) => {
+                open = true;
+                tracing::info!(%payee, error = %e, "public subsidy not co-signed yet")
+            }
+        }
+    }
+    open
 }
 
 /// Start the job of every clearing in `me`'s log whose leases are all co-signed, once per
@@ -131,6 +162,14 @@ fn start_jobs(
                 clearing,
                 &seed,
                 units_per_hour,
+                leam_jobs::bidder::Money {
+                    sector: ctx
+                        .sectors
+                        .get(&me)
+                        .copied()
+                        .unwrap_or(leam_ledger::entry::Sector::Private),
+                    subsidy_percent: ctx.subsidy_percent,
+                },
             ) {
                 Ok(b) => b,
                 Err(e) => {
@@ -194,6 +233,7 @@ pub async fn run(
         let (steps, _waiting) = bidder_steps(&me, &logs, crate::cli_fed::now_ms());
         retry = !steps.is_empty();
         start_jobs(&me, &logs, &jobs, &commands, &mut started);
+        retry |= pay_subsidies(&me, &logs, &jobs, &commands).await;
         for step in steps {
             match step {
                 Step::Clear(c) => {

@@ -117,6 +117,18 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         "--reference",
         "seed round",
     ]);
+    // The public research centre (a) funds the public pool that subsidises startups (30%).
+    ok(&[
+        "deposit",
+        "--dir",
+        p(&dirs[0]),
+        "--eur-cents",
+        "500000",
+        "--money",
+        "public",
+        "--reference",
+        "public funding 2026",
+    ]);
     let job = root.join("job.toml");
     std::fs::write(
         &job,
@@ -190,6 +202,11 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         "training lowers the validation loss: {last}"
     );
     assert_eq!(last["verdicts"], serde_json::json!([5, 1]), "{last}");
+    // The pool (a) pays b the subsidy share once the startup paid its 70%: b's log then holds
+    // its lease, 2 receipts and 2 settlements.
+    wait("the public subsidy", Duration::from_secs(30), || {
+        size(&dirs[1], &keys[1]) == Some(b0 + 5)
+    });
     // `leam jobs` shows the same progress.
     let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[3]), "--json"])).unwrap();
     assert_eq!(jobs[0]["progress"]["state"], "done", "{jobs}");
@@ -225,6 +242,11 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
     assert_eq!(bidder[d0 as usize + 1]["body"]["job_id"], job_id.as_str());
     assert_eq!(count(&bidder, "lease"), 2);
     assert_eq!(count(&bidder, "receipt"), 6, "4 shards and 2 replicas");
+    assert_eq!(
+        count(&bidder, "reveal"),
+        1,
+        "the seed is public after the job"
+    );
     // The referee (c) judged every run; the falsified one is rejected, with evidence.
     let referee = export(&dirs[2]);
     let verdicts: Vec<&Value> = referee.iter().filter(|e| e["kind"] == "verdict").collect();
@@ -256,6 +278,23 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         pa > 3 * pb && pa <= 4 * pb,
         "4 verified shards vs 1: {pa} vs {pb}"
     );
+    // The pool's subsidy to b: 30% of what b is owed, next to the startup's 70%.
+    let pool_log = export(&dirs[0]);
+    let subsidy: Vec<&Value> = pool_log
+        .iter()
+        .filter(|e| e["kind"] == "settlement" && e["body"]["terms"]["payer"] == keys[0].as_str())
+        .collect();
+    assert_eq!(subsidy.len(), 1, "{subsidy:?}");
+    assert_eq!(subsidy[0]["body"]["terms"]["payee"], keys[1].as_str());
+    let sb = subsidy[0]["body"]["terms"]["credits_cents"]
+        .as_u64()
+        .unwrap();
+    let owed_b = sb + pb;
+    assert_eq!(
+        sb,
+        owed_b * 30 / 100,
+        "the pool pays the genesis rate: {sb} of {owed_b}"
+    );
     let provider = export(&dirs[0]);
     assert_eq!(count(&provider, "lease"), 1);
     assert_eq!(count(&provider, "receipt"), 4);
@@ -283,6 +322,8 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
     assert_eq!(m["leases_matching"], 2, "{m}");
     assert_eq!(m["receipts"], 6, "{m}");
     assert_eq!(m["verdicts_counted"], 6, "{m}");
-    assert_eq!(m["settlements"], 2, "{m}");
+    assert_eq!(m["settlements"], 3, "{m}");
+    assert_eq!(m["reveals_opening"], 1, "{m}");
+    assert_eq!(m["flags"].as_array().unwrap().len(), 0, "{m}");
     assert_eq!(m["findings"].as_array().unwrap().len(), 0, "{m}");
 }

@@ -30,7 +30,7 @@ pub const LIMIT_MAX: u64 = 500;
 pub const SCAN_ENTRIES_MAX: u64 = 100_000;
 
 /// Every entry kind, for parsing `kind=` filters.
-pub const KINDS: [Kind; 11] = [
+pub const KINDS: [Kind; 12] = [
     Kind::Admission,
     Kind::Deposit,
     Kind::Offer,
@@ -42,6 +42,7 @@ pub const KINDS: [Kind; 11] = [
     Kind::Evidence,
     Kind::Job,
     Kind::Clearing,
+    Kind::Reveal,
 ];
 
 /// An error answer.

@@ -203,6 +203,10 @@ fn summary(e: &Entry, m: &BTreeMap<PublicKey, Membership>) -> String {
             c.assignments.len(),
             eur(c.price_cents_per_kilo_unit)
         ),
+        Body::Reveal(r) => format!(
+            "reveals the replication seed of job {}",
+            &hex::encode(r.job_id)[..12]
+        ),
     }
 }
 

@@ -299,6 +299,7 @@ impl<'k> Bidder<'k> {
         let ranges = plan::worker_ranges(&corpus, self.job.shards_per_round)?;
         let start = plan::initial_state(&self.job, self.runner.vocab_size())?;
         self.progress.val_loss_start = Some(self.eval(&start)?);
+        self.save();
         let mut workers = vec![start.clone(); self.job.shards_per_round as usize];
         let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
         let state_bytes = start.encode().len() as u64;

@@ -1,52 +1,21 @@
-//! `leam demo`: a local federation of four partners, end to end, with the parts built so far.
-//!
-//! What runs for real: four node identities and ledgers (ed25519 keys with mode 0600, sled stores,
-//! signed entries, RFC 6962 logs with signed checkpoints), membership admissions, a funding
-//! deposit, measured capacity offers, a job description, a bid, the market's clearing rule
-//! (`leam_market`) and the co-signed leases it implies, DiLoCo training rounds whose shards run on
-//! two providers on the chosen compute backend, verification of every shard by a third partner
-//! that replays it, bisection to the first divergent step and a referee replay of that single
-//! step when a provider returns a wrong result, co-signed receipts and settlements, verdicts and
-//! misbehaviour evidence, witness cosignatures after consistency proofs, and a full audit with the
-//! per-sector report.
-//!
-//! What is not built yet, and said so when the demo runs: the libp2p network (the four nodes
-//! live in one process and hand each other bytes in memory), secret replication on a second
-//! provider; the dashboard serves the finished logs (read-only copies), not the live nodes.
+//! `leam demo`: a federation of four partners on loopback, one `leam node` process each, driven
+//! through exactly the commands a user runs (`init`, `genesis create|sign`, `node`, `offer`,
+//! `deposit`, `bid`, `jobs`, `audit`): measured offers, deposits of public and private money, a
+//! startup's bid cleared by the market rule, co-signed leases, DiLoCo training whose shards travel
+//! to the providers over `/leam/shard/1.0.0` (secret replication on a second provider; the
+//! industry partner falsifies its first shard unless `--honest`), the referee's bisection,
+//! verdicts and evidence, co-signed settlements with the public pool's subsidy, the seed reveal,
+//! and an audit over the live nodes' tlog-tiles interface. The demo itself holds no key and
+//! writes no log: it only runs `leam` commands, so what it shows is what the nodes do.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _};
-use leam_compute::bisect::{bisect, referee, RefereeVerdict};
-use leam_compute::commit::Hash32;
-use leam_compute::data::{Corpus, STREAM_EVAL_VAL};
-use leam_compute::diloco::{next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta};
-use leam_compute::fixed::B24_MANT_MAX;
-use leam_compute::kernels::Kernels;
-use leam_compute::replay::{
-    replay_shard, run_shard, ModelRunner, RunnerError, ShardRun, ShardVerdict, StepRunner,
-};
-use leam_compute::shard::ShardSpec;
-use leam_compute::train::TrainState;
-use leam_ledger::account::Membership;
-use leam_ledger::audit::{audit_dirs, AuditOptions};
-use leam_ledger::entry::{
-    Admission, Assignment, Bid, Body, CoSigned, Deposit, Entry, Evidence, EvidenceKind, LogView,
-    Money, Offer, PublicKey, ReceiptTerms, Sector, SettlementTerms, Terms, Verdict,
-};
-use leam_ledger::genesis::{Founder, Genesis, SignedGenesis};
-use leam_ledger::identity::Identity;
-use leam_ledger::log::Log;
-use leam_market::clearing::{lease_terms, shards_bought, Request};
-use leam_market::job::{seed_commitment, Job, ModelSpec};
-use leam_market::settle::{owed_cents, split};
-use rand_core::OsRng;
-use sha2::{Digest as _, Sha256};
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
 
-use crate::cli::{self, Backend, Preset, TrainSettings, EXIT_INPUT};
+use crate::cli::{self, Backend, Preset, TrainSettings, EXIT_ENV, EXIT_INPUT};
 
 /// Largest number of DiLoCo rounds the demo runs.
 const ROUNDS_MAX: u32 = 50;
@@ -56,82 +25,72 @@ const STEPS_MAX: u32 = 2_000;
 const DEMO_SUBSIDY_PERCENT: u8 = 30;
 /// Votes that admit a new member in the demo federation.
 const DEMO_THRESHOLD: u16 = 2;
-/// Witness cosignatures every node's checkpoint must carry before the demo audits.
-const DEMO_COSIGNATURES: usize = 2;
-/// Longest wait for the demo federation to replicate and cosign.
-const DEMO_FEDERATE_S_MAX: u64 = 60;
 /// The startup's highest price, credits (EUR cents) per 1,000 compute units.
 const DEMO_MAX_PRICE: u64 = 60;
 /// The startup's private deposit, EUR cents.
 const DEMO_PRIVATE_DEPOSIT_CENTS: u64 = 100_000;
 /// The public research centre's public funding (the subsidy pool), EUR cents.
-const DEMO_PUBLIC_DEPOSIT_CENTS: u64 = 50_000;
-/// Inner steps of the providers' benchmark shard that measures their throughput.
-const BENCH_STEPS: u32 = 4;
-/// Bytes of portable evidence the demo records for a wrong shard result.
-const EVIDENCE_BYTES_MAX: usize = 16 * 1024;
+const DEMO_PUBLIC_DEPOSIT_CENTS: u64 = 500_000;
+/// Longest wait for the nodes to start, connect and replicate each other's logs.
+const START_S_MAX: u64 = 60;
+/// Longest wait for the job (all rounds, verdicts, settlements).
+const JOB_S_MAX: u64 = 1_800;
+/// How often the demo looks at the job's progress.
+const POLL_MS: u64 = 300;
 
 /// Arguments of `leam demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Directory for the four nodes' ledgers, witness state and auditor state; must not exist
-    /// yet. Default: a new directory `leam-demo-<unix ms>` in the system's temporary directory.
+    /// Directory for the four node directories, the genesis document and the job file; must
+    /// not exist yet. Default: a new directory `leam-demo-<unix ms>` in the system's temporary
+    /// directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Compute backend of the shards.
+    /// Compute backend of every node (shards, the referee's replays, evaluation).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
-    /// The shards' model, batch, optimizer, seed and evaluation batches (the definitions of
-    /// `leam train --preset`; warm-up and decay are fitted to rounds × steps).
+    /// The job's model and batch (the definitions of `leam train --preset`).
     #[arg(long, value_enum, default_value_t = Preset::Demo)]
     pub preset: Preset,
-    /// DiLoCo outer rounds (each: two shards, each replayed by a verifier).
+    /// DiLoCo outer rounds of the job (each: two shards on the providers).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Inner training steps per shard.
     #[arg(long, value_name = "STEPS", default_value_t = 30)]
     pub steps: u32,
-    /// Run every shard honestly. Default: in the last round one provider returns a result with
-    /// one flipped parameter bit, to show bisection, the referee and misbehaviour evidence.
+    /// Every provider runs honestly. Default: the industry partner falsifies the first shard it
+    /// runs (one flipped parameter bit), to show replication, bisection, the referee and
+    /// misbehaviour evidence.
     #[arg(long)]
     pub honest: bool,
     /// Training corpus (UTF-8 text). Default: tinyshakespeare.txt next to the binary (or in
     /// data/ there), else data/tinyshakespeare.txt in the working folder.
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
-    /// Where the dashboard and API are served after the run, until Ctrl-C.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub http: std::net::SocketAddr,
-    /// Exit after the audit instead of serving the dashboard.
+    /// Where the public research centre's node serves the dashboard and API (the other nodes
+    /// take free ports). Default: 127.0.0.1:8080, or a free port with `--exit-when-done`.
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+    /// Share of the job's shards secretly replicated on a second provider, percent (1..=100;
+    /// the falsified shard is caught only if replicated, so the default replicates half).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub replication_percent: u32,
+    /// Stop the nodes and exit after the audit instead of serving the dashboard until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
 }
 
-/// One partner node of the demo.
-struct Node {
-    organisation: &'static str,
-    sector: Sector,
-    dir: PathBuf,
-    log: Log,
-    key: PublicKey,
-}
-
-impl Node {
-    fn membership(&self) -> Membership {
-        Membership {
-            organisation: self.organisation.to_string(),
-            sector: self.sector,
-        }
-    }
-}
-
-/// The demo's nodes by role.
+/// The partners: directory name, organisation, sector.
+const PARTNERS: [(&str, &str, &str); 4] = [
+    ("rechenzentrum-nord", "Rechenzentrum Nord", "public"),
+    ("industrie-compute", "Industrie Compute AG", "private"),
+    ("universitaet-sued", "Universitaet Sued", "science"),
+    ("sprachwerk-startup", "Sprachwerk GmbH", "startup"),
+];
 const PUBLIC_CENTRE: usize = 0;
 const INDUSTRY: usize = 1;
 const UNIVERSITY: usize = 2;
 const STARTUP: usize = 3;
-/// The two providers that offer compute, and their asks (credit cents per 1,000 units).
-const PROVIDERS: [(usize, u64); 2] = [(PUBLIC_CENTRE, 40), (INDUSTRY, 55)];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -140,249 +99,146 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap_or("")
 }
 
-fn short(h: &[u8]) -> String {
-    hex::encode(&h[..6])
+/// Run `leam ARGS` (this binary) to completion; its stdout, or an error with its stderr and
+/// its exit code kept.
+fn leam(args: &[&str]) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("locating the leam binary")?;
+    let out = Command::new(&exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running leam {}", args.join(" ")))?;
+    if !out.status.success() {
+        let code = out.status.code().unwrap_or(EXIT_ENV as i32);
+        return Err(cli::fail(
+            u8::try_from(code).unwrap_or(EXIT_ENV),
+            anyhow!(
+                "leam {} exited with {code}: {}",
+                args.first().copied().unwrap_or(""),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Append one body to a node's log, signed now.
-fn append(node: &mut Node, body: Body) -> anyhow::Result<u64> {
-    let entry = node.log.sign_next(0, now_ms(), body);
-    node.log
-        .append(entry)
-        .with_context(|| format!("appending to the log of {}", node.organisation))
+/// The running nodes; stopped with SIGTERM (and waited for) when dropped.
+struct Nodes(Vec<(String, Child)>);
+
+impl Nodes {
+    fn stop(&mut self) {
+        for (_, c) in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for (name, c) in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        eprintln!("warning: node {name} did not stop in 15 s; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.0.clear();
+    }
+
+    /// A node that exited by itself (an error): its name and log.
+    fn exited(&mut self) -> Option<String> {
+        self.0
+            .iter_mut()
+            .find_map(|(name, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| name.clone()))
+    }
 }
 
-/// Record a fact two parties agree on in both parties' logs, each copy co-signed by the other.
-fn record_both<T: Terms + Clone>(
-    nodes: &mut [Node],
-    a: usize,
-    b: usize,
-    terms: T,
-    wrap: fn(CoSigned<T>) -> Body,
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn get_json(base: &str, path: &str) -> Option<Value> {
+    let mut r = crate::cli_fed::agent()
+        .get(&format!("{base}{path}"))
+        .call()
+        .ok()?;
+    r.body_mut().read_json().ok()
+}
+
+fn base_of(dir: &Path) -> Option<String> {
+    let addr = std::fs::read_to_string(dir.join(crate::cli_fed::HTTP_ADDR_FILE)).ok()?;
+    Some(format!("http://{}", addr.trim()))
+}
+
+/// Size of log `key` as the node in `dir` holds it.
+fn size_at(dir: &Path, key: &str) -> Option<u64> {
+    get_json(&base_of(dir)?, "/api/status")?["logs"]
+        .as_array()?
+        .iter()
+        .find(|l| l["key"] == key)?["size"]
+        .as_u64()
+}
+
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    nodes: &mut Nodes,
+    root: &Path,
+    mut done: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let key_a = nodes[a].log.identity().signing_key().clone();
-    let key_b = nodes[b].log.identity().signing_key().clone();
-    append(&mut nodes[a], wrap(terms.clone().cosign(&key_b)))?;
-    append(&mut nodes[b], wrap(terms.cosign(&key_a)))?;
+    let t = Instant::now();
+    while !done() {
+        if let Some(name) = nodes.exited() {
+            bail!(
+                "node {name} stopped while waiting for {what}; its log: {}",
+                root.join(format!("{name}.log")).display()
+            );
+        }
+        if t.elapsed() > limit {
+            return Err(cli::fail(
+                EXIT_ENV,
+                anyhow!(
+                    "{what} did not happen within {} s (a loaded machine?); node logs are in {}",
+                    limit.as_secs(),
+                    root.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
     Ok(())
 }
 
-/// Every node's log, decoded, by key (the clearing rule's and the market audit's input).
-fn decoded_logs(nodes: &[Node]) -> anyhow::Result<BTreeMap<PublicKey, Vec<Entry>>> {
-    let mut out = BTreeMap::new();
-    for n in nodes {
-        let raw = n.log.reader().entries(0, n.log.size())?;
-        let entries = raw
-            .iter()
-            .map(|b| Entry::decode(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.insert(n.key, entries);
-    }
-    Ok(out)
+fn member_key(dir: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(dir.join(crate::cli_fed::MEMBER_TOML)).with_context(|| {
+            format!(
+                "reading {}",
+                dir.join(crate::cli_fed::MEMBER_TOML).display()
+            )
+        })?;
+    let v: toml::Value = toml::from_str(&text)?;
+    v["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no key in {}", dir.display()))
 }
 
-/// Deal shards round-robin over the assignments' quotas: the provider of each shard in order.
-fn deal(assignments: &[Assignment]) -> Vec<PublicKey> {
-    let mut left: Vec<u32> = assignments.iter().map(|a| a.shards).collect();
-    let mut out = Vec::new();
-    while left.iter().any(|l| *l > 0) {
-        for (a, l) in assignments.iter().zip(left.iter_mut()) {
-            if *l > 0 {
-                *l -= 1;
-                out.push(a.provider);
-            }
-        }
-    }
-    out
-}
-
-/// The honest runner, except that after global step `fault_at` it flips the lowest bit of one
-/// parameter: the simplest wrong result a lazy or faulty provider could return.
-struct Tampered<'a> {
-    inner: &'a ModelRunner<'a>,
-    fault_at: u64,
-}
-
-impl StepRunner for Tampered<'_> {
-    type State = TrainState;
-    fn decode_state(&self, spec: &ShardSpec, bytes: &[u8]) -> Result<TrainState, RunnerError> {
-        self.inner.decode_state(spec, bytes)
-    }
-    fn state_hash(&self, state: &TrainState) -> Hash32 {
-        self.inner.state_hash(state)
-    }
-    fn step(&self, spec: &ShardSpec, state: &mut TrainState, g: u64) -> Result<(), RunnerError> {
-        self.inner.step(spec, state, g)?;
-        if g == self.fault_at {
-            if let Some(m) = state.params.get_mut(1).and_then(|p| p.mant.first_mut()) {
-                *m ^= 1;
-            }
-        }
-        Ok(())
-    }
-    fn delta_commitment(&self, a: &TrainState, b: &TrainState) -> Result<Hash32, RunnerError> {
-        self.inner.delta_commitment(a, b)
-    }
-    fn fingerprint(&self) -> String {
-        self.inner.fingerprint()
-    }
-}
-
-fn corpus_bytes(path: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let p = cli::find_corpus(path)?;
-    let bytes = std::fs::read(&p)
-        .with_context(|| format!("reading {}", p.display()))
-        .map_err(|e| cli::fail(EXIT_INPUT, e))?;
-    Ok((p, bytes))
-}
-
-/// Largest character boundary of `text` at or below `at`.
-fn char_floor(text: &[u8], mut at: usize) -> usize {
-    // `from_utf8` was checked by the corpus loader; a UTF-8 continuation byte is 0b10xxxxxx.
-    while at > 0 && at < text.len() && (text[at] & 0xC0) == 0x80 {
-        at -= 1;
-    }
-    at.min(text.len())
-}
-
-fn create_nodes(root: &Path) -> anyhow::Result<Vec<Node>> {
-    let partners: [(&str, &str, Sector); 4] = [
-        ("rechenzentrum-nord", "Rechenzentrum Nord", Sector::Public),
-        ("industrie-compute", "Industrie Compute AG", Sector::Private),
-        ("universitaet-sued", "Universitaet Sued", Sector::Science),
-        (
-            "sprachwerk-startup",
-            "Sprachwerk Startup GmbH",
-            Sector::Startup,
-        ),
-    ];
-    let mut nodes = Vec::new();
-    for (slug, organisation, sector) in partners {
-        let dir = root.join(slug);
-        let identity = Identity::generate(&mut OsRng);
-        let key = identity.public_key();
-        let membership = Membership {
-            organisation: organisation.to_string(),
-            sector,
-        };
-        let log = Log::create(&dir, identity, &membership, now_ms())
-            .with_context(|| format!("creating the log of {organisation}"))?;
-        println!(
-            "  {organisation:<24} {:<8} {}  log {}",
-            sector.name(),
-            dir.display(),
-            log.reader().verifier_key()
-        );
-        nodes.push(Node {
-            organisation,
-            sector,
-            dir,
-            log,
-            key,
-        });
-    }
-    // Every node admits the other members into its own log: entries may name only admitted keys.
-    let members: Vec<(PublicKey, Membership)> =
-        nodes.iter().map(|n| (n.key, n.membership())).collect();
-    for node in nodes.iter_mut() {
-        let ts = now_ms();
-        let batch: Vec<_> = members
-            .iter()
-            .filter(|(k, _)| *k != node.key)
-            .enumerate()
-            .map(|(i, (k, m))| {
-                node.log.sign_next(
-                    i as u64,
-                    ts,
-                    Body::Admission(Admission {
-                        organisation: m.organisation.clone(),
-                        sector: m.sector,
-                        member: *k,
-                    }),
-                )
-            })
-            .collect();
-        node.log.append_batch(batch)?;
-    }
-    Ok(nodes)
-}
-
-/// A shard as one provider ran it, with what the verifier found.
-struct Checked {
-    provider: usize,
-    spec: ShardSpec,
-    claimed: ShardRun<TrainState>,
-    device_ms: u64,
-    accepted: bool,
-    evidence: Option<Vec<u8>>,
-}
-
-/// The verifier replays a claimed shard; on a mismatch it bisects to the first divergent step
-/// and acts as referee for that single step.
-fn verify_shard(
-    runner: &ModelRunner<'_>,
-    spec: &ShardSpec,
-    start: &TrainState,
-    claimed: &ShardRun<TrainState>,
-) -> anyhow::Result<(bool, Option<Vec<u8>>)> {
-    let (verdict, mut replay_log) = replay_shard(runner, spec, start, &claimed.result)?;
-    match verdict {
-        ShardVerdict::Match => Ok((true, None)),
-        ShardVerdict::Mismatch { fields, replayed } => {
-            let mut claimed_log = claimed.log.clone();
-            let d = bisect(
-                spec,
-                &claimed.result,
-                &mut claimed_log,
-                &replayed,
-                &mut replay_log,
-            )?;
-            // The agreed state before the divergent step: the verifier recomputes it.
-            let mut before = start.clone();
-            for inner in 0..d.step {
-                runner
-                    .step(spec, &mut before, spec.global_step(inner as u32))
-                    .map_err(anyhow::Error::msg)?;
-            }
-            let verdict = referee(runner, spec, &d, &before.encode())?;
-            println!(
-                "      replay differs in {}; bisection: first divergent inner step {} after {}+{} \
-                 proven step-hash fetches; referee replayed that one step: {}",
-                fields.join(", "),
-                d.step,
-                d.fetches_a,
-                d.fetches_b,
-                match verdict {
-                    RefereeVerdict::AIsRight => "the provider is right",
-                    RefereeVerdict::BIsRight => "the provider is wrong",
-                    RefereeVerdict::NeitherIsRight { .. } => "both sides are wrong",
-                }
-            );
-            let provider_right = verdict == RefereeVerdict::AIsRight;
-            let evidence = serde_json::json!({
-                "type": "leam/wrong-shard-result/v1",
-                "shard_spec": hex::encode(spec.encode()),
-                "claimed_result": hex::encode(claimed.result.encode()),
-                "divergent_step": d.step,
-                "agreed_before": hex::encode(d.agreed_before),
-                "claimed_after": hex::encode(d.claim_a.state_hash),
-                "replayed_after": hex::encode(d.claim_b.state_hash),
-            })
-            .to_string()
-            .into_bytes();
-            if evidence.len() > EVIDENCE_BYTES_MAX {
-                bail!(
-                    "evidence of {} bytes exceeds the demo's limit",
-                    evidence.len()
-                );
-            }
-            Ok((provider_right, (!provider_right).then_some(evidence)))
-        }
-    }
+fn eur(cents: u64) -> String {
+    format!("{}.{:02} EUR", cents / 100, cents % 100)
 }
 
 /// Runs `leam demo`.
@@ -390,7 +246,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.rounds == 0 || args.rounds > ROUNDS_MAX {
         return Err(cli::fail(
             EXIT_INPUT,
-            anyhow::anyhow!(
+            anyhow!(
                 "--rounds must be in 1..={ROUNDS_MAX}, found {}",
                 args.rounds
             ),
@@ -399,7 +255,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.steps < 2 || args.steps > STEPS_MAX {
         return Err(cli::fail(
             EXIT_INPUT,
-            anyhow::anyhow!("--steps must be in 2..={STEPS_MAX}, found {}", args.steps),
+            anyhow!("--steps must be in 2..={STEPS_MAX}, found {}", args.steps),
         ));
     }
     let root = match args.dir {
@@ -407,511 +263,469 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("leam-demo-{}", now_ms())),
     };
     // The corpus first: a missing one is refused before anything is created.
-    let (corpus_path, bytes) = corpus_bytes(args.corpus.as_deref())?;
+    let corpus = cli::find_corpus(args.corpus.as_deref())?;
+    let corpus = std::fs::canonicalize(&corpus).unwrap_or(corpus);
     if root.exists() {
         return Err(cli::fail(
             EXIT_INPUT,
-            anyhow::anyhow!(
+            anyhow!(
                 "{} exists; the demo creates a fresh federation (pass a new --dir)",
                 root.display()
             ),
         ));
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
     let started = Instant::now();
-
-    println!("leam demo: a local federation of four partners");
-    println!("  not built yet (later issues), so not shown: leases and shards over the network (steps 3-5 hand");
-    println!("  bytes over in memory; step 6 runs the federation on libp2p), secret replication on a second");
-    println!("  provider (the referee replays every shard); the dashboard serves the logs after the run.\n");
-
-    println!(
-        "1. identities and ledgers (ed25519 keys, mode 0600; sled stores; signed checkpoints)"
-    );
-    let mut nodes = create_nodes(&root)?;
-    println!("   every node admitted the others in its own log");
-
-    println!("\n2. compute backend and model");
-    let kernels: Box<dyn Kernels> = args.backend.open()?;
-    let fingerprint = kernels.name();
-    println!("   backend {fingerprint}");
-    let runner = ModelRunner::new(kernels.as_ref(), &bytes)?;
-    let corpus = Corpus::from_bytes(&bytes, &corpus_path.display().to_string())?;
-    let settings = TrainSettings::of(Some(args.preset));
-    let eval_batches = settings.eval_iters;
-    let cfg = settings.model(runner.vocab_size());
-    let total_steps = u64::from(args.rounds) * u64::from(args.steps);
-    let hyper = TrainSettings {
-        warmup_iters: settings.warmup_iters.min(total_steps / 4),
-        lr_decay_iters: Some(total_steps),
-        ..settings
-    }
-    .hyper()
-    .to_fixed()?;
-    let start = TrainState::new(cfg, hyper, settings.batch_size, settings.seed)?;
-    let val0 = start.evaluate(
-        kernels.as_ref(),
-        &corpus.val,
-        "validation",
-        STREAM_EVAL_VAL,
-        eval_batches,
-    )?;
-    println!(
-        "   corpus {} ({} bytes), model {} layers x {} wide, context {}, batch {}; val loss at start {val0:.4}",
-        corpus_path.display(),
-        bytes.len(),
-        cfg.n_layer,
-        cfg.n_embd,
-        cfg.block_size,
-        start.batch_size
-    );
-
-    // The job: what the startup buys, as a canonical job description (specs/market.md §2).
-    let probe_spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), args.steps)?;
-    let shard_units = leam_compute::shard::compute_units(&probe_spec);
-    let mut seed = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut OsRng, &mut seed);
-    let deadline_ms = now_ms() + 3_600_000;
-    let job = Job {
-        name: "leam demo: char-level Shakespeare".into(),
-        model: ModelSpec {
-            n_layer: cfg.n_layer as u32,
-            n_head: cfg.n_head as u32,
-            n_embd: cfg.n_embd as u32,
-            block_size: cfg.block_size as u32,
-            batch: start.batch_size as u32,
-            init_seed: 1337,
-        },
-        corpus_sha256: runner.corpus_sha256(),
-        corpus_bytes: bytes.len() as u64,
-        rounds: args.rounds,
-        shards_per_round: PROVIDERS.len() as u32,
-        inner_steps: args.steps,
-        // The demo's referee replays every shard itself (below); secret replication on a
-        // second provider runs with the network market (specs/market.md §7).
-        replication_ppm: 0,
-        seed_commitment: seed_commitment(&seed),
-        referees: vec![nodes[UNIVERSITY].key],
-        deadline_ms,
-        max_price_cents_per_kilo_unit: DEMO_MAX_PRICE,
-    };
-    let job_id = job.id();
-
-    println!(
-        "\n3. market: measured offers, a bid, the clearing rule (uniform price at the first rejected ask)"
-    );
-    let startup_key = nodes[STARTUP].key;
-    let public_key = nodes[PUBLIC_CENTRE].key;
-    append(
-        &mut nodes[STARTUP],
-        Body::Deposit(Deposit {
-            member: startup_key,
-            eur_cents: DEMO_PRIVATE_DEPOSIT_CENTS,
-            money: Money::Private,
-            reference: "demo seed round".into(),
-        }),
-    )?;
-    append(
-        &mut nodes[PUBLIC_CENTRE],
-        Body::Deposit(Deposit {
-            member: public_key,
-            eur_cents: DEMO_PUBLIC_DEPOSIT_CENTS,
-            money: Money::Public,
-            reference: "demo public funding pool".into(),
-        }),
-    )?;
-    println!(
-        "   deposits: {} {:.2} EUR private money, {} {:.2} EUR public funding (the subsidy pool)",
-        nodes[STARTUP].organisation,
-        DEMO_PRIVATE_DEPOSIT_CENTS as f64 / 100.0,
-        nodes[PUBLIC_CENTRE].organisation,
-        DEMO_PUBLIC_DEPOSIT_CENTS as f64 / 100.0
-    );
-    // Each provider measures its throughput with a benchmark shard on its backend.
-    let bench_spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), BENCH_STEPS)?;
-    let bench_units = leam_compute::shard::compute_units(&bench_spec);
-    let t = Instant::now();
-    run_shard(&runner, &bench_spec, &start)?;
-    let bench_ms = (t.elapsed().as_millis() as u64).max(1);
-    let units_per_hour = bench_units.saturating_mul(3_600_000) / bench_ms;
-    let shard_ms = shard_units
-        .saturating_mul(3_600_000)
-        .div_ceil(units_per_hour.max(1));
-    println!(
-        "   benchmark shard ({BENCH_STEPS} steps on {fingerprint}): {bench_units} units in {bench_ms} ms = {units_per_hour} units/hour; one job shard is {shard_units} units (~{shard_ms} ms)"
-    );
-    let offered_ms = now_ms();
-    for (i, (p, price)) in PROVIDERS.iter().enumerate() {
-        // The public centre is available for about half the job's shards, the industry
-        // partner for the whole hour: capacity, not only price, decides the assignment.
-        let window_ms = if i == 0 {
-            (2 * u64::from(args.rounds) + 1) * shard_ms / 2
+    let backend = args.backend.name();
+    let http = args.http.map(|a| a.to_string()).unwrap_or_else(|| {
+        if args.exit_when_done {
+            "127.0.0.1:0".into()
         } else {
-            3_600_000
-        };
-        append(
-            &mut nodes[*p],
-            Body::Offer(Offer {
-                offer_id: 1,
-                device_fingerprint: sha256(fingerprint.as_bytes()),
-                compute_units_per_hour: units_per_hour,
-                price_cents_per_kilo_unit: *price,
-                valid_until_ms: offered_ms + window_ms,
-            }),
-        )?;
-        println!(
-            "   offer: {:<24} {price} cents/1000 units, {units_per_hour} units/hour, available {:.1} s",
-            nodes[*p].organisation,
-            window_ms as f64 / 1e3
-        );
-    }
-    append(
-        &mut nodes[STARTUP],
-        Body::Job(leam_ledger::entry::Job {
-            description: job.encode(),
-        }),
-    )?;
-    let bought = shards_bought(&job);
-    let bid_seq = append(
-        &mut nodes[STARTUP],
-        Body::Bid(Bid {
-            job_id,
-            compute_units: bought * shard_units,
-            max_price_cents_per_kilo_unit: job.max_price_cents_per_kilo_unit,
-            deadline_ms,
-        }),
-    )?;
-    println!(
-        "   bid: {} wants {bought} shards of job {} at most {} cents/1000 units",
-        nodes[STARTUP].organisation,
-        short(&job_id),
-        job.max_price_cents_per_kilo_unit
-    );
-    // The startup clears on the logs it holds (here: the other nodes' logs as they are now).
-    let clearing_ms = now_ms().max(offered_ms);
-    let logs = decoded_logs(&nodes)?;
-    let mut views: Vec<LogView> = nodes
-        .iter()
-        .filter(|n| n.key != startup_key)
-        .map(|n| LogView {
-            log: n.key,
-            size: n.log.size(),
-        })
-        .collect();
-    views.sort_unstable_by_key(|v| v.log);
-    let request = Request {
-        job: &job,
-        job_id,
-        bidder: startup_key,
-        bid_seq,
-        clearing_ms,
-        shard_units,
-        views,
-    };
-    let (clearing, outcome) = leam_market::clearing::run(&request, &logs)?;
-    if outcome.unserved_shards > 0 {
-        bail!(
-            "the clearing left {} of {bought} shards unserved (offers below the maximum price could not take them before the deadline)",
-            outcome.unserved_shards
-        );
-    }
-    append(&mut nodes[STARTUP], Body::Clearing(clearing.clone()))?;
-    let keys: Vec<PublicKey> = nodes.iter().map(|n| n.key).collect();
-    let by_key = |k: &PublicKey| keys.iter().position(|n| n == k);
-    for a in &clearing.assignments {
-        let p = by_key(&a.provider).context("an assigned provider is a demo node")?;
-        let terms = lease_terms(&clearing, &job, startup_key, a);
-        println!(
-            "   lease: {} computes {} shards ({} units) for {} at the clearing price {} cents/1000 units = {:.2} EUR (co-signed, in both logs)",
-            nodes[p].organisation,
-            a.shards,
-            terms.compute_units,
-            nodes[STARTUP].organisation,
-            clearing.price_cents_per_kilo_unit,
-            terms.price_cents as f64 / 100.0
-        );
-        record_both(&mut nodes, STARTUP, p, terms, Body::Lease)?;
-    }
-    // Shards are dealt round-robin over the assignments, so each round's two shards go to
-    // different providers while both have shards left.
-    let schedule: Vec<usize> = deal(&clearing.assignments)
-        .iter()
-        .map(|k| by_key(k).expect("assigned providers are demo nodes"))
-        .collect();
+            "127.0.0.1:8080".into()
+        }
+    });
 
+    println!("leam demo: a federation of four partners, one `leam node` process each, on loopback");
     println!(
-        "\n4. training: DiLoCo, {} rounds; each round two providers train {} inner steps on disjoint halves \
-         of the training split; {} replays every shard",
-        args.rounds, args.steps, nodes[UNIVERSITY].organisation
+        "  (every step below is a `leam` command a partner would run; node logs: {}/<node>.log)\n",
+        root.display()
     );
-    let train_end = char_floor(&bytes, bytes.len() * 9 / 10);
-    let half = char_floor(&bytes, train_end / 2);
-    let ranges = [(0u64, half as u64), (half as u64, train_end as u64)];
-    let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
-    let mut workers = [start.clone(), start.clone()];
-    let mut accepted_units = [0u64; 4];
-    let mut shard_no = 0u32;
-    let mut cheated = false;
-    for round in 0..args.rounds {
-        let mut checked = Vec::new();
-        for w in 0..PROVIDERS.len() {
-            let p = &schedule[shard_no as usize];
-            let spec = runner.spec_for(&workers[w], ranges[w].0, ranges[w].1, args.steps)?;
-            // One falsified shard: the industry partner's first shard of the last round.
-            let cheating = !args.honest && round + 1 == args.rounds && *p == INDUSTRY && !cheated;
-            cheated |= cheating;
-            let t = Instant::now();
-            let claimed = if cheating {
-                let tampered = Tampered {
-                    inner: &runner,
-                    fault_at: spec.global_step(args.steps / 2),
-                };
-                run_shard(&tampered, &spec, &workers[w])?
-            } else {
-                run_shard(&runner, &spec, &workers[w])?
-            };
-            let device_ms = t.elapsed().as_millis() as u64;
-            println!(
-                "   round {round} shard {shard_no}: {} ran {} steps in {:.2} s, {} units, step root {}{}",
-                nodes[*p].organisation,
-                args.steps,
-                device_ms as f64 / 1e3,
-                claimed.result.compute_units,
-                short(&claimed.result.step_root),
-                if cheating { " (with one flipped parameter bit)" } else { "" }
-            );
-            let (accepted, evidence) = verify_shard(&runner, &spec, &workers[w], &claimed)?;
-            println!(
-                "      {} replayed it: {}",
-                nodes[UNIVERSITY].organisation,
-                if accepted {
-                    "commitments match, accepted"
+
+    println!("1. identities and the signed genesis (leam init, leam genesis create|sign)");
+    let dirs: Vec<PathBuf> = PARTNERS.iter().map(|(d, _, _)| root.join(d)).collect();
+    let mut keys = Vec::new();
+    for ((_, org, sector), dir) in PARTNERS.iter().zip(&dirs) {
+        leam(&[
+            "init",
+            "--dir",
+            p(dir),
+            "--org",
+            org,
+            "--sector",
+            sector,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])?;
+        keys.push(member_key(dir)?);
+        println!(
+            "   {org:<22} {sector:<8} key {}…",
+            &keys[keys.len() - 1][..16]
+        );
+    }
+    let genesis = root.join("federation.genesis");
+    let mut create = vec![
+        "genesis".to_string(),
+        "create".into(),
+        "--out".into(),
+        p(&genesis).into(),
+        "--subsidy-percent".into(),
+        DEMO_SUBSIDY_PERCENT.to_string(),
+        "--threshold".into(),
+        DEMO_THRESHOLD.to_string(),
+    ];
+    create.extend(dirs.iter().map(|d| p(d).to_string()));
+    let fed = leam(&create.iter().map(String::as_str).collect::<Vec<_>>())?;
+    for d in &dirs {
+        leam(&["genesis", "sign", "--dir", p(d), p(&genesis)])?;
+    }
+    println!(
+        "   federation {}: signed by all four founders; startups' leases are {DEMO_SUBSIDY_PERCENT}% subsidised from public funding",
+        &fed.trim()[..16.min(fed.trim().len())]
+    );
+
+    println!("\n2. four `leam node` processes on libp2p (members only, replicas of every log, witness cosignatures)");
+    let exe = std::env::current_exe().context("locating the leam binary")?;
+    let mut nodes = Nodes(Vec::new());
+    let mut boot: Option<String> = None;
+    for (i, dir) in dirs.iter().enumerate() {
+        let name = PARTNERS[i].0.to_string();
+        let log = std::fs::File::create(root.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["node", "--dir", p(dir), "--genesis", p(&genesis)])
+            .args(["--backend", backend])
+            .args([
+                "--http",
+                if i == PUBLIC_CENTRE {
+                    &http
                 } else {
-                    "rejected"
-                }
-            );
-            checked.push(Checked {
-                provider: *p,
-                spec,
-                claimed,
-                device_ms,
-                accepted,
-                evidence,
-            });
-            shard_no += 1;
+                    "127.0.0.1:0"
+                },
+            ]);
+        if let Some(b) = &boot {
+            cmd.args(["--bootstrap", b]);
         }
-        // Ledger: receipts (co-signed by provider and startup), verdicts, evidence.
-        for (i, c) in checked.iter().enumerate() {
-            let shard = shard_no - checked.len() as u32 + i as u32;
-            let receipt = ReceiptTerms {
-                job_id,
-                shard,
-                bidder: startup_key,
-                provider: nodes[c.provider].key,
-                input_commitment: c.spec.id(),
-                output_commitment: c.claimed.result.step_root,
-                compute_units: c.claimed.result.compute_units,
-                gpu_ms: c.device_ms,
-                device_fingerprint: sha256(c.claimed.result.fingerprint.as_bytes()),
-            };
-            record_both(&mut nodes, c.provider, STARTUP, receipt, Body::Receipt)?;
-            let provider = nodes[c.provider].key;
-            append(
-                &mut nodes[UNIVERSITY],
-                Body::Verdict(Verdict {
-                    job_id,
-                    shard,
-                    provider,
-                    output_commitment: c.claimed.result.step_root,
-                    accepted: c.accepted,
-                }),
-            )?;
-            if let Some(bytes) = &c.evidence {
-                append(
-                    &mut nodes[UNIVERSITY],
-                    Body::Evidence(Evidence {
-                        accused: provider,
-                        kind: EvidenceKind::WrongShardResult,
-                        bytes: bytes.clone(),
-                    }),
-                )?;
-                println!(
-                    "      {} recorded a rejecting verdict and evidence against {}",
-                    nodes[UNIVERSITY].organisation, nodes[c.provider].organisation
-                );
-            }
+        if i == INDUSTRY && !args.honest {
+            cmd.args(["--falsify-run", "0"]);
         }
-        // Outer step over the accepted shards only.
-        let mut deltas: Vec<(Hash32, ParamDelta)> = Vec::new();
-        for (w, c) in checked.iter().enumerate() {
-            if c.accepted {
-                deltas.push((
-                    c.spec.id(),
-                    ParamDelta::between(&workers[w].params, &c.claimed.final_state.params)?,
-                ));
-                accepted_units[c.provider] += c.claimed.result.compute_units;
-            }
-        }
-        if deltas.is_empty() {
-            println!("   round {round}: no accepted shard, global state unchanged");
-            continue;
-        }
-        global = outer_step(&global, &deltas, OuterOptimizer::DILOCO, B24_MANT_MAX)?;
-        for (w, c) in checked.iter().enumerate() {
-            let base = if c.accepted {
-                &c.claimed.final_state
-            } else {
-                &workers[w]
-            };
-            workers[w] = next_start_state(base, &global)?;
-        }
-        let val = workers[0].evaluate(
-            kernels.as_ref(),
-            &corpus.val,
-            "validation",
-            STREAM_EVAL_VAL,
-            eval_batches,
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting leam node")?;
+        nodes.0.push((name.clone(), child));
+        let listen = dir.join(crate::cli_fed::LISTEN_ADDRS_FILE);
+        wait_for(
+            &format!("node {name} to listen"),
+            Duration::from_secs(START_S_MAX),
+            &mut nodes,
+            &root,
+            || dir.join(crate::cli_fed::HTTP_ADDR_FILE).exists() && listen.exists(),
         )?;
-        println!(
-            "   round {round}: outer step (Nesterov) merged {} shard delta(s); val loss {val:.4}",
-            deltas.len()
-        );
-    }
-
-    println!(
-        "\n5. settlement: referee-verified units at the clearing price; {}% of a startup's bill from the public pool",
-        DEMO_SUBSIDY_PERCENT
-    );
-    for a in &clearing.assignments {
-        let p = by_key(&a.provider).expect("assigned providers are demo nodes");
-        let lease = lease_terms(&clearing, &job, startup_key, a);
-        let owed = owed_cents(
-            accepted_units[p],
-            clearing.price_cents_per_kilo_unit,
-            lease.price_cents,
-        );
-        if owed == 0 {
-            println!(
-                "   {}: nothing verified, nothing paid",
-                nodes[p].organisation
-            );
-            continue;
+        if boot.is_none() {
+            boot = std::fs::read_to_string(&listen)?
+                .lines()
+                .find(|l| l.contains("/tcp/"))
+                .map(str::to_owned);
         }
-        let share = split(owed, nodes[STARTUP].sector, DEMO_SUBSIDY_PERCENT);
-        let pay = |nodes: &mut [Node], payer: usize, cents: u64| -> anyhow::Result<()> {
-            if cents == 0 || payer == p {
-                return Ok(());
-            }
-            let terms = SettlementTerms {
-                job_id,
-                payer: nodes[payer].key,
-                payee: nodes[p].key,
-                credits_cents: cents,
-            };
-            record_both(nodes, payer, p, terms, Body::Settlement)
-        };
-        pay(&mut nodes, STARTUP, share.bidder_cents)?;
-        pay(&mut nodes, PUBLIC_CENTRE, share.public_cents)?;
-        println!(
-            "   {} is owed {:.2} EUR for {} verified units: {} pays {:.2} EUR, the public pool {:.2} EUR{}",
-            nodes[p].organisation,
-            owed as f64 / 100.0,
-            accepted_units[p],
-            nodes[STARTUP].organisation,
-            share.bidder_cents as f64 / 100.0,
-            share.public_cents as f64 / 100.0,
-            if p == PUBLIC_CENTRE {
-                " (the pool is the provider: its share stays with it)"
-            } else {
-                ""
-            }
-        );
     }
-
-    println!(
-        "\n6. the federation on libp2p: a signed genesis; the nodes connect on loopback, replicate\n   \
-         each other's logs (verified against signed checkpoints) and cosign them as witnesses"
-    );
-    let founders = nodes
-        .iter()
-        .map(|n| Founder {
-            organisation: n.organisation.to_string(),
-            sector: n.sector,
-            key: n.key,
-        })
-        .collect();
-    let genesis = Genesis::new(DEMO_SUBSIDY_PERCENT, DEMO_THRESHOLD, founders)?;
-    let mut doc = SignedGenesis::unsigned(genesis.clone());
-    for n in &nodes {
-        doc.sign(n.log.identity().signing_key())?;
-    }
-    let genesis_path = root.join("federation.genesis");
-    std::fs::write(&genesis_path, doc.encode())
-        .with_context(|| format!("writing {}", genesis_path.display()))?;
-    let node_dirs: Vec<(PathBuf, [u8; 32])> = nodes
-        .iter()
-        .map(|n| (n.dir.clone(), n.log.identity().signing_key().to_bytes()))
-        .collect();
-    let witnesses: Vec<String> = nodes
-        .iter()
-        .filter_map(|n| leam_net::core::witness_verifier(&n.key).map(|v| v.to_string()))
-        .collect();
-    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
-    drop(nodes); // the network nodes open the logs themselves
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let fed = rt.block_on(crate::sim::federate(
-        &node_dirs,
-        &genesis,
-        DEMO_COSIGNATURES,
-        std::time::Duration::from_secs(DEMO_FEDERATE_S_MAX),
-    ))?;
-    let replicas: usize = fed.statuses.iter().map(|s| s.logs.len() - 1).sum();
-    let cosigs: usize = fed.statuses.iter().map(|s| s.logs[0].cosignatures).sum();
-    println!(
-        "   federation {}: {replicas} verified replicas, {cosigs} witness cosignatures over the network, in {:.1} s",
-        &hex::encode(genesis.id())[..16],
-        fed.converged.as_secs_f64()
-    );
-
-    println!("\n7. audit: every signature, every tree, cosignatures, the accounting fold");
-    let state = root.join("auditor-state.json");
-    let report = audit_dirs(
-        &dirs,
-        &AuditOptions {
-            state: Some(state.clone()),
-            witnesses: witnesses.clone(),
-            genesis: Some(genesis.clone()),
+    let t = Instant::now();
+    wait_for(
+        "every node to hold every log",
+        Duration::from_secs(START_S_MAX),
+        &mut nodes,
+        &root,
+        || {
+            dirs.iter()
+                .all(|d| keys.iter().all(|k| size_at(d, k).is_some()))
         },
     )?;
-    crate::cli_ledger::print_report(&report);
-    let market = leam_market::audit::audit(&crate::cli_ledger::decoded_dirs(&dirs)?);
-    crate::cli_ledger::print_market(&market);
+    println!(
+        "   connected and replicating in {:.1} s; dashboards: {}",
+        t.elapsed().as_secs_f64(),
+        dirs.iter()
+            .filter_map(|d| base_of(d))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    println!(
+        "\n3. the market: measured offers, deposits, a job and a bid (leam offer|deposit|bid)"
+    );
+    for (i, price) in [(PUBLIC_CENTRE, "40"), (INDUSTRY, "55")] {
+        let out = leam(&[
+            "offer",
+            "--dir",
+            p(&dirs[i]),
+            "--price",
+            price,
+            "--minutes",
+            "60",
+            "--backend",
+            backend,
+            "--corpus",
+            p(&corpus),
+        ])?;
+        println!("   {:<22} {}", PARTNERS[i].1, out.trim());
+    }
+    for (i, cents, money, reference) in [
+        (STARTUP, DEMO_PRIVATE_DEPOSIT_CENTS, "private", "seed round"),
+        (
+            PUBLIC_CENTRE,
+            DEMO_PUBLIC_DEPOSIT_CENTS,
+            "public",
+            "public funding for startups",
+        ),
+    ] {
+        leam(&[
+            "deposit",
+            "--dir",
+            p(&dirs[i]),
+            "--eur-cents",
+            &cents.to_string(),
+            "--money",
+            money,
+            "--reference",
+            reference,
+        ])?;
+        println!(
+            "   {:<22} deposits {} of {money} money",
+            PARTNERS[i].1,
+            eur(cents)
+        );
+    }
+    let settings = TrainSettings::of(Some(args.preset));
+    let job = root.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"leam demo: char-level Shakespeare\"\n\
+             preset = \"nanogpt-cpu\"\n\
+             corpus = \"{}\"\n\
+             rounds = {}\n\
+             shards_per_round = 2\n\
+             inner_steps = {}\n\
+             replication_percent = {}\n\
+             referees = [\"{}\"]\n\
+             deadline_minutes = 60\n\
+             max_price_cents_per_kilo_unit = {DEMO_MAX_PRICE}\n\
+             [model]\n\
+             n_layer = {}\n\
+             n_head = {}\n\
+             n_embd = {}\n\
+             block_size = {}\n\
+             batch = {}\n",
+            corpus.display(),
+            args.rounds,
+            args.steps,
+            args.replication_percent,
+            keys[UNIVERSITY],
+            settings.n_layer,
+            settings.n_head,
+            settings.n_embd,
+            settings.block_size,
+            settings.batch_size,
+        ),
+    )?;
+    // The bidder clears on the logs it holds: wait until both offers reached it.
+    let sizes: Vec<u64> = [PUBLIC_CENTRE, INDUSTRY]
+        .iter()
+        .map(|&i| size_at(&dirs[i], &keys[i]).unwrap_or(0))
+        .collect();
+    wait_for(
+        "the offers to reach the startup's node",
+        Duration::from_secs(START_S_MAX),
+        &mut nodes,
+        &root,
+        || {
+            [PUBLIC_CENTRE, INDUSTRY]
+                .iter()
+                .zip(&sizes)
+                .all(|(&i, s)| size_at(&dirs[STARTUP], &keys[i]).is_some_and(|x| x >= *s))
+        },
+    )?;
+    let bid_at = Instant::now();
+    let job_id = leam(&["bid", "--dir", p(&dirs[STARTUP]), "--job", p(&job)])?
+        .trim()
+        .to_owned();
+    println!(
+        "   {} bids for job {}… ({} rounds × 2 shards of {} steps, {}% secretly replicated, referee {}, at most {DEMO_MAX_PRICE} cents/1000 units)",
+        PARTNERS[STARTUP].1,
+        &job_id[..16.min(job_id.len())],
+        args.rounds,
+        args.steps,
+        args.replication_percent,
+        PARTNERS[UNIVERSITY].1
+    );
+    let jobs = |dir: &Path| -> Option<Value> {
+        serde_json::from_str::<Value>(&leam(&["jobs", "--dir", p(dir), "--json"]).ok()?)
+            .ok()?
+            .as_array()?
+            .iter()
+            .find(|j| j["job"] == job_id.as_str())
+            .cloned()
+    };
+    let mut leased = None;
+    wait_for(
+        "the clearing and the co-signed leases",
+        Duration::from_secs(START_S_MAX),
+        &mut nodes,
+        &root,
+        || {
+            leased = jobs(&dirs[STARTUP]).filter(|j| j["state"] == "leased");
+            leased.is_some()
+        },
+    )?;
+    let leased = leased.unwrap_or(Value::Null);
+    println!(
+        "   cleared by the rule and leased in {:.2} s at the uniform price {} cents/1000 units:",
+        bid_at.elapsed().as_secs_f64(),
+        leased["price_cents_per_kilo_unit"]
+    );
+    let name_of = |key: &str| {
+        keys.iter()
+            .position(|k| k == key)
+            .map_or("?", |i| PARTNERS[i].1)
+    };
+    for part in leased["parts"].as_array().into_iter().flatten() {
+        println!(
+            "     {:<22} {} shards, {} units, {} (co-signed lease in both logs)",
+            name_of(part["provider"].as_str().unwrap_or("")),
+            part["shards"],
+            part["compute_units"],
+            eur(part["price_cents"].as_u64().unwrap_or(0))
+        );
+    }
+
+    println!(
+        "\n4. training over the network: DiLoCo rounds; shards, start states and the corpus travel by hash"
+    );
+    let progress_path = dirs[STARTUP]
+        .join(leam_jobs::JOBS_DIR_NAME)
+        .join(format!("{job_id}{}", leam_jobs::bidder::PROGRESS_SUFFIX));
+    let mut shown = 0usize;
+    let mut progress = Value::Null;
+    wait_for(
+        "the job",
+        Duration::from_secs(JOB_S_MAX),
+        &mut nodes,
+        &root,
+        || {
+            progress = std::fs::read(&progress_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            if shown == 0 {
+                if let Some(v) = progress["val_loss_start"].as_f64() {
+                    println!("   validation loss before training {v:.4}");
+                    shown = 1;
+                }
+            }
+            let rounds = progress["rounds"].as_array().cloned().unwrap_or_default();
+            for r in rounds.iter().skip(shown.saturating_sub(1)) {
+                println!(
+                    "   round {}: {} runs ({} replicated, {} mismatched), {} deltas merged, {} re-leased, val loss {:.4}, {:.1} s",
+                    r["round"],
+                    r["runs"],
+                    r["replicated"],
+                    r["mismatched"],
+                    r["merged"],
+                    r["released"],
+                    r["val_loss"].as_f64().unwrap_or(f64::NAN),
+                    r["wall_ms"].as_u64().unwrap_or(0) as f64 / 1e3
+                );
+                shown += 1;
+            }
+            let state = progress["state"].as_str().unwrap_or("");
+            state == "done" || state.starts_with("failed")
+        },
+    )?;
+    if let Some(s) = progress["state"]
+        .as_str()
+        .filter(|s| s.starts_with("failed"))
+    {
+        return Err(cli::fail(EXIT_ENV, anyhow!("the job {s}")));
+    }
+    let verdicts = &progress["verdicts"];
+    println!(
+        "   referee {}: {} verdicts accepting, {} rejecting{}",
+        PARTNERS[UNIVERSITY].1,
+        verdicts[0],
+        verdicts[1],
+        if verdicts[1].as_u64().unwrap_or(0) > 0 {
+            format!(
+                " (bisection to the first divergent step, one step replayed; evidence recorded against {})",
+                PARTNERS[INDUSTRY].1
+            )
+        } else {
+            String::new()
+        }
+    );
+
+    println!("\n5. settlement: verified units at the lease price; the public pool pays {DEMO_SUBSIDY_PERCENT}% of the startup's bill");
+    for (k, cents) in progress["paid_cents"].as_object().into_iter().flatten() {
+        println!(
+            "   {} pays {:<22} {}",
+            PARTNERS[STARTUP].1,
+            name_of(k),
+            eur(cents.as_u64().unwrap_or(0))
+        );
+    }
+    // The pool pays providers other than itself once the startup paid: wait for it in the
+    // industry partner's log (lease, receipts, the startup's and the pool's settlements).
+    let industry_paid = progress["paid_cents"]
+        .as_object()
+        .is_some_and(|m| m.contains_key(&keys[INDUSTRY]));
+    if industry_paid {
+        let pool_paid = || -> Option<u64> {
+            let page = get_json(
+                &base_of(&dirs[INDUSTRY])?,
+                &format!(
+                    "/api/logs/{}/entries?kind=settlement&limit=500",
+                    keys[INDUSTRY]
+                ),
+            )?;
+            page["entries"].as_array()?.iter().find_map(|e| {
+                let t = &e["entry"]["body"]["terms"];
+                (t["payer"] == keys[PUBLIC_CENTRE].as_str())
+                    .then(|| t["credits_cents"].as_u64())
+                    .flatten()
+            })
+        };
+        let mut paid = None;
+        wait_for(
+            "the public pool's subsidy",
+            Duration::from_secs(START_S_MAX),
+            &mut nodes,
+            &root,
+            || {
+                paid = pool_paid();
+                paid.is_some()
+            },
+        )?;
+        println!(
+            "   the public pool ({}) pays {:<8} {} (subsidy)",
+            PARTNERS[PUBLIC_CENTRE].1,
+            PARTNERS[INDUSTRY].1,
+            eur(paid.unwrap_or(0))
+        );
+    }
+    println!(
+        "   the startup revealed the replication seed: anyone can re-check which shards were replicated"
+    );
+    let device: u64 = progress["device_ms"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_u64())
+        .sum();
+    let wall = progress["wall_ms"].as_u64().unwrap_or(1).max(1);
+    println!(
+        "   measured: providers computed {:.1} s of device time in {:.1} s of job time ({:.0}% of two providers' time); \
+         replicas {:.0}% of primary compute; {} bytes per worker and round vs {} for plain data parallelism",
+        device as f64 / 1e3,
+        wall as f64 / 1e3,
+        100.0 * device as f64 / (2.0 * wall as f64),
+        100.0 * progress["replica_units"].as_f64().unwrap_or(0.0)
+            / progress["primary_units"].as_f64().unwrap_or(1.0).max(1.0),
+        progress["bytes_per_worker_round"],
+        progress["data_parallel_bytes_per_worker_round"]
+    );
+
+    let shards = u64::from(args.rounds) * 2;
+    let replicas = (shards * u64::from(args.replication_percent)).div_ceil(100);
+    let falsified = shards.div_ceil(20);
+    println!(
+        "   a provider falsifying {falsified} of the job's {shards} shards (5%) is caught with probability {:.1}% ({replicas} secret replicas)",
+        leam_market::replicate::catch_probability_ppb(shards, replicas, falsified) as f64 / 1e7
+    );
+
+    println!("\n6. audit over the live nodes' tlog-tiles interface (leam audit URL, as a funder runs it)");
+    let base = base_of(&dirs[PUBLIC_CENTRE]).context("the public centre's node address")?;
+    // Witnesses cosign every checkpoint after a consistency check; wait for the last entries.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let audit = leam(&["audit", "--no-state", "--genesis", p(&genesis), &base])?;
+    for line in audit.lines() {
+        println!("   {line}");
+    }
 
     println!(
         "\nDone in {:.1} s. Re-check it yourself:",
         started.elapsed().as_secs_f64()
     );
-    let dir_list = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
-    println!(
-        "  leam audit --state {} --genesis {} {}",
-        state.display(),
-        genesis_path.display(),
-        dirs[PUBLIC_CENTRE].display()
-    );
-    println!("  leam audit --no-state {dir_list}");
-    println!("  leam ledger export --dir {}", dirs[STARTUP].display());
-    if !args.exit_when_done {
-        crate::cli_serve::serve_dirs(&dirs, Some(genesis), args.http, |addr| {
-            println!(
-                "\n8. dashboard (read-only copies of the four logs): http://{addr}/ ; funder report http://{addr}/report ; API http://{addr}/api/openapi.json ; Ctrl-C stops"
-            );
-        })?;
+    println!("  leam audit --genesis {} {base}", genesis.display());
+    if args.exit_when_done {
+        nodes.stop();
+        println!(
+            "  leam audit --genesis {} {}",
+            genesis.display(),
+            dirs.iter().map(|d| p(d)).collect::<Vec<_>>().join(" ")
+        );
+        println!("  leam ledger export --dir {}", dirs[STARTUP].display());
+        return Ok(ExitCode::SUCCESS);
     }
+    println!(
+        "\n7. the nodes keep running: funder report {base}/report ; market {base}/market ; API {base}/api/openapi.json ; Ctrl-C stops them"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = rt.block_on(crate::cli_fed::shutdown_signal());
+    eprintln!("{signal}: stopping the nodes");
+    nodes.stop();
     Ok(ExitCode::SUCCESS)
 }

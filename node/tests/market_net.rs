@@ -327,3 +327,115 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
     assert_eq!(m["flags"].as_array().unwrap().len(), 0, "{m}");
     assert_eq!(m["findings"].as_array().unwrap().len(), 0, "{m}");
 }
+
+/// A provider killed with `kill -9` in the middle of a shard and restarted: the run it lost is
+/// asked for again (`Unknown` → `Run`), finished runs survive in `DIR/runs/`, and the job
+/// completes with one receipt per shard.
+#[test]
+fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let orgs = [
+        ("a", "Rechenzentrum Nord", "public"),
+        ("c", "Universitaet Sued", "science"),
+        ("d", "Sprachwerk GmbH", "startup"),
+    ];
+    let (genesis, dirs) = federation(root, &orgs, 2);
+    let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
+    let cpu = ["--backend", "cpu"];
+    let mut a = start_with(&dirs[0], &genesis, &[], &cpu);
+    let boot = tcp_addr(&dirs[0]);
+    let _c = start_with(&dirs[1], &genesis, std::slice::from_ref(&boot), &cpu);
+    let _d = start_with(&dirs[2], &genesis, std::slice::from_ref(&boot), &cpu);
+    wait("replicas", Duration::from_secs(30), || {
+        dirs.iter()
+            .all(|d| keys.iter().all(|k| size(d, k).is_some()))
+    });
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt");
+    ok(&[
+        "offer",
+        "--dir",
+        p(&dirs[0]),
+        "--price",
+        "40",
+        "--minutes",
+        "60",
+        "--backend",
+        "cpu",
+        "--corpus",
+        p(&corpus),
+    ]);
+    ok(&[
+        "deposit",
+        "--dir",
+        p(&dirs[2]),
+        "--eur-cents",
+        "100000",
+        "--money",
+        "private",
+        "--reference",
+        "seed round",
+    ]);
+    let a0 = size(&dirs[0], &keys[0]).unwrap();
+    wait(
+        "offer replicated to the bidder",
+        Duration::from_secs(20),
+        || size(&dirs[2], &keys[0]) == Some(a0),
+    );
+    let job = root.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"long shards\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 1\nshards_per_round = 2\ninner_steps = 300\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            corpus.display(),
+            keys[1]
+        ),
+    )
+    .unwrap();
+    let job_id = ok(&["bid", "--dir", p(&dirs[2]), "--job", p(&job)])
+        .trim()
+        .to_owned();
+    let progress = dirs[2].join("jobs").join(format!("{job_id}.progress.json"));
+    wait("the job started", Duration::from_secs(30), || {
+        progress.exists()
+    });
+    // In the middle of the first shard (each takes seconds): no run has finished yet.
+    std::thread::sleep(Duration::from_millis(700));
+    let finished = |d: &Path| std::fs::read_dir(d.join("runs")).map_or(0, |r| r.count());
+    let before = finished(&dirs[0]);
+    assert!(
+        before < 2,
+        "both runs finished before the kill: make the shards longer"
+    );
+    Command::new("kill")
+        .args(["-KILL", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    a.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _a = start_with(&dirs[0], &genesis, &[tcp_addr(&dirs[2])], &cpu);
+    let mut last = Value::Null;
+    wait(
+        "the job done after the restart",
+        Duration::from_secs(180),
+        || {
+            last = std::fs::read(&progress)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            assert!(
+                !last["state"].as_str().unwrap_or("").starts_with("failed"),
+                "{last}"
+            );
+            last["state"] == "done"
+        },
+    );
+    assert_eq!(last["rounds"][0]["runs"], 2, "{last}");
+    assert_eq!(last["rounds"][0]["merged"], 2, "{last}");
+    assert_eq!(last["verdicts"], serde_json::json!([2, 0]), "{last}");
+    assert_eq!(
+        finished(&dirs[0]),
+        2,
+        "both runs are on disk after the restart"
+    );
+}

@@ -17,6 +17,17 @@ use serde_json::Value;
 
 use crate::cli::{self, Backend, Preset, TrainSettings, EXIT_ENV, EXIT_INPUT};
 
+/// A narration line: on stdout, or on stderr when stdout carries the JSON result.
+macro_rules! say {
+    ($json:expr, $($t:tt)*) => {
+        if $json {
+            eprintln!($($t)*)
+        } else {
+            println!($($t)*)
+        }
+    };
+}
+
 /// Largest number of DiLoCo rounds the demo runs.
 const ROUNDS_MAX: u32 = 50;
 /// Largest number of inner steps per shard the demo runs.
@@ -78,6 +89,11 @@ pub struct DemoArgs {
     /// Stop the nodes and exit after the audit instead of serving the dashboard until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Print one JSON document on stdout once the audit is done (`dir`, `genesis`,
+    /// `federation`, `job`, `dashboards`, `progress` as `leam jobs --json` shows it, `audit` as
+    /// `leam audit --json` prints it); the narration goes to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The partners: directory name, organisation, sector.
@@ -243,6 +259,7 @@ fn eur(cents: u64) -> String {
 
 /// Runs `leam demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
     if args.rounds == 0 || args.rounds > ROUNDS_MAX {
         return Err(cli::fail(
             EXIT_INPUT,
@@ -286,13 +303,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    println!("leam demo: a federation of four partners, one `leam node` process each, on loopback");
-    println!(
+    say!(
+        json,
+        "leam demo: a federation of four partners, one `leam node` process each, on loopback"
+    );
+    say!(
+        json,
         "  (every step below is a `leam` command a partner would run; node logs: {}/<node>.log)\n",
         root.display()
     );
 
-    println!("1. identities and the signed genesis (leam init, leam genesis create|sign)");
+    say!(
+        json,
+        "1. identities and the signed genesis (leam init, leam genesis create|sign)"
+    );
     let dirs: Vec<PathBuf> = PARTNERS.iter().map(|(d, _, _)| root.join(d)).collect();
     let mut keys = Vec::new();
     for ((_, org, sector), dir) in PARTNERS.iter().zip(&dirs) {
@@ -310,7 +334,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "127.0.0.1:0",
         ])?;
         keys.push(member_key(dir)?);
-        println!(
+        say!(
+            json,
             "   {org:<22} {sector:<8} key {}…",
             &keys[keys.len() - 1][..16]
         );
@@ -331,12 +356,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for d in &dirs {
         leam(&["genesis", "sign", "--dir", p(d), p(&genesis)])?;
     }
-    println!(
+    say!(json,
         "   federation {}: signed by all four founders; startups' leases are {DEMO_SUBSIDY_PERCENT}% subsidised from public funding",
         &fed.trim()[..16.min(fed.trim().len())]
     );
 
-    println!("\n2. four `leam node` processes on libp2p (members only, replicas of every log, witness cosignatures)");
+    say!(json, "\n2. four `leam node` processes on libp2p (members only, replicas of every log, witness cosignatures)");
     let exe = std::env::current_exe().context("locating the leam binary")?;
     let mut nodes = Nodes(Vec::new());
     let mut boot: Option<String> = None;
@@ -394,7 +419,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .all(|d| keys.iter().all(|k| size_at(d, k).is_some()))
         },
     )?;
-    println!(
+    say!(
+        json,
         "   connected and replicating in {:.1} s; dashboards: {}",
         t.elapsed().as_secs_f64(),
         dirs.iter()
@@ -403,7 +429,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .join(" ")
     );
 
-    println!(
+    say!(
+        json,
         "\n3. the market: measured offers, deposits, a job and a bid (leam offer|deposit|bid)"
     );
     for (i, price) in [(PUBLIC_CENTRE, "40"), (INDUSTRY, "55")] {
@@ -420,7 +447,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "--corpus",
             p(&corpus),
         ])?;
-        println!("   {:<22} {}", PARTNERS[i].1, out.trim());
+        say!(json, "   {:<22} {}", PARTNERS[i].1, out.trim());
     }
     for (i, cents, money, reference) in [
         (STARTUP, DEMO_PRIVATE_DEPOSIT_CENTS, "private", "seed round"),
@@ -442,7 +469,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "--reference",
             reference,
         ])?;
-        println!(
+        say!(
+            json,
             "   {:<22} deposits {} of {money} money",
             PARTNERS[i].1,
             eur(cents)
@@ -502,7 +530,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let job_id = leam(&["bid", "--dir", p(&dirs[STARTUP]), "--job", p(&job)])?
         .trim()
         .to_owned();
-    println!(
+    say!(json,
         "   {} bids for job {}… ({} rounds × 2 shards of {} steps, {}% secretly replicated, referee {}, at most {DEMO_MAX_PRICE} cents/1000 units)",
         PARTNERS[STARTUP].1,
         &job_id[..16.min(job_id.len())],
@@ -531,7 +559,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let leased = leased.unwrap_or(Value::Null);
-    println!(
+    say!(
+        json,
         "   cleared by the rule and leased in {:.2} s at the uniform price {} cents/1000 units:",
         bid_at.elapsed().as_secs_f64(),
         leased["price_cents_per_kilo_unit"]
@@ -542,7 +571,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .map_or("?", |i| PARTNERS[i].1)
     };
     for part in leased["parts"].as_array().into_iter().flatten() {
-        println!(
+        say!(
+            json,
             "     {:<22} {} shards, {} units, {} (co-signed lease in both logs)",
             name_of(part["provider"].as_str().unwrap_or("")),
             part["shards"],
@@ -551,7 +581,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    println!(
+    say!(json,
         "\n4. training over the network: DiLoCo rounds; shards, start states and the corpus travel by hash"
     );
     let progress_path = dirs[STARTUP]
@@ -571,13 +601,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or(Value::Null);
             if shown == 0 {
                 if let Some(v) = progress["val_loss_start"].as_f64() {
-                    println!("   validation loss before training {v:.4}");
+                    say!(json, "   validation loss before training {v:.4}");
                     shown = 1;
                 }
             }
             let rounds = progress["rounds"].as_array().cloned().unwrap_or_default();
             for r in rounds.iter().skip(shown.saturating_sub(1)) {
-                println!(
+                say!(json,
                     "   round {}: {} runs ({} replicated, {} mismatched), {} deltas merged, {} re-leased, val loss {:.4}, {:.1} s",
                     r["round"],
                     r["runs"],
@@ -601,7 +631,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         return Err(cli::fail(EXIT_ENV, anyhow!("the job {s}")));
     }
     let verdicts = &progress["verdicts"];
-    println!(
+    say!(
+        json,
         "   referee {}: {} verdicts accepting, {} rejecting{}",
         PARTNERS[UNIVERSITY].1,
         verdicts[0],
@@ -616,9 +647,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     );
 
-    println!("\n5. settlement: verified units at the lease price; the public pool pays {DEMO_SUBSIDY_PERCENT}% of the startup's bill");
+    say!(json, "\n5. settlement: verified units at the lease price; the public pool pays {DEMO_SUBSIDY_PERCENT}% of the startup's bill");
     for (k, cents) in progress["paid_cents"].as_object().into_iter().flatten() {
-        println!(
+        say!(
+            json,
             "   {} pays {:<22} {}",
             PARTNERS[STARTUP].1,
             name_of(k),
@@ -657,14 +689,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 paid.is_some()
             },
         )?;
-        println!(
+        say!(
+            json,
             "   the public pool ({}) pays {:<8} {} (subsidy)",
             PARTNERS[PUBLIC_CENTRE].1,
             PARTNERS[INDUSTRY].1,
             eur(paid.unwrap_or(0))
         );
     }
-    println!(
+    say!(json,
         "   the startup revealed the replication seed: anyone can re-check which shards were replicated"
     );
     let device: u64 = progress["device_ms"]
@@ -674,7 +707,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|(_, v)| v.as_u64())
         .sum();
     let wall = progress["wall_ms"].as_u64().unwrap_or(1).max(1);
-    println!(
+    say!(json,
         "   measured: providers computed {:.1} s of device time in {:.1} s of job time ({:.0}% of two providers' time); \
          replicas {:.0}% of primary compute; {} bytes per worker and round vs {} for plain data parallelism",
         device as f64 / 1e3,
@@ -689,36 +722,62 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let shards = u64::from(args.rounds) * 2;
     let replicas = (shards * u64::from(args.replication_percent)).div_ceil(100);
     let falsified = shards.div_ceil(20);
-    println!(
+    say!(json,
         "   a provider falsifying {falsified} of the job's {shards} shards (5%) is caught with probability {:.1}% ({replicas} secret replicas)",
         leam_market::replicate::catch_probability_ppb(shards, replicas, falsified) as f64 / 1e7
     );
 
-    println!("\n6. audit over the live nodes' tlog-tiles interface (leam audit URL, as a funder runs it)");
+    say!(json, "\n6. audit over the live nodes' tlog-tiles interface (leam audit URL, as a funder runs it)");
     let base = base_of(&dirs[PUBLIC_CENTRE]).context("the public centre's node address")?;
     // Witnesses cosign every checkpoint after a consistency check; wait for the last entries.
     std::thread::sleep(Duration::from_millis(2_500));
     let audit = leam(&["audit", "--no-state", "--genesis", p(&genesis), &base])?;
     for line in audit.lines() {
-        println!("   {line}");
+        say!(json, "   {line}");
+    }
+    if json {
+        let audited: Value = serde_json::from_str(&leam(&[
+            "audit",
+            "--json",
+            "--no-state",
+            "--genesis",
+            p(&genesis),
+            &base,
+        ])?)?;
+        let doc = serde_json::json!({
+            "dir": root.display().to_string(),
+            "genesis": genesis.display().to_string(),
+            "federation": fed.trim(),
+            "job": job_id,
+            "dashboards": dirs.iter().filter_map(|d| base_of(d)).collect::<Vec<_>>(),
+            "progress": progress,
+            "audit": audited,
+        });
+        crate::cli::write_stdout(format!("{}\n", serde_json::to_string_pretty(&doc)?).as_bytes())?;
     }
 
-    println!(
+    say!(
+        json,
         "\nDone in {:.1} s. Re-check it yourself:",
         started.elapsed().as_secs_f64()
     );
-    println!("  leam audit --genesis {} {base}", genesis.display());
+    say!(json, "  leam audit --genesis {} {base}", genesis.display());
     if args.exit_when_done {
         nodes.stop();
-        println!(
+        say!(
+            json,
             "  leam audit --genesis {} {}",
             genesis.display(),
             dirs.iter().map(|d| p(d)).collect::<Vec<_>>().join(" ")
         );
-        println!("  leam ledger export --dir {}", dirs[STARTUP].display());
+        say!(
+            json,
+            "  leam ledger export --dir {}",
+            dirs[STARTUP].display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(json,
         "\n7. the nodes keep running: funder report {base}/report ; market {base}/market ; API {base}/api/openapi.json ; Ctrl-C stops them"
     );
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -384,6 +384,26 @@ fn exit_codes_on_real_cases() {
         }
     }
 
+    // 3: no wgpu adapter where `--backend wgpu` requires one (here: none matches the choice
+    // in LEAM_WGPU_ADAPTER; on a machine without any adapter the same code and message).
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "train",
+            "--backend",
+            "wgpu",
+            "--preset",
+            "demo",
+            "--max-iters",
+            "1",
+        ])
+        .args(["--corpus", corpus, "--quiet"])
+        .env("LEAM_WGPU_ADAPTER", "no-such-adapter")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no wgpu adapter"), "{}", stderr(&out));
+
     // 1: a tampered entry is an audit failure naming the entry.
     let export = ok(&["ledger", "export", "--dir", p(&dir)]);
     let row: serde_json::Value = serde_json::from_str(export.lines().nth(20).unwrap()).unwrap();

@@ -17,18 +17,36 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
             "--steps",
             "4",
             "--exit-when-done",
+            "--json",
             "--dir",
         ])
         .arg(&root)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // With --json the narration is on stderr and one JSON document on stdout.
+    let stdout = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout)
     );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["job"].as_str().unwrap().len(), 64, "{doc}");
+    assert_eq!(doc["progress"]["state"], "done", "{doc}");
+    assert_eq!(
+        doc["progress"]["verdicts"],
+        serde_json::json!([5, 1]),
+        "{doc}"
+    );
+    assert_eq!(doc["audit"]["market"]["clearings_reproduced"], 1, "{doc}");
+    assert_eq!(doc["audit"]["market"]["reveals_opening"], 1, "{doc}");
+    assert_eq!(
+        doc["audit"]["market"]["findings"],
+        serde_json::json!([]),
+        "{doc}"
+    );
+    assert_eq!(doc["dashboards"].as_array().unwrap().len(), 4, "{doc}");
     // Four node processes: the bid is cleared by the rule, leased to both providers (the
     // cheaper is capped at the job's 4 shards so the 2 replicas need the other, whose ask, 55,
     // is the first unsold unit's price), trained over the network, and the industry partner's

@@ -335,7 +335,7 @@ impl LogState {
                     .checked_add(dep.eur_cents)
                     .ok_or(RuleError::Overflow { seq })?;
             }
-            Body::Offer(_) | Body::Bid(_) | Body::Job(_) | Body::Reveal(_) => {}
+            Body::Offer(_) | Body::Bid(_) | Body::Job(_) | Body::Reveal(_) | Body::Data(_) => {}
             Body::Clearing(c) => {
                 for a in &c.assignments {
                     need(&a.provider, "assigned provider")?;
@@ -773,7 +773,8 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
                 | Body::Bid(_)
                 | Body::Job(_)
                 | Body::Clearing(_)
-                | Body::Reveal(_) => {}
+                | Body::Reveal(_)
+                | Body::Data(_) => {}
             }
             org_of(&e.author)?;
         }

@@ -36,6 +36,10 @@ pub const REFERENCE_BYTES_MAX: usize = 256;
 pub const EVIDENCE_BYTES_MAX: usize = 60 * 1024;
 /// Largest canonical job description in a job entry (`specs/market.md`).
 pub const JOB_BYTES_MAX: usize = 8 * 1024;
+/// Largest licence (an SPDX expression) of a data pool, UTF-8 bytes.
+pub const LICENCE_BYTES_MAX: usize = 64;
+/// Largest provenance text of a data pool, UTF-8 bytes.
+pub const SOURCE_BYTES_MAX: usize = 512;
 /// Most member logs a clearing record may name as its view of the offers.
 pub const CLEARING_VIEWS_MAX: usize = 256;
 /// Most providers a clearing record may assign shards to.
@@ -88,7 +92,7 @@ pub enum DecodeError {
         found: u8,
     },
     /// The kind byte names no kind.
-    #[error("unknown entry kind {found} (expected 1..=12)")]
+    #[error("unknown entry kind {found} (expected 1..=13)")]
     UnknownKind {
         /// Kind found.
         found: u8,
@@ -432,6 +436,21 @@ pub struct Reveal {
     pub seed: Digest32,
 }
 
+/// A data pool: a content-addressed dataset the author offers for jobs (`specs/market.md` §2),
+/// with its licence and provenance; nodes fetch its bytes by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Data {
+    /// SHA-256 of the dataset's bytes.
+    #[serde(serialize_with = "ser_hex")]
+    pub sha256: Digest32,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Licence, an SPDX expression (e.g. `CC0-1.0`, `MIT`, `LicenseRef-public-domain`).
+    pub licence: String,
+    /// Provenance: where the data comes from.
+    pub source: String,
+}
+
 /// Terms of a lease between a bidder and a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseTerms {
@@ -667,6 +686,8 @@ pub enum Kind {
     Clearing = 11,
     /// [`Reveal`].
     Reveal = 12,
+    /// [`Data`].
+    Data = 13,
 }
 
 impl Kind {
@@ -685,6 +706,7 @@ impl Kind {
             Kind::Job => "job",
             Kind::Clearing => "clearing",
             Kind::Reveal => "reveal",
+            Kind::Data => "data",
         }
     }
     fn from_tag(tag: u8) -> Option<Self> {
@@ -701,6 +723,7 @@ impl Kind {
             10 => Kind::Job,
             11 => Kind::Clearing,
             12 => Kind::Reveal,
+            13 => Kind::Data,
             _ => return None,
         })
     }
@@ -734,6 +757,8 @@ pub enum Body {
     Clearing(Clearing),
     /// Replication seed reveal.
     Reveal(Reveal),
+    /// Data pool.
+    Data(Data),
 }
 
 impl Body {
@@ -752,6 +777,7 @@ impl Body {
             Body::Job(_) => Kind::Job,
             Body::Clearing(_) => Kind::Clearing,
             Body::Reveal(_) => Kind::Reveal,
+            Body::Data(_) => Kind::Data,
         }
     }
 
@@ -839,6 +865,12 @@ impl Body {
             Body::Reveal(r) => {
                 w.extend_from_slice(&r.job_id);
                 w.extend_from_slice(&r.seed);
+            }
+            Body::Data(d) => {
+                w.extend_from_slice(&d.sha256);
+                w.extend_from_slice(&d.bytes.to_be_bytes());
+                put_str(w, &d.licence);
+                put_str(w, &d.source);
             }
         }
     }
@@ -950,6 +982,12 @@ impl Body {
             Kind::Reveal => Body::Reveal(Reveal {
                 job_id: r.array("job_id")?,
                 seed: r.array("seed")?,
+            }),
+            Kind::Data => Body::Data(Data {
+                sha256: r.array("sha256")?,
+                bytes: r.u64("bytes")?,
+                licence: r.text("licence", LICENCE_BYTES_MAX)?,
+                source: r.text("source", SOURCE_BYTES_MAX)?,
             }),
         })
     }
@@ -1263,6 +1301,10 @@ impl Entry {
         match &self.body {
             Body::Admission(a) => text("organisation", &a.organisation, ORGANISATION_BYTES_MAX)?,
             Body::Deposit(d) => text("reference", &d.reference, REFERENCE_BYTES_MAX)?,
+            Body::Data(d) => {
+                text("licence", &d.licence, LICENCE_BYTES_MAX)?;
+                text("source", &d.source, SOURCE_BYTES_MAX)?
+            }
             Body::Evidence(e) if e.bytes.len() > EVIDENCE_BYTES_MAX => {
                 return Err(DecodeError::LengthOverMax {
                     field: "evidence",
@@ -1348,7 +1390,9 @@ impl Entry {
         let mut keys = match &self.body {
             Body::Admission(a) => vec![a.member],
             Body::Deposit(d) => vec![d.member],
-            Body::Offer(_) | Body::Bid(_) | Body::Job(_) | Body::Reveal(_) => vec![],
+            Body::Offer(_) | Body::Bid(_) | Body::Job(_) | Body::Reveal(_) | Body::Data(_) => {
+                vec![]
+            }
             Body::Clearing(c) => c.assignments.iter().map(|a| a.provider).collect(),
             Body::Lease(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Receipt(c) => vec![c.terms.bidder, c.terms.provider],

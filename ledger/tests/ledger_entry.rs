@@ -169,6 +169,18 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
             })),
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(job_id, seed)| Body::Reveal(Reveal { job_id, seed })),
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            "[A-Za-z0-9.+-]{1,64}",
+            "[a-z ]{1,200}"
+        )
+            .prop_map(|(sha256, bytes, licence, source)| Body::Data(Data {
+                sha256,
+                bytes,
+                licence,
+                source
+            })),
     ]
 }
 
@@ -265,7 +277,7 @@ fn non_canonical_forms_are_rejected_with_the_field() {
         Entry::decode(&b),
         Err(DecodeError::UnknownVersion { found: 2 })
     );
-    for kind in [0u8, 13, 255] {
+    for kind in [0u8, 14, 255] {
         let mut b = good.clone();
         b[1] = kind;
         assert_eq!(

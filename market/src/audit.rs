@@ -116,6 +116,30 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
             }
         }
     }
+    // A job trains on a published data pool: flag a corpus no log publishes (its licence and
+    // provenance are then unknown to the funders).
+    let pools: BTreeSet<Digest32> = logs
+        .values()
+        .flatten()
+        .filter_map(|e| match &e.body {
+            Body::Data(d) => Some(d.sha256),
+            _ => None,
+        })
+        .collect();
+    for ((bidder, id), (seq, job)) in &jobs {
+        if !pools.contains(&job.corpus_sha256) {
+            out.flags.push(Finding {
+                log: hex::encode(bidder),
+                seq: *seq,
+                kind: "job",
+                detail: format!(
+                    "job {}'s corpus {} is not a published data pool (no licence or provenance on record)",
+                    hex::encode(id),
+                    hex::encode(job.corpus_sha256)
+                ),
+            });
+        }
+    }
     // Any bidder's job by id (verdicts and receipts name only the job id).
     let job_by_id: BTreeMap<Digest32, (&PublicKey, &Job)> =
         jobs.iter().map(|((b, id), (_, j))| (*id, (b, j))).collect();

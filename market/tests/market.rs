@@ -328,6 +328,16 @@ impl Book {
     /// Job, bid and a clearing by the rule; returns the clearing.
     fn clear(&mut self, at: u64) -> Clearing {
         let job_id = self.job.id();
+        self.append(
+            10,
+            at,
+            Body::Data(Data {
+                sha256: self.job.corpus_sha256,
+                bytes: self.job.corpus_bytes,
+                licence: "CC0-1.0".into(),
+                source: "test corpus".into(),
+            }),
+        );
         self.append(10, at, Body::Job(Job_(self.job.encode())));
         let bid_seq = self.append(
             10,
@@ -692,4 +702,28 @@ fn bidder_steps_and_provider_check() {
         waiting[0].reason.contains("no offer at or under 60"),
         "{waiting:?}"
     );
+}
+
+/// A job whose corpus no log publishes as a data pool is flagged (not a finding); publishing
+/// the pool clears the flag.
+#[test]
+fn a_corpus_without_a_data_pool_is_flagged() {
+    let mut b = Book::new();
+    let job = b.job.clone();
+    b.append(10, 1_000, Body::Job(Job_(job.encode())));
+    let a = audit(&b.logs);
+    assert!(a.clean(), "{:#?}", a.findings);
+    assert_eq!(a.flags.len(), 1, "{:#?}", a.flags);
+    assert!(a.flags[0].detail.contains("is not a published data pool"));
+    b.append(
+        1,
+        1_001,
+        Body::Data(Data {
+            sha256: job.corpus_sha256,
+            bytes: job.corpus_bytes,
+            licence: "CC0-1.0".into(),
+            source: "the pool".into(),
+        }),
+    );
+    assert!(audit(&b.logs).flags.is_empty());
 }

@@ -600,6 +600,92 @@ pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `leam data` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DataCmd {
+    /// Publish a dataset as a data pool: store it by hash in the node directory (the node serves
+    /// it to providers by hash) and record its hash, size, licence and provenance in the
+    /// running node's log. Prints the SHA-256.
+    #[command(
+        after_long_help = "Example:\n  leam data add --dir nodes/startup data/tinyshakespeare.txt --licence LicenseRef-public-domain --source 'karpathy/char-rnn tinyshakespeare'"
+    )]
+    Add(DataAddArgs),
+}
+
+/// Arguments of `leam data add`.
+#[derive(Debug, clap::Args)]
+pub struct DataAddArgs {
+    /// Node directory of the running node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The dataset file.
+    pub file: PathBuf,
+    /// Its licence, an SPDX expression (e.g. CC0-1.0, CC-BY-4.0, LicenseRef-public-domain).
+    #[arg(long)]
+    pub licence: String,
+    /// Where it comes from (provenance), free text.
+    #[arg(long)]
+    pub source: String,
+    /// Print `{"sha256", "bytes", "index"}` instead of the hash alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `leam data add`.
+pub fn data_add(a: DataAddArgs) -> anyhow::Result<ExitCode> {
+    use leam_ledger::entry::{Data, LICENCE_BYTES_MAX, SOURCE_BYTES_MAX};
+    let input = |e: anyhow::Error| cli::fail(cli::EXIT_INPUT, e);
+    let licence_ok = !a.licence.is_empty()
+        && a.licence.len() <= LICENCE_BYTES_MAX
+        && a.licence
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-+:() ".contains(&b));
+    if !licence_ok {
+        return Err(input(anyhow!(
+            "--licence: expected an SPDX expression of at most {LICENCE_BYTES_MAX} characters (letters, digits, . - + : ( ) and spaces), found {:?}",
+            a.licence
+        )));
+    }
+    if !leam_ledger::entry::valid_text(&a.source) || a.source.len() > SOURCE_BYTES_MAX {
+        return Err(input(anyhow!(
+            "--source: expected non-empty text of at most {SOURCE_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    let bytes = std::fs::read(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))
+        .map_err(input)?;
+    if bytes.is_empty() {
+        return Err(input(anyhow!("{} is empty", a.file.display())));
+    }
+    let sha256 = leam_jobs::blobs::Blobs::new(&a.dir)
+        .put(&bytes)
+        .map_err(|e| cli::fail(cli::EXIT_ENV, e.into()))?;
+    let i = submit(
+        &a.dir,
+        "/api/data",
+        Body::Data(Data {
+            sha256,
+            bytes: bytes.len() as u64,
+            licence: a.licence.clone(),
+            source: a.source.clone(),
+        }),
+    )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "sha256": hex::encode(sha256), "bytes": bytes.len(), "index": i })
+        );
+    } else {
+        eprintln!(
+            "data pool recorded as entry {i}: {} bytes, licence {}; the node serves it by hash",
+            bytes.len(),
+            a.licence
+        );
+        println!("{}", hex::encode(sha256));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Arguments of `leam jobs`.
 #[derive(Debug, clap::Args)]
 #[command(

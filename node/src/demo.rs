@@ -431,7 +431,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     say!(
         json,
-        "\n3. the market: measured offers, deposits, a job and a bid (leam offer|deposit|bid)"
+        "\n3. the market: measured offers, deposits, a data pool, a job and a bid (leam offer|deposit|data add|bid)"
     );
     for (i, price) in [(PUBLIC_CENTRE, "40"), (INDUSTRY, "55")] {
         let out = leam(&[
@@ -476,6 +476,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             eur(cents)
         );
     }
+    let sha = leam(&[
+        "data",
+        "add",
+        "--dir",
+        p(&dirs[STARTUP]),
+        p(&corpus),
+        "--licence",
+        "LicenseRef-public-domain",
+        "--source",
+        "tinyshakespeare (karpathy/char-rnn), Shakespeare's plays",
+    ])?;
+    say!(
+        json,
+        "   {:<22} publishes the corpus as data pool {}… (licence, provenance; served by hash)",
+        PARTNERS[STARTUP].1,
+        &sha.trim()[..16.min(sha.trim().len())]
+    );
     let settings = TrainSettings::of(Some(args.preset));
     let job = root.join("job.toml");
     std::fs::write(

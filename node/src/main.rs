@@ -108,9 +108,18 @@ enum Command {
     Bid(cli_market::BidArgs),
     /// A running bidder node's jobs: waiting (and why), being leased, or leased.
     Jobs(cli_market::JobsArgs),
+    /// Data pools: publish a dataset (by hash, with licence and provenance) from a running node.
+    #[command(
+        after_long_help = "Example:\n  leam data add --dir nodes/startup data/tinyshakespeare.txt --licence LicenseRef-public-domain --source 'karpathy/char-rnn tinyshakespeare'"
+    )]
+    Data {
+        #[command(subcommand)]
+        cmd: cli_market::DataCmd,
+    },
     /// Serve copies of logs read-only: the web API, tlog-tiles and the dashboards.
     Serve(cli_serve::ServeArgs),
-    /// Run a local federation end to end (only the parts built so far; it says which).
+    /// Run a local federation end to end: four `leam node` processes, a job trained, verified
+    /// and settled over the network, an audit, the dashboards.
     #[command(after_long_help = "Example:\n  leam demo --rounds 2 --steps 4 --honest")]
     Demo(demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -229,6 +238,9 @@ fn main() -> std::process::ExitCode {
         Command::Offer(args) => cli_market::offer(args),
         Command::Bid(args) => cli_market::bid(args),
         Command::Jobs(args) => cli_market::jobs(args),
+        Command::Data { cmd } => match cmd {
+            cli_market::DataCmd::Add(args) => cli_market::data_add(args),
+        },
         Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(out),
     };

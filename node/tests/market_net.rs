@@ -117,6 +117,19 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         "--reference",
         "seed round",
     ]);
+    // The startup publishes the corpus as a data pool (hash, licence, provenance).
+    let sha = ok(&[
+        "data",
+        "add",
+        "--dir",
+        p(&dirs[3]),
+        p(&corpus),
+        "--licence",
+        "LicenseRef-public-domain",
+        "--source",
+        "tinyshakespeare (karpathy/char-rnn)",
+    ]);
+    assert_eq!(sha.trim().len(), 64, "data add prints the SHA-256: {sha}");
     // The public research centre (a) funds the public pool that subsidises startups (30%).
     ok(&[
         "deposit",

@@ -30,7 +30,7 @@ pub const LIMIT_MAX: u64 = 500;
 pub const SCAN_ENTRIES_MAX: u64 = 100_000;
 
 /// Every entry kind, for parsing `kind=` filters.
-pub const KINDS: [Kind; 12] = [
+pub const KINDS: [Kind; 13] = [
     Kind::Admission,
     Kind::Deposit,
     Kind::Offer,
@@ -43,6 +43,7 @@ pub const KINDS: [Kind; 12] = [
     Kind::Job,
     Kind::Clearing,
     Kind::Reveal,
+    Kind::Data,
 ];
 
 /// An error answer.

@@ -207,6 +207,13 @@ fn summary(e: &Entry, m: &BTreeMap<PublicKey, Membership>) -> String {
             "reveals the replication seed of job {}",
             &hex::encode(r.job_id)[..12]
         ),
+        Body::Data(d) => format!(
+            "publishes data pool {} ({} bytes, licence {}, from {})",
+            &hex::encode(d.sha256)[..12],
+            d.bytes,
+            d.licence,
+            d.source
+        ),
     }
 }
 

@@ -135,15 +135,15 @@ pub enum Route {
 }
 
 impl Route {
-    /// The entry kind the route accepts; `None` for data pools, which have no ledger kind yet.
-    pub fn kind(self) -> Option<Kind> {
+    /// The entry kind the route accepts.
+    pub fn kind(self) -> Kind {
         match self {
-            Route::Bids => Some(Kind::Bid),
-            Route::Offers => Some(Kind::Offer),
-            Route::Deposits => Some(Kind::Deposit),
-            Route::Admissions => Some(Kind::Admission),
-            Route::Data => None,
-            Route::Jobs => Some(Kind::Job),
+            Route::Bids => Kind::Bid,
+            Route::Offers => Kind::Offer,
+            Route::Deposits => Kind::Deposit,
+            Route::Admissions => Kind::Admission,
+            Route::Data => Kind::Data,
+            Route::Jobs => Kind::Job,
         }
     }
     fn path(self) -> &'static str {
@@ -230,13 +230,7 @@ async fn write(
     let bytes = entry_bytes(&body)?;
     let entry = Entry::decode(&bytes)
         .map_err(|e| AppError::BadRequest(format!("entry: not a canonical ledger entry: {e}")))?;
-    let Some(kind) = route.kind() else {
-        return Err(AppError::BadRequest(format!(
-            "{}: the ledger has no data-pool entry kind yet, so nothing can be submitted here (found a {} entry)",
-            route.path(),
-            entry.kind().name()
-        )));
-    };
+    let kind = route.kind();
     if entry.kind() != kind {
         return Err(AppError::BadRequest(format!(
             "entry: {} accepts {} entries, found a {} entry",

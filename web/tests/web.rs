@@ -761,12 +761,12 @@ async fn writes_are_checked_before_the_node_sees_them() {
             "/api/bids accepts bid entries, found a offer entry",
         ),
         (
-            "data pools",
+            "a bid on the data-pool route",
             "/api/data",
             Some(TOKEN),
             entry_json(&good),
             400,
-            "no data-pool entry kind",
+            "/api/data accepts data entries, found a bid entry",
         ),
         ("oversized", "/api/bids", Some(TOKEN), big, 413, "at most"),
         (

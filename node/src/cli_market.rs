@@ -689,7 +689,7 @@ pub fn data_add(a: DataAddArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `leam jobs`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Example:\n  leam jobs --dir nodes/startup --json\n\nA job waits (with the reason no provider serves it yet), is being leased, or is leased."
+    after_long_help = "Example:\n  leam jobs --dir nodes/startup --json\n  leam jobs --dir nodes/startup --wait 3f2a\n\nA job waits (with the reason no provider serves it yet), is being leased, or is leased."
 )]
 pub struct JobsArgs {
     /// Node directory of the running node (the bidder).
@@ -700,10 +700,85 @@ pub struct JobsArgs {
     /// `price_cents`, `leased`) and `progress` (the run's progress file, or null).
     #[arg(long)]
     pub json: bool,
+    /// Wait until this job (id hex, or a prefix of it) is done, printing each finished round
+    /// on stderr, then report as usual; exits 1 if the job failed.
+    #[arg(long, value_name = "JOB")]
+    pub wait: Option<String>,
+    /// Longest wait with `--wait`, seconds (then exit 3).
+    #[arg(long, default_value_t = 3_600)]
+    pub wait_s: u64,
+}
+
+/// How often `leam jobs --wait` looks at the job's progress.
+pub const JOBS_WAIT_POLL_MS: u64 = 500;
+
+/// `leam jobs --wait`: poll the job's progress file until it is done or failed.
+fn wait_job(dir: &Path, prefix: &str, limit_s: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut shown = 0usize;
+    loop {
+        let found = std::fs::read_dir(dir.join(JOBS_DIR_NAME))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(prefix) && n.ends_with(leam_jobs::bidder::PROGRESS_SUFFIX)
+                })
+            });
+        let progress: Option<serde_json::Value> = found
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(pr) = &progress {
+            for r in pr["rounds"].as_array().into_iter().flatten().skip(shown) {
+                eprintln!(
+                    "round {}: {} runs, {} mismatched, {} merged, {} re-leased, val loss {:.4}",
+                    r["round"],
+                    r["runs"],
+                    r["mismatched"],
+                    r["merged"],
+                    r["released"],
+                    r["val_loss"].as_f64().unwrap_or(f64::NAN)
+                );
+                shown += 1;
+            }
+            match pr["state"].as_str().unwrap_or("") {
+                "done" => return Ok(()),
+                s if s.starts_with("failed") => {
+                    return Err(cli::fail(cli::EXIT_INVALID, anyhow!("job {prefix}: {s}")))
+                }
+                _ => {}
+            }
+        }
+        if started.elapsed() > Duration::from_secs(limit_s) {
+            return Err(cli::fail(
+                cli::EXIT_ENV,
+                anyhow!(
+                    "job {prefix} is not done after {limit_s} s ({})",
+                    if progress.is_some() {
+                        "running"
+                    } else {
+                        "not started on this node"
+                    }
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(JOBS_WAIT_POLL_MS));
+    }
 }
 
 /// Runs `leam jobs`.
 pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(prefix) = &a.wait {
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(cli::fail(
+                cli::EXIT_INPUT,
+                anyhow!("--wait: expected a job id in hex (or a prefix of it), found {prefix:?}"),
+            ));
+        }
+        wait_job(&a.dir, &prefix.to_ascii_lowercase(), a.wait_s)?;
+    }
     let (base, _) = endpoint(&a.dir)?;
     let url = format!("{base}/api/market/jobs");
     let mut resp = crate::cli_fed::agent()

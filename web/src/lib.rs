@@ -39,11 +39,13 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod pages;
+pub mod progress;
 pub mod tiles;
 pub mod view;
 pub mod writes;
 
 pub use error::AppError;
+pub use progress::{JobProgress, RoundProgress};
 pub use view::{Accepted, LogInfo, Peer, Submit, View, ViewError};
 
 /// Largest request body accepted anywhere, bytes (a signed entry is at most 64 KiB; hex doubles

@@ -9,7 +9,9 @@
 //!
 //! Routes: JSON under `/api/` (OpenAPI 3 at `/api/openapi.json`), tlog-tiles under
 //! `/tlog/<log key hex>/` (`specs/tlog.md` §8), `/metrics` (Prometheus text), server-sent
-//! events at `/api/events`, pages at `/`, `/ledger`, `/market`, `/report`.
+//! events at `/api/events`, pages at `/`, `/ledger`, `/market`, `/jobs`, `/report`. Jobs'
+//! progress (`/api/jobs/progress`, `/jobs`) comes from the files a bidder's node writes
+//! ([`progress`], [`View::job_progress`]), not from the ledger.
 
 // `DirError` wraps the ledger's `AuditError`/`LogError`, which name the directory, entry,
 // expected and found values and so exceed clippy's `result_large_err` bound (as in the ledger);
@@ -199,6 +201,16 @@ impl Shared {
         let r = Arc::new(self.view.report()?);
         *cached = Some((sizes, r.clone()));
         Ok(r)
+    }
+
+    /// The jobs' progress documents ([`View::job_progress`]), read on the blocking pool: the
+    /// view reads files, which must not hold up the async workers (the node's swarm among
+    /// them).
+    pub async fn job_progress(&self) -> Result<Vec<JobProgress>, AppError> {
+        let view = self.view.clone();
+        tokio::task::spawn_blocking(move || view.job_progress())
+            .await
+            .map_err(|e| AppError::Unavailable(format!("reading the jobs' progress: {e}")))
     }
 
     /// The log with this key, if held.

@@ -843,6 +843,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             token,
             commands: tx,
             shutdown: shutdown.clone(),
+            dir: dir.clone(),
         })
         .into_make_service_with_connect_info::<SocketAddr>();
         let stop_http = shutdown.clone();

@@ -1,5 +1,6 @@
 //! `leam serve`: the web API, tlog-tiles and dashboards over copies of logs (node directories,
-//! their replicas, exported logs), read-only, for an auditor or funder without a node. The
+//! their replicas, exported logs), read-only, for an auditor or funder without a node; the
+//! jobs' progress files in a node directory's `jobs/` folder are shown on `/jobs`. The
 //! demo serves its federation's directories the same way once its nodes have stopped.
 
 use std::net::SocketAddr;
@@ -14,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `leam serve`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Example:\n  leam serve --genesis fed.genesis --http 127.0.0.1:8080 nodes/a nodes/b\n\nThen open http://127.0.0.1:8080/report (funder report) or /api/openapi.json."
+    after_long_help = "Example:\n  leam serve --genesis fed.genesis --http 127.0.0.1:8080 nodes/a nodes/b\n\nThen open http://127.0.0.1:8080/report (funder report), /jobs (the jobs' progress files in DIR/jobs/) or /api/openapi.json."
 )]
 pub struct ServeArgs {
-    /// Log directories to serve (node directories with their replicas, or exported logs).
+    /// Log directories to serve (node directories with their replicas and jobs' progress files,
+    /// or exported logs).
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// The federation's genesis document: with it, every checkpoint must carry the members'

@@ -1,8 +1,10 @@
 //! The running node's web server: `leam_web::app` over the node's own handles
 //! (`leam_net::live::Live`, never a second open of its stores), with signed writes handed to
 //! the swarm task as `Command::Submit` under the node's control token, the node's network
-//! metrics on `/metrics`, and `/api/status`.
+//! metrics on `/metrics`, and `/api/status`. Jobs' progress (`/api/jobs/progress`, `/jobs`)
+//! is read from the node directory's `jobs/` folder, as `leam serve` reads it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -12,7 +14,7 @@ use leam_ledger::genesis::Genesis;
 use leam_ledger::merkle::Hash;
 use leam_net::live::{Live, LiveError};
 use leam_net::shell::{Command as NodeCommand, Status, COMMAND_QUEUE_MAX};
-use leam_web::{Accepted, LogInfo, Peer, Submit, View, ViewError};
+use leam_web::{Accepted, JobProgress, LogInfo, Peer, Submit, View, ViewError};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -20,17 +22,19 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// [`View`] over a running node's logs, peers and report.
+/// [`View`] over a running node's logs, peers, report and jobs' progress.
 #[derive(Debug)]
 pub struct LiveView {
     live: Live,
     genesis: Genesis,
+    dir: PathBuf,
 }
 
 impl LiveView {
-    /// The view of the node publishing to `live`, in the federation `genesis`.
-    pub fn new(live: Live, genesis: Genesis) -> LiveView {
-        LiveView { live, genesis }
+    /// The view of the node publishing to `live`, in the federation `genesis`, whose node
+    /// directory is `dir` (its jobs' progress files are in `dir/jobs/`).
+    pub fn new(live: Live, genesis: Genesis, dir: PathBuf) -> LiveView {
+        LiveView { live, genesis, dir }
     }
 }
 
@@ -92,6 +96,12 @@ impl View for LiveView {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
             _ => run(),
         }
+    }
+
+    /// The progress files the bidder side of this node writes (`leam_jobs::bidder`), read
+    /// with web's bounds.
+    fn job_progress(&self) -> Vec<JobProgress> {
+        leam_web::progress::read_progress(std::slice::from_ref(&self.dir))
     }
 }
 
@@ -314,11 +324,13 @@ pub struct Server {
     pub commands: mpsc::Sender<NodeCommand>,
     /// Cancelled at shutdown: ends event streams.
     pub shutdown: CancellationToken,
+    /// The node directory (jobs' progress files in `jobs/`).
+    pub dir: PathBuf,
 }
 
 /// The node's HTTP app: `leam_web::app` with writes and node metrics, plus `/api/status`.
 pub fn app(s: Server) -> axum::Router {
-    let state = leam_web::AppState::new(Arc::new(LiveView::new(s.live.clone(), s.genesis)))
+    let state = leam_web::AppState::new(Arc::new(LiveView::new(s.live.clone(), s.genesis, s.dir)))
         .with_writes(s.token, Arc::new(NodeSubmit::new(s.commands.clone())))
         .with_shutdown(s.shutdown)
         .with_collector(Box::new(NodeMetrics::new(s.live)));

@@ -2,7 +2,8 @@
 //! own log and the replicas at their live sizes, the tlog checkpoint and the report are served,
 //! a signed entry posted with the control token is appended (size + 1 at once) and replicated
 //! to a peer, a wrong sequence number gets 409 naming the expected index, a write without the
-//! token 401; node metrics are on `/metrics`; SIGTERM ends open event streams and the node.
+//! token 401; node metrics are on `/metrics`; a job's progress file in the node directory is
+//! served at `/api/jobs/progress` and `/jobs`; SIGTERM ends open event streams and the node.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -209,6 +210,58 @@ fn live_nodes_serve_their_logs_and_accept_signed_entries() {
                 .iter()
                 .any(|l| l["key"] == key_a.as_str() && l["size"].as_u64() == Some(size))
         },
+    );
+
+    // A job's progress file, where the bidder side of the node writes it (`leam_jobs`' names,
+    // which web mirrors), is served by the live node as soon as it exists.
+    assert_eq!(
+        leam_web::progress::JOBS_DIR_NAME,
+        leam_jobs::JOBS_DIR_NAME,
+        "web reads where leam-jobs writes"
+    );
+    assert_eq!(
+        leam_web::progress::PROGRESS_SUFFIX,
+        leam_jobs::bidder::PROGRESS_SUFFIX
+    );
+    let progress_url = format!("{}/api/jobs/progress", base(&dirs[0]));
+    assert_eq!(get_json(&progress_url), json!([]));
+    let job = [0x6b_u8; 32];
+    let progress = leam_jobs::bidder::Progress {
+        job: hex::encode(job),
+        state: "running".into(),
+        val_loss_start: Some(4.25),
+        rounds: vec![leam_jobs::bidder::RoundProgress {
+            round: 0,
+            shards: 2,
+            runs: 3,
+            replicated: 1,
+            mismatched: 0,
+            merged: 2,
+            released: 1,
+            val_loss: Some(3.5),
+            wall_ms: 4_200,
+        }],
+        device_ms: [(key_a.clone(), 7_000)].into_iter().collect(),
+        verdicts: (2, 0),
+        ..Default::default()
+    };
+    let path = leam_jobs::bidder::progress_path(&dirs[0], &job);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec_pretty(&progress).unwrap()).unwrap();
+    assert_eq!(
+        get_json(&progress_url),
+        json!([serde_json::to_value(&progress).unwrap()]),
+        "the document as leam-jobs wrote it"
+    );
+    let (st, page) = get(&format!("{}/jobs", base(&dirs[0])));
+    assert_eq!(st, 200);
+    assert!(
+        page.contains(&hex::encode(job)) && page.contains("<svg"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<th scope=\"row\">Rechenzentrum Nord</th>"),
+        "device time by organisation: {page}"
     );
 
     // Node metrics next to the server's.

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::progress::JobProgress;
 use crate::view::{LogHashes, LogInfo, Peer};
 use crate::{members, parse_key, AppError, AppShared, LogEntries};
 
@@ -652,6 +653,12 @@ async fn peers(State(s): State<AppShared>) -> Json<Vec<Peer>> {
     Json(s.view.peers())
 }
 
+#[utoipa::path(get, path = "/api/jobs/progress", tag = "jobs",
+    responses((status = 200, description = "The progress documents of the jobs the serving node ran or runs as a bidder (`DIR/jobs/<job id>.progress.json`, specs/market.md §8.2): per DiLoCo round runs, replicated, mismatched, merged and re-leased shards, validation loss and wall time; device time and payments by provider key; verdicts [accepted, rejected]. Read from files, not from the ledger; at most 256, malformed or oversized files left out; empty when the server holds none", body = [JobProgress])))]
+async fn job_progress(State(s): State<AppShared>) -> Result<Json<Vec<JobProgress>>, AppError> {
+    Ok(Json(s.job_progress().await?))
+}
+
 #[utoipa::path(get, path = "/api/report", tag = "report",
     responses((status = 200, description = "The accounting report: exactly the `accounting` object of `leam audit --json` (specs/ledger.md, Accounting)", body = AnyJson)))]
 async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
@@ -764,13 +771,14 @@ pub(crate) fn router() -> (axum::Router<AppShared>, utoipa::openapi::OpenApi) {
         .routes(routes!(leases))
         .routes(routes!(evidence))
         .routes(routes!(peers))
+        .routes(routes!(job_progress))
         .routes(routes!(report))
         .routes(routes!(report_csv_handler))
         .merge(crate::writes::openapi_router())
         .split_for_parts();
     api.info.title = "leam web API".to_owned();
     api.info.description = Some(
-        "Read-only audit API of a leam node (federation, logs, entries, proofs, market, report) and signed-entry submission. Transparency logs are also served in the C2SP tlog-tiles layout under /tlog/<log key hex>/.".to_owned(),
+        "Read-only audit API of a leam node (federation, logs, entries, proofs, market, jobs' progress, report) and signed-entry submission. Transparency logs are also served in the C2SP tlog-tiles layout under /tlog/<log key hex>/.".to_owned(),
     );
     (
         router.route("/api/openapi.json", axum::routing::get(openapi)),

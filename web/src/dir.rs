@@ -5,7 +5,8 @@
 //! (`leam_ledger::audit::audit_dirs`, the code behind `leam audit`): a copy that does not
 //! verify end to end is refused, and the report the server answers is the audit's accounting.
 //! Only then are the stores opened for reading; they are held open (and locked) until the view
-//! is dropped. Never point it at the directory of a running node: the node holds its store
+//! is dropped. The jobs' progress documents in `DIR/jobs/` of the given directories are read
+//! on every request ([`crate::progress::read_progress`]). Never point it at the directory of a running node: the node holds its store
 //! locked and opening fails with the store's "locked" error.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use leam_ledger::identity;
 use leam_ledger::log::{LogError, LogReader, CHECKPOINT_FILE_NAME};
 use leam_ledger::merkle::{self, Hash, HashReader};
 
+use crate::progress::{read_progress, JobProgress};
 use crate::view::{LogInfo, Peer, View, ViewError};
 use crate::witness_vkey;
 
@@ -47,6 +49,7 @@ pub enum DirError {
 /// Copies of logs served read-only; see the module documentation.
 #[derive(Debug)]
 pub struct DirView {
+    dirs: Vec<PathBuf>,
     readers: Vec<LogReader>,
     genesis: Option<Genesis>,
     report: Report,
@@ -96,6 +99,7 @@ impl DirView {
     /// the members' witness cosignatures on every checkpoint must verify, and the report
     /// counts members only (as `leam audit --genesis`).
     pub fn open(dirs: &[PathBuf], genesis: Option<Genesis>) -> Result<DirView, DirError> {
+        let given = dirs.to_vec();
         let dirs = with_replicas(dirs);
         if dirs.is_empty() || dirs.len() > DIRS_MAX {
             return Err(DirError::Count { found: dirs.len() });
@@ -122,6 +126,7 @@ impl DirView {
             .map(|d| LogReader::open(d))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(DirView {
+            dirs: given,
             readers,
             genesis,
             report: audit.accounting,
@@ -187,5 +192,11 @@ impl View for DirView {
 
     fn report(&self) -> Result<Report, ViewError> {
         Ok(self.report.clone())
+    }
+
+    /// The progress documents in `DIR/jobs/` of the directories given to [`DirView::open`]
+    /// (replicas hold other members' logs, never jobs).
+    fn job_progress(&self) -> Vec<JobProgress> {
+        read_progress(&self.dirs)
     }
 }

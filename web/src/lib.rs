@@ -9,7 +9,9 @@
 //!
 //! Routes: JSON under `/api/` (OpenAPI 3 at `/api/openapi.json`), tlog-tiles under
 //! `/tlog/<log key hex>/` (`specs/tlog.md` §8), `/metrics` (Prometheus text), server-sent
-//! events at `/api/events`, pages at `/`, `/ledger`, `/market`, `/report`.
+//! events at `/api/events`, pages at `/`, `/ledger`, `/market`, `/jobs`, `/report`. Jobs'
+//! progress (`/api/jobs/progress`, `/jobs`) comes from the files a bidder's node writes
+//! ([`progress`], [`View::job_progress`]), not from the ledger.
 
 // `DirError` wraps the ledger's `AuditError`/`LogError`, which name the directory, entry,
 // expected and found values and so exceed clippy's `result_large_err` bound (as in the ledger);
@@ -39,11 +41,13 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod pages;
+pub mod progress;
 pub mod tiles;
 pub mod view;
 pub mod writes;
 
 pub use error::AppError;
+pub use progress::{JobProgress, RoundProgress};
 pub use view::{Accepted, LogInfo, Peer, Submit, View, ViewError};
 
 /// Largest request body accepted anywhere, bytes (a signed entry is at most 64 KiB; hex doubles
@@ -197,6 +201,16 @@ impl Shared {
         let r = Arc::new(self.view.report()?);
         *cached = Some((sizes, r.clone()));
         Ok(r)
+    }
+
+    /// The jobs' progress documents ([`View::job_progress`]), read on the blocking pool: the
+    /// view reads files, which must not hold up the async workers (the node's swarm among
+    /// them).
+    pub async fn job_progress(&self) -> Result<Vec<JobProgress>, AppError> {
+        let view = self.view.clone();
+        tokio::task::spawn_blocking(move || view.job_progress())
+            .await
+            .map_err(|e| AppError::Unavailable(format!("reading the jobs' progress: {e}")))
     }
 
     /// The log with this key, if held.

@@ -1,10 +1,11 @@
 //! Server-rendered pages (maud): `/` federation overview, `/ledger` explorer, `/market`,
-//! `/report` funder report. No JavaScript; one vendored stylesheet served with immutable cache
+//! `/jobs` jobs' progress (loss curves, shards computed / checked / re-leased, verdicts,
+//! device time, bytes moved, payments), `/report` funder report. No JavaScript; one vendored stylesheet served with immutable cache
 //! headers; charts are server-side SVG, deterministic for the same ledger. Every figure cell
 //! carries `data-field`/`data-value` attributes so tools (and browser tests) can read the
 //! exact integers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -17,6 +18,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
 use crate::api::{cosigners, of_kind, LIMIT_DEFAULT};
+use crate::progress::JobProgress;
 use crate::{members, parse_key, AppError, AppShared, LogEntries};
 
 /// The stylesheet, vendored into the binary.
@@ -57,11 +59,25 @@ fn short(k: &PublicKey) -> String {
     hex::encode(&k[..8])
 }
 
+/// Where a page's figures come from, for its footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Signed, witnessed ledger entries.
+    Ledger,
+    /// Bidders' progress files (`/jobs`).
+    Progress,
+}
+
 fn page(title: &str, current: &str, body: Markup) -> Response {
+    page_from(title, current, Source::Ledger, body)
+}
+
+fn page_from(title: &str, current: &str, source: Source, body: Markup) -> Response {
     let nav = [
         ("/", "Federation"),
         ("/ledger", "Ledger"),
         ("/market", "Market"),
+        ("/jobs", "Jobs"),
         ("/report", "Funder report"),
         ("/api/openapi.json", "API"),
     ];
@@ -82,7 +98,14 @@ fn page(title: &str, current: &str, body: Markup) -> Response {
                     }
                 } } }
                 main #main { h1 { (title) } (body) }
-                footer { p { "leam: a federation sharing compute. Every figure here is computed from signed, witnessed ledger entries; the logs themselves are at " code { "/tlog/<log key>/" } " for any C2SP tlog-tiles client." } }
+                footer { p {
+                    "leam: a federation sharing compute. "
+                    @match source {
+                        Source::Ledger => { "Every figure here is computed from signed, witnessed ledger entries" },
+                        Source::Progress => { "The figures here are the bidders' own progress records; the leases, receipts, verdicts and payments behind them are signed, witnessed ledger entries" },
+                    }
+                    "; the logs themselves are at " code { "/tlog/<log key>/" } " for any C2SP tlog-tiles client."
+                } }
             }
         }
     };
@@ -411,6 +434,337 @@ async fn market(State(s): State<AppShared>) -> Result<Response, AppError> {
     ))
 }
 
+/// Loss chart width, SVG units.
+const LOSS_CHART_W: f64 = 640.0;
+/// Loss chart height.
+const LOSS_CHART_H: f64 = 260.0;
+/// Room left of the plot for the loss labels.
+const LOSS_LEFT: f64 = 64.0;
+/// Room right of the plot.
+const LOSS_RIGHT: f64 = 20.0;
+/// Room above the plot.
+const LOSS_TOP: f64 = 14.0;
+/// Room below the plot for the round labels and the axis title.
+const LOSS_BOTTOM: f64 = 46.0;
+/// Most labelled points on the loss chart's round axis (every k-th point is labelled).
+const LOSS_X_LABELS_MAX: usize = 12;
+/// About this many steps between the loss labels (horizontal grid lines) of the loss chart.
+const LOSS_Y_STEPS: u32 = 4;
+/// Most decimals of a loss label.
+const LOSS_LABEL_DECIMALS_MAX: i32 = 9;
+
+/// A round step for the labels of an axis spanning `range` (> 0) in about `parts` steps:
+/// 1, 2 or 5 × 10^e, with the decimals its labels need. Only IEEE basic operations, so the
+/// same figures give the same chart everywhere.
+fn nice_step(range: f64, parts: u32) -> (f64, usize) {
+    let raw = range / f64::from(parts);
+    let (mut mag, mut e) = (1.0f64, 0i32);
+    while mag * 10.0 <= raw && mag * 10.0 < f64::MAX {
+        mag *= 10.0;
+        e += 1;
+    }
+    while mag > raw && mag > f64::MIN_POSITIVE {
+        mag /= 10.0;
+        e -= 1;
+    }
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|f| f * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let e = if step >= 10.0 * mag { e + 1 } else { e };
+    (step, (-e).clamp(0, LOSS_LABEL_DECIMALS_MAX) as usize)
+}
+
+/// A job's validation loss, point by point: "start" (before the first round), then after each
+/// round; `None` where none was measured (or the value is not finite).
+fn loss_series(p: &JobProgress) -> Vec<(String, Option<f64>)> {
+    std::iter::once(("start".to_owned(), p.val_loss_start))
+        .chain(p.rounds.iter().map(|r| (r.round.to_string(), r.val_loss)))
+        .map(|(label, v)| (label, v.filter(|v| v.is_finite())))
+        .collect()
+}
+
+fn at_point(label: &str) -> String {
+    if label == "start" {
+        "at the start".to_owned()
+    } else {
+        format!("after round {label}")
+    }
+}
+
+/// The short form of a job id: its first 12 characters.
+fn short_job(job: &str) -> String {
+    job.chars().take(12).collect()
+}
+
+/// A line chart of the validation loss per round; deterministic for the same figures
+/// (coordinates to one decimal). A gap in the line marks a round without a measurement.
+fn loss_chart(id: &str, job: &str, series: &[(String, Option<f64>)]) -> Markup {
+    let measured: Vec<(usize, &str, f64)> = series
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (l, v))| v.map(|v| (i, l.as_str(), v)))
+        .collect();
+    let (Some(first), Some(last)) = (measured.first(), measured.last()) else {
+        return html! { p { "No validation loss measured yet." } };
+    };
+    let lowest = measured.iter().map(|m| m.2).fold(f64::INFINITY, f64::min);
+    let highest = measured
+        .iter()
+        .map(|m| m.2)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let range = highest - lowest;
+    let (step, decimals) = nice_step(if range > 1e-9 { range } else { 1.0 }, LOSS_Y_STEPS);
+    let lo = (lowest / step).floor() * step;
+    let mut hi = (highest / step).ceil() * step;
+    if hi - lo < step {
+        hi = lo + step;
+    }
+    let ticks = ((hi - lo) / step).round();
+    if !(lo.is_finite() && hi.is_finite() && ticks.is_finite()) || ticks > 100.0 {
+        return html! { p { "The validation loss is out of the range this chart draws." } };
+    }
+    let ticks = ticks as u32;
+    let plot_w = LOSS_CHART_W - LOSS_LEFT - LOSS_RIGHT;
+    let plot_h = LOSS_CHART_H - LOSS_TOP - LOSS_BOTTOM;
+    let n = series.len();
+    let x = |i: usize| {
+        if n <= 1 {
+            LOSS_LEFT + plot_w / 2.0
+        } else {
+            LOSS_LEFT + plot_w * i as f64 / (n - 1) as f64
+        }
+    };
+    let y = |v: f64| LOSS_TOP + plot_h * (hi - v) / (hi - lo);
+    // One polyline per run of consecutive measurements.
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for (i, (_, v)) in series.iter().enumerate() {
+        match v {
+            Some(v) => {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(&format!("{:.1},{:.1}", x(i), y(*v)));
+            }
+            None if !line.is_empty() => lines.push(std::mem::take(&mut line)),
+            None => {}
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    let every = n.div_ceil(LOSS_X_LABELS_MAX).max(1);
+    let bottom = LOSS_TOP + plot_h;
+    let label = format!(
+        "Validation loss of job {}, lower is better: {:.3} {}, {:.3} {}; lowest {:.3}.",
+        short_job(job),
+        first.2,
+        at_point(first.1),
+        last.2,
+        at_point(last.1),
+        lowest
+    );
+    html! {
+        figure {
+            svg.chart #(id) role="img" aria-label=(label) viewBox=(format!("0 0 {LOSS_CHART_W} {LOSS_CHART_H}")) width=(LOSS_CHART_W) height=(LOSS_CHART_H) xmlns="http://www.w3.org/2000/svg" {
+                title { (label) }
+                @for t in 0..=ticks {
+                    @let v = lo + step * f64::from(t);
+                    @let yy = format!("{:.1}", y(v));
+                    line x1=(LOSS_LEFT) x2=(LOSS_CHART_W - LOSS_RIGHT) y1=(yy) y2=(yy) stroke="#ddd" {}
+                    text x=(LOSS_LEFT - 6.0) y=(format!("{:.1}", y(v) + 4.0)) text-anchor="end" { (format!("{v:.decimals$}")) }
+                }
+                line x1=(LOSS_LEFT) x2=(LOSS_LEFT) y1=(LOSS_TOP) y2=(bottom) stroke="#555" {}
+                line x1=(LOSS_LEFT) x2=(LOSS_CHART_W - LOSS_RIGHT) y1=(bottom) y2=(bottom) stroke="#555" {}
+                @for (i, (l, _)) in series.iter().enumerate() {
+                    @if i % every == 0 {
+                        text x=(format!("{:.1}", x(i))) y=(bottom + 16.0) text-anchor="middle" { (l) }
+                    }
+                }
+                text x=(format!("{:.1}", LOSS_LEFT + plot_w / 2.0)) y=(LOSS_CHART_H - 6.0) text-anchor="middle" { "round" }
+                @for pts in lines.iter().filter(|l| l.contains(' ')) {
+                    polyline points=(pts) fill="none" stroke="#0b5394" stroke-width="2" {}
+                }
+                @for (i, l, v) in &measured {
+                    circle cx=(format!("{:.1}", x(*i))) cy=(format!("{:.1}", y(*v))) r="3" fill="#0b5394" {
+                        title { "validation loss " (at_point(l)) ": " (format!("{v:.4}")) }
+                    }
+                }
+            }
+            figcaption { "Validation loss of job " (short_job(job)) "… per round (lower is better; \"start\" is the model before the first round; a gap is a round that merged no result, so measured nothing)." }
+        }
+    }
+}
+
+/// A byte count for people: B, KiB, MiB or GiB.
+fn bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    UNITS
+        .iter()
+        .find(|(_, size)| b >= *size)
+        .map(|(unit, size)| format!("{:.1} {unit}", b as f64 / *size as f64))
+        .unwrap_or_else(|| format!("{} bytes", num(b)))
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}", ms as f64 / 1000.0)
+}
+
+/// A job's state in words.
+fn state_text(state: &str) -> String {
+    match state {
+        "running" => "running: rounds are being computed".to_owned(),
+        "settling" => "settling: every round is computed; the bidder waits for the referee's verdicts and pays the providers".to_owned(),
+        "done" => "done: every round computed, verdicts in, providers paid".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The organisation of a provider named by key hex in a progress document.
+fn provider_name(m: &BTreeMap<PublicKey, Membership>, key_hex: &str) -> String {
+    let mut k = [0u8; 32];
+    if key_hex.len() == 64 && hex::decode_to_slice(key_hex, &mut k).is_ok() {
+        org_of(m, &k)
+    } else {
+        format!("key {}", key_hex.chars().take(64).collect::<String>())
+    }
+}
+
+/// A figure cell of a job's round.
+fn round_cell(job: &str, round: u32, field: &str, v: u32) -> Markup {
+    html! { td.num data-job=(job) data-round=(round) data-field=(field) data-value=(v) { (num(v)) } }
+}
+
+fn job_section(i: usize, p: &JobProgress, m: &BTreeMap<PublicKey, Membership>) -> Markup {
+    let job = p.job.as_str();
+    let short = short_job(job);
+    let [accepted, rejected] = p.verdicts;
+    let providers: BTreeSet<&String> = p.device_ms.keys().chain(p.paid_cents.keys()).collect();
+    let device_total = p.device_ms.values().fold(0u64, |a, b| a.saturating_add(*b));
+    let paid_total = p
+        .paid_cents
+        .values()
+        .fold(0u64, |a, b| a.saturating_add(*b));
+    let heading = format!("job-{i}");
+    html! {
+        section aria-labelledby=(heading) {
+            h2 #(heading) { "Job " code { (short) "…" } }
+            p { "Job id " code.key data-field="job" { (job) } ". State: " strong data-job=(job) data-field="state" { (state_text(&p.state)) } "." }
+            (loss_chart(&format!("loss-{i}"), job, &loss_series(p)))
+            @if let Some(v) = p.val_loss_start.filter(|v| v.is_finite()) {
+                p { "Validation loss before the first round: " strong data-job=(job) data-field="val_loss_start" data-value=(v) { (format!("{v:.4}")) } "." }
+            }
+            div.table-wrap { table {
+                caption { "Rounds of job " (short) "…: shards computed, checked, merged and re-leased" }
+                thead { tr {
+                    th scope="col" { "Round" }
+                    th.num scope="col" { "Shards" }
+                    th.num scope="col" { "Runs" }
+                    th.num scope="col" { "Replicated" }
+                    th.num scope="col" { "Mismatched" }
+                    th.num scope="col" { "Merged" }
+                    th.num scope="col" { "Re-leased" }
+                    th.num scope="col" { "Validation loss" }
+                    th.num scope="col" { "Seconds" }
+                } }
+                tbody { @for r in &p.rounds {
+                    tr data-job=(job) data-round=(r.round) {
+                        th scope="row" { (r.round) }
+                        (round_cell(job, r.round, "shards", r.shards))
+                        (round_cell(job, r.round, "runs", r.runs))
+                        (round_cell(job, r.round, "replicated", r.replicated))
+                        (round_cell(job, r.round, "mismatched", r.mismatched))
+                        (round_cell(job, r.round, "merged", r.merged))
+                        (round_cell(job, r.round, "released", r.released))
+                        @match r.val_loss.filter(|v| v.is_finite()) {
+                            Some(v) => td.num data-job=(job) data-round=(r.round) data-field="val_loss" data-value=(v) { (format!("{v:.4}")) },
+                            None => td.num { "not measured" },
+                        }
+                        td.num data-job=(job) data-round=(r.round) data-field="wall_ms" data-value=(r.wall_ms) { (seconds(r.wall_ms)) }
+                    }
+                } }
+            } }
+            @if p.rounds.is_empty() { p { "No round has finished yet." } }
+            p {
+                "Referee verdicts on the job's runs: "
+                strong data-job=(job) data-field="verdicts_accepted" data-value=(accepted) { (num(accepted)) " accepted" }
+                ", "
+                strong data-job=(job) data-field="verdicts_rejected" data-value=(rejected) { (num(rejected)) " rejected" }
+                "."
+                @if accepted + rejected == 0 && p.state != "done" { " (The referee's verdicts arrive while the job settles.)" }
+            }
+            p {
+                "Compute: " span data-job=(job) data-field="primary_units" data-value=(p.primary_units) { (num(p.primary_units)) } " units of first runs, "
+                span data-job=(job) data-field="replica_units" data-value=(p.replica_units) { (num(p.replica_units)) } " units of replicas"
+                @if p.primary_units > 0 { " (checking cost " (format!("{:.0}", 100.0 * p.replica_units as f64 / p.primary_units as f64)) " % on top)" }
+                "; " (seconds(p.wall_ms)) " s wall time."
+            }
+            p {
+                "Data moved per worker and round: "
+                strong data-job=(job) data-field="bytes_per_worker_round" data-value=(p.bytes_per_worker_round) { (bytes(p.bytes_per_worker_round)) }
+                " (the model state sent to the provider and the trained state fetched back). Plain data-parallel training would move "
+                strong data-job=(job) data-field="data_parallel_bytes_per_worker_round" data-value=(p.data_parallel_bytes_per_worker_round) { (bytes(p.data_parallel_bytes_per_worker_round)) }
+                " per worker for the same training steps"
+                @if p.bytes_per_worker_round > 0 && p.data_parallel_bytes_per_worker_round > 0 {
+                    ", " (format!("{:.1}", p.data_parallel_bytes_per_worker_round as f64 / p.bytes_per_worker_round as f64)) " times as much"
+                }
+                "."
+            }
+            @if providers.is_empty() { p { "No provider has reported device time or been paid yet." } }
+            @else { div.table-wrap { table {
+                caption { "Providers of job " (short) "…: device time they reported and what the bidder paid them" }
+                thead { tr { th scope="col" { "Provider" } th.num scope="col" { "Device time (s)" } th.num scope="col" { "Paid" } } }
+                tbody { @for k in &providers {
+                    @let ms = p.device_ms.get(*k).copied().unwrap_or(0);
+                    @let cents = p.paid_cents.get(*k).copied().unwrap_or(0);
+                    tr {
+                        th scope="row" { (provider_name(m, k)) }
+                        td.num data-job=(job) data-provider=(k) data-field="device_ms" data-value=(ms) { (seconds(ms)) }
+                        td.num data-job=(job) data-provider=(k) data-field="paid_cents" data-value=(cents) { (eur(cents)) }
+                    }
+                } }
+                tfoot { tr {
+                    th scope="row" { "All providers" }
+                    td.num data-job=(job) data-field="device_ms_total" data-value=(device_total) { (seconds(device_total)) }
+                    td.num data-job=(job) data-field="paid_cents_total" data-value=(paid_total) { (eur(paid_total)) }
+                } }
+            } } }
+        }
+    }
+}
+
+async fn jobs(State(s): State<AppShared>) -> Result<Response, AppError> {
+    let (_, m) = load(&s)?;
+    let progress = s.job_progress().await?;
+    Ok(page_from(
+        "Jobs",
+        "/jobs",
+        Source::Progress,
+        html! {
+            p.explain { "A job trains a machine-learning model for one member (the bidder) on compute leased from other members (the providers). It runs in rounds: each round the training data is split into shards, a provider trains the current model on each shard for a number of steps and sends the result back, and the bidder merges the results into the model. After each round the bidder measures the validation loss: how badly the model predicts text it never trained on. Lower is better." }
+            p.explain { "These figures are the bidder's node's own progress records (" code { "DIR/jobs/<job id>.progress.json" } ", also at " a href="/api/jobs/progress" { "/api/jobs/progress" } "), not signed ledger entries; the leases, receipts, verdicts and payments behind them are in the " a href="/ledger" { "ledger" } "." }
+            h2 { "What the columns mean" }
+            dl {
+                dt { "Runs" } dd { "Shard computations that finished, including the second copies of replicated shards." }
+                dt { "Replicated" } dd { "Shards given to two different providers, so that each result checks the other. No provider knows which of its shards are replicated: a secret seed decides, and is published only after the job." }
+                dt { "Mismatched" } dd { "Replicated shards whose two results differed. The job's referee (a member named in the job) then finds the first training step where the two differ and recomputes that step itself: the result that matches is accepted, the other is rejected. A rejected result is not paid, and the referee records evidence against its provider in the ledger." }
+                dt { "Merged" } dd { "Shards whose result went into the model." }
+                dt { "Re-leased" } dd { "Runs taken away from a provider that failed or did not finish in time (four times what its offer promised, at least a minute) and given to another provider of the job. This is not an accusation (machines stop), but only finished, accepted runs are paid." }
+                dt { "Verdicts" } dd { "The referee's decision on every finished run: accepted runs are paid at the lease's price, rejected ones are not." }
+                dt { "Data moved" } dd { "Providers exchange the model once per round instead of gradients at every training step (DiLoCo), so jobs can run across organisations over ordinary internet links." }
+            }
+            @if progress.is_empty() {
+                p { "No job progress is held here. A bidder's node writes it while it runs a job; a server of copies (" code { "leam serve" } ") shows that of the node directories it serves." }
+            }
+            @for (i, p) in progress.iter().enumerate() {
+                (job_section(i, p, &m))
+            }
+        },
+    ))
+}
+
 fn cell(org: &str, field: &str, v: impl Into<i128> + Copy, money: bool) -> Markup {
     let value: i128 = v.into();
     html! { td.num data-org=(org) data-field=(field) data-value=(value) { @if money { (eur(value)) } @else { (num(value)) } } }
@@ -495,6 +849,56 @@ pub(crate) fn router() -> Router<AppShared> {
         .route("/", get(overview))
         .route("/ledger", get(ledger))
         .route("/market", get(market))
+        .route("/jobs", get(jobs))
         .route("/report", get(report))
         .route(CSS_PATH, get(css))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_labels_use_round_steps() {
+        assert_eq!(nice_step(1.6725, 4), (0.5, 1));
+        assert_eq!(nice_step(1.0, 4), (0.5, 1));
+        assert_eq!(nice_step(0.04, 4), (0.01, 2));
+        assert_eq!(nice_step(300.0, 4), (100.0, 0));
+        assert_eq!(nice_step(7.0, 4), (2.0, 0));
+    }
+
+    #[test]
+    fn loss_charts_draw_any_figures_without_failing() {
+        let p = |start: Option<f64>, losses: &[Option<f64>]| JobProgress {
+            job: "ab".repeat(32),
+            state: "running".into(),
+            val_loss_start: start,
+            rounds: losses
+                .iter()
+                .enumerate()
+                .map(|(i, v)| crate::progress::RoundProgress {
+                    round: i as u32,
+                    val_loss: *v,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let chart = |j: &JobProgress| loss_chart("c", &j.job, &loss_series(j)).into_string();
+        assert!(chart(&p(None, &[])).contains("No validation loss measured yet"));
+        assert!(chart(&p(Some(f64::NAN), &[None])).contains("No validation loss measured yet"));
+        let one = chart(&p(Some(3.0), &[]));
+        assert!(one.contains("<svg") && one.contains("<circle ") && !one.contains("<polyline"));
+        let flat = chart(&p(Some(2.0), &[Some(2.0), Some(2.0)]));
+        assert_eq!(flat.matches("<polyline ").count(), 1, "{flat}");
+        assert!(!flat.contains("NaN") && !flat.contains("inf"), "{flat}");
+        let huge = chart(&p(Some(-1e308), &[Some(1e308)]));
+        assert!(huge.contains("out of the range"), "{huge}");
+        let many: Vec<Option<f64>> = (0..1000)
+            .map(|i| Some(5.0 - f64::from(i) / 300.0))
+            .collect();
+        let long = chart(&p(Some(5.0), &many));
+        assert!(long.matches("text-anchor=\"middle\"").count() <= LOSS_X_LABELS_MAX + 2);
+        assert_eq!(long, chart(&p(Some(5.0), &many)), "deterministic");
+    }
 }

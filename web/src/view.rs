@@ -12,6 +12,8 @@ use leam_ledger::merkle::{Hash, HashReader, MerkleError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::progress::JobProgress;
+
 /// Why a view could not answer. The message names the log and what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
@@ -81,6 +83,14 @@ pub trait View: Send + Sync + 'static {
     /// ledger's own fold (`leam_ledger::account::fold`, as `leam audit --json` reports it under
     /// `accounting`). May be expensive; the server caches it per set of log sizes.
     fn report(&self) -> Result<Report, ViewError>;
+    /// The progress documents of the jobs this node ran or runs as a bidder
+    /// (`DIR/jobs/<job id>.progress.json`, `specs/market.md` §8.2), read with
+    /// [`crate::progress::read_progress`] and its bounds; malformed ones are left out. Reads
+    /// files: the server calls it off the async workers. None by default (a view without a
+    /// node directory).
+    fn job_progress(&self) -> Vec<JobProgress> {
+        Vec::new()
+    }
 }
 
 /// Adapter: one log of a [`View`] as a `merkle::HashReader`, for proofs and tiles.

@@ -449,6 +449,7 @@ async fn every_read_route_answers_with_the_ledger_figures() {
         "/api/peers",
         "/api/report",
         "/api/report.csv",
+        "/api/jobs/progress",
         "/api/deposits",
         "/api/admissions",
         "/api/data",
@@ -546,6 +547,149 @@ async fn pages_show_the_report_figures_and_why_bids_are_not_served() {
         "public, max-age=31536000, immutable"
     );
     assert!(!css.is_empty());
+}
+
+/// A progress document as a bidder's node writes it (`leam-jobs`' `bidder::Progress`): B's job
+/// with three rounds (the second merged nothing, so has no loss), run by A and a non-member.
+fn progress_doc(job: &str) -> serde_json::Value {
+    serde_json::json!({
+        "job": job,
+        "state": "settling",
+        "val_loss_start": 4.1725,
+        "rounds": [
+            { "round": 0, "shards": 4, "runs": 6, "replicated": 2, "mismatched": 1, "merged": 4,
+              "released": 1, "val_loss": 3.25, "wall_ms": 12_345 },
+            { "round": 1, "shards": 4, "runs": 5, "replicated": 1, "mismatched": 0, "merged": 0,
+              "released": 3, "val_loss": null, "wall_ms": 60_000 },
+            { "round": 2, "shards": 4, "runs": 6, "replicated": 2, "mismatched": 0, "merged": 4,
+              "released": 0, "val_loss": 2.5, "wall_ms": 9_000 }
+        ],
+        "device_ms": { hex::encode(pk(1)): 84_000, hex::encode(pk(9)): 1_500 },
+        "primary_units": 12_000,
+        "replica_units": 5_000,
+        "bytes_per_worker_round": 2_097_152,
+        "data_parallel_bytes_per_worker_round": 209_715_200,
+        "wall_ms": 81_345,
+        "paid_cents": { hex::encode(pk(1)): 2_500 },
+        "verdicts": [16, 1]
+    })
+}
+
+#[tokio::test]
+async fn jobs_progress_is_served_and_shown_and_bad_files_are_skipped() {
+    let fed = federation();
+    let app = read_only(&fed);
+    // No jobs folder: an empty list and a page that says so.
+    assert_eq!(
+        get_json(&app, "/api/jobs/progress").await,
+        serde_json::json!([])
+    );
+    let (s, _, empty) = get(&app, "/jobs").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8(empty)
+        .unwrap()
+        .contains("No job progress is held here"));
+
+    // The served directory of the bidder B gets a progress file, and beside it files that are
+    // not progress documents: each is skipped, none fails the request.
+    let jobs = fed.dirs[1].join(leam_web::progress::JOBS_DIR_NAME);
+    std::fs::create_dir_all(&jobs).unwrap();
+    let job = hex::encode([0x4a; 32]);
+    let doc = progress_doc(&job);
+    let file = |id: &str| jobs.join(format!("{id}{}", leam_web::progress::PROGRESS_SUFFIX));
+    std::fs::write(file(&job), serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let malformed = hex::encode([0x4b; 32]);
+    std::fs::write(
+        file(&malformed),
+        format!("{{\"job\":\"{malformed}\",\"state\":"),
+    )
+    .unwrap();
+    let oversized = hex::encode([0x4c; 32]);
+    let mut big = serde_json::to_vec(&progress_doc(&oversized)).unwrap();
+    big.resize(
+        leam_web::progress::PROGRESS_FILE_BYTES_MAX as usize + 1,
+        b' ',
+    );
+    std::fs::write(file(&oversized), big).unwrap();
+    let other_job = hex::encode([0x4d; 32]);
+    std::fs::write(
+        file(&other_job),
+        serde_json::to_vec(&progress_doc(&job)).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(file(&hex::encode([0x4e; 32]))).unwrap();
+    std::fs::write(jobs.join(format!("{job}.seed")), [7u8; 32]).unwrap();
+
+    let got = get_json(&app, "/api/jobs/progress").await;
+    assert_eq!(
+        got,
+        serde_json::json!([doc]),
+        "only the well-formed document"
+    );
+
+    let (s, h, body) = get(&app, "/jobs").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let html = String::from_utf8(body).unwrap();
+    assert!(html.contains(&job), "the job id is shown");
+    for id in [&malformed, &oversized, &other_job] {
+        assert!(!html.contains(id.as_str()), "{id} is skipped");
+    }
+    assert!(html.contains("<a href=\"/jobs\" aria-current=\"page\">Jobs</a>"));
+    // The loss chart: an accessible SVG whose line breaks at the round without a loss.
+    assert!(html.contains("<svg class=\"chart\" id=\"loss-0\" role=\"img\" aria-label=\"Validation loss of job 4a4a4a4a4a4a, lower is better: 4.173 at the start, 2.500 after round 2; lowest 2.500.\""), "{html}");
+    assert_eq!(html.matches("<polyline ").count(), 1, "{html}");
+    assert_eq!(html.matches("<circle ").count(), 3, "{html}");
+    assert!(html.contains(">start</text>"));
+    assert!(
+        html.contains(">2.5</text>") && html.contains(">4.5</text>"),
+        "round loss labels"
+    );
+    // One row per round, each figure with its exact value.
+    for (round, field, value) in [
+        (0, "runs", "6"),
+        (0, "replicated", "2"),
+        (0, "mismatched", "1"),
+        (0, "merged", "4"),
+        (0, "released", "1"),
+        (0, "val_loss", "3.25"),
+        (0, "wall_ms", "12345"),
+        (1, "released", "3"),
+        (2, "val_loss", "2.5"),
+    ] {
+        let needle = format!(
+            "data-job=\"{job}\" data-round=\"{round}\" data-field=\"{field}\" data-value=\"{value}\""
+        );
+        assert!(html.contains(&needle), "{needle}");
+    }
+    assert_eq!(html.matches("<tr data-job=").count(), 3, "three round rows");
+    assert!(html.contains("<th scope=\"row\">1</th>"));
+    assert!(html.contains("<td class=\"num\">not measured</td>"));
+    assert!(html.contains("<caption>Rounds of job 4a4a4a4a4a4a…"));
+    for (field, value) in [
+        ("verdicts_accepted", "16"),
+        ("verdicts_rejected", "1"),
+        ("bytes_per_worker_round", "2097152"),
+        ("data_parallel_bytes_per_worker_round", "209715200"),
+        ("paid_cents_total", "2500"),
+        ("device_ms_total", "85500"),
+    ] {
+        let needle = format!("data-job=\"{job}\" data-field=\"{field}\" data-value=\"{value}\"");
+        assert!(html.contains(&needle), "{needle}");
+    }
+    assert!(html.contains("16 accepted") && html.contains("1 rejected"));
+    assert!(html.contains("100.0 times as much"), "{html}");
+    // Providers by organisation where the federation knows them.
+    assert!(html.contains("<th scope=\"row\">Forschungszentrum A</th>"));
+    assert!(html.contains(&format!(
+        "<th scope=\"row\">non-member {}</th>",
+        hex::encode(&pk(9)[..8])
+    )));
+    assert!(html.contains("settling: every round is computed"));
+    // What mismatched and re-leased mean, for a reader who never saw leam.
+    assert!(html.contains("<dt>Mismatched</dt>") && html.contains("<dt>Re-leased</dt>"));
+    // Deterministic: the same files render the same page.
+    assert_eq!(get(&app, "/jobs").await.2, html.into_bytes());
 }
 
 fn hex32(s: &str) -> [u8; 32] {
@@ -1187,6 +1331,8 @@ mod fuzz {
             Just("report.csv".to_owned()),
             Just(hex::encode(pk(1))),
             Just("bids".to_owned()),
+            Just("jobs".to_owned()),
+            Just("progress".to_owned()),
             Just("%ff".to_owned()),
             Just("..".to_owned()),
             "[a-z0-9.%~_-]{0,12}",

@@ -431,24 +431,14 @@ impl Referee {
                 ))
             })
             .await;
-            match r {
-                Ok(Ok(j)) => j,
-                Ok(Err(e)) => claims
-                    .iter()
-                    .map(|_| Judged {
-                        accepted: false,
-                        evidence: None,
-                        reason: format!("undecided: {e}"),
-                    })
-                    .collect(),
-                Err(e) => claims
-                    .iter()
-                    .map(|_| Judged {
-                        accepted: false,
-                        evidence: None,
-                        reason: format!("undecided: {e}"),
-                    })
-                    .collect(),
+            // The referee's own failure (inputs not fetched, its task lost) judges nobody: no
+            // verdict is written, the receipts stay unjudged and unpaid, and nobody is accused.
+            match r.map_err(|e| e.to_string()).and_then(|x| x) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(job = %short(&job_id), shard, error = %e, "the referee could not judge; no verdict written");
+                    return Vec::new();
+                }
             }
         } else {
             // Equal commitments or a single claim: nothing to compute.

@@ -611,6 +611,15 @@ async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/data-pools", tag = "market", params(ListQuery),
+    responses((status = 200, description = "Data pools (ledger kind 13: dataset hash, size, licence, provenance) of every held log", body = EntryList)))]
+async fn data_pools(
+    State(s): State<AppShared>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<EntryList>, AppError> {
+    list(&s, Kind::Data, q).await
+}
+
 #[utoipa::path(get, path = "/api/offers", tag = "market", params(ListQuery),
     responses((status = 200, description = "Capacity offers of every held log", body = EntryList)))]
 async fn offers(
@@ -767,6 +776,7 @@ pub(crate) fn router() -> (axum::Router<AppShared>, utoipa::openapi::OpenApi) {
         .routes(routes!(inclusion))
         .routes(routes!(consistency))
         .routes(routes!(offers))
+        .routes(routes!(data_pools))
         .routes(routes!(bids))
         .routes(routes!(leases))
         .routes(routes!(evidence))

@@ -453,6 +453,7 @@ async fn every_read_route_answers_with_the_ledger_figures() {
         "/api/deposits",
         "/api/admissions",
         "/api/data",
+        "/api/data-pools",
     ] {
         assert!(
             api["paths"].get(p).is_some(),

@@ -125,6 +125,9 @@ pub struct Bidder<'k> {
     link: Link,
     blobs: Blobs,
     runner: ModelRunner<'k>,
+    /// The corpus (read once) and its validation tokens (tokenised once, evaluated every round).
+    corpus: Vec<u8>,
+    val: Vec<u32>,
     kernels: &'k dyn Kernels,
     me: PublicKey,
     job: Job,
@@ -203,6 +206,9 @@ impl<'k> Bidder<'k> {
             })?;
         let runner =
             ModelRunner::new(kernels, &corpus).map_err(|e| JobError::Compute(e.to_string()))?;
+        let val = leam_compute::data::Corpus::from_bytes(&corpus, "job corpus")
+            .map_err(|e| JobError::Compute(e.to_string()))?
+            .val;
         let slots = plan::plan(&job, &job_id, &clearing.assignments, seed);
         let progress_path = dir
             .join(crate::JOBS_DIR_NAME)
@@ -211,6 +217,8 @@ impl<'k> Bidder<'k> {
             link,
             blobs,
             runner,
+            corpus,
+            val,
             kernels,
             me,
             progress: Progress {
@@ -242,17 +250,10 @@ impl<'k> Bidder<'k> {
     }
 
     fn eval(&self, state: &TrainState) -> Result<f64, JobError> {
-        let corpus = self
-            .blobs
-            .get(&self.job.corpus_sha256)
-            .map_err(LinkError::from)?
-            .unwrap_or_default();
-        let c = leam_compute::data::Corpus::from_bytes(&corpus, "job corpus")
-            .map_err(|e| JobError::Compute(e.to_string()))?;
         tokio::task::block_in_place(|| {
             state.evaluate(
                 self.kernels,
-                &c.val,
+                &self.val,
                 "validation",
                 STREAM_EVAL_VAL,
                 plan::EVAL_BATCHES,
@@ -291,12 +292,7 @@ impl<'k> Bidder<'k> {
     }
 
     async fn rounds(&mut self) -> Result<(), JobError> {
-        let corpus = self
-            .blobs
-            .get(&self.job.corpus_sha256)
-            .map_err(LinkError::from)?
-            .unwrap_or_default();
-        let ranges = plan::worker_ranges(&corpus, self.job.shards_per_round)?;
+        let ranges = plan::worker_ranges(&self.corpus, self.job.shards_per_round)?;
         let start = plan::initial_state(&self.job, self.runner.vocab_size())?;
         self.progress.val_loss_start = Some(self.eval(&start)?);
         self.save();

@@ -579,7 +579,7 @@ impl<'k> Bidder<'k> {
             bidder: self.me,
             provider: t.provider,
             input_commitment: specs[t.worker].id(),
-            output_commitment: r.step_root,
+            output_commitment: r.id(),
             compute_units: r.compute_units,
             gpu_ms: *device_ms,
             device_fingerprint: Sha256::digest(r.fingerprint.as_bytes()).into(),
@@ -620,7 +620,7 @@ impl<'k> Bidder<'k> {
                 let v = Self::verdicts(&logs, referee, &self.job_id, shard);
                 if v.len() >= claims.len() {
                     return claims.iter().copied().find(|t| {
-                        let root = t.done.as_ref().map(|d| d.0.step_root);
+                        let root = t.done.as_ref().map(|d| d.0.id());
                         v.iter()
                             .any(|(p, o, ok)| *ok && p == &t.provider && Some(*o) == root)
                     });

@@ -5,6 +5,7 @@
 //! - [`link`]: the running node's command channel, as jobs use it.
 //! - [`provider`]: take shard runs under a lease, run them, answer polls and bisection.
 //! - [`referee`]: judge a shard's claims and record verdicts and evidence.
+//! - [`evidence`]: re-check wrong-result evidence by replay, for the audit.
 //! - [`bidder`]: the bidder's round loop: specs, runs, replicas, receipts, outer steps,
 //!   referee requests, settlements.
 //! - [`serve`]: the node's handler of the work protocol.
@@ -16,6 +17,7 @@
 
 pub mod bidder;
 pub mod blobs;
+pub mod evidence;
 pub mod link;
 pub mod plan;
 pub mod provider;

@@ -373,7 +373,7 @@ impl Provider {
             bidder: run.bidder,
             provider: self.me,
             input_commitment: t.input_commitment,
-            output_commitment: r.step_root,
+            output_commitment: r.id(),
             compute_units: r.compute_units,
             gpu_ms: f.device_ms,
             device_fingerprint: fp,

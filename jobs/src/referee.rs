@@ -472,7 +472,7 @@ impl Referee {
                 job_id,
                 shard,
                 provider: *provider,
-                output_commitment: r.step_root,
+                output_commitment: r.id(),
                 accepted: j.accepted,
             }));
             if let Some(ev) = j.evidence {

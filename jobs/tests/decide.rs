@@ -202,3 +202,315 @@ fn single_and_equal_claims_are_accepted_without_compute() {
     let v = judge(&runner, &s, &[other, s.honest.result.clone()], &mut []);
     assert!(!v[0].accepted && v[1].accepted, "{v:?}");
 }
+
+// ---- The audit's re-check of the referee's evidence (`leam_jobs::evidence`) ----
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use leam_jobs::evidence::{check_wrong_result, Checker, Outcome};
+use leam_jobs::referee::WrongResult;
+use leam_ledger::account::{fold_with, LogView};
+use leam_ledger::entry::{
+    Admission, Body, Entry, Evidence, EvidenceKind, ReceiptTerms, Sector, Terms as _,
+};
+
+const BIDDER: [u8; 32] = [11; 32];
+const PROVIDER: [u8; 32] = [12; 32];
+
+/// The bidder's log: a receipt for `claimed`, co-signed by the provider.
+fn receipt_log(spec: &ShardSpec, claimed: &ShardResult) -> Vec<Entry> {
+    let (bidder, provider) = (
+        SigningKey::from_bytes(&BIDDER),
+        SigningKey::from_bytes(&PROVIDER),
+    );
+    let terms = ReceiptTerms {
+        job_id: [1; 32],
+        shard: 0,
+        bidder: bidder.verifying_key().to_bytes(),
+        provider: provider.verifying_key().to_bytes(),
+        input_commitment: spec.id(),
+        output_commitment: claimed.id(),
+        compute_units: claimed.compute_units,
+        gpu_ms: 5,
+        device_fingerprint: [3; 32],
+    };
+    vec![Entry::sign(
+        &bidder,
+        0,
+        1,
+        Body::Receipt(terms.cosign(&provider)),
+    )]
+}
+
+fn accused() -> [u8; 32] {
+    SigningKey::from_bytes(&PROVIDER).verifying_key().to_bytes()
+}
+
+fn inputs(corpus: &[u8], s: &Setup) -> Arc<leam_jobs::evidence::Inputs> {
+    let blobs: Vec<Vec<u8>> = vec![corpus.to_vec(), s.start.encode()];
+    Arc::new(move |h: &[u8; 32]| {
+        use sha2::Digest as _;
+        blobs
+            .iter()
+            .find(|b| <[u8; 32]>::from(sha2::Sha256::digest(b)) == *h)
+            .cloned()
+    })
+}
+
+fn check(corpus: &[u8], s: &Setup, log: &[Entry], ev: &WrongResult) -> Outcome {
+    let bytes = serde_json::to_vec(ev).unwrap();
+    let logs = [LogView {
+        owner: SigningKey::from_bytes(&BIDDER).verifying_key().to_bytes(),
+        entries: log,
+    }];
+    check_wrong_result(
+        &CpuKernels,
+        inputs(corpus, s).as_ref(),
+        &logs,
+        &accused(),
+        &bytes,
+    )
+}
+
+fn evidence_against(
+    runner: &ModelRunner<'_>,
+    s: &Setup,
+    wrong: &ShardRun<TrainState>,
+) -> WrongResult {
+    let v = judge(
+        runner,
+        s,
+        &[wrong.result.clone(), s.honest.result.clone()],
+        &mut [wrong.log.clone(), s.honest.log.clone()],
+    );
+    v[0].evidence
+        .clone()
+        .expect("evidence against the wrong result")
+}
+
+#[test]
+fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
+    let corpus = corpus();
+    let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
+    let s = setup(&runner, &corpus);
+    let tampered = Tampered {
+        inner: &runner,
+        fault_at: s.spec.global_step(3),
+    };
+    let wrong = run_shard(&tampered, &s.spec, &s.start).unwrap();
+    let ev = evidence_against(&runner, &s, &wrong);
+    let log = receipt_log(&s.spec, &wrong.result);
+    let o = check(&corpus, &s, &log, &ev);
+    assert!(
+        matches!(&o, Outcome::Holds(r) if r.contains("step 3")),
+        "{o:?}"
+    );
+
+    // Without the accused's receipt for that result, the evidence puts words in its mouth.
+    let honest_log = receipt_log(&s.spec, &s.honest.result);
+    let o = check(&corpus, &s, &honest_log, &ev);
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("no receipt co-signed")),
+        "{o:?}"
+    );
+
+    // Evidence against an honest result (a referee accusing the right claim) does not hold:
+    // the honest step hash at step 3, proven against the honest root, is what the replay gives.
+    let v = judge(
+        &runner,
+        &s,
+        &[wrong.result.clone(), s.honest.result.clone()],
+        &mut [wrong.log.clone(), s.honest.log.clone()],
+    );
+    let mut forged = v[0].evidence.clone().unwrap();
+    let proof = s.honest.log.prove(3).unwrap();
+    forged.claimed_result = hex::encode(s.honest.result.encode());
+    forged.claimed_after = Some(hex::encode(proof.state_hash));
+    forged.claimed_proof = proof.proof.iter().map(hex::encode).collect();
+    let o = check(&corpus, &s, &honest_log, &forged);
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("gives the claimed state hash")),
+        "{o:?}"
+    );
+
+    // A proof that does not fit the claimed root, a wrong agreed state, a bad field: each fails
+    // and says which field.
+    let mut bad = ev.clone();
+    bad.claimed_proof.reverse();
+    bad.claimed_proof.push(hex::encode([0u8; 32]));
+    let o = check(&corpus, &s, &log, &bad);
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("claimed_proof")),
+        "{o:?}"
+    );
+    let mut bad = ev.clone();
+    bad.agreed_before = Some(hex::encode([7u8; 32]));
+    let o = check(&corpus, &s, &log, &bad);
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("agreed_before")),
+        "{o:?}"
+    );
+    let mut bad = serde_json::to_value(&ev).unwrap();
+    bad["job"] = "zz".into();
+    let o = check_wrong_result(
+        &CpuKernels,
+        inputs(&corpus, &s).as_ref(),
+        &[],
+        &accused(),
+        &serde_json::to_vec(&bad).unwrap(),
+    );
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("`job`")),
+        "{o:?}"
+    );
+
+    // Without the inputs, nothing is decided.
+    let none: Arc<leam_jobs::evidence::Inputs> = Arc::new(|_: &[u8; 32]| None);
+    let logs = [LogView {
+        owner: SigningKey::from_bytes(&BIDDER).verifying_key().to_bytes(),
+        entries: &log,
+    }];
+    let o = check_wrong_result(
+        &CpuKernels,
+        none.as_ref(),
+        &logs,
+        &accused(),
+        &serde_json::to_vec(&ev).unwrap(),
+    );
+    assert!(
+        matches!(&o, Outcome::Unchecked(r) if r.contains("not available")),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn replay_evidence_against_a_delta_liar_holds() {
+    let corpus = corpus();
+    let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
+    let s = setup(&runner, &corpus);
+    let mut liar = s.honest.result.clone();
+    liar.delta_commitment[0] ^= 1;
+    let v = judge(
+        &runner,
+        &s,
+        &[s.honest.result.clone(), liar.clone()],
+        &mut [s.honest.log.clone(), s.honest.log.clone()],
+    );
+    let ev = v[1].evidence.clone().unwrap();
+    let o = check(&corpus, &s, &receipt_log(&s.spec, &liar), &ev);
+    assert!(
+        matches!(&o, Outcome::Holds(r) if r.contains("full replay")),
+        "{o:?}"
+    );
+    // The same document naming the honest result does not hold.
+    let mut forged = ev.clone();
+    forged.claimed_result = hex::encode(s.honest.result.encode());
+    let o = check(
+        &corpus,
+        &s,
+        &receipt_log(&s.spec, &s.honest.result),
+        &forged,
+    );
+    assert!(
+        matches!(&o, Outcome::Fails(r) if r.contains("full replay gives the claimed")),
+        "{o:?}"
+    );
+}
+
+/// The fold counts checked evidence against the accused and lists the rest with the reason.
+#[test]
+fn the_accounting_counts_only_evidence_that_checks() {
+    let corpus = corpus();
+    let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
+    let s = setup(&runner, &corpus);
+    let wrong = run_shard(
+        &Tampered {
+            inner: &runner,
+            fault_at: s.spec.global_step(2),
+        },
+        &s.spec,
+        &s.start,
+    )
+    .unwrap();
+    let ev = evidence_against(&runner, &s, &wrong);
+    let referee = SigningKey::from_bytes(&[13; 32]);
+    let bytes = serde_json::to_vec(&ev).unwrap();
+    let mut forged = ev.clone();
+    forged.agreed_before = Some(hex::encode([7u8; 32]));
+    let referee_log = vec![
+        Entry::sign(
+            &referee,
+            0,
+            2,
+            Body::Evidence(Evidence {
+                accused: accused(),
+                kind: EvidenceKind::WrongShardResult,
+                bytes: bytes.clone(),
+            }),
+        ),
+        Entry::sign(
+            &referee,
+            1,
+            3,
+            Body::Evidence(Evidence {
+                accused: accused(),
+                kind: EvidenceKind::WrongShardResult,
+                bytes: serde_json::to_vec(&forged).unwrap(),
+            }),
+        ),
+    ];
+    let bidder_log = receipt_log(&s.spec, &wrong.result);
+    let keys = [
+        (
+            "startup",
+            SigningKey::from_bytes(&BIDDER).verifying_key().to_bytes(),
+        ),
+        ("provider", accused()),
+        ("referee", referee.verifying_key().to_bytes()),
+    ];
+    let mut referee_log = referee_log;
+    for (i, (org, key)) in keys.iter().enumerate() {
+        referee_log.push(Entry::sign(
+            &referee,
+            2 + i as u64,
+            4,
+            Body::Admission(Admission {
+                organisation: org.to_string(),
+                sector: Sector::Science,
+                member: *key,
+            }),
+        ));
+    }
+    let logs = [
+        LogView {
+            owner: keys[0].1,
+            entries: &bidder_log,
+        },
+        LogView {
+            owner: keys[2].1,
+            entries: &referee_log,
+        },
+    ];
+    let checker = Checker::new(Arc::new(CpuKernels), inputs(&corpus, &s));
+    let report = fold_with(&logs, &checker).unwrap();
+    assert_eq!(report.organisations["provider"].totals.evidence_against, 1);
+    assert_eq!(report.evidence_not_counted.len(), 1, "{report:?}");
+    let nc = &report.evidence_not_counted[0];
+    assert_eq!(
+        (nc.seq, nc.evidence_kind),
+        (1, EvidenceKind::WrongShardResult)
+    );
+    assert!(
+        nc.reason.contains("does not hold") && nc.reason.contains("agreed_before"),
+        "{}",
+        nc.reason
+    );
+    // An auditor that cannot replay counts neither, and says why.
+    let blind = leam_ledger::account::fold(&logs).unwrap();
+    assert_eq!(blind.organisations["provider"].totals.evidence_against, 0);
+    assert_eq!(blind.evidence_not_counted.len(), 2);
+    assert!(blind.evidence_not_counted[0]
+        .reason
+        .contains("needs a shard replay"));
+}

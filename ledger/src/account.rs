@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::entry::{Body, Digest32, Entry, EvidenceKind, Money, PublicKey, Sector};
+use crate::entry::{Body, Digest32, Entry, Evidence, EvidenceKind, Money, PublicKey, Sector};
 use crate::evidence::Equivocation;
 
 /// An organisation and sector a key belongs to.
@@ -501,6 +501,49 @@ pub struct Report {
     /// Verdicts that count for nothing: their job is not published in any folded log, or
     /// their author is not one of the job's referees.
     pub verdicts_ignored: u64,
+    /// Evidence entries that count for nothing, with the reason: evidence that does not check
+    /// (a wrong-result claim the replay does not confirm) or that this auditor could not check
+    /// (no [`EvidenceCheck`] for its kind, or the shard's inputs unavailable).
+    pub evidence_not_counted: Vec<EvidenceNotCounted>,
+}
+
+/// An evidence entry the fold did not count, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvidenceNotCounted {
+    /// Log (key hex) holding the entry.
+    pub log: String,
+    /// The entry's index.
+    pub seq: u64,
+    /// Accused key (hex).
+    pub accused: String,
+    /// Kind of evidence.
+    pub evidence_kind: EvidenceKind,
+    /// Why it does not count.
+    pub reason: String,
+}
+
+/// Checks evidence the ledger cannot check by itself: wrong-result evidence must be replayed
+/// on the shard's inputs (`specs/market.md` §8.4), which needs the compute crate and the
+/// inputs' bytes. Equivocation evidence never reaches a checker: the log rules already proved
+/// it conclusive at append.
+pub trait EvidenceCheck: Send + Sync {
+    /// `Ok` when `ev`, written by `author`, proves misbehaviour of `ev.accused` given the
+    /// folded `logs`; otherwise the reason it does not count (it does not hold, or it could
+    /// not be checked).
+    fn check(&self, logs: &[LogView<'_>], author: &PublicKey, ev: &Evidence) -> Result<(), String>;
+}
+
+/// The checker of an auditor that can replay nothing: only equivocation evidence counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LedgerOnly;
+
+impl EvidenceCheck for LedgerOnly {
+    fn check(&self, _: &[LogView<'_>], _: &PublicKey, ev: &Evidence) -> Result<(), String> {
+        Err(format!(
+            "{} evidence needs a shard replay, and this auditor checks none",
+            ev.kind.name()
+        ))
+    }
 }
 
 /// Why a set of logs cannot be folded.
@@ -550,8 +593,14 @@ type ShardKey = (Digest32, u32, PublicKey, Digest32);
 /// Fold verified logs into the report. Deterministic: the same logs in any order give the same
 /// report. Co-signed facts count once; a shard's compute counts as verified when some log other
 /// than the provider's own holds an accepting verdict on (job, shard, provider, output) and no
-/// log holds a rejecting one.
+/// log holds a rejecting one. Evidence counts only if it checks: equivocation evidence always
+/// (the log rules proved it at append), other kinds when `check` confirms them.
 pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
+    fold_with(logs, &LedgerOnly)
+}
+
+/// [`fold`] with a checker for the evidence the ledger cannot check by itself.
+pub fn fold_with(logs: &[LogView<'_>], check: &dyn EvidenceCheck) -> Result<Report, AccountError> {
     let mut ordered: Vec<&LogView<'_>> = logs.iter().collect();
     ordered.sort_by_key(|l| l.owner);
 
@@ -601,6 +650,7 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
             .map(|s| (*s, Totals::default()))
             .collect(),
         verdicts_ignored: 0,
+        evidence_not_counted: Vec::new(),
     };
     for (key, (m, _, _)) in &members {
         let org = report
@@ -754,7 +804,19 @@ pub fn fold(logs: &[LogView<'_>]) -> Result<Report, AccountError> {
                 Body::Evidence(ev) => {
                     let accused = org_of(&ev.accused)?;
                     let digest: Digest32 = Sha256::digest(&ev.bytes).into();
-                    if evidence.insert((ev.accused, ev.kind as u8, digest)) {
+                    let checked = match ev.kind {
+                        EvidenceKind::CheckpointEquivocation => Ok(()),
+                        _ => check.check(logs, &e.author, ev),
+                    };
+                    if let Err(reason) = checked {
+                        report.evidence_not_counted.push(EvidenceNotCounted {
+                            log: log_hex(),
+                            seq: e.seq,
+                            accused: hex::encode(ev.accused),
+                            evidence_kind: ev.kind,
+                            reason,
+                        });
+                    } else if evidence.insert((ev.accused, ev.kind as u8, digest)) {
                         add(&mut report, &accused, &|x| {
                             x.evidence_against = x.evidence_against.checked_add(1)?;
                             Some(())

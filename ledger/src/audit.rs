@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::account::{self, AccountError, LogState, LogView, Report, RuleError};
+use crate::account::{self, AccountError, EvidenceCheck, LogState, LogView, Report, RuleError};
 use crate::checkpoint;
 use crate::entry::{self, DecodeError, Entry, PublicKey, VerifyError};
 use crate::evidence::Equivocation;
@@ -231,6 +231,10 @@ impl AuditorState {
 /// Options of an audit.
 #[derive(Debug, Clone, Default)]
 pub struct AuditOptions {
+    /// Checks the evidence the ledger cannot check by itself (wrong-result evidence needs a
+    /// shard replay); `None` counts only equivocation evidence
+    /// ([`account::LedgerOnly`]).
+    pub evidence: Option<Checker>,
     /// Auditor state file; `None` skips the check against earlier runs.
     pub state: Option<PathBuf>,
     /// Verifier keys (C2SP form) of witnesses whose cosignatures must verify when present.
@@ -239,6 +243,16 @@ pub struct AuditOptions {
     /// ([`genesis::members`] over the admissions of all audited logs) are folded into the
     /// accounting; the others are reported as [`AuditReport::outsiders`].
     pub genesis: Option<Genesis>,
+}
+
+/// A shared [`EvidenceCheck`] (its own type so that the options stay `Debug` and `Clone`).
+#[derive(Clone)]
+pub struct Checker(pub std::sync::Arc<dyn EvidenceCheck>);
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checker(..)")
+    }
 }
 
 /// The audit result of one log.
@@ -341,7 +355,11 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
             entries: &v.entries,
         })
         .collect();
-    let accounting = accounting(options.genesis.as_ref(), &views)?;
+    let check: &dyn EvidenceCheck = match &options.evidence {
+        Some(c) => c.0.as_ref(),
+        None => &account::LedgerOnly,
+    };
+    let accounting = accounting(options.genesis.as_ref(), &views, check)?;
     if let (Some(path), Some(state)) = (&options.state, state.as_mut()) {
         for v in &verified {
             state.logs.insert(
@@ -367,9 +385,13 @@ pub fn audit_dirs(dirs: &[PathBuf], options: &AuditOptions) -> Result<AuditRepor
 /// federation members (`genesis::members` over every admission in `logs`) are folded; without,
 /// every log. Shared by [`audit_dirs`] and a running node's report over its own log and
 /// replicas, so both count alike.
-pub fn accounting(genesis: Option<&Genesis>, logs: &[LogView<'_>]) -> Result<Report, AccountError> {
+pub fn accounting(
+    genesis: Option<&Genesis>,
+    logs: &[LogView<'_>],
+    check: &dyn EvidenceCheck,
+) -> Result<Report, AccountError> {
     match genesis {
-        None => account::fold(logs),
+        None => account::fold_with(logs, check),
         Some(g) => {
             let members = genesis::members(g, logs.iter().flat_map(|l| l.entries.iter()));
             let folded: Vec<LogView<'_>> = logs
@@ -377,7 +399,7 @@ pub fn accounting(genesis: Option<&Genesis>, logs: &[LogView<'_>]) -> Result<Rep
                 .filter(|l| members.contains_key(&l.owner))
                 .copied()
                 .collect();
-            account::fold(&folded)
+            account::fold_with(&folded, check)
         }
     }
 }

@@ -287,6 +287,16 @@ impl EvidenceKind {
         EvidenceKind::WrongShardResult,
         EvidenceKind::BrokenAgreement,
     ];
+
+    /// Snake-case name, as in JSON (`checkpoint_equivocation`, `wrong_shard_result`,
+    /// `broken_agreement`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceKind::CheckpointEquivocation => "checkpoint_equivocation",
+            EvidenceKind::WrongShardResult => "wrong_shard_result",
+            EvidenceKind::BrokenAgreement => "broken_agreement",
+        }
+    }
 }
 
 /// Membership admission: `member` belongs to `organisation` of `sector`.
@@ -490,7 +500,9 @@ pub struct ReceiptTerms {
     /// Commitment to the shard's input (state and data).
     #[serde(serialize_with = "ser_hex")]
     pub input_commitment: Digest32,
-    /// Commitment to the shard's output (root of the step-hash tree).
+    /// Commitment to the shard's output: SHA-256 of the provider's whole result in its
+    /// canonical encoding (step root, final state, delta commitment; `specs/shard.md`), so the
+    /// result the provider co-signed is fixed.
     #[serde(serialize_with = "ser_hex")]
     pub output_commitment: Digest32,
     /// Compute units counted from tensor shapes (not wall time).

@@ -1,7 +1,9 @@
 //! The accounting fold on in-memory logs: attribution, conflicts, verdicts, dedup, determinism.
 
 use ed25519_dalek::SigningKey;
-use leam_ledger::account::{fold, AccountError, LogState, LogView, RuleError};
+use leam_ledger::account::{
+    fold, fold_with, AccountError, EvidenceCheck, LogState, LogView, RuleError,
+};
 use leam_ledger::entry::*;
 
 fn key(seed: u8) -> SigningKey {
@@ -145,12 +147,41 @@ fn verdicts_decide_what_counts_and_facts_count_once() {
         "receipt 3 has no verdict by a referee"
     );
     assert_eq!(rep.verdicts_ignored, 1);
-    assert_eq!(at.evidence_against, 1);
+    // The ledger alone cannot replay a shard: the wrong-result evidence is listed, not counted.
+    assert_eq!(at.evidence_against, 0);
+    assert_eq!(rep.evidence_not_counted.len(), 1);
+    assert_eq!(rep.evidence_not_counted[0].seq, 5);
+    assert!(rep.evidence_not_counted[0]
+        .reason
+        .contains("needs a shard replay"));
     assert_eq!(rep.organisations["B"].totals.compute_consumed_units, 100);
     assert_eq!(rep.facts, 3);
     // Deterministic: any order of logs gives the same report.
     let reversed = [views[2], views[0], views[1]];
     assert_eq!(fold(&reversed).unwrap(), rep);
+    // With a checker that confirms it, it counts against the accused; one that refuses it
+    // leaves its reason in the report.
+    struct Judge(bool);
+    impl EvidenceCheck for Judge {
+        fn check(&self, logs: &[LogView<'_>], _: &PublicKey, ev: &Evidence) -> Result<(), String> {
+            assert_eq!(logs.len(), 3, "the checker sees every folded log");
+            assert_eq!(ev.bytes, vec![2; 8]);
+            if self.0 {
+                Ok(())
+            } else {
+                Err("does not hold: the replay agrees".into())
+            }
+        }
+    }
+    let counted = fold_with(&views, &Judge(true)).unwrap();
+    assert_eq!(counted.organisations["A"].totals.evidence_against, 1);
+    assert!(counted.evidence_not_counted.is_empty());
+    let refused = fold_with(&views, &Judge(false)).unwrap();
+    assert_eq!(refused.organisations["A"].totals.evidence_against, 0);
+    assert_eq!(
+        refused.evidence_not_counted[0].reason,
+        "does not hold: the replay agrees"
+    );
 }
 
 #[test]

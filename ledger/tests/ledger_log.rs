@@ -663,6 +663,7 @@ fn forked_checkpoint_yields_conclusive_evidence() {
     drop(g);
     let state = tmp.path().join("auditor.json");
     let opts = AuditOptions {
+        evidence: None,
         state: Some(state.clone()),
         witnesses: vec![],
         genesis: None,
@@ -768,6 +769,7 @@ fn witness_cosignature_is_stored_and_audited() {
     let note = std::fs::read_to_string(dir.join(CHECKPOINT_FILE_NAME)).unwrap();
     assert!(note.ends_with(&line), "{note}");
     let opts = AuditOptions {
+        evidence: None,
         state: None,
         witnesses: vec![wkey],
         genesis: None,
@@ -797,6 +799,7 @@ fn auditor_notices_a_whole_node_rolled_back() {
     drop(log);
     let state = tmp.path().join("auditor.json");
     let opts = AuditOptions {
+        evidence: None,
         state: Some(state.clone()),
         witnesses: vec![],
         genesis: None,
@@ -820,6 +823,7 @@ fn auditor_state_file_errors_are_precise() {
     drop(new_log(&dir, 1, "A", Sector::Public));
     let state = tmp.path().join("auditor.json");
     let opts = AuditOptions {
+        evidence: None,
         state: Some(state.clone()),
         witnesses: vec![],
         genesis: None,

@@ -225,7 +225,11 @@ impl Live {
     /// The accounting report over the own log and every replica at their published sizes, as
     /// the audit computes it (`leam_ledger::audit::accounting`: members only with a genesis).
     /// Reads and decodes every entry: callers cache it per set of sizes.
-    pub fn report(&self, genesis: Option<&Genesis>) -> Result<Report, LiveError> {
+    pub fn report(
+        &self,
+        genesis: Option<&Genesis>,
+        check: &dyn leam_ledger::account::EvidenceCheck,
+    ) -> Result<Report, LiveError> {
         let logs: Vec<Held> = self.read().logs.clone();
         let mut decoded: Vec<(PublicKey, Vec<Entry>)> = Vec::with_capacity(logs.len());
         for h in &logs {
@@ -257,7 +261,7 @@ impl Live {
                 entries,
             })
             .collect();
-        leam_ledger::audit::accounting(genesis, &views)
+        leam_ledger::audit::accounting(genesis, &views, check)
             .map_err(|e: AccountError| LiveError::Account(e.to_string()))
     }
 }

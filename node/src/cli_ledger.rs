@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -367,9 +368,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     // Logs behind URLs are fetched into verified replicas in a temporary folder first.
     let fetched = tempfile::tempdir().code(cli::EXIT_ENV)?;
     let mut given = Vec::new();
+    let mut servers = Vec::new();
     for d in &args.dirs {
         if crate::tlog_client::is_url(d) {
             let url = d.to_str().expect("URLs are UTF-8");
+            servers.push(server_base(url));
             let into = fetched.path().join(given.len().to_string());
             given.extend(crate::tlog_client::fetch(url, &into)?);
         } else {
@@ -396,6 +399,9 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         eprintln!("auditor state: {}", s.display());
     }
     let options = AuditOptions {
+        evidence: Some(leam_ledger::audit::Checker(Arc::new(
+            evidence_checker_from(&dirs, servers),
+        ))),
         state,
         witnesses: args.witnesses.clone(),
         genesis,
@@ -447,6 +453,53 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The server a URL argument of `leam audit` names: everything before `/tlog/`, else the URL
+/// without a trailing slash.
+fn server_base(url: &str) -> String {
+    match url.find("/tlog/") {
+        Some(i) => url[..i].to_string(),
+        None => url.trim_end_matches('/').to_string(),
+    }
+}
+
+/// The evidence checker of an audit of node directories: it replays shards on the CPU kernels
+/// (bit-exact with every backend) with the inputs held in `DIR/blobs/` of `dirs`.
+pub(crate) fn evidence_checker(dirs: &[PathBuf]) -> leam_jobs::evidence::Checker {
+    evidence_checker_from(dirs, Vec::new())
+}
+
+/// [`evidence_checker`], also fetching inputs from `GET /api/blobs/{sha256}` of `servers`.
+fn evidence_checker_from(dirs: &[PathBuf], servers: Vec<String>) -> leam_jobs::evidence::Checker {
+    let folders: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| d.join(leam_jobs::blobs::BLOBS_DIR_NAME))
+        .collect();
+    let inputs = move |hash: &Digest32| -> Option<Vec<u8>> {
+        if let Some(b) = folders
+            .iter()
+            .find_map(|f| leam_web::view::read_blob(f, hash))
+        {
+            return Some(b);
+        }
+        servers.iter().find_map(|s| {
+            let url = format!("{s}/api/blobs/{}", hex::encode(hash));
+            let mut resp = crate::cli_fed::agent().get(&url).call().ok()?;
+            if resp.status().as_u16() != 200 {
+                return None;
+            }
+            resp.body_mut()
+                .with_config()
+                .limit(leam_web::view::BLOB_SERVE_BYTES_MAX)
+                .read_to_vec()
+                .ok()
+        })
+    };
+    leam_jobs::evidence::Checker::new(
+        Arc::new(leam_compute::kernels::CpuKernels::new()),
+        Arc::new(inputs),
+    )
 }
 
 /// The logs of audited directories, decoded, by key (the market audit's input).
@@ -555,6 +608,20 @@ pub(crate) fn print_report(report: &AuditReport) {
         for (org, o) in a.organisations.iter().filter(|(_, o)| o.sector == *sector) {
             line(&format!("  {org}"), &o.totals);
         }
+    }
+    println!(
+        "evidence: counted only where it checks (equivocations; wrong results replayed from the shard's inputs): {} not counted",
+        a.evidence_not_counted.len()
+    );
+    for n in &a.evidence_not_counted {
+        println!(
+            "evidence not counted: log {} entry {} ({} against {}): {}",
+            &n.log[..16],
+            n.seq,
+            n.evidence_kind.name(),
+            &n.accused[..16],
+            n.reason
+        );
     }
 }
 

@@ -50,7 +50,11 @@ pub fn serve_dirs(
     addr: SocketAddr,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let view = leam_web::dir::DirView::open(dirs, genesis).context("auditing the logs to serve")?;
+    let checker = leam_ledger::audit::Checker(std::sync::Arc::new(
+        crate::cli_ledger::evidence_checker(dirs),
+    ));
+    let view = leam_web::dir::DirView::open(dirs, genesis, Some(checker))
+        .context("auditing the logs to serve")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,13 +28,24 @@ pub struct LiveView {
     live: Live,
     genesis: Genesis,
     dir: PathBuf,
+    evidence: Arc<leam_jobs::evidence::Checker>,
 }
 
 impl LiveView {
     /// The view of the node publishing to `live`, in the federation `genesis`, whose node
-    /// directory is `dir` (its jobs' progress files are in `dir/jobs/`).
+    /// directory is `dir` (its jobs' progress files are in `dir/jobs/`, its blobs in
+    /// `dir/blobs/`). The report re-checks wrong-result evidence by replay on the CPU kernels
+    /// (bit-exact with every backend), with the shard inputs this node holds.
     pub fn new(live: Live, genesis: Genesis, dir: PathBuf) -> LiveView {
-        LiveView { live, genesis, dir }
+        let evidence = Arc::new(crate::cli_ledger::evidence_checker(std::slice::from_ref(
+            &dir,
+        )));
+        LiveView {
+            live,
+            genesis,
+            dir,
+            evidence,
+        }
     }
 }
 
@@ -89,7 +100,11 @@ impl View for LiveView {
     }
 
     fn report(&self) -> Result<Report, ViewError> {
-        let run = || self.live.report(Some(&self.genesis)).map_err(view_error);
+        let run = || {
+            self.live
+                .report(Some(&self.genesis), self.evidence.as_ref())
+                .map_err(view_error)
+        };
         // The fold reads every entry: on the node's multi-threaded runtime, hand this worker's
         // other tasks (the swarm among them) to another worker meanwhile.
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -102,6 +117,10 @@ impl View for LiveView {
     /// with web's bounds.
     fn job_progress(&self) -> Vec<JobProgress> {
         leam_web::progress::read_progress(std::slice::from_ref(&self.dir))
+    }
+
+    fn blob(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
+        leam_web::view::read_blob(&self.dir.join(leam_jobs::blobs::BLOBS_DIR_NAME), sha256)
     }
 }
 

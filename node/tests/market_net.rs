@@ -355,6 +355,13 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         .collect();
     assert!(flags.is_empty(), "{m}");
     assert_eq!(m["findings"].as_array().unwrap().len(), 0, "{m}");
+    // The audit replayed the referee's wrong-result evidence from the bidder's blobs: it holds,
+    // and counts against the cheat's organisation only.
+    let acc = &v["accounting"];
+    assert_eq!(acc["evidence_not_counted"], serde_json::json!([]), "{acc}");
+    let against = |org: &str| acc["organisations"][org]["evidence_against"].as_u64();
+    assert_eq!(against(orgs[1].1), Some(1), "{acc}");
+    assert_eq!(against(orgs[0].1), Some(0), "{acc}");
 }
 
 /// A provider killed with `kill -9` in the middle of a shard and restarted: the run it lost is

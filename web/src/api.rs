@@ -611,6 +611,40 @@ async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/blobs/{sha256}", tag = "market",
+    params(("sha256" = String, Path, description = "SHA-256 of the blob, 64 hex digits")),
+    responses((status = 200, description = "The blob's bytes (a corpus or a training state), checked against its hash", content_type = "application/octet-stream"),
+              (status = 400, description = "Not 64 hex digits", body = ErrorJson),
+              (status = 404, description = "This node holds no such blob", body = ErrorJson)))]
+async fn blob(
+    State(s): State<AppShared>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Response, AppError> {
+    let Path(text) = p.map_err(|e| AppError::BadRequest(format!("path: {}", e.body_text())))?;
+    let hash: [u8; 32] = hex::decode(&text)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "sha256: expected 64 hex digits, found {:?}",
+                text.chars().take(80).collect::<String>()
+            ))
+        })?;
+    let view = s.view.clone();
+    let bytes = tokio::task::spawn_blocking(move || view.blob(&hash))
+        .await
+        .map_err(|e| AppError::Unavailable(format!("reading the blob: {e}")))?
+        .ok_or_else(|| AppError::NotFound(format!("no blob {text} held here")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
 #[utoipa::path(get, path = "/api/data-pools", tag = "market", params(ListQuery),
     responses((status = 200, description = "Data pools (ledger kind 13: dataset hash, size, licence, provenance) of every held log", body = EntryList)))]
 async fn data_pools(
@@ -777,6 +811,7 @@ pub(crate) fn router() -> (axum::Router<AppShared>, utoipa::openapi::OpenApi) {
         .routes(routes!(consistency))
         .routes(routes!(offers))
         .routes(routes!(data_pools))
+        .routes(routes!(blob))
         .routes(routes!(bids))
         .routes(routes!(leases))
         .routes(routes!(evidence))

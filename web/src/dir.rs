@@ -98,7 +98,14 @@ impl DirView {
     /// Audit and open `dirs` and the replicas they hold ([`with_replicas`]). With a genesis,
     /// the members' witness cosignatures on every checkpoint must verify, and the report
     /// counts members only (as `leam audit --genesis`).
-    pub fn open(dirs: &[PathBuf], genesis: Option<Genesis>) -> Result<DirView, DirError> {
+    ///
+    /// `evidence` re-checks the evidence the ledger cannot check by itself (wrong-result
+    /// evidence, by replay); without it only equivocation evidence counts.
+    pub fn open(
+        dirs: &[PathBuf],
+        genesis: Option<Genesis>,
+        evidence: Option<leam_ledger::audit::Checker>,
+    ) -> Result<DirView, DirError> {
         let given = dirs.to_vec();
         let dirs = with_replicas(dirs);
         if dirs.is_empty() || dirs.len() > DIRS_MAX {
@@ -114,6 +121,7 @@ impl DirView {
             })
             .unwrap_or_default();
         let options = AuditOptions {
+            evidence,
             state: None,
             witnesses,
             genesis: genesis.clone(),
@@ -198,5 +206,12 @@ impl View for DirView {
     /// (replicas hold other members' logs, never jobs).
     fn job_progress(&self) -> Vec<JobProgress> {
         read_progress(&self.dirs)
+    }
+
+    /// A blob from `DIR/blobs/` of the directories given to [`DirView::open`].
+    fn blob(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
+        self.dirs
+            .iter()
+            .find_map(|d| crate::view::read_blob(&d.join("blobs"), sha256))
     }
 }

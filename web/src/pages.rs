@@ -825,9 +825,16 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
             } }
             p { "Paid: " strong data-field="settled_cents" data-value=(paid) { (eur(paid)) } " settled in credits over " (r.facts) " co-signed facts, from " (num(r.entries)) " entries in " (r.logs) " logs." }
             h2 { "Evidence of misbehaviour" }
-            p.explain { "Signed accusations with their proof: a referee's rejected shard, a broken agreement, or two checkpoints of one log that cannot both be true." }
+            p.explain { "Signed accusations with their proof: a referee's rejected shard, a broken agreement, or two checkpoints of one log that cannot both be true. An accusation counts against a member only if this node could check its proof (for a rejected shard: by replaying the divergent step from the shard's inputs)." }
             @if evidence.is_empty() { p { "None recorded." } }
-            @else { ul { @for e in &evidence { li { (summary(e, &m)) " — filed by " (org_of(&m, &e.author)) ", " a href=(format!("/api/logs/{}/entries?start={}&limit=1", hex::encode(e.author), e.seq)) { "entry " (e.seq) } } } } }
+            @else { ul { @for e in &evidence {
+                @let author = hex::encode(e.author);
+                @let not_counted = r.evidence_not_counted.iter().find(|n| n.log == author && n.seq == e.seq);
+                li data-counted=(not_counted.is_none()) {
+                    (summary(e, &m)) " — filed by " (org_of(&m, &e.author)) ", " a href=(format!("/api/logs/{author}/entries?start={}&limit=1", e.seq)) { "entry " (e.seq) }
+                    @match not_counted { Some(n) => { " — " strong { "not counted" } ": " (n.reason) }, None => { " — checked and counted" } }
+                }
+            } } }
             (PreEscaped(""))
         },
     ))

@@ -270,7 +270,7 @@ async fn get_json(app: &Router, uri: &str) -> serde_json::Value {
 }
 
 fn read_only(fed: &Fed) -> Router {
-    let view = DirView::open(&fed.dirs, Some(fed.genesis.clone())).unwrap();
+    let view = DirView::open(&fed.dirs, Some(fed.genesis.clone()), None).unwrap();
     app(AppState::new(Arc::new(view)))
 }
 
@@ -284,6 +284,7 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     let audit = audit_dirs(
         &fed.dirs,
         &AuditOptions {
+            evidence: None,
             state: None,
             witnesses,
             genesis: Some(fed.genesis.clone()),
@@ -300,7 +301,13 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     assert_eq!(a["compute_contributed_units"], 1_000);
     assert_eq!(a["compute_rejected_units"], 1_000);
     assert_eq!(a["credit_balance_cents"], 2_500);
-    assert_eq!(a["evidence_against"], 1);
+    // The referee's evidence is free text, not a checkable wrong-result document: listed, not
+    // counted.
+    assert_eq!(a["evidence_against"], 0);
+    let nc = &report["evidence_not_counted"];
+    assert_eq!(nc.as_array().unwrap().len(), 1, "{nc}");
+    assert_eq!(nc[0]["accused"], hex::encode(pk(1)));
+    assert_eq!(nc[0]["evidence_kind"], "wrong_shard_result");
     let b = &report["organisations"]["Startup B"];
     assert_eq!(b["compute_consumed_units"], 1_000);
     assert_eq!(b["funding_public_eur_cents"], 10_000);
@@ -323,7 +330,7 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     );
     assert!(
         csv.contains(
-            "organisation,Forschungszentrum A,science,1000,42000,0,0,0,1000,2500,0,0,1\r\n"
+            "organisation,Forschungszentrum A,science,1000,42000,0,0,0,1000,2500,0,0,0\r\n"
         ),
         "{csv}"
     );
@@ -515,6 +522,11 @@ async fn pages_show_the_report_figures_and_why_bids_are_not_served() {
         }
     }
     assert!(html.contains("data-field=\"settled_cents\" data-value=\"2500\""));
+    // The page says which accusation does not count, and why.
+    assert!(
+        html.contains("data-counted=\"false\"") && html.contains("needs a shard replay"),
+        "{html}"
+    );
     assert!(html.contains("<svg class=\"chart\" id=\"contributed\""));
     assert!(html.contains("href=\"/api/report.csv\""));
     assert!(html.contains("subsidy parameter is 20 %"));
@@ -800,7 +812,7 @@ type WriteCase<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
 #[tokio::test]
 async fn writes_are_checked_before_the_node_sees_them() {
     let fed = federation();
-    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone())).unwrap());
+    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone()), None).unwrap());
     let submit = Arc::new(MockSubmit::default());
     let app = app(AppState::new(view).with_writes(TOKEN.into(), submit.clone()));
 
@@ -959,7 +971,7 @@ fn read_only_again(app: &Router, fed: Fed) -> Router {
             to
         })
         .collect();
-    let view = DirView::open(&dirs, Some(fed.genesis.clone())).unwrap();
+    let view = DirView::open(&dirs, Some(fed.genesis.clone()), None).unwrap();
     std::mem::forget(tmp);
     app_of(view)
 }
@@ -984,7 +996,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test]
 async fn rate_limit_answers_429() {
     let fed = federation();
-    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone())).unwrap());
+    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone()), None).unwrap());
     let app = app(AppState::new(view)
         .with_writes(TOKEN.into(), Arc::new(MockSubmit::default()))
         .with_write_limit(leam_web::writes::RateLimit {
@@ -1004,7 +1016,7 @@ async fn rate_limit_answers_429() {
 #[tokio::test]
 async fn events_stream_starts_with_the_log_sizes_and_ends_at_shutdown() {
     let fed = federation();
-    let view = Arc::new(DirView::open(&fed.dirs, None).unwrap());
+    let view = Arc::new(DirView::open(&fed.dirs, None, None).unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     let app = app(AppState::new(view).with_shutdown(stop.clone()));
     let res = app
@@ -1237,7 +1249,7 @@ async fn an_independent_tile_reader_rebuilds_every_served_root() {
             log.append_batch(batch).unwrap();
         }
         drop(log);
-        let view = DirView::open(std::slice::from_ref(&dir), None).unwrap();
+        let view = DirView::open(std::slice::from_ref(&dir), None, None).unwrap();
         let app = app_of(view);
         sizes.push(read_log(&app, &pk(3)).await);
         drop(app);
@@ -1286,7 +1298,7 @@ async fn served_tiles_match_the_spec_vectors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
     vector_log(&dir);
-    let app = app_of(DirView::open(std::slice::from_ref(&dir), None).unwrap());
+    let app = app_of(DirView::open(std::slice::from_ref(&dir), None, None).unwrap());
     let base = format!("/tlog/{}/", hex::encode(pk(7)));
     let vectors = spec_vectors();
     if std::env::var_os("LEAM_PRINT_TILE_VECTORS").is_some() {
@@ -1371,7 +1383,7 @@ mod fuzz {
             thread_local! {
                 static APP: (Fed, Router) = {
                     let fed = federation();
-                    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone())).unwrap());
+                    let view = Arc::new(DirView::open(&fed.dirs, Some(fed.genesis.clone()), None).unwrap());
                     let app = app(AppState::new(view).with_writes(TOKEN.into(), Arc::new(MockSubmit::default()))
                         .with_write_limit(leam_web::writes::RateLimit { burst: 1_000_000, per_minute: 1_000_000 }));
                     (fed, app)
@@ -1392,4 +1404,31 @@ mod fuzz {
             })?;
         }
     }
+}
+
+/// `GET /api/blobs/{sha256}` serves a blob from `DIR/blobs/` only under its own hash: a file
+/// whose bytes do not match its name is not served; bad names get 400, absent ones 404.
+#[tokio::test]
+async fn blobs_are_served_by_hash_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    vector_log(&dir);
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    let blob = b"the shard's start state".to_vec();
+    let h = sha256(&[&blob]);
+    std::fs::write(dir.join("blobs").join(hex::encode(h)), &blob).unwrap();
+    let forged = sha256(&[b"other"]);
+    std::fs::write(dir.join("blobs").join(hex::encode(forged)), b"not it").unwrap();
+    let app = app_of(DirView::open(std::slice::from_ref(&dir), None, None).unwrap());
+    let (status, headers, body) = get(&app, &format!("/api/blobs/{}", hex::encode(h))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, blob);
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    let (status, _, _) = get(&app, &format!("/api/blobs/{}", hex::encode(forged))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(&app, &format!("/api/blobs/{}", hex::encode([9u8; 32]))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = get(&app, "/api/blobs/xyz").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("64 hex digits"));
 }

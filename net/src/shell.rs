@@ -707,6 +707,35 @@ impl Node {
                     let _ = reply.send(Err(reason));
                     return;
                 }
+                if to == self.core.key() {
+                    // A request to this node itself (a bidder that is its own job's referee):
+                    // libp2p does not dial itself, so it goes straight to the local handler,
+                    // through the same bounded queue as a peer's.
+                    let Some(handler) = &self.work_handler else {
+                        let _ = reply.send(Err("this node takes no work".into()));
+                        return;
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    let inbound = Inbound {
+                        from: to,
+                        request: *request,
+                        reply: tx,
+                    };
+                    match handler.try_send(inbound) {
+                        Ok(()) => {
+                            tokio::spawn(async move {
+                                let r = rx
+                                    .await
+                                    .map_err(|_| "the handler dropped the request".to_string());
+                                let _ = reply.send(r);
+                            });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(format!("the local work queue: {e}")));
+                        }
+                    }
+                    return;
+                }
                 let Some(pid) = peer_id_of(&to) else {
                     let _ = reply.send(Err("member key is not an Ed25519 key".into()));
                     return;

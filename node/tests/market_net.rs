@@ -366,7 +366,8 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
 
 /// A provider killed with `kill -9` in the middle of a shard and restarted: the run it lost is
 /// asked for again (`Unknown` → `Run`), finished runs survive in `DIR/runs/`, and the job
-/// completes with one receipt per shard.
+/// completes with one receipt per shard. The bidder names itself the referee, so its judge
+/// requests are served locally and its own log holds the verdicts.
 #[test]
 fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -424,7 +425,8 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
         format!(
             "name = \"long shards\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 1\nshards_per_round = 2\ninner_steps = 300\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
             corpus.display(),
-            keys[1]
+            // The bidder is its own job's referee: its judge requests go to its own handler.
+            keys[2]
         ),
     )
     .unwrap();

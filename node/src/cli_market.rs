@@ -418,7 +418,7 @@ pub fn deposit(a: DepositArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `leam offer`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Example:\n  leam offer --dir nodes/a --price 40 --minutes 120\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
+    after_long_help = "Examples:\n  leam offer --dir nodes/a --price 40 --minutes 120\n  leam offer --dir nodes/a --price 40 --until 2026-12-24T18:00:00Z\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
 )]
 pub struct OfferArgs {
     /// Node directory of the running node.
@@ -428,8 +428,12 @@ pub struct OfferArgs {
     #[arg(long)]
     pub price: u64,
     /// Minutes from now the offer stands (its availability window).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, conflicts_with = "until")]
     pub minutes: u64,
+    /// End of the availability window as an RFC 3339 time (`2026-12-24T18:00:00Z`,
+    /// `2026-12-24T19:00:00+01:00`); instead of `--minutes`. Must lie in the future.
+    #[arg(long, value_parser = parse_until)]
+    pub until: Option<u64>,
     /// Backend the benchmark shard (and later the leased shards) runs on.
     #[arg(long, value_enum, default_value_t = cli::Backend::Auto)]
     pub backend: cli::Backend,
@@ -444,6 +448,9 @@ pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
     use leam_compute::optim::Hyper;
     use leam_compute::replay::{run_shard, ModelRunner};
     use leam_compute::train::TrainState;
+    if let Some(t) = a.until.filter(|t| *t <= crate::cli_fed::now_ms()) {
+        cli::usage!("--until {} is not in the future", rfc3339(t));
+    }
     let kernels = a.backend.open()?;
     let name = kernels.name();
     let bytes = match &a.corpus {
@@ -472,7 +479,9 @@ pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
     run_shard(&runner, &spec, &start)?;
     let ms = (t.elapsed().as_millis() as u64).max(1);
     let per_hour = units.saturating_mul(3_600_000) / ms;
-    let until = crate::cli_fed::now_ms() + a.minutes.saturating_mul(60_000);
+    let until = a
+        .until
+        .unwrap_or_else(|| crate::cli_fed::now_ms() + a.minutes.saturating_mul(60_000));
     let i = submit(
         &a.dir,
         "/api/offers",
@@ -485,10 +494,29 @@ pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
         }),
     )?;
     println!(
-        "offer recorded as entry {i}: {per_hour} units/hour measured on {name} ({units} units in {ms} ms), {} cents per 1,000 units, for {} minutes",
-        a.price, a.minutes
+        "offer recorded as entry {i}: {per_hour} units/hour measured on {name} ({units} units in {ms} ms), {} cents per 1,000 units, until {}",
+        a.price,
+        rfc3339(until)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--until`: an RFC 3339 time, as Unix milliseconds.
+fn parse_until(s: &str) -> Result<u64, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-12-24T18:00:00Z: {e}"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{s} is before 1970"))
+}
+
+/// Unix milliseconds as RFC 3339 (UTC).
+fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Arguments of `leam bid`.

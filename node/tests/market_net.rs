@@ -93,19 +93,32 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         p(&corpus),
     ]);
     assert!(out.contains("units/hour measured on"), "{out}");
+    // b's availability window is an RFC 3339 time, an hour from now.
+    let until_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        / 1000
+        + 3600)
+        * 1000;
+    let until = time::OffsetDateTime::from_unix_timestamp((until_ms / 1000) as i64)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     ok(&[
         "offer",
         "--dir",
         p(&dirs[1]),
         "--price",
         "55",
-        "--minutes",
-        "60",
+        "--until",
+        &until,
         "--backend",
         "cpu",
         "--corpus",
         p(&corpus),
     ]);
+
     ok(&[
         "deposit",
         "--dir",
@@ -316,6 +329,12 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         owed_b * 30 / 100,
         "the pool pays the genesis rate: {sb} of {owed_b}"
     );
+    // b's offer window ends at the `--until` time, to the millisecond.
+    let b_offer = export(&dirs[1])
+        .into_iter()
+        .rfind(|e| e["kind"] == "offer")
+        .unwrap();
+    assert_eq!(b_offer["body"]["valid_until_ms"], until_ms, "{b_offer}");
     let provider = export(&dirs[0]);
     assert_eq!(count(&provider, "lease"), 1);
     assert_eq!(count(&provider, "receipt"), 4);

@@ -207,7 +207,27 @@ fn lean_allocator_for_network_commands() {
     }
 }
 
+/// `println!` panics when the reader of stdout went away (`leam peers | head -1`). That is not
+/// a failure of the command (what the reader read was complete): exit 0 quietly, as the
+/// commands that write through `cli::write_stdout` do. Every other panic keeps the default hook.
+fn quiet_exit_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_exit_on_closed_stdout();
     lean_allocator_for_network_commands();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -52,7 +52,7 @@ const POLL_MS: u64 = 300;
 /// Arguments of `leam demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Directory for the four node directories, the genesis document and the job file; must
+    /// Directory for the node directories, the genesis document and the job file; must
     /// not exist yet. Default: a new directory `leam-demo-<unix ms>` in the system's temporary
     /// directory.
     #[arg(long)]
@@ -89,6 +89,11 @@ pub struct DemoArgs {
     /// Stop the nodes and exit after the audit instead of serving the dashboard until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Number of partners, one `leam node` process each (4..=16): the four above, then
+    /// further providers (public, science and private in turn) whose offers stand as spare
+    /// capacity above the industry partner's price.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(4..=DEMO_NODES_MAX as i64))]
+    pub nodes: u32,
     /// Print one JSON document on stdout once the audit is done (`dir`, `genesis`,
     /// `federation`, `job`, `dashboards`, `progress` as `leam jobs --json` shows it, `audit` as
     /// `leam audit --json` prints it); the narration goes to stderr.
@@ -96,13 +101,44 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
-/// The partners: directory name, organisation, sector.
+/// Most partners `--nodes` starts.
+const DEMO_NODES_MAX: u32 = 16;
+
+/// The first four partners: directory name, organisation, sector.
 const PARTNERS: [(&str, &str, &str); 4] = [
     ("rechenzentrum-nord", "Rechenzentrum Nord", "public"),
     ("industrie-compute", "Industrie Compute AG", "private"),
     ("universitaet-sued", "Universitaet Sued", "science"),
     ("sprachwerk-startup", "Sprachwerk GmbH", "startup"),
 ];
+/// The partners of a demo with `n` nodes: [`PARTNERS`], then spare providers
+/// (`partner-5`, …), public, science and private in turn.
+fn partners(n: u32) -> Vec<(String, String, &'static str)> {
+    let mut out: Vec<(String, String, &'static str)> = PARTNERS
+        .iter()
+        .map(|(d, o, s)| (d.to_string(), o.to_string(), *s))
+        .collect();
+    for i in PARTNERS.len() as u32..n {
+        let (sector, kind) = [
+            ("public", "Rechenzentrum"),
+            ("science", "Hochschule"),
+            ("private", "Compute GmbH"),
+        ][(i as usize - PARTNERS.len()) % 3];
+        out.push((
+            format!("partner-{}", i + 1),
+            format!("Partner {} {kind}", i + 1),
+            sector,
+        ));
+    }
+    out
+}
+
+/// The ask of spare provider `i` (index ≥ 4): above the industry partner's 55, at most the
+/// job's maximum.
+fn spare_price(i: usize) -> u64 {
+    (56 + (i - PARTNERS.len()) as u64 % 4).min(DEMO_MAX_PRICE)
+}
+
 const PUBLIC_CENTRE: usize = 0;
 const INDUSTRY: usize = 1;
 const UNIVERSITY: usize = 2;
@@ -305,8 +341,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     say!(
         json,
-        "leam demo: a federation of four partners, one `leam node` process each, on loopback"
+        "leam demo: a federation of {} partners, one `leam node` process each, on loopback",
+        args.nodes
     );
+    let partners = partners(args.nodes);
     say!(
         json,
         "  (every step below is a `leam` command a partner would run; node logs: {}/<node>.log)\n",
@@ -317,9 +355,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         json,
         "1. identities and the signed genesis (leam init, leam genesis create|sign)"
     );
-    let dirs: Vec<PathBuf> = PARTNERS.iter().map(|(d, _, _)| root.join(d)).collect();
+    let dirs: Vec<PathBuf> = partners.iter().map(|(d, _, _)| root.join(d)).collect();
     let mut keys = Vec::new();
-    for ((_, org, sector), dir) in PARTNERS.iter().zip(&dirs) {
+    for ((_, org, sector), dir) in partners.iter().zip(&dirs) {
         leam(&[
             "init",
             "--dir",
@@ -357,16 +395,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         leam(&["genesis", "sign", "--dir", p(d), p(&genesis)])?;
     }
     say!(json,
-        "   federation {}: signed by all four founders; startups' leases are {DEMO_SUBSIDY_PERCENT}% subsidised from public funding",
-        &fed.trim()[..16.min(fed.trim().len())]
+        "   federation {}: signed by all {} founders; startups' leases are {DEMO_SUBSIDY_PERCENT}% subsidised from public funding",
+        &fed.trim()[..16.min(fed.trim().len())],
+        partners.len()
     );
 
-    say!(json, "\n2. four `leam node` processes on libp2p (members only, replicas of every log, witness cosignatures)");
+    say!(json, "\n2. {} `leam node` processes on libp2p (members only, replicas of every log, witness cosignatures)", partners.len());
     let exe = std::env::current_exe().context("locating the leam binary")?;
     let mut nodes = Nodes(Vec::new());
     let mut boot: Option<String> = None;
     for (i, dir) in dirs.iter().enumerate() {
-        let name = PARTNERS[i].0.to_string();
+        let name = partners[i].0.clone();
         let log = std::fs::File::create(root.join(format!("{name}.log")))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["node", "--dir", p(dir), "--genesis", p(&genesis)])
@@ -433,13 +472,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         json,
         "\n3. the market: measured offers, deposits, a data pool, a job and a bid (leam offer|deposit|data add|bid)"
     );
-    for (i, price) in [(PUBLIC_CENTRE, "40"), (INDUSTRY, "55")] {
+    let offers: Vec<(usize, u64)> = [(PUBLIC_CENTRE, 40), (INDUSTRY, 55)]
+        .into_iter()
+        .chain((PARTNERS.len()..partners.len()).map(|i| (i, spare_price(i))))
+        .collect();
+    for &(i, price) in &offers {
+        let price = price.to_string();
         let out = leam(&[
             "offer",
             "--dir",
             p(&dirs[i]),
             "--price",
-            price,
+            &price,
             "--minutes",
             "60",
             "--backend",
@@ -447,7 +491,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "--corpus",
             p(&corpus),
         ])?;
-        say!(json, "   {:<22} {}", PARTNERS[i].1, out.trim());
+        say!(json, "   {:<22} {}", partners[i].1, out.trim());
     }
     for (i, cents, money, reference) in [
         (STARTUP, DEMO_PRIVATE_DEPOSIT_CENTS, "private", "seed round"),
@@ -527,9 +571,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
     )?;
     // The bidder clears on the logs it holds: wait until both offers reached it.
-    let sizes: Vec<u64> = [PUBLIC_CENTRE, INDUSTRY]
+    let sizes: Vec<u64> = offers
         .iter()
-        .map(|&i| size_at(&dirs[i], &keys[i]).unwrap_or(0))
+        .map(|&(i, _)| size_at(&dirs[i], &keys[i]).unwrap_or(0))
         .collect();
     wait_for(
         "the offers to reach the startup's node",
@@ -537,10 +581,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &mut nodes,
         &root,
         || {
-            [PUBLIC_CENTRE, INDUSTRY]
+            offers
                 .iter()
                 .zip(&sizes)
-                .all(|(&i, s)| size_at(&dirs[STARTUP], &keys[i]).is_some_and(|x| x >= *s))
+                .all(|(&(i, _), s)| size_at(&dirs[STARTUP], &keys[i]).is_some_and(|x| x >= *s))
         },
     )?;
     let bid_at = Instant::now();
@@ -585,7 +629,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let name_of = |key: &str| {
         keys.iter()
             .position(|k| k == key)
-            .map_or("?", |i| PARTNERS[i].1)
+            .map_or("?", |i| partners[i].1.as_str())
     };
     for part in leased["parts"].as_array().into_iter().flatten() {
         say!(

@@ -1,4 +1,5 @@
-//! `leam demo` end to end: four `leam node` processes; a short job trains over the network,
+//! `leam demo` end to end: five `leam node` processes (`--nodes 5`: the four partners and a spare
+//! provider); a short job trains over the network,
 //! the referee catches the falsified shard, the startup and the public pool settle, and the
 //! ledgers left behind pass an independent `leam audit`, over files and over HTTP.
 
@@ -16,6 +17,8 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
             "2",
             "--steps",
             "4",
+            "--nodes",
+            "5",
             "--exit-when-done",
             "--json",
             "--dir",
@@ -46,7 +49,19 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
         serde_json::json!([]),
         "{doc}"
     );
-    assert_eq!(doc["dashboards"].as_array().unwrap().len(), 4, "{doc}");
+    assert_eq!(doc["dashboards"].as_array().unwrap().len(), 5, "{doc}");
+    // Every member's log is audited, the spare provider's among them, and the wrong-result
+    // evidence was re-checked by replay over HTTP (the shard's inputs from /api/blobs).
+    assert_eq!(doc["audit"]["logs"].as_array().unwrap().len(), 5, "{doc}");
+    assert_eq!(
+        doc["audit"]["accounting"]["evidence_not_counted"],
+        serde_json::json!([]),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["audit"]["accounting"]["organisations"]["Industrie Compute AG"]["evidence_against"], 1,
+        "{doc}"
+    );
     // Four node processes: the bid is cleared by the rule, leased to both providers (the
     // cheaper is capped at the job's 4 shards so the 2 replicas need the other, whose ask, 55,
     // is the first unsold unit's price), trained over the network, and the industry partner's
@@ -85,6 +100,7 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
         "industrie-compute",
         "universitaet-sued",
         "sprachwerk-startup",
+        "partner-5",
     ];
     let state = tmp.path().join("auditor.json");
     for _ in 0..2 {

@@ -28,7 +28,7 @@ use leam_market::job::Job;
 use leam_market::settle::owed_cents;
 use leam_net::core::Fact;
 use leam_net::work::{Claim, WorkRequest, WorkResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::blobs::Blobs;
@@ -43,6 +43,23 @@ pub const VERDICT_WAIT_MS: u64 = 120_000;
 pub const RELEASES_PER_SHARD_MAX: u32 = 4;
 /// File name suffix of a job's progress in `DIR/jobs/`.
 pub const PROGRESS_SUFFIX: &str = ".progress.json";
+/// File name suffix of a job's resume record in `DIR/jobs/` ([`Resume`]).
+pub const RESUME_SUFFIX: &str = ".resume.json";
+/// Largest resume record read back.
+pub const RESUME_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// What a bidder restarted mid-job resumes from, written atomically after every round: the
+/// progress so far and, per finished round, the final state (blob SHA-256, hex) merged for each
+/// worker, or none. Everything else is derived again: the shard specs are a pure function of
+/// the job and the workers' states, and replaying the outer steps on the stored final states
+/// gives the same global state bit for bit, so a resumed job continues exactly where it stood.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resume {
+    /// The progress as of the last finished round.
+    pub progress: Progress,
+    /// Per finished round, per worker: the merged final state's hash.
+    pub merged: Vec<Vec<Option<String>>>,
+}
 
 /// Errors that stop a job.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +84,7 @@ pub enum JobError {
 }
 
 /// One round's progress, as `leam jobs` and the dashboard show it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoundProgress {
     /// Round index.
     pub round: u32,
@@ -90,7 +107,7 @@ pub struct RoundProgress {
 }
 
 /// A job's progress and its measured figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
     /// Job id (hex).
     pub job: String,
@@ -139,6 +156,8 @@ pub struct Bidder<'k> {
     seed: [u8; 32],
     progress_path: PathBuf,
     progress: Progress,
+    /// Finished rounds' merged final states (see [`Resume`]).
+    merged: Vec<Vec<Option<String>>>,
 }
 
 /// Who pays what of a settlement: the bidder's sector and the federation's subsidy rate (a
@@ -234,7 +253,67 @@ impl<'k> Bidder<'k> {
             money,
             seed: *seed,
             progress_path,
+            merged: Vec::new(),
         })
+    }
+
+    /// Continue from the resume record in `DIR/jobs/` if an earlier process left one; whether
+    /// it did. A record that does not read back is an error (the job is not silently restarted
+    /// from scratch, which would propose receipts and pay twice).
+    pub fn resume_from_disk(&mut self) -> Result<bool, JobError> {
+        let path = self.resume_path();
+        let bytes = match std::fs::metadata(&path) {
+            Err(_) => return Ok(false),
+            Ok(m) if m.len() > RESUME_BYTES_MAX => {
+                return Err(JobError::Compute(format!(
+                    "{}: {} bytes, more than RESUME_BYTES_MAX = {RESUME_BYTES_MAX}",
+                    path.display(),
+                    m.len()
+                )))
+            }
+            Ok(_) => std::fs::read(&path)
+                .map_err(|e| JobError::Compute(format!("{}: {e}", path.display())))?,
+        };
+        let r: Resume = serde_json::from_slice(&bytes)
+            .map_err(|e| JobError::Compute(format!("{}: {e}", path.display())))?;
+        if r.merged.len() != r.progress.rounds.len()
+            || r.merged.len() > self.job.rounds as usize
+            || r.merged
+                .iter()
+                .any(|m| m.len() != self.job.shards_per_round as usize)
+        {
+            return Err(JobError::Compute(format!(
+                "{}: {} rounds recorded, {} in the progress, for a job of {} rounds × {} shards",
+                path.display(),
+                r.merged.len(),
+                r.progress.rounds.len(),
+                self.job.rounds,
+                self.job.shards_per_round
+            )));
+        }
+        self.progress = r.progress;
+        self.progress.state = "running".into();
+        self.merged = r.merged;
+        Ok(true)
+    }
+
+    fn resume_path(&self) -> PathBuf {
+        self.progress_path
+            .with_file_name(format!("{}{RESUME_SUFFIX}", hex::encode(self.job_id)))
+    }
+
+    fn save_resume(&self) {
+        let r = Resume {
+            progress: self.progress.clone(),
+            merged: self.merged.clone(),
+        };
+        let path = self.resume_path();
+        let tmp = path.with_extension("tmp");
+        if let Ok(b) = serde_json::to_vec(&r) {
+            if std::fs::write(&tmp, b).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
     }
 
     fn save(&self) {
@@ -271,13 +350,19 @@ impl<'k> Bidder<'k> {
                 self.progress.state = "settling".into();
                 self.save();
                 // The replication seed is public from now on: every auditor re-computes which
-                // shards were checked.
-                self.link
-                    .append(Body::Reveal(leam_ledger::entry::Reveal {
-                        job_id: self.job_id,
-                        seed: self.seed,
-                    }))
-                    .await?;
+                // shards were checked (once: a resumed job may have revealed it already).
+                let revealed = self.link.logs().await?.get(&self.me).is_some_and(|own| {
+                    own.iter()
+                        .any(|e| matches!(&e.body, Body::Reveal(r) if r.job_id == self.job_id))
+                });
+                if !revealed {
+                    self.link
+                        .append(Body::Reveal(leam_ledger::entry::Reveal {
+                            job_id: self.job_id,
+                            seed: self.seed,
+                        }))
+                        .await?;
+                }
                 self.settle().await?;
                 self.progress.state = "done".into();
                 self.save();
@@ -294,7 +379,12 @@ impl<'k> Bidder<'k> {
     async fn rounds(&mut self) -> Result<(), JobError> {
         let ranges = plan::worker_ranges(&self.corpus, self.job.shards_per_round)?;
         let start = plan::initial_state(&self.job, self.runner.vocab_size())?;
-        self.progress.val_loss_start = Some(self.eval(&start)?);
+        let resumed = self.merged.len() as u32;
+        if resumed == 0 {
+            self.progress.val_loss_start = Some(self.eval(&start)?);
+        } else {
+            tracing::info!(job = %short(&self.job_id), rounds = resumed, "resuming: replaying the recorded outer steps");
+        }
         self.save();
         let mut workers = vec![start.clone(); self.job.shards_per_round as usize];
         let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
@@ -306,7 +396,44 @@ impl<'k> Bidder<'k> {
                 u64::from(self.job.inner_steps),
             );
         let job_started = Instant::now();
+        let wall_before_ms = self.progress.wall_ms;
         for round in 0..self.job.rounds {
+            if round < resumed {
+                // A round an earlier process finished: the same outer step on the final states
+                // it merged, read back from the blob store by hash.
+                let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
+                let mut finals: Vec<Option<TrainState>> = vec![None; workers.len()];
+                for (w, range) in ranges.iter().enumerate() {
+                    let Some(h) = self.merged[round as usize].get(w).cloned().flatten() else {
+                        continue;
+                    };
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(&h, &mut hash).map_err(|e| {
+                        JobError::Compute(format!("resume record, round {round}: {h}: {e}"))
+                    })?;
+                    let bytes =
+                        self.blobs
+                            .get(&hash)
+                            .map_err(LinkError::from)?
+                            .ok_or_else(|| {
+                                JobError::Compute(format!(
+                            "resume record, round {round}: final state {h} is not in the blob store"
+                        ))
+                            })?;
+                    let fin =
+                        TrainState::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
+                    let spec = self
+                        .runner
+                        .spec_for(&workers[w], range.0, range.1, self.job.inner_steps)
+                        .map_err(|e| JobError::Compute(e.to_string()))?;
+                    let delta = ParamDelta::between(&workers[w].params, &fin.params)
+                        .map_err(|e| JobError::Compute(e.to_string()))?;
+                    deltas.push((spec.id(), delta));
+                    finals[w] = Some(fin);
+                }
+                merge(&mut global, &mut workers, &deltas, finals)?;
+                continue;
+            }
             let t = Instant::now();
             let slots: Vec<Slot> = self
                 .slots
@@ -357,6 +484,7 @@ impl<'k> Bidder<'k> {
             // Compare replicas, ask the referee, merge what is accepted.
             let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
             let mut finals: Vec<Option<TrainState>> = vec![None; workers.len()];
+            let mut merged: Vec<Option<String>> = vec![None; workers.len()];
             for s in &slots {
                 let w = s.worker as usize;
                 let claims: Vec<&Track> = tracks
@@ -412,18 +540,10 @@ impl<'k> Bidder<'k> {
                     .map_err(|e| JobError::Compute(e.to_string()))?;
                 deltas.push((specs[w].id(), delta));
                 finals[w] = Some(fin);
+                merged[w] = Some(hex::encode(result.final_state));
                 rp.merged += 1;
             }
-            if !deltas.is_empty() {
-                global = tokio::task::block_in_place(|| {
-                    outer_step(&global, &deltas, OuterOptimizer::DILOCO, B24_MANT_MAX)
-                })
-                .map_err(|e| JobError::Compute(e.to_string()))?;
-                for (w, f) in finals.into_iter().enumerate() {
-                    let base = f.unwrap_or_else(|| workers[w].clone());
-                    workers[w] = next_start_state(&base, &global)
-                        .map_err(|e| JobError::Compute(e.to_string()))?;
-                }
+            if merge(&mut global, &mut workers, &deltas, finals)? {
                 rp.val_loss = Some(self.eval(&workers[0])?);
             }
             rp.wall_ms = t.elapsed().as_millis() as u64;
@@ -436,7 +556,9 @@ impl<'k> Bidder<'k> {
                 "round done"
             );
             self.progress.rounds.push(rp);
-            self.progress.wall_ms = job_started.elapsed().as_millis() as u64;
+            self.progress.wall_ms = wall_before_ms + job_started.elapsed().as_millis() as u64;
+            self.merged.push(merged);
+            self.save_resume();
             self.save();
         }
         Ok(())
@@ -729,6 +851,29 @@ impl<'k> Bidder<'k> {
         }
         Ok(())
     }
+}
+
+/// The outer step over a round's merged `deltas`, then every worker's next start state (from
+/// its merged final state, else its previous one); whether there was anything to merge.
+fn merge(
+    global: &mut OuterState,
+    workers: &mut [TrainState],
+    deltas: &[(Digest32, ParamDelta)],
+    finals: Vec<Option<TrainState>>,
+) -> Result<bool, JobError> {
+    if deltas.is_empty() {
+        return Ok(false);
+    }
+    *global = tokio::task::block_in_place(|| {
+        outer_step(global, deltas, OuterOptimizer::DILOCO, B24_MANT_MAX)
+    })
+    .map_err(|e| JobError::Compute(e.to_string()))?;
+    for (w, f) in finals.into_iter().enumerate() {
+        let base = f.unwrap_or_else(|| workers[w].clone());
+        workers[w] =
+            next_start_state(&base, global).map_err(|e| JobError::Compute(e.to_string()))?;
+    }
+    Ok(true)
 }
 
 /// Take a run from its provider and give it to the next provider of the clearing that has not

@@ -90,7 +90,8 @@ async fn pay_subsidies(
 }
 
 /// Start the job of every clearing in `me`'s log whose leases are all co-signed, once per
-/// process (a job with a progress file from an earlier process is not started again).
+/// process. A job an earlier process left running (its progress file says `running` or
+/// `settling`) resumes from its resume record; a finished or failed one is not started again.
 fn start_jobs(
     me: &PublicKey,
     logs: &std::collections::BTreeMap<PublicKey, Vec<Entry>>,
@@ -117,9 +118,16 @@ fn start_jobs(
             continue;
         }
         started.insert(c.job_id);
-        if leam_jobs::bidder::progress_path(&ctx.dir, &c.job_id).exists() {
-            tracing::warn!(job = %hex::encode(&c.job_id[..8]), "job ran in an earlier process; not started again");
-            continue;
+        let progress = leam_jobs::bidder::progress_path(&ctx.dir, &c.job_id);
+        if let Ok(bytes) = std::fs::read(&progress) {
+            let state = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if state != "running" && state != "settling" {
+                tracing::warn!(job = %hex::encode(&c.job_id[..8]), state, "job ran in an earlier process; not started again");
+                continue;
+            }
         }
         let seed_path = ctx
             .dir
@@ -153,7 +161,7 @@ fn start_jobs(
         tokio::spawn(async move {
             let kernels = ctx.kernels.clone();
             let id = hex::encode(&clearing.job_id[..8]);
-            let bidder = match leam_jobs::bidder::Bidder::new(
+            let mut bidder = match leam_jobs::bidder::Bidder::new(
                 link,
                 &ctx.dir,
                 kernels.as_ref(),
@@ -177,6 +185,14 @@ fn start_jobs(
                     return;
                 }
             };
+            match bidder.resume_from_disk() {
+                Ok(true) => tracing::info!(job = %id, "job resumed after a restart"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job not resumed");
+                    return;
+                }
+            }
             tracing::info!(job = %id, "job started: shards go to the providers");
             match bidder.run().await {
                 Ok(p) => {

@@ -7,14 +7,14 @@
 //! evidence, settlements; after SIGTERM, `leam audit --genesis` of the startup's directory
 //! reproduces the clearing and finds every record backed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::fed::{federation, start_with, tcp_addr, wait_until as wait};
+use common::fed::{federation, start_with, tcp_addr, wait_until as wait, Running};
 use common::{leam, ok, p};
 
 fn get(dir: &Path, path: &str) -> Option<Value> {
@@ -387,22 +387,34 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
 /// asked for again (`Unknown` → `Run`), finished runs survive in `DIR/runs/`, and the job
 /// completes with one receipt per shard. The bidder names itself the referee, so its judge
 /// requests are served locally and its own log holds the verdicts.
-#[test]
-fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
+/// Three nodes on loopback: a (public, provider with an offer at 40), c (science), d
+/// (startup, the bidder, with 1,000 EUR deposited), every log replicated everywhere and a's
+/// offer at the bidder.
+struct Three {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    genesis: PathBuf,
+    dirs: Vec<PathBuf>,
+    keys: Vec<String>,
+    corpus: PathBuf,
+    nodes: Vec<Running>,
+}
+
+fn three_nodes() -> Three {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+    let root = tmp.path().to_path_buf();
     let orgs = [
         ("a", "Rechenzentrum Nord", "public"),
         ("c", "Universitaet Sued", "science"),
         ("d", "Sprachwerk GmbH", "startup"),
     ];
-    let (genesis, dirs) = federation(root, &orgs, 2);
+    let (genesis, dirs) = federation(&root, &orgs, 2);
     let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
     let cpu = ["--backend", "cpu"];
-    let mut a = start_with(&dirs[0], &genesis, &[], &cpu);
+    let a = start_with(&dirs[0], &genesis, &[], &cpu);
     let boot = tcp_addr(&dirs[0]);
-    let _c = start_with(&dirs[1], &genesis, std::slice::from_ref(&boot), &cpu);
-    let _d = start_with(&dirs[2], &genesis, std::slice::from_ref(&boot), &cpu);
+    let c = start_with(&dirs[1], &genesis, std::slice::from_ref(&boot), &cpu);
+    let d = start_with(&dirs[2], &genesis, std::slice::from_ref(&boot), &cpu);
     wait("replicas", Duration::from_secs(30), || {
         dirs.iter()
             .all(|d| keys.iter().all(|k| size(d, k).is_some()))
@@ -438,6 +450,38 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
         Duration::from_secs(20),
         || size(&dirs[2], &keys[0]) == Some(a0),
     );
+    Three {
+        _tmp: tmp,
+        root,
+        genesis,
+        dirs,
+        keys,
+        corpus,
+        nodes: vec![a, c, d],
+    }
+}
+
+/// The progress document of a job, if written.
+fn progress_of(dir: &Path, job_id: &str) -> Value {
+    std::fs::read(dir.join("jobs").join(format!("{job_id}.progress.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
+    let Three {
+        root,
+        genesis,
+        dirs,
+        keys,
+        corpus,
+        mut nodes,
+        _tmp: _keep,
+    } = three_nodes();
+    let cpu = ["--backend", "cpu"];
+    let mut a = nodes.remove(0);
     let job = root.join("job.toml");
     std::fs::write(
         &job,
@@ -494,5 +538,110 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
         finished(&dirs[0]),
         2,
         "both runs are on disk after the restart"
+    );
+}
+
+/// The bidder killed with `kill -9` between rounds and restarted: its node resumes the job from
+/// the resume record (the outer steps replayed on the merged final states it holds by hash),
+/// the remaining rounds run, and the job settles once: one receipt per run, one settlement, one
+/// reveal, and the bidder's log audits clean.
+#[test]
+fn a_bidder_killed_between_rounds_resumes_its_job() {
+    let Three {
+        root,
+        genesis,
+        dirs,
+        keys,
+        corpus,
+        mut nodes,
+        _tmp: _keep,
+    } = three_nodes();
+    let job = root.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"resumed\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 4\nshards_per_round = 1\ninner_steps = 60\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            corpus.display(),
+            keys[1]
+        ),
+    )
+    .unwrap();
+    let job_id = ok(&["bid", "--dir", p(&dirs[2]), "--job", p(&job)])
+        .trim()
+        .to_owned();
+    wait("the first round", Duration::from_secs(120), || {
+        progress_of(&dirs[2], &job_id)["rounds"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
+    let mut d = nodes.pop().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    d.child.wait().unwrap();
+    let before = progress_of(&dirs[2], &job_id);
+    let done_before = before["rounds"].as_array().unwrap().len();
+    assert!(
+        done_before < 4 && before["state"] == "running",
+        "the job finished before the kill: make the rounds longer: {before}"
+    );
+    let record = dirs[2].join("jobs").join(format!("{job_id}.resume.json"));
+    let resume: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        resume["merged"].as_array().unwrap().len(),
+        done_before,
+        "one merged final state per finished round: {resume}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let d = start_with(
+        &dirs[2],
+        &genesis,
+        &[tcp_addr(&dirs[0])],
+        &["--backend", "cpu"],
+    );
+    let mut last = Value::Null;
+    wait("the resumed job done", Duration::from_secs(240), || {
+        last = progress_of(&dirs[2], &job_id);
+        assert!(
+            !last["state"].as_str().unwrap_or("").starts_with("failed"),
+            "{last}"
+        );
+        last["state"] == "done"
+    });
+    let rounds = last["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 4, "{last}");
+    // The rounds before the kill are kept as they were; the loss keeps falling after it.
+    assert_eq!(
+        rounds[..done_before],
+        before["rounds"].as_array().unwrap()[..]
+    );
+    let losses: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(losses[3] < losses[0], "{losses:?}");
+    assert_eq!(last["verdicts"], serde_json::json!([4, 0]), "{last}");
+    drop(d);
+    drop(nodes);
+    std::thread::sleep(Duration::from_millis(500));
+    let bidder = export(&dirs[2]);
+    let count = |kind: &str| bidder.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!(count("receipt"), 4, "one receipt per run, none twice");
+    assert_eq!(count("settlement"), 1);
+    assert_eq!(count("reveal"), 1);
+    let out = leam(&[
+        "audit",
+        "--json",
+        "--no-state",
+        "--genesis",
+        p(&genesis),
+        p(&dirs[2]),
+    ]);
+    assert!(
+        out.status.success(),
+        "audit failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

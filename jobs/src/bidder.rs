@@ -650,10 +650,7 @@ impl<'k> Bidder<'k> {
                         }
                     }
                     Ok(WorkResponse::Running { .. }) => {
-                        let timeout = plan::shard_timeout_ms(
-                            shard_units,
-                            self.units_per_hour.get(&t.provider).copied().unwrap_or(0),
-                        );
+                        let timeout = self.shard_timeout_ms(shard_units, &t.provider);
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), timeout, "shard timed out: leasing it again");
                             release(t, &providers, &siblings, rp, shard)?;
@@ -668,10 +665,7 @@ impl<'k> Bidder<'k> {
                         release(t, &providers, &siblings, rp, shard)?;
                     }
                     Err(e) => {
-                        let timeout = plan::shard_timeout_ms(
-                            shard_units,
-                            self.units_per_hour.get(&t.provider).copied().unwrap_or(0),
-                        );
+                        let timeout = self.shard_timeout_ms(shard_units, &t.provider);
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), error = %e, "provider gone: leasing the shard again");
                             release(t, &providers, &siblings, rp, shard)?;
@@ -684,6 +678,17 @@ impl<'k> Bidder<'k> {
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
+    }
+
+    /// How long `provider` may take for a shard: the job's own timeout if it sets one, else what
+    /// the provider's offered throughput promises ([`plan::shard_timeout_ms`]).
+    fn shard_timeout_ms(&self, shard_units: u64, provider: &PublicKey) -> u64 {
+        self.job.shard_timeout_ms.unwrap_or_else(|| {
+            plan::shard_timeout_ms(
+                shard_units,
+                self.units_per_hour.get(provider).copied().unwrap_or(0),
+            )
+        })
     }
 
     /// Propose the receipt of a finished run; whether it is recorded.

@@ -215,6 +215,7 @@ mod tests {
             referees: vec![[9; 32]],
             deadline_ms: 1,
             max_price_cents_per_kilo_unit: 1,
+            shard_timeout_ms: None,
         }
     }
 

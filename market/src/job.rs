@@ -90,7 +90,14 @@ pub struct Job {
     pub deadline_ms: u64,
     /// Highest price the bidder pays, credits (EUR cents) per 1,000 compute units.
     pub max_price_cents_per_kilo_unit: u64,
+    /// How long the bidder waits for a shard's result before the provider loses it
+    /// (milliseconds, [`SHARD_TIMEOUT_MS_RANGE`]); `None`: the timeout follows each provider's
+    /// offered throughput.
+    pub shard_timeout_ms: Option<u64>,
 }
+
+/// Bounds of a job's shard timeout: a second to a day.
+pub const SHARD_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
 fn ser_hex<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(b))
@@ -239,6 +246,18 @@ impl Job {
         if self.corpus_bytes == 0 {
             return v("corpus", "expected a non-empty corpus".into());
         }
+        if let Some(t) = self.shard_timeout_ms {
+            if !SHARD_TIMEOUT_MS_RANGE.contains(&t) {
+                return v(
+                    "shard-timeout",
+                    format!(
+                        "expected {}..={} ms, found {t}",
+                        SHARD_TIMEOUT_MS_RANGE.start(),
+                        SHARD_TIMEOUT_MS_RANGE.end()
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -277,6 +296,9 @@ impl Job {
         }
         let _ = writeln!(s, "deadline {}", self.deadline_ms);
         let _ = writeln!(s, "max-price {}", self.max_price_cents_per_kilo_unit);
+        if let Some(t) = self.shard_timeout_ms {
+            let _ = writeln!(s, "shard-timeout {t}");
+        }
         s.into_bytes()
     }
 
@@ -345,6 +367,11 @@ impl Job {
         }
         let deadline_ms = num(p.field("deadline")?, p.at, "deadline")?;
         let max_price_cents_per_kilo_unit = num(p.field("max-price")?, p.at, "max-price")?;
+        let shard_timeout_ms = if p.peek_is("shard-timeout") {
+            Some(num(p.field("shard-timeout")?, p.at, "shard-timeout")?)
+        } else {
+            None
+        };
         if let Some(extra) = lines.get(p.at) {
             return Err(JobError::Trailing {
                 line: p.at + 1,
@@ -364,6 +391,7 @@ impl Job {
             referees,
             deadline_ms,
             max_price_cents_per_kilo_unit,
+            shard_timeout_ms,
         };
         job.check()?;
         // A checked job has one encoding; anything else (e.g. a name with inner double
@@ -488,6 +516,10 @@ pub struct JobFile {
     pub deadline_minutes: u64,
     /// Highest price, credits (EUR cents) per 1,000 compute units.
     pub max_price_cents_per_kilo_unit: u64,
+    /// Seconds the bidder waits for a shard's result before leasing it again (default: from
+    /// each provider's offered throughput).
+    #[serde(default)]
+    pub shard_timeout_seconds: Option<u64>,
 }
 
 /// Model fields of a job file (any subset overrides the preset).

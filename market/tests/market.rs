@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use leam_ledger::entry::*;
 use leam_market::audit::audit;
 use leam_market::clearing::{self, capacity_shards, clear, lease_terms, Ask, Request};
-use leam_market::job::{seed_commitment, Job, JobFile, ModelSpec};
+use leam_market::job::{seed_commitment, Job, JobFile, ModelSpec, SHARD_TIMEOUT_MS_RANGE};
 use leam_market::replicate::{catch_probability_ppb, opens, replicated};
 use leam_market::settle::{owed_cents, split};
 use proptest::prelude::*;
@@ -36,6 +36,7 @@ fn job(referees: Vec<PublicKey>) -> Job {
         referees,
         deadline_ms: 10_000_000,
         max_price_cents_per_kilo_unit: 60,
+        shard_timeout_ms: None,
     }
 }
 
@@ -53,7 +54,11 @@ fn job_strategy() -> impl Strategy<Value = Job> {
         (any::<[u8; 32]>(), 1u64..u64::MAX),
         (1u32..100, 1u32..64, 1u32..5000, 0u32..=1_000_000),
         prop::collection::btree_set(any::<[u8; 32]>(), 1..5),
-        (any::<u64>(), any::<u64>()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of(SHARD_TIMEOUT_MS_RANGE),
+        ),
     )
         .prop_map(|(name, m, c, s, referees, d)| Job {
             name,
@@ -75,7 +80,33 @@ fn job_strategy() -> impl Strategy<Value = Job> {
             referees: referees.into_iter().collect(),
             deadline_ms: d.0,
             max_price_cents_per_kilo_unit: d.1,
+            shard_timeout_ms: d.2,
         })
+}
+
+/// The shard timeout is an optional last line: without it a job keeps its encoding (and id),
+/// with it the line is checked like every other.
+#[test]
+fn the_shard_timeout_is_an_optional_checked_line() {
+    let mut j = job(vec![pk(1)]);
+    let plain = j.encode();
+    assert!(!String::from_utf8_lossy(&plain).contains("shard-timeout"));
+    j.shard_timeout_ms = Some(90_000);
+    let bytes = j.encode();
+    assert!(bytes.ends_with(b"max-price 60\nshard-timeout 90000\n"));
+    assert_eq!(Job::decode(&bytes).unwrap(), j);
+    let too_short = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace("shard-timeout 90000", "shard-timeout 999");
+    let e = Job::decode(too_short.as_bytes()).unwrap_err().to_string();
+    assert!(
+        e.contains("shard-timeout") && e.contains("1000..=86400000"),
+        "{e}"
+    );
+    let misplaced = String::from_utf8(plain)
+        .unwrap()
+        .replace("deadline", "shard-timeout 90000\ndeadline");
+    assert!(Job::decode(misplaced.as_bytes()).is_err());
 }
 
 proptest! {
@@ -618,6 +649,7 @@ fn spec_example_job_matches_the_code() {
         referees: vec![[0x33; 32]],
         deadline_ms: 1_767_225_600_000,
         max_price_cents_per_kilo_unit: 60,
+        shard_timeout_ms: None,
     };
     let encoded = String::from_utf8(j.encode()).unwrap();
     assert_eq!(

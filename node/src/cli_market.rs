@@ -581,6 +581,7 @@ pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
         referees: file.referee_keys().map_err(|e| input(e.into()))?,
         deadline_ms: crate::cli_fed::now_ms() + file.deadline_minutes.saturating_mul(60_000),
         max_price_cents_per_kilo_unit: a.max_price.unwrap_or(file.max_price_cents_per_kilo_unit),
+        shard_timeout_ms: file.shard_timeout_seconds.map(|s| s.saturating_mul(1000)),
     };
     job.check().map_err(|e| input(e.into()))?;
     // One shard's compute units, from the tensor shapes (char-level vocabulary of the corpus).

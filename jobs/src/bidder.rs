@@ -35,8 +35,8 @@ use crate::blobs::Blobs;
 use crate::link::{short, Link, LinkError};
 use crate::plan::{self, Slot};
 
-/// How often the bidder polls its providers.
-pub const POLL_MS: u64 = 250;
+/// How often the bidder polls its providers (a poll is one small request per running shard).
+pub const POLL_MS: u64 = 100;
 /// Longest wait for the referee's verdicts after the last round.
 pub const VERDICT_WAIT_MS: u64 = 120_000;
 /// Times one shard may be leased again before the job gives it up.
@@ -580,7 +580,6 @@ impl<'k> Bidder<'k> {
             .map(|a| a.provider)
             .collect();
         loop {
-            let mut pending = 0;
             for i in 0..tracks.len() {
                 // A replica never goes to the provider of its shard's other run.
                 let siblings: Vec<PublicKey> = tracks
@@ -596,7 +595,6 @@ impl<'k> Bidder<'k> {
                     }
                     continue;
                 }
-                pending += 1;
                 let spec = &specs[t.worker];
                 let shard = slots
                     .iter()
@@ -642,6 +640,8 @@ impl<'k> Bidder<'k> {
                                 }
                                 rp.runs += 1;
                                 t.done = Some((r, device_ms));
+                                // The receipt at once: the round ends when every run has one.
+                                t.receipt = self.receipt(slots, specs, t).await;
                             }
                             Err(e) => {
                                 tracing::warn!(shard, provider = %short(&t.provider), error = %e, "a result that does not answer its spec");
@@ -673,7 +673,7 @@ impl<'k> Bidder<'k> {
                     }
                 }
             }
-            if pending == 0 && tracks.iter().all(|t| t.receipt) {
+            if tracks.iter().all(|t| t.done.is_some() && t.receipt) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;

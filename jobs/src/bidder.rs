@@ -158,6 +158,9 @@ pub struct Bidder<'k> {
     progress: Progress,
     /// Finished rounds' merged final states (see [`Resume`]).
     merged: Vec<Vec<Option<String>>>,
+    /// Judge requests the referee has not taken yet (not connected, busy), asked again while
+    /// the job waits for verdicts; at most one per shard of the job.
+    unjudged: std::sync::Mutex<Vec<WorkRequest>>,
 }
 
 /// Who pays what of a settlement: the bidder's sector and the federation's subsidy rate (a
@@ -254,7 +257,29 @@ impl<'k> Bidder<'k> {
             seed: *seed,
             progress_path,
             merged: Vec::new(),
+            unjudged: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Ask the job's referee to judge a shard; a request it does not take is kept and asked
+    /// again ([`Bidder::retry_judges`]), so a referee that was unreachable for a moment still
+    /// judges every shard.
+    async fn send_judge(&self, request: WorkRequest) {
+        let Some(referee) = self.job.referees.first().copied() else {
+            return;
+        };
+        if let Err(e) = self.link.work(referee, request.clone()).await {
+            tracing::warn!(error = %e, "the referee did not take a shard; asking again later");
+            self.unjudged.lock().expect("unjudged lock").push(request);
+        }
+    }
+
+    /// Ask again for every judgment the referee did not take.
+    async fn retry_judges(&self) {
+        let pending = std::mem::take(&mut *self.unjudged.lock().expect("unjudged lock"));
+        for r in pending {
+            self.send_judge(r).await;
+        }
     }
 
     /// Continue from the resume record in `DIR/jobs/` if an earlier process left one; whether
@@ -513,11 +538,7 @@ impl<'k> Bidder<'k> {
                         })
                         .collect(),
                 };
-                if let Some(referee) = self.job.referees.first().copied() {
-                    if let Err(e) = self.link.work(referee, judge).await {
-                        tracing::warn!(shard = s.shard, error = %e, "the referee did not take the shard");
-                    }
-                }
+                self.send_judge(judge).await;
                 // A mismatched shard waits for the referee's verdict; its winner's state is merged.
                 let winner: Option<&Track> = if agree {
                     claims
@@ -743,6 +764,7 @@ impl<'k> Bidder<'k> {
         let referee = self.job.referees.first()?;
         let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
         while Instant::now() < until {
+            self.retry_judges().await;
             if let Ok(logs) = self.link.logs().await {
                 let v = Self::verdicts(&logs, referee, &self.job_id, shard);
                 if v.len() >= claims.len() {
@@ -770,6 +792,7 @@ impl<'k> Bidder<'k> {
         };
         let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
         let logs = loop {
+            self.retry_judges().await;
             let logs = self.link.logs().await?;
             let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
             let receipts: Vec<&ReceiptTerms> = own

@@ -274,6 +274,19 @@ fn check(corpus: &[u8], s: &Setup, log: &[Entry], ev: &WrongResult) -> Outcome {
     )
 }
 
+/// `o` is of the outcome `kind` (`Holds`, `Fails`, `Unchecked`) and its reason says `needle`.
+fn expect(o: &Outcome, kind: &str, needle: &str) {
+    let (k, r) = match o {
+        Outcome::Holds(r) => ("Holds", r),
+        Outcome::Fails(r) => ("Fails", r),
+        Outcome::Unchecked(r) => ("Unchecked", r),
+    };
+    assert!(
+        k == kind && r.contains(needle),
+        "expected {kind} with {needle:?}: {o:?}"
+    );
+}
+
 fn evidence_against(
     runner: &ModelRunner<'_>,
     s: &Setup,
@@ -303,18 +316,12 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
     let ev = evidence_against(&runner, &s, &wrong);
     let log = receipt_log(&s.spec, &wrong.result);
     let o = check(&corpus, &s, &log, &ev);
-    assert!(
-        matches!(&o, Outcome::Holds(r) if r.contains("step 3")),
-        "{o:?}"
-    );
+    expect(&o, "Holds", "step 3");
 
     // Without the accused's receipt for that result, the evidence puts words in its mouth.
     let honest_log = receipt_log(&s.spec, &s.honest.result);
     let o = check(&corpus, &s, &honest_log, &ev);
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("no receipt co-signed")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "no receipt co-signed");
 
     // Evidence against an honest result (a referee accusing the right claim) does not hold:
     // the honest step hash at step 3, proven against the honest root, is what the replay gives.
@@ -330,10 +337,7 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
     forged.claimed_after = Some(hex::encode(proof.state_hash));
     forged.claimed_proof = proof.proof.iter().map(hex::encode).collect();
     let o = check(&corpus, &s, &honest_log, &forged);
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("gives the claimed state hash")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "gives the claimed state hash");
 
     // A proof that does not fit the claimed root, a wrong agreed state, a bad field: each fails
     // and says which field.
@@ -341,17 +345,11 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
     bad.claimed_proof.reverse();
     bad.claimed_proof.push(hex::encode([0u8; 32]));
     let o = check(&corpus, &s, &log, &bad);
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("claimed_proof")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "claimed_proof");
     let mut bad = ev.clone();
     bad.agreed_before = Some(hex::encode([7u8; 32]));
     let o = check(&corpus, &s, &log, &bad);
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("agreed_before")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "agreed_before");
     let mut bad = serde_json::to_value(&ev).unwrap();
     bad["job"] = "zz".into();
     let o = check_wrong_result(
@@ -361,10 +359,7 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
         &accused(),
         &serde_json::to_vec(&bad).unwrap(),
     );
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("`job`")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "`job`");
 
     // Without the inputs, nothing is decided.
     let none: Arc<leam_jobs::evidence::Inputs> = Arc::new(|_: &[u8; 32]| None);
@@ -379,10 +374,7 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
         &accused(),
         &serde_json::to_vec(&ev).unwrap(),
     );
-    assert!(
-        matches!(&o, Outcome::Unchecked(r) if r.contains("not available")),
-        "{o:?}"
-    );
+    expect(&o, "Unchecked", "not available");
 }
 
 #[test]
@@ -400,10 +392,7 @@ fn replay_evidence_against_a_delta_liar_holds() {
     );
     let ev = v[1].evidence.clone().unwrap();
     let o = check(&corpus, &s, &receipt_log(&s.spec, &liar), &ev);
-    assert!(
-        matches!(&o, Outcome::Holds(r) if r.contains("full replay")),
-        "{o:?}"
-    );
+    expect(&o, "Holds", "full replay");
     // The same document naming the honest result does not hold.
     let mut forged = ev.clone();
     forged.claimed_result = hex::encode(s.honest.result.encode());
@@ -413,10 +402,7 @@ fn replay_evidence_against_a_delta_liar_holds() {
         &receipt_log(&s.spec, &s.honest.result),
         &forged,
     );
-    assert!(
-        matches!(&o, Outcome::Fails(r) if r.contains("full replay gives the claimed")),
-        "{o:?}"
-    );
+    expect(&o, "Fails", "full replay gives the claimed");
 }
 
 /// The fold counts checked evidence against the accused and lists the rest with the reason.

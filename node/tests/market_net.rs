@@ -341,20 +341,7 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
 
     // The audit of the bidder's directory (own log and replicas) re-runs the rule and checks
     // receipts against leases and verdicts against the job's referee.
-    let out = leam(&[
-        "audit",
-        "--json",
-        "--no-state",
-        "--genesis",
-        p(&genesis),
-        p(&dirs[3]),
-    ]);
-    assert!(
-        out.status.success(),
-        "audit failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = audit_ok(&genesis, &dirs[3]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &v["market"];
     assert_eq!(m["clearings"], 1, "{m}");
@@ -459,6 +446,25 @@ fn three_nodes() -> Three {
         corpus,
         nodes: vec![a, c, d],
     }
+}
+
+/// `leam audit --json --no-state --genesis G DIR`, which must pass.
+fn audit_ok(genesis: &Path, dir: &Path) -> std::process::Output {
+    let out = leam(&[
+        "audit",
+        "--json",
+        "--no-state",
+        "--genesis",
+        p(genesis),
+        p(dir),
+    ]);
+    assert!(
+        out.status.success(),
+        "audit failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The progress document of a job, if written.
@@ -630,18 +636,5 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
     assert_eq!(count("receipt"), 4, "one receipt per run, none twice");
     assert_eq!(count("settlement"), 1);
     assert_eq!(count("reveal"), 1);
-    let out = leam(&[
-        "audit",
-        "--json",
-        "--no-state",
-        "--genesis",
-        p(&genesis),
-        p(&dirs[2]),
-    ]);
-    assert!(
-        out.status.success(),
-        "audit failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    audit_ok(&genesis, &dirs[2]);
 }

@@ -70,6 +70,15 @@ fn setup(runner: &ModelRunner<'_>, corpus: &[u8]) -> Setup {
     }
 }
 
+/// A run that flips a parameter bit at inner step `step` (the provider's `--falsify-run`).
+fn wrong_at(runner: &ModelRunner<'_>, s: &Setup, step: u32) -> ShardRun<TrainState> {
+    let tampered = Tampered {
+        inner: runner,
+        fault_at: s.spec.global_step(step),
+    };
+    run_shard(&tampered, &s.spec, &s.start).unwrap()
+}
+
 fn judge(
     runner: &ModelRunner<'_>,
     s: &Setup,
@@ -88,11 +97,7 @@ fn a_wrong_result_is_found_by_bisection_and_one_step_replay() {
     let corpus = corpus();
     let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
     let s = setup(&runner, &corpus);
-    let tampered = Tampered {
-        inner: &runner,
-        fault_at: s.spec.global_step(3),
-    };
-    let wrong = run_shard(&tampered, &s.spec, &s.start).unwrap();
+    let wrong = wrong_at(&runner, &s, 3);
     assert!(!wrong.result.same_commitments(&s.honest.result));
     // Either order: the verdict follows the claim, not its position.
     for flip in [false, true] {
@@ -166,11 +171,7 @@ fn step_hashes_that_contradict_the_commitment_lose() {
     let corpus = corpus();
     let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
     let s = setup(&runner, &corpus);
-    let tampered = Tampered {
-        inner: &runner,
-        fault_at: s.spec.global_step(1),
-    };
-    let wrong = run_shard(&tampered, &s.spec, &s.start).unwrap();
+    let wrong = wrong_at(&runner, &s, 1);
     // The cheat serves the honest step hashes, which do not prove against its own root.
     let v = judge(
         &runner,
@@ -308,11 +309,7 @@ fn bisection_evidence_holds_for_the_auditor_and_fails_when_forged() {
     let corpus = corpus();
     let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
     let s = setup(&runner, &corpus);
-    let tampered = Tampered {
-        inner: &runner,
-        fault_at: s.spec.global_step(3),
-    };
-    let wrong = run_shard(&tampered, &s.spec, &s.start).unwrap();
+    let wrong = wrong_at(&runner, &s, 3);
     let ev = evidence_against(&runner, &s, &wrong);
     let log = receipt_log(&s.spec, &wrong.result);
     let o = check(&corpus, &s, &log, &ev);
@@ -411,15 +408,7 @@ fn the_accounting_counts_only_evidence_that_checks() {
     let corpus = corpus();
     let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
     let s = setup(&runner, &corpus);
-    let wrong = run_shard(
-        &Tampered {
-            inner: &runner,
-            fault_at: s.spec.global_step(2),
-        },
-        &s.spec,
-        &s.start,
-    )
-    .unwrap();
+    let wrong = wrong_at(&runner, &s, 2);
     let ev = evidence_against(&runner, &s, &wrong);
     let referee = SigningKey::from_bytes(&[13; 32]);
     let bytes = serde_json::to_vec(&ev).unwrap();

@@ -174,8 +174,8 @@ pub struct AuditArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = crate::tlog_client::FETCH_BATCH_ENTRIES,
-        value_parser = clap::value_parser!(u64).range(1..=crate::tlog_client::FETCH_BATCH_ENTRIES)
+        default_value_t = crate::tlog_client::FETCH_BATCH_ENTRIES_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=crate::tlog_client::FETCH_BATCH_ENTRIES_MAX)
     )]
     pub batch_entries: u64,
     /// The federation's genesis document: entries by keys that are neither founders nor

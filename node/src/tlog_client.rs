@@ -3,8 +3,8 @@
 //! funder needs only the server's address, never a copy of a node's directory.
 //!
 //! Each log is fetched as its checkpoint (with cosignatures), verified first, then its entry
-//! bundles in batches of at most [`FETCH_BATCH_ENTRIES`] entries (256 bundles), so memory stays
-//! bounded whatever the log's size. `ledger::replica::Replica::extend_prefix` checks every
+//! bundles in batches of [`FETCH_BATCH_ENTRIES_DEFAULT`] entries (64 bundles; at most
+//! `REPLICA_EXTEND_ENTRIES_MAX`), so memory stays bounded whatever the log's size. `ledger::replica::Replica::extend_prefix` checks every
 //! entry of a batch (encoding, author, index, signatures, log rules after the entries before
 //! it) and that the tree the batch completes is a prefix of the checkpoint's signed tree, by a
 //! consistency proof built from the server's hash tiles (`leam_web::tiles::TileHashReader`),
@@ -24,12 +24,17 @@ use crate::cli;
 
 /// Largest response the client reads: a full bundle of maximal entries.
 pub const RESPONSE_BYTES_MAX: u64 = BUNDLE_ENTRIES * (2 + 65_535);
-/// Entries verified and stored per replica extension by default: 256 entry bundles, the most
-/// one extension takes.
-pub const FETCH_BATCH_ENTRIES: u64 = REPLICA_EXTEND_ENTRIES_MAX as u64;
+/// Entries verified and stored per replica extension by default: 64 entry bundles. The store
+/// (sled 0.34) needs about 30 KiB of memory per entry of one write batch, measured: ~0.5 GiB
+/// at this size, ~1 GiB at 32,768, ~3 GiB at the 65,536 one extension takes at most.
+pub const FETCH_BATCH_ENTRIES_DEFAULT: u64 = 16_384;
+/// Most entries per batch: what one replica extension takes.
+pub const FETCH_BATCH_ENTRIES_MAX: u64 = REPLICA_EXTEND_ENTRIES_MAX as u64;
 /// A batch also ends after the bundle that brings its entries to this many bytes (entries may
 /// be up to 64 KiB each), so one batch holds at most this plus one bundle in memory.
 pub const FETCH_BATCH_BYTES_MAX: usize = 64 << 20;
+/// Batches downloaded ahead of the one being verified.
+pub const FETCH_BATCHES_AHEAD: usize = 1;
 /// Most logs one server may list for an audit.
 pub const LOGS_MAX: usize = 256;
 
@@ -39,9 +44,15 @@ pub fn is_url(arg: &Path) -> bool {
         .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
 }
 
+/// One HTTP agent for the whole fetch, so that its connections are reused.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(crate::cli_fed::agent)
+}
+
 fn get(url: &str) -> anyhow::Result<Vec<u8>> {
     let env = |e: anyhow::Error| cli::fail(cli::EXIT_ENV, e);
-    let mut resp = crate::cli_fed::agent()
+    let mut resp = agent()
         .get(url)
         .call()
         .map_err(|e| env(anyhow!("fetching {url}: {e}")))?;
@@ -127,20 +138,21 @@ fn logs_of(url: &str) -> anyhow::Result<Vec<(String, PublicKey)>> {
 }
 
 /// Fetch every log behind `url` into verified replicas under `into`, in batches of at most
-/// `batch_entries` entries (`1..=FETCH_BATCH_ENTRIES`); returns their dirs. A replica already
-/// in `into` resumes after the entries it has verified.
+/// `batch_entries` entries (`1..=FETCH_BATCH_ENTRIES_MAX`); returns their dirs. A replica
+/// already in `into` resumes after the entries it has verified.
 pub fn fetch(url: &str, into: &Path, batch_entries: u64) -> anyhow::Result<Vec<PathBuf>> {
-    if !(1..=FETCH_BATCH_ENTRIES).contains(&batch_entries) {
+    if !(1..=FETCH_BATCH_ENTRIES_MAX).contains(&batch_entries) {
         bail!(cli::fail(
             cli::EXIT_INPUT,
-            anyhow!("a fetch batch holds 1..={FETCH_BATCH_ENTRIES} entries, not {batch_entries}")
+            anyhow!(
+                "a fetch batch holds 1..={FETCH_BATCH_ENTRIES_MAX} entries, not {batch_entries}"
+            )
         ));
     }
     let mut dirs = Vec::new();
     for (base, key) in logs_of(url)? {
         let dir = into.join(hex::encode(key));
-        let mut replica = Replica::open_or_create(&dir, key)?;
-        fetch_log(&base, &mut replica, batch_entries)?;
+        fetch_log(&base, Replica::open_or_create(&dir, key)?, batch_entries)?;
         dirs.push(dir);
     }
     Ok(dirs)
@@ -149,8 +161,10 @@ pub fn fetch(url: &str, into: &Path, batch_entries: u64) -> anyhow::Result<Vec<P
 /// Fetch the log at `base` into `replica`: the checkpoint, verified before anything else, then
 /// batch after batch of entries from the replica's verified size, each proven part of the
 /// signed tree before it is stored (a consistency proof from the batch's end to the
-/// checkpoint's size, from the hash tiles), the last one committing the checkpoint.
-fn fetch_log(base: &str, replica: &mut Replica, batch_entries: u64) -> anyhow::Result<()> {
+/// checkpoint's size, from the hash tiles), the last one committing the checkpoint. The next
+/// batch is downloaded while one is verified (at most [`FETCH_BATCHES_AHEAD`] wait), and the
+/// replica's store is reopened after each batch, which releases what sled holds of it.
+fn fetch_log(base: &str, mut replica: Replica, batch_entries: u64) -> anyhow::Result<()> {
     let invalid = |e: anyhow::Error| cli::fail(cli::EXIT_INVALID, e);
     let note = get(&format!("{base}/checkpoint"))?;
     let size = replica
@@ -161,27 +175,48 @@ fn fetch_log(base: &str, replica: &mut Replica, batch_entries: u64) -> anyhow::R
     let tiles = TileHashReader::new(size, |tile: &Tile| {
         get(&format!("{base}/{}", tile.path())).map_err(|e| format!("{e:#}"))
     });
-    loop {
-        let first = replica.verified_size();
-        let entries = fetch_batch(base, first, size, batch_entries)?;
-        let end = first + entries.len() as u64;
-        let proof = if end < size {
-            merkle::prove_tree(size, end, &tiles)
-                .with_context(|| {
-                    format!("{base}: the consistency proof from {end} to {size} from hash tiles")
-                })
-                .map_err(|e| cli::fail(cli::EXIT_ENV, e))?
-        } else {
-            vec![]
-        };
-        replica
-            .extend_prefix(&note, &entries, &proof)
-            .with_context(|| format!("verifying {base}"))
-            .map_err(invalid)?;
-        if end >= size {
-            return Ok(());
+    let start = replica.verified_size();
+    std::thread::scope(|scope| {
+        let (batches, received) = std::sync::mpsc::sync_channel(FETCH_BATCHES_AHEAD);
+        scope.spawn(move || {
+            let mut first = start;
+            loop {
+                let batch = fetch_batch(base, first, size, batch_entries);
+                let end = batch.as_ref().map_or(size, |b| first + b.len() as u64);
+                // The receiver is gone when verification failed: stop.
+                if batches.send(batch).is_err() || end >= size {
+                    return;
+                }
+                first = end;
+            }
+        });
+        loop {
+            let entries = received
+                .recv()
+                .map_err(|_| anyhow!("{base}: the download of entry bundles stopped"))??;
+            let first = replica.verified_size();
+            let end = first + entries.len() as u64;
+            let proof = if end < size {
+                merkle::prove_tree(size, end, &tiles)
+                    .with_context(|| {
+                        format!(
+                            "{base}: the consistency proof from {end} to {size} from hash tiles"
+                        )
+                    })
+                    .map_err(|e| cli::fail(cli::EXIT_ENV, e))?
+            } else {
+                vec![]
+            };
+            replica
+                .extend_prefix(&note, &entries, &proof)
+                .with_context(|| format!("verifying {base}"))
+                .map_err(invalid)?;
+            if end >= size {
+                return Ok(());
+            }
+            replica = replica.reopen()?;
         }
-    }
+    })
 }
 
 /// Entries `first..` of the log at `base` (size `size`), from its entry bundles: up to

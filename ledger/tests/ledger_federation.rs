@@ -1017,6 +1017,7 @@ fn grow(log: &mut Log, n: u64) {
 /// Feeds `replica` the entries of `log` after its verified size, up to the size of `note`, in
 /// batches of `batch` with the consistency proof from each batch's end to the note's size (what
 /// `leam audit URL` builds from hash tiles).
+#[allow(clippy::result_large_err)] // as the library, whose errors carry what was expected
 fn extend_in_batches(
     replica: &mut Replica,
     log: &LogReader,

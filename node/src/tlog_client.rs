@@ -4,13 +4,13 @@
 //!
 //! Each log is fetched as its checkpoint (with cosignatures), verified first, then its entry
 //! bundles in batches of [`FETCH_BATCH_ENTRIES_DEFAULT`] entries (64 bundles; at most
-//! `REPLICA_EXTEND_ENTRIES_MAX`), so memory stays bounded whatever the log's size. `ledger::replica::Replica::extend_prefix` checks every
-//! entry of a batch (encoding, author, index, signatures, log rules after the entries before
-//! it) and that the tree the batch completes is a prefix of the checkpoint's signed tree, by a
-//! consistency proof built from the server's hash tiles (`leam_web::tiles::TileHashReader`),
-//! before the batch is stored; the last batch must give the signed root itself. The tiles are
-//! only proof material: the batch's own root is computed from its entries and those verified
-//! before it.
+//! `REPLICA_EXTEND_ENTRIES_MAX`), so memory stays bounded whatever the log's size.
+//! `ledger::replica::Replica::extend_prefix` checks every entry of a batch (encoding, author,
+//! index, signatures, log rules after the entries before it) and that the tree the batch
+//! completes is a prefix of the checkpoint's signed tree, by a consistency proof built from the
+//! server's hash tiles (`leam_web::tiles::TileHashReader`), before the batch is stored; the last
+//! batch must give the signed root itself. The tiles are only proof material: the batch's own
+//! root is computed from its entries and those verified before it.
 
 use std::path::{Path, PathBuf};
 

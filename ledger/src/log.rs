@@ -259,9 +259,21 @@ impl LogReader {
                 self.head.size
             )));
         }
-        if self.store.has_entry(size)? {
+        // Entries stored beyond the checkpoint can only be a replica's pending extension
+        // (`Store::pending`, checked by the replica that wrote it); readers ignore them.
+        let end = match self.store.pending()? {
+            Some(p) if p.size > size => p.size,
+            Some(p) => {
+                return Err(self.corrupt(format!(
+                    "a pending extension to size {} is not beyond the checkpoint size {size}",
+                    p.size
+                )))
+            }
+            None => size,
+        };
+        if self.store.has_entry(end)? {
             return Err(self.corrupt(format!(
-                "entry {size} exists beyond the checkpoint size {size}"
+                "entry {end} exists beyond the stored entries (checkpoint size {size}, {end} stored)"
             )));
         }
         let root = merkle::tree_hash(size, &self.store).map_err(|e| self.merkle(e))?;
@@ -272,9 +284,14 @@ impl LogReader {
                 hex::encode(self.head.root)
             )));
         }
-        let start = size.saturating_sub(TAIL_VERIFY_ENTRIES);
-        let entries = self.store.entries(start, size)?;
-        let idx: Vec<u64> = (start..size)
+        self.verify_range(size.saturating_sub(TAIL_VERIFY_ENTRIES), size)
+    }
+
+    /// Re-verify stored entries `start..end`: each entry's leaf hash equals its stored hash, it
+    /// decodes, is the log key's with its index as `seq`, and its signatures verify.
+    pub(crate) fn verify_range(&self, start: u64, end: u64) -> Result<(), LogError> {
+        let entries = self.store.entries(start, end)?;
+        let idx: Vec<u64> = (start..end)
             .map(|i| merkle::stored_hash_index(0, i))
             .collect();
         let stored = self.store.read_hashes(&idx).map_err(|e| self.merkle(e))?;
@@ -569,6 +586,15 @@ impl Log {
     pub fn open(dir: &Path) -> Result<Log, LogError> {
         let identity = Identity::load(&dir.join(KEY_FILE_NAME))?;
         let reader = LogReader::open(dir)?;
+        if let Some(p) = reader.store.pending()? {
+            return Err(LogError::Corrupt {
+                dir: dir.to_owned(),
+                reason: format!(
+                    "the store holds a pending extension to size {} (a replica being fetched), which a node's own log never has",
+                    p.size
+                ),
+            });
+        }
         if reader.key != identity.public_key() {
             return Err(LogError::Location {
                 dir: dir.to_owned(),

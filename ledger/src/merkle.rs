@@ -160,6 +160,29 @@ pub fn stored_hash_count(n: u64) -> u64 {
     stored_hash_index(0, n - 1) + 1 + u64::from((n - 1).trailing_ones())
 }
 
+/// The (level, position) of stored hash `index`: the inverse of [`stored_hash_index`]; tlog's
+/// `SplitStoredHashIndex`. Lets a reader that holds hashes by level and position (tlog-tiles)
+/// serve the indexes the proof functions ask for.
+pub fn split_stored_hash_index(index: u64) -> (u32, u64) {
+    // Leaf hash n has stored index at least n (and below 2n + 1), so the leaf committed just
+    // before `index` is at most index/2 positions back: start there and walk forward, each
+    // record n adding 1 + trailing_ones(n) hashes.
+    let mut n = index / 2;
+    let mut at = stored_hash_index(0, n);
+    debug_assert!(at <= index, "stored_hash_index(0, {n}) = {at} > {index}");
+    loop {
+        let next = at + 1 + u64::from(n.trailing_ones());
+        if next > index {
+            break;
+        }
+        n += 1;
+        at = next;
+    }
+    // `index` was written with record n: it is (0, n), (1, n/2), (2, n/4), …
+    let level = (index - at) as u32;
+    (level, n >> level)
+}
+
 /// Reads stored hashes by their index in the flat stored-hash sequence.
 pub trait HashReader {
     /// Returns the hashes at `indexes`, in the same order.
@@ -739,6 +762,28 @@ mod tests {
         assert_eq!(stored_hash_index(0, 4), 7);
         let counts: Vec<u64> = (0..9).map(stored_hash_count).collect();
         assert_eq!(counts, [0, 1, 3, 4, 7, 8, 10, 11, 15]);
+    }
+
+    #[test]
+    fn split_stored_hash_index_inverts_stored_hash_index() {
+        // Every index below a tree's stored-hash count, in order: the hashes each record adds.
+        let mut index = 0;
+        for n in 0..5_000u64 {
+            for level in 0..=n.trailing_ones() {
+                let position = n >> level;
+                assert_eq!(stored_hash_index(level, position), index);
+                assert_eq!(split_stored_hash_index(index), (level, position), "{index}");
+                index += 1;
+            }
+        }
+        assert_eq!(index, stored_hash_count(5_000));
+        // Far out, near the tree size limit.
+        for (level, n) in [(0, (1u64 << 61) + 12_345), (40, 3), (61, 0), (8, 1 << 40)] {
+            assert_eq!(
+                split_stored_hash_index(stored_hash_index(level, n)),
+                (level, n)
+            );
+        }
     }
 
     #[test]

@@ -8,23 +8,28 @@
 //! Nothing enters a replica unless it verifies against a checkpoint signed by the owner's log
 //! key: every entry decodes, is the owner's, has its index as `seq`, carries valid signatures
 //! and co-signatures, obeys the log rules, and the new leaves extend the stored tree to the
-//! checkpoint's root. An extension is one atomic, durable store write (as a log append); on
-//! any error nothing is stored.
+//! checkpoint's root ([`Replica::extend`]) or, for a log fetched in batches
+//! ([`Replica::extend_prefix`]), to a tree that a consistency proof shows is a prefix of the
+//! checkpoint's. An extension is one atomic, durable store write (as a log append); on any
+//! error nothing is stored. Batches before the last are kept as the store's pending extension
+//! (`store::Pending`): readers see only the checkpointed entries until the batch that reaches
+//! the checkpoint's size commits them all under it, and a replica reopened after a failure
+//! resumes after the last stored batch.
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::account::{LogState, RuleError};
+use crate::account::{Delta, LogState, RuleError};
 use crate::checkpoint::Checkpoint;
 use crate::entry::{self, DecodeError, Entry, PublicKey, VerifyError};
 use crate::evidence::Equivocation;
 use crate::identity;
 use crate::log::{self, Head, LogError, LogReader, CHECKPOINT_FILE_NAME, STORE_DIR_NAME};
 use crate::merkle::{self, Hash, MerkleError};
-use crate::store::{Batch, SledStore, Store as _, StoreError};
+use crate::store::{Batch, Pending, SledStore, Store as _, StoreError, READ_CHUNK_ENTRIES};
 
-/// Most entries one [`Replica::extend`] call accepts.
+/// Most entries one [`Replica::extend`] or [`Replica::extend_prefix`] call accepts.
 pub const REPLICA_EXTEND_ENTRIES_MAX: usize = 65_536;
 
 /// Why a replica cannot be opened, extended or read. Every variant names the replicated log
@@ -84,7 +89,9 @@ pub enum ReplicaError {
         /// The limit.
         max: usize,
     },
-    /// The checkpoint's size is not the replica's size plus the number of entries offered.
+    /// The checkpoint's size is not the replica's size plus the number of entries offered
+    /// ([`Replica::extend`]), or is smaller than that ([`Replica::extend_prefix`]). The replica's
+    /// size here counts a pending extension's entries.
     #[error("replica of {log}: checkpoint size {found}, expected {expected} (replica size {replica} + {entries} entries)")]
     SizeMismatch {
         /// Owner key hex.
@@ -139,6 +146,35 @@ pub enum ReplicaError {
         log: String,
         /// Cause (names the entry).
         source: RuleError,
+    },
+    /// A prefix extension offers no entries for a checkpoint of a larger tree.
+    #[error("replica of {log}: no entries offered after the {replica} held, for a checkpoint of size {size}")]
+    EmptyPrefix {
+        /// Owner key hex.
+        log: String,
+        /// The replica's size, pending entries included.
+        replica: u64,
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// The tree that entries `first..end` complete is not proven to be a prefix of the
+    /// checkpoint's tree (a wrong entry, or a wrong or missing consistency proof).
+    #[error("replica of {log}: entries {first}..{end}: the tree of size {end} they complete has root {computed}, which the consistency proof does not show to be a prefix of the signed tree of size {size} with root {expected}: {source}")]
+    NotAPrefix {
+        /// Owner key hex.
+        log: String,
+        /// Index of the first offered entry.
+        first: u64,
+        /// Index after the last offered entry (the size of the tree they complete).
+        end: u64,
+        /// The checkpoint's size.
+        size: u64,
+        /// The computed root of the tree of size `end` (hex).
+        computed: String,
+        /// The checkpoint's root (hex).
+        expected: String,
+        /// Why the proof fails.
+        source: MerkleError,
     },
     /// The stored tree extended by the offered entries does not have the checkpoint's root.
     #[error("replica of {log}: the tree of size {size} with the offered entries has root {computed}, the checkpoint says {expected}")]
@@ -199,7 +235,10 @@ pub enum Classified {
 #[derive(Debug)]
 pub struct Replica {
     reader: LogReader,
+    /// The log rules' state after every stored entry, pending ones included.
     state: LogState,
+    /// Entries stored beyond the checkpoint: a verified prefix of a larger signed tree.
+    pending: Option<Pending>,
 }
 
 impl Replica {
@@ -244,6 +283,7 @@ impl Replica {
                 },
             },
             state: LogState::new(owner),
+            pending: None,
         };
         if !store_path.exists() {
             if file.exists() {
@@ -257,9 +297,10 @@ impl Replica {
         }
         let store = SledStore::open(&store_path).map_err(store_err)?;
         if store.checkpoint().map_err(store_err)?.is_none() {
-            // An empty replica: nothing may be stored yet.
+            // An empty replica: nothing may be stored yet, but a pending extension.
             let size = store.size().map_err(store_err)?;
-            if size != 0 || store.has_entry(0).map_err(store_err)? {
+            let pending = store.pending().map_err(store_err)?.is_some();
+            if size != 0 || (!pending && store.has_entry(0).map_err(store_err)?) {
                 return Err(location(format!(
                     "the store has no checkpoint but records size {size}"
                 )));
@@ -269,7 +310,9 @@ impl Replica {
                     "{CHECKPOINT_FILE_NAME} exists but the store is empty: committed entries were lost"
                 )));
             }
-            return Ok(empty(store));
+            let mut replica = empty(store);
+            replica.load_pending()?;
+            return Ok(replica);
         }
         let reader = LogReader::from_store(dir, store).map_err(|source| ReplicaError::Log {
             log: log.clone(),
@@ -301,7 +344,123 @@ impl Replica {
                 log: log.clone(),
                 source,
             })?;
-        Ok(Replica { reader, state })
+        let mut replica = Replica {
+            reader,
+            state,
+            pending: None,
+        };
+        replica.load_pending()?;
+        Ok(replica)
+    }
+
+    /// Check the store's pending extension, if any, and apply the log rules to its entries:
+    /// its note is the owner's and of a larger tree, it extends the checkpointed entries, no
+    /// entry is stored beyond it, and its last [`log::TAIL_VERIFY_ENTRIES`] entries have their
+    /// stored leaf hashes and valid signatures. That it is a prefix of the note's tree was
+    /// proven when it was stored, and is proven again by every later extension.
+    fn load_pending(&mut self) -> Result<(), ReplicaError> {
+        let log = self.log();
+        let store_err = |source| ReplicaError::Store {
+            log: log.clone(),
+            source,
+        };
+        let Some(pending) = self.reader.store.pending().map_err(store_err)? else {
+            return Ok(());
+        };
+        let cp = self.open_checkpoint(&pending.note)?;
+        let size = self.size();
+        let corrupt = |reason: String| ReplicaError::Log {
+            log: log.clone(),
+            source: Box::new(LogError::Corrupt {
+                dir: self.reader.dir.clone(),
+                reason,
+            }),
+        };
+        if pending.size <= size || pending.size >= cp.size {
+            return Err(corrupt(format!(
+                "the pending extension to size {} is not between the checkpoint size {size} and its note's size {}",
+                pending.size, cp.size
+            )));
+        }
+        if self
+            .reader
+            .store
+            .has_entry(pending.size)
+            .map_err(store_err)?
+        {
+            return Err(corrupt(format!(
+                "entry {} exists beyond the pending extension to size {}",
+                pending.size, pending.size
+            )));
+        }
+        let mut start = size;
+        while start < pending.size {
+            let end = (start + READ_CHUNK_ENTRIES).min(pending.size);
+            let bytes = self.reader.store.entries(start, end).map_err(store_err)?;
+            let decoded = bytes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    Entry::decode(b).map_err(|source| ReplicaError::Decode {
+                        log: log.clone(),
+                        index: start + i as u64,
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.state
+                .apply_all(&decoded)
+                .map_err(|source| ReplicaError::Rule {
+                    log: log.clone(),
+                    source,
+                })?;
+            start = end;
+        }
+        let tail = pending
+            .size
+            .saturating_sub(log::TAIL_VERIFY_ENTRIES)
+            .max(size);
+        self.reader
+            .verify_range(tail, pending.size)
+            .map_err(|e| self.wrap_log(e))?;
+        self.pending = Some(pending);
+        Ok(())
+    }
+
+    /// Close the store and open it again, keeping the verified state (nothing is re-read or
+    /// re-verified: this replica wrote it). sled 0.34 keeps what it has written in memory while
+    /// a database is open, whatever its cache size (about 10 KiB per entry with its hashes,
+    /// measured), so a client verifying a big log in batches reopens after each batch to keep
+    /// its memory bounded by one batch. Needs the only handle on the store: while a clone from
+    /// [`Replica::store`] is alive the reopen fails as locked, after `LOCK_WAIT_MS_MAX`.
+    pub fn reopen(self) -> Result<Replica, ReplicaError> {
+        let Replica {
+            reader,
+            state,
+            pending,
+        } = self;
+        let LogReader {
+            dir,
+            key,
+            store,
+            head,
+        } = reader;
+        drop(store);
+        let store =
+            SledStore::open(&dir.join(STORE_DIR_NAME)).map_err(|source| ReplicaError::Store {
+                log: hex::encode(key),
+                source,
+            })?;
+        Ok(Replica {
+            reader: LogReader {
+                dir,
+                key,
+                store,
+                head,
+            },
+            state,
+            pending,
+        })
     }
 
     /// The replica directory.
@@ -312,9 +471,19 @@ impl Replica {
     pub fn owner(&self) -> PublicKey {
         self.reader.key
     }
-    /// Number of entries held.
+    /// Number of entries held under the stored checkpoint (what readers of the directory see).
     pub fn size(&self) -> u64 {
         self.reader.head.size
+    }
+    /// Number of entries stored and verified: [`Replica::size`] plus a pending extension's.
+    /// The next extension starts here.
+    pub fn verified_size(&self) -> u64 {
+        self.pending.as_ref().map_or(self.size(), |p| p.size)
+    }
+    /// The pending extension: entries stored beyond the checkpoint as a verified prefix of a
+    /// larger tree, and the note of that tree (see [`Replica::extend_prefix`]).
+    pub fn pending(&self) -> Option<&Pending> {
+        self.pending.as_ref()
     }
     /// Root of the tree of all entries held (`SHA-256("")` when empty).
     pub fn root(&self) -> Hash {
@@ -325,11 +494,12 @@ impl Replica {
     pub fn checkpoint(&self) -> &[u8] {
         &self.reader.head.note
     }
-    /// The store (for read handles; only [`Replica::extend`] writes to it).
+    /// The store (for read handles; only the extensions write to it).
     pub fn store(&self) -> &SledStore {
         self.reader.store()
     }
-    /// The log rules' state after the entries held (balance, admitted keys).
+    /// The log rules' state after the entries stored (balance, admitted keys), a pending
+    /// extension's included.
     pub fn state(&self) -> &LogState {
         &self.state
     }
@@ -358,8 +528,10 @@ impl Replica {
         self.reader.root_at(size).map_err(|e| self.wrap_log(e))
     }
 
-    /// Parses `note` as a checkpoint of the owner's log and verifies the owner's signature.
-    fn open_note(&self, note: &[u8]) -> Result<Checkpoint, ReplicaError> {
+    /// Parses `note` as a checkpoint of the owner's log and verifies the owner's signature
+    /// (rule 1 of `specs/federation.md` §4); stores nothing. A client fetching a log checks
+    /// the checkpoint with this before it fetches entries.
+    pub fn open_checkpoint(&self, note: &[u8]) -> Result<Checkpoint, ReplicaError> {
         let err = |reason: String| ReplicaError::Checkpoint {
             log: self.log(),
             reason,
@@ -370,35 +542,90 @@ impl Replica {
     }
 
     /// Verify and durably append `entries` (encoded) under `note`, a checkpoint signed by the
-    /// owner's log key with size `self.size() + entries.len()` (see the module documentation
-    /// and `specs/federation.md` §4). Each entry must decode, be authored by the owner, have
-    /// its index as `seq`, carry valid signatures and co-signatures (batch verification), and
-    /// obey the log rules after the entries held; the stored hashes extended by the new leaves
-    /// must give the checkpoint's root. Entries, stored hashes, the note and the size are
-    /// written in one atomic, durable store write; on any error nothing is stored. With no
-    /// entries, a checkpoint of the same size and root (re-signed or cosigned) replaces the
-    /// stored note. Afterwards `DIR/checkpoint` is replaced atomically.
+    /// owner's log key with size `self.verified_size() + entries.len()` (see the module
+    /// documentation and `specs/federation.md` §4). Each entry must decode, be authored by the
+    /// owner, have its index as `seq`, carry valid signatures and co-signatures (batch
+    /// verification), and obey the log rules after the entries held; the stored hashes
+    /// extended by the new leaves must give the checkpoint's root. Entries, stored hashes, the
+    /// note and the size are written in one atomic, durable store write; on any error nothing
+    /// is stored. With no entries, a checkpoint of the same size and root (re-signed or
+    /// cosigned) replaces the stored note. Afterwards `DIR/checkpoint` is replaced atomically.
     pub fn extend(&mut self, note: &[u8], entries: &[Vec<u8>]) -> Result<(), ReplicaError> {
-        let log = self.log();
-        if entries.len() > REPLICA_EXTEND_ENTRIES_MAX {
-            return Err(ReplicaError::TooManyEntries {
-                log,
-                found: entries.len(),
-                max: REPLICA_EXTEND_ENTRIES_MAX,
-            });
-        }
-        let cp = self.open_note(note)?;
-        let first = self.size();
-        let size = first.saturating_add(entries.len() as u64);
+        let cp = self.open_extension(note, entries)?;
+        let first = self.verified_size();
+        let size = first + entries.len() as u64;
         if cp.size != size {
             return Err(ReplicaError::SizeMismatch {
-                log,
+                log: self.log(),
                 expected: size,
                 found: cp.size,
                 replica: first,
                 entries: entries.len(),
             });
         }
+        self.append_verified(&cp, note, entries, &[])
+    }
+
+    /// Verify and durably append `entries` (encoded), the next entries after the
+    /// [`Replica::verified_size`] held, as part of the tree that `note` (signed by the owner's
+    /// log key, size `S`) commits to: for logs too big for one [`Replica::extend`], fetched in
+    /// batches of at most [`REPLICA_EXTEND_ENTRIES_MAX`] (`specs/federation.md` §4.2). Every
+    /// entry passes the same checks as in `extend`. With `end` the replica's verified size
+    /// after the entries: if `end = S` this is `extend` (`proof` must be empty); if `end < S`,
+    /// `proof` must be the RFC 9162 consistency proof from `end` to `S` and show that the tree
+    /// of size `end`, computed from the stored hashes and the new leaves, is a prefix of the
+    /// signed tree ([`ReplicaError::NotAPrefix`] otherwise). Such a batch is stored as the
+    /// pending extension: entries and hashes durably and atomically, while the checkpoint, the
+    /// size and `DIR/checkpoint` stay as they were until the batch that reaches `S`. On any
+    /// error nothing of the batch is stored; the batches before it stay, and the next call
+    /// resumes after them (with the same or a newer checkpoint, as each batch is proven
+    /// against the checkpoint it comes with).
+    pub fn extend_prefix(
+        &mut self,
+        note: &[u8],
+        entries: &[Vec<u8>],
+        proof: &[Hash],
+    ) -> Result<(), ReplicaError> {
+        let cp = self.open_extension(note, entries)?;
+        let first = self.verified_size();
+        let end = first + entries.len() as u64;
+        if end > cp.size {
+            return Err(ReplicaError::SizeMismatch {
+                log: self.log(),
+                expected: end,
+                found: cp.size,
+                replica: first,
+                entries: entries.len(),
+            });
+        }
+        if end < cp.size && entries.is_empty() {
+            return Err(ReplicaError::EmptyPrefix {
+                log: self.log(),
+                replica: first,
+                size: cp.size,
+            });
+        }
+        self.append_verified(&cp, note, entries, proof)
+    }
+
+    /// Rule 1 and the size bound of an extension: `note` opens as the owner's checkpoint and
+    /// at most [`REPLICA_EXTEND_ENTRIES_MAX`] entries are offered.
+    fn open_extension(&self, note: &[u8], entries: &[Vec<u8>]) -> Result<Checkpoint, ReplicaError> {
+        if entries.len() > REPLICA_EXTEND_ENTRIES_MAX {
+            return Err(ReplicaError::TooManyEntries {
+                log: self.log(),
+                found: entries.len(),
+                max: REPLICA_EXTEND_ENTRIES_MAX,
+            });
+        }
+        self.open_checkpoint(note)
+    }
+
+    /// Rules 3 to 5 for `entries` at log index `first`: each decodes, is the owner's, has its
+    /// index as `seq`; every signature verifies; the log rules hold after the stored entries.
+    /// The first bad entry is named, whatever order the threads finished in.
+    fn check_entries(&self, first: u64, entries: &[Vec<u8>]) -> Result<Delta, ReplicaError> {
+        let log = self.log();
         let owner = self.reader.key;
         let checked: Vec<Result<Entry, ReplicaError>> = entries
             .par_iter()
@@ -431,20 +658,33 @@ impl Replica {
                 Ok(e)
             })
             .collect();
-        // Report the first bad entry, whatever order the threads finished in.
         let decoded: Vec<Entry> = checked.into_iter().collect::<Result<_, _>>()?;
         entry::verify_many(&decoded, entries).map_err(|(i, source)| ReplicaError::Signature {
             log: log.clone(),
             index: first + i as u64,
             source,
         })?;
-        let delta = self
-            .state
+        self.state
             .check(&decoded)
-            .map_err(|source| ReplicaError::Rule {
-                log: log.clone(),
-                source,
-            })?;
+            .map_err(|source| ReplicaError::Rule { log, source })
+    }
+
+    /// Check `entries` (the next after [`Replica::verified_size`]) against `cp`, whose size is
+    /// at least their end, and store them: committed under `note` when they reach its size
+    /// (rule 6), else as the pending extension once `proof` shows their tree is a prefix of
+    /// `cp`'s.
+    fn append_verified(
+        &mut self,
+        cp: &Checkpoint,
+        note: &[u8],
+        entries: &[Vec<u8>],
+        proof: &[Hash],
+    ) -> Result<(), ReplicaError> {
+        let log = self.log();
+        let first = self.verified_size();
+        let end = first + entries.len() as u64;
+        debug_assert!(end <= cp.size, "callers check the size");
+        let delta = self.check_entries(first, entries)?;
         let leaves: Vec<Hash> = entries.par_iter().map(|b| merkle::leaf_hash(b)).collect();
         let (hashes, root) =
             log::extend_hashes(&self.reader.store, first, &leaves).map_err(|source| {
@@ -453,30 +693,61 @@ impl Replica {
                     source,
                 }
             })?;
-        if root != cp.root {
+        let complete = end == cp.size;
+        let proven = if complete && proof.is_empty() {
+            Ok(())
+        } else if complete {
+            Err(MerkleError::ProofLength {
+                expected: 0,
+                found: proof.len(),
+            })
+        } else {
+            merkle::check_tree(proof, cp.size, &cp.root, end, &root)
+        };
+        if let Err(source) = proven {
+            return Err(ReplicaError::NotAPrefix {
+                log,
+                first,
+                end,
+                size: cp.size,
+                computed: hex::encode(root),
+                expected: hex::encode(cp.root),
+                source,
+            });
+        }
+        if complete && root != cp.root {
             return Err(ReplicaError::RootMismatch {
                 log,
-                size,
+                size: end,
                 expected: hex::encode(cp.root),
                 computed: hex::encode(root),
             });
         }
-        self.reader
-            .store
-            .append(Batch {
-                first_index: first,
-                entries,
-                first_hash_index: merkle::stored_hash_count(first),
-                hashes: &hashes,
-                checkpoint: note,
-            })
-            .map_err(|source| ReplicaError::Store {
-                log: log.clone(),
-                source,
-            })?;
+        let batch = Batch {
+            first_index: first,
+            entries,
+            first_hash_index: merkle::stored_hash_count(first),
+            hashes: &hashes,
+            checkpoint: note,
+        };
+        let store_err = |source| ReplicaError::Store {
+            log: log.clone(),
+            source,
+        };
+        if !complete {
+            self.reader.store.append_pending(batch).map_err(store_err)?;
+            self.state.commit(delta);
+            self.pending = Some(Pending {
+                size: end,
+                note: note.to_vec(),
+            });
+            return Ok(());
+        }
+        self.reader.store.append(batch).map_err(store_err)?;
         self.state.commit(delta);
+        self.pending = None;
         self.reader.head = Head {
-            size,
+            size: end,
             root,
             note: note.to_vec(),
         };
@@ -496,7 +767,7 @@ impl Replica {
     /// [`Classified::Contradiction`] when it has another root but the notes cannot make
     /// conclusive evidence (see there). Reads only; stores nothing.
     pub fn classify(&self, note: &[u8]) -> Result<Classified, ReplicaError> {
-        let cp = self.open_note(note)?;
+        let cp = self.open_checkpoint(note)?;
         let size = self.size();
         if cp.size > size {
             return Ok(Classified::Ahead { size: cp.size });

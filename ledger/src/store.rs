@@ -6,7 +6,8 @@
 //!
 //! sled layout (one tree, `specs/ledger.md` "Store layout"): `e‖u64 BE index` → entry bytes,
 //! `h‖u64 BE stored-hash index` → 32-byte hash, `n` → tree size (u64 BE), `c` → latest
-//! checkpoint note (with cosignatures), `v` → store format version (u8).
+//! checkpoint note (with cosignatures), `v` → store format version (u8), and only while a
+//! replica is verified in batches `p` → pending extent (u64 BE) ‖ the note it is a prefix of.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ const KEY_HASH: u8 = b'h';
 const KEY_SIZE: &[u8] = b"n";
 const KEY_CHECKPOINT: &[u8] = b"c";
 const KEY_VERSION: &[u8] = b"v";
+const KEY_PENDING: &[u8] = b"p";
 
 /// Storage errors; each names the store and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,7 @@ pub enum StoreError {
 /// One atomic append.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
-    /// Index of the first entry (= size before the append).
+    /// Index of the first entry (= the number of entries stored before the append).
     pub first_index: u64,
     /// Encoded entries.
     pub entries: &'a [Vec<u8>],
@@ -101,16 +103,39 @@ pub struct Batch<'a> {
     pub first_hash_index: u64,
     /// New stored hashes, in index order.
     pub hashes: &'a [Hash],
-    /// The new checkpoint note (signed, for size `first_index + entries.len()`).
+    /// The signed checkpoint note: for [`Store::append`] the new one, of size
+    /// `first_index + entries.len()`; for [`Store::append_pending`] the one of the larger tree
+    /// the entries are a verified prefix of.
     pub checkpoint: &'a [u8],
+}
+
+/// Entries stored beyond the checkpoint: a verified prefix of a larger tree that a signed note
+/// commits to, appended in batches by a replica (`specs/federation.md` §4.2). Readers ignore
+/// them; the append that reaches the note's size commits them under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Entries stored, the checkpointed ones included (more than the size `n`).
+    pub size: u64,
+    /// The signed note (of a larger tree) the stored entries were verified against.
+    pub note: Vec<u8>,
 }
 
 /// What a log needs from its storage.
 pub trait Store: HashReader + Send + Sync {
     /// Number of entries (tree size) recorded with the last append.
     fn size(&self) -> Result<u64, StoreError>;
-    /// Append a batch: atomic and durable when this returns `Ok`.
+    /// The pending extension beyond the size, if any.
+    fn pending(&self) -> Result<Option<Pending>, StoreError>;
+    /// Append a batch that completes its checkpoint's tree. It must start at the end of what
+    /// is stored (the pending extent, if any, else the size); writes the entries, hashes,
+    /// checkpoint and size and drops any pending record. Atomic and durable when this
+    /// returns `Ok`.
     fn append(&self, batch: Batch<'_>) -> Result<(), StoreError>;
+    /// Append a batch that is a verified prefix of the larger tree its `checkpoint` signs, at
+    /// the end of what is stored: writes the entries, hashes and the pending record
+    /// (`first_index + entries.len()`, `checkpoint`), leaving the size and the checkpoint as
+    /// they are. Atomic and durable when this returns `Ok`.
+    fn append_pending(&self, batch: Batch<'_>) -> Result<(), StoreError>;
     /// Entries `start..end`, in order; errors if one is missing.
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Whether an entry exists at `index` (used to detect entries beyond the recorded size).
@@ -281,6 +306,47 @@ impl SledStore {
         }
     }
 
+    /// The end of what is stored (the pending extent, else the size); a batch must start here.
+    fn extent(&self) -> Result<u64, StoreError> {
+        match self.pending()? {
+            Some(p) => Ok(p.size),
+            None => self.size(),
+        }
+    }
+
+    /// A sled batch with `b`'s entries and hashes, after checking that it starts at the extent.
+    fn entries_batch(&self, b: &Batch<'_>) -> Result<sled::Batch, StoreError> {
+        let extent = self.extent()?;
+        if extent != b.first_index {
+            return Err(StoreError::NotAtEnd {
+                path: self.path.clone(),
+                first: b.first_index,
+                size: extent,
+            });
+        }
+        let new_size = b.first_index + b.entries.len() as u64;
+        assert_eq!(
+            b.first_hash_index + b.hashes.len() as u64,
+            merkle::stored_hash_count(new_size),
+            "a batch carries exactly the stored hashes of its entries"
+        );
+        let mut batch = sled::Batch::default();
+        for (i, e) in b.entries.iter().enumerate() {
+            batch.insert(&key(KEY_ENTRY, b.first_index + i as u64), e.as_slice());
+        }
+        for (i, h) in b.hashes.iter().enumerate() {
+            batch.insert(&key(KEY_HASH, b.first_hash_index + i as u64), h);
+        }
+        Ok(batch)
+    }
+
+    /// Apply `batch` atomically and flush it.
+    fn commit(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.db.apply_batch(batch).map_err(|e| self.backend(e))?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
     /// Direct access for tests that simulate corruption of stored values.
     #[doc(hidden)]
     pub fn raw_insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -356,33 +422,42 @@ impl Store for SledStore {
         Ok(u64::from_be_bytes(b))
     }
 
-    fn append(&self, b: Batch<'_>) -> Result<(), StoreError> {
-        let size = self.size()?;
-        if size != b.first_index {
-            return Err(StoreError::NotAtEnd {
+    fn pending(&self) -> Result<Option<Pending>, StoreError> {
+        let Some(v) = self.db.get(KEY_PENDING).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        let (size, note) = v
+            .split_first_chunk::<8>()
+            .ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
-                first: b.first_index,
-                size,
-            });
-        }
+                what: "pending extension (key `p`)".into(),
+                reason: format!(
+                    "expected 8 bytes of size and a note, found {} bytes",
+                    v.len()
+                ),
+            })?;
+        Ok(Some(Pending {
+            size: u64::from_be_bytes(*size),
+            note: note.to_vec(),
+        }))
+    }
+
+    fn append(&self, b: Batch<'_>) -> Result<(), StoreError> {
+        let mut batch = self.entries_batch(&b)?;
         let new_size = b.first_index + b.entries.len() as u64;
-        assert_eq!(
-            b.first_hash_index + b.hashes.len() as u64,
-            merkle::stored_hash_count(new_size),
-            "a batch carries exactly the stored hashes of its entries"
-        );
-        let mut batch = sled::Batch::default();
-        for (i, e) in b.entries.iter().enumerate() {
-            batch.insert(&key(KEY_ENTRY, b.first_index + i as u64), e.as_slice());
-        }
-        for (i, h) in b.hashes.iter().enumerate() {
-            batch.insert(&key(KEY_HASH, b.first_hash_index + i as u64), h);
-        }
         batch.insert(KEY_CHECKPOINT, b.checkpoint);
         batch.insert(KEY_SIZE, &new_size.to_be_bytes());
-        self.db.apply_batch(batch).map_err(|e| self.backend(e))?;
-        self.db.flush().map_err(|e| self.backend(e))?;
-        Ok(())
+        batch.remove(KEY_PENDING);
+        self.commit(batch)
+    }
+
+    fn append_pending(&self, b: Batch<'_>) -> Result<(), StoreError> {
+        let mut batch = self.entries_batch(&b)?;
+        let new_size = b.first_index + b.entries.len() as u64;
+        let mut value = new_size.to_be_bytes().to_vec();
+        value.extend_from_slice(b.checkpoint);
+        batch.insert(KEY_PENDING, value);
+        self.commit(batch)
     }
 
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {

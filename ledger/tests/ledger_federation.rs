@@ -998,6 +998,225 @@ fn replica_classifies_checkpoints_and_proves_equivocation() {
     assert_eq!(r.size(), 7);
 }
 
+/// A log of seed 1 with `n` entries: its admission, then offers, appended in batches of 500.
+fn offers_log(dir: &Path, n: u64) -> Log {
+    let mut log = new_log(dir, 1, "Rechenzentrum Beispielstadt", Sector::Public);
+    grow(&mut log, n);
+    log
+}
+
+/// Appends offers to `log` until it holds `n` entries.
+fn grow(log: &mut Log, n: u64) {
+    while log.size() < n {
+        let base = log.size();
+        let k = (n - base).min(500);
+        append(log, (0..k).map(|i| offer(base + i)).collect());
+    }
+}
+
+/// Feeds `replica` the entries of `log` after its verified size, up to the size of `note`, in
+/// batches of `batch` with the consistency proof from each batch's end to the note's size (what
+/// `leam audit URL` builds from hash tiles).
+#[allow(clippy::result_large_err)] // as the library, whose errors carry what was expected
+fn extend_in_batches(
+    replica: &mut Replica,
+    log: &LogReader,
+    note: &[u8],
+    batch: u64,
+) -> Result<(), ReplicaError> {
+    let size = size_of(note);
+    loop {
+        let first = replica.verified_size();
+        let end = size.min(first + batch);
+        let entries = log.entries(first, end).unwrap();
+        let proof = if end < size {
+            log.prove_consistency(end, size).unwrap()
+        } else {
+            vec![]
+        };
+        replica.extend_prefix(note, &entries, &proof)?;
+        if end == size {
+            return Ok(());
+        }
+    }
+}
+
+#[test]
+fn replica_verifies_a_log_in_batches_and_resumes_after_a_bad_batch() {
+    // 1,500 entries in batches of 512: two batches proven against the checkpoint and kept
+    // pending, then the one that reaches its size and commits it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, rdir) = (tmp.path().join("log"), tmp.path().join("replica"));
+    let log = offers_log(&dir, 1_500);
+    let note = log.checkpoint().to_vec();
+    let reader = log.reader();
+    let proof = |end: u64| reader.prove_consistency(end, 1_500).unwrap();
+    let mut r = Replica::open_or_create(&rdir, pk(1)).unwrap();
+    r.extend_prefix(&note, &reader.entries(0, 512).unwrap(), &proof(512))
+        .unwrap();
+    assert_eq!((r.size(), r.verified_size()), (0, 512));
+    assert!(
+        r.checkpoint().is_empty(),
+        "nothing is committed before the last batch"
+    );
+    assert_eq!(r.pending().unwrap().note, note);
+    let pending = |r: &Replica| (r.size(), r.verified_size(), r.checkpoint().to_vec());
+    let before = pending(&r);
+    // Reopening the store (what a fetch does after each batch, to release sled's memory)
+    // keeps the verified state.
+    let mut r = r.reopen().unwrap();
+    assert_eq!(pending(&r), before);
+    assert_eq!(r.state().next_seq(), 512);
+
+    // The second batch with entry 700 tampered (one byte of its offer): the error names the
+    // log and the entry, and nothing of the batch is stored.
+    let good = reader.entries(512, 1_024).unwrap();
+    let mut tampered = good.clone();
+    tampered[700 - 512][HEADER_BYTES + 3] ^= 1;
+    let err = r
+        .extend_prefix(&note, &tampered, &proof(1_024))
+        .unwrap_err();
+    match &err {
+        ReplicaError::Signature { index, log, .. } => {
+            assert_eq!((*index, log.as_str()), (700, hex::encode(pk(1)).as_str()))
+        }
+        e => panic!("{e}"),
+    }
+    assert!(err.to_string().contains("entry 700"), "{err}");
+    assert_eq!(pending(&r), before);
+    // A validly signed entry 700 that the checkpoint does not commit to: the batch's tree is
+    // not a prefix of the signed one; the error names the batch, the signed size and root.
+    let mut forged = good.clone();
+    forged[700 - 512] = Entry::sign(&sk(1), 700, T0 + 700, offer(9_999)).encode();
+    let root = hex::encode(reader.head().root);
+    match r.extend_prefix(&note, &forged, &proof(1_024)).unwrap_err() {
+        ReplicaError::NotAPrefix {
+            first,
+            end,
+            size,
+            expected,
+            ..
+        } => assert_eq!((first, end, size, &expected), (512, 1_024, 1_500, &root)),
+        e => panic!("{e}"),
+    }
+    // The genuine batch with a wrong proof, or none, or the proof for another size.
+    let mut bad_proof = proof(1_024);
+    bad_proof[0][0] ^= 1;
+    for p in [bad_proof, vec![], proof(1_000)] {
+        assert!(matches!(
+            r.extend_prefix(&note, &good, &p).unwrap_err(),
+            ReplicaError::NotAPrefix {
+                first: 512,
+                end: 1_024,
+                ..
+            }
+        ));
+    }
+    // Entries past the checkpoint's size, none at all, or too many for one call.
+    let tail = reader.entries(512, 1_500).unwrap();
+    let mut past = tail.clone();
+    past.push(Entry::sign(&sk(1), 1_500, T0 + 1_500, offer(1_500)).encode());
+    assert!(matches!(
+        r.extend_prefix(&note, &past, &[]).unwrap_err(),
+        ReplicaError::SizeMismatch {
+            expected: 1_501,
+            found: 1_500,
+            replica: 512,
+            ..
+        }
+    ));
+    assert!(matches!(
+        r.extend_prefix(&note, &[], &proof(512)).unwrap_err(),
+        ReplicaError::EmptyPrefix {
+            replica: 512,
+            size: 1_500,
+            ..
+        }
+    ));
+    let many = vec![Vec::new(); REPLICA_EXTEND_ENTRIES_MAX + 1];
+    assert!(matches!(
+        r.extend_prefix(&note, &many, &[]).unwrap_err(),
+        ReplicaError::TooManyEntries { .. }
+    ));
+    // `extend` continues from the verified size too, and needs the whole rest.
+    assert!(matches!(
+        r.extend(&note, &good).unwrap_err(),
+        ReplicaError::SizeMismatch {
+            expected: 1_024,
+            found: 1_500,
+            replica: 512,
+            ..
+        }
+    ));
+    assert_eq!(pending(&r), before);
+    drop(r);
+
+    // A rerun against a correct source resumes after the first batch and completes.
+    let mut r = Replica::open_or_create(&rdir, pk(1)).unwrap();
+    assert_eq!(pending(&r), before);
+    extend_in_batches(&mut r, reader, &note, 512).unwrap();
+    assert_eq!(
+        (r.size(), r.verified_size(), r.root()),
+        (1_500, 1_500, reader.head().root)
+    );
+    assert_eq!(r.checkpoint(), note.as_slice());
+    assert!(r.pending().is_none());
+    assert_eq!(r.decode_all().unwrap().len(), 1_500);
+    drop(r);
+    drop(log);
+    assert_eq!(
+        LogReader::open(&rdir).unwrap().head(),
+        LogReader::open(&dir).unwrap().head()
+    );
+    let (ra, rb) = (audit_one(&dir), audit_one(&rdir));
+    assert_eq!(ra.accounting, rb.accounting);
+    assert_eq!(
+        ra.logs[0].signatures_verified,
+        rb.logs[0].signatures_verified
+    );
+}
+
+#[test]
+fn replica_batches_resume_under_a_newer_checkpoint_while_readers_see_the_committed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, rdir) = (tmp.path().join("log"), tmp.path().join("replica"));
+    let mut log = offers_log(&dir, 100);
+    let mut r = Replica::open_or_create(&rdir, pk(1)).unwrap();
+    r.extend(log.checkpoint(), &log.reader().entries(0, 100).unwrap())
+        .unwrap();
+    let committed = log.reader().head().clone();
+    // The log grows; one batch of the new checkpoint is verified and kept pending.
+    grow(&mut log, 1_300);
+    let first = log.checkpoint().to_vec();
+    let proof = log.prove_consistency(612, 1_300).unwrap();
+    r.extend_prefix(&first, &log.reader().entries(100, 612).unwrap(), &proof)
+        .unwrap();
+    assert_eq!((r.size(), r.verified_size()), (100, 612));
+    assert_eq!(
+        r.state().next_seq(),
+        612,
+        "the rules run on after the pending entries"
+    );
+    drop(r);
+    // Readers of the directory see the committed checkpoint and its entries only.
+    let head = LogReader::open(&rdir).unwrap().head().clone();
+    assert_eq!(head, committed);
+    assert_eq!(audit_one(&rdir).logs[0].size, 100);
+    // The log grows again; the rerun takes the newer checkpoint: each batch is proven against
+    // it, so the pending entries are checked again with the first batch that follows them.
+    grow(&mut log, 1_400);
+    let newer = log.checkpoint().to_vec();
+    let mut r = Replica::open_or_create(&rdir, pk(1)).unwrap();
+    assert_eq!(r.verified_size(), 612);
+    extend_in_batches(&mut r, log.reader(), &newer, 512).unwrap();
+    assert_eq!((r.size(), r.root()), (1_400, log.reader().head().root));
+    assert_eq!(r.checkpoint(), newer.as_slice());
+    assert_eq!(
+        r.entries(0, 1_400).unwrap(),
+        log.reader().entries(0, 1_400).unwrap()
+    );
+}
+
 #[test]
 fn replica_directory_must_match_its_store() {
     let tmp = tempfile::tempdir().unwrap();

@@ -170,6 +170,15 @@ pub struct AuditArgs {
     /// Print the report as JSON (fields in specs/ledger.md and specs/cli.md).
     #[arg(long)]
     pub json: bool,
+    /// Entries fetched, verified and stored per batch when auditing a URL (1..=65536): the
+    /// memory a fetch needs is one batch, whatever the log's size.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::tlog_client::FETCH_BATCH_ENTRIES_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=crate::tlog_client::FETCH_BATCH_ENTRIES_MAX)
+    )]
+    pub batch_entries: u64,
     /// The federation's genesis document: entries by keys that are neither founders nor
     /// admitted by its vote threshold are reported and not counted. With it, a node directory
     /// is audited together with the replicas it holds (`DIR/replicas/*`), except replicas of
@@ -374,7 +383,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             let url = d.to_str().expect("URLs are UTF-8");
             servers.push(server_base(url));
             let into = fetched.path().join(given.len().to_string());
-            given.extend(crate::tlog_client::fetch(url, &into)?);
+            given.extend(crate::tlog_client::fetch(url, &into, args.batch_entries)?);
         } else {
             given.push(d.clone());
         }

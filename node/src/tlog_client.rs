@@ -2,23 +2,39 @@
 //! verified local replicas, so that the audit runs on them exactly as on node directories. A
 //! funder needs only the server's address, never a copy of a node's directory.
 //!
-//! Each log is fetched as its checkpoint (with cosignatures) and the entry bundles that cover
-//! it; `ledger::replica::Replica::extend` then checks every entry (encoding, author, index,
-//! signatures, log rules) and that the leaves give the checkpoint's signed root, before
-//! anything is stored. The hash tiles are not needed for that: the root is rebuilt from the
-//! entries themselves.
+//! Each log is fetched as its checkpoint (with cosignatures), verified first, then its entry
+//! bundles in batches of [`FETCH_BATCH_ENTRIES_DEFAULT`] entries (64 bundles; at most
+//! `REPLICA_EXTEND_ENTRIES_MAX`), so memory stays bounded whatever the log's size.
+//! `ledger::replica::Replica::extend_prefix` checks every entry of a batch (encoding, author,
+//! index, signatures, log rules after the entries before it) and that the tree the batch
+//! completes is a prefix of the checkpoint's signed tree, by a consistency proof built from the
+//! server's hash tiles (`leam_web::tiles::TileHashReader`), before the batch is stored; the last
+//! batch must give the signed root itself. The tiles are only proof material: the batch's own
+//! root is computed from its entries and those verified before it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use leam_ledger::entry::PublicKey;
+use leam_ledger::merkle;
 use leam_ledger::replica::{Replica, REPLICA_EXTEND_ENTRIES_MAX};
-use leam_web::tiles::{Tile, TILE_WIDTH as BUNDLE_ENTRIES};
+use leam_web::tiles::{Tile, TileHashReader, TILE_WIDTH as BUNDLE_ENTRIES};
 
 use crate::cli;
 
 /// Largest response the client reads: a full bundle of maximal entries.
 pub const RESPONSE_BYTES_MAX: u64 = BUNDLE_ENTRIES * (2 + 65_535);
+/// Entries verified and stored per replica extension by default: 64 entry bundles. The store
+/// (sled 0.34) needs about 30 KiB of memory per entry of one write batch, measured: ~0.5 GiB
+/// at this size, ~1 GiB at 32,768, ~3 GiB at the 65,536 one extension takes at most.
+pub const FETCH_BATCH_ENTRIES_DEFAULT: u64 = 16_384;
+/// Most entries per batch: what one replica extension takes.
+pub const FETCH_BATCH_ENTRIES_MAX: u64 = REPLICA_EXTEND_ENTRIES_MAX as u64;
+/// A batch also ends after the bundle that brings its entries to this many bytes (entries may
+/// be up to 64 KiB each), so one batch holds at most this plus one bundle in memory.
+pub const FETCH_BATCH_BYTES_MAX: usize = 64 << 20;
+/// Batches downloaded ahead of the one being verified.
+pub const FETCH_BATCHES_AHEAD: usize = 1;
 /// Most logs one server may list for an audit.
 pub const LOGS_MAX: usize = 256;
 
@@ -28,9 +44,15 @@ pub fn is_url(arg: &Path) -> bool {
         .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
 }
 
+/// One HTTP agent for the whole fetch, so that its connections are reused.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(crate::cli_fed::agent)
+}
+
 fn get(url: &str) -> anyhow::Result<Vec<u8>> {
     let env = |e: anyhow::Error| cli::fail(cli::EXIT_ENV, e);
-    let mut resp = crate::cli_fed::agent()
+    let mut resp = agent()
         .get(url)
         .call()
         .map_err(|e| env(anyhow!("fetching {url}: {e}")))?;
@@ -115,51 +137,124 @@ fn logs_of(url: &str) -> anyhow::Result<Vec<(String, PublicKey)>> {
         .collect()
 }
 
-/// Fetch every log behind `url` into verified replicas under `into`; returns their dirs.
-pub fn fetch(url: &str, into: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Fetch every log behind `url` into verified replicas under `into`, in batches of at most
+/// `batch_entries` entries (`1..=FETCH_BATCH_ENTRIES_MAX`); returns their dirs. A replica
+/// already in `into` resumes after the entries it has verified.
+pub fn fetch(url: &str, into: &Path, batch_entries: u64) -> anyhow::Result<Vec<PathBuf>> {
+    if !(1..=FETCH_BATCH_ENTRIES_MAX).contains(&batch_entries) {
+        bail!(cli::fail(
+            cli::EXIT_INPUT,
+            anyhow!(
+                "a fetch batch holds 1..={FETCH_BATCH_ENTRIES_MAX} entries, not {batch_entries}"
+            )
+        ));
+    }
     let mut dirs = Vec::new();
     for (base, key) in logs_of(url)? {
-        let note = get(&format!("{base}/checkpoint"))?;
-        let size: u64 = std::str::from_utf8(&note)
-            .ok()
-            .and_then(|t| t.lines().nth(1))
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| {
-                cli::fail(
-                    cli::EXIT_INVALID,
-                    anyhow!("{base}/checkpoint is not a checkpoint"),
-                )
-            })?;
-        if size > REPLICA_EXTEND_ENTRIES_MAX as u64 {
-            bail!(cli::fail(
-                cli::EXIT_ENV,
-                anyhow!("{base}: {size} entries; auditing over HTTP is limited to {REPLICA_EXTEND_ENTRIES_MAX} entries per log for now (audit a copy of the directory instead)")
-            ));
-        }
-        let mut entries = Vec::with_capacity(size as usize);
-        let mut n = 0;
-        while n * BUNDLE_ENTRIES < size {
-            let width = (size - n * BUNDLE_ENTRIES).min(BUNDLE_ENTRIES);
-            let tile = Tile::Entries {
-                n,
-                width: (width < BUNDLE_ENTRIES).then_some(width),
-            };
-            let path = format!("{base}/{}", tile.path());
-            let bundle = parse_bundle(&get(&path)?, width)
-                .with_context(|| path.clone())
-                .map_err(|e| cli::fail(cli::EXIT_INVALID, e))?;
-            entries.extend(bundle);
-            n += 1;
-        }
         let dir = into.join(hex::encode(key));
-        let mut replica = Replica::open_or_create(&dir, key)?;
-        replica
-            .extend(&note, &entries)
-            .with_context(|| format!("verifying {base}"))
-            .map_err(|e| cli::fail(cli::EXIT_INVALID, e))?;
+        fetch_log(&base, Replica::open_or_create(&dir, key)?, batch_entries)?;
         dirs.push(dir);
     }
     Ok(dirs)
+}
+
+/// Fetch the log at `base` into `replica`: the checkpoint, verified before anything else, then
+/// batch after batch of entries from the replica's verified size, each proven part of the
+/// signed tree before it is stored (a consistency proof from the batch's end to the
+/// checkpoint's size, from the hash tiles), the last one committing the checkpoint. The next
+/// batch is downloaded while one is verified (at most [`FETCH_BATCHES_AHEAD`] wait), and the
+/// replica's store is reopened after each batch, which releases what sled holds of it.
+fn fetch_log(base: &str, mut replica: Replica, batch_entries: u64) -> anyhow::Result<()> {
+    let invalid = |e: anyhow::Error| cli::fail(cli::EXIT_INVALID, e);
+    let note = get(&format!("{base}/checkpoint"))?;
+    let size = replica
+        .open_checkpoint(&note)
+        .with_context(|| format!("{base}/checkpoint"))
+        .map_err(invalid)?
+        .size;
+    let tiles = TileHashReader::new(size, |tile: &Tile| {
+        get(&format!("{base}/{}", tile.path())).map_err(|e| format!("{e:#}"))
+    });
+    let start = replica.verified_size();
+    std::thread::scope(|scope| {
+        let (batches, received) = std::sync::mpsc::sync_channel(FETCH_BATCHES_AHEAD);
+        scope.spawn(move || {
+            let mut first = start;
+            loop {
+                let batch = fetch_batch(base, first, size, batch_entries);
+                let end = batch.as_ref().map_or(size, |b| first + b.len() as u64);
+                // The receiver is gone when verification failed: stop.
+                if batches.send(batch).is_err() || end >= size {
+                    return;
+                }
+                first = end;
+            }
+        });
+        loop {
+            let entries = received
+                .recv()
+                .map_err(|_| anyhow!("{base}: the download of entry bundles stopped"))??;
+            let first = replica.verified_size();
+            let end = first + entries.len() as u64;
+            let proof = if end < size {
+                merkle::prove_tree(size, end, &tiles)
+                    .with_context(|| {
+                        format!(
+                            "{base}: the consistency proof from {end} to {size} from hash tiles"
+                        )
+                    })
+                    .map_err(|e| cli::fail(cli::EXIT_ENV, e))?
+            } else {
+                vec![]
+            };
+            replica
+                .extend_prefix(&note, &entries, &proof)
+                .with_context(|| format!("verifying {base}"))
+                .map_err(invalid)?;
+            if end >= size {
+                return Ok(());
+            }
+            replica = replica.reopen()?;
+        }
+    })
+}
+
+/// Entries `first..` of the log at `base` (size `size`), from its entry bundles: up to
+/// `batch_entries` of them, fewer at the end of the log or once they reach
+/// [`FETCH_BATCH_BYTES_MAX`] bytes.
+fn fetch_batch(
+    base: &str,
+    first: u64,
+    size: u64,
+    batch_entries: u64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let end = size.min(first.saturating_add(batch_entries));
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let mut next = first;
+    while next < end && bytes < FETCH_BATCH_BYTES_MAX {
+        let n = next / BUNDLE_ENTRIES;
+        let width = (size - n * BUNDLE_ENTRIES).min(BUNDLE_ENTRIES);
+        let tile = Tile::Entries {
+            n,
+            width: (width < BUNDLE_ENTRIES).then_some(width),
+        };
+        let path = format!("{base}/{}", tile.path());
+        let bundle = parse_bundle(&get(&path)?, width)
+            .with_context(|| path.clone())
+            .map_err(|e| cli::fail(cli::EXIT_INVALID, e))?;
+        let upto = end.min(n * BUNDLE_ENTRIES + width);
+        for e in bundle
+            .into_iter()
+            .skip((next - n * BUNDLE_ENTRIES) as usize)
+            .take((upto - next) as usize)
+        {
+            bytes += e.len();
+            entries.push(e);
+        }
+        next = upto;
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

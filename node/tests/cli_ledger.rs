@@ -255,3 +255,192 @@ fn init_creates_a_node_directory() {
         "{err}"
     );
 }
+
+/// `leam serve DIRS…` on 127.0.0.1; the process and its base URL.
+fn serve(dirs: &[&Path]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(dirs)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("serve prints its address: {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (child, base)
+}
+
+/// The log key (hex) of the node directory `dir`.
+fn key_hex(dir: &Path) -> String {
+    let note = ok(&["ledger", "checkpoint", "--dir", p(dir)]);
+    note.lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("leam.ledger/")
+        .to_owned()
+}
+
+/// A server in front of `upstream` that passes every GET on, after `tamper(path, body)`: a lying
+/// tlog-tiles server. Returns its base URL; it runs until the test process ends.
+fn lying_proxy(upstream: &str, tamper: impl Fn(&str, &mut Vec<u8>) + Send + 'static) -> String {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            // Skip the headers.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let (status, mut body) = match ureq::get(&format!("{upstream}{path}")).call() {
+                Ok(mut r) => (200, r.body_mut().read_to_vec().unwrap()),
+                Err(ureq::Error::StatusCode(code)) => (code, Vec::new()),
+                Err(e) => panic!("{e}"),
+            };
+            tamper(&path, &mut body);
+            let head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    base
+}
+
+/// Flips a byte of entry `index` in its entry bundle (`body` of `tile/entries/<N>…`).
+fn tamper_bundle(body: &mut [u8], index: u64) {
+    let mut at = 0;
+    for _ in 0..index % 256 {
+        at += 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+    }
+    body[at + 2 + 70] ^= 0x01;
+}
+
+#[test]
+fn audit_over_http_verifies_logs_above_one_extension_in_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Above the 65,536 entries of one replica extension (the old limit of `audit URL`).
+    let big = tmp.path().join("big");
+    ok(&["ledger", "bench", "--dir", p(&big), "--entries", "66000"]);
+    let small = tmp.path().join("small");
+    ok(&["ledger", "bench", "--dir", p(&small), "--entries", "1500"]);
+    let audit_json = |target: &str, batch: &str| -> serde_json::Value {
+        let out = ok(&[
+            "audit",
+            "--json",
+            "--no-market",
+            "--no-state",
+            "--batch-entries",
+            batch,
+            target,
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let (local_big, local_small) = (audit_json(p(&big), "65536"), audit_json(p(&small), "65536"));
+    let (big_key, small_key) = (key_hex(&big), key_hex(&small));
+
+    let (mut server, base) = serve(&[&big, &small]);
+    let started = std::time::Instant::now();
+    let remote_big = leam(&[
+        "audit",
+        "--json",
+        "--no-market",
+        "--no-state",
+        &format!("{base}/tlog/{big_key}/"),
+    ]);
+    let elapsed = started.elapsed();
+    let remote_small = leam(&[
+        "audit",
+        "--json",
+        "--no-market",
+        "--no-state",
+        "--batch-entries",
+        "256",
+        &format!("{base}/tlog/{small_key}/"),
+    ]);
+    // A server that changes entry 300 (a byte of its body, so its signature fails), in the
+    // second batch of 256.
+    let entry_liar = lying_proxy(&base, |path, body| {
+        if path.ends_with("/tile/entries/001") {
+            tamper_bundle(body, 300);
+        }
+    });
+    let bad_entry = leam(&[
+        "audit",
+        "--no-market",
+        "--no-state",
+        "--batch-entries",
+        "256",
+        &format!("{entry_liar}/tlog/{small_key}/"),
+    ]);
+    // A server whose hash tiles lie: the consistency proofs fail, nothing is believed.
+    let tile_liar = lying_proxy(&base, |path, body| {
+        if path.contains("/tile/") && !path.contains("/tile/entries/") {
+            body.iter_mut().for_each(|b| *b ^= 0xff);
+        }
+    });
+    let bad_tiles = leam(&[
+        "audit",
+        "--no-market",
+        "--no-state",
+        "--batch-entries",
+        "256",
+        &format!("{tile_liar}/tlog/{small_key}/"),
+    ]);
+    let zero = leam(&["audit", "--batch-entries", "0", &base]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    for (remote, local, size) in [
+        (&remote_big, &local_big, 66_002),
+        (&remote_small, &local_small, 1_502),
+    ] {
+        assert!(
+            remote.status.success(),
+            "audit over HTTP: {}",
+            stderr(remote)
+        );
+        let remote: serde_json::Value = serde_json::from_slice(&remote.stdout).unwrap();
+        assert_eq!(remote["logs"][0]["size"], size);
+        for field in ["size", "root", "signatures_verified"] {
+            assert_eq!(remote["logs"][0][field], local["logs"][0][field], "{field}");
+        }
+        assert_eq!(remote["accounting"], local["accounting"]);
+    }
+    eprintln!("audit of 66,002 entries over HTTP: {elapsed:?}");
+
+    let err = stderr(&bad_entry);
+    assert_eq!(bad_entry.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("entry 300") && err.contains(&small_key),
+        "the error names the log and the entry: {err}"
+    );
+    let err = stderr(&bad_tiles);
+    assert_eq!(bad_tiles.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("entries 0..256") && err.contains("size 1502") && err.contains(&small_key),
+        "the error names the log, the batch and the signed tree: {err}"
+    );
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+}

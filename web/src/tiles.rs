@@ -7,13 +7,16 @@
 //! (`merkle::stored_hash_index`), the root of a complete subtree of `256^L` leaves. Nothing is
 //! recomputed; one tile is one read of at most 256 stored hashes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use leam_ledger::entry::PublicKey;
-use leam_ledger::merkle::{self, HASH_SIZE};
+use leam_ledger::merkle::{self, Hash, HashReader, MerkleError, HASH_SIZE};
 
 use crate::view::View;
 use crate::{parse_key, AppError, AppShared};
@@ -225,6 +228,108 @@ pub fn entry_bundle(
     Ok(out)
 }
 
+/// Most hash tiles a [`TileHashReader`] keeps (8 KiB each); it forgets them all when full.
+pub const TILE_READER_TILES_MAX: usize = 64;
+
+/// The client side of hash tiles: a [`merkle::HashReader`] over the hash tiles of the tree of
+/// size `size`, fetched through `fetch` (a tlog-tiles server, for `leam audit URL`). A stored
+/// hash at Merkle level `8·L + r` is computed from the `2^r` level-`8·L` hashes of tile level
+/// `L` below it (`merkle::split_stored_hash_index` names level and position), so the proof
+/// functions of `merkle` run on it unchanged; only complete subtrees of the tree of `size`
+/// exist. The hashes are the server's word: what they prove must be checked against a signed
+/// root (`merkle::check_tree`) before it is believed.
+pub struct TileHashReader<F> {
+    size: u64,
+    fetch: F,
+    cache: RefCell<HashMap<(u32, u64), Vec<Hash>>>,
+}
+
+impl<F> std::fmt::Debug for TileHashReader<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileHashReader")
+            .field("size", &self.size)
+            .field("tiles_cached", &self.cache.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Fn(&Tile) -> Result<Vec<u8>, String>> TileHashReader<F> {
+    /// A reader of the tree of `size` whose tiles `fetch` returns (full, or `.p/<W>` for the
+    /// tree's rightmost partial tile of a level).
+    pub fn new(size: u64, fetch: F) -> Self {
+        TileHashReader {
+            size,
+            fetch,
+            cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The hashes of tile `(level, n)`, which holds `items` hashes in the tree.
+    fn tile(&self, level: u32, n: u64, items: u64) -> Result<Vec<Hash>, MerkleError> {
+        if let Some(hashes) = self.cache.borrow().get(&(level, n)) {
+            return Ok(hashes.clone());
+        }
+        let tile = Tile::Hashes {
+            level,
+            n,
+            width: (items < TILE_WIDTH).then_some(items),
+        };
+        let bytes = (self.fetch)(&tile)
+            .map_err(|e| MerkleError::Storage(format!("{}: {e}", tile.path())))?;
+        if bytes.len() as u64 != items * HASH_SIZE as u64 {
+            return Err(MerkleError::Storage(format!(
+                "{}: {} bytes, expected {} ({items} hashes)",
+                tile.path(),
+                bytes.len(),
+                items * HASH_SIZE as u64
+            )));
+        }
+        let hashes: Vec<Hash> = bytes
+            .chunks_exact(HASH_SIZE)
+            .map(|c| c.try_into().expect("chunks of HASH_SIZE"))
+            .collect();
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= TILE_READER_TILES_MAX {
+            cache.clear();
+        }
+        cache.insert((level, n), hashes.clone());
+        Ok(hashes)
+    }
+
+    fn read_one(&self, index: u64) -> Result<Hash, MerkleError> {
+        let (level, position) = merkle::split_stored_hash_index(index);
+        let (tile_level, sub) = (level / TILE_HEIGHT, level % TILE_HEIGHT);
+        // The 2^sub hashes of tile level `tile_level` under (level, position): aligned, so
+        // they lie in one tile.
+        let first = position << sub;
+        let count = 1u64 << sub;
+        let n = first / TILE_WIDTH;
+        let offset = first % TILE_WIDTH;
+        let items = tile_items(self.size, Some(tile_level), n);
+        if tile_level > TILE_LEVEL_MAX || offset + count > items {
+            return Err(MerkleError::Storage(format!(
+                "stored hash {index} (level {level}, position {position}) is not a complete subtree of the tree of size {}",
+                self.size
+            )));
+        }
+        let hashes = self.tile(tile_level, n, items)?;
+        let mut layer = hashes[offset as usize..(offset + count) as usize].to_vec();
+        while layer.len() > 1 {
+            layer = layer
+                .chunks_exact(2)
+                .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(layer[0])
+    }
+}
+
+impl<F: Fn(&Tile) -> Result<Vec<u8>, String>> HashReader for TileHashReader<F> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, MerkleError> {
+        indexes.iter().map(|&i| self.read_one(i)).collect()
+    }
+}
+
 async fn checkpoint(
     State(s): State<AppShared>,
     Path(key): Path<String>,
@@ -316,6 +421,63 @@ mod tests {
         ] {
             assert!(Tile::parse(bad).is_err(), "{bad} parsed");
         }
+    }
+
+    #[test]
+    fn tile_hash_reader_gives_the_stored_hashes_proofs() {
+        // A tree as a server holds it, and its tiles as `hash_tile` serves them.
+        let mut tree = merkle::MemoryTree::new();
+        for i in 0u32..70_000 {
+            tree.append(merkle::leaf_hash(&i.to_be_bytes())).unwrap();
+        }
+        let stored = tree.stored_hashes().to_vec();
+        let fetched = RefCell::new(Vec::new());
+        for size in [1u64, 255, 256, 257, 1000, 65_535, 65_536, 65_537, 69_999] {
+            let serve = |t: &Tile| -> Result<Vec<u8>, String> {
+                fetched.borrow_mut().push(t.path());
+                let Tile::Hashes { level, n, width } = *t else {
+                    return Err("not a hash tile".into());
+                };
+                let available = tile_items(size, Some(level), n);
+                let w = width.unwrap_or(TILE_WIDTH);
+                if w > available || (width.is_none() && available < TILE_WIDTH) {
+                    return Err(format!("404 for {}", t.path()));
+                }
+                Ok((0..w)
+                    .flat_map(|i| {
+                        stored[merkle::stored_hash_index(level * TILE_HEIGHT, n * TILE_WIDTH + i)
+                            as usize]
+                    })
+                    .collect())
+            };
+            let tiles = TileHashReader::new(size, serve);
+            assert_eq!(
+                merkle::tree_hash(size, &tiles).unwrap(),
+                tree.root_at(size).unwrap(),
+                "{size}"
+            );
+            for old in [1, size / 3, size / 2 + 1, size - 1, size] {
+                if old == 0 {
+                    continue;
+                }
+                assert_eq!(
+                    merkle::prove_tree(size, old, &tiles).unwrap(),
+                    tree.prove_tree(size, old).unwrap(),
+                    "{old} -> {size}"
+                );
+            }
+            // A subtree the tree of `size` does not complete is an error, not a guess.
+            if size < 70_000 {
+                let beyond = merkle::stored_hash_index(0, size);
+                assert!(tiles.read_hashes(&[beyond]).is_err());
+            }
+        }
+        // Only tiles were asked for, and the tree's rightmost partial tiles with their width.
+        assert!(fetched.borrow().contains(&"tile/0/255.p/255".to_owned()));
+        assert!(fetched.borrow().iter().all(|p| p.starts_with("tile/")));
+        // A tile of the wrong length is refused.
+        let short = TileHashReader::new(300, |_: &Tile| Ok(vec![0u8; 31]));
+        assert!(merkle::tree_hash(300, &short).is_err());
     }
 
     #[test]

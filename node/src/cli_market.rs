@@ -434,7 +434,7 @@ pub fn deposit(a: DepositArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `leam offer`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Examples:\n  leam offer --dir nodes/a --price 40 --minutes 120\n  leam offer --dir nodes/a --price 40 --until 2026-12-24T18:00:00Z\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
+    after_long_help = "Example:\n  leam offer --dir nodes/a --price 40 --minutes 120\n  leam offer --dir nodes/a --price 40 --until 2026-12-24T18:00:00Z\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
 )]
 pub struct OfferArgs {
     /// Node directory of the running node.

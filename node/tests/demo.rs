@@ -126,6 +126,23 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
         .output()
         .unwrap();
     let audited: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    // What the public pool's own settlements paid (the subsidy): the public centre's log,
+    // exported before `leam serve` opens the stores, holds them (payer = the centre).
+    let centre = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(["ledger", "export", "--dir"])
+        .arg(root.join("rechenzentrum-nord"))
+        .output()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&centre.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let me = entries[0]["body"]["member"].clone(); // entry 0 admits the log's own key
+    let pool_paid: u64 = entries
+        .iter()
+        .filter(|e| e["kind"] == "settlement" && e["body"]["terms"]["payer"] == me)
+        .map(|e| e["body"]["terms"]["credits_cents"].as_u64().unwrap())
+        .sum();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args(["serve", "--http", "127.0.0.1:0"])
         .args(dirs.iter().map(|d| root.join(d)))
@@ -160,6 +177,13 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     assert!(
         page.contains("Industrie Compute AG") && page.contains("<svg"),
         "{page}"
+    );
+    assert!(pool_paid > 0);
+    assert!(
+        page.contains(&format!(
+            "data-field=\"subsidy_paid_cents\" data-value=\"{pool_paid}\""
+        )),
+        "subsidy {pool_paid} not on the page"
     );
     // A funder audits over the tlog-tiles interface alone: the same accounting and market.
     let remote = Command::new(env!("CARGO_BIN_EXE_leam"))

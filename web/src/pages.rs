@@ -786,6 +786,24 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
         .values()
         .map(|t| t.funding_public_eur_cents)
         .fold(0, u64::saturating_add);
+    // Subsidy: settlements of a job paid by someone other than the job's bidder (the public
+    // pool's share, specs/market.md §5); the bidder of a job is the author of its job entry.
+    let bidders: std::collections::BTreeMap<[u8; 32], [u8; 32]> = of_kind(&logs, Kind::Job)
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Job(j) => Some((j.id(), e.author)),
+            _ => None,
+        })
+        .collect();
+    let subsidy: u64 = of_kind(&logs, Kind::Settlement)
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Settlement(c) if bidders.get(&c.terms.job_id) != Some(&c.terms.payer) => {
+                Some(c.terms.credits_cents)
+            }
+            _ => None,
+        })
+        .fold(0u64, u64::saturating_add);
     let evidence = of_kind(&logs, Kind::Evidence);
     Ok(page(
         "Funder report",
@@ -802,7 +820,7 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
             (bar_chart("public-money", "Public funding deposited by sector (euro cents)", "cents", &sector_rows(&r.sectors, |t| t.funding_public_eur_cents.into())))
             (bar_chart("private-money", "Private money deposited by sector (euro cents)", "cents", &sector_rows(&r.sectors, |t| t.funding_private_eur_cents.into())))
             h2 { "Public subsidy" }
-            p { "Public funding deposited: " strong data-field="funding_public_eur_cents" data-value=(public) { (eur(public)) } "." @if let Some(g) = &genesis { " The federation's subsidy parameter is " (g.subsidy_percent) " %: it is recorded in the genesis for the market rules; the ledger does not yet record subsidy payments, so paid and remaining subsidy are not shown." } }
+            p { "Public funding deposited: " strong data-field="funding_public_eur_cents" data-value=(public) { (eur(public)) } "; paid out as subsidy: " strong data-field="subsidy_paid_cents" data-value=(subsidy) { (eur(subsidy)) } "; remaining: " strong data-field="subsidy_remaining_cents" data-value=(public.saturating_sub(subsidy)) { (eur(public.saturating_sub(subsidy))) } "." @if let Some(g) = &genesis { " The federation's genesis fixes the subsidy rate at " (g.subsidy_percent) " %: for a startup's job the public pool pays that share of what the referee verified, by settlements of its own (a job's settlements paid by anyone but its bidder)." } }
             h2 { "Work: processed, verified, rejected and paid, kept apart" }
             p.explain { "Processed but unverified work has a receipt but no referee verdict yet; rejected work failed verification and earns nothing; verified work passed; paid is what bidders actually settled in credits. These are never added together." }
             div.table-wrap { table {

@@ -529,7 +529,10 @@ async fn pages_show_the_report_figures_and_why_bids_are_not_served() {
     );
     assert!(html.contains("<svg class=\"chart\" id=\"contributed\""));
     assert!(html.contains("href=\"/api/report.csv\""));
-    assert!(html.contains("subsidy parameter is 20 %"));
+    assert!(html.contains("subsidy rate at 20 %"));
+    // The only settlement is paid by the job's bidder: no subsidy paid, all public money left.
+    assert!(html.contains("data-field=\"subsidy_paid_cents\" data-value=\"0\""));
+    assert!(html.contains("data-field=\"subsidy_remaining_cents\" data-value=\"10000\""));
     // Deterministic: the same ledger renders the same page.
     assert_eq!(get(&app, "/report").await.2, html.into_bytes());
 

@@ -711,18 +711,8 @@ impl Node {
                     // A request to this node itself (a bidder that is its own job's referee):
                     // libp2p does not dial itself, so it goes straight to the local handler,
                     // through the same bounded queue as a peer's.
-                    let Some(handler) = &self.work_handler else {
-                        let _ = reply.send(Err("this node takes no work".into()));
-                        return;
-                    };
-                    let (tx, rx) = oneshot::channel();
-                    let inbound = Inbound {
-                        from: to,
-                        request: *request,
-                        reply: tx,
-                    };
-                    match handler.try_send(inbound) {
-                        Ok(()) => {
+                    match self.enqueue_work(to, *request) {
+                        Ok(rx) => {
                             tokio::spawn(async move {
                                 let r = rx
                                     .await
@@ -730,8 +720,8 @@ impl Node {
                                 let _ = reply.send(r);
                             });
                         }
-                        Err(e) => {
-                            let _ = reply.send(Err(format!("the local work queue: {e}")));
+                        Err(reason) => {
+                            let _ = reply.send(Err(reason));
                         }
                     }
                     return;
@@ -884,32 +874,41 @@ impl Node {
         if let Err(reason) = request.check() {
             return refuse(self, channel, reason);
         }
-        let Some(handler) = &self.work_handler else {
-            return refuse(self, channel, "this node takes no work".into());
-        };
+        match self.enqueue_work(from, request) {
+            Ok(rx) => self.work_replies.push(Box::pin(async move {
+                let response = rx
+                    .await
+                    .unwrap_or_else(|_| work::refused("the handler dropped the request"));
+                (channel, response)
+            })),
+            Err(reason) => refuse(self, channel, reason),
+        }
+    }
+
+    /// Queue a checked work request from `from` for the handler: the receiver of its answer,
+    /// or why it is refused (no handler, queue full, shutting down). A peer's requests and
+    /// this node's requests to itself take this one path.
+    fn enqueue_work(
+        &self,
+        from: PublicKey,
+        request: WorkRequest,
+    ) -> Result<oneshot::Receiver<WorkResponse>, String> {
+        let handler = self
+            .work_handler
+            .as_ref()
+            .ok_or("this node takes no work")?;
         let (tx, rx) = oneshot::channel();
         match handler.try_send(Inbound {
             from,
             request,
             reply: tx,
         }) {
-            Ok(()) => self.work_replies.push(Box::pin(async move {
-                let response = rx
-                    .await
-                    .unwrap_or_else(|_| work::refused("the handler dropped the request"));
-                (channel, response)
-            })),
-            Err(mpsc::error::TrySendError::Full(_)) => refuse(
-                self,
-                channel,
-                format!(
-                    "{} work requests already queued; ask again later",
-                    work::WORK_INBOUND_QUEUE_MAX
-                ),
-            ),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                refuse(self, channel, "this node is shutting down".into())
-            }
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(format!(
+                "{} work requests already queued; ask again later",
+                work::WORK_INBOUND_QUEUE_MAX
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err("this node is shutting down".into()),
         }
     }
 

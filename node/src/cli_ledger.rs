@@ -481,15 +481,12 @@ pub(crate) fn evidence_checker(dirs: &[PathBuf]) -> leam_jobs::evidence::Checker
 
 /// [`evidence_checker`], also fetching inputs from `GET /api/blobs/{sha256}` of `servers`.
 fn evidence_checker_from(dirs: &[PathBuf], servers: Vec<String>) -> leam_jobs::evidence::Checker {
-    let folders: Vec<PathBuf> = dirs
+    let stores: Vec<leam_jobs::blobs::Blobs> = dirs
         .iter()
-        .map(|d| d.join(leam_jobs::blobs::BLOBS_DIR_NAME))
+        .map(|d| leam_jobs::blobs::Blobs::new(d))
         .collect();
     let inputs = move |hash: &Digest32| -> Option<Vec<u8>> {
-        if let Some(b) = folders
-            .iter()
-            .find_map(|f| leam_web::view::read_blob(f, hash))
-        {
+        if let Some(b) = stores.iter().find_map(|s| s.get(hash).ok().flatten()) {
             return Some(b);
         }
         servers.iter().find_map(|s| {

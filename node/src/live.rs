@@ -120,7 +120,11 @@ impl View for LiveView {
     }
 
     fn blob(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
-        leam_web::view::read_blob(&self.dir.join(leam_jobs::blobs::BLOBS_DIR_NAME), sha256)
+        // The node's own blob store, which checks every blob against its name.
+        leam_jobs::blobs::Blobs::new(&self.dir)
+            .get(sha256)
+            .ok()
+            .flatten()
     }
 }
 

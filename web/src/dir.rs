@@ -212,6 +212,20 @@ impl View for DirView {
     fn blob(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
         self.dirs
             .iter()
-            .find_map(|d| crate::view::read_blob(&d.join("blobs"), sha256))
+            .find_map(|d| read_blob(&d.join("blobs"), sha256))
     }
+}
+
+/// Read the blob `sha256` from a blob folder (`DIR/blobs/<hex>`, the layout of
+/// `leam_jobs::blobs`, which web cannot depend on), checked against its name and
+/// [`crate::view::BLOB_SERVE_BYTES_MAX`]; `None` when absent, too large or not matching.
+fn read_blob(blobs_dir: &std::path::Path, sha256: &[u8; 32]) -> Option<Vec<u8>> {
+    use sha2::Digest as _;
+    let path = blobs_dir.join(hex::encode(sha256));
+    if std::fs::metadata(&path).ok()?.len() > crate::view::BLOB_SERVE_BYTES_MAX {
+        return None;
+    }
+    let bytes = std::fs::read(&path).ok()?;
+    let got: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    (&got == sha256).then_some(bytes)
 }

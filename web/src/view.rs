@@ -105,19 +105,6 @@ pub trait View: Send + Sync + 'static {
 /// Largest blob `GET /api/blobs/{sha256}` serves.
 pub const BLOB_SERVE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-/// Read the blob `sha256` from a blob folder (`DIR/blobs/<hex>`), checked against its name and
-/// [`BLOB_SERVE_BYTES_MAX`]; `None` when absent, too large or not matching.
-pub fn read_blob(blobs_dir: &std::path::Path, sha256: &[u8; 32]) -> Option<Vec<u8>> {
-    use sha2::Digest as _;
-    let path = blobs_dir.join(hex::encode(sha256));
-    if std::fs::metadata(&path).ok()?.len() > BLOB_SERVE_BYTES_MAX {
-        return None;
-    }
-    let bytes = std::fs::read(&path).ok()?;
-    let got: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-    (&got == sha256).then_some(bytes)
-}
-
 /// Adapter: one log of a [`View`] as a `merkle::HashReader`, for proofs and tiles.
 #[derive(Clone, Copy)]
 pub(crate) struct LogHashes<'a> {

@@ -15,13 +15,17 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `leam serve`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Example:\n  leam serve --genesis fed.genesis --http 127.0.0.1:8080 nodes/a nodes/b\n\nThen open http://127.0.0.1:8080/report (funder report), /jobs (the jobs' progress files in DIR/jobs/) or /api/openapi.json."
+    after_long_help = "Example:\n  leam serve --genesis fed.genesis --http 127.0.0.1:8080 nodes/a nodes/b\n  leam serve --dir nodes/a --dir nodes/b\n\nThen open http://127.0.0.1:8080/report (funder report), /jobs (the jobs' progress files in DIR/jobs/) or /api/openapi.json."
 )]
 pub struct ServeArgs {
     /// Log directories to serve (node directories with their replicas and jobs' progress files,
     /// or exported logs).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "dir")]
     pub dirs: Vec<PathBuf>,
+    /// A log directory to serve, as a flag (repeatable; `leam serve --dir A --dir B` is
+    /// `leam serve A B`).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Vec<PathBuf>,
     /// The federation's genesis document: with it, every checkpoint must carry the members'
     /// witness cosignatures and the report counts members only.
     #[arg(long)]
@@ -83,8 +87,9 @@ pub fn serve_dirs(
 /// Runs `leam serve`.
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let genesis = a.genesis.as_deref().map(read_genesis).transpose()?;
-    serve_dirs(&a.dirs, genesis, a.http, |addr| {
-        println!("serving {} log directories read-only at http://{addr}/ (report: http://{addr}/report); Ctrl-C stops", a.dirs.len());
+    let dirs: Vec<PathBuf> = a.dir.iter().chain(&a.dirs).cloned().collect();
+    serve_dirs(&dirs, genesis, a.http, |addr| {
+        println!("serving {} log directories read-only at http://{addr}/ (report: http://{addr}/report); Ctrl-C stops", dirs.len());
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -145,7 +145,11 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
         .sum();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_leam"))
         .args(["serve", "--http", "127.0.0.1:0"])
-        .args(dirs.iter().map(|d| root.join(d)))
+        // The form, `leam serve --dir DIR…`.
+        .args(
+            dirs.iter()
+                .flat_map(|d| [std::ffi::OsString::from("--dir"), root.join(d).into()]),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -58,6 +58,16 @@ pub const LOOKUP_INTERVAL_MS: u64 = 2_000;
 pub const LOOKUPS_PER_TICK_MAX: usize = 16;
 /// Gossipsub heartbeat.
 pub const GOSSIP_HEARTBEAT_MS: u64 = 700;
+/// Gossipsub mesh degree (D): peers a node forwards each message to.
+pub const GOSSIP_MESH_N: usize = 4;
+/// Below this many mesh peers the heartbeat grafts more (D_low).
+pub const GOSSIP_MESH_N_LOW: usize = 3;
+/// Above this many mesh peers the heartbeat prunes (D_high).
+pub const GOSSIP_MESH_N_HIGH: usize = 8;
+/// Outbound mesh peers kept at least (D_out, below D_low and at most D/2).
+pub const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
+/// Peers outside the mesh told of recent messages at each heartbeat (D_lazy).
+pub const GOSSIP_LAZY: usize = 4;
 
 /// Errors of building and running the swarm.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +219,15 @@ pub enum Observed {
         /// When.
         at: Instant,
     },
+    /// This node published its checkpoint of `size` (the start of a propagation measurement).
+    Published {
+        /// Log owner (this node).
+        log: PublicKey,
+        /// Size.
+        size: u64,
+        /// When.
+        at: Instant,
+    },
     /// A replica of `log` reached `size`.
     Replicated {
         /// Log owner.
@@ -280,6 +299,15 @@ fn gossip_config() -> Result<gossipsub::Config, NetError> {
         // verification of every duplicate copy a node receives from its mesh.
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .heartbeat_interval(Duration::from_millis(GOSSIP_HEARTBEAT_MS))
+        // The publisher floods every member (`flood_publish`, the default), so the mesh only
+        // backs it up: a smaller mesh than gossipsub's default (6, 5..12) halves the duplicate
+        // copies every node encodes and decodes (64 simulated nodes on 2 cores: propagation p50
+        // 10.6 ms against 12.3 ms, p99 18–26 ms against 31–43 ms).
+        .mesh_n(GOSSIP_MESH_N)
+        .mesh_n_low(GOSSIP_MESH_N_LOW)
+        .mesh_n_high(GOSSIP_MESH_N_HIGH)
+        .mesh_outbound_min(GOSSIP_MESH_OUTBOUND_MIN)
+        .gossip_lazy(GOSSIP_LAZY)
         .max_transmit_size(GOSSIP_BYTES_MAX + 1024)
         // Content-addressed ids: the same message published twice (a replay) is a duplicate.
         .message_id_fn(|m: &gossipsub::Message| {
@@ -804,16 +832,34 @@ impl Node {
         for action in actions {
             match action {
                 Action::Publish(data) => {
-                    if let Err(e) = self
+                    let published =
+                        self.observer
+                            .as_ref()
+                            .and_then(|_| match wire::Gossip::decode(&data) {
+                                Ok(wire::Gossip::Checkpoint(note)) => Some((
+                                    crate::core::checkpoint_owner(&note)?,
+                                    crate::core::checkpoint_size(&note)?,
+                                )),
+                                _ => None,
+                            });
+                    let at = Instant::now();
+                    match self
                         .swarm
                         .behaviour_mut()
                         .gossipsub
                         .publish(self.topic.clone(), data)
                     {
-                        // InsufficientPeers before anyone subscribed: the tick publishes again.
-                        tracing::debug!(error = %e, "publish");
-                        if !matches!(e, gossipsub::PublishError::Duplicate) {
-                            self.core.publish_failed();
+                        Ok(_) => {
+                            if let (Some(obs), Some((log, size))) = (&self.observer, published) {
+                                let _ = obs.send(Observed::Published { log, size, at });
+                            }
+                        }
+                        Err(e) => {
+                            // InsufficientPeers before anyone subscribed: the tick publishes again.
+                            tracing::debug!(error = %e, "publish");
+                            if !matches!(e, gossipsub::PublishError::Duplicate) {
+                                self.core.publish_failed();
+                            }
                         }
                     }
                 }

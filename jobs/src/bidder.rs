@@ -8,7 +8,7 @@
 //! quota left. After the last round the bidder waits for the referee's verdicts and pays, by
 //! co-signed settlements, exactly the units the referee accepted at the lease's price.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ pub const PROGRESS_SUFFIX: &str = ".progress.json";
 pub const RESUME_SUFFIX: &str = ".resume.json";
 /// Largest resume record read back.
 pub const RESUME_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Longest wait for the leases of a re-clearing to be co-signed (the node's market task
+/// proposes them); providers that have not co-signed by then get no runs.
+pub const RECLEARING_LEASE_WAIT_MS: u64 = 60_000;
 
 /// What a bidder restarted mid-job resumes from, written atomically after every round: the
 /// progress so far and, per finished round, the final state (blob SHA-256, hex) merged for each
@@ -135,6 +138,23 @@ pub struct Progress {
     pub paid_cents: BTreeMap<String, u64>,
     /// Verdicts by the referee: accepted, rejected.
     pub verdicts: (u64, u64),
+    /// Re-clearings: the shards providers left unfinished, bought again
+    /// (`specs/market.md` §3.6).
+    #[serde(default)]
+    pub reclearings: Vec<Replacement>,
+}
+
+/// One re-clearing, as the progress document shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Replacement {
+    /// The providers that left (key hex).
+    pub replaces: Vec<String>,
+    /// Shards bought again.
+    pub shards: u64,
+    /// The providers that took them (key hex) and how many each.
+    pub providers: BTreeMap<String, u32>,
+    /// The re-clearing's uniform price, credits per 1,000 units (0: no offer could take them).
+    pub price_cents_per_kilo_unit: u64,
 }
 
 /// A running job, as the bidder holds it.
@@ -161,6 +181,10 @@ pub struct Bidder<'k> {
     /// Judge requests the referee has not taken yet (not connected, busy), asked again while
     /// the job waits for verdicts; at most one per shard of the job.
     unjudged: std::sync::Mutex<Vec<WorkRequest>>,
+    /// Providers that lost a run (timed out, unreachable, failed): they get no new runs.
+    gone: BTreeSet<PublicKey>,
+    /// Runs each re-clearing's provider may still take (its leased shards not yet placed).
+    spare: BTreeMap<PublicKey, u64>,
 }
 
 /// Who pays what of a settlement: the bidder's sector and the federation's subsidy rate (a
@@ -193,6 +217,8 @@ struct Track {
     role: Role,
     provider: PublicKey,
     sent: Option<Instant>,
+    /// The first run request to the current provider that was not answered (unreachable).
+    unanswered: Option<Instant>,
     released: u32,
     tried: Vec<PublicKey>,
     done: Option<(ShardResult, u64)>,
@@ -258,6 +284,8 @@ impl<'k> Bidder<'k> {
             progress_path,
             merged: Vec::new(),
             unjudged: std::sync::Mutex::new(Vec::new()),
+            gone: BTreeSet::new(),
+            spare: BTreeMap::new(),
         })
     }
 
@@ -404,6 +432,9 @@ impl<'k> Bidder<'k> {
     async fn rounds(&mut self) -> Result<(), JobError> {
         let ranges = plan::worker_ranges(&self.corpus, self.job.shards_per_round)?;
         let start = plan::initial_state(&self.job, self.runner.vocab_size())?;
+        let logs = self.link.logs().await?;
+        self.restore_reclearings(&logs);
+        drop(logs);
         let resumed = self.merged.len() as u32;
         if resumed == 0 {
             self.progress.val_loss_start = Some(self.eval(&start)?);
@@ -491,12 +522,25 @@ impl<'k> Bidder<'k> {
                             role,
                             provider,
                             sent: None,
+                            unanswered: None,
                             released: 0,
                             tried: vec![provider],
                             done: None,
                             receipt: false,
                         });
                     }
+                }
+            }
+            // The runs of providers that left go to a re-clearing's providers where one has runs
+            // to spare (never the provider of the shard's other run).
+            for i in 0..tracks.len() {
+                if !self.gone.contains(&tracks[i].provider) {
+                    continue;
+                }
+                let siblings = siblings_of(&tracks, i);
+                if let Some(p) = self.take_spare(&siblings) {
+                    tracks[i].provider = p;
+                    tracks[i].tried.push(p);
                 }
             }
             let mut rp = RoundProgress {
@@ -603,12 +647,7 @@ impl<'k> Bidder<'k> {
         loop {
             for i in 0..tracks.len() {
                 // A replica never goes to the provider of its shard's other run.
-                let siblings: Vec<PublicKey> = tracks
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, x)| *j != i && x.worker == tracks[i].worker)
-                    .map(|(_, x)| x.provider)
-                    .collect();
+                let siblings = siblings_of(tracks, i);
                 let t = &mut tracks[i];
                 if t.done.is_some() {
                     if !t.receipt {
@@ -628,11 +667,24 @@ impl<'k> Bidder<'k> {
                         spec: spec.encode(),
                     };
                     match self.link.work(t.provider, req).await {
-                        Ok(WorkResponse::Accepted) => t.sent = Some(Instant::now()),
+                        Ok(WorkResponse::Accepted) => {
+                            t.sent = Some(Instant::now());
+                            t.unanswered = None;
+                        }
                         Ok(other) => tracing::warn!(?other, "unexpected answer to a run request"),
-                        Err(e) => {
+                        // Refused (no lease room, a bad spec): it will not be taken.
+                        Err(e @ LinkError::Declined { .. }) => {
                             tracing::info!(shard, provider = %short(&t.provider), error = %e, "run not taken");
-                            release(t, &providers, &siblings, rp, shard)?;
+                            self.relocate(t, &providers, &siblings, rp, shard).await?;
+                        }
+                        // Unreachable: asked again until the shard timeout has passed.
+                        Err(e) => {
+                            let first = *t.unanswered.get_or_insert_with(Instant::now);
+                            let timeout = self.shard_timeout_ms(shard_units, &t.provider);
+                            if first.elapsed() > Duration::from_millis(timeout) {
+                                tracing::warn!(shard, provider = %short(&t.provider), error = %e, "provider unreachable: leasing the shard again");
+                                self.relocate(t, &providers, &siblings, rp, shard).await?;
+                            }
                         }
                     }
                     continue;
@@ -666,7 +718,7 @@ impl<'k> Bidder<'k> {
                             }
                             Err(e) => {
                                 tracing::warn!(shard, provider = %short(&t.provider), error = %e, "a result that does not answer its spec");
-                                release(t, &providers, &siblings, rp, shard)?;
+                                self.relocate(t, &providers, &siblings, rp, shard).await?;
                             }
                         }
                     }
@@ -674,7 +726,7 @@ impl<'k> Bidder<'k> {
                         let timeout = self.shard_timeout_ms(shard_units, &t.provider);
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), timeout, "shard timed out: leasing it again");
-                            release(t, &providers, &siblings, rp, shard)?;
+                            self.relocate(t, &providers, &siblings, rp, shard).await?;
                         }
                     }
                     // The provider restarted and lost the run: ask again.
@@ -683,13 +735,13 @@ impl<'k> Bidder<'k> {
                     // The run failed on the provider's side: lease it again now.
                     Err(e @ LinkError::Declined { .. }) => {
                         tracing::warn!(shard, provider = %short(&t.provider), error = %e, "run failed: leasing the shard again");
-                        release(t, &providers, &siblings, rp, shard)?;
+                        self.relocate(t, &providers, &siblings, rp, shard).await?;
                     }
                     Err(e) => {
                         let timeout = self.shard_timeout_ms(shard_units, &t.provider);
                         if sent.elapsed() > Duration::from_millis(timeout) {
                             tracing::warn!(shard, provider = %short(&t.provider), error = %e, "provider gone: leasing the shard again");
-                            release(t, &providers, &siblings, rp, shard)?;
+                            self.relocate(t, &providers, &siblings, rp, shard).await?;
                         }
                     }
                 }
@@ -699,6 +751,166 @@ impl<'k> Bidder<'k> {
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
+    }
+
+    /// Take a run from its provider, which leaves the job ([`Bidder::leave`]), and give it to
+    /// a re-clearing's provider with runs to spare, else to the next provider of the clearing
+    /// ([`release`]).
+    async fn relocate(
+        &mut self,
+        t: &mut Track,
+        providers: &[PublicKey],
+        siblings: &[PublicKey],
+        rp: &mut RoundProgress,
+        shard: u32,
+    ) -> Result<(), JobError> {
+        self.leave(t.provider).await;
+        if t.released < RELEASES_PER_SHARD_MAX {
+            if let Some(p) = self.take_spare(siblings) {
+                t.provider = p;
+                t.tried.push(p);
+                t.released += 1;
+                t.sent = None;
+                t.unanswered = None;
+                rp.released += 1;
+                return Ok(());
+            }
+        }
+        t.unanswered = None;
+        release(t, providers, siblings, rp, shard)
+    }
+
+    /// A re-clearing's provider with runs to spare that runs none of `siblings`; one of its
+    /// runs is taken.
+    fn take_spare(&mut self, siblings: &[PublicKey]) -> Option<PublicKey> {
+        let p = self
+            .spare
+            .iter()
+            .find(|(p, n)| **n > 0 && !siblings.contains(p) && !self.gone.contains(*p))
+            .map(|(p, _)| *p)?;
+        *self.spare.get_mut(&p)? -= 1;
+        Some(p)
+    }
+
+    /// `provider` lost a run: it gets no new runs of this job. The first time, if it leaves
+    /// leased shards unfinished, they are bought again (`leam_market::reclear`, a re-clearing
+    /// in this node's log) and the new providers' leases awaited; their shards become runs to
+    /// spare.
+    async fn leave(&mut self, provider: PublicKey) {
+        if !self.gone.insert(provider) {
+            return;
+        }
+        let logs = match self.link.logs().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "no logs: no re-clearing");
+                return;
+            }
+        };
+        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+        let standing = leam_market::reclear::standing(own, &self.job_id, own.len() as u64);
+        if standing.replaced.contains_key(&provider) || standing.unfinished(&provider) == 0 {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let r = match leam_market::reclear::reclear(
+            &self.me,
+            &self.job,
+            &self.job_id,
+            &BTreeSet::from([provider]),
+            &logs,
+            now_ms,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(provider = %short(&provider), error = %e, "no re-clearing");
+                return;
+            }
+        };
+        let assignments = r.clearing.assignments.clone();
+        self.progress.reclearings.push(Replacement {
+            replaces: vec![hex::encode(provider)],
+            shards: r.shards,
+            providers: assignments
+                .iter()
+                .map(|a| (hex::encode(a.provider), a.shards))
+                .collect(),
+            price_cents_per_kilo_unit: r.clearing.price_cents_per_kilo_unit,
+        });
+        match self.link.append(Body::Reclearing(r.clone())).await {
+            Ok(seq) => tracing::info!(
+                provider = %short(&provider),
+                shards = r.shards,
+                to = assignments.len(),
+                price = r.clearing.price_cents_per_kilo_unit,
+                entry = seq,
+                "a provider left the job: its unfinished shards re-cleared"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-clearing refused by the log");
+                return;
+            }
+        }
+        self.save();
+        if assignments.is_empty() {
+            tracing::warn!(provider = %short(&provider), "no offer can take the shards it left");
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(RECLEARING_LEASE_WAIT_MS);
+        loop {
+            let Ok(logs) = self.link.logs().await else {
+                break;
+            };
+            let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+            let leased: Vec<&leam_ledger::entry::Assignment> = assignments
+                .iter()
+                .filter(|a| {
+                    let t = lease_terms(&r.clearing, &self.job, self.me, a);
+                    own.iter()
+                        .any(|e| matches!(&e.body, Body::Lease(l) if l.terms == t))
+                })
+                .collect();
+            if leased.len() == assignments.len() || Instant::now() >= until {
+                for a in leased {
+                    *self.spare.entry(a.provider).or_default() += u64::from(a.shards);
+                    if let Some(u) = offered_units_per_hour(&logs, &a.provider, a.offer_id) {
+                        self.units_per_hour.insert(a.provider, u);
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
+        }
+    }
+
+    /// After a restart: the providers that left and the runs to spare, from the re-clearings
+    /// and leases in this node's log (each re-clearing's provider may take its leased shards
+    /// less those it has receipts for).
+    fn restore_reclearings(&mut self, logs: &BTreeMap<PublicKey, Vec<Entry>>) {
+        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+        let standing = leam_market::reclear::standing(own, &self.job_id, own.len() as u64);
+        for e in own {
+            let Body::Reclearing(r) = &e.body else {
+                continue;
+            };
+            if r.clearing.job_id != self.job_id {
+                continue;
+            }
+            for a in &r.clearing.assignments {
+                if standing.leased.contains_key(&a.provider)
+                    && !self.spare.contains_key(&a.provider)
+                {
+                    self.spare
+                        .insert(a.provider, standing.unfinished(&a.provider));
+                    if let Some(u) = offered_units_per_hour(logs, &a.provider, a.offer_id) {
+                        self.units_per_hour.insert(a.provider, u);
+                    }
+                }
+            }
+        }
+        self.gone.extend(standing.replaced.keys().copied());
     }
 
     /// How long `provider` may take for a shard: the job's own timeout if it sets one, else what
@@ -845,11 +1057,27 @@ impl<'k> Bidder<'k> {
             }
         }
         self.progress.verdicts = (acc, rej);
-        for a in &self.clearing.assignments {
-            let lease = lease_terms(&self.clearing, &self.job, self.me, a);
+        // Every provider holds one lease of the job: from the clearing or a re-clearing.
+        let recleared = own.iter().filter_map(|e| match &e.body {
+            Body::Reclearing(r) if r.clearing.job_id == self.job_id => Some(&r.clearing),
+            _ => None,
+        });
+        let parts: Vec<(&Clearing, &leam_ledger::entry::Assignment)> =
+            std::iter::once(&self.clearing)
+                .chain(recleared)
+                .flat_map(|c| c.assignments.iter().map(move |a| (c, a)))
+                .collect();
+        for (c, a) in parts {
+            let lease = lease_terms(c, &self.job, self.me, a);
+            if !own
+                .iter()
+                .any(|e| matches!(&e.body, Body::Lease(l) if l.terms == lease))
+            {
+                continue;
+            }
             let owed = owed_cents(
                 units.get(&a.provider).copied().unwrap_or(0),
-                self.clearing.price_cents_per_kilo_unit,
+                c.price_cents_per_kilo_unit,
                 lease.price_cents,
             );
             let share =
@@ -902,6 +1130,31 @@ fn merge(
             next_start_state(&base, global).map_err(|e| JobError::Compute(e.to_string()))?;
     }
     Ok(true)
+}
+
+/// The providers of the other runs of track `i`'s shard.
+fn siblings_of(tracks: &[Track], i: usize) -> Vec<PublicKey> {
+    tracks
+        .iter()
+        .enumerate()
+        .filter(|(j, x)| *j != i && x.worker == tracks[i].worker)
+        .map(|(_, x)| x.provider)
+        .collect()
+}
+
+/// The throughput `provider`'s offer `offer_id` states, as `logs` hold it.
+fn offered_units_per_hour(
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    provider: &PublicKey,
+    offer_id: u64,
+) -> Option<u64> {
+    logs.get(provider)?
+        .iter()
+        .rev()
+        .find_map(|e| match &e.body {
+            Body::Offer(o) if o.offer_id == offer_id => Some(o.compute_units_per_hour),
+            _ => None,
+        })
 }
 
 /// Take a run from its provider and give it to the next provider of the clearing that has not

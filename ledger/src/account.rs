@@ -341,6 +341,14 @@ impl LogState {
                     need(&a.provider, "assigned provider")?;
                 }
             }
+            Body::Reclearing(r) => {
+                for a in &r.clearing.assignments {
+                    need(&a.provider, "assigned provider")?;
+                }
+                for k in &r.replaces {
+                    need(k, "replaced provider")?;
+                }
+            }
             Body::Lease(c) => {
                 need(&c.terms.bidder, "bidder")?;
                 need(&c.terms.provider, "provider")?;
@@ -835,6 +843,7 @@ pub fn fold_with(logs: &[LogView<'_>], check: &dyn EvidenceCheck) -> Result<Repo
                 | Body::Bid(_)
                 | Body::Job(_)
                 | Body::Clearing(_)
+                | Body::Reclearing(_)
                 | Body::Reveal(_)
                 | Body::Data(_) => {}
             }

@@ -434,6 +434,22 @@ pub struct Clearing {
     pub assignments: Vec<Assignment>,
 }
 
+/// A second clearing of a job (`specs/market.md` §3.6): the shards that providers who left
+/// the job unfinished had leased, bought again under the same rule from providers that hold no
+/// lease of the job yet. Auditors re-run it like a clearing and check, from the bidder's log
+/// before it, that every replaced provider left at least `shards` leased shards unfinished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reclearing {
+    /// The rule's inputs and outputs, as in a clearing (`bid_seq` names the job's bid).
+    pub clearing: Clearing,
+    /// Shards bought again.
+    pub shards: u64,
+    /// The providers whose unfinished leases this replaces (≤ [`CLEARING_ASSIGNMENTS_MAX`],
+    /// strictly ascending).
+    #[serde(serialize_with = "ser_hex_list")]
+    pub replaces: Vec<PublicKey>,
+}
+
 /// The bidder's reveal of a job's secret replication seed (`specs/market.md` §4), after the
 /// job's last round: every auditor re-computes which shards were replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -700,6 +716,8 @@ pub enum Kind {
     Reveal = 12,
     /// [`Data`].
     Data = 13,
+    /// [`Reclearing`].
+    Reclearing = 14,
 }
 
 impl Kind {
@@ -719,6 +737,7 @@ impl Kind {
             Kind::Clearing => "clearing",
             Kind::Reveal => "reveal",
             Kind::Data => "data",
+            Kind::Reclearing => "reclearing",
         }
     }
     fn from_tag(tag: u8) -> Option<Self> {
@@ -736,6 +755,7 @@ impl Kind {
             11 => Kind::Clearing,
             12 => Kind::Reveal,
             13 => Kind::Data,
+            14 => Kind::Reclearing,
             _ => return None,
         })
     }
@@ -771,6 +791,8 @@ pub enum Body {
     Reveal(Reveal),
     /// Data pool.
     Data(Data),
+    /// Second clearing of a job.
+    Reclearing(Reclearing),
 }
 
 impl Body {
@@ -790,6 +812,7 @@ impl Body {
             Body::Clearing(_) => Kind::Clearing,
             Body::Reveal(_) => Kind::Reveal,
             Body::Data(_) => Kind::Data,
+            Body::Reclearing(_) => Kind::Reclearing,
         }
     }
 
@@ -854,24 +877,14 @@ impl Body {
                 put_bytes(w, &e.bytes);
             }
             Body::Job(j) => put_bytes(w, &j.description),
-            Body::Clearing(c) => {
-                w.extend_from_slice(&c.job_id);
-                w.extend_from_slice(&c.bid_seq.to_be_bytes());
-                w.extend_from_slice(&c.clearing_ms.to_be_bytes());
-                w.extend_from_slice(&c.shard_units.to_be_bytes());
-                w.extend_from_slice(&c.price_cents_per_kilo_unit.to_be_bytes());
-                let n = u32::try_from(c.views.len()).expect("views are bounded");
+            Body::Clearing(c) => put_clearing(w, c),
+            Body::Reclearing(r) => {
+                put_clearing(w, &r.clearing);
+                w.extend_from_slice(&r.shards.to_be_bytes());
+                let n = u32::try_from(r.replaces.len()).expect("replaces are bounded");
                 w.extend_from_slice(&n.to_be_bytes());
-                for v in &c.views {
-                    w.extend_from_slice(&v.log);
-                    w.extend_from_slice(&v.size.to_be_bytes());
-                }
-                let n = u32::try_from(c.assignments.len()).expect("assignments are bounded");
-                w.extend_from_slice(&n.to_be_bytes());
-                for a in &c.assignments {
-                    w.extend_from_slice(&a.provider);
-                    w.extend_from_slice(&a.offer_id.to_be_bytes());
-                    w.extend_from_slice(&a.shards.to_be_bytes());
+                for k in &r.replaces {
+                    w.extend_from_slice(k);
                 }
             }
             Body::Reveal(r) => {
@@ -958,37 +971,19 @@ impl Body {
             Kind::Job => Body::Job(Job {
                 description: r.bytes("description", JOB_BYTES_MAX)?.to_vec(),
             }),
-            Kind::Clearing => {
-                let job_id = r.array("job_id")?;
-                let bid_seq = r.u64("bid_seq")?;
-                let clearing_ms = r.u64("clearing_ms")?;
-                let shard_units = r.u64("shard_units")?;
-                let price_cents_per_kilo_unit = r.u64("price_cents_per_kilo_unit")?;
-                let n = r.count("views", CLEARING_VIEWS_MAX)?;
-                let mut views = Vec::with_capacity(n);
+            Kind::Clearing => Body::Clearing(r.clearing()?),
+            Kind::Reclearing => {
+                let clearing = r.clearing()?;
+                let shards = r.u64("shards")?;
+                let n = r.count("replaces", CLEARING_ASSIGNMENTS_MAX)?;
+                let mut replaces = Vec::with_capacity(n);
                 for _ in 0..n {
-                    views.push(LogView {
-                        log: r.array("views.log")?,
-                        size: r.u64("views.size")?,
-                    });
+                    replaces.push(r.array("replaces")?);
                 }
-                let n = r.count("assignments", CLEARING_ASSIGNMENTS_MAX)?;
-                let mut assignments = Vec::with_capacity(n);
-                for _ in 0..n {
-                    assignments.push(Assignment {
-                        provider: r.array("assignments.provider")?,
-                        offer_id: r.u64("assignments.offer_id")?,
-                        shards: r.u32("assignments.shards")?,
-                    });
-                }
-                Body::Clearing(Clearing {
-                    job_id,
-                    bid_seq,
-                    clearing_ms,
-                    shard_units,
-                    price_cents_per_kilo_unit,
-                    views,
-                    assignments,
+                Body::Reclearing(Reclearing {
+                    clearing,
+                    shards,
+                    replaces,
                 })
             }
             Kind::Reveal => Body::Reveal(Reveal {
@@ -1142,6 +1137,27 @@ fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
     w.extend_from_slice(b);
 }
 
+fn put_clearing(w: &mut Vec<u8>, c: &Clearing) {
+    w.extend_from_slice(&c.job_id);
+    w.extend_from_slice(&c.bid_seq.to_be_bytes());
+    w.extend_from_slice(&c.clearing_ms.to_be_bytes());
+    w.extend_from_slice(&c.shard_units.to_be_bytes());
+    w.extend_from_slice(&c.price_cents_per_kilo_unit.to_be_bytes());
+    let n = u32::try_from(c.views.len()).expect("views are bounded");
+    w.extend_from_slice(&n.to_be_bytes());
+    for v in &c.views {
+        w.extend_from_slice(&v.log);
+        w.extend_from_slice(&v.size.to_be_bytes());
+    }
+    let n = u32::try_from(c.assignments.len()).expect("assignments are bounded");
+    w.extend_from_slice(&n.to_be_bytes());
+    for a in &c.assignments {
+        w.extend_from_slice(&a.provider);
+        w.extend_from_slice(&a.offer_id.to_be_bytes());
+        w.extend_from_slice(&a.shards.to_be_bytes());
+    }
+}
+
 fn put_str(w: &mut Vec<u8>, s: &str) {
     put_bytes(w, s.as_bytes());
 }
@@ -1200,6 +1216,40 @@ impl<'a> Reader<'a> {
             });
         }
         self.take(field, len as usize)
+    }
+    /// The fields of a clearing (kind 11, and the start of kind 14).
+    fn clearing(&mut self) -> Result<Clearing, DecodeError> {
+        let job_id = self.array("job_id")?;
+        let bid_seq = self.u64("bid_seq")?;
+        let clearing_ms = self.u64("clearing_ms")?;
+        let shard_units = self.u64("shard_units")?;
+        let price_cents_per_kilo_unit = self.u64("price_cents_per_kilo_unit")?;
+        let n = self.count("views", CLEARING_VIEWS_MAX)?;
+        let mut views = Vec::with_capacity(n);
+        for _ in 0..n {
+            views.push(LogView {
+                log: self.array("views.log")?,
+                size: self.u64("views.size")?,
+            });
+        }
+        let n = self.count("assignments", CLEARING_ASSIGNMENTS_MAX)?;
+        let mut assignments = Vec::with_capacity(n);
+        for _ in 0..n {
+            assignments.push(Assignment {
+                provider: self.array("assignments.provider")?,
+                offer_id: self.u64("assignments.offer_id")?,
+                shards: self.u32("assignments.shards")?,
+            });
+        }
+        Ok(Clearing {
+            job_id,
+            bid_seq,
+            clearing_ms,
+            shard_units,
+            price_cents_per_kilo_unit,
+            views,
+            assignments,
+        })
     }
     /// A `u32` element count, at most `max`.
     fn count(&mut self, field: &'static str, max: usize) -> Result<usize, DecodeError> {
@@ -1406,6 +1456,13 @@ impl Entry {
                 vec![]
             }
             Body::Clearing(c) => c.assignments.iter().map(|a| a.provider).collect(),
+            Body::Reclearing(r) => r
+                .clearing
+                .assignments
+                .iter()
+                .map(|a| a.provider)
+                .chain(r.replaces.iter().copied())
+                .collect(),
             Body::Lease(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Receipt(c) => vec![c.terms.bidder, c.terms.provider],
             Body::Verdict(v) => vec![v.provider],
@@ -1540,4 +1597,8 @@ pub fn verifying_key(field: &'static str, key: &PublicKey) -> Result<VerifyingKe
 
 fn ser_hex<S: serde::Serializer, T: AsRef<[u8]>>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(v.as_ref()))
+}
+
+fn ser_hex_list<S: serde::Serializer, T: AsRef<[u8]>>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| hex::encode(x.as_ref())))
 }

@@ -167,6 +167,34 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                     })
                     .collect(),
             })),
+        (
+            any::<[u8; 32]>(),
+            any::<[u64; 5]>(),
+            prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u32>()), 0..4),
+            prop::collection::vec(any::<[u8; 32]>(), 0..4)
+        )
+            .prop_map(
+                |(job_id, n, assignments, replaces)| Body::Reclearing(Reclearing {
+                    clearing: Clearing {
+                        job_id,
+                        bid_seq: n[0],
+                        clearing_ms: n[1],
+                        shard_units: n[2],
+                        price_cents_per_kilo_unit: n[3],
+                        views: vec![],
+                        assignments: assignments
+                            .into_iter()
+                            .map(|(provider, offer_id, shards)| Assignment {
+                                provider,
+                                offer_id,
+                                shards
+                            })
+                            .collect(),
+                    },
+                    shards: n[4],
+                    replaces,
+                })
+            ),
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(job_id, seed)| Body::Reveal(Reveal { job_id, seed })),
         (
@@ -277,7 +305,7 @@ fn non_canonical_forms_are_rejected_with_the_field() {
         Entry::decode(&b),
         Err(DecodeError::UnknownVersion { found: 2 })
     );
-    for kind in [0u8, 14, 255] {
+    for kind in [0u8, 15, 255] {
         let mut b = good.clone();
         b[1] = kind;
         assert_eq!(

@@ -41,6 +41,11 @@ pub struct MarketAudit {
     pub clearings: u64,
     /// Of those, the ones the rule reproduces exactly.
     pub clearings_reproduced: u64,
+    /// Re-clearing records checked (`specs/market.md` §3.6).
+    pub reclearings: u64,
+    /// Of those, the ones that hold: the replaced providers left the shards unfinished and the
+    /// rule, without the job's leased providers, reproduces them exactly.
+    pub reclearings_reproduced: u64,
     /// Distinct leases (by fact id) checked.
     pub leases: u64,
     /// Of those, the ones a reproduced clearing implies exactly.
@@ -251,6 +256,28 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                     } else {
                         out.clearings_reproduced += 1;
                         clearings.entry((*bidder, c.job_id)).or_default().push(c);
+                    }
+                }
+                Body::Reclearing(r) => {
+                    out.reclearings += 1;
+                    let c = &r.clearing;
+                    let Some((_, job)) = jobs.get(&(*bidder, c.job_id)) else {
+                        find(
+                            &mut out,
+                            e,
+                            format!(
+                                "re-clearing of job {}, which the bidder's log does not publish",
+                                hex::encode(c.job_id)
+                            ),
+                        );
+                        continue;
+                    };
+                    match crate::reclear::check(logs, job, bidder, e.seq, e.timestamp_ms, r) {
+                        Err(err) => find(&mut out, e, format!("re-clearing does not hold: {err}")),
+                        Ok(()) => {
+                            out.reclearings_reproduced += 1;
+                            clearings.entry((*bidder, c.job_id)).or_default().push(c);
+                        }
                     }
                 }
                 _ => {}

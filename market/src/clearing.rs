@@ -5,7 +5,7 @@
 //! bidder's node, every provider (before it co-signs a lease) and every auditor (from the logs)
 //! compute the same assignments and price.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use leam_ledger::entry::{
     Assignment, Body, Clearing, Digest32, Entry, LeaseTerms, LogView, Offer, PublicKey,
@@ -195,11 +195,28 @@ pub fn run(
     req: &Request<'_>,
     logs: &BTreeMap<PublicKey, Vec<Entry>>,
 ) -> Result<(Clearing, Outcome), ClearError> {
+    run_for(req, shards_bought(req.job), &BTreeSet::new(), logs)
+}
+
+/// The rule for `shards` shards, among the offers of every view but the `excluded` providers'
+/// (a re-clearing, [`crate::reclear`], buys a job's unfinished shards from providers that
+/// hold no lease of it yet).
+pub fn run_for(
+    req: &Request<'_>,
+    shards: u64,
+    excluded: &BTreeSet<PublicKey>,
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+) -> Result<(Clearing, Outcome), ClearError> {
     if req.views.len() > CLEARING_VIEWS_MAX || req.views.windows(2).any(|w| w[0].log >= w[1].log) {
         return Err(ClearError::Views);
     }
     let mut asks = Vec::new();
     for v in &req.views {
+        // An excluded provider's log is not read: a re-clearing replaces providers that may
+        // have vanished, whose last entries other members may never have replicated.
+        if excluded.contains(&v.log) {
+            continue;
+        }
         let entries = logs.get(&v.log).map_or(&[][..], Vec::as_slice);
         if (entries.len() as u64) < v.size {
             return Err(ClearError::ViewBeyondHeld {
@@ -228,7 +245,7 @@ pub fn run(
     let outcome = clear(
         &req.job_id,
         &req.bidder,
-        shards_bought(req.job),
+        shards,
         req.job.max_price_cents_per_kilo_unit,
         &asks,
     );

@@ -138,7 +138,11 @@ pub fn bidder_steps(
             }),
         }
     }
-    for c in &cleared {
+    let recleared = own.iter().filter_map(|e| match &e.body {
+        Body::Reclearing(r) => Some(&r.clearing),
+        _ => None,
+    });
+    for c in cleared.iter().copied().chain(recleared) {
         let Some((_, job)) = jobs.get(&c.job_id) else {
             continue;
         };
@@ -173,7 +177,11 @@ pub fn check_lease(
         .ok_or("the job is not (yet) in this node's copy of the bidder's log")?;
     let mut last = String::from("no clearing of this job in this node's copy of the bidder's log");
     for e in bidder_log {
-        let Body::Clearing(c) = &e.body else { continue };
+        let c = match &e.body {
+            Body::Clearing(c) => c,
+            Body::Reclearing(r) => &r.clearing,
+            _ => continue,
+        };
         if c.job_id != terms.job_id {
             continue;
         }
@@ -187,6 +195,15 @@ pub fn check_lease(
         if lease_terms(c, job, terms.bidder, a) != *terms {
             last = "the terms differ from what the clearing implies".into();
             continue;
+        }
+        if let Body::Reclearing(r) = &e.body {
+            match crate::reclear::check(logs, job, &terms.bidder, e.seq, e.timestamp_ms, r) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    last = format!("the re-clearing does not hold here: {err}");
+                    continue;
+                }
+            }
         }
         let req = Request {
             job,
@@ -264,11 +281,18 @@ pub fn job_statuses(
             Body::Clearing(c) if c.bid_seq == e.seq => Some(c),
             _ => None,
         });
+        let recleared = own.iter().filter_map(|x| match &x.body {
+            Body::Reclearing(r) if r.clearing.bid_seq == e.seq => Some(&r.clearing),
+            _ => None,
+        });
         let parts: Vec<Part> = clearing
-            .map(|c| {
+            .into_iter()
+            .chain(recleared)
+            .flat_map(|c| {
+                let leased = &leased;
                 c.assignments
                     .iter()
-                    .map(|a| {
+                    .map(move |a| {
                         let t = lease_terms(c, job, *bidder, a);
                         Part {
                             provider: hex::encode(a.provider),
@@ -278,9 +302,9 @@ pub fn job_statuses(
                             leased: leased.iter().any(|l| **l == t),
                         }
                     })
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default();
+            .collect();
         let state = match clearing {
             None => "waiting",
             Some(_) if parts.iter().all(|p| p.leased) => "leased",

@@ -4,6 +4,7 @@
 //! - [`job`]: the job description, its canonical encoding and id;
 //! - [`clearing`]: the reverse auction (uniform price at the first rejected ask, capped at the
 //!   bid's maximum) and the leases it implies;
+//! - [`reclear`]: buying again the shards a provider left unfinished;
 //! - [`replicate`]: the commit-reveal choice of replicated shards;
 //! - [`flow`]: what a bidder's node does next and whether a provider agrees to a lease;
 //! - [`settle`]: what verified work is worth and the public subsidy's share;
@@ -16,5 +17,6 @@ pub mod audit;
 pub mod clearing;
 pub mod flow;
 pub mod job;
+pub mod reclear;
 pub mod replicate;
 pub mod settle;

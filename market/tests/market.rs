@@ -759,3 +759,130 @@ fn a_corpus_without_a_data_pool_is_flagged() {
     );
     assert!(audit(&b.logs).flags.is_empty());
 }
+
+/// A provider that leaves a job unfinished: the bidder buys its unfinished shards again from a
+/// provider with no lease of the job (`specs/market.md` §3.6). The audit re-runs the record;
+/// buying more than was left unfinished, replacing a provider that left nothing unfinished, or
+/// giving the shards to a provider that already holds a lease are each found and named.
+#[test]
+fn a_reclearing_buys_the_unfinished_shards_from_a_new_provider() {
+    use leam_market::flow::{bidder_steps, check_lease, Step};
+    use leam_market::reclear::{check, reclear, standing};
+    let mut b = Book::new();
+    b.keys.insert(pk(4), key(4));
+    b.logs.insert(pk(4), Vec::new());
+    b.offer(1, 100, 40);
+    b.offer(2, 100, 55);
+    b.offer(4, 100, 58);
+    let c = b.clear(1_000_000);
+    assert_eq!(
+        c.assignments
+            .iter()
+            .map(|a| (a.provider, a.shards))
+            .collect::<Vec<_>>(),
+        vec![(pk(1), 4), (pk(2), 2)]
+    );
+    let job = b.job.clone();
+    for a in c.assignments.clone() {
+        let t = lease_terms(&c, &job, pk(10), &a);
+        let who = if a.provider == pk(1) { 1 } else { 2 };
+        b.both(10, who, 1_000_100, t, Body::Lease);
+    }
+    // Provider 1 delivers shard 0 and vanishes: 3 of its 4 leased shards are unfinished.
+    let receipt = ReceiptTerms {
+        job_id: job.id(),
+        shard: 0,
+        bidder: pk(10),
+        provider: pk(1),
+        input_commitment: [1; 32],
+        output_commitment: [2; 32],
+        compute_units: 1_000_000,
+        gpu_ms: 1234,
+        device_fingerprint: [1; 32],
+    };
+    b.both(1, 10, 1_000_200, receipt, Body::Receipt);
+    let own = &b.logs[&pk(10)];
+    let s = standing(own, &job.id(), own.len() as u64);
+    assert_eq!((s.unfinished(&pk(1)), s.unfinished(&pk(2))), (3, 2));
+    let gone = std::collections::BTreeSet::from([pk(1)]);
+    let r = reclear(&pk(10), &job, &job.id(), &gone, &b.logs, 1_500_000).unwrap();
+    // Providers 1 and 2 hold leases of the job: only provider 4 (at 58) may take the 3 shards;
+    // its capacity until its offer ends is exactly 3, so no unit is unsold: the bid's maximum.
+    assert_eq!(r.shards, 3);
+    assert_eq!(r.replaces, vec![pk(1)]);
+    assert_eq!(
+        r.clearing
+            .assignments
+            .iter()
+            .map(|a| (a.provider, a.shards))
+            .collect::<Vec<_>>(),
+        vec![(pk(4), 3)]
+    );
+    assert_eq!(r.clearing.price_cents_per_kilo_unit, 60);
+    let before = b.logs.clone();
+    let at = b.append(10, 1_500_000, Body::Reclearing(r.clone()));
+    assert_eq!(check(&b.logs, &job, &pk(10), at, 1_500_000, &r), Ok(()));
+    // The new lease is proposed, the new provider agrees to it, and the audit reproduces all.
+    let (steps, _) = bidder_steps(&pk(10), &b.logs, 1_500_001);
+    let [Step::ProposeLease(t)] = steps.as_slice() else {
+        panic!("expected the new provider's lease, got {steps:?}")
+    };
+    assert_eq!(
+        (t.provider, t.compute_units, t.price_cents),
+        (pk(4), 3_000_000, 180_000)
+    );
+    assert_eq!(check_lease(&pk(4), t, &b.logs), Ok(()));
+    b.both(10, 4, 1_500_100, t.clone(), Body::Lease);
+    let a = audit(&b.logs);
+    assert!(a.clean(), "{:#?}", a.findings);
+    assert_eq!((a.reclearings, a.reclearings_reproduced), (1, 1));
+    assert_eq!((a.leases, a.leases_matching), (3, 3));
+
+    // Forgeries, each found and named.
+    let forged_on =
+        |logs: &BTreeMap<PublicKey, Vec<Entry>>, change: &dyn Fn(&mut Reclearing), needle: &str| {
+            let mut x = logs.clone();
+            let own = x.get_mut(&pk(10)).unwrap();
+            let mut bad = r.clone();
+            change(&mut bad);
+            let seq = own.len() as u64;
+            own.push(Entry::sign(&key(10), seq, 1_600_000, Body::Reclearing(bad)));
+            let a = audit(&x);
+            assert!(
+                a.findings
+                    .iter()
+                    .any(|f| f.kind == "reclearing" && f.detail.contains(needle)),
+                "expected a finding containing {needle:?}, got {:#?}",
+                a.findings
+            );
+        };
+    // Provider 1's unfinished shards bought a second time.
+    forged_on(
+        &b.logs,
+        &|_| {},
+        "was replaced already, by the re-clearing at entry",
+    );
+    // The others instead of the honest record.
+    let forged =
+        |change: &dyn Fn(&mut Reclearing), needle: &str| forged_on(&before, change, needle);
+    // More shards than were left unfinished: provider 2 leased 2 and delivered none.
+    forged(
+        &|r| {
+            r.replaces = vec![pk(2)];
+            r.shards = 3;
+        },
+        "3 shards bought again, but the replaced providers left 2 unfinished",
+    );
+    // A provider that holds no lease of the job replaced.
+    forged(
+        &|r| r.replaces = vec![pk(3)],
+        "leased 0 shards of the job and delivered 0",
+    );
+    // The shards given to a provider that already holds a lease (the rule excludes it).
+    forged(
+        &|r| r.clearing.assignments[0].provider = pk(2),
+        "the rule gives price",
+    );
+    // Not ascending.
+    forged(&|r| r.replaces = vec![pk(1), pk(1)], "strictly ascending");
+}

@@ -638,3 +638,132 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
     assert_eq!(count("reveal"), 1);
     audit_ok(&genesis, &dirs[2]);
 }
+
+/// A provider killed with `kill -9` mid-job and never restarted: after the job's shard timeout
+/// the bidder's node writes a re-clearing (`specs/market.md` §3.6) that buys the shards it left
+/// unfinished from the spare provider, which co-signs the lease after checking the re-clearing
+/// on its own copies of the logs; the runs of this round and the next go there, the job
+/// completes, the new provider is paid for its verified work, and the audit reproduces it all.
+#[test]
+fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
+    let Three {
+        root,
+        genesis,
+        dirs,
+        keys,
+        corpus,
+        mut nodes,
+        _tmp: _keep,
+    } = three_nodes();
+    // c (science) offers too, dearer than a: the clearing leaves it spare.
+    ok(&[
+        "offer",
+        "--dir",
+        p(&dirs[1]),
+        "--price",
+        "50",
+        "--minutes",
+        "60",
+        "--backend",
+        "cpu",
+        "--corpus",
+        p(&corpus),
+    ]);
+    let c0 = size(&dirs[1], &keys[1]).unwrap();
+    wait(
+        "c's offer replicated to the bidder",
+        Duration::from_secs(20),
+        || size(&dirs[2], &keys[1]) == Some(c0),
+    );
+    let mut a = nodes.remove(0);
+    let job = root.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"a provider leaves\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 2\nshards_per_round = 2\ninner_steps = 150\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\nshard_timeout_seconds = 3\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            corpus.display(),
+            keys[2]
+        ),
+    )
+    .unwrap();
+    let job_id = ok(&["bid", "--dir", p(&dirs[2]), "--job", p(&job)])
+        .trim()
+        .to_owned();
+    let progress = dirs[2].join("jobs").join(format!("{job_id}.progress.json"));
+    wait("the job started", Duration::from_secs(30), || {
+        progress.exists()
+    });
+    let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[2]), "--json"])).unwrap();
+    let parts: Vec<&str> = jobs[0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, vec![keys[0].as_str()], "a takes every shard: {jobs}");
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-KILL", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    a.child.wait().unwrap();
+    let mut last = Value::Null;
+    wait("the job done without a", Duration::from_secs(240), || {
+        last = progress_of(&dirs[2], &job_id);
+        assert!(
+            !last["state"].as_str().unwrap_or("").starts_with("failed"),
+            "{last}"
+        );
+        last["state"] == "done"
+    });
+    println!("{last}");
+    assert_eq!(last["rounds"].as_array().unwrap().len(), 2, "{last}");
+    for r in last["rounds"].as_array().unwrap() {
+        assert_eq!(r["merged"], 2, "{last}");
+    }
+    let rc = &last["reclearings"];
+    assert_eq!(rc.as_array().map(Vec::len), Some(1), "{last}");
+    assert_eq!(rc[0]["replaces"], serde_json::json!([keys[0]]), "{last}");
+    let taken = rc[0]["providers"][&keys[1]].as_u64().unwrap_or(0);
+    assert!(taken >= 1, "c takes a's unfinished shards: {last}");
+    assert_eq!(rc[0]["price_cents_per_kilo_unit"], 50, "{last}");
+    // `leam jobs` lists c's part, leased.
+    let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[2]), "--json"])).unwrap();
+    assert_eq!(jobs[0]["parts"][1]["provider"], keys[1], "{jobs}");
+    assert_eq!(jobs[0]["parts"][1]["leased"], true, "{jobs}");
+    std::thread::sleep(Duration::from_secs(2));
+    for n in nodes.drain(..) {
+        Command::new("kill")
+            .args(["-TERM", &n.child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut n = n;
+        n.child.wait().unwrap();
+    }
+    // The bidder's log: the re-clearing, c's lease and c's receipts; c is paid.
+    let bidder = export(&dirs[2]);
+    let count = |kind: &str, provider: &str| {
+        bidder
+            .iter()
+            .filter(|e| {
+                e["kind"] == kind
+                    && (e["body"]["terms"]["provider"] == provider
+                        || e["body"]["terms"]["payee"] == provider)
+            })
+            .count()
+    };
+    assert_eq!(
+        bidder.iter().filter(|e| e["kind"] == "reclearing").count(),
+        1
+    );
+    assert_eq!(count("lease", &keys[1]), 1);
+    assert!(count("receipt", &keys[1]) as u64 >= taken.min(4));
+    assert_eq!(count("settlement", &keys[1]), 1);
+    let out = audit_ok(&genesis, &dirs[2]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["market"];
+    assert_eq!(m["reclearings"], 1, "{m}");
+    assert_eq!(m["reclearings_reproduced"], 1, "{m}");
+    assert_eq!(m["findings"], serde_json::json!([]), "{m}");
+    assert_eq!(m["leases"], m["leases_matching"], "{m}");
+}

@@ -31,7 +31,7 @@ pub const LIMIT_MAX: u64 = 500;
 pub const SCAN_ENTRIES_MAX: u64 = 100_000;
 
 /// Every entry kind, for parsing `kind=` filters.
-pub const KINDS: [Kind; 13] = [
+pub const KINDS: [Kind; 14] = [
     Kind::Admission,
     Kind::Deposit,
     Kind::Offer,
@@ -45,6 +45,7 @@ pub const KINDS: [Kind; 13] = [
     Kind::Clearing,
     Kind::Reveal,
     Kind::Data,
+    Kind::Reclearing,
 ];
 
 /// An error answer.

@@ -47,7 +47,7 @@ pub mod view;
 pub mod writes;
 
 pub use error::AppError;
-pub use progress::{JobProgress, RoundProgress};
+pub use progress::{JobProgress, Replacement, RoundProgress};
 pub use view::{Accepted, LogInfo, Peer, Submit, View, ViewError};
 
 /// Largest request body accepted anywhere, bytes (a signed entry is at most 64 KiB; hex doubles

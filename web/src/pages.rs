@@ -226,6 +226,18 @@ fn summary(e: &Entry, m: &BTreeMap<PublicKey, Membership>) -> String {
             c.assignments.len(),
             eur(c.price_cents_per_kilo_unit)
         ),
+        Body::Reclearing(r) => format!(
+            "re-clears job {}: {} unfinished shard(s) of {} to {} provider(s) at {} per 1,000 units",
+            &hex::encode(r.clearing.job_id)[..12],
+            r.shards,
+            r.replaces
+                .iter()
+                .map(|k| hex::encode(&k[..6]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.clearing.assignments.len(),
+            eur(r.clearing.price_cents_per_kilo_unit)
+        ),
         Body::Reveal(r) => format!(
             "reveals the replication seed of job {}",
             &hex::encode(r.job_id)[..12]
@@ -711,6 +723,19 @@ fn job_section(i: usize, p: &JobProgress, m: &BTreeMap<PublicKey, Membership>) -
                     ", " (format!("{:.1}", p.data_parallel_bytes_per_worker_round as f64 / p.bytes_per_worker_round as f64)) " times as much"
                 }
                 "."
+            }
+            @for r in &p.reclearings {
+                p data-job=(job) data-field="reclearing" {
+                    "Provider(s) " (r.replaces.iter().map(|k| provider_name(m, k)).collect::<Vec<_>>().join(", "))
+                    " left the job with " strong data-job=(job) data-field="reclearing_shards" data-value=(r.shards) { (num(r.shards)) }
+                    " leased shard(s) unfinished. "
+                    @if r.providers.is_empty() { "No other offer could take them: the job's other providers keep its runs." }
+                    @else {
+                        "They were bought again at " (eur(r.price_cents_per_kilo_unit)) " per 1,000 units from "
+                        (r.providers.iter().map(|(k, n)| format!("{} ({n})", provider_name(m, k))).collect::<Vec<_>>().join(", "))
+                        " (a re-clearing in the bidder's log, which the audit re-checks)."
+                    }
+                }
             }
             @if providers.is_empty() { p { "No provider has reported device time or been paid yet." } }
             @else { div.table-wrap { table {

@@ -81,6 +81,24 @@ pub struct JobProgress {
     /// The referee's verdicts on the job's runs: `[accepted, rejected]`.
     #[schema(value_type = Vec<u64>, min_items = 2, max_items = 2)]
     pub verdicts: [u64; 2],
+    /// Re-clearings: providers that left the job, and who took the shards they left
+    /// unfinished (`specs/market.md` §3.6).
+    pub reclearings: Vec<Replacement>,
+}
+
+/// One re-clearing of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Replacement {
+    /// The providers that left the job (key hex).
+    pub replaces: Vec<String>,
+    /// Shards they left unfinished, bought again.
+    pub shards: u64,
+    /// Providers that took them (key hex) and how many shards each.
+    pub providers: BTreeMap<String, u32>,
+    /// The re-clearing's price, credits (EUR cents) per 1,000 compute units; 0 when no offer
+    /// could take the shards.
+    pub price_cents_per_kilo_unit: u64,
 }
 
 /// The job id of a progress file name (`<64 lowercase hex>.progress.json`), if it is one.

@@ -587,7 +587,13 @@ fn progress_doc(job: &str) -> serde_json::Value {
         "data_parallel_bytes_per_worker_round": 209_715_200,
         "wall_ms": 81_345,
         "paid_cents": { hex::encode(pk(1)): 2_500 },
-        "verdicts": [16, 1]
+        "verdicts": [16, 1],
+        "reclearings": [{
+            "replaces": [hex::encode(pk(9))],
+            "shards": 3,
+            "providers": { hex::encode(pk(1)): 3 },
+            "price_cents_per_kilo_unit": 55
+        }]
     })
 }
 
@@ -701,6 +707,18 @@ async fn jobs_progress_is_served_and_shown_and_bad_files_are_skipped() {
         "<th scope=\"row\">non-member {}</th>",
         hex::encode(&pk(9)[..8])
     )));
+    // The provider that left, and who took its unfinished shards at what price.
+    assert!(
+        html.contains(&format!(
+            "data-job=\"{job}\" data-field=\"reclearing_shards\" data-value=\"3\""
+        )),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "Provider(s) non-member {} left the job",
+        hex::encode(&pk(9)[..8])
+    )));
+    assert!(html.contains("from Forschungszentrum A (3)"), "{html}");
     assert!(html.contains("settling: every round is computed"));
     // What mismatched and re-leased mean, for a reader who never saw leam.
     assert!(html.contains("<dt>Mismatched</dt>") && html.contains("<dt>Re-leased</dt>"));

@@ -27,23 +27,100 @@ pub enum BackendError {
     },
 }
 
+/// A backend as [`select`] opened it.
+pub struct Selected {
+    /// The kernels.
+    pub kernels: Box<dyn Kernels>,
+    /// What `auto` must tell its user: a GPU that gives wrong bits (naming the kernel), so a
+    /// partner learns that its GPU is not used instead of finding a slow CPU run.
+    pub warning: Option<String>,
+}
+
+impl std::fmt::Debug for Selected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selected")
+            .field("kernels", &self.kernels.name())
+            .field("warning", &self.warning)
+            .finish()
+    }
+}
+
+/// `auto`'s decision about an opened wgpu adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoDecision {
+    /// Use it: a hardware GPU whose kernels give the CPU reference's bits.
+    Gpu,
+    /// Use the CPU backend; `warning` when the GPU gave wrong bits.
+    Cpu {
+        /// Why not the adapter.
+        reason: String,
+        /// The loud part: set when a hardware GPU failed the kernel probe.
+        warning: Option<String>,
+    },
+}
+
+/// `auto` on adapter `name` of wgpu device type `device_type`, whose kernel probe gave
+/// `probed`: a software rasterizer (device type `Cpu`, e.g. llvmpipe) is slower than the CPU
+/// backend and is not taken; a hardware GPU is taken only when every kernel matched, and a
+/// mismatch is a warning that names the kernel.
+pub fn decide_auto(name: &str, device_type: &str, probed: Result<(), KernelError>) -> AutoDecision {
+    if device_type == "Cpu" {
+        return AutoDecision::Cpu {
+            reason: format!("adapter {name} is a software rasterizer, slower than the cpu backend"),
+            warning: None,
+        };
+    }
+    match probed {
+        Ok(()) => AutoDecision::Gpu,
+        Err(e) => {
+            let kernel = match &e {
+                KernelError::Device { op, .. } => (*op).to_string(),
+                other => format!("(probe error: {other})"),
+            };
+            AutoDecision::Cpu {
+                reason: format!("adapter {name} failed the kernel probe"),
+                warning: Some(format!(
+                    "GPU {name} gives wrong bits in kernel `{kernel}` ({e}): it is NOT used, the cpu backend runs instead; `leam compute selftest` checks every kernel"
+                )),
+            }
+        }
+    }
+}
+
 /// Opens the backend named `name` (`auto`, `cpu`, `wgpu`).
-pub fn select(name: &str) -> Result<Box<dyn Kernels>, BackendError> {
+pub fn select(name: &str) -> Result<Selected, BackendError> {
+    let cpu = || Selected {
+        kernels: Box::new(CpuKernels::new()),
+        warning: None,
+    };
     match name {
-        "cpu" => Ok(Box::new(CpuKernels::new())),
+        "cpu" => Ok(cpu()),
         "wgpu" => {
             let g = crate::gpu::GpuKernels::new().map_err(|e| BackendError::Gpu {
                 reason: e.to_string(),
             })?;
-            Ok(Box::new(g))
+            Ok(Selected {
+                kernels: Box::new(g),
+                warning: None,
+            })
         }
         "auto" => {
-            if let Ok(g) = crate::gpu::GpuKernels::new() {
-                if g.fingerprint().adapter.device_type != "Cpu" && probe(&g).is_ok() {
-                    return Ok(Box::new(g));
-                }
+            let Ok(g) = crate::gpu::GpuKernels::new() else {
+                return Ok(cpu());
+            };
+            let f = g.fingerprint();
+            let probed = if f.adapter.device_type == "Cpu" {
+                Ok(())
+            } else {
+                probe(&g)
+            };
+            match decide_auto(&g.name(), &f.adapter.device_type, probed) {
+                AutoDecision::Gpu => Ok(Selected {
+                    kernels: Box::new(g),
+                    warning: None,
+                }),
+                AutoDecision::Cpu { warning, .. } => Ok(Selected { warning, ..cpu() }),
             }
-            Ok(Box::new(CpuKernels::new()))
         }
         other => Err(BackendError::Unknown { name: other.into() }),
     }
@@ -121,10 +198,46 @@ mod tests {
     #[test]
     fn cpu_passes_its_own_probe_and_names_are_checked() {
         probe(&CpuKernels).unwrap();
-        assert_eq!(select("cpu").unwrap().name(), "cpu");
+        let cpu = select("cpu").unwrap();
+        assert_eq!(cpu.kernels.name(), "cpu");
+        assert_eq!(cpu.warning, None);
         assert!(matches!(
             select("tpu"),
             Err(BackendError::Unknown { name }) if name == "tpu"
+        ));
+    }
+
+    /// `auto` takes a hardware GPU only when its kernels match; a mismatch is not a silent
+    /// fallback but a warning that names the kernel.
+    #[test]
+    fn auto_names_the_kernel_a_gpu_gets_wrong() {
+        assert_eq!(
+            decide_auto("H200", "DiscreteGpu", Ok(())),
+            AutoDecision::Gpu
+        );
+        let wrong = decide_auto(
+            "H200",
+            "DiscreteGpu",
+            Err(KernelError::Device {
+                op: "gelu",
+                detail: "result differs from the CPU reference".into(),
+            }),
+        );
+        let AutoDecision::Cpu {
+            warning: Some(w), ..
+        } = wrong
+        else {
+            panic!("expected the cpu with a warning, got {wrong:?}")
+        };
+        assert!(
+            w.contains("GPU H200 gives wrong bits in kernel `gelu`"),
+            "{w}"
+        );
+        assert!(w.contains("NOT used"), "{w}");
+        // A software rasterizer is passed over quietly: it is slower, not wrong.
+        assert!(matches!(
+            decide_auto("llvmpipe", "Cpu", Ok(())),
+            AutoDecision::Cpu { warning: None, .. }
         ));
     }
 }

@@ -152,8 +152,15 @@ impl Backend {
     }
 
     /// Open the backend; no usable adapter for `wgpu` is an environment problem (exit 3).
+    /// A GPU that `auto` passes over because it gives wrong bits is said on stderr, naming the
+    /// kernel.
     pub fn open(self) -> anyhow::Result<Box<dyn leam_compute::kernels::Kernels>> {
-        leam_compute::backend::select(self.name()).code(EXIT_ENV)
+        let s = leam_compute::backend::select(self.name()).code(EXIT_ENV)?;
+        if let Some(w) = &s.warning {
+            tracing::warn!(warning = %w, "backend");
+            eprintln!("WARNING: {w}");
+        }
+        Ok(s.kernels)
     }
 }
 

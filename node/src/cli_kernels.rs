@@ -241,6 +241,15 @@ fn selftest_cmd(adapter: Option<String>, json: bool) -> anyhow::Result<ExitCode>
             json,
             "no wgpu adapter on this machine: nothing to compare with the cpu reference",
         );
+        // In CI an adapter (lavapipe, llvmpipe) is part of the environment: its absence is a
+        // failure, not a pass with nothing checked.
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if json {
+                cli::print_json(&serde_json::json!({ "adapters": [], "failed": 0 }))?;
+            }
+            say(json, "CI=true and no wgpu adapter: failing");
+            return Ok(ExitCode::from(cli::EXIT_ENV));
+        }
     }
     for g in &gpus {
         let f = g.fingerprint();

@@ -6,6 +6,7 @@
 //! `chromium-driver`: without them the test fails under `CI=true` and is skipped loudly
 //! otherwise. `LEAM_SCREENSHOT_DIR` keeps copies of the screenshots.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,7 +61,8 @@ fn browser_available() -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
-    println!("SKIPPED: {msg}");
+    // Straight to the process's stderr: libtest captures `println!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
     false
 }
 

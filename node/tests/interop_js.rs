@@ -6,6 +6,7 @@
 //! Needs Node.js and `npm ci` in `interop/js` (CI does both). Elsewhere, without them, the test
 //! prints `SKIPPED` and passes; under `CI=true` it fails instead.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,8 +64,11 @@ fn js_libp2p_identifies_and_pings_a_leam_node_and_an_outsider_is_refused() {
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true but node or interop/js/node_modules is missing (run `npm ci` in interop/js)"
         );
-        println!("SKIPPED: js-libp2p interop needs node and `npm ci` in interop/js");
-        eprintln!("SKIPPED: js-libp2p interop needs node and `npm ci` in interop/js");
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: js-libp2p interop needs node and `npm ci` in interop/js"
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -284,6 +284,9 @@ impl<K: Kernels> Kernels for Timed<K> {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn traffic(&self) -> crate::kernels::Traffic {
+        self.inner.traffic()
+    }
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.time("matmul", |k| k.matmul(a, b, s))
     }

@@ -221,11 +221,41 @@ pub enum KernelError {
     },
 }
 
+/// Host↔device traffic of a backend, counted since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Bytes written from host memory to the device (inputs, uniforms).
+    pub uploaded_bytes: u64,
+    /// Bytes read back from the device to host memory.
+    pub downloaded_bytes: u64,
+    /// Command-buffer submissions to the device's queue.
+    pub submissions: u64,
+}
+
+impl Traffic {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            uploaded_bytes: self.uploaded_bytes.saturating_sub(earlier.uploaded_bytes),
+            downloaded_bytes: self
+                .downloaded_bytes
+                .saturating_sub(earlier.downloaded_bytes),
+            submissions: self.submissions.saturating_sub(earlier.submissions),
+        }
+    }
+}
+
 /// The operations the model needs, host slices in and out. Implementations must be
 /// bit-identical to [`CpuKernels`].
 pub trait Kernels: Send + Sync {
     /// Backend name, e.g. `"cpu"` or `"wgpu/Vulkan/llvmpipe"`.
     fn name(&self) -> String;
+
+    /// Host↔device traffic since the backend was opened. Zero for a backend that computes in
+    /// host memory (the CPU reference).
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
 
     /// Batched matrix product with exact integer accumulation and B16 requantization.
     ///

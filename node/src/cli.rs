@@ -205,6 +205,16 @@ pub enum Preset {
     Demo,
 }
 
+impl Preset {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::NanogptCpu => "nanogpt-cpu",
+            Preset::Demo => "demo",
+        }
+    }
+}
+
 /// Every setting of a training run that a flag of `leam train` names.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainSettings {

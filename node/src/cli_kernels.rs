@@ -30,6 +30,8 @@ const BENCH_REPS_DEFAULT: usize = 10;
 const BENCH_REPS_MAX: usize = 1000;
 /// Upper bound of `--train-steps`.
 const TRAIN_STEPS_MAX: u64 = 1000;
+/// Training steps `leam compute bench --train-step` runs and reports one by one.
+const TRAIN_STEP_BENCH_STEPS: u64 = 4;
 
 /// The optional parts of `leam compute bench`.
 #[derive(Debug)]
@@ -128,7 +130,7 @@ pub enum ComputeCmd {
     /// Run every kernel against the CPU reference on each local adapter; prints the device
     /// fingerprint and PASS/FAIL/UNSUPPORTED per kernel; exit 1 on any mismatch, 3 if the
     /// adapter named by --adapter cannot be opened (no adapter at all and none named: exit 0,
-    /// nothing to compare).
+    /// nothing to compare, except under CI=true: exit 3).
     #[command(after_long_help = "Example:\n  leam compute selftest --adapter vulkan --json")]
     Selftest {
         /// Adapter: `auto`, an index from the list, or a substring (`vulkan`, `gl`, …);
@@ -166,6 +168,15 @@ pub enum ComputeCmd {
         /// data/ there), else data/tinyshakespeare.txt in the working folder.
         #[arg(long, value_name = "FILE")]
         corpus: Option<std::path::PathBuf>,
+        /// Instead of the kernel timings: run a few training steps of --preset on --backend
+        /// (cpu, the first wgpu adapter or --adapter, or what auto picks) and print per step
+        /// the wall time, the bytes uploaded to and read back from the device and the queue
+        /// submissions; the last line is `bytes_per_step <uploaded+downloaded>` (mean).
+        #[arg(long)]
+        train_step: bool,
+        /// Model and batch of --train-step (the `leam train` presets).
+        #[arg(long, value_enum, default_value_t = cli::Preset::NanogptCpu)]
+        preset: cli::Preset,
         /// Print the matmul figures as one JSON document (fields in specs/cli.md); the
         /// human lines go to stderr.
         #[arg(long)]
@@ -183,8 +194,13 @@ pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
             kernels,
             train_steps,
             corpus,
+            train_step,
+            preset,
             json,
         } => {
+            if train_step {
+                return train_step_cmd(backend, adapter, preset, corpus.as_deref(), json);
+            }
             if !(1..=BENCH_REPS_MAX).contains(&reps) {
                 return Err(cli::fail(
                     EXIT_INPUT,
@@ -296,6 +312,96 @@ fn selftest_cmd(adapter: Option<String>, json: bool) -> anyhow::Result<ExitCode>
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `leam compute bench --train-step`: the host↔device traffic of training steps.
+fn train_step_cmd(
+    sel: Backend,
+    adapter: Option<String>,
+    preset: cli::Preset,
+    corpus: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use leam_compute::data::Corpus;
+    use leam_compute::train::TrainState;
+    let kernels: Box<dyn Kernels> = match (sel, adapter) {
+        (Backend::Wgpu, adapter) => {
+            let g = open_adapters(Some(adapter.unwrap_or_else(|| "auto".into())), json)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    cli::fail(EXIT_ENV, anyhow::anyhow!("--backend wgpu: no wgpu adapter"))
+                })?;
+            Box::new(WithCpuFallback::new(g))
+        }
+        (other, _) => other.open()?,
+    };
+    let path = cli::find_corpus(corpus)?;
+    let corpus = Corpus::load(&path)
+        .with_context(|| format!("loading corpus {}", path.display()))
+        .code(EXIT_INPUT)?;
+    let f = cli::TrainSettings::of(Some(preset));
+    let mut st = TrainState::new(
+        f.model(corpus.vocab.len()),
+        f.hyper().to_fixed().code(EXIT_INPUT)?,
+        f.batch_size,
+        f.seed,
+    )
+    .code(EXIT_INPUT)?;
+    let batch_bytes = (f.batch_size * f.block_size * 2 * std::mem::size_of::<u32>()) as u64;
+    say(
+        json,
+        &format!(
+            "train step, preset {}, backend {}: {} layers, {} wide, context {}, batch {} (the batch's token ids are {} bytes)",
+            preset.name(),
+            kernels.name(),
+            f.n_layer,
+            f.n_embd,
+            f.block_size,
+            f.batch_size,
+            batch_bytes
+        ),
+    );
+    let mut rows = Vec::new();
+    for i in 0..TRAIN_STEP_BENCH_STEPS {
+        let b = st.batch_for(&corpus.train, st.step)?;
+        let before = kernels.traffic();
+        let t = std::time::Instant::now();
+        st.step(kernels.as_ref(), &b)?;
+        let wall_ms = t.elapsed().as_secs_f64() * 1e3;
+        let d = kernels.traffic().since(&before);
+        say(
+            json,
+            &format!(
+                "step {i} wall_ms {wall_ms:.1} uploaded_bytes {} downloaded_bytes {} submissions {}",
+                d.uploaded_bytes, d.downloaded_bytes, d.submissions
+            ),
+        );
+        rows.push((wall_ms, d));
+    }
+    let n = rows.len().max(1) as u64;
+    let bytes_per_step = rows
+        .iter()
+        .map(|(_, d)| d.uploaded_bytes + d.downloaded_bytes)
+        .sum::<u64>()
+        / n;
+    if json {
+        cli::print_json(&serde_json::json!({
+            "preset": preset.name(),
+            "backend": kernels.name(),
+            "batch_bytes": batch_bytes,
+            "steps": rows.iter().map(|(ms, d)| serde_json::json!({
+                "wall_ms": ms,
+                "uploaded_bytes": d.uploaded_bytes,
+                "downloaded_bytes": d.downloaded_bytes,
+                "submissions": d.submissions,
+            })).collect::<Vec<_>>(),
+            "bytes_per_step": bytes_per_step,
+        }))?;
+    } else {
+        println!("bytes_per_step {bytes_per_step}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_cmd(

@@ -126,3 +126,67 @@ fn checkpoint_reevaluates_to_the_trained_loss_and_samples_deterministically() {
     assert!(!cut.status.success());
     assert!(String::from_utf8_lossy(&cut.stderr).starts_with("error: "));
 }
+
+/// `leam compute bench --train-step`: per step the wall time and the host↔device traffic, last
+/// line `bytes_per_step`. The cpu backend computes in host memory (no traffic); a wgpu adapter
+/// moves bytes both ways in every step and submits work to its queue.
+#[test]
+fn train_step_bench_counts_the_host_device_traffic() {
+    let out = leam(&[
+        "compute",
+        "bench",
+        "--train-step",
+        "--backend",
+        "cpu",
+        "--preset",
+        "demo",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let steps: Vec<&str> = text.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 4, "{text}");
+    for s in &steps {
+        assert!(
+            s.contains("uploaded_bytes 0 downloaded_bytes 0 submissions 0"),
+            "{text}"
+        );
+    }
+    assert_eq!(text.lines().last(), Some("bytes_per_step 0"), "{text}");
+    assert!(
+        text.contains("the batch's token ids are 2048 bytes"),
+        "{text}"
+    );
+
+    let out = leam(&[
+        "compute",
+        "bench",
+        "--train-step",
+        "--backend",
+        "wgpu",
+        "--preset",
+        "demo",
+        "--json",
+    ]);
+    if out.status.code() == Some(3) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no wgpu adapter: {out:?}"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: no wgpu adapter for the --train-step traffic check"
+        );
+        return;
+    }
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{v}");
+    for s in steps {
+        assert!(s["uploaded_bytes"].as_u64().unwrap() > 2048, "{v}");
+        assert!(s["downloaded_bytes"].as_u64().unwrap() > 0, "{v}");
+        assert!(s["submissions"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert!(v["bytes_per_step"].as_u64().unwrap() > 0, "{v}");
+}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -341,6 +341,11 @@ pub(crate) struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     pool: Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>,
     lost: Arc<AtomicBool>,
+    /// Bytes written to the device, bytes read back, queue submissions
+    /// ([`crate::kernels::Traffic`]).
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
+    submissions: AtomicU64,
     /// One op at a time: error scopes are per thread but submissions share the queue. Never
     /// held across a rayon call: the model runs kernels from two `rayon::join` arms at once, and
     /// a worker waiting inside a parallel loop may pick up the other arm (a self-deadlock).
@@ -391,6 +396,9 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             lost,
+            uploaded: AtomicU64::new(0),
+            downloaded: AtomicU64::new(0),
+            submissions: AtomicU64::new(0),
             op_lock: Mutex::new(()),
         })
     }
@@ -487,6 +495,8 @@ impl Gpu {
         let b = self.buffer(Pool::Storage, data.len() as u64)?;
         if !data.is_empty() {
             self.queue.write_buffer(&b, 0, data);
+            self.uploaded
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Ok(b)
     }
@@ -495,7 +505,18 @@ impl Gpu {
     pub(crate) fn uniform(&self, data: &[u8]) -> Result<wgpu::Buffer, GpuError> {
         let b = self.buffer(Pool::Uniform, data.len() as u64)?;
         self.queue.write_buffer(&b, 0, data);
+        self.uploaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(b)
+    }
+
+    /// The traffic counted so far.
+    pub(crate) fn traffic(&self) -> crate::kernels::Traffic {
+        crate::kernels::Traffic {
+            uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
+            downloaded_bytes: self.downloaded.load(Ordering::Relaxed),
+            submissions: self.submissions.load(Ordering::Relaxed),
+        }
     }
 
     /// Checks a dispatch against `max_compute_workgroups_per_dimension`.
@@ -544,6 +565,11 @@ impl Gpu {
             staging.push((s, *len, len4));
         }
         let index = self.queue.submit([encoder.finish()]);
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        self.downloaded.fetch_add(
+            staging.iter().map(|(_, _, len4)| *len4).sum::<u64>(),
+            Ordering::Relaxed,
+        );
         let (oom, validation) = scopes;
         let err_v = pollster::block_on(validation.pop());
         let err_o = pollster::block_on(oom.pop());

@@ -66,6 +66,10 @@ impl Kernels for WithCpuFallback {
         format!("{}+cpu-fallback", self.gpu.name())
     }
 
+    fn traffic(&self) -> crate::kernels::Traffic {
+        self.gpu.traffic()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.either("matmul", |k| k.matmul(a, b, s), |k| k.matmul(a, b, s))
     }

@@ -119,6 +119,10 @@ impl Kernels for GpuKernels {
         format!("wgpu/{}/{}", a.backend, a.name)
     }
 
+    fn traffic(&self) -> crate::kernels::Traffic {
+        self.gpu.traffic()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError> {
         const OP: &str = "matmul";
         check_matmul(a, b, shape)?;

@@ -7,20 +7,24 @@
 //! integer program. Only data movement (gathers, head splits) happens here on the host; all
 //! arithmetic is in kernels. See `specs/compute.md` for the op list.
 
-use crate::fixed::{isqrt, normal_q16, requantize, to_fixed, B24_MANT_MAX};
+use crate::fixed::{isqrt, normal_q16, requantize, B24_MANT_MAX};
 use crate::kernels::{Bfp, KernelError, Kernels, MatmulShape};
 use rayon::prelude::*;
 
-/// Largest vocabulary, context, width, depth and head count accepted by [`Config::validate`].
+// The one set of model limits: `Config::validate`, training, checkpoints and shard specs
+// (`crate::shard`) all check these.
+/// Largest vocabulary, in tokens.
 pub const VOCAB_MAX: usize = 1 << 16;
-/// Largest context length.
+/// Longest context, in tokens.
 pub const BLOCK_SIZE_MAX: usize = 4096;
-/// Largest embedding width.
-pub const N_EMBD_MAX: usize = 8192;
-/// Largest number of layers.
-pub const N_LAYER_MAX: usize = 256;
-/// Largest batch size.
-pub const BATCH_SIZE_MAX: usize = 4096;
+/// Widest embedding.
+pub const N_EMBD_MAX: usize = 4096;
+/// Most transformer layers.
+pub const N_LAYER_MAX: usize = 64;
+/// Most attention heads per layer.
+pub const N_HEAD_MAX: usize = 64;
+/// Largest batch, in sequences.
+pub const BATCH_SIZE_MAX: usize = 1024;
 /// Init standard deviation of weights (nanoGPT: 0.02).
 pub const INIT_STD: f64 = 0.02;
 /// Hash stream of parameter initialization (tensor `i` uses `STREAM_INIT + i`).
@@ -119,7 +123,7 @@ impl Config {
         };
         check("vocab", self.vocab, VOCAB_MAX)?;
         check("n_layer", self.n_layer, N_LAYER_MAX)?;
-        check("n_head", self.n_head, self.n_embd.max(1))?;
+        check("n_head", self.n_head, N_HEAD_MAX.min(self.n_embd.max(1)))?;
         check("n_embd", self.n_embd, N_EMBD_MAX)?;
         check("block_size", self.block_size, BLOCK_SIZE_MAX)?;
         if !self.n_embd.is_multiple_of(self.n_head) {
@@ -192,9 +196,9 @@ impl Config {
 /// Initial parameters from `seed` (B24 master copies): weights `N(0, 0.02)`, residual
 /// projections `N(0, 0.02 / sqrt(2·n_layer))` as nanoGPT, LayerNorm weights 1. Normal samples
 /// are [`normal_q16`] of `(seed, STREAM_INIT + tensor index, element index)` times the standard
-/// deviation in Q32 (`to_fixed`), requantized to B24.
+/// deviation in Q32 ([`init_std_q32`], integers only), requantized to B24.
 pub fn init_params(cfg: &Config, seed: u64) -> Vec<Bfp> {
-    let proj_std = INIT_STD / ((2 * cfg.n_layer) as f64).sqrt();
+    let proj_std_q32 = init_std_q32(2 * cfg.n_layer as u64);
     cfg.param_specs()
         .iter()
         .enumerate()
@@ -202,12 +206,11 @@ pub fn init_params(cfg: &Config, seed: u64) -> Vec<Bfp> {
             if !s.decay {
                 return Bfp::new(vec![1 << 22; s.len()], -22);
             }
-            let std = if s.name.ends_with("c_proj.weight") {
-                proj_std
+            let std_q32 = if s.name.ends_with("c_proj.weight") {
+                proj_std_q32
             } else {
-                INIT_STD
+                init_std_q32(1)
             };
-            let std_q32 = to_fixed(std, 32);
             let wide: Vec<i64> = (0..s.len() as u64)
                 .map(|j| normal_q16(seed, STREAM_INIT + i as u64, j) * std_q32)
                 .collect();
@@ -215,6 +218,36 @@ pub fn init_params(cfg: &Config, seed: u64) -> Vec<Bfp> {
             Bfp::new(mant, exp)
         })
         .collect()
+}
+
+/// `INIT_STD / sqrt(d)` in Q32, rounded to nearest (ties to even), in integers only: with
+/// `INIT_STD` = m·2^e exactly (its f64 value), the result is the integer nearest to
+/// `sqrt(m²·2^(2(e+32)) / d)`, found by an integer square root and one exact comparison. The
+/// test `init_std_is_the_correctly_rounded_value` shows it equals the f64 formula
+/// `round(INIT_STD / sqrt(d) · 2^32)` for every `d = 2·n_layer` the model allows.
+pub fn init_std_q32(d: u64) -> i64 {
+    let bits = INIT_STD.to_bits();
+    // A normal positive f64: mantissa with the implicit bit, unbiased exponent of the integer.
+    let m = u128::from((bits & ((1 << 52) - 1)) | (1 << 52));
+    let e = ((bits >> 52) & 0x7ff) as i32 - 1075;
+    // value·2^32 = m·2^k with k = e + 32 < 0 for INIT_STD < 2^-21·…: want round(m·2^k / √d)
+    // = round(√(N / D)) with N = m², D = d·2^(−2k).
+    let k = e + 32;
+    debug_assert!(
+        k < 0 && -2 * k < 64,
+        "INIT_STD is a small positive constant"
+    );
+    let n = m * m;
+    let den = u128::from(d.max(1)) << (-2 * k);
+    let r = isqrt(n / den);
+    // r = ⌊√(N/D)⌋; round up when √(N/D) > r + ½, i.e. (2r+1)²·D < 4N (equality: ties to even).
+    let lhs = (2 * r + 1) * (2 * r + 1) * den;
+    let q = match lhs.cmp(&(4 * n)) {
+        std::cmp::Ordering::Less => r + 1,
+        std::cmp::Ordering::Greater => r,
+        std::cmp::Ordering::Equal => r + (r & 1),
+    };
+    q as i64
 }
 
 /// Result of [`forward_backward`].
@@ -582,4 +615,40 @@ fn split_heads_single(x: &Bfp, b: usize, t: usize, h: usize, hs: usize) -> Bfp {
         }
     }
     Bfp::new(out, x.exp)
+}
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+
+    /// The integer initial standard deviations are the ones the f64 formula gave (so every
+    /// golden parameter hash stays), for every projection divisor the model allows and the
+    /// plain weights; and each is the integer nearest to the exact real value (checked again
+    /// with exact integer bounds).
+    #[test]
+    fn init_std_is_the_correctly_rounded_value() {
+        let by_float = |d: u64| crate::fixed::to_fixed(INIT_STD / (d as f64).sqrt(), 32);
+        assert_eq!(init_std_q32(1), crate::fixed::to_fixed(INIT_STD, 32));
+        assert_eq!(init_std_q32(1), 85_899_346);
+        for n_layer in 1..=N_LAYER_MAX as u64 {
+            let d = 2 * n_layer;
+            let q = init_std_q32(d);
+            assert_eq!(q, by_float(d), "n_layer {n_layer}");
+            // |q − X/√d| ≤ ½ with X = INIT_STD·2^32 exactly: (2q−1)²·d ≤ 4X² ≤ (2q+1)²·d,
+            // scaled by 2^52 (X = m·2^−26).
+            let bits = INIT_STD.to_bits();
+            let m = u128::from((bits & ((1 << 52) - 1)) | (1 << 52));
+            let four_x2 = 4 * m * m;
+            let q = q as u128;
+            let d = u128::from(d) << 52;
+            assert!(
+                (2 * q - 1) * (2 * q - 1) * d <= four_x2,
+                "n_layer {n_layer}"
+            );
+            assert!(
+                four_x2 <= (2 * q + 1) * (2 * q + 1) * d,
+                "n_layer {n_layer}"
+            );
+        }
+    }
 }

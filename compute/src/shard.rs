@@ -20,18 +20,20 @@ use crate::commit::Hash32;
 
 /// Most inner steps one shard may contain.
 pub const SHARD_STEPS_MAX: u32 = 1 << 20;
-/// Largest vocabulary a shard's model may have, in tokens.
-pub const MODEL_VOCAB_MAX: u32 = 1 << 16;
-/// Most transformer layers.
-pub const MODEL_LAYERS_MAX: u32 = 64;
-/// Most attention heads per layer.
-pub const MODEL_HEADS_MAX: u32 = 64;
-/// Widest embedding.
-pub const MODEL_EMBD_MAX: u32 = 4096;
-/// Longest context, in tokens.
-pub const MODEL_BLOCK_MAX: u32 = 4096;
-/// Largest batch, in sequences.
-pub const MODEL_BATCH_MAX: u32 = 1024;
+// A shard's model obeys the model's limits (`crate::model`), so every shard spec that
+// validates can be trained and replayed.
+/// Largest vocabulary a shard's model may have, in tokens ([`crate::model::VOCAB_MAX`]).
+pub const MODEL_VOCAB_MAX: u32 = crate::model::VOCAB_MAX as u32;
+/// Most transformer layers ([`crate::model::N_LAYER_MAX`]).
+pub const MODEL_LAYERS_MAX: u32 = crate::model::N_LAYER_MAX as u32;
+/// Most attention heads per layer ([`crate::model::N_HEAD_MAX`]).
+pub const MODEL_HEADS_MAX: u32 = crate::model::N_HEAD_MAX as u32;
+/// Widest embedding ([`crate::model::N_EMBD_MAX`]).
+pub const MODEL_EMBD_MAX: u32 = crate::model::N_EMBD_MAX as u32;
+/// Longest context, in tokens ([`crate::model::BLOCK_SIZE_MAX`]).
+pub const MODEL_BLOCK_MAX: u32 = crate::model::BLOCK_SIZE_MAX as u32;
+/// Largest batch, in sequences ([`crate::model::BATCH_SIZE_MAX`]).
+pub const MODEL_BATCH_MAX: u32 = crate::model::BATCH_SIZE_MAX as u32;
 /// Longest device fingerprint, in bytes of UTF-8.
 pub const FINGERPRINT_BYTES_MAX: usize = 256;
 /// Highest global step index a shard may reach (first step + steps).

@@ -460,7 +460,6 @@ impl<'k> ModelRunner<'k> {
         let m = &state.model;
         let h = &state.hyper;
         let u32f = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        let i64f = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let spec = ShardSpec {
             numerics: crate::shard::NUMERICS_B16_V1,
             model: crate::shard::ModelShape {
@@ -476,16 +475,7 @@ impl<'k> ModelRunner<'k> {
             data_start,
             data_end,
             seed: state.seed,
-            hyper: crate::shard::Hyper {
-                lr_q40: h.lr_q40,
-                min_lr_q40: h.min_lr_q40,
-                warmup_iters: i64f(h.warmup_iters),
-                lr_decay_iters: i64f(h.lr_decay_iters),
-                weight_decay_q30: h.weight_decay_q30,
-                beta1_q30: h.beta1_q30,
-                beta2_q30: h.beta2_q30,
-                grad_clip_q30: h.grad_clip_q30,
-            },
+            hyper: *h,
             first_step: state.step,
             steps,
         };
@@ -534,26 +524,35 @@ impl<'k> ModelRunner<'k> {
                 state: e.to_string(),
                 spec: "a valid spec".into(),
             })?;
-        let pairs: [(&'static str, String, String); 4] = [
+        // Compared by value; the debug forms only describe a difference.
+        let differs: [(&'static str, bool, String, String); 4] = [
             (
                 "model",
+                want.model != spec.model,
                 format!("{:?}", want.model),
                 format!("{:?}", spec.model),
             ),
-            ("seed", want.seed.to_string(), spec.seed.to_string()),
+            (
+                "seed",
+                want.seed != spec.seed,
+                want.seed.to_string(),
+                spec.seed.to_string(),
+            ),
             (
                 "hyper",
+                want.hyper != spec.hyper,
                 format!("{:?}", want.hyper),
                 format!("{:?}", spec.hyper),
             ),
             (
                 "vocab_size",
+                self.vocab_size as u64 != u64::from(spec.model.vocab_size),
                 self.vocab_size.to_string(),
                 spec.model.vocab_size.to_string(),
             ),
         ];
-        for (field, state, spec) in pairs {
-            if state != spec {
+        for (field, different, state, spec) in differs {
+            if different {
                 return Err(ModelRunnerError::StateVsSpec { field, state, spec });
             }
         }

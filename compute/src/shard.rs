@@ -169,38 +169,25 @@ pub struct ModelShape {
     pub batch_size: u32,
 }
 
-/// Training hyperparameters in fixed point, exactly the integers the optimizer uses
-/// (`optim::HyperQ`); no float enters anything that determines the bits.
-///
-/// Learning rates are Q40 (`lr = q / 2^40`), weight decay, betas and the gradient clip Q30.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Hyper {
-    /// Peak learning rate, Q40.
-    pub lr_q40: i64,
-    /// Learning rate at and after `lr_decay_iters`, Q40.
-    pub min_lr_q40: i64,
-    /// Linear warm-up length in global steps.
-    pub warmup_iters: i64,
-    /// Global step at which the cosine decay reaches `min_lr_q40`.
-    pub lr_decay_iters: i64,
-    /// Decoupled weight decay (2-D tensors), Q30.
-    pub weight_decay_q30: i64,
-    /// Adam β1, Q30 (≤ 2^30).
-    pub beta1_q30: i64,
-    /// Adam β2, Q30 (≤ 2^30).
-    pub beta2_q30: i64,
-    /// Global gradient-norm clip, Q30; 0 disables clipping.
-    pub grad_clip_q30: i64,
-}
+/// Training hyperparameters in fixed point: the optimizer's own type (`optim::HyperQ`), the
+/// integers that enter training and the state hash; no float enters anything that determines
+/// the bits. Learning rates are Q40 (`lr = q / 2^40`), weight decay, betas and the gradient
+/// clip Q30.
+pub use crate::optim::HyperQ as Hyper;
 
 impl Hyper {
-    /// The fields in encoding order with their names and largest allowed values.
+    /// The fields in encoding order with their names and largest allowed values (the step
+    /// counts as `i64`: values of 2^63 and more read as negative, outside every range).
     pub fn fields(&self) -> [(&'static str, i64, i64); 8] {
         [
             ("lr_q40", self.lr_q40, HYPER_VALUE_MAX),
             ("min_lr_q40", self.min_lr_q40, HYPER_VALUE_MAX),
-            ("warmup_iters", self.warmup_iters, HYPER_VALUE_MAX),
-            ("lr_decay_iters", self.lr_decay_iters, HYPER_VALUE_MAX),
+            ("warmup_iters", self.warmup_iters as i64, HYPER_VALUE_MAX),
+            (
+                "lr_decay_iters",
+                self.lr_decay_iters as i64,
+                HYPER_VALUE_MAX,
+            ),
             ("weight_decay_q30", self.weight_decay_q30, HYPER_VALUE_MAX),
             ("beta1_q30", self.beta1_q30, BETA_Q30_MAX),
             ("beta2_q30", self.beta2_q30, BETA_Q30_MAX),
@@ -490,8 +477,8 @@ impl ShardSpec {
         let hyper = Hyper {
             lr_q40: r.u64("lr_q40")? as i64,
             min_lr_q40: r.u64("min_lr_q40")? as i64,
-            warmup_iters: r.u64("warmup_iters")? as i64,
-            lr_decay_iters: r.u64("lr_decay_iters")? as i64,
+            warmup_iters: r.u64("warmup_iters")?,
+            lr_decay_iters: r.u64("lr_decay_iters")?,
             weight_decay_q30: r.u64("weight_decay_q30")? as i64,
             beta1_q30: r.u64("beta1_q30")? as i64,
             beta2_q30: r.u64("beta2_q30")? as i64,

@@ -12,6 +12,7 @@ mod gemm;
 pub mod kernels;
 pub mod model;
 pub mod optim;
+pub mod preset;
 pub mod sample;
 pub mod train;
 

@@ -40,18 +40,21 @@ pub struct Hyper {
 
 impl Hyper {
     /// nanoGPT's `train_shakespeare_char` CPU settings: lr 1e-3 → 1e-4 over 2000 iterations,
-    /// 100 warm-up, wd 0.1, β1 0.9, β2 0.99, clip 1.0.
-    pub fn nanogpt_cpu() -> Self {
-        Self {
-            learning_rate: 1e-3,
-            min_lr: 1e-4,
-            warmup_iters: 100,
-            lr_decay_iters: 2000,
-            weight_decay: 0.1,
-            beta1: 0.9,
-            beta2: 0.99,
-            grad_clip: 1.0,
-        }
+    /// 100 warm-up, wd 0.1, β1 0.9, β2 0.99, clip 1.0 (`crate::preset::NANOGPT_CPU`).
+    pub const NANOGPT_CPU: Hyper = Hyper {
+        learning_rate: 1e-3,
+        min_lr: 1e-4,
+        warmup_iters: 100,
+        lr_decay_iters: 2000,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        grad_clip: 1.0,
+    };
+
+    /// [`Hyper::NANOGPT_CPU`].
+    pub const fn nanogpt_cpu() -> Self {
+        Self::NANOGPT_CPU
     }
 
     /// The one conversion to integers: rates in Q40, decay, betas and clip in Q30.

@@ -666,34 +666,26 @@ pub fn nanogpt_cpu_spec(
     first_step: u64,
     steps: u32,
 ) -> ShardSpec {
+    use crate::preset::NANOGPT_CPU as P;
     ShardSpec {
         numerics: NUMERICS_B16_V1,
         model: ModelShape {
             vocab_size: 65,
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            block_size: 64,
-            batch_size: 12,
+            n_layer: P.n_layer as u32,
+            n_head: P.n_head as u32,
+            n_embd: P.n_embd as u32,
+            block_size: P.block_size as u32,
+            batch_size: P.batch_size as u32,
         },
         start_state,
         corpus_sha256,
         data_start: 0,
         data_end: corpus_len * 9 / 10,
         seed,
-        // nanoGPT's CPU settings through `optim::Hyper::to_fixed` (round half to even of
-        // x·2^F): lr 1e-3 → 1e-4 (Q40), 100 warm-up, decay to 2000, wd 0.1, β 0.9 / 0.99,
-        // clip 1.0 (Q30). `compute/tests/shard_replay.rs` checks they equal the optimizer's.
-        hyper: Hyper {
-            lr_q40: 1_099_511_628,
-            min_lr_q40: 109_951_163,
-            warmup_iters: 100,
-            lr_decay_iters: 2000,
-            weight_decay_q30: 107_374_182,
-            beta1_q30: 966_367_642,
-            beta2_q30: 1_063_004_406,
-            grad_clip_q30: 1 << 30,
-        },
+        hyper: P
+            .hyper
+            .to_fixed()
+            .expect("the nanoGPT preset's settings are in range"),
         first_step,
         steps,
     }

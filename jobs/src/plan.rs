@@ -286,4 +286,30 @@ mod tests {
         assert_eq!(shard_timeout_ms(3_600_000, 3_600_000), 4 * 3_600_000);
         assert_eq!(shard_timeout_ms(1, 0), 10 * SHARD_TIMEOUT_MS_MIN);
     }
+
+    /// The job preset of `leam-market` (which cannot depend on compute) mirrors compute's one
+    /// definition of the nanoGPT CPU preset.
+    #[test]
+    fn the_market_preset_mirrors_the_compute_preset() {
+        let p = leam_compute::preset::NANOGPT_CPU;
+        let m = leam_market::job::ModelSpec::NANOGPT_CPU;
+        assert_eq!(
+            (
+                m.n_layer as usize,
+                m.n_head as usize,
+                m.n_embd as usize,
+                m.block_size as usize,
+                m.batch as usize,
+                m.init_seed
+            ),
+            (
+                p.n_layer,
+                p.n_head,
+                p.n_embd,
+                p.block_size,
+                p.batch_size,
+                p.seed
+            )
+        );
+    }
 }

@@ -244,22 +244,26 @@ impl TrainSettings {
         ..Self::NANOGPT_CPU
     };
 
-    const NANOGPT_CPU: TrainSettings = TrainSettings {
-        n_layer: 4,
-        n_head: 4,
-        n_embd: 128,
-        block_size: 64,
-        batch_size: 12,
-        max_iters: 2000,
-        lr_decay_iters: None,
-        learning_rate: 1e-3,
-        min_lr: 1e-4,
-        warmup_iters: 100,
-        weight_decay: 0.1,
-        beta2: 0.99,
-        seed: 1337,
-        eval_interval: 250,
-        eval_iters: 20,
+    /// `leam_compute::preset::NANOGPT_CPU`, the one definition of the preset.
+    const NANOGPT_CPU: TrainSettings = {
+        let p = leam_compute::preset::NANOGPT_CPU;
+        TrainSettings {
+            n_layer: p.n_layer,
+            n_head: p.n_head,
+            n_embd: p.n_embd,
+            block_size: p.block_size,
+            batch_size: p.batch_size,
+            max_iters: p.max_iters,
+            lr_decay_iters: None,
+            learning_rate: p.hyper.learning_rate,
+            min_lr: p.hyper.min_lr,
+            warmup_iters: p.hyper.warmup_iters,
+            weight_decay: p.hyper.weight_decay,
+            beta2: p.hyper.beta2,
+            seed: p.seed,
+            eval_interval: p.eval_interval,
+            eval_iters: p.eval_iters,
+        }
     };
 
     const DEMO: TrainSettings = TrainSettings {
@@ -293,7 +297,7 @@ impl TrainSettings {
             lr_decay_iters: self.lr_decay_iters.unwrap_or(self.max_iters),
             weight_decay: self.weight_decay,
             beta2: self.beta2,
-            ..leam_compute::optim::Hyper::nanogpt_cpu()
+            ..leam_compute::optim::Hyper::NANOGPT_CPU
         }
     }
 

@@ -170,6 +170,17 @@ pub fn standing_offer(entries: &[Entry], size: u64, clearing_ms: u64) -> Option<
         .filter(|o| o.valid_until_ms > clearing_ms)
 }
 
+/// The views a bidder's node clears on: every log it holds but its own, at the size held.
+pub fn views_except(logs: &BTreeMap<PublicKey, Vec<Entry>>, bidder: &PublicKey) -> Vec<LogView> {
+    logs.iter()
+        .filter(|(k, _)| *k != bidder)
+        .map(|(k, v)| LogView {
+            log: *k,
+            size: v.len() as u64,
+        })
+        .collect()
+}
+
 /// Everything one clearing needs besides the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use leam_ledger::entry::{Body, Clearing, Digest32, Entry, LeaseTerms, LogView, PublicKey};
+use leam_ledger::entry::{Body, Clearing, Digest32, Entry, LeaseTerms, PublicKey};
 use sha2::{Digest as _, Sha256};
 
 use crate::clearing::{self, lease_terms, Request};
@@ -106,14 +106,7 @@ pub fn bidder_steps(
             });
             continue;
         }
-        let views: Vec<LogView> = logs
-            .iter()
-            .filter(|(k, _)| *k != bidder)
-            .map(|(k, v)| LogView {
-                log: *k,
-                size: v.len() as u64,
-            })
-            .collect();
+        let views = clearing::views_except(logs, bidder);
         let req = Request {
             job,
             job_id: bid.job_id,

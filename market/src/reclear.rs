@@ -205,28 +205,8 @@ pub fn reclear(
     if replaces.is_empty() || replaces.len() > CLEARING_ASSIGNMENTS_MAX {
         return Err(ReclearError::Replaces);
     }
-    let mut shards = 0u64;
-    for p in replaces {
-        if let Some(seq) = s.replaced.get(p) {
-            return Err(ReclearError::AlreadyReplaced {
-                provider: hex::encode(p),
-                seq: *seq,
-            });
-        }
-        let u = s.unfinished(p);
-        if u == 0 {
-            return Err(nothing(&s, p));
-        }
-        shards += u;
-    }
-    let views: Vec<LogView> = logs
-        .iter()
-        .filter(|(k, _)| *k != bidder)
-        .map(|(k, v)| LogView {
-            log: *k,
-            size: v.len() as u64,
-        })
-        .collect();
+    let shards = unfinished_of(&s, replaces)?;
+    let views = clearing::views_except(logs, bidder);
     let excluded: BTreeSet<PublicKey> = s.leased.keys().copied().collect();
     let clearing_ms = now_ms.max(s.last_clearing_ms);
     let req = request(job, bidder, first, clearing_ms, views);
@@ -236,6 +216,29 @@ pub fn reclear(
         shards,
         replaces: replaces.iter().copied().collect(),
     })
+}
+
+/// Shards the `replaces` providers left unfinished, each replaced for the first time and
+/// with something unfinished (rules 2 and 3 of §3.6).
+fn unfinished_of<'a>(
+    s: &Standing,
+    replaces: impl IntoIterator<Item = &'a PublicKey>,
+) -> Result<u64, ReclearError> {
+    let mut total = 0u64;
+    for p in replaces {
+        if let Some(seq) = s.replaced.get(p) {
+            return Err(ReclearError::AlreadyReplaced {
+                provider: hex::encode(p),
+                seq: *seq,
+            });
+        }
+        let u = s.unfinished(p);
+        if u == 0 {
+            return Err(nothing(s, p));
+        }
+        total += u;
+    }
+    Ok(total)
 }
 
 fn nothing(s: &Standing, p: &PublicKey) -> ReclearError {
@@ -290,20 +293,7 @@ pub fn check(
     {
         return Err(ReclearError::Replaces);
     }
-    let mut unfinished = 0u64;
-    for p in &r.replaces {
-        if let Some(seq) = s.replaced.get(p) {
-            return Err(ReclearError::AlreadyReplaced {
-                provider: hex::encode(p),
-                seq: *seq,
-            });
-        }
-        let u = s.unfinished(p);
-        if u == 0 {
-            return Err(nothing(&s, p));
-        }
-        unfinished += u;
-    }
+    let unfinished = unfinished_of(&s, &r.replaces)?;
     if r.shards > unfinished {
         return Err(ReclearError::TooManyShards {
             unfinished,

@@ -540,6 +540,12 @@ pub(crate) fn print_market(m: &leam_market::audit::MarketAudit) {
         m.verdicts_ignored,
         m.findings.len()
     );
+    if m.reclearings > 0 {
+        println!(
+            "market: {} re-clearing(s) of shards a provider left unfinished, {} holding",
+            m.reclearings, m.reclearings_reproduced
+        );
+    }
     for f in &m.findings {
         println!(
             "finding: log {} entry {} ({}): {}",

@@ -390,6 +390,18 @@ impl Node {
             )
             .map_err(|e| NetError::Setup(e.to_string()))?
             .with_quic()
+            // In-process transport (`/memory/<n>`), for simulations of many nodes in one
+            // process: the same Noise and yamux upgrades as TCP, without the kernel's sockets.
+            // A node listens on it only when its configuration names such an address.
+            .with_other_transport(|key| {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport as _;
+                Ok(libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            })
+            .map_err(|e| NetError::Setup(e.to_string()))?
             .with_behaviour(|key| {
                 let peer_id = key.public().to_peer_id();
                 let (params, thresholds) = score_params(&topic);

@@ -56,6 +56,11 @@ pub struct SimArgs {
     /// `replication_entries_per_s`, `audit_entries_per_s`, `replication_over_audit`).
     #[arg(long)]
     pub json: bool,
+    /// Connect the simulated nodes over libp2p's in-process memory transport (the same Noise
+    /// and yamux upgrades, no kernel sockets) instead of loopback TCP. The replication
+    /// measurement stays on TCP.
+    #[arg(long)]
+    pub memory: bool,
 }
 
 fn now_ms() -> u64 {
@@ -102,6 +107,7 @@ fn create(root: &Path, n: usize, threshold: u16) -> anyhow::Result<(Genesis, Vec
     Ok((Genesis::new(20, threshold, founders)?, nodes))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn spawn(
     dir: &Path,
     seed: &[u8; 32],
@@ -110,11 +116,17 @@ async fn spawn(
     observed: mpsc::UnboundedSender<(usize, Observed)>,
     index: usize,
     stop: tokio::sync::watch::Receiver<bool>,
+    memory: bool,
 ) -> anyhow::Result<(SimNode, libp2p::Multiaddr, tokio::task::JoinHandle<()>)> {
     let core = Core::open(dir, genesis.clone())?;
     let key = core.key();
+    let listen = if memory {
+        "/memory/0"
+    } else {
+        "/ip4/127.0.0.1/tcp/0"
+    };
     let config = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        listen: vec![listen.parse()?],
         bootstrap,
         // All nodes share this process: the per-node limit times the node count.
         process_memory_bytes_max: SIM_NODES_MAX * leam_net::shell::PROCESS_MEMORY_BYTES_MAX,
@@ -265,8 +277,17 @@ async fn simulate(root: &Path, a: &SimArgs) -> anyhow::Result<BTreeMap<String, s
     for (i, (dir, seed)) in dirs.iter().enumerate() {
         // Each node knows up to three earlier nodes; Kademlia finds the rest.
         let boot: Vec<_> = addrs.iter().rev().take(3).cloned().collect();
-        let (n, addr, h) =
-            spawn(dir, seed, &genesis, boot, otx.clone(), i, stop_rx.clone()).await?;
+        let (n, addr, h) = spawn(
+            dir,
+            seed,
+            &genesis,
+            boot,
+            otx.clone(),
+            i,
+            stop_rx.clone(),
+            a.memory,
+        )
+        .await?;
         nodes.push(n);
         addrs.push(addr);
         handles.push(h);
@@ -482,6 +503,7 @@ async fn replication(root: &Path, entries: u64) -> anyhow::Result<(f64, f64, f64
         otx.clone(),
         0,
         stop_rx.clone(),
+        false,
     )
     .await?;
     let t = Instant::now();
@@ -493,6 +515,7 @@ async fn replication(root: &Path, entries: u64) -> anyhow::Result<(f64, f64, f64
         otx,
         1,
         stop_rx,
+        false,
     )
     .await?;
     let mut started: Option<Instant> = None;

@@ -43,3 +43,37 @@ fn sixty_four_nodes_converge() {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} measured: {v}");
     }
 }
+
+/// The same federation code over libp2p's in-process memory transport (`leam sim --memory`):
+/// every member connects and every checkpoint reaches every node.
+#[test]
+fn nodes_converge_over_the_memory_transport() {
+    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "sim",
+            "--nodes",
+            "8",
+            "--messages",
+            "3",
+            "--interval-ms",
+            "200",
+            "--entries",
+            "0",
+            "--memory",
+            "--json",
+        ])
+        .output()
+        .expect("leam sim runs");
+    assert!(
+        out.status.success(),
+        "leam sim --memory failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"], 8);
+    assert_eq!(v["messages"], 3);
+    assert!(
+        v["propagation_ms_p50"].as_f64().is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+}

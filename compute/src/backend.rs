@@ -59,18 +59,22 @@ pub enum AutoDecision {
     },
 }
 
-/// `auto` on adapter `name` of wgpu device type `device_type`, whose kernel probe gave
-/// `probed`: a software rasterizer (device type `Cpu`, e.g. llvmpipe) is slower than the CPU
-/// backend and is not taken; a hardware GPU is taken only when every kernel matched, and a
-/// mismatch is a warning that names the kernel.
-pub fn decide_auto(name: &str, device_type: &str, probed: Result<(), KernelError>) -> AutoDecision {
+/// `auto` on adapter `name` of wgpu device type `device_type`: a software rasterizer (device
+/// type `Cpu`, e.g. llvmpipe) is slower than the CPU backend and is not taken (nor probed); a
+/// hardware GPU is taken only when `probe` finds every kernel matching, and a mismatch is a
+/// warning that names the kernel.
+pub fn decide_auto(
+    name: &str,
+    device_type: &str,
+    probe: impl FnOnce() -> Result<(), KernelError>,
+) -> AutoDecision {
     if device_type == "Cpu" {
         return AutoDecision::Cpu {
             reason: format!("adapter {name} is a software rasterizer, slower than the cpu backend"),
             warning: None,
         };
     }
-    match probed {
+    match probe() {
         Ok(()) => AutoDecision::Gpu,
         Err(e) => {
             let kernel = match &e {
@@ -109,12 +113,7 @@ pub fn select(name: &str) -> Result<Selected, BackendError> {
                 return Ok(cpu());
             };
             let f = g.fingerprint();
-            let probed = if f.adapter.device_type == "Cpu" {
-                Ok(())
-            } else {
-                probe(&g)
-            };
-            match decide_auto(&g.name(), &f.adapter.device_type, probed) {
+            match decide_auto(&g.name(), &f.adapter.device_type, || probe(&g)) {
                 AutoDecision::Gpu => Ok(Selected {
                     kernels: Box::new(g),
                     warning: None,
@@ -212,17 +211,15 @@ mod tests {
     #[test]
     fn auto_names_the_kernel_a_gpu_gets_wrong() {
         assert_eq!(
-            decide_auto("H200", "DiscreteGpu", Ok(())),
+            decide_auto("H200", "DiscreteGpu", || Ok(())),
             AutoDecision::Gpu
         );
-        let wrong = decide_auto(
-            "H200",
-            "DiscreteGpu",
+        let wrong = decide_auto("H200", "DiscreteGpu", || {
             Err(KernelError::Device {
                 op: "gelu",
                 detail: "result differs from the CPU reference".into(),
-            }),
-        );
+            })
+        });
         let AutoDecision::Cpu {
             warning: Some(w), ..
         } = wrong
@@ -236,7 +233,9 @@ mod tests {
         assert!(w.contains("NOT used"), "{w}");
         // A software rasterizer is passed over quietly: it is slower, not wrong.
         assert!(matches!(
-            decide_auto("llvmpipe", "Cpu", Ok(())),
+            decide_auto("llvmpipe", "Cpu", || panic!(
+                "a software rasterizer is not probed"
+            )),
             AutoDecision::Cpu { warning: None, .. }
         ));
     }

@@ -1058,15 +1058,12 @@ impl<'k> Bidder<'k> {
         }
         self.progress.verdicts = (acc, rej);
         // Every provider holds one lease of the job: from the clearing or a re-clearing.
-        let recleared = own.iter().filter_map(|e| match &e.body {
-            Body::Reclearing(r) if r.clearing.job_id == self.job_id => Some(&r.clearing),
-            _ => None,
-        });
-        let parts: Vec<(&Clearing, &leam_ledger::entry::Assignment)> =
-            std::iter::once(&self.clearing)
-                .chain(recleared)
-                .flat_map(|c| c.assignments.iter().map(move |a| (c, a)))
-                .collect();
+        let parts: Vec<(&Clearing, &leam_ledger::entry::Assignment)> = own
+            .iter()
+            .filter_map(|e| leam_market::reclear::clearing_record(&e.body))
+            .filter(|c| c.job_id == self.job_id)
+            .flat_map(|c| c.assignments.iter().map(move |a| (c, a)))
+            .collect();
         for (c, a) in parts {
             let lease = lease_terms(c, &self.job, self.me, a);
             if !own
@@ -1142,8 +1139,9 @@ fn siblings_of(tracks: &[Track], i: usize) -> Vec<PublicKey> {
         .collect()
 }
 
-/// The throughput `provider`'s offer `offer_id` states, as `logs` hold it.
-fn offered_units_per_hour(
+/// The throughput `provider`'s offer `offer_id` states, as `logs` hold it (it sets the
+/// provider's shard timeouts).
+pub fn offered_units_per_hour(
     logs: &BTreeMap<PublicKey, Vec<Entry>>,
     provider: &PublicKey,
     offer_id: u64,

@@ -10,6 +10,35 @@ fn key(seed: u8) -> SigningKey {
 }
 
 /// Body built for `author` with a counterparty `other` that co-signs where needed.
+/// A clearing record (kind 11, and the start of kind 14).
+fn clearing_strategy() -> impl Strategy<Value = Clearing> {
+    (
+        any::<[u8; 32]>(),
+        any::<[u64; 4]>(),
+        prop::collection::vec((any::<[u8; 32]>(), any::<u64>()), 0..6),
+        prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u32>()), 0..6),
+    )
+        .prop_map(|(job_id, n, views, assignments)| Clearing {
+            job_id,
+            bid_seq: n[0],
+            clearing_ms: n[1],
+            shard_units: n[2],
+            price_cents_per_kilo_unit: n[3],
+            views: views
+                .into_iter()
+                .map(|(log, size)| LogView { log, size })
+                .collect(),
+            assignments: assignments
+                .into_iter()
+                .map(|(provider, offer_id, shards)| Assignment {
+                    provider,
+                    offer_id,
+                    shards,
+                })
+                .collect(),
+        })
+}
+
 fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value = Body> {
     let a = author.verifying_key().to_bytes();
     let o = other.verifying_key().to_bytes();
@@ -142,59 +171,17 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
             })),
         prop::collection::vec(any::<u8>(), 0..600)
             .prop_map(|description| Body::Job(Job { description })),
+        clearing_strategy().prop_map(Body::Clearing),
         (
-            any::<[u8; 32]>(),
-            any::<[u64; 4]>(),
-            prop::collection::vec((any::<[u8; 32]>(), any::<u64>()), 0..6),
-            prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u32>()), 0..6)
-        )
-            .prop_map(|(job_id, n, views, assignments)| Body::Clearing(Clearing {
-                job_id,
-                bid_seq: n[0],
-                clearing_ms: n[1],
-                shard_units: n[2],
-                price_cents_per_kilo_unit: n[3],
-                views: views
-                    .into_iter()
-                    .map(|(log, size)| LogView { log, size })
-                    .collect(),
-                assignments: assignments
-                    .into_iter()
-                    .map(|(provider, offer_id, shards)| Assignment {
-                        provider,
-                        offer_id,
-                        shards
-                    })
-                    .collect(),
-            })),
-        (
-            any::<[u8; 32]>(),
-            any::<[u64; 5]>(),
-            prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u32>()), 0..4),
+            clearing_strategy(),
+            any::<u64>(),
             prop::collection::vec(any::<[u8; 32]>(), 0..4)
         )
-            .prop_map(
-                |(job_id, n, assignments, replaces)| Body::Reclearing(Reclearing {
-                    clearing: Clearing {
-                        job_id,
-                        bid_seq: n[0],
-                        clearing_ms: n[1],
-                        shard_units: n[2],
-                        price_cents_per_kilo_unit: n[3],
-                        views: vec![],
-                        assignments: assignments
-                            .into_iter()
-                            .map(|(provider, offer_id, shards)| Assignment {
-                                provider,
-                                offer_id,
-                                shards
-                            })
-                            .collect(),
-                    },
-                    shards: n[4],
-                    replaces,
-                })
-            ),
+            .prop_map(|(clearing, shards, replaces)| Body::Reclearing(Reclearing {
+                clearing,
+                shards,
+                replaces,
+            })),
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(job_id, seed)| Body::Reveal(Reveal { job_id, seed })),
         (

@@ -9,6 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::clearing::{self, lease_terms, Request};
 use crate::job::Job;
+use crate::reclear::clearing_record;
 
 /// The next thing a bidder's node does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,11 +132,7 @@ pub fn bidder_steps(
             }),
         }
     }
-    let recleared = own.iter().filter_map(|e| match &e.body {
-        Body::Reclearing(r) => Some(&r.clearing),
-        _ => None,
-    });
-    for c in cleared.iter().copied().chain(recleared) {
+    for c in own.iter().filter_map(|e| clearing_record(&e.body)) {
         let Some((_, job)) = jobs.get(&c.job_id) else {
             continue;
         };
@@ -170,10 +167,8 @@ pub fn check_lease(
         .ok_or("the job is not (yet) in this node's copy of the bidder's log")?;
     let mut last = String::from("no clearing of this job in this node's copy of the bidder's log");
     for e in bidder_log {
-        let c = match &e.body {
-            Body::Clearing(c) => c,
-            Body::Reclearing(r) => &r.clearing,
-            _ => continue,
+        let Some(c) = clearing_record(&e.body) else {
+            continue;
         };
         if c.job_id != terms.job_id {
             continue;
@@ -274,13 +269,11 @@ pub fn job_statuses(
             Body::Clearing(c) if c.bid_seq == e.seq => Some(c),
             _ => None,
         });
-        let recleared = own.iter().filter_map(|x| match &x.body {
-            Body::Reclearing(r) if r.clearing.bid_seq == e.seq => Some(&r.clearing),
-            _ => None,
-        });
-        let parts: Vec<Part> = clearing
-            .into_iter()
-            .chain(recleared)
+        // The clearing's parts, then the re-clearings' (same bid).
+        let parts: Vec<Part> = own
+            .iter()
+            .filter_map(|x| clearing_record(&x.body))
+            .filter(|c| c.bid_seq == e.seq)
             .flat_map(|c| {
                 let leased = &leased;
                 c.assignments

@@ -96,6 +96,16 @@ pub enum ReclearError {
     },
 }
 
+/// The clearing record of a clearing or a re-clearing entry: the rule's inputs and outputs,
+/// whose assignments each imply one lease.
+pub fn clearing_record(body: &Body) -> Option<&Clearing> {
+    match body {
+        Body::Clearing(c) => Some(c),
+        Body::Reclearing(r) => Some(&r.clearing),
+        _ => None,
+    }
+}
+
 /// What the bidder's log says of one job up to an index: its first clearing, every earlier
 /// clearing's time, and per provider the shards leased and the distinct shards delivered.
 #[derive(Debug, Clone, Default)]

@@ -145,15 +145,8 @@ fn start_jobs(
             .assignments
             .iter()
             .filter_map(|a| {
-                logs.get(&a.provider)?
-                    .iter()
-                    .rev()
-                    .find_map(|x| match &x.body {
-                        Body::Offer(o) if o.offer_id == a.offer_id => {
-                            Some((a.provider, o.compute_units_per_hour))
-                        }
-                        _ => None,
-                    })
+                leam_jobs::bidder::offered_units_per_hour(logs, &a.provider, a.offer_id)
+                    .map(|u| (a.provider, u))
             })
             .collect();
         let (job, clearing, ctx, me) = (job.clone(), c.clone(), ctx.clone(), *me);

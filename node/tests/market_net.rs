@@ -448,6 +448,36 @@ fn three_nodes() -> Three {
     }
 }
 
+/// Bid from `bidder` for a small unreplicated job of 2 shards per round (a 2-layer, 64-wide
+/// model on `corpus`, refereed by `referee`, maximum price 60) with the job-file lines `lines`
+/// (its name, rounds, inner steps and any extra setting); returns the job id and its progress
+/// file once the job has started.
+fn bid_and_start(
+    root: &Path,
+    bidder: &Path,
+    corpus: &Path,
+    referee: &str,
+    lines: &str,
+) -> (String, PathBuf) {
+    let job = root.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "{lines}preset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nshards_per_round = 2\nreplication_percent = 0\nreferees = [\"{referee}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            corpus.display(),
+        ),
+    )
+    .unwrap();
+    let job_id = ok(&["bid", "--dir", p(bidder), "--job", p(&job)])
+        .trim()
+        .to_owned();
+    let progress = bidder.join("jobs").join(format!("{job_id}.progress.json"));
+    wait("the job started", Duration::from_secs(30), || {
+        progress.exists()
+    });
+    (job_id, progress)
+}
+
 /// `leam audit --json --no-state --genesis G DIR`, which must pass.
 fn audit_ok(genesis: &Path, dir: &Path) -> std::process::Output {
     let out = leam(&[
@@ -488,24 +518,14 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
     } = three_nodes();
     let cpu = ["--backend", "cpu"];
     let mut a = nodes.remove(0);
-    let job = root.join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "name = \"long shards\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 1\nshards_per_round = 2\ninner_steps = 300\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
-            corpus.display(),
-            // The bidder is its own job's referee: its judge requests go to its own handler.
-            keys[2]
-        ),
-    )
-    .unwrap();
-    let job_id = ok(&["bid", "--dir", p(&dirs[2]), "--job", p(&job)])
-        .trim()
-        .to_owned();
-    let progress = dirs[2].join("jobs").join(format!("{job_id}.progress.json"));
-    wait("the job started", Duration::from_secs(30), || {
-        progress.exists()
-    });
+    // The bidder is its own job's referee: its judge requests go to its own handler.
+    let (_, progress) = bid_and_start(
+        &root,
+        &dirs[2],
+        &corpus,
+        &keys[2],
+        "name = \"long shards\"\nrounds = 1\ninner_steps = 300\n",
+    );
     // In the middle of the first shard (each takes seconds): no run has finished yet.
     std::thread::sleep(Duration::from_millis(700));
     let finished = |d: &Path| std::fs::read_dir(d.join("runs")).map_or(0, |r| r.count());
@@ -676,23 +696,13 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
         || size(&dirs[2], &keys[1]) == Some(c0),
     );
     let mut a = nodes.remove(0);
-    let job = root.join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "name = \"a provider leaves\"\npreset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nrounds = 2\nshards_per_round = 2\ninner_steps = 150\nreplication_percent = 0\nreferees = [\"{}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\nshard_timeout_seconds = 3\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
-            corpus.display(),
-            keys[2]
-        ),
-    )
-    .unwrap();
-    let job_id = ok(&["bid", "--dir", p(&dirs[2]), "--job", p(&job)])
-        .trim()
-        .to_owned();
-    let progress = dirs[2].join("jobs").join(format!("{job_id}.progress.json"));
-    wait("the job started", Duration::from_secs(30), || {
-        progress.exists()
-    });
+    let (job_id, _) = bid_and_start(
+        &root,
+        &dirs[2],
+        &corpus,
+        &keys[2],
+        "name = \"a provider leaves\"\nrounds = 2\ninner_steps = 150\nshard_timeout_seconds = 3\n",
+    );
     let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[2]), "--json"])).unwrap();
     let parts: Vec<&str> = jobs[0]["parts"]
         .as_array()

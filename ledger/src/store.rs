@@ -4,8 +4,11 @@
 //! embedded store can replace sled by implementing the trait: an append must be atomic (all of
 //! the batch or none of it) and durable when the call returns.
 //!
-//! sled layout (one tree, `specs/ledger.md` "Store layout"): `e‖u64 BE index` → entry bytes,
-//! `h‖u64 BE stored-hash index` → 32-byte hash, `n` → tree size (u64 BE), `c` → latest
+//! sled layout (one tree, `specs/ledger.md` "Store layout"): `e‖u64 BE first` → a segment of
+//! entries `first ..` (each a u32 BE length and the entry bytes; at most
+//! [`SEGMENT_ENTRIES_MAX`] entries and, unless it holds one, [`SEGMENT_BYTES_MAX`] bytes),
+//! `h‖u64 BE block` → stored hashes `256·block ..` concatenated (32 bytes each, at most
+//! [`HASHES_PER_BLOCK`], every block full but the last), `n` → tree size (u64 BE), `c` → latest
 //! checkpoint note (with cosignatures), `v` → store format version (u8), and only while a
 //! replica is verified in batches `p` → pending extent (u64 BE) ‖ the note it is a prefix of.
 
@@ -13,8 +16,21 @@ use std::path::{Path, PathBuf};
 
 use crate::merkle::{self, Hash, HashReader, MerkleError};
 
-/// Store format version written in key `v`.
-pub const STORE_FORMAT_VERSION: u8 = 1;
+/// Store format version written in key `v` (2: entries in segments and stored hashes in
+/// blocks; 1 had one key per entry and per stored hash).
+pub const STORE_FORMAT_VERSION: u8 = 2;
+/// Most entries in one segment (one value under an `e` key). An append stores its entries in
+/// segments that it never rewrites: one key per entry made sled's insert (about 4 µs a key) the
+/// largest cost of a batch append or a replica's extension.
+pub const SEGMENT_ENTRIES_MAX: usize = 256;
+/// Most bytes of a segment that holds more than one entry, so that a value stays small next to
+/// sled's cache ([`STORE_CACHE_BYTES`]).
+pub const SEGMENT_BYTES_MAX: usize = 1024 * 1024;
+/// Stored hashes per value of a `h` key. One key per hash made sled's insert the largest cost
+/// of an append or a replica's extension (3 of every 4 keys written); a block of 256 (8 KiB,
+/// the size of a tlog tile) cuts the hash keys 256-fold while an append rewrites at most one
+/// partial block.
+pub const HASHES_PER_BLOCK: u64 = 256;
 /// Entries read per range query.
 pub const READ_CHUNK_ENTRIES: u64 = 65_536;
 
@@ -156,6 +172,9 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
 }
+
+/// A segment's first index and its entries, copied out of the store.
+type OwnedSegment = (u64, Vec<Vec<u8>>);
 
 fn key(prefix: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -331,13 +350,85 @@ impl SledStore {
             "a batch carries exactly the stored hashes of its entries"
         );
         let mut batch = sled::Batch::default();
-        for (i, e) in b.entries.iter().enumerate() {
-            batch.insert(&key(KEY_ENTRY, b.first_index + i as u64), e.as_slice());
+        for (first, segment) in segments(b.first_index, b.entries) {
+            batch.insert(&key(KEY_ENTRY, first), segment);
         }
-        for (i, h) in b.hashes.iter().enumerate() {
-            batch.insert(&key(KEY_HASH, b.first_hash_index + i as u64), h);
-        }
+        self.hash_blocks(b.first_hash_index, b.hashes, &mut batch)?;
         Ok(batch)
+    }
+
+    /// Add to `batch` the hash blocks that appending stored hashes `hashes` at stored-hash
+    /// index `first` gives: the partial last block (if `first` is inside one) completed, then
+    /// new blocks.
+    fn hash_blocks(
+        &self,
+        first: u64,
+        hashes: &[Hash],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let mut block = first / HASHES_PER_BLOCK;
+        let held = (first % HASHES_PER_BLOCK) as usize;
+        let mut value: Vec<u8> = Vec::with_capacity(HASHES_PER_BLOCK as usize * 32);
+        if held > 0 {
+            let old = self
+                .db
+                .get(key(KEY_HASH, block))
+                .map_err(|e| self.backend(e))?
+                .ok_or_else(|| StoreError::Missing {
+                    path: self.path.clone(),
+                    what: format!("stored-hash block {block}"),
+                    size: first,
+                })?;
+            if old.len() != held * 32 {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("stored-hash block {block}"),
+                    reason: format!(
+                        "expected {} bytes ({held} hashes), found {}",
+                        held * 32,
+                        old.len()
+                    ),
+                });
+            }
+            value.extend_from_slice(&old);
+        }
+        for h in hashes {
+            value.extend_from_slice(h);
+            if value.len() == HASHES_PER_BLOCK as usize * 32 {
+                batch.insert(&key(KEY_HASH, block), std::mem::take(&mut value));
+                value.reserve(HASHES_PER_BLOCK as usize * 32);
+                block += 1;
+            }
+        }
+        if !value.is_empty() {
+            batch.insert(&key(KEY_HASH, block), value);
+        }
+        Ok(())
+    }
+
+    /// The segment with the largest first index at most `index`, if any.
+    fn segment_at_or_before(&self, index: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        match self
+            .db
+            .range(key(KEY_ENTRY, 0)..=key(KEY_ENTRY, index))
+            .next_back()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.backend(e))?;
+                let first = u64::from_be_bytes(k[1..].try_into().expect("9-byte keys"));
+                Ok(Some((first, v)))
+            }
+        }
+    }
+
+    /// The entries of the segment stored at `first`.
+    fn parse_segment<'v>(&self, first: u64, v: &'v [u8]) -> Result<Vec<&'v [u8]>, StoreError> {
+        parse_segment(v).map_err(|reason| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("entry segment at {first}"),
+            reason,
+        })
     }
 
     /// Apply `batch` atomically and flush it.
@@ -363,41 +454,94 @@ impl SledStore {
         Ok(())
     }
 
-    /// Key of entry `index` (for tests that corrupt it).
+    /// Replace the bytes of stored entry `index` (for tests that corrupt it), or store it alone
+    /// if no segment holds it (to restore one removed by [`SledStore::raw_remove_entry`]).
     #[doc(hidden)]
-    pub fn entry_key(index: u64) -> [u8; 9] {
-        key(KEY_ENTRY, index)
+    pub fn raw_replace_entry(&self, index: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let (first, mut entries) = self.raw_segment_of(index)?.unwrap_or((index, vec![]));
+        let at = (index - first) as usize;
+        if at < entries.len() {
+            entries[at] = bytes.to_vec();
+        } else {
+            entries = vec![bytes.to_vec()];
+        }
+        let (_, value) = segments(first, &entries)
+            .next()
+            .expect("a segment holds a test's entries");
+        self.raw_insert(&key(KEY_ENTRY, first), &value)
     }
 
-    /// Key of stored hash `index`.
+    /// Remove stored entry `index`, keeping the entries around it (for tests of lost values).
     #[doc(hidden)]
-    pub fn hash_key(index: u64) -> [u8; 9] {
-        key(KEY_HASH, index)
+    pub fn raw_remove_entry(&self, index: u64) -> Result<(), StoreError> {
+        let Some((first, entries)) = self.raw_segment_of(index)? else {
+            return Ok(());
+        };
+        let at = (index - first) as usize;
+        self.raw_remove(&key(KEY_ENTRY, first))?;
+        for (f, part) in [(first, &entries[..at]), (index + 1, &entries[at + 1..])] {
+            for (f, value) in segments(f, part) {
+                self.raw_insert(&key(KEY_ENTRY, f), &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The segment holding `index`: its first index and its entries.
+    fn raw_segment_of(&self, index: u64) -> Result<Option<OwnedSegment>, StoreError> {
+        let Some((first, v)) = self.segment_at_or_before(index)? else {
+            return Ok(None);
+        };
+        let entries: Vec<Vec<u8>> = self
+            .parse_segment(first, &v)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        Ok((first + entries.len() as u64 > index).then_some((first, entries)))
+    }
+
+    /// Key of the block that holds stored hashes `256·block ..` (for tests that corrupt one).
+    #[doc(hidden)]
+    pub fn hash_block_key(block: u64) -> [u8; 9] {
+        key(KEY_HASH, block)
     }
 }
 
 impl HashReader for SledStore {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, MerkleError> {
+        let storage =
+            |what: String| MerkleError::Storage(format!("{}: {what}", self.path.display()));
+        // Callers ask for hashes in runs (a proof's or a tile's): keep the block last read.
+        let mut held: Option<(u64, sled::IVec)> = None;
         indexes
             .iter()
             .map(|&i| {
-                let v = self
-                    .db
-                    .get(key(KEY_HASH, i))
-                    .map_err(|e| MerkleError::Storage(format!("{}: {e}", self.path.display())))?
+                let block = i / HASHES_PER_BLOCK;
+                if held.as_ref().map(|(b, _)| *b) != Some(block) {
+                    let v = self
+                        .db
+                        .get(key(KEY_HASH, block))
+                        .map_err(|e| storage(e.to_string()))?
+                        .ok_or_else(|| storage(format!("stored hash {i} is missing (no block {block})")))?;
+                    if v.len() % 32 != 0 || v.len() > HASHES_PER_BLOCK as usize * 32 {
+                        return Err(storage(format!(
+                            "stored-hash block {block} is {} bytes, expected a multiple of 32 up to {}",
+                            v.len(),
+                            HASHES_PER_BLOCK * 32
+                        )));
+                    }
+                    held = Some((block, v));
+                }
+                let (_, v) = held.as_ref().expect("set above");
+                let at = (i % HASHES_PER_BLOCK) as usize * 32;
+                v.get(at..at + 32)
+                    .map(|h| <Hash>::try_from(h).expect("32 bytes"))
                     .ok_or_else(|| {
-                        MerkleError::Storage(format!(
-                            "{}: stored hash {i} is missing",
-                            self.path.display()
+                        storage(format!(
+                            "stored hash {i} is missing (block {block} holds {})",
+                            v.len() / 32
                         ))
-                    })?;
-                <Hash>::try_from(v.as_ref()).map_err(|_| {
-                    MerkleError::Storage(format!(
-                        "{}: stored hash {i} is {} bytes, expected 32",
-                        self.path.display(),
-                        v.len()
-                    ))
-                })
+                    })
             })
             .collect()
     }
@@ -465,13 +609,25 @@ impl Store for SledStore {
         if start >= end {
             return Ok(out);
         }
-        for item in self.db.range(key(KEY_ENTRY, start)..key(KEY_ENTRY, end)) {
+        // The segment that holds `start` begins at or before it.
+        let from = match self.segment_at_or_before(start)? {
+            Some((first, _)) => first,
+            None => start,
+        };
+        for item in self.db.range(key(KEY_ENTRY, from)..key(KEY_ENTRY, end)) {
             let (k, v) = item.map_err(|e| self.backend(e))?;
+            let first = u64::from_be_bytes(k[1..].try_into().expect("9-byte keys"));
             let expected = start + out.len() as u64;
-            if k.as_ref() != key(KEY_ENTRY, expected) {
+            if first > expected {
                 break;
             }
-            out.push(v.to_vec());
+            let parsed = self.parse_segment(first, &v)?;
+            let skip = (expected - first) as usize;
+            if skip > parsed.len() {
+                break;
+            }
+            let want = (end - expected) as usize;
+            out.extend(parsed.into_iter().skip(skip).take(want).map(<[u8]>::to_vec));
         }
         if out.len() as u64 != end - start {
             let size = self.size()?;
@@ -485,9 +641,10 @@ impl Store for SledStore {
     }
 
     fn has_entry(&self, index: u64) -> Result<bool, StoreError> {
-        self.db
-            .contains_key(key(KEY_ENTRY, index))
-            .map_err(|e| self.backend(e))
+        Ok(match self.segment_at_or_before(index)? {
+            Some((first, v)) => first + self.parse_segment(first, &v)?.len() as u64 > index,
+            None => false,
+        })
     }
 
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -514,10 +671,164 @@ impl Store for SledStore {
     }
 }
 
+/// `entries` (the first at index `first`) cut into segments: each a first index and the
+/// value stored under its `e` key (`specs/ledger.md` §4).
+pub fn segments(first: u64, entries: &[Vec<u8>]) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at == entries.len() {
+            return None;
+        }
+        let start = at;
+        let mut value = Vec::new();
+        while at < entries.len() && at - start < SEGMENT_ENTRIES_MAX {
+            let e = &entries[at];
+            if at > start && value.len() + 4 + e.len() > SEGMENT_BYTES_MAX {
+                break;
+            }
+            let len = u32::try_from(e.len()).expect("entries are at most ENTRY_BYTES_MAX");
+            value.extend_from_slice(&len.to_be_bytes());
+            value.extend_from_slice(e);
+            at += 1;
+        }
+        Some((first + start as u64, value))
+    })
+}
+
+/// The entries of a segment's value, or what is wrong with it: each is a u32 BE length from 1
+/// to `ENTRY_BYTES_MAX` and that many bytes, and there are 1 to [`SEGMENT_ENTRIES_MAX`].
+pub fn parse_segment(mut v: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        let i = out.len();
+        if i == SEGMENT_ENTRIES_MAX {
+            return Err(format!(
+                "more than SEGMENT_ENTRIES_MAX = {SEGMENT_ENTRIES_MAX} entries"
+            ));
+        }
+        let (len, rest) = v.split_first_chunk::<4>().ok_or_else(|| {
+            format!(
+                "entry {i}: {} bytes left, expected a 4-byte length",
+                v.len()
+            )
+        })?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len == 0 || len > crate::entry::ENTRY_BYTES_MAX || len > rest.len() {
+            return Err(format!(
+                "entry {i}: length {len}, expected 1 to {} and at most the {} bytes left",
+                crate::entry::ENTRY_BYTES_MAX,
+                rest.len()
+            ));
+        }
+        let (e, rest) = rest.split_at(len);
+        out.push(e);
+        v = rest;
+    }
+    if out.is_empty() {
+        return Err("empty, expected at least one entry".into());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::time::{Duration, Instant};
+
+    proptest! {
+        #[test]
+        fn segments_parse_back_to_their_entries(
+            sizes in proptest::collection::vec(1usize..3000, 0..700),
+            first in 0u64..1 << 40,
+        ) {
+            let entries: Vec<Vec<u8>> =
+                sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+            let mut next = first;
+            let mut back = Vec::new();
+            for (f, value) in segments(first, &entries) {
+                prop_assert_eq!(f, next);
+                let parsed = parse_segment(&value).unwrap();
+                prop_assert!(parsed.len() <= SEGMENT_ENTRIES_MAX);
+                prop_assert!(parsed.len() == 1 || value.len() <= SEGMENT_BYTES_MAX);
+                next += parsed.len() as u64;
+                back.extend(parsed.into_iter().map(<[u8]>::to_vec));
+            }
+            prop_assert_eq!(back, entries);
+        }
+
+        #[test]
+        fn any_bytes_parse_or_name_the_fault(v in proptest::collection::vec(any::<u8>(), 0..600)) {
+            match parse_segment(&v) {
+                Ok(parsed) => {
+                    let again: Vec<u8> = segments(0, &parsed.iter().map(|e| e.to_vec()).collect::<Vec<_>>())
+                        .flat_map(|(_, v)| v)
+                        .collect();
+                    prop_assert_eq!(again, v);
+                }
+                Err(reason) => prop_assert!(!reason.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_names_its_fault() {
+        assert_eq!(
+            parse_segment(&[]).unwrap_err(),
+            "empty, expected at least one entry"
+        );
+        assert_eq!(
+            parse_segment(&[0, 0, 0, 5, 1, 2]).unwrap_err(),
+            "entry 0: length 5, expected 1 to 65536 and at most the 2 bytes left"
+        );
+        assert_eq!(
+            parse_segment(&[0, 0, 0, 1, 7, 0, 0]).unwrap_err(),
+            "entry 1: 2 bytes left, expected a 4-byte length"
+        );
+    }
+
+    #[test]
+    fn a_batch_append_writes_few_keys_and_reads_back_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("store")).unwrap();
+        let entries: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().repeat(30)).collect();
+        let hashes: Vec<Hash> = (0..merkle::stored_hash_count(1000))
+            .map(|i| [i as u8; 32])
+            .collect();
+        store
+            .append(Batch {
+                first_index: 0,
+                entries: &entries,
+                first_hash_index: 0,
+                hashes: &hashes,
+                checkpoint: b"note",
+            })
+            .unwrap();
+        let keys = |p: u8| store.db.scan_prefix([p]).count();
+        assert_eq!(keys(KEY_ENTRY), 4, "1000 entries in segments of 256");
+        assert_eq!(keys(KEY_HASH), 8, "1994 stored hashes in blocks of 256");
+        for (a, b) in [(0, 1000), (255, 257), (256, 512), (999, 1000), (10, 11)] {
+            assert_eq!(
+                store.entries(a, b).unwrap(),
+                entries[a as usize..b as usize]
+            );
+        }
+        assert!(store.has_entry(999).unwrap());
+        assert!(!store.has_entry(1000).unwrap());
+        let idx: Vec<u64> = vec![0, 255, 256, 1993, 7];
+        let read = store.read_hashes(&idx).unwrap();
+        assert_eq!(read, idx.iter().map(|&i| [i as u8; 32]).collect::<Vec<_>>());
+        assert!(store.read_hashes(&[1994]).is_err());
+        // One entry removed: ranges over it name it as missing.
+        store.raw_remove_entry(300).unwrap();
+        let err = store.entries(290, 310).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Missing { what, .. } if what == "entry 300"),
+            "{err}"
+        );
+        store.raw_replace_entry(300, &entries[300]).unwrap();
+        assert_eq!(store.entries(0, 1000).unwrap(), entries);
+    }
 
     #[test]
     fn a_second_open_in_one_process_is_locked() {

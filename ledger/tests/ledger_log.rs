@@ -356,9 +356,7 @@ fn flipped_byte_in_a_stored_entry_is_found() {
     let idx = 1_400;
     let mut bytes = store.entries(idx, idx + 1).unwrap().remove(0);
     bytes[60] ^= 0x01;
-    store
-        .raw_insert(&SledStore::entry_key(idx), &bytes)
-        .unwrap();
+    store.raw_replace_entry(idx, &bytes).unwrap();
     drop(store);
     let err = LogReader::open(&dir).unwrap_err();
     assert!(
@@ -370,7 +368,7 @@ fn flipped_byte_in_a_stored_entry_is_found() {
     let store = SledStore::open(&dir.join(STORE_DIR_NAME)).unwrap();
     let mut bytes = before.2[10].clone();
     bytes[60] ^= 0x01;
-    store.raw_insert(&SledStore::entry_key(10), &bytes).unwrap();
+    store.raw_replace_entry(10, &bytes).unwrap();
     drop(store);
     assert!(LogReader::open(&dir).is_ok());
     let err = audit_dirs(std::slice::from_ref(&dir), &AuditOptions::default()).unwrap_err();
@@ -389,7 +387,7 @@ fn flipped_byte_in_a_stored_entry_is_found() {
 
 fn restore_entry(dir: &Path, idx: u64, bytes: &[u8]) {
     let store = SledStore::open(&dir.join(STORE_DIR_NAME)).unwrap();
-    store.raw_insert(&SledStore::entry_key(idx), bytes).unwrap();
+    store.raw_replace_entry(idx, bytes).unwrap();
 }
 
 #[test]
@@ -401,7 +399,7 @@ fn missing_or_swapped_stored_entries_are_found() {
     drop(log);
     let before = snapshot(&dir);
     let store = SledStore::open(&dir.join(STORE_DIR_NAME)).unwrap();
-    store.raw_remove(&SledStore::entry_key(20)).unwrap();
+    store.raw_remove_entry(20).unwrap();
     drop(store);
     let err = LogReader::open(&dir).unwrap_err();
     assert!(
@@ -431,9 +429,9 @@ fn non_canonical_entry_in_the_store_is_refused() {
     bytes.push(0); // a trailing byte: not the canonical encoding
                    // Make the stored level-0 hash (and thus the root of this size-1 tree) agree, so that only
                    // the decoder can object.
-    store.raw_insert(&SledStore::entry_key(0), &bytes).unwrap();
+    store.raw_replace_entry(0, &bytes).unwrap();
     store
-        .raw_insert(&SledStore::hash_key(0), &merkle::leaf_hash(&bytes))
+        .raw_insert(&SledStore::hash_block_key(0), &merkle::leaf_hash(&bytes))
         .unwrap();
     drop(store);
     let err = LogReader::open(&dir).unwrap_err();

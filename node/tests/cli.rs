@@ -415,9 +415,7 @@ fn exit_codes_on_real_cases() {
         .unwrap();
     bytes[70] ^= 0x01;
     let store = leam_ledger::store::SledStore::open(&dir.join("ledger.sled")).unwrap();
-    store
-        .raw_insert(&leam_ledger::store::SledStore::entry_key(20), &bytes)
-        .unwrap();
+    store.raw_replace_entry(20, &bytes).unwrap();
     drop(store);
     let out = leam(&["audit", "--no-market", "--no-state", p(&dir)]);
     assert_eq!(code(&out), Some(1), "{}", stderr(&out));

@@ -208,9 +208,7 @@ fn ledger_commands_on_a_bench_log() {
         .decode(rows[40]["entry"].as_str().unwrap())
         .unwrap();
     bytes[70] ^= 0x20;
-    store
-        .raw_insert(&leam_ledger::store::SledStore::entry_key(40), &bytes)
-        .unwrap();
+    store.raw_replace_entry(40, &bytes).unwrap();
     drop(store);
     let out = leam(&["audit", "--no-market", p(&dir), "--no-state"]);
     assert_eq!(out.status.code(), Some(1));

@@ -59,11 +59,11 @@ pub const LOOKUPS_PER_TICK_MAX: usize = 16;
 /// Gossipsub heartbeat.
 pub const GOSSIP_HEARTBEAT_MS: u64 = 700;
 /// Gossipsub mesh degree (D): peers a node forwards each message to.
-pub const GOSSIP_MESH_N: usize = 4;
+pub const GOSSIP_MESH_N: usize = 2;
 /// Below this many mesh peers the heartbeat grafts more (D_low).
-pub const GOSSIP_MESH_N_LOW: usize = 3;
+pub const GOSSIP_MESH_N_LOW: usize = 1;
 /// Above this many mesh peers the heartbeat prunes (D_high).
-pub const GOSSIP_MESH_N_HIGH: usize = 8;
+pub const GOSSIP_MESH_N_HIGH: usize = 4;
 /// Outbound mesh peers kept at least (D_out, below D_low and at most D/2).
 pub const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
 /// Peers outside the mesh told of recent messages at each heartbeat (D_lazy).
@@ -283,6 +283,16 @@ pub fn keypair_of(seed: &[u8; 32]) -> Result<Keypair, NetError> {
     Keypair::ed25519_from_bytes(&mut copy).map_err(|e| NetError::Setup(e.to_string()))
 }
 
+/// Run `f`, a handler that may write the store durably, without holding up the other tasks of
+/// this worker thread: `block_in_place` on a multi-threaded runtime (nodes, the simulation);
+/// directly on a current-thread runtime (where `block_in_place` panics, e.g. `#[tokio::test]`).
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -300,9 +310,10 @@ fn gossip_config() -> Result<gossipsub::Config, NetError> {
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .heartbeat_interval(Duration::from_millis(GOSSIP_HEARTBEAT_MS))
         // The publisher floods every member (`flood_publish`, the default), so the mesh only
-        // backs it up: a smaller mesh than gossipsub's default (6, 5..12) halves the duplicate
-        // copies every node encodes and decodes (64 simulated nodes on 2 cores: propagation p50
-        // 10.6 ms against 12.3 ms, p99 18–26 ms against 31–43 ms).
+        // backs it up (with the pull on connection and the anti-entropy tick): a smaller mesh
+        // than gossipsub's default (6, 5..12) cuts the duplicate copies every node encodes and
+        // decodes (64 simulated nodes on 2 cores: propagation p50 10.6 ms with D 4 against
+        // 12.3 ms with D 6; 7.7–8.2 ms with D 2 against 8.7–10.3 ms with D 4).
         .mesh_n(GOSSIP_MESH_N)
         .mesh_n_low(GOSSIP_MESH_N_LOW)
         .mesh_n_high(GOSSIP_MESH_N_HIGH)
@@ -1152,7 +1163,9 @@ impl Node {
                         request, channel, ..
                     } => {
                         let (response, actions) = match self.key_of(&peer) {
-                            Some(from) => self.core.on_request(from, request, now_ms()),
+                            Some(from) => {
+                                off_worker(|| self.core.on_request(from, request, now_ms()))
+                            }
                             None => (wire::refused("not a member"), vec![]),
                         };
                         let _ = self
@@ -1193,7 +1206,9 @@ impl Node {
                                 Request::Entries { log, .. } => Some(*log),
                                 _ => None,
                             };
-                            let actions = self.core.on_response(to, request, response, now_ms());
+                            let actions = off_worker(|| {
+                                self.core.on_response(to, request, response, now_ms())
+                            });
                             if let (Some(obs), Some(log)) = (&self.observer, log) {
                                 if let Some(r) = self.core.replicas().get(&log) {
                                     let _ = obs.send(Observed::Replicated {

@@ -4,9 +4,10 @@
 //! in this same process (`ratio cpu/sgemm`, `ratio wgpu/cpu` per adapter).
 
 use criterion::{BenchmarkId, Criterion};
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::bench::{operands, time_kernels, time_sgemm, BENCH_SHAPES};
 use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels};
-use leam_compute::numerics::kernels::{CpuKernels, Kernels, MatmulShape};
+use leam_compute::numerics::kernels::{Kernels, MatmulShape};
 use ndarray::{linalg::general_mat_mul, Array2};
 
 /// Repetitions of the ratio measurement after the criterion groups.

@@ -7,7 +7,7 @@ use leam_compute::model::optim::Hyper;
 use leam_compute::model::train::TrainState;
 use leam_compute::model::transformer::Config;
 use leam_compute::numerics::backend::Timed;
-use leam_compute::numerics::kernels::CpuKernels;
+use leam_compute::numerics::cpu::CpuKernels;
 
 fn main() -> anyhow::Result<()> {
     let steps: u64 = std::env::args()

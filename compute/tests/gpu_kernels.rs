@@ -5,8 +5,9 @@ mod gpu_common;
 
 use std::sync::OnceLock;
 
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::GpuKernels;
-use leam_compute::numerics::kernels::{Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use leam_compute::numerics::kernels::{Bfp, KernelError, Kernels, MatmulShape};
 use proptest::prelude::*;
 
 fn gpus() -> &'static [GpuKernels] {

@@ -5,8 +5,9 @@ use leam_compute::model::data::Corpus;
 use leam_compute::model::optim::Hyper;
 use leam_compute::model::train::TrainState;
 use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels};
-use leam_compute::numerics::kernels::{CpuKernels, Kernels};
+use leam_compute::numerics::kernels::Kernels;
 use std::io::Write as _;
 
 fn train(k: &dyn Kernels, corpus: &Corpus) -> Vec<[u8; 32]> {

@@ -4,8 +4,9 @@
 //! right derivatives, to within the quantization error of 16-bit mantissas.
 
 use leam_compute::model::transformer::{forward_backward, Config};
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::fixed::{normal_q16, requantize, B24_MANT_MAX};
-use leam_compute::numerics::kernels::{Bfp, CpuKernels};
+use leam_compute::numerics::kernels::Bfp;
 
 struct F64Model<'a> {
     cfg: &'a Config,

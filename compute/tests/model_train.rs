@@ -7,7 +7,7 @@ use leam_compute::model::optim::Hyper;
 use leam_compute::model::sample::generate;
 use leam_compute::model::train::{run, LoopOptions, TrainState};
 use leam_compute::model::transformer::Config;
-use leam_compute::numerics::kernels::CpuKernels;
+use leam_compute::numerics::cpu::CpuKernels;
 
 const TEXT: &str = "to be or not to be, that is the question: whether 'tis nobler in the mind \
 to suffer the slings and arrows of outrageous fortune, or to take arms against a sea of \

@@ -13,8 +13,8 @@ use leam_compute::model::data::{Corpus, STREAM_EVAL_VAL};
 use leam_compute::model::optim::Hyper;
 use leam_compute::model::train::TrainState;
 use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::fixed::B24_MANT_MAX;
-use leam_compute::numerics::kernels::CpuKernels;
 use leam_compute::verify::diloco::{
     data_parallel_bytes, next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
 };

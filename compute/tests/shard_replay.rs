@@ -10,8 +10,9 @@ use leam_compute::model::data::Corpus;
 use leam_compute::model::optim::Hyper;
 use leam_compute::model::train::TrainState;
 use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::fixed::B24_MANT_MAX;
-use leam_compute::numerics::kernels::{CpuKernels, Kernels};
+use leam_compute::numerics::kernels::Kernels;
 use leam_compute::verify::bisect::{bisect, ceil_log2, referee, RefereeVerdict};
 use leam_compute::verify::commit::Hash32;
 use leam_compute::verify::diloco::{

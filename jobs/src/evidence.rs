@@ -325,7 +325,7 @@ pub fn check_wrong_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leam_compute::numerics::kernels::CpuKernels;
+    use leam_compute::numerics::cpu::CpuKernels;
     use proptest::prelude::*;
 
     proptest! {

@@ -5,7 +5,7 @@
 //! verdict for every claim.
 
 use leam_compute::model::train::TrainState;
-use leam_compute::numerics::kernels::CpuKernels;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::verify::bisect::StepHashSource;
 use leam_compute::verify::commit::StepLog;
 use leam_compute::verify::replay::{run_shard, ModelRunner, ShardRun, StepRunner};

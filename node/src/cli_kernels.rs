@@ -3,13 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::bench::{
     kernel_timings, time_against_sgemm, time_kernels, train_step_secs, BENCH_MODEL_SHAPES,
     BENCH_SHAPES, MEASURE_SECS_MIN,
 };
 use leam_compute::numerics::gpu::selftest::{self, Outcome};
 use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
-use leam_compute::numerics::kernels::{CpuKernels, Kernels, MatmulShape};
+use leam_compute::numerics::kernels::{Kernels, MatmulShape};
 
 use crate::cli::{self, Backend, CodeExt as _, EXIT_ENV, EXIT_INPUT, EXIT_INVALID};
 

@@ -347,7 +347,7 @@ mod tests {
         // Two tensors, norm = sqrt(3² + 4²)·2^−3 = 0.625 → no clip; ·2^2 → 10 → clip 0.1.
         let a = Bfp::new(vec![3, 0], -3);
         let b = Bfp::new(vec![4], -3);
-        let k = crate::numerics::kernels::CpuKernels;
+        let k = crate::numerics::cpu::CpuKernels;
         assert_eq!(
             clip_coeff_q30(&k, &h, &[a.clone(), b.clone()]).unwrap(),
             None

@@ -105,7 +105,7 @@ mod tests {
     use crate::model::optim::Hyper;
     use crate::model::train::TrainState;
     use crate::model::transformer::Config;
-    use crate::numerics::kernels::CpuKernels;
+    use crate::numerics::cpu::CpuKernels;
 
     #[test]
     fn sampling_is_deterministic_and_checks_the_prompt() {

@@ -638,7 +638,7 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::model::optim::Hyper;
-    use crate::numerics::kernels::CpuKernels;
+    use crate::numerics::cpu::CpuKernels;
     use proptest::prelude::*;
 
     fn tiny() -> TrainState {

@@ -4,8 +4,9 @@
 //! llvmpipe, which is slower than the CPU backend) and passes [`probe`]: every kernel the model
 //! uses, run on small inputs, must return the CPU reference's bits. Otherwise it takes `cpu`.
 
+use crate::numerics::cpu::CpuKernels;
 use crate::numerics::fixed::B16_MANT_MAX;
-use crate::numerics::kernels::{AdamStep, Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
 /// Backend names accepted by [`select`].
 pub const BACKEND_NAMES: [&str; 3] = ["auto", "cpu", "wgpu"];

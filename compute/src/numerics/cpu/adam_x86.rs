@@ -1,4 +1,4 @@
-//! AVX-512 passes of [`super::adamw_narrow`], eight elements per step (one 64-bit lane each).
+//! AVX-512 passes of [`super::adamw::adamw_narrow`], eight elements per step (one 64-bit lane each).
 //!
 //! This module is `unsafe` for the same two reasons as the matmul kernels of
 //! `crate::numerics::gemm::x86`: calling `#[target_feature]` functions from code compiled without the
@@ -27,10 +27,12 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{
-    Align, MomentConsts, RootConsts, UpdateConsts, ADAM_CHUNK, DIV_EST_MARGIN, ROOT_EST_MARGIN,
-    ROUND_MAGIC, UPDATE_EST_MAX,
+use super::adamw::{
+    MomentConsts, RootConsts, UpdateConsts, ADAM_CHUNK, ADAM_RHE_K_MAX, ROOT_EST_MARGIN,
+    UPDATE_EST_MAX,
 };
+use super::elementwise::Align;
+use super::rounding::{DIV_EST_MARGIN, ROUND_MAGIC};
 
 /// An output element of the kernels: an `i32`, or one not initialized yet (the outputs of
 /// [`Avx512Dq::pass2`]). Implemented only for those two types, both 4 bytes.
@@ -106,7 +108,7 @@ impl Avx512Dq {
         unsafe { moments(k, root, ins, m2, r2, &exact_root) }
     }
 
-    /// Pass 2 of [`super::adamw_narrow`] in parallel chunks: [`moments`], then [`update`] of
+    /// Pass 2 of [`super::adamw::adamw_narrow`] in parallel chunks: [`moments`], then [`update`] of
     /// the chunk's `m'`, `r'` and `p = ins.3` with `p'` rounded by `k`, into three vectors
     /// allocated without zeroing.
     #[allow(clippy::too_many_arguments)]
@@ -226,7 +228,7 @@ fn count(k: u32) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn rhe(s: __m512i, k: u32) -> __m512i {
-    debug_assert!(k <= super::ADAM_RHE_K_MAX);
+    debug_assert!(k <= ADAM_RHE_K_MAX);
     if k == 0 {
         return s;
     }
@@ -269,7 +271,7 @@ fn terms(k: &MomentConsts, m: __m512i, g: __m512i, r: __m512i) -> [__m512i; 3] {
     [wm, ta, tb]
 }
 
-/// Pass 1 of [`super::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
+/// Pass 1 of [`super::adamw::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
 /// `(ta << la) + (tb << lb)` (below `2^101`, kept as 128-bit lanes split into high and low
 /// 64-bit halves), the largest `|p|` and the OR of the B16 magnitudes, so that the caller can
 /// skip the separate range scan of the inputs. The tail is padded with zeros, which add zeros
@@ -376,7 +378,7 @@ fn round_sure(y: __m512d, margin: __m512d) -> (__m512d, __mmask8) {
     (q, _mm512_cmp_pd_mask::<_CMP_GT_OQ>(off, margin))
 }
 
-/// Pass 2a of [`super::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
+/// Pass 2a of [`super::adamw::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
 /// from the f64 root where the scalar code takes it, `exact_root(r, g)` elsewhere.
 /// Writes every element of `m2` and `r2` (as long as `m`).
 #[target_feature(enable = "avx512f,avx512dq")]

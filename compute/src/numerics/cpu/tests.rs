@@ -3,10 +3,17 @@
 //! differences around the 40-bit alignment limit, huge shifts, empty and one-column tensors,
 //! tensors large enough for the parallel paths), including the error cases.
 
+use super::adamw::*;
+use super::elementwise::*;
+use super::gelu::*;
+use super::layernorm::*;
 use super::reference as old;
-use super::*;
-use crate::numerics::fixed::B24_MANT_MAX;
-use crate::numerics::kernels::EXP_ABS_MAX;
+use super::rounding::*;
+use super::softmax::*;
+use crate::numerics::fixed::{
+    bitlen, div_rhe, exp2_tables, isqrt, requant_shift, rhe, rhe64, Rhe, B16_MANT_MAX, B24_MANT_MAX,
+};
+use crate::numerics::kernels::{AdamStep, Bfp, EXP_ABS_MAX, WIDE_MANT_MAX};
 use proptest::prelude::*;
 
 /// A mantissa bounded by `lim`, often exactly an extreme.

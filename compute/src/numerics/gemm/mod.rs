@@ -1,5 +1,6 @@
-//! Exact integer GEMM for [`CpuKernels::matmul`](crate::numerics::kernels::CpuKernels): the exact i64
-//! sums `Σ_p A[i,p]·B[p,j]` of B16 mantissas through i16 multiply-add SIMD instructions.
+//! The matrix product of `CpuKernels::matmul`: [`matmul_with`] computes the exact i64 sums
+//! `Σ_p A[i,p]·B[p,j]` of B16 mantissas through i16 multiply-add SIMD instructions, or through
+//! exact f64 dgemm (`dgemm`) on CPUs without them, and requantizes them.
 //!
 //! # Why the sums are exact
 //!
@@ -17,16 +18,20 @@
 //! totals are bounded by `MATMUL_K_MAX · 32767² < 2^52`, so they never overflow either.
 //! Zero padding (odd K, edge rows and columns) adds exact zeros.
 //!
-//! Requantization of the sums is the caller's, unchanged (see `kernels.rs`).
+//! Requantization of the sums is [`matmul_with`]'s, by the rule of `Kernels::matmul`.
 
 // Elsewhere only the f64 dgemm path exists: the integer machinery below is unused there.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
+mod dgemm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::numerics::fixed::{Rhe, B16_MANT_MAX};
-use crate::numerics::kernels::MatmulShape;
+use crate::numerics::fixed::{requant_shift, Rhe, B16_MANT_MAX};
+use crate::numerics::kernels::{
+    check_matmul, checked_exp, matmul_limits, Bfp, KernelError, MatmulShape,
+};
+use dgemm::matmul_dgemm;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -582,6 +587,71 @@ fn run<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
             })
             .try_reduce(|| 0, |x, y| Some(x.max(y)))
     }
+}
+
+/// Smallest number of elements per rayon task in the elementwise passes of `matmul`.
+const MATMUL_PAR_MIN: usize = 1 << 13;
+
+/// Largest length of a `matmul` scratch buffer kept for the next call on the same thread.
+const MATMUL_SCRATCH_KEEP_MAX: usize = 1 << 21;
+
+thread_local! {
+    /// i64 sums of `matmul`'s integer SIMD path, reused by the next call on the same thread.
+    static MATMUL_SUMS: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `CpuKernels::matmul` through a chosen implementation: the exact integer SIMD sums of `path`
+/// (module docs), or f64 dgemm for [`Path::Dgemm`] and paths this CPU lacks. Every path gives
+/// the same exact sums, requantized by the same rule (`requant_shift` of the max-abs over all
+/// batch elements, then `rhe64`), hence the same bits.
+pub(crate) fn matmul_with(
+    path: Path,
+    a: &Bfp,
+    b: &Bfp,
+    s: MatmulShape,
+) -> Result<Bfp, KernelError> {
+    const OP: &str = "matmul";
+    let (na, nb) = matmul_limits(s)?;
+    let path = if path.available() { path } else { Path::Dgemm };
+    if (a.mant.len(), b.mant.len()) != (na, nb) || path == Path::Dgemm {
+        // Every check in `check_matmul`'s order (a's mantissas before b's length); the integer
+        // path below checks the mantissa range itself, while packing the operands.
+        check_matmul(a, b, s)?;
+    }
+    let base_exp = a.exp as i64 + b.exp as i64;
+    let len = s.batch * s.m * s.n;
+    if path == Path::Dgemm {
+        if len == 0 || s.k == 0 {
+            // Every sum is 0: mantissas 0, k = 0.
+            return Ok(Bfp {
+                mant: vec![0; len],
+                exp: checked_exp(OP, base_exp, 0)?,
+            });
+        }
+        return matmul_dgemm(a, b, s, base_exp);
+    }
+    // Taken out of the thread-local (left empty), so a nested call cannot alias it.
+    let mut sums_buf = MATMUL_SUMS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if sums_buf.len() < len {
+        sums_buf.resize(len, 0);
+    }
+    // Every sum is overwritten; stale values of a previous call are not read.
+    let sums = &mut sums_buf[..len];
+    let found = exact_sums(path, &a.mant, &b.mant, s, sums);
+    let result = match found {
+        Some(Some(mx)) => {
+            let k = requant_shift(mx as u128, B16_MANT_MAX);
+            let mant = requantize(path, sums, k, MATMUL_PAR_MIN);
+            checked_exp(OP, base_exp, k as i64).map(|exp| Bfp { mant, exp })
+        }
+        // A mantissa out of range (or, impossibly, no integer path after all): `check_matmul`
+        // reports the first offender exactly as before; were there none, dgemm.
+        _ => check_matmul(a, b, s).and_then(|()| matmul_dgemm(a, b, s, base_exp)),
+    };
+    if sums_buf.capacity() <= MATMUL_SCRATCH_KEEP_MAX {
+        MATMUL_SUMS.with(|c| *c.borrow_mut() = sums_buf);
+    }
+    result
 }
 
 #[cfg(test)]

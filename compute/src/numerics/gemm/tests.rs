@@ -1,9 +1,9 @@
 //! Every matmul path against `matmul_naive` (index-order i64 loops) and against each other, bit
 //! for bit, including the extremes of the hi/lo split and of the K blocks.
 
-use super::{requantize, Path, K_BLOCK_MAX, SUM_ABS_BITS_MAX};
+use super::{matmul_with, requantize, Path, K_BLOCK_MAX, SUM_ABS_BITS_MAX};
 use crate::numerics::fixed::{hash3, rhe64, B16_MANT_MAX};
-use crate::numerics::kernels::{matmul_naive, matmul_with, Bfp, KernelError, MatmulShape};
+use crate::numerics::kernels::{matmul_naive, Bfp, KernelError, MatmulShape};
 use proptest::prelude::*;
 
 /// The paths this CPU runs; says loudly which it skips, so a missing path is never silent.

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::GpuKernels;
-use crate::numerics::kernels::{AdamStep, Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use crate::numerics::cpu::CpuKernels;
+use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
 /// A [`GpuKernels`] whose `Unsupported` ops run on [`CpuKernels`] instead.
 #[derive(Debug)]

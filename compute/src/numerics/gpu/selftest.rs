@@ -1,8 +1,9 @@
 //! `leam compute selftest`: every kernel of a backend against the CPU reference, on fixed
 //! seeded inputs (counter-based hash, so every machine uses the same inputs).
 
+use crate::numerics::cpu::CpuKernels;
 use crate::numerics::fixed::{hash3, B16_MANT_MAX, B24_MANT_MAX};
-use crate::numerics::kernels::{AdamStep, Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
 /// Seed of the self-test inputs (fixed: the self-test is reproducible everywhere).
 pub const SELFTEST_SEED: u64 = 0x1ea7_5e1f_7e57;

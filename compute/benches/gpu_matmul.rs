@@ -77,7 +77,8 @@ fn ratios(gpus: &[GpuKernels]) {
 
 /// Every kernel on model-sized inputs, and steps of a tiny model, cpu against each adapter.
 fn kernels_and_training(gpus: &[GpuKernels]) {
-    use leam_compute::numerics::gpu::bench::{kernel_timings, train_step_secs};
+    use leam_compute::model::train::train_step_secs;
+    use leam_compute::numerics::gpu::bench::kernel_timings;
     let cpu = kernel_timings(&CpuKernels, RATIO_REPS);
     for g in gpus {
         for ((name, c), (_, t)) in cpu.iter().zip(kernel_timings(g, RATIO_REPS)) {

@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use leam_compute::model::train::train_step_secs;
 use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::bench::{
-    kernel_timings, time_against_sgemm, time_kernels, train_step_secs, BENCH_MODEL_SHAPES,
-    BENCH_SHAPES, MEASURE_SECS_MIN,
+    kernel_timings, time_against_sgemm, time_kernels, BENCH_MODEL_SHAPES, BENCH_SHAPES,
+    MEASURE_SECS_MIN,
 };
 use leam_compute::numerics::gpu::selftest::{self, Outcome};
 use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};

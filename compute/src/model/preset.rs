@@ -2,7 +2,7 @@
 //! layers, 4 heads, 128 wide, context 64, batch 12, 2000 iterations, seed 1337, evaluation every
 //! 250 iterations on 20 batches), with the optimizer settings of [`Hyper::NANOGPT_CPU`]. The one
 //! definition: `leam train --preset nanogpt-cpu`, the reference shard spec
-//! ([`crate::verify::shard::nanogpt_cpu_spec`]) and the job preset of `leam-market` (which cannot depend
+//! (`verify::shard::nanogpt_cpu_spec`) and the job preset of `leam-market` (which cannot depend
 //! on compute and mirrors it; `leam-jobs` tests that the two agree) all take it.
 
 use crate::model::optim::Hyper;

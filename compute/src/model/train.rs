@@ -634,6 +634,27 @@ pub fn run(
     Ok(curve)
 }
 
+/// Mean seconds per training step of `state` on `backend` over `steps` steps (after one
+/// warm-up step), batches from `tokens`.
+pub fn train_step_secs(
+    backend: &dyn Kernels,
+    state: &mut TrainState,
+    tokens: &[u32],
+    steps: u64,
+) -> Result<f64, TrainError> {
+    let one = |st: &mut TrainState| -> Result<(), TrainError> {
+        let batch = st.batch_for(tokens, st.step)?;
+        st.step(backend, &batch)?;
+        Ok(())
+    };
+    one(state)?;
+    let t = std::time::Instant::now();
+    for _ in 0..steps.max(1) {
+        one(state)?;
+    }
+    Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

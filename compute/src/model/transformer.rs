@@ -12,7 +12,7 @@ use crate::numerics::kernels::{Bfp, KernelError, Kernels, MatmulShape};
 use rayon::prelude::*;
 
 // The one set of model limits: `Config::validate`, training, checkpoints and shard specs
-// (`crate::verify::shard`) all check these.
+// (`verify::shard`) all check these.
 /// Largest vocabulary, in tokens.
 pub const VOCAB_MAX: usize = 1 << 16;
 /// Longest context, in tokens.

@@ -16,9 +16,6 @@ use sha2::{Digest, Sha256};
 /// A SHA-256 digest.
 pub type Hash32 = [u8; 32];
 
-/// Most leaves a step tree may have (equals [`crate::verify::shard::SHARD_STEPS_MAX`]).
-pub const STEP_TREE_LEAVES_MAX: u64 = crate::verify::shard::SHARD_STEPS_MAX as u64;
-
 /// Longest inclusion proof accepted, in hashes (a tree of 2^63 leaves needs 63).
 pub const INCLUSION_PROOF_HASHES_MAX: usize = 63;
 

@@ -275,25 +275,3 @@ pub fn kernel_timings(
         ("layernorm", best_of(reps, || k.layernorm(&x, rows, cols))),
     ]
 }
-
-/// Mean seconds per training step of `state` on `backend` over `steps` steps (after one
-/// warm-up step), batches from `tokens`.
-pub fn train_step_secs(
-    backend: &dyn Kernels,
-    state: &mut crate::model::train::TrainState,
-    tokens: &[u32],
-    steps: u64,
-) -> Result<f64, crate::model::train::TrainError> {
-    let one =
-        |st: &mut crate::model::train::TrainState| -> Result<(), crate::model::train::TrainError> {
-            let batch = st.batch_for(tokens, st.step)?;
-            st.step(backend, &batch)?;
-            Ok(())
-        };
-    one(state)?;
-    let t = Instant::now();
-    for _ in 0..steps.max(1) {
-        one(state)?;
-    }
-    Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
-}

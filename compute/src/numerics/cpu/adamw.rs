@@ -1,5 +1,5 @@
 //! AdamW on the CPU: the rule of [`AdamStep`] in two or three passes with 64-bit moments and
-//! f64 estimates where provably exact, the AVX-512 passes of `adam_x86` where the CPU has them,
+//! f64 estimates where provably exact, the AVX-512 passes of `x86` where the CPU has them,
 //! and the reference's i128 passes for hyperparameters outside the usual range.
 
 use super::elementwise::Align;
@@ -11,6 +11,9 @@ use crate::numerics::kernels::{
     align_exp, check_adamw, checked_exp, shift_sat, AdamStep, Bfp, KernelError, WIDE_MANT_MAX,
 };
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// Exact floor square root of `x < 2^104` (so the root is below `2^52` and its square is one
 /// 64×64-bit product): the f64 root of the top 62 bits of `x` (an even shift `2h` dropped,
@@ -42,7 +45,7 @@ pub(super) const ADAM_CHUNK: usize = 1 << 12;
 /// real configuration) [`adamw_narrow`] runs it in three passes (maxima; m', r' and the
 /// unrounded p'; rounding of p'), with 64-bit moments where the alignment allows and f64
 /// estimates of roots and quotients where provably exact; on x86-64 with AVX-512 its passes
-/// run 8 elements per instruction (`adam_x86`, the same values lane by lane, the scalar code
+/// run 8 elements per instruction (`x86`, the same values lane by lane, the scalar code
 /// for the few elements an estimate cannot vouch for). Otherwise [`adamw_with`] runs the
 /// reference's i128 expressions (so out-of-range hyperparameters wrap identically) in four
 /// passes, with 64 bits only where the bound is structural: aligned B16 values
@@ -247,7 +250,7 @@ struct AdamLanes {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use super::adam_x86::Avx512Dq as AdamSimd;
+pub(super) use x86::Avx512Dq as AdamSimd;
 
 /// No vector passes off x86-64: uninhabited, so only the portable code runs.
 #[cfg(not(target_arch = "x86_64"))]
@@ -256,11 +259,11 @@ pub(super) enum AdamSimd {}
 
 #[cfg(not(target_arch = "x86_64"))]
 impl AdamSimd {
-    fn new() -> Option<Self> {
+    pub(super) fn new() -> Option<Self> {
         None
     }
 
-    fn maxima(
+    pub(super) fn maxima(
         self,
         _: &MomentConsts,
         _: &[i32],
@@ -272,7 +275,7 @@ impl AdamSimd {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn pass2<FR, FW>(
+    pub(super) fn pass2<FR, FW>(
         self,
         _: &MomentConsts,
         _: &RootConsts,
@@ -286,7 +289,7 @@ impl AdamSimd {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn update<F: Fn(i32, i32, i32) -> i128>(
+    pub(super) fn update<F: Fn(i32, i32, i32) -> i128>(
         self,
         _: &UpdateConsts,
         _: &[i32],

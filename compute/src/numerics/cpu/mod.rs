@@ -22,8 +22,6 @@
 use super::gemm::{matmul_with, Path};
 use super::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
-#[cfg(target_arch = "x86_64")]
-mod adam_x86;
 mod adamw;
 mod elementwise;
 mod gelu;

@@ -1,4 +1,4 @@
-//! AVX-512 passes of [`super::adamw::adamw_narrow`], eight elements per step (one 64-bit lane each).
+//! AVX-512 passes of [`super::adamw_narrow`], eight elements per step (one 64-bit lane each).
 //!
 //! This module is `unsafe` for the same two reasons as the matmul kernels of
 //! `crate::numerics::gemm::x86`: calling `#[target_feature]` functions from code compiled without the
@@ -27,16 +27,16 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::adamw::{
+use super::{
     MomentConsts, RootConsts, UpdateConsts, ADAM_CHUNK, ADAM_RHE_K_MAX, ROOT_EST_MARGIN,
     UPDATE_EST_MAX,
 };
-use super::elementwise::Align;
-use super::rounding::{DIV_EST_MARGIN, ROUND_MAGIC};
+use crate::numerics::cpu::elementwise::Align;
+use crate::numerics::cpu::rounding::{DIV_EST_MARGIN, ROUND_MAGIC};
 
 /// An output element of the kernels: an `i32`, or one not initialized yet (the outputs of
 /// [`Avx512Dq::pass2`]). Implemented only for those two types, both 4 bytes.
-pub(super) trait Slot: Sized {
+pub(in crate::numerics::cpu) trait Slot: Sized {
     /// Writes `v`.
     fn put(&mut self, v: i32);
     /// The address of 8 consecutive slots, for one 32-byte store of initialized values.
@@ -64,24 +64,24 @@ impl Slot for MaybeUninit<i32> {
 
 /// Results of [`Avx512Dq::pass2`]: `m'`, `r'`, `p'` (rounded by the guessed shift), the
 /// largest unrounded `|p'|` and whether every `p'` fits in i64.
-pub(super) type Pass2 = (Vec<i32>, Vec<i32>, Vec<i32>, u64, bool);
+pub(in crate::numerics::cpu) type Pass2 = (Vec<i32>, Vec<i32>, Vec<i32>, u64, bool);
 
 /// Lanes per step: 64-bit integers or f64 in a zmm register.
 const LANES: usize = 8;
 
 /// Proof that the CPU supports AVX-512 F and DQ (see module docs).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Avx512Dq(());
+pub(in crate::numerics::cpu) struct Avx512Dq(());
 
 impl Avx512Dq {
     /// `Some` only if the running CPU has AVX-512 F and DQ.
-    pub(super) fn new() -> Option<Self> {
+    pub(in crate::numerics::cpu) fn new() -> Option<Self> {
         (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq"))
             .then_some(Self(()))
     }
 
     /// [`maxima`] (see there).
-    pub(super) fn maxima(
+    pub(in crate::numerics::cpu) fn maxima(
         self,
         k: &MomentConsts,
         m: &[i32],
@@ -95,7 +95,7 @@ impl Avx512Dq {
 
     /// [`moments`] (see there).
     #[cfg(test)]
-    pub(super) fn moments<F: Fn(i32, i32) -> i32>(
+    pub(in crate::numerics::cpu) fn moments<F: Fn(i32, i32) -> i32>(
         self,
         k: &MomentConsts,
         root: &RootConsts,
@@ -108,11 +108,11 @@ impl Avx512Dq {
         unsafe { moments(k, root, ins, m2, r2, &exact_root) }
     }
 
-    /// Pass 2 of [`super::adamw::adamw_narrow`] in parallel chunks: [`moments`], then [`update`] of
+    /// Pass 2 of [`super::adamw_narrow`] in parallel chunks: [`moments`], then [`update`] of
     /// the chunk's `m'`, `r'` and `p = ins.3` with `p'` rounded by `k`, into three vectors
     /// allocated without zeroing.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn pass2<FR, FW>(
+    pub(in crate::numerics::cpu) fn pass2<FR, FW>(
         self,
         k: &MomentConsts,
         roots: &RootConsts,
@@ -179,7 +179,7 @@ impl Avx512Dq {
 
     /// [`update`] (see there).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn update<F: Fn(i32, i32, i32) -> i128>(
+    pub(in crate::numerics::cpu) fn update<F: Fn(i32, i32, i32) -> i128>(
         self,
         u: &UpdateConsts,
         m2: &[i32],
@@ -197,7 +197,7 @@ impl Avx512Dq {
 /// Results of [`maxima`]: the largest `|m'|` before rounding, the largest second moment (not
 /// doubled), the largest `|p|`, and the bitwise OR of every `|m|`, `|g|` and `|r|` (all are
 /// at most `2^15 − 1` exactly when the OR is: it has all fifteen low bits set).
-pub(super) type Maxima = (u64, u128, u32, u64);
+pub(in crate::numerics::cpu) type Maxima = (u64, u128, u32, u64);
 
 /// Loads 8 i32 as 8 i64 lanes.
 #[inline]
@@ -271,7 +271,7 @@ fn terms(k: &MomentConsts, m: __m512i, g: __m512i, r: __m512i) -> [__m512i; 3] {
     [wm, ta, tb]
 }
 
-/// Pass 1 of [`super::adamw::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
+/// Pass 1 of [`super::adamw_narrow`] over one chunk: the largest `|wm|`, the largest
 /// `(ta << la) + (tb << lb)` (below `2^101`, kept as 128-bit lanes split into high and low
 /// 64-bit halves), the largest `|p|` and the OR of the B16 magnitudes, so that the caller can
 /// skip the separate range scan of the inputs. The tail is padded with zeros, which add zeros
@@ -378,7 +378,7 @@ fn round_sure(y: __m512d, margin: __m512d) -> (__m512d, __mmask8) {
     (q, _mm512_cmp_pd_mask::<_CMP_GT_OQ>(off, margin))
 }
 
-/// Pass 2a of [`super::adamw::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
+/// Pass 2a of [`super::adamw_narrow`] over one chunk: `m'` (exact integer lanes) and `r'`
 /// from the f64 root where the scalar code takes it, `exact_root(r, g)` elsewhere.
 /// Writes every element of `m2` and `r2` (as long as `m`).
 #[target_feature(enable = "avx512f,avx512dq")]

@@ -9,7 +9,10 @@
 //!   sampling and the nanoGPT preset, on any backend;
 //! - [`verify`]: shards, per-step commitments, replay, bisection and the referee, and the
 //!   DiLoCo outer step.
+//!
+//! `codec` is the one byte reader the binary formats of `model` and `verify` decode with.
 
+mod codec;
 pub mod model;
 pub mod numerics;
 pub mod verify;

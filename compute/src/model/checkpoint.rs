@@ -4,8 +4,9 @@
 //! each character as a u32 Unicode scalar (strictly ascending), state length u64, the state
 //! ([`TrainState::encode`]), then SHA-256 of all preceding bytes (32 bytes).
 
+use crate::codec::{Reader, Truncated};
 use crate::model::data::Vocab;
-use crate::model::train::{DecodeError, Reader, TrainState};
+use crate::model::train::{DecodeError, TrainState};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -15,6 +16,8 @@ pub const MAGIC: &[u8; 8] = b"LEAMCKPT";
 pub const VERSION: u32 = 1;
 /// Largest checkpoint file accepted.
 pub const CHECKPOINT_BYTES_MAX: u64 = 1 << 34;
+/// The format's name in decoding errors.
+const CHECKPOINT: &str = "checkpoint";
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +67,12 @@ pub enum CheckpointError {
     Decode(#[from] DecodeError),
 }
 
+impl From<Truncated<'_>> for CheckpointError {
+    fn from(t: Truncated<'_>) -> Self {
+        CheckpointError::Decode(t.into())
+    }
+}
+
 /// A checkpoint: vocabulary plus training state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -93,8 +102,8 @@ impl Checkpoint {
 
     /// Parses and validates bytes (checksum first, then every field).
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        let mut rd = Reader { bytes, pos: 0 };
-        let magic = rd.take(8, "magic")?;
+        let mut rd = Reader::new(CHECKPOINT, bytes);
+        let magic = rd.take("magic", 8)?;
         if magic != MAGIC {
             return Err(DecodeError::Magic {
                 expected: hex::encode(MAGIC),
@@ -118,18 +127,15 @@ impl Checkpoint {
                 stored: hex::encode(trailer),
             });
         }
-        let mut rd = Reader {
-            bytes: body,
-            pos: 8,
-        };
-        let version = rd.u32("version")?;
+        let mut rd = Reader::at(CHECKPOINT, body, 8);
+        let version = rd.u32_le("version")?;
         if version != VERSION {
             return Err(CheckpointError::Version {
                 found: version,
                 expected: VERSION,
             });
         }
-        let n = rd.u32("vocabulary length")? as usize;
+        let n = rd.u32_le("vocabulary length")? as usize;
         if n == 0 || n > crate::model::transformer::VOCAB_MAX {
             return Err(CheckpointError::Vocab {
                 index: 0,
@@ -141,7 +147,7 @@ impl Checkpoint {
         }
         let mut chars: Vec<char> = Vec::with_capacity(n);
         for index in 0..n {
-            let u = rd.u32("vocabulary entry")?;
+            let u = rd.u32_le("vocabulary entry")?;
             let c = char::from_u32(u).ok_or_else(|| CheckpointError::Vocab {
                 index,
                 reason: format!("{u:#x} is not a Unicode scalar value"),
@@ -156,18 +162,18 @@ impl Checkpoint {
             }
             chars.push(c);
         }
-        let len = rd.u64("state length")?;
-        let left = (body.len() - rd.pos) as u64;
+        let len = rd.u64_le("state length")?;
+        let left = rd.remaining() as u64;
         if len != left {
             return Err(DecodeError::Field {
                 what: "state length".into(),
-                offset: rd.pos - 8,
+                offset: rd.pos() - 8,
                 expected: format!("{left} (the remaining bytes)"),
                 found: len.to_string(),
             }
             .into());
         }
-        let state = TrainState::decode(&body[rd.pos..])?;
+        let state = TrainState::decode(&body[rd.pos()..])?;
         if state.model.vocab != chars.len() {
             return Err(CheckpointError::Vocab {
                 index: chars.len(),

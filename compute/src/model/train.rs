@@ -1,6 +1,7 @@
 //! Single-node training: the full training state, one bit-exact step, its canonical encoding
 //! and SHA-256 state hash, evaluation, and the training loop behind `leam train`.
 
+use crate::codec::{Reader, Truncated};
 use crate::model::data::STREAM_TRAIN;
 use crate::model::data::{
     sample_batch, Batch, Corpus, DataError, STREAM_EVAL_TRAIN, STREAM_EVAL_VAL,
@@ -51,6 +52,9 @@ impl From<KernelError> for TrainError {
         TrainError::Model(ModelError::Kernel(e))
     }
 }
+
+/// The state encoding's name in decoding errors.
+const STATE: &str = "training state";
 
 /// Why a state encoding was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -318,8 +322,8 @@ impl TrainState {
     /// Inverse of [`TrainState::encode`]; rejects anything that is not exactly a valid state
     /// (config limits, mantissa bounds, exponent range, non-negative `r`, trailing bytes).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut rd = Reader { bytes, pos: 0 };
-        let magic = rd.take(8, "magic")?;
+        let mut rd = Reader::new(STATE, bytes);
+        let magic = rd.take("magic", 8)?;
         if magic != STATE_MAGIC {
             return Err(DecodeError::Magic {
                 expected: hex::encode(STATE_MAGIC),
@@ -327,8 +331,8 @@ impl TrainState {
             });
         }
         let model = decode_header(&mut rd)?;
-        let at = rd.pos;
-        let batch_size = rd.u32("batch_size")? as usize;
+        let at = rd.pos();
+        let batch_size = rd.u32_le("batch_size")? as usize;
         if batch_size == 0 || batch_size > BATCH_SIZE_MAX {
             return Err(DecodeError::Field {
                 what: "batch_size".into(),
@@ -337,10 +341,10 @@ impl TrainState {
                 found: batch_size.to_string(),
             });
         }
-        let seed = rd.u64("seed")?;
+        let seed = rd.u64_le("seed")?;
         let mut hv = [0i64; 8];
         for (i, v) in hv.iter_mut().enumerate() {
-            *v = rd.u64(&format!("hyperparameter {i}"))? as i64;
+            *v = rd.u64_le(&format!("hyperparameter {i}"))? as i64;
         }
         let hyper = HyperQ {
             lr_q40: hv[0],
@@ -367,7 +371,7 @@ impl TrainState {
                 });
             }
         }
-        let step = rd.u64("step")?;
+        let step = rd.u64_le("step")?;
         let specs = model.param_specs();
         let mut parts: [Vec<Bfp>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for (pi, part) in parts.iter_mut().enumerate() {
@@ -377,13 +381,19 @@ impl TrainState {
                 _ => ("r", B16_MANT_MAX, true),
             };
             for s in &specs {
-                part.push(rd.tensor(&format!("{kind} {}", s.name), s.len(), max, nonneg)?);
+                part.push(read_tensor(
+                    &mut rd,
+                    &format!("{kind} {}", s.name),
+                    s.len(),
+                    max,
+                    nonneg,
+                )?);
             }
         }
-        if rd.pos != bytes.len() {
+        if rd.remaining() != 0 {
             return Err(DecodeError::Trailing {
-                offset: rd.pos,
-                extra: bytes.len() - rd.pos,
+                offset: rd.pos(),
+                extra: rd.remaining(),
             });
         }
         let [params, m, r] = parts;
@@ -436,13 +446,13 @@ fn encode_tensor(out: &mut Vec<u8>, t: &Bfp) {
 }
 
 fn decode_header(rd: &mut Reader<'_>) -> Result<Config, DecodeError> {
-    let at = rd.pos;
+    let at = rd.pos();
     let mut v = [0usize; 5];
     for (i, name) in ["vocab", "n_layer", "n_head", "n_embd", "block_size"]
         .iter()
         .enumerate()
     {
-        v[i] = rd.u32(name)? as usize;
+        v[i] = rd.u32_le(name)? as usize;
     }
     let model = Config {
         vocab: v[0],
@@ -460,73 +470,53 @@ fn decode_header(rd: &mut Reader<'_>) -> Result<Config, DecodeError> {
     Ok(model)
 }
 
-/// Bounds-checked little-endian reader.
-pub(crate) struct Reader<'a> {
-    pub(crate) bytes: &'a [u8],
-    pub(crate) pos: usize,
+/// One tensor of the state encoding: exponent, then `len` mantissas bounded by `max` (and
+/// nonnegative when `nonneg`), little-endian i32s.
+fn read_tensor(
+    rd: &mut Reader<'_>,
+    what: &str,
+    len: usize,
+    max: i32,
+    nonneg: bool,
+) -> Result<Bfp, DecodeError> {
+    let at = rd.pos();
+    let exp = rd.u32_le(&format!("{what} exponent"))? as i32;
+    if (exp as i64).abs() > EXP_ABS_MAX {
+        return Err(DecodeError::Field {
+            what: format!("{what} exponent"),
+            offset: at,
+            expected: format!("|exp| <= {EXP_ABS_MAX}"),
+            found: exp.to_string(),
+        });
+    }
+    let start = rd.pos();
+    let raw = rd.i32s_le(&format!("{what} mantissas"), len)?;
+    let mut mant = Vec::with_capacity(len);
+    for (i, v) in raw.enumerate() {
+        if v.unsigned_abs() > max as u32 || (nonneg && v < 0) {
+            return Err(DecodeError::Field {
+                what: format!("{what} mantissa {i}"),
+                offset: start + 4 * i,
+                expected: if nonneg {
+                    format!("0..={max}")
+                } else {
+                    format!("|m| <= {max}")
+                },
+                found: v.to_string(),
+            });
+        }
+        mant.push(v);
+    }
+    Ok(Bfp::new(mant, exp))
 }
 
-impl<'a> Reader<'a> {
-    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
-        let left = self.bytes.len() - self.pos;
-        if left < n {
-            return Err(DecodeError::Truncated {
-                offset: self.pos,
-                what: what.into(),
-                need: n - left,
-            });
+impl From<Truncated<'_>> for DecodeError {
+    fn from(t: Truncated<'_>) -> Self {
+        DecodeError::Truncated {
+            offset: t.offset,
+            what: t.field.into(),
+            need: t.needed - t.remaining,
         }
-        let s = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
-        let s = self.take(4, what)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
-        let s = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn tensor(
-        &mut self,
-        what: &str,
-        len: usize,
-        max: i32,
-        nonneg: bool,
-    ) -> Result<Bfp, DecodeError> {
-        let at = self.pos;
-        let exp = self.u32(&format!("{what} exponent"))? as i32;
-        if (exp as i64).abs() > EXP_ABS_MAX {
-            return Err(DecodeError::Field {
-                what: format!("{what} exponent"),
-                offset: at,
-                expected: format!("|exp| <= {EXP_ABS_MAX}"),
-                found: exp.to_string(),
-            });
-        }
-        let start = self.pos;
-        let raw = self.take(4 * len, &format!("{what} mantissas"))?;
-        let mut mant = Vec::with_capacity(len);
-        for (i, c) in raw.chunks_exact(4).enumerate() {
-            let v = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            if v.unsigned_abs() > max as u32 || (nonneg && v < 0) {
-                return Err(DecodeError::Field {
-                    what: format!("{what} mantissa {i}"),
-                    offset: start + 4 * i,
-                    expected: if nonneg {
-                        format!("0..={max}")
-                    } else {
-                        format!("|m| <= {max}")
-                    },
-                    found: v.to_string(),
-                });
-            }
-            mant.push(v);
-        }
-        Ok(Bfp::new(mant, exp))
     }
 }
 

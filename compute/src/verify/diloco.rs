@@ -18,6 +18,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::codec::{i64_be_signed, Reader, Truncated};
 use crate::numerics::fixed::{div_rhe, requant_shift, rhe};
 use crate::numerics::kernels::{Bfp, EXP_ABS_MAX, TENSOR_ELEMS_MAX};
 use crate::verify::commit::Hash32;
@@ -34,6 +35,8 @@ pub const OUTER_SHARDS_MAX: usize = 4096;
 pub const DELTA_MAGIC: [u8; 4] = *b"LDLT";
 /// Encoding version of a [`ParamDelta`].
 pub const DELTA_VERSION: u8 = 1;
+/// The encoding's name in decoding errors.
+const DELTA: &str = "param delta";
 /// Fixed-point one of the outer optimizer's Q16.16 constants.
 pub const Q16_ONE: u32 = 1 << 16;
 /// Largest outer learning rate, Q16.16 (2.0).
@@ -348,7 +351,7 @@ impl ParamDelta {
     /// Decodes a canonical encoding, rejecting trailing bytes and out-of-range counts and
     /// exponents before allocating.
     pub fn decode(bytes: &[u8]) -> Result<ParamDelta, DilocoError> {
-        let mut cur = Cursor { bytes, off: 0 };
+        let mut cur = Reader::new(DELTA, bytes);
         let magic = cur.take("magic", 4)?;
         if magic != DELTA_MAGIC {
             return Err(DilocoError::Decode {
@@ -357,7 +360,7 @@ impl ParamDelta {
                 reason: format!("found {magic:?}, expected {DELTA_MAGIC:?}"),
             });
         }
-        let version = cur.take("version", 1)?[0];
+        let version = cur.u8("version")?;
         if version != DELTA_VERSION {
             return Err(DilocoError::Decode {
                 field: "version",
@@ -365,8 +368,7 @@ impl ParamDelta {
                 reason: format!("unknown version {version}, this build reads {DELTA_VERSION}"),
             });
         }
-        let be32 = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
-        let count = be32(cur.take("tensor_count", 4)?) as usize;
+        let count = cur.u32_be("tensor_count")? as usize;
         if count > DELTA_TENSORS_MAX {
             return Err(DilocoError::Limit {
                 what: "param delta tensors",
@@ -377,7 +379,7 @@ impl ParamDelta {
         let mut tensors = Vec::with_capacity(count);
         let mut elems = 0usize;
         for t in 0..count {
-            let exp = be32(cur.take("exp", 4)?) as i32;
+            let exp = cur.u32_be("exp")? as i32;
             if i64::from(exp).abs() > EXP_ABS_MAX {
                 return Err(DilocoError::ExponentRange {
                     what: "param delta",
@@ -386,7 +388,7 @@ impl ParamDelta {
                     max: EXP_ABS_MAX,
                 });
             }
-            let len = be32(cur.take("len", 4)?) as usize;
+            let len = cur.u32_be("len")? as usize;
             elems += len;
             if elems > DELTA_ELEMS_MAX {
                 return Err(DilocoError::Limit {
@@ -395,8 +397,8 @@ impl ParamDelta {
                     max: DELTA_ELEMS_MAX as u64,
                 });
             }
-            let width_at = cur.off;
-            let w = usize::from(cur.take("width", 1)?[0]);
+            let width_at = cur.pos();
+            let w = usize::from(cur.u8("width")?);
             if !DELTA_WIDTHS.contains(&w) {
                 return Err(DilocoError::Decode {
                     field: "width",
@@ -406,16 +408,7 @@ impl ParamDelta {
             }
             // `take` checks the bytes are present before anything is allocated for them.
             let raw = cur.take("values", len * w)?;
-            let values: Vec<i64> = raw
-                .chunks_exact(w)
-                .map(|c| {
-                    // Sign-extend the big-endian two's complement value to 8 bytes.
-                    let fill = if c[0] & 0x80 != 0 { 0xff } else { 0 };
-                    let mut b = [fill; 8];
-                    b[8 - w..].copy_from_slice(c);
-                    i64::from_be_bytes(b)
-                })
-                .collect();
+            let values: Vec<i64> = raw.chunks_exact(w).map(i64_be_signed).collect();
             if value_width(&values) != w {
                 return Err(DilocoError::Decode {
                     field: "width",
@@ -428,11 +421,11 @@ impl ParamDelta {
             }
             tensors.push(IntTensor { exp, values });
         }
-        if cur.off != bytes.len() {
+        if cur.remaining() != 0 {
             return Err(DilocoError::Decode {
                 field: "end",
-                offset: cur.off,
-                reason: format!("{} trailing bytes", bytes.len() - cur.off),
+                offset: cur.pos(),
+                reason: format!("{} trailing bytes", cur.remaining()),
             });
         }
         Ok(ParamDelta { tensors })
@@ -444,25 +437,13 @@ impl ParamDelta {
     }
 }
 
-/// Byte cursor of the [`ParamDelta`] decoder that names the field it fails on.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    off: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DilocoError> {
-        let rest = self.bytes.len() - self.off;
-        if rest < n {
-            return Err(DilocoError::Decode {
-                field,
-                offset: self.off,
-                reason: format!("needs {n} bytes, {rest} left"),
-            });
+impl From<Truncated<'static>> for DilocoError {
+    fn from(t: Truncated<'static>) -> Self {
+        DilocoError::Decode {
+            field: t.field,
+            offset: t.offset,
+            reason: format!("needs {} bytes, {} left", t.needed, t.remaining),
         }
-        let s = &self.bytes[self.off..self.off + n];
-        self.off += n;
-        Ok(s)
     }
 }
 

@@ -16,6 +16,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::codec::{Reader, Truncated};
 use crate::verify::commit::Hash32;
 
 /// Most inner steps one shard may contain.
@@ -266,90 +267,49 @@ pub fn compute_units(spec: &ShardSpec) -> u64 {
     u64::try_from(units).unwrap_or(u64::MAX)
 }
 
-/// Big-endian byte reader that names the field it fails on.
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-    offset: usize,
+impl From<Truncated<'static>> for ShardError {
+    fn from(t: Truncated<'static>) -> Self {
+        ShardError::Truncated {
+            what: t.what,
+            field: t.field,
+            offset: t.offset,
+            needed: t.needed,
+            remaining: t.remaining,
+        }
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Self {
-            what,
-            bytes,
-            offset: 0,
-        }
+/// Reads the magic and version of a spec or result.
+fn read_header(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<(), ShardError> {
+    let found: [u8; 4] = r.array("magic")?;
+    if found != magic {
+        return Err(ShardError::BadMagic {
+            what: r.what(),
+            found,
+            expected: magic,
+        });
     }
+    let version = r.u8("version")?;
+    if version != ENCODING_VERSION {
+        return Err(ShardError::UnknownVersion {
+            what: r.what(),
+            found: version,
+            supported: ENCODING_VERSION,
+        });
+    }
+    Ok(())
+}
 
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], ShardError> {
-        let remaining = self.bytes.len() - self.offset;
-        if remaining < n {
-            return Err(ShardError::Truncated {
-                what: self.what,
-                field,
-                offset: self.offset,
-                needed: n,
-                remaining,
-            });
-        }
-        let s = &self.bytes[self.offset..self.offset + n];
-        self.offset += n;
-        Ok(s)
+/// `TrailingBytes` unless the whole input was read.
+fn read_end(r: &Reader<'_>) -> Result<(), ShardError> {
+    if r.remaining() != 0 {
+        return Err(ShardError::TrailingBytes {
+            what: r.what(),
+            offset: r.pos(),
+            extra: r.remaining(),
+        });
     }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ShardError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(field, N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, ShardError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, ShardError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, ShardError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, ShardError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
-
-    fn header(&mut self, magic: [u8; 4]) -> Result<(), ShardError> {
-        let found: [u8; 4] = self.array("magic")?;
-        if found != magic {
-            return Err(ShardError::BadMagic {
-                what: self.what,
-                found,
-                expected: magic,
-            });
-        }
-        let version = self.u8("version")?;
-        if version != ENCODING_VERSION {
-            return Err(ShardError::UnknownVersion {
-                what: self.what,
-                found: version,
-                supported: ENCODING_VERSION,
-            });
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), ShardError> {
-        if self.offset != self.bytes.len() {
-            return Err(ShardError::TrailingBytes {
-                what: self.what,
-                offset: self.offset,
-                extra: self.bytes.len() - self.offset,
-            });
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 const SPEC: &str = "shard spec";
@@ -458,35 +418,35 @@ impl ShardSpec {
     /// Decodes and validates a canonical encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, ShardError> {
         let mut r = Reader::new(SPEC, bytes);
-        r.header(SPEC_MAGIC)?;
-        let numerics = r.u16("numerics")?;
+        read_header(&mut r, SPEC_MAGIC)?;
+        let numerics = r.u16_be("numerics")?;
         let model = ModelShape {
-            vocab_size: r.u32("vocab_size")?,
-            n_layer: r.u32("n_layer")?,
-            n_head: r.u32("n_head")?,
-            n_embd: r.u32("n_embd")?,
-            block_size: r.u32("block_size")?,
-            batch_size: r.u32("batch_size")?,
+            vocab_size: r.u32_be("vocab_size")?,
+            n_layer: r.u32_be("n_layer")?,
+            n_head: r.u32_be("n_head")?,
+            n_embd: r.u32_be("n_embd")?,
+            block_size: r.u32_be("block_size")?,
+            batch_size: r.u32_be("batch_size")?,
         };
         let start_state = r.array("start_state")?;
         let corpus_sha256 = r.array("corpus_sha256")?;
-        let data_start = r.u64("data_start")?;
-        let data_end = r.u64("data_end")?;
-        let seed = r.u64("seed")?;
+        let data_start = r.u64_be("data_start")?;
+        let data_end = r.u64_be("data_end")?;
+        let seed = r.u64_be("seed")?;
         // Values ≥ 2^63 become negative here and are rejected by `validate` with their field.
         let hyper = Hyper {
-            lr_q40: r.u64("lr_q40")? as i64,
-            min_lr_q40: r.u64("min_lr_q40")? as i64,
-            warmup_iters: r.u64("warmup_iters")?,
-            lr_decay_iters: r.u64("lr_decay_iters")?,
-            weight_decay_q30: r.u64("weight_decay_q30")? as i64,
-            beta1_q30: r.u64("beta1_q30")? as i64,
-            beta2_q30: r.u64("beta2_q30")? as i64,
-            grad_clip_q30: r.u64("grad_clip_q30")? as i64,
+            lr_q40: r.u64_be("lr_q40")? as i64,
+            min_lr_q40: r.u64_be("min_lr_q40")? as i64,
+            warmup_iters: r.u64_be("warmup_iters")?,
+            lr_decay_iters: r.u64_be("lr_decay_iters")?,
+            weight_decay_q30: r.u64_be("weight_decay_q30")? as i64,
+            beta1_q30: r.u64_be("beta1_q30")? as i64,
+            beta2_q30: r.u64_be("beta2_q30")? as i64,
+            grad_clip_q30: r.u64_be("grad_clip_q30")? as i64,
         };
-        let first_step = r.u64("first_step")?;
-        let steps = r.u32("steps")?;
-        r.finish()?;
+        let first_step = r.u64_be("first_step")?;
+        let steps = r.u32_be("steps")?;
+        read_end(&r)?;
         let spec = ShardSpec {
             numerics,
             model,
@@ -551,9 +511,9 @@ impl ShardResult {
     /// Decodes a canonical encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, ShardError> {
         let mut r = Reader::new(RESULT, bytes);
-        r.header(RESULT_MAGIC)?;
+        read_header(&mut r, RESULT_MAGIC)?;
         let shard_id = r.array("shard_id")?;
-        let steps = r.u32("steps")?;
+        let steps = r.u32_be("steps")?;
         if steps == 0 || steps > SHARD_STEPS_MAX {
             return Err(ShardError::OutOfRange {
                 what: RESULT,
@@ -566,8 +526,8 @@ impl ShardResult {
         let final_state = r.array("final_state")?;
         let delta_commitment = r.array("delta_commitment")?;
         let step_root = r.array("step_root")?;
-        let compute_units = r.u64("compute_units")?;
-        let len = r.u16("fingerprint_len")?;
+        let compute_units = r.u64_be("compute_units")?;
+        let len = r.u16_be("fingerprint_len")?;
         if usize::from(len) > FINGERPRINT_BYTES_MAX {
             return Err(ShardError::OutOfRange {
                 what: RESULT,
@@ -585,7 +545,7 @@ impl ShardResult {
                 reason: format!("not UTF-8: {e}"),
             })?
             .to_owned();
-        r.finish()?;
+        read_end(&r)?;
         Ok(ShardResult {
             shard_id,
             steps,

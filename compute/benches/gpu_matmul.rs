@@ -4,9 +4,10 @@
 //! in this same process (`ratio cpu/sgemm`, `ratio wgpu/cpu` per adapter).
 
 use criterion::{BenchmarkId, Criterion};
-use leam_compute::gpu::bench::{operands, time_kernels, time_sgemm, BENCH_SHAPES};
-use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
-use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::gpu::bench::{operands, time_kernels, time_sgemm, BENCH_SHAPES};
+use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::numerics::kernels::{Kernels, MatmulShape};
 use ndarray::{linalg::general_mat_mul, Array2};
 
 /// Repetitions of the ratio measurement after the criterion groups.
@@ -76,7 +77,8 @@ fn ratios(gpus: &[GpuKernels]) {
 
 /// Every kernel on model-sized inputs, and steps of a tiny model, cpu against each adapter.
 fn kernels_and_training(gpus: &[GpuKernels]) {
-    use leam_compute::gpu::bench::{kernel_timings, train_step_secs};
+    use leam_compute::model::train::train_step_secs;
+    use leam_compute::numerics::gpu::bench::kernel_timings;
     let cpu = kernel_timings(&CpuKernels, RATIO_REPS);
     for g in gpus {
         for ((name, c), (_, t)) in cpu.iter().zip(kernel_timings(g, RATIO_REPS)) {
@@ -93,22 +95,22 @@ fn kernels_and_training(gpus: &[GpuKernels]) {
         }
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
-    let Ok(corpus) = leam_compute::data::Corpus::load(std::path::Path::new(path)) else {
+    let Ok(corpus) = leam_compute::model::data::Corpus::load(std::path::Path::new(path)) else {
         println!("no demo corpus at {path}: training steps not timed");
         return;
     };
     let fresh = || {
-        let cfg = leam_compute::model::Config {
+        let cfg = leam_compute::model::transformer::Config {
             vocab: corpus.vocab.len(),
             n_layer: 1,
             n_head: 2,
             n_embd: 32,
             block_size: 16,
         };
-        let h = leam_compute::optim::Hyper::nanogpt_cpu()
+        let h = leam_compute::model::optim::Hyper::nanogpt_cpu()
             .to_fixed()
             .expect("valid hyperparameters");
-        leam_compute::train::TrainState::new(cfg, h, 4, 1337).expect("valid config")
+        leam_compute::model::train::TrainState::new(cfg, h, 4, 1337).expect("valid config")
     };
     let steps = TRAIN_STEPS;
     let c = train_step_secs(&CpuKernels, &mut fresh(), &corpus.train, steps).expect("trains");

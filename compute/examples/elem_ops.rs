@@ -1,8 +1,9 @@
 //! Best-of-N time of each non-matmul CPU kernel on the tensor shapes of the nanoGPT CPU preset
 //! (768 tokens, 128 channels, MLP 512, 48 attention rows of 64×64):
 //! `cargo run --release -p leam-compute --example elem_ops -- [reps] [filter]`.
-use leam_compute::fixed::hash3;
-use leam_compute::kernels::{AdamStep, Bfp, CpuKernels, Kernels};
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::fixed::hash3;
+use leam_compute::numerics::kernels::{AdamStep, Bfp, Kernels};
 use std::time::{Duration, Instant};
 
 fn gen(seed: u64, len: usize, lim: i32) -> Vec<i32> {

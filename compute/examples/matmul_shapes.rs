@@ -3,7 +3,8 @@
 //! pool as the training step runs: `cargo run --release -p leam-compute --example matmul_shapes
 //! -- [repetitions] [name filter]`. Prints best-of time per call, ms per step and GMAC/s per
 //! shape (only the shapes whose name contains the filter, if given).
-use leam_compute::kernels::{Bfp, CpuKernels, Kernels, MatmulShape};
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::kernels::{Bfp, Kernels, MatmulShape};
 use std::time::{Duration, Instant};
 
 /// Random mantissas in `[−32767, 32767]` from a fixed-seed xorshift generator.

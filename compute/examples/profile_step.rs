@@ -2,12 +2,12 @@
 //! `cargo run --release -p leam-compute --example profile_step -- [steps]`. Independent
 //! backward chains run concurrently (`rayon::join` in the model), so the per-kernel times can
 //! add up to more than the step's wall time, which the first line gives.
-use leam_compute::backend::Timed;
-use leam_compute::data::Corpus;
-use leam_compute::kernels::CpuKernels;
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::train::TrainState;
+use leam_compute::model::data::Corpus;
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::backend::Timed;
+use leam_compute::numerics::cpu::CpuKernels;
 
 fn main() -> anyhow::Result<()> {
     let steps: u64 = std::env::args()

@@ -1,27 +1,18 @@
 //! leam-compute: bit-exact integer training shards.
 //!
 //! Compute never touches the network or the ledger. See `specs/compute.md` and `specs/shard.md`.
+//!
+//! Three layers, each using only the ones before it:
+//! - [`numerics`]: fixed-point arithmetic, the [`Kernels`](numerics::kernels::Kernels) trait
+//!   and its backends (the CPU reference and WGPU);
+//! - [`model`]: the transformer, the optimizer, data, single-node training, checkpoints,
+//!   sampling and the nanoGPT preset, on any backend;
+//! - [`verify`]: shards, per-step commitments, replay, bisection and the referee, and the
+//!   DiLoCo outer step.
+//!
+//! `codec` is the one byte reader the binary formats of `model` and `verify` decode with.
 
-// Numerics, kernels (CPU reference), model and single-node training.
-pub mod backend;
-pub mod checkpoint;
-mod cpu_ops;
-pub mod data;
-pub mod fixed;
-mod gemm;
-pub mod kernels;
+mod codec;
 pub mod model;
-pub mod optim;
-pub mod preset;
-pub mod sample;
-pub mod train;
-
-// WGPU backend: WGSL kernels bit-identical to the CPU reference.
-pub mod gpu;
-
-// Shards, commitments, replay, bisection, DiLoCo outer step.
-pub mod bisect;
-pub mod commit;
-pub mod diloco;
-pub mod replay;
-pub mod shard;
+pub mod numerics;
+pub mod verify;

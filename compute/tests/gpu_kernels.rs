@@ -5,8 +5,9 @@ mod gpu_common;
 
 use std::sync::OnceLock;
 
-use leam_compute::gpu::GpuKernels;
-use leam_compute::kernels::{Bfp, CpuKernels, KernelError, Kernels, MatmulShape};
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::gpu::GpuKernels;
+use leam_compute::numerics::kernels::{Bfp, KernelError, Kernels, MatmulShape};
 use proptest::prelude::*;
 
 fn gpus() -> &'static [GpuKernels] {
@@ -173,7 +174,7 @@ fn adapters_have_stable_fingerprints() {
         assert!(text.starts_with(&format!("backend {}", f.adapter.backend)));
         assert_eq!(
             f.shader_sha256.len(),
-            leam_compute::gpu::shaders::SHADERS.len()
+            leam_compute::numerics::gpu::shaders::SHADERS.len()
         );
         assert_eq!(f.digest_hex(), f.clone().digest_hex());
     }
@@ -248,7 +249,7 @@ proptest! {
     ) {
         let src = Bfp::new(seeded(seed, n_src * cols, 15), -4);
         let idx: Vec<u32> = (0..n_src)
-            .map(|i| (leam_compute::fixed::hash3(seed, 9, i as u64) % out_rows as u64) as u32)
+            .map(|i| (leam_compute::numerics::fixed::hash3(seed, 9, i as u64) % out_rows as u64) as u32)
             .collect();
         same_on_all("scatter_add_rows", |k| k.scatter_add_rows(&src, &idx, out_rows, cols))?;
     }
@@ -259,7 +260,7 @@ fn seeded(seed: u64, len: usize, bits: u32) -> Vec<i32> {
     let span = 2 * (((1u64 << bits) - 1).min(32_767)) + 1;
     let half = (span / 2) as i32;
     (0..len)
-        .map(|i| (leam_compute::fixed::hash3(seed, 0, i as u64) % span) as i32 - half)
+        .map(|i| (leam_compute::numerics::fixed::hash3(seed, 0, i as u64) % span) as i32 - half)
         .collect()
 }
 
@@ -288,7 +289,7 @@ proptest! {
     ) {
         let wide = |s: u64| -> Vec<i32> {
             let lim = (1i64 << bits) - 1;
-            (0..len).map(|i| ((leam_compute::fixed::hash3(seed ^ s, 3, i as u64) % (2 * lim as u64 + 1)) as i64 - lim) as i32).collect()
+            (0..len).map(|i| ((leam_compute::numerics::fixed::hash3(seed ^ s, 3, i as u64) % (2 * lim as u64 + 1)) as i64 - lim) as i32).collect()
         };
         let a = Bfp::new(wide(0), ea);
         let b = Bfp::new(wide(1), eb);
@@ -421,7 +422,7 @@ proptest! {
     ) {
         let x = Bfp::new(seeded(seed, rows * cols, bits), e);
         let targets: Vec<u32> = (0..rows as u64)
-            .map(|i| (leam_compute::fixed::hash3(seed, 11, i) % cols as u64) as u32)
+            .map(|i| (leam_compute::numerics::fixed::hash3(seed, 11, i) % cols as u64) as u32)
             .collect();
         same_on_all("cross_entropy", |k| k.cross_entropy(&x, &targets, rows, cols))?;
     }
@@ -440,8 +441,8 @@ proptest! {
         realistic in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let h = leam_compute::optim::Hyper::nanogpt_cpu().to_fixed().unwrap();
-        let st = leam_compute::optim::adam_step(&h, it, decay);
+        let h = leam_compute::model::optim::Hyper::nanogpt_cpu().to_fixed().unwrap();
+        let st = leam_compute::model::optim::adam_step(&h, it, decay);
         let p = Bfp::new(seeded(seed, len, 15).iter().map(|v| v * 200).collect(), pe);
         let g = Bfp::new(seeded(seed ^ 1, len, 15), ge);
         let (m, r) = if zero_moments {

@@ -2,7 +2,7 @@
 //! floating-point types (nothing a kernel computes may depend on WGSL's loose float rules),
 //! no subgroup operations and no float atomics. Runs everywhere, GPU or not.
 
-use leam_compute::gpu::shaders::SHADERS;
+use leam_compute::numerics::gpu::shaders::SHADERS;
 
 #[test]
 fn every_shader_parses_and_validates_with_naga() {
@@ -62,10 +62,13 @@ fn shaders_are_integer_only() {
 
 #[test]
 fn exp2_table_wgsl_is_generated_from_the_integer_tables() {
-    use leam_compute::gpu::shaders::{exp2_table_wgsl, EXP2_TABLE_WGSL};
+    use leam_compute::numerics::gpu::shaders::{exp2_table_wgsl, EXP2_TABLE_WGSL};
     let want = exp2_table_wgsl();
     if std::env::var("LEAM_REGEN_WGSL").as_deref() == Ok("1") {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/gpu/exp2_table.wgsl");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/numerics/gpu/exp2_table.wgsl"
+        );
         std::fs::write(path, &want).expect("write exp2_table.wgsl");
         return;
     }

@@ -5,11 +5,12 @@
 
 mod gpu_common;
 
-use leam_compute::data::Corpus;
-use leam_compute::kernels::{CpuKernels, Kernels};
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::train::TrainState;
+use leam_compute::model::data::Corpus;
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::kernels::Kernels;
 
 /// Steps trained per backend (each step is a full forward, backward and AdamW update).
 const STEPS: u64 = 3;

@@ -1,12 +1,13 @@
 //! The same training steps on every wgpu adapter present give the cpu reference's state hash,
 //! bit for bit. Under `CI=true` the absence of any adapter fails the test instead of skipping.
 
-use leam_compute::data::Corpus;
-use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
-use leam_compute::kernels::{CpuKernels, Kernels};
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::train::TrainState;
+use leam_compute::model::data::Corpus;
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::numerics::kernels::Kernels;
 use std::io::Write as _;
 
 fn train(k: &dyn Kernels, corpus: &Corpus) -> Vec<[u8; 32]> {

@@ -3,9 +3,10 @@
 //! This is separate from bit-exactness: it checks that the integer program computes the
 //! right derivatives, to within the quantization error of 16-bit mantissas.
 
-use leam_compute::fixed::{normal_q16, requantize, B24_MANT_MAX};
-use leam_compute::kernels::{Bfp, CpuKernels};
-use leam_compute::model::{forward_backward, Config};
+use leam_compute::model::transformer::{forward_backward, Config};
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::fixed::{normal_q16, requantize, B24_MANT_MAX};
+use leam_compute::numerics::kernels::Bfp;
 
 struct F64Model<'a> {
     cfg: &'a Config,

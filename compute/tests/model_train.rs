@@ -1,13 +1,13 @@
 //! End-to-end training on the cpu backend: loss falls, runs are bit-reproducible, state and
 //! checkpoints round-trip, and sampling from a checkpoint is deterministic.
 
-use leam_compute::checkpoint::Checkpoint;
-use leam_compute::data::Corpus;
-use leam_compute::kernels::CpuKernels;
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::sample::generate;
-use leam_compute::train::{run, LoopOptions, TrainState};
+use leam_compute::model::checkpoint::Checkpoint;
+use leam_compute::model::data::Corpus;
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::sample::generate;
+use leam_compute::model::train::{run, LoopOptions, TrainState};
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
 
 const TEXT: &str = "to be or not to be, that is the question: whether 'tis nobler in the mind \
 to suffer the slings and arrows of outrageous fortune, or to take arms against a sea of \

@@ -2,13 +2,13 @@
 //! possible step is found with at most ⌈log2 steps⌉ + 1 fetches per side, and the referee's
 //! single-step replay convicts the faulty side.
 
-use leam_compute::bisect::{bisect, ceil_log2, referee, BisectError, RefereeVerdict};
-use leam_compute::commit::{Hash32, StepHashProof, StepLog};
-use leam_compute::replay::{
+use leam_compute::verify::bisect::{bisect, ceil_log2, referee, BisectError, RefereeVerdict};
+use leam_compute::verify::commit::{Hash32, StepHashProof, StepLog};
+use leam_compute::verify::replay::{
     check_step_claim, replay_shard, replay_step, run_shard, ReplayError, RunnerError, ShardVerdict,
     StepRunner,
 };
-use leam_compute::shard::{nanogpt_cpu_spec, ShardSpec};
+use leam_compute::verify::shard::{nanogpt_cpu_spec, ShardSpec};
 use sha2::{Digest, Sha256};
 
 /// A toy training state: a few integers mixed by each step.
@@ -101,7 +101,7 @@ struct Counting<'a> {
     served: u32,
 }
 
-impl leam_compute::bisect::StepHashSource for Counting<'_> {
+impl leam_compute::verify::bisect::StepHashSource for Counting<'_> {
     fn step_hash(
         &mut self,
         step: u64,
@@ -266,7 +266,7 @@ fn equal_results_and_lying_sources_are_reported() {
         matches!(
             r,
             Err(BisectError::Inconsistent {
-                side: leam_compute::bisect::Side::B,
+                side: leam_compute::verify::bisect::Side::B,
                 ..
             })
         ),

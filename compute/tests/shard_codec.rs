@@ -2,8 +2,8 @@
 //! whatever decodes, precise rejection of truncation, trailing bytes, unknown versions and
 //! out-of-range fields, and the id check.
 
-use leam_compute::diloco::{DilocoError, IntTensor, ParamDelta};
-use leam_compute::shard::{
+use leam_compute::verify::diloco::{DilocoError, IntTensor, ParamDelta};
+use leam_compute::verify::shard::{
     Hyper, ModelShape, ShardError, ShardResult, ShardSpec, FINGERPRINT_BYTES_MAX, NUMERICS_B16_V1,
     RESULT_FIXED_BYTES, SHARD_STEPS_MAX, SPEC_BYTES,
 };
@@ -212,7 +212,8 @@ proptest! {
 
 #[test]
 fn precise_errors_name_the_field() {
-    let spec = leam_compute::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1337, 0, 100);
+    let spec =
+        leam_compute::verify::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1337, 0, 100);
     let mut bytes = spec.encode();
     bytes[4] = 2;
     assert_eq!(
@@ -253,14 +254,15 @@ fn precise_errors_name_the_field() {
         })
     ));
     // A result for another spec is refused.
-    let other = leam_compute::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1338, 0, 100);
+    let other =
+        leam_compute::verify::shard::nanogpt_cpu_spec([1; 32], [2; 32], 1_115_394, 1338, 0, 100);
     let r = ShardResult {
         shard_id: other.id(),
         steps: 100,
         final_state: [0; 32],
         delta_commitment: [0; 32],
         step_root: [0; 32],
-        compute_units: leam_compute::shard::compute_units(&spec),
+        compute_units: leam_compute::verify::shard::compute_units(&spec),
         fingerprint: String::new(),
     };
     assert!(matches!(

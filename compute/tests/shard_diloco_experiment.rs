@@ -9,16 +9,16 @@
 //! plain data parallelism. Everything runs through the shard machinery (specs, `run_shard`,
 //! deltas, `outer_step`), so every number is reproducible bit for bit.
 
-use leam_compute::data::{Corpus, STREAM_EVAL_VAL};
-use leam_compute::diloco::{
+use leam_compute::model::data::{Corpus, STREAM_EVAL_VAL};
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::fixed::B24_MANT_MAX;
+use leam_compute::verify::diloco::{
     data_parallel_bytes, next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
 };
-use leam_compute::fixed::B24_MANT_MAX;
-use leam_compute::kernels::CpuKernels;
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::replay::{run_shard, ModelRunner};
-use leam_compute::train::TrainState;
+use leam_compute::verify::replay::{run_shard, ModelRunner};
 
 /// Validation batches averaged for each reported loss.
 const EVAL_ITERS: usize = 20;

@@ -1,8 +1,8 @@
 //! The worked example of `specs/shard.md`, checked byte for byte against the code: the spec's
 //! encoding and id, a result's encoding, and a step tree's root and inclusion proof.
 
-use leam_compute::commit::{Hash32, StepLog};
-use leam_compute::shard::{compute_units, nanogpt_cpu_spec, ShardResult, ShardSpec};
+use leam_compute::verify::commit::{Hash32, StepLog};
+use leam_compute::verify::shard::{compute_units, nanogpt_cpu_spec, ShardResult, ShardSpec};
 use sha2::{Digest, Sha256};
 
 /// The hex inside the fenced block of `specs/shard.md` that follows a line `<!-- golden:NAME -->`.

@@ -2,7 +2,7 @@
 //! inclusion-proof vectors (including every case that must fail), and root/proof agreement on
 //! trees of every size up to 70.
 
-use leam_compute::commit::{
+use leam_compute::verify::commit::{
     inclusion_proof, leaf_hash, root_from_leaf_hashes, verify_inclusion, Hash32, StepLog,
 };
 use std::path::{Path, PathBuf};
@@ -98,7 +98,7 @@ fn proofs_of_every_leaf_of_every_size_verify() {
 #[ignore = "timing report, run on demand in release mode"]
 fn proof_serving_cost_at_shard_steps_max() {
     use std::time::Instant;
-    let n = leam_compute::shard::SHARD_STEPS_MAX as u64;
+    let n = leam_compute::verify::shard::SHARD_STEPS_MAX as u64;
     let t = Instant::now();
     let log: StepLog = (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect();
     let build = t.elapsed();

@@ -6,20 +6,23 @@
 
 mod gpu_common;
 
-use leam_compute::bisect::{bisect, ceil_log2, referee, RefereeVerdict};
-use leam_compute::commit::Hash32;
-use leam_compute::data::Corpus;
-use leam_compute::diloco::{next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta};
-use leam_compute::fixed::B24_MANT_MAX;
-use leam_compute::kernels::{CpuKernels, Kernels};
-use leam_compute::model::Config;
-use leam_compute::optim::Hyper;
-use leam_compute::replay::{
+use leam_compute::model::data::Corpus;
+use leam_compute::model::optim::Hyper;
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::fixed::B24_MANT_MAX;
+use leam_compute::numerics::kernels::Kernels;
+use leam_compute::verify::bisect::{bisect, ceil_log2, referee, RefereeVerdict};
+use leam_compute::verify::commit::Hash32;
+use leam_compute::verify::diloco::{
+    next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
+};
+use leam_compute::verify::replay::{
     replay_shard, replay_step, run_shard, ModelRunner, ReplayError, RunnerError, ShardVerdict,
     StepRunner,
 };
-use leam_compute::shard::{nanogpt_cpu_spec, step_macs, ModelShape, ShardSpec};
-use leam_compute::train::TrainState;
+use leam_compute::verify::shard::{nanogpt_cpu_spec, step_macs, ModelShape, ShardSpec};
 
 /// Bytes of the demo corpus used.
 const CORPUS_BYTES: usize = 20_000;
@@ -325,7 +328,7 @@ fn a_cpu_shard_replays_bit_identically_on_every_wgpu_adapter() {
         .unwrap();
     let claimed = run_shard(&runner, &spec, &start).unwrap().result;
     for gpu in gpu_common::adapters("shard_replay") {
-        let k = leam_compute::gpu::WithCpuFallback::new(gpu);
+        let k = leam_compute::numerics::gpu::WithCpuFallback::new(gpu);
         let on_gpu = ModelRunner::new(&k, &bytes).unwrap();
         let (verdict, _) = replay_shard(&on_gpu, &spec, &start, &claimed).unwrap();
         assert_eq!(verdict, ShardVerdict::Match, "{}", k.name());

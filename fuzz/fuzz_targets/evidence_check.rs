@@ -3,7 +3,7 @@
 //! nothing may hold against the accused.
 #![no_main]
 
-use leam_compute::kernels::CpuKernels;
+use leam_compute::numerics::cpu::CpuKernels;
 use leam_jobs::evidence::{check_wrong_result, Outcome};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,8 +3,8 @@
 //! input bytes (one encoding per value), and a decoded spec must verify under its own id.
 #![no_main]
 
-use leam_compute::diloco::ParamDelta;
-use leam_compute::shard::{ShardResult, ShardSpec};
+use leam_compute::verify::diloco::ParamDelta;
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         other[0] ^= 1;
         assert!(ShardSpec::decode_verified(data, &other).is_err());
         // Compute units are a pure, total function of a valid spec.
-        let _ = leam_compute::shard::compute_units(&spec);
+        let _ = leam_compute::verify::shard::compute_units(&spec);
     }
     if let Ok(result) = ShardResult::decode(data) {
         assert_eq!(result.encode(), data, "shard result re-encoding differs");

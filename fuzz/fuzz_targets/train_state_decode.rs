@@ -5,8 +5,8 @@
 //! decodes must re-encode to exactly the bytes it came from (one encoding per value).
 #![no_main]
 
-use leam_compute::checkpoint::Checkpoint;
-use leam_compute::train::TrainState;
+use leam_compute::model::checkpoint::Checkpoint;
+use leam_compute::model::train::TrainState;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 

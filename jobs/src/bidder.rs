@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leam_compute::data::STREAM_EVAL_VAL;
-use leam_compute::diloco::{next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta};
-use leam_compute::fixed::B24_MANT_MAX;
-use leam_compute::kernels::Kernels;
-use leam_compute::replay::ModelRunner;
-use leam_compute::shard::{ShardResult, ShardSpec};
-use leam_compute::train::TrainState;
+use leam_compute::model::data::STREAM_EVAL_VAL;
+use leam_compute::model::train::TrainState;
+use leam_compute::numerics::fixed::B24_MANT_MAX;
+use leam_compute::numerics::kernels::Kernels;
+use leam_compute::verify::diloco::{
+    next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
+};
+use leam_compute::verify::replay::ModelRunner;
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{
     Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms,
 };
@@ -129,7 +131,7 @@ pub struct Progress {
     /// Bytes moved per outer step per worker: start state to the provider, final state back.
     pub bytes_per_worker_round: u64,
     /// What plain data parallelism would move per worker for the same inner steps
-    /// (`leam_compute::diloco::data_parallel_bytes`).
+    /// (`leam_compute::verify::diloco::data_parallel_bytes`).
     pub data_parallel_bytes_per_worker_round: u64,
     /// Job wall time from the first run request to the last outer step, milliseconds.
     pub wall_ms: u64,
@@ -254,7 +256,7 @@ impl<'k> Bidder<'k> {
             })?;
         let runner =
             ModelRunner::new(kernels, &corpus).map_err(|e| JobError::Compute(e.to_string()))?;
-        let val = leam_compute::data::Corpus::from_bytes(&corpus, "job corpus")
+        let val = leam_compute::model::data::Corpus::from_bytes(&corpus, "job corpus")
             .map_err(|e| JobError::Compute(e.to_string()))?
             .val;
         let slots = plan::plan(&job, &job_id, &clearing.assignments, seed);
@@ -447,7 +449,7 @@ impl<'k> Bidder<'k> {
         let state_bytes = start.encode().len() as u64;
         self.progress.bytes_per_worker_round = 2 * state_bytes;
         self.progress.data_parallel_bytes_per_worker_round =
-            leam_compute::diloco::data_parallel_bytes(
+            leam_compute::verify::diloco::data_parallel_bytes(
                 start.params.iter().map(|p| p.mant.len() as u64).sum(),
                 u64::from(self.job.inner_steps),
             );
@@ -637,7 +639,9 @@ impl<'k> Bidder<'k> {
         tracks: &mut [Track],
         rp: &mut RoundProgress,
     ) -> Result<(), JobError> {
-        let shard_units = specs.first().map_or(0, leam_compute::shard::compute_units);
+        let shard_units = specs
+            .first()
+            .map_or(0, leam_compute::verify::shard::compute_units);
         let providers: Vec<PublicKey> = self
             .clearing
             .assignments

@@ -21,10 +21,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use leam_compute::commit::StepHashProof;
-use leam_compute::kernels::Kernels;
-use leam_compute::replay::{run_shard, ModelRunner, StepRunner};
-use leam_compute::shard::{ShardResult, ShardSpec};
+use leam_compute::numerics::kernels::Kernels;
+use leam_compute::verify::commit::StepHashProof;
+use leam_compute::verify::replay::{run_shard, ModelRunner, StepRunner};
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::account::{EvidenceCheck, LogView};
 use leam_ledger::entry::{Body, Digest32, Evidence, EvidenceKind, PublicKey};
 use serde::Deserialize;
@@ -325,7 +325,7 @@ pub fn check_wrong_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leam_compute::kernels::CpuKernels;
+    use leam_compute::numerics::cpu::CpuKernels;
     use proptest::prelude::*;
 
     proptest! {

@@ -2,10 +2,10 @@
 //! the bidder's secret seed, so the bidder, the providers, the referee and an auditor derive the
 //! same training setup, data ranges and shard assignment.
 
-use leam_compute::data::TRAIN_PERCENT;
-use leam_compute::model::Config;
-use leam_compute::optim::{Hyper, HyperQ};
-use leam_compute::train::TrainState;
+use leam_compute::model::data::TRAIN_PERCENT;
+use leam_compute::model::optim::{Hyper, HyperQ};
+use leam_compute::model::train::TrainState;
+use leam_compute::model::transformer::Config;
 use leam_ledger::entry::{Assignment, Digest32, PublicKey};
 use leam_market::clearing::replica_count;
 use leam_market::job::Job;
@@ -60,7 +60,7 @@ pub fn initial_state(job: &Job, vocab: usize) -> Result<TrainState, PlanError> {
 }
 
 /// Byte offset of the end of the training split: the first [`TRAIN_PERCENT`] of the corpus's
-/// characters, exactly the split of `leam_compute::data::Corpus` (the validation split is the
+/// characters, exactly the split of `leam_compute::model::data::Corpus` (the validation split is the
 /// rest). The one definition of the split in bytes.
 pub fn train_end(corpus: &[u8]) -> Result<u64, PlanError> {
     let text = std::str::from_utf8(corpus)
@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn the_split_matches_the_corpus_split() {
         let text = "héllo wörld, the quick brown fox jumps over the lazy dog";
-        let corpus = leam_compute::data::Corpus::from_bytes(text.as_bytes(), "t").unwrap();
+        let corpus = leam_compute::model::data::Corpus::from_bytes(text.as_bytes(), "t").unwrap();
         let end = train_end(text.as_bytes()).unwrap() as usize;
         let train = &text[..end];
         assert_eq!(train.chars().count(), corpus.train.len());
@@ -291,7 +291,7 @@ mod tests {
     /// definition of the nanoGPT CPU preset.
     #[test]
     fn the_market_preset_mirrors_the_compute_preset() {
-        let p = leam_compute::preset::NANOGPT_CPU;
+        let p = leam_compute::model::preset::NANOGPT_CPU;
         let m = leam_market::job::ModelSpec::NANOGPT_CPU;
         assert_eq!(
             (

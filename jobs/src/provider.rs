@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use leam_compute::commit::{Hash32, StepLog};
-use leam_compute::kernels::Kernels;
-use leam_compute::replay::{run_shard, ModelRunner, RunnerError, ShardRun, StepRunner};
-use leam_compute::shard::{ShardResult, ShardSpec};
-use leam_compute::train::TrainState;
+use leam_compute::model::train::TrainState;
+use leam_compute::numerics::kernels::Kernels;
+use leam_compute::verify::commit::{Hash32, StepLog};
+use leam_compute::verify::replay::{run_shard, ModelRunner, RunnerError, ShardRun, StepRunner};
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{Body, Digest32, Entry, PublicKey, ReceiptTerms};
 use leam_net::work::{self, WorkResponse};
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,7 @@ impl Provider {
             Err(e) => return work::refused(e.to_string()),
         };
         let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
-        let units = leam_compute::shard::compute_units(&spec);
+        let units = leam_compute::verify::shard::compute_units(&spec);
         let leased: u64 = own
             .iter()
             .filter_map(|e| match &e.body {

@@ -14,14 +14,14 @@
 
 use std::sync::Arc;
 
-use leam_compute::bisect::{
+use leam_compute::model::train::TrainState;
+use leam_compute::numerics::kernels::Kernels;
+use leam_compute::verify::bisect::{
     bisect, referee, BisectError, Divergence, RefereeVerdict, Side, StepHashSource,
 };
-use leam_compute::commit::StepHashProof;
-use leam_compute::kernels::Kernels;
-use leam_compute::replay::{run_shard, ModelRunner, StepRunner};
-use leam_compute::shard::{ShardResult, ShardSpec};
-use leam_compute::train::TrainState;
+use leam_compute::verify::commit::StepHashProof;
+use leam_compute::verify::replay::{run_shard, ModelRunner, StepRunner};
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{Body, Digest32, Evidence, EvidenceKind, PublicKey, Verdict};
 use leam_market::flow::published_jobs;
 use leam_net::work::{self, Claim, WorkRequest, WorkResponse};

@@ -4,12 +4,12 @@
 //! commitment, a provider whose step hashes contradict its own commitment. Every case gets a
 //! verdict for every claim.
 
-use leam_compute::bisect::StepHashSource;
-use leam_compute::commit::StepLog;
-use leam_compute::kernels::CpuKernels;
-use leam_compute::replay::{run_shard, ModelRunner, ShardRun, StepRunner};
-use leam_compute::shard::{ShardResult, ShardSpec};
-use leam_compute::train::TrainState;
+use leam_compute::model::train::TrainState;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::verify::bisect::StepHashSource;
+use leam_compute::verify::commit::StepLog;
+use leam_compute::verify::replay::{run_shard, ModelRunner, ShardRun, StepRunner};
+use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_jobs::provider::Tampered;
 use leam_jobs::referee::decide;
 use leam_market::job::{Job, ModelSpec};

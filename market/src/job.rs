@@ -50,7 +50,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// nanoGPT's CPU configuration for char-level Shakespeare (4 layers, 4 heads, 128 wide,
     /// context 64, batch 12).
-    /// Mirrors `leam_compute::preset::NANOGPT_CPU` (market does not depend on compute;
+    /// Mirrors `leam_compute::model::preset::NANOGPT_CPU` (market does not depend on compute;
     /// `leam-jobs` tests that the two agree).
     pub const NANOGPT_CPU: ModelSpec = ModelSpec {
         n_layer: 4,

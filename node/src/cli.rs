@@ -111,7 +111,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 return EXIT_ENV;
             }
         }
-        if let Some(leam_compute::backend::BackendError::Gpu { .. }) = e.downcast_ref() {
+        if let Some(leam_compute::numerics::backend::BackendError::Gpu { .. }) = e.downcast_ref() {
             return EXIT_ENV;
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -142,7 +142,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The name `leam_compute::backend::select` takes.
+    /// The name `leam_compute::numerics::backend::select` takes.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
@@ -154,8 +154,8 @@ impl Backend {
     /// Open the backend; no usable adapter for `wgpu` is an environment problem (exit 3).
     /// A GPU that `auto` passes over because it gives wrong bits is said on stderr, naming the
     /// kernel.
-    pub fn open(self) -> anyhow::Result<Box<dyn leam_compute::kernels::Kernels>> {
-        let s = leam_compute::backend::select(self.name()).code(EXIT_ENV)?;
+    pub fn open(self) -> anyhow::Result<Box<dyn leam_compute::numerics::kernels::Kernels>> {
+        let s = leam_compute::numerics::backend::select(self.name()).code(EXIT_ENV)?;
         if let Some(w) = &s.warning {
             tracing::warn!(warning = %w, "backend");
             eprintln!("WARNING: {w}");
@@ -244,9 +244,9 @@ impl TrainSettings {
         ..Self::NANOGPT_CPU
     };
 
-    /// `leam_compute::preset::NANOGPT_CPU`, the one definition of the preset.
+    /// `leam_compute::model::preset::NANOGPT_CPU`, the one definition of the preset.
     const NANOGPT_CPU: TrainSettings = {
-        let p = leam_compute::preset::NANOGPT_CPU;
+        let p = leam_compute::model::preset::NANOGPT_CPU;
         TrainSettings {
             n_layer: p.n_layer,
             n_head: p.n_head,
@@ -289,21 +289,21 @@ impl TrainSettings {
     }
 
     /// The optimizer settings (β1 and the gradient clip are nanoGPT's, not flags).
-    pub fn hyper(&self) -> leam_compute::optim::Hyper {
-        leam_compute::optim::Hyper {
+    pub fn hyper(&self) -> leam_compute::model::optim::Hyper {
+        leam_compute::model::optim::Hyper {
             learning_rate: self.learning_rate,
             min_lr: self.min_lr,
             warmup_iters: self.warmup_iters,
             lr_decay_iters: self.lr_decay_iters.unwrap_or(self.max_iters),
             weight_decay: self.weight_decay,
             beta2: self.beta2,
-            ..leam_compute::optim::Hyper::NANOGPT_CPU
+            ..leam_compute::model::optim::Hyper::NANOGPT_CPU
         }
     }
 
     /// The model on a vocabulary of `vocab` characters.
-    pub fn model(&self, vocab: usize) -> leam_compute::model::Config {
-        leam_compute::model::Config {
+    pub fn model(&self, vocab: usize) -> leam_compute::model::transformer::Config {
+        leam_compute::model::transformer::Config {
             vocab,
             n_layer: self.n_layer,
             n_head: self.n_head,
@@ -465,7 +465,7 @@ mod tests {
         );
         // The optimizer of the defaults is nanoGPT's, decaying over max_iters.
         let h = TrainSettings::DEFAULT.hyper();
-        let mut n = leam_compute::optim::Hyper::nanogpt_cpu();
+        let mut n = leam_compute::model::optim::Hyper::nanogpt_cpu();
         n.lr_decay_iters = 2000;
         assert_eq!(format!("{h:?}"), format!("{n:?}"));
     }

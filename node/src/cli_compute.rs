@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use leam_compute::checkpoint::Checkpoint;
-use leam_compute::data::{Corpus, STREAM_EVAL_TRAIN, STREAM_EVAL_VAL};
-use leam_compute::sample::generate;
-use leam_compute::train::{run, LoopOptions, TrainState};
+use leam_compute::model::checkpoint::Checkpoint;
+use leam_compute::model::data::{Corpus, STREAM_EVAL_TRAIN, STREAM_EVAL_VAL};
+use leam_compute::model::sample::generate;
+use leam_compute::model::train::{run, LoopOptions, TrainState};
 
 use crate::cli::{self, Backend, CodeExt as _, Preset, TrainSettings, EXIT_ENV, EXIT_INPUT};
 
@@ -172,12 +172,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let eval_iters = args
         .eval_iters
         .unwrap_or(TrainSettings::of(args.preset).eval_iters);
-    if eval_iters == 0 || eval_iters > leam_compute::train::EVAL_ITERS_MAX {
+    if eval_iters == 0 || eval_iters > leam_compute::model::train::EVAL_ITERS_MAX {
         return Err(cli::fail(
             EXIT_INPUT,
             anyhow::anyhow!(
                 "--eval-iters must be in 1..={}, found {eval_iters}",
-                leam_compute::train::EVAL_ITERS_MAX,
+                leam_compute::model::train::EVAL_ITERS_MAX,
             ),
         ));
     }

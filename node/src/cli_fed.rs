@@ -766,11 +766,12 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             t
         }
     };
-    let kernels: std::sync::Arc<dyn leam_compute::kernels::Kernels> = std::sync::Arc::from(
-        a.backend
-            .open()
-            .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
-    );
+    let kernels: std::sync::Arc<dyn leam_compute::numerics::kernels::Kernels> =
+        std::sync::Arc::from(
+            a.backend
+                .open()
+                .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
+        );
     let falsify_run = a.falsify_run;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,13 +3,15 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use leam_compute::gpu::bench::{
-    kernel_timings, time_against_sgemm, time_kernels, train_step_secs, BENCH_MODEL_SHAPES,
-    BENCH_SHAPES, MEASURE_SECS_MIN,
+use leam_compute::model::train::train_step_secs;
+use leam_compute::numerics::cpu::CpuKernels;
+use leam_compute::numerics::gpu::bench::{
+    kernel_timings, time_against_sgemm, time_kernels, BENCH_MODEL_SHAPES, BENCH_SHAPES,
+    MEASURE_SECS_MIN,
 };
-use leam_compute::gpu::selftest::{self, Outcome};
-use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
-use leam_compute::kernels::{CpuKernels, Kernels, MatmulShape};
+use leam_compute::numerics::gpu::selftest::{self, Outcome};
+use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels, WithCpuFallback};
+use leam_compute::numerics::kernels::{Kernels, MatmulShape};
 
 use crate::cli::{self, Backend, CodeExt as _, EXIT_ENV, EXIT_INPUT, EXIT_INVALID};
 
@@ -61,7 +63,7 @@ fn kernel_table(gpus: &[WithCpuFallback], reps: usize, json: bool) {
                     " | {} {}",
                     g.gpu().fingerprint().adapter.backend,
                     match e {
-                        leam_compute::kernels::KernelError::Unsupported { .. } =>
+                        leam_compute::numerics::kernels::KernelError::Unsupported { .. } =>
                             "UNSUPPORTED".to_string(),
                         other => other.to_string(),
                     }
@@ -74,10 +76,10 @@ fn kernel_table(gpus: &[WithCpuFallback], reps: usize, json: bool) {
 
 /// Seconds per training step of the tiny model on cpu and each adapter.
 fn train_table(gpus: &[WithCpuFallback], extra: &Extra) -> anyhow::Result<()> {
-    use leam_compute::data::Corpus;
-    use leam_compute::model::Config;
-    use leam_compute::optim::Hyper;
-    use leam_compute::train::TrainState;
+    use leam_compute::model::data::Corpus;
+    use leam_compute::model::optim::Hyper;
+    use leam_compute::model::train::TrainState;
+    use leam_compute::model::transformer::Config;
     let path = cli::find_corpus(extra.corpus.as_deref())?;
     let corpus = Corpus::load(&path)
         .with_context(|| format!("loading corpus {}", path.display()))
@@ -322,8 +324,8 @@ fn train_step_cmd(
     corpus: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use leam_compute::data::Corpus;
-    use leam_compute::train::TrainState;
+    use leam_compute::model::data::Corpus;
+    use leam_compute::model::train::TrainState;
     let kernels: Box<dyn Kernels> = match (sel, adapter) {
         (Backend::Wgpu, adapter) => {
             let g = open_adapters(Some(adapter.unwrap_or_else(|| "auto".into())), json)?

@@ -503,7 +503,7 @@ fn evidence_checker_from(dirs: &[PathBuf], servers: Vec<String>) -> leam_jobs::e
         })
     };
     leam_jobs::evidence::Checker::new(
-        Arc::new(leam_compute::kernels::CpuKernels::new()),
+        Arc::new(leam_compute::numerics::cpu::CpuKernels::new()),
         Arc::new(inputs),
     )
 }

@@ -55,7 +55,7 @@ pub struct JobsContext {
     /// Node directory (blobs, seeds, progress files).
     pub dir: PathBuf,
     /// The node's compute backend (evaluation and the referee's replays).
-    pub kernels: std::sync::Arc<dyn leam_compute::kernels::Kernels>,
+    pub kernels: std::sync::Arc<dyn leam_compute::numerics::kernels::Kernels>,
     /// Sectors of the members known at start (the founders and admitted members).
     pub sectors: std::collections::BTreeMap<PublicKey, leam_ledger::entry::Sector>,
     /// The genesis subsidy rate, percent.
@@ -453,10 +453,10 @@ pub struct OfferArgs {
 
 /// Runs `leam offer`: kernel self-test and a benchmark shard measure units per hour.
 pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
-    use leam_compute::model::Config;
-    use leam_compute::optim::Hyper;
-    use leam_compute::replay::{run_shard, ModelRunner};
-    use leam_compute::train::TrainState;
+    use leam_compute::model::optim::Hyper;
+    use leam_compute::model::train::TrainState;
+    use leam_compute::model::transformer::Config;
+    use leam_compute::verify::replay::{run_shard, ModelRunner};
     if let Some(t) = a.until.filter(|t| *t <= crate::cli_fed::now_ms()) {
         cli::usage!("--until {} is not in the future", rfc3339(t));
     }
@@ -483,7 +483,7 @@ pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
     };
     let start = TrainState::new(cfg, Hyper::nanogpt_cpu().to_fixed()?, 8, 1337)?;
     let spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), BENCH_STEPS)?;
-    let units = leam_compute::shard::compute_units(&spec);
+    let units = leam_compute::verify::shard::compute_units(&spec);
     let t = Instant::now();
     run_shard(&runner, &spec, &start)?;
     let ms = (t.elapsed().as_millis() as u64).max(1);
@@ -579,17 +579,18 @@ pub fn bid(a: BidArgs) -> anyhow::Result<ExitCode> {
     job.check().map_err(|e| input(e.into()))?;
     // One shard's compute units, from the tensor shapes (char-level vocabulary of the corpus).
     let text = String::from_utf8_lossy(&corpus);
-    let shape = leam_compute::shard::ModelShape {
-        vocab_size: leam_compute::data::Vocab::of_text(&text).len() as u32,
+    let shape = leam_compute::verify::shard::ModelShape {
+        vocab_size: leam_compute::model::data::Vocab::of_text(&text).len() as u32,
         n_layer: model.n_layer,
         n_head: model.n_head,
         n_embd: model.n_embd,
         block_size: model.block_size,
         batch_size: model.batch,
     };
-    let macs = leam_compute::shard::step_macs(&shape) * u128::from(job.inner_steps);
-    let shard_units = u64::try_from(macs.div_ceil(leam_compute::shard::MACS_PER_COMPUTE_UNIT))
-        .unwrap_or(u64::MAX);
+    let macs = leam_compute::verify::shard::step_macs(&shape) * u128::from(job.inner_steps);
+    let shard_units =
+        u64::try_from(macs.div_ceil(leam_compute::verify::shard::MACS_PER_COMPUTE_UNIT))
+            .unwrap_or(u64::MAX);
     let bought = leam_market::clearing::shards_bought(&job);
     let job_id = job.id();
     // The providers fetch the corpus from this node by its hash.

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use leam_compute::gpu::{list_adapters, AdapterChoice, GpuKernels};
+use leam_compute::numerics::gpu::{list_adapters, AdapterChoice, GpuKernels};
 
 /// Every adapter on this machine that can run compute shaders, opened. With no adapter the
 /// caller is told to skip (a loud line on stderr); under `CI=true` that is a failure instead.

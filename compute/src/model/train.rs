@@ -1,0 +1,727 @@
+//! Single-node training: the full training state, one bit-exact step, its canonical encoding
+//! and SHA-256 state hash, evaluation, and the training loop behind `leam train`.
+
+use crate::codec::{Reader, Truncated};
+use crate::model::data::STREAM_TRAIN;
+use crate::model::data::{
+    sample_batch, Batch, Corpus, DataError, STREAM_EVAL_TRAIN, STREAM_EVAL_VAL,
+};
+use crate::model::optim::{lr_q40, HyperQ, OptimError, MOMENT_INIT_EXP};
+use crate::model::transformer::{
+    forward_backward, init_params, Config, ModelError, BATCH_SIZE_MAX,
+};
+use crate::numerics::fixed::{B16_MANT_MAX, B24_MANT_MAX};
+use crate::numerics::kernels::{Bfp, KernelError, Kernels, EXP_ABS_MAX};
+use sha2::{Digest, Sha256};
+
+/// Magic and version of the canonical state encoding.
+pub const STATE_MAGIC: &[u8; 8] = b"leamTS\x00\x01";
+/// Domain prefix of the parameter commitment.
+pub const PARAMS_DOMAIN: &[u8] = b"leam-params/1";
+/// Largest number of training iterations of one run.
+pub const ITERS_MAX: u64 = 1 << 32;
+/// Largest number of evaluation batches.
+pub const EVAL_ITERS_MAX: usize = 100_000;
+
+/// Why training failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrainError {
+    /// The model refused its input or a kernel failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The optimizer failed.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    /// Corpus or batch problem.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A setting is out of range.
+    #[error("training setting `{name}` = {found}: expected {expected}")]
+    Setting {
+        /// Name.
+        name: &'static str,
+        /// Value.
+        found: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+impl From<KernelError> for TrainError {
+    fn from(e: KernelError) -> Self {
+        TrainError::Model(ModelError::Kernel(e))
+    }
+}
+
+/// The state encoding's name in decoding errors.
+const STATE: &str = "training state";
+
+/// Why a state encoding was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended inside a field.
+    #[error("state truncated at byte {offset} reading {what}: need {need} more bytes")]
+    Truncated {
+        /// Where.
+        offset: usize,
+        /// Which field.
+        what: String,
+        /// Bytes missing.
+        need: usize,
+    },
+    /// Wrong magic or version.
+    #[error("state magic/version: expected {expected}, found {found}")]
+    Magic {
+        /// Expected bytes (hex).
+        expected: String,
+        /// Found bytes (hex).
+        found: String,
+    },
+    /// A field has an invalid value.
+    #[error("state field {what} at byte {offset}: expected {expected}, found {found}")]
+    Field {
+        /// Which field.
+        what: String,
+        /// Where.
+        offset: usize,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// Bytes after the end of the state.
+    #[error("{extra} trailing bytes after the state at byte {offset}")]
+    Trailing {
+        /// Where the state ended.
+        offset: usize,
+        /// How many bytes follow.
+        extra: usize,
+    },
+}
+
+/// Statistics of one step (the loss is exact Q16; `loss` is for reporting).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The step that was performed (0-based).
+    pub step: u64,
+    /// Sum of per-position cross-entropy, Q16 nats.
+    pub loss_sum_q16: i64,
+    /// Mean loss in nats (reporting only).
+    pub loss: f64,
+    /// Learning rate used, Q40.
+    pub lr_q40: i64,
+    /// Whether gradient clipping was applied.
+    pub clipped: bool,
+}
+
+/// The whole training state: everything that determines the next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainState {
+    /// Model shape.
+    pub model: Config,
+    /// Integer optimizer hyperparameters.
+    pub hyper: HyperQ,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Seed of initialization and batch sampling.
+    pub seed: u64,
+    /// Number of steps done.
+    pub step: u64,
+    /// B24 master parameters, in `Config::param_specs` order.
+    pub params: Vec<Bfp>,
+    /// Adam first moments (B16).
+    pub m: Vec<Bfp>,
+    /// Square roots of Adam second moments (B16).
+    pub r: Vec<Bfp>,
+}
+
+impl TrainState {
+    /// Fresh state: parameters from [`init_params`], zero moments.
+    pub fn new(
+        model: Config,
+        hyper: HyperQ,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        model.validate()?;
+        if batch_size == 0 || batch_size > BATCH_SIZE_MAX {
+            return Err(TrainError::Setting {
+                name: "batch_size",
+                found: batch_size.to_string(),
+                expected: format!("1..={BATCH_SIZE_MAX}"),
+            });
+        }
+        let params = init_params(&model, seed);
+        let zeros: Vec<Bfp> = params
+            .iter()
+            .map(|p| Bfp::zeros(p.len(), MOMENT_INIT_EXP))
+            .collect();
+        Ok(Self {
+            model,
+            hyper,
+            batch_size,
+            seed,
+            step: 0,
+            params,
+            m: zeros.clone(),
+            r: zeros,
+        })
+    }
+
+    /// Training batch of step `step` from `tokens` (the shard's data range).
+    pub fn batch_for(&self, tokens: &[u32], step: u64) -> Result<Batch, DataError> {
+        sample_batch(
+            tokens,
+            "training tokens",
+            self.seed,
+            STREAM_TRAIN,
+            step,
+            self.batch_size,
+            self.model.block_size,
+        )
+    }
+
+    /// One training step on `batch`: forward, backward, AdamW; `step` advances by one.
+    ///
+    /// The step runs inside one `rayon::scope`, so it enters the thread pool once instead of
+    /// once per parallel kernel call (a cold entry from a thread outside the pool costs a
+    /// cross-thread wake-up and wait, and a step makes about a thousand such calls). Results do
+    /// not depend on which thread runs what.
+    pub fn step(&mut self, kernels: &dyn Kernels, batch: &Batch) -> Result<StepStats, TrainError> {
+        rayon::scope(|_| self.step_in_pool(kernels, batch))
+    }
+
+    fn step_in_pool(
+        &mut self,
+        kernels: &dyn Kernels,
+        batch: &Batch,
+    ) -> Result<StepStats, TrainError> {
+        let (pass, _) = forward_backward(
+            kernels,
+            &self.model,
+            &self.params,
+            &batch.idx,
+            Some(&batch.targets),
+            batch.batch,
+            batch.len,
+            true,
+        )?;
+        let it = self.step;
+        let clipped = crate::model::optim::step(
+            kernels,
+            &self.hyper,
+            it,
+            &self.model.param_specs(),
+            &mut self.params,
+            &mut self.m,
+            &mut self.r,
+            &pass.grads,
+        )
+        .map_err(ModelError::Kernel)?;
+        self.step += 1;
+        Ok(StepStats {
+            step: it,
+            loss_sum_q16: pass.loss_sum_q16,
+            loss: pass.mean_loss(),
+            lr_q40: lr_q40(&self.hyper, it),
+            clipped,
+        })
+    }
+
+    /// Mean loss (nats) over `iters` fixed batches of `tokens` drawn from `stream` (inside one
+    /// `rayon::scope`, as [`TrainState::step`]).
+    pub fn evaluate(
+        &self,
+        kernels: &dyn Kernels,
+        tokens: &[u32],
+        what: &'static str,
+        stream: u64,
+        iters: usize,
+    ) -> Result<f64, TrainError> {
+        rayon::scope(|_| self.evaluate_in_pool(kernels, tokens, what, stream, iters))
+    }
+
+    fn evaluate_in_pool(
+        &self,
+        kernels: &dyn Kernels,
+        tokens: &[u32],
+        what: &'static str,
+        stream: u64,
+        iters: usize,
+    ) -> Result<f64, TrainError> {
+        let batch_loss = |i: u64| -> Result<(i64, usize), TrainError> {
+            let b = sample_batch(
+                tokens,
+                what,
+                self.seed,
+                stream,
+                i,
+                self.batch_size,
+                self.model.block_size,
+            )?;
+            let (pass, _) = forward_backward(
+                kernels,
+                &self.model,
+                &self.params,
+                &b.idx,
+                Some(&b.targets),
+                b.batch,
+                b.len,
+                false,
+            )?;
+            Ok((pass.loss_sum_q16, pass.positions))
+        };
+        // Two batches at a time, one per `rayon::join` arm: the forward passes overlap their
+        // serial parts, and at most two sets of activations are alive. The integer sum does not
+        // depend on the order; errors are taken in batch order, as a sequential loop would.
+        let mut sum: i128 = 0;
+        let mut positions = 0usize;
+        let iters = iters as u64;
+        for i in (0..iters).step_by(2) {
+            let (first, second) = rayon::join(
+                || batch_loss(i),
+                || (i + 1 < iters).then(|| batch_loss(i + 1)).transpose(),
+            );
+            for (loss, n) in std::iter::once(first?).chain(second?) {
+                sum += loss as i128;
+                positions += n;
+            }
+        }
+        Ok(sum as f64 / 65536.0 / positions.max(1) as f64)
+    }
+
+    /// Canonical little-endian encoding: magic, config (5 × u32), batch size u32, seed u64,
+    /// integer hyperparameters (8 × 64-bit), step u64, then the params, m and r tensors, each
+    /// as exponent i32 and its mantissas i32 (lengths implied by the config).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 12 * self.model.n_params());
+        out.extend_from_slice(STATE_MAGIC);
+        encode_header(&mut out, &self.model);
+        out.extend_from_slice(&(self.batch_size as u32).to_le_bytes());
+        out.extend_from_slice(&self.seed.to_le_bytes());
+        let h = &self.hyper;
+        for v in [
+            h.lr_q40,
+            h.min_lr_q40,
+            h.warmup_iters as i64,
+            h.lr_decay_iters as i64,
+            h.weight_decay_q30,
+            h.beta1_q30,
+            h.beta2_q30,
+            h.grad_clip_q30,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.step.to_le_bytes());
+        for t in self.params.iter().chain(&self.m).chain(&self.r) {
+            encode_tensor(&mut out, t);
+        }
+        out
+    }
+
+    /// Inverse of [`TrainState::encode`]; rejects anything that is not exactly a valid state
+    /// (config limits, mantissa bounds, exponent range, non-negative `r`, trailing bytes).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut rd = Reader::new(STATE, bytes);
+        let magic = rd.take("magic", 8)?;
+        if magic != STATE_MAGIC {
+            return Err(DecodeError::Magic {
+                expected: hex::encode(STATE_MAGIC),
+                found: hex::encode(magic),
+            });
+        }
+        let model = decode_header(&mut rd)?;
+        let at = rd.pos();
+        let batch_size = rd.u32_le("batch_size")? as usize;
+        if batch_size == 0 || batch_size > BATCH_SIZE_MAX {
+            return Err(DecodeError::Field {
+                what: "batch_size".into(),
+                offset: at,
+                expected: format!("1..={BATCH_SIZE_MAX}"),
+                found: batch_size.to_string(),
+            });
+        }
+        let seed = rd.u64_le("seed")?;
+        let mut hv = [0i64; 8];
+        for (i, v) in hv.iter_mut().enumerate() {
+            *v = rd.u64_le(&format!("hyperparameter {i}"))? as i64;
+        }
+        let hyper = HyperQ {
+            lr_q40: hv[0],
+            min_lr_q40: hv[1],
+            warmup_iters: hv[2] as u64,
+            lr_decay_iters: hv[3] as u64,
+            weight_decay_q30: hv[4],
+            beta1_q30: hv[5],
+            beta2_q30: hv[6],
+            grad_clip_q30: hv[7],
+        };
+        for (i, &v) in hv.iter().enumerate() {
+            let max = if i == 5 || i == 6 {
+                1i64 << 30
+            } else {
+                1i64 << 50
+            };
+            if !(0..=max).contains(&v) {
+                return Err(DecodeError::Field {
+                    what: format!("hyperparameter {i}"),
+                    offset: at + 12 + 8 * i,
+                    expected: format!("0..={max}"),
+                    found: v.to_string(),
+                });
+            }
+        }
+        let step = rd.u64_le("step")?;
+        let specs = model.param_specs();
+        let mut parts: [Vec<Bfp>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (pi, part) in parts.iter_mut().enumerate() {
+            let (kind, max, nonneg) = match pi {
+                0 => ("params", B24_MANT_MAX, false),
+                1 => ("m", B16_MANT_MAX, false),
+                _ => ("r", B16_MANT_MAX, true),
+            };
+            for s in &specs {
+                part.push(read_tensor(
+                    &mut rd,
+                    &format!("{kind} {}", s.name),
+                    s.len(),
+                    max,
+                    nonneg,
+                )?);
+            }
+        }
+        if rd.remaining() != 0 {
+            return Err(DecodeError::Trailing {
+                offset: rd.pos(),
+                extra: rd.remaining(),
+            });
+        }
+        let [params, m, r] = parts;
+        Ok(Self {
+            model,
+            hyper,
+            batch_size,
+            seed,
+            step,
+            params,
+            m,
+            r,
+        })
+    }
+
+    /// SHA-256 of the canonical encoding: the per-step state hash.
+    pub fn state_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
+    /// Commitment to the parameters alone: SHA-256 of `PARAMS_DOMAIN`, the config header and
+    /// the params tensors in the state encoding.
+    pub fn params_commitment(&self) -> [u8; 32] {
+        params_commitment(&self.model, &self.params)
+    }
+}
+
+/// See [`TrainState::params_commitment`].
+pub fn params_commitment(model: &Config, params: &[Bfp]) -> [u8; 32] {
+    let mut out = Vec::new();
+    out.extend_from_slice(PARAMS_DOMAIN);
+    encode_header(&mut out, model);
+    for t in params {
+        encode_tensor(&mut out, t);
+    }
+    Sha256::digest(out).into()
+}
+
+fn encode_header(out: &mut Vec<u8>, m: &Config) {
+    for v in [m.vocab, m.n_layer, m.n_head, m.n_embd, m.block_size] {
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    }
+}
+
+fn encode_tensor(out: &mut Vec<u8>, t: &Bfp) {
+    out.extend_from_slice(&t.exp.to_le_bytes());
+    for &v in &t.mant {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn decode_header(rd: &mut Reader<'_>) -> Result<Config, DecodeError> {
+    let at = rd.pos();
+    let mut v = [0usize; 5];
+    for (i, name) in ["vocab", "n_layer", "n_head", "n_embd", "block_size"]
+        .iter()
+        .enumerate()
+    {
+        v[i] = rd.u32_le(name)? as usize;
+    }
+    let model = Config {
+        vocab: v[0],
+        n_layer: v[1],
+        n_head: v[2],
+        n_embd: v[3],
+        block_size: v[4],
+    };
+    model.validate().map_err(|e| DecodeError::Field {
+        what: "model config".into(),
+        offset: at,
+        expected: "a valid config".into(),
+        found: e.to_string(),
+    })?;
+    Ok(model)
+}
+
+/// One tensor of the state encoding: exponent, then `len` mantissas bounded by `max` (and
+/// nonnegative when `nonneg`), little-endian i32s.
+fn read_tensor(
+    rd: &mut Reader<'_>,
+    what: &str,
+    len: usize,
+    max: i32,
+    nonneg: bool,
+) -> Result<Bfp, DecodeError> {
+    let at = rd.pos();
+    let exp = rd.u32_le(&format!("{what} exponent"))? as i32;
+    if (exp as i64).abs() > EXP_ABS_MAX {
+        return Err(DecodeError::Field {
+            what: format!("{what} exponent"),
+            offset: at,
+            expected: format!("|exp| <= {EXP_ABS_MAX}"),
+            found: exp.to_string(),
+        });
+    }
+    let start = rd.pos();
+    let raw = rd.i32s_le(&format!("{what} mantissas"), len)?;
+    let mut mant = Vec::with_capacity(len);
+    for (i, v) in raw.enumerate() {
+        if v.unsigned_abs() > max as u32 || (nonneg && v < 0) {
+            return Err(DecodeError::Field {
+                what: format!("{what} mantissa {i}"),
+                offset: start + 4 * i,
+                expected: if nonneg {
+                    format!("0..={max}")
+                } else {
+                    format!("|m| <= {max}")
+                },
+                found: v.to_string(),
+            });
+        }
+        mant.push(v);
+    }
+    Ok(Bfp::new(mant, exp))
+}
+
+impl From<Truncated<'_>> for DecodeError {
+    fn from(t: Truncated<'_>) -> Self {
+        DecodeError::Truncated {
+            offset: t.offset,
+            what: t.field.into(),
+            need: t.needed - t.remaining,
+        }
+    }
+}
+
+/// Settings of the training loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopOptions {
+    /// Total iterations (the state's `step` counts up to it).
+    pub max_iters: u64,
+    /// Evaluate every this many iterations (and at the end); 0 disables.
+    pub eval_interval: u64,
+    /// Batches per evaluation.
+    pub eval_iters: usize,
+    /// Show an indicatif progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One evaluation point of the loss curve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalPoint {
+    /// Iteration.
+    pub step: u64,
+    /// Mean training loss over the fixed evaluation batches.
+    pub train_loss: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+}
+
+/// Trains `state` on `corpus` until `max_iters`, evaluating as configured; calls `report` with
+/// each evaluation point (the CLI prints them). Returns the loss curve.
+pub fn run(
+    kernels: &dyn Kernels,
+    state: &mut TrainState,
+    corpus: &Corpus,
+    opts: &LoopOptions,
+    report: &mut dyn FnMut(&EvalPoint),
+) -> Result<Vec<EvalPoint>, TrainError> {
+    if opts.max_iters > ITERS_MAX {
+        return Err(TrainError::Setting {
+            name: "max_iters",
+            found: opts.max_iters.to_string(),
+            expected: format!("at most {ITERS_MAX}"),
+        });
+    }
+    if opts.eval_iters > EVAL_ITERS_MAX {
+        return Err(TrainError::Setting {
+            name: "eval_iters",
+            found: opts.eval_iters.to_string(),
+            expected: format!("at most {EVAL_ITERS_MAX}"),
+        });
+    }
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.max_iters);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut curve = Vec::new();
+    let mut eval = |state: &TrainState, curve: &mut Vec<EvalPoint>| -> Result<(), TrainError> {
+        let train_loss = state.evaluate(
+            kernels,
+            &corpus.train,
+            "training split",
+            STREAM_EVAL_TRAIN,
+            opts.eval_iters,
+        )?;
+        let val_loss = state.evaluate(
+            kernels,
+            &corpus.val,
+            "validation split",
+            STREAM_EVAL_VAL,
+            opts.eval_iters,
+        )?;
+        let p = EvalPoint {
+            step: state.step,
+            train_loss,
+            val_loss,
+        };
+        bar.suspend(|| report(&p));
+        curve.push(p);
+        Ok(())
+    };
+    while state.step < opts.max_iters {
+        if opts.eval_interval > 0
+            && state.step.is_multiple_of(opts.eval_interval)
+            && opts.eval_iters > 0
+        {
+            eval(state, &mut curve)?;
+        }
+        let batch = state.batch_for(&corpus.train, state.step)?;
+        let st = state.step(kernels, &batch)?;
+        bar.set_message(format!("loss {:.4}", st.loss));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if opts.eval_iters > 0 && curve.last().map(|p| p.step) != Some(state.step) {
+        eval(state, &mut curve)?;
+    }
+    Ok(curve)
+}
+
+/// Mean seconds per training step of `state` on `backend` over `steps` steps (after one
+/// warm-up step), batches from `tokens`.
+pub fn train_step_secs(
+    backend: &dyn Kernels,
+    state: &mut TrainState,
+    tokens: &[u32],
+    steps: u64,
+) -> Result<f64, TrainError> {
+    let one = |st: &mut TrainState| -> Result<(), TrainError> {
+        let batch = st.batch_for(tokens, st.step)?;
+        st.step(backend, &batch)?;
+        Ok(())
+    };
+    one(state)?;
+    let t = std::time::Instant::now();
+    for _ in 0..steps.max(1) {
+        one(state)?;
+    }
+    Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::optim::Hyper;
+    use crate::numerics::cpu::CpuKernels;
+    use proptest::prelude::*;
+
+    fn tiny() -> TrainState {
+        let cfg = Config {
+            vocab: 11,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 6,
+        };
+        TrainState::new(cfg, Hyper::nanogpt_cpu().to_fixed().unwrap(), 2, 3).unwrap()
+    }
+
+    #[test]
+    fn steps_are_reproducible_and_change_the_hash() {
+        let tokens: Vec<u32> = (0..200).map(|i| (i * 7 % 11) as u32).collect();
+        let mut a = tiny();
+        let mut b = tiny();
+        let h0 = a.state_hash();
+        for _ in 0..3 {
+            let ba = a.batch_for(&tokens, a.step).unwrap();
+            a.step(&CpuKernels, &ba).unwrap();
+            let bb = b.batch_for(&tokens, b.step).unwrap();
+            b.step(&CpuKernels, &bb).unwrap();
+            assert_eq!(a.state_hash(), b.state_hash());
+        }
+        assert_ne!(a.state_hash(), h0);
+        assert_eq!(TrainState::decode(&a.encode()).unwrap(), a);
+    }
+
+    #[test]
+    fn decode_rejects_precisely() {
+        let s = tiny();
+        let enc = s.encode();
+        assert!(matches!(
+            TrainState::decode(&enc[..enc.len() - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut extra = enc.clone();
+        extra.push(0);
+        assert_eq!(
+            TrainState::decode(&extra),
+            Err(DecodeError::Trailing {
+                offset: enc.len(),
+                extra: 1
+            })
+        );
+        let mut bad = enc.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            TrainState::decode(&bad),
+            Err(DecodeError::Magic { .. })
+        ));
+        // Last 4 bytes: the last mantissa of r, which must be non-negative.
+        let mut neg = enc.clone();
+        let n = neg.len();
+        neg[n - 4..].copy_from_slice(&(-1i32).to_le_bytes());
+        let err = TrainState::decode(&neg).unwrap_err().to_string();
+        assert!(err.contains("r ln_f.weight mantissa 7"), "{err}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn decode_never_panics_on_mutations(pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let s = tiny();
+            let mut enc = s.encode();
+            let i = pos.index(enc.len());
+            enc[i] = byte;
+            let _ = TrainState::decode(&enc);
+            let c = cut.index(enc.len());
+            prop_assert!(TrainState::decode(&enc[..c]).is_err());
+        }
+    }
+}

@@ -750,7 +750,7 @@ impl Core {
     ) -> (Acceptance, Vec<Action>) {
         let (acceptance, actions) = match Gossip::decode(data) {
             Err(_) => (Acceptance::Reject("malformed"), Vec::new()),
-            Ok(Gossip::Checkpoint(note)) => self.on_checkpoint(source, note, now_ms),
+            Ok(Gossip::Checkpoint(note)) => self.on_checkpoint(source, note, false, now_ms),
             Ok(Gossip::Evidence(bytes)) => self.on_evidence(bytes, now_ms),
         };
         match &acceptance {
@@ -764,10 +764,19 @@ impl Core {
         (acceptance, actions)
     }
 
+    /// A checkpoint from `source`: gossiped, or pulled (`pulled`: asked for on connection or by
+    /// the anti-entropy tick). A log that grew is fetched at once when the checkpoint was
+    /// pulled, and from the next tick (at most [`crate::shell::TICK_MS`] later) when it was
+    /// gossiped: gossip reaches every member within milliseconds, and every member asking the
+    /// owner for the same entries while the checkpoint still propagates slows the propagation
+    /// itself (64 simulated nodes on 2 cores: p50 6.5–7.1 ms against 7.5–8.5 ms) and sends
+    /// the owner a burst of requests; members' ticks have independent phases, so the fetches
+    /// spread over a tick.
     fn on_checkpoint(
         &mut self,
         source: PublicKey,
         note: Vec<u8>,
+        pulled: bool,
         now_ms: u64,
     ) -> (Acceptance, Vec<Action>) {
         let origin = std::str::from_utf8(&note)
@@ -834,7 +843,12 @@ impl Core {
                         self.ahead.insert(owner, (note, peer));
                     }
                 }
-                (Acceptance::Accept, self.start_sync(owner, now_ms))
+                let fetch = if pulled {
+                    self.start_sync(owner, now_ms)
+                } else {
+                    vec![]
+                };
+                (Acceptance::Accept, fetch)
             }
             Ok(Classified::Contradiction { size, .. }) => {
                 tracing::warn!(log = %hex::encode(owner), size, "owner signed a root its own entries contradict (not conclusive as portable evidence)");
@@ -1095,7 +1109,7 @@ impl Core {
                 if note.is_empty() || checkpoint_owner(&note) != Some(log) {
                     return vec![];
                 }
-                let (acceptance, actions) = self.on_checkpoint(from, note, now_ms);
+                let (acceptance, actions) = self.on_checkpoint(from, note, true, now_ms);
                 if let Acceptance::Reject(r) = acceptance {
                     bump(&mut self.stats.replica_refused, r);
                 }

@@ -143,12 +143,44 @@ fn gossip(note: &[u8]) -> Vec<u8> {
     Gossip::Checkpoint(note.to_vec()).encode()
 }
 
+fn is_fetch(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::Send {
+            request: Request::Entries { .. },
+            ..
+        }
+    )
+}
+
+/// Deliver gossip `data` from `from` and run the next tick: a gossiped checkpoint's entries are
+/// fetched from the next tick, never at once (`specs/wire.md` §3). Returns the acceptance, the
+/// delivery's actions and the tick's fetches.
+fn gossip_then_tick(
+    core: &mut Core,
+    from: PublicKey,
+    data: &[u8],
+    now_ms: u64,
+) -> (Acceptance, Vec<Action>) {
+    let (acc, mut actions) = core.on_gossip(from, data, now_ms);
+    assert!(
+        !actions.iter().any(is_fetch),
+        "a gossiped checkpoint is fetched from the next tick: {actions:?}"
+    );
+    actions.extend(
+        core.tick(now_ms + leam_net::shell::TICK_MS)
+            .into_iter()
+            .filter(is_fetch),
+    );
+    (acc, actions)
+}
+
 #[test]
 fn a_valid_checkpoint_is_replicated_witnessed_and_a_replay_ignored() {
     let mut w = world();
     let bk = w.b.identity().public_key();
     let note = w.b.checkpoint().to_vec();
-    let (acc, actions) = w.a.on_gossip(bk, &gossip(&note), 3_000);
+    let (acc, actions) = gossip_then_tick(&mut w.a, bk, &gossip(&note), 3_000);
     assert_eq!(acc, Acceptance::Accept);
     let rest = serve(&mut w.a, bk, &w.b, actions);
     assert_eq!(w.a.replicas()[&bk].size(), w.b.size());
@@ -229,7 +261,7 @@ fn wrong_entries_from_a_responder_are_not_stored() {
     let mut w = world();
     let bk = w.b.identity().public_key();
     deposit(&mut w.b, "grant-2");
-    let (_, actions) = w.a.on_gossip(bk, &gossip(w.b.checkpoint()), 3_000);
+    let (_, actions) = gossip_then_tick(&mut w.a, bk, &gossip(w.b.checkpoint()), 3_000);
     let Some(Action::Send { request, .. }) = actions.into_iter().next() else {
         panic!("expected an entries request");
     };
@@ -259,7 +291,7 @@ fn an_equivocating_member_is_recorded_blocked_and_its_evidence_convinces_others(
     let bk = w.b.identity().public_key();
     // A replicates B's history.
     deposit(&mut w.b, "grant-2");
-    let (_, actions) = w.a.on_gossip(bk, &gossip(w.b.checkpoint()), 3_000);
+    let (_, actions) = gossip_then_tick(&mut w.a, bk, &gossip(w.b.checkpoint()), 3_000);
     serve(&mut w.a, bk, &w.b, actions);
     assert_eq!(w.a.replicas()[&bk].size(), 3);
     // B signs another history of the same size.

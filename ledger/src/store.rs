@@ -176,6 +176,11 @@ pub struct SledStore {
 /// A segment's first index and its entries, copied out of the store.
 type OwnedSegment = (u64, Vec<Vec<u8>>);
 
+/// The index a key made by [`key`] names (every `e` and `h` key has 9 bytes).
+fn index_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[1..].try_into().expect("9-byte keys"))
+}
+
 fn key(prefix: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
@@ -416,7 +421,7 @@ impl SledStore {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(|e| self.backend(e))?;
-                let first = u64::from_be_bytes(k[1..].try_into().expect("9-byte keys"));
+                let first = index_of(&k);
                 Ok(Some((first, v)))
             }
         }
@@ -616,7 +621,7 @@ impl Store for SledStore {
         };
         for item in self.db.range(key(KEY_ENTRY, from)..key(KEY_ENTRY, end)) {
             let (k, v) = item.map_err(|e| self.backend(e))?;
-            let first = u64::from_be_bytes(k[1..].try_into().expect("9-byte keys"));
+            let first = index_of(&k);
             let expected = start + out.len() as u64;
             if first > expected {
                 break;

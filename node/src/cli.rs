@@ -151,6 +151,28 @@ impl Backend {
         }
     }
 
+    /// [`Backend::open`] for a long-running process: `auto` decides in a child process
+    /// (`leam compute probe --json`, this same executable), so that when the decision is the
+    /// CPU no GPU driver was ever loaded here (Mesa's adapter probe alone keeps ~60 MiB
+    /// resident: an idle node measured 89–94 MiB with it, 27 MiB without). Where the child cannot
+    /// run or answers nonsense, the decision is taken in this process as before.
+    pub fn open_isolated(
+        self,
+    ) -> anyhow::Result<Box<dyn leam_compute::numerics::kernels::Kernels>> {
+        if self != Backend::Auto {
+            return self.open();
+        }
+        let Some(decision) = decide_auto_in_child() else {
+            return self.open();
+        };
+        let s = leam_compute::numerics::backend::open_decided(decision).code(EXIT_ENV)?;
+        if let Some(w) = &s.warning {
+            tracing::warn!(warning = %w, "backend");
+            eprintln!("WARNING: {w}");
+        }
+        Ok(s.kernels)
+    }
+
     /// Open the backend; no usable adapter for `wgpu` is an environment problem (exit 3).
     /// A GPU that `auto` passes over because it gives wrong bits is said on stderr, naming the
     /// kernel.
@@ -449,9 +471,83 @@ pub const LONG_VERSION: &str = concat!(
     ")\nbackends: cpu, wgpu (wgpu adapters are found at run time: `leam compute selftest`)"
 );
 
+/// The JSON form of `auto`'s decision (`leam compute probe --json`, specs/cli.md):
+/// `backend` (`wgpu` or `cpu`), `reason`, `warning` (null unless a GPU gave wrong bits).
+pub fn auto_decision_json(d: &leam_compute::numerics::backend::AutoDecision) -> serde_json::Value {
+    use leam_compute::numerics::backend::AutoDecision;
+    match d {
+        AutoDecision::Gpu => serde_json::json!({
+            "backend": "wgpu", "reason": "the adapter passes the kernel probe", "warning": null,
+        }),
+        AutoDecision::Cpu { reason, warning } => serde_json::json!({
+            "backend": "cpu", "reason": reason, "warning": warning,
+        }),
+    }
+}
+
+/// Inverse of [`auto_decision_json`]; `None` for anything else.
+pub fn auto_decision_from_json(
+    v: &serde_json::Value,
+) -> Option<leam_compute::numerics::backend::AutoDecision> {
+    use leam_compute::numerics::backend::AutoDecision;
+    match v.get("backend")?.as_str()? {
+        "wgpu" => Some(AutoDecision::Gpu),
+        "cpu" => Some(AutoDecision::Cpu {
+            reason: v.get("reason")?.as_str()?.to_string(),
+            warning: v.get("warning")?.as_str().map(str::to_string),
+        }),
+        _ => None,
+    }
+}
+
+/// Runs `leam compute probe --json` as a child of this executable and reads its decision;
+/// `None` if it cannot run, fails or prints something else (the caller then decides itself).
+fn decide_auto_in_child() -> Option<leam_compute::numerics::backend::AutoDecision> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .args(["compute", "probe", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    auto_decision_from_json(&serde_json::from_slice(&out.stdout).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_decisions_survive_their_json_form() {
+        use leam_compute::numerics::backend::AutoDecision;
+        for d in [
+            AutoDecision::Gpu,
+            AutoDecision::Cpu {
+                reason: "no wgpu adapter opens".into(),
+                warning: None,
+            },
+            AutoDecision::Cpu {
+                reason: "adapter X failed the kernel probe".into(),
+                warning: Some("GPU X gives wrong bits in kernel `matmul`".into()),
+            },
+        ] {
+            assert_eq!(auto_decision_from_json(&auto_decision_json(&d)), Some(d));
+        }
+        for bad in [
+            r#"{}"#,
+            r#"{"backend":"tpu"}"#,
+            r#"{"backend":"cpu","warning":null}"#,
+        ] {
+            assert_eq!(
+                auto_decision_from_json(&serde_json::from_str(bad).unwrap()),
+                None,
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn default_settings_are_the_preset_but_for_evaluation_batches() {

@@ -769,7 +769,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let kernels: std::sync::Arc<dyn leam_compute::numerics::kernels::Kernels> =
         std::sync::Arc::from(
             a.backend
-                .open()
+                .open_isolated()
                 .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
         );
     let falsify_run = a.falsify_run;

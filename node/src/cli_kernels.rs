@@ -1,5 +1,6 @@
 //! `leam compute selftest`, `leam compute bench`: the kernels of every backend against the CPU
 //! reference (bits) and against `matrixmultiply` sgemm (speed).
+use leam_compute::numerics::backend::AutoDecision;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -143,6 +144,15 @@ pub enum ComputeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Say which backend `--backend auto` takes on this machine and why (a hardware GPU only
+    /// if it passes the kernel probe); exit 0 either way. `leam node` asks this of a child
+    /// process, so that a node on the CPU never holds a GPU driver in its memory.
+    #[command(after_long_help = "Example:\n  leam compute probe --json")]
+    Probe {
+        /// Print the decision as one JSON document (fields in specs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the cpu backend's matmul against matrixmultiply sgemm on the model's shapes
     /// (last line: `ratio <cpu/sgemm>`), and each wgpu adapter against cpu.
     #[command(
@@ -189,6 +199,25 @@ pub enum ComputeCmd {
 pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ComputeCmd::Selftest { adapter, json } => selftest_cmd(adapter, json),
+        ComputeCmd::Probe { json } => {
+            let d = leam_compute::numerics::backend::decide_auto_here();
+            if json {
+                println!("{}", cli::auto_decision_json(&d));
+            } else {
+                match &d {
+                    AutoDecision::Gpu => {
+                        println!("backend wgpu: the adapter passes the kernel probe")
+                    }
+                    AutoDecision::Cpu { reason, warning } => {
+                        println!("backend cpu: {reason}");
+                        if let Some(w) = warning {
+                            println!("WARNING: {w}");
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ComputeCmd::Bench {
             backend,
             adapter,

@@ -190,3 +190,29 @@ fn train_step_bench_counts_the_host_device_traffic() {
     }
     assert!(v["bytes_per_step"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn compute_probe_says_what_auto_takes_here() {
+    // The child's answer (what `leam node` asks before opening its backend) is the decision
+    // this process takes itself on the same machine.
+    let out = leam(&["compute", "probe", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let here = leam_compute::numerics::backend::decide_auto_here();
+    match here {
+        leam_compute::numerics::backend::AutoDecision::Gpu => assert_eq!(v["backend"], "wgpu"),
+        leam_compute::numerics::backend::AutoDecision::Cpu { reason, warning } => {
+            assert_eq!(v["backend"], "cpu", "{v}");
+            assert_eq!(v["reason"], reason.as_str(), "{v}");
+            assert_eq!(v["warning"].as_str(), warning.as_deref(), "{v}");
+        }
+    }
+    let human = leam(&["compute", "probe"]);
+    assert!(human.status.success());
+    assert!(String::from_utf8_lossy(&human.stdout)
+        .starts_with(&format!("backend {}", v["backend"].as_str().unwrap())));
+}

@@ -92,14 +92,55 @@ pub fn decide_auto(
     }
 }
 
+/// Opens the best wgpu adapter (if any) and decides `auto` on it; the adapter comes back only
+/// when the decision is to use it.
+fn open_auto() -> (Option<crate::numerics::gpu::GpuKernels>, AutoDecision) {
+    let g = match crate::numerics::gpu::GpuKernels::new() {
+        Ok(g) => g,
+        Err(e) => {
+            let reason = format!("no wgpu adapter opens: {e}");
+            return (
+                None,
+                AutoDecision::Cpu {
+                    reason,
+                    warning: None,
+                },
+            );
+        }
+    };
+    let f = g.fingerprint();
+    match decide_auto(&g.name(), &f.adapter.device_type, || probe(&g)) {
+        AutoDecision::Gpu => (Some(g), AutoDecision::Gpu),
+        cpu => (None, cpu),
+    }
+}
+
+/// `auto`'s decision on this machine, with the adapter closed again: what a parent process asks
+/// a short-lived child (`leam compute probe`), so that a node which ends up on the CPU never
+/// keeps a GPU driver (Mesa maps ~45 MiB of LLVM) in its own memory.
+pub fn decide_auto_here() -> AutoDecision {
+    open_auto().1
+}
+
+/// Opens the backend that `decision` (from [`decide_auto_here`], possibly in another process)
+/// names: the same adapter `auto` chooses, or the CPU reference with the decision's warning.
+pub fn open_decided(decision: AutoDecision) -> Result<Selected, BackendError> {
+    match decision {
+        AutoDecision::Gpu => select("wgpu"),
+        AutoDecision::Cpu { warning, .. } => Ok(Selected {
+            kernels: Box::new(CpuKernels::new()),
+            warning,
+        }),
+    }
+}
+
 /// Opens the backend named `name` (`auto`, `cpu`, `wgpu`).
 pub fn select(name: &str) -> Result<Selected, BackendError> {
-    let cpu = || Selected {
-        kernels: Box::new(CpuKernels::new()),
-        warning: None,
-    };
     match name {
-        "cpu" => Ok(cpu()),
+        "cpu" => open_decided(AutoDecision::Cpu {
+            reason: "cpu asked for".into(),
+            warning: None,
+        }),
         "wgpu" => {
             let g = crate::numerics::gpu::GpuKernels::new().map_err(|e| BackendError::Gpu {
                 reason: e.to_string(),
@@ -109,19 +150,13 @@ pub fn select(name: &str) -> Result<Selected, BackendError> {
                 warning: None,
             })
         }
-        "auto" => {
-            let Ok(g) = crate::numerics::gpu::GpuKernels::new() else {
-                return Ok(cpu());
-            };
-            let f = g.fingerprint();
-            match decide_auto(&g.name(), &f.adapter.device_type, || probe(&g)) {
-                AutoDecision::Gpu => Ok(Selected {
-                    kernels: Box::new(g),
-                    warning: None,
-                }),
-                AutoDecision::Cpu { warning, .. } => Ok(Selected { warning, ..cpu() }),
-            }
-        }
+        "auto" => match open_auto() {
+            (Some(g), _) => Ok(Selected {
+                kernels: Box::new(g),
+                warning: None,
+            }),
+            (None, decision) => open_decided(decision),
+        },
         other => Err(BackendError::Unknown { name: other.into() }),
     }
 }

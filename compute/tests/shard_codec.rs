@@ -300,7 +300,11 @@ fn delta_widths_are_minimal_and_enforced() {
             },
             IntTensor {
                 exp: 0,
-                values: vec![1 << 20],
+                values: vec![1 << 20, -(1 << 23)],
+            },
+            IntTensor {
+                exp: 0,
+                values: vec![1 << 23],
             },
             IntTensor {
                 exp: 0,
@@ -313,8 +317,9 @@ fn delta_widths_are_minimal_and_enforced() {
         ],
     };
     let bytes = d.encode();
-    // header 9, then per tensor 9 bytes + values: 2·1, 1·2, 1·4, 1·8, 0.
-    assert_eq!(bytes.len(), 9 + 5 * 9 + 2 + 2 + 4 + 8);
+    // header 9, then per tensor 9 bytes + values: 2·1, 1·2, 2·3 (±2^23 fit 24 bits only as
+    // −2^23), 1·4 (2^23 does not), 1·8, 0.
+    assert_eq!(bytes.len(), 9 + 6 * 9 + 2 + 2 + 6 + 4 + 8);
     assert_eq!(ParamDelta::decode(&bytes).unwrap(), d);
     // Re-encode the first tensor at width 2: decodes to the same values but is not canonical.
     let mut wide = bytes[..9 + 8].to_vec();
@@ -334,12 +339,15 @@ fn delta_widths_are_minimal_and_enforced() {
         ),
         "{e}"
     );
-    let mut bad = bytes.clone();
-    bad[17] = 3;
-    assert!(matches!(
-        ParamDelta::decode(&bad),
-        Err(DilocoError::Decode { field: "width", .. })
-    ));
+    // Widths outside 1..=8 are refused by name.
+    for w in [0u8, 9, 255] {
+        let mut bad = bytes.clone();
+        bad[17] = w;
+        assert!(matches!(
+            ParamDelta::decode(&bad),
+            Err(DilocoError::Decode { field: "width", .. })
+        ));
+    }
 }
 
 proptest! {

@@ -1,5 +1,8 @@
 //! DiLoCo against single-node training on tinyshakespeare, on a small model, run on demand:
 //! `LEAM_DILOCO_STEPS=300 cargo test -p leam-compute --test shard_diloco_experiment -- --ignored --nocapture`
+//! (`LEAM_DILOCO_H=N`: inner steps per shard, default 50; `LEAM_DILOCO_RESET=1`: every round
+//! starts the inner optimizer afresh, Adam moments zero, as a worker that keeps no state between
+//! rounds would).
 //!
 //! Baseline: one node trains `T` steps on the whole training range. DiLoCo: `K = 2` workers on
 //! disjoint halves of the training range, `H` inner steps per shard, `T / H` outer rounds merged
@@ -16,14 +19,15 @@ use leam_compute::model::transformer::Config;
 use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::fixed::B24_MANT_MAX;
 use leam_compute::verify::diloco::{
-    data_parallel_bytes, next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
+    data_parallel_bytes, fresh_start_state, next_start_state, outer_step, params_blob_bytes,
+    OuterOptimizer, OuterState, ParamDelta,
 };
 use leam_compute::verify::replay::{run_shard, ModelRunner};
 
 /// Validation batches averaged for each reported loss.
 const EVAL_ITERS: usize = 20;
-/// Inner steps per shard.
-const H: u32 = 50;
+/// Inner steps per shard unless `LEAM_DILOCO_H` says otherwise.
+const H_DEFAULT: u32 = 50;
 /// Workers.
 const K: u64 = 2;
 
@@ -34,7 +38,12 @@ fn diloco_against_single_node() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let rounds = total / H;
+    let h: u32 = std::env::var("LEAM_DILOCO_H")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(H_DEFAULT);
+    let reset = std::env::var("LEAM_DILOCO_RESET").is_ok_and(|v| v == "1");
+    let rounds = total / h;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
     let bytes = std::fs::read(path).expect("demo corpus present");
     let corpus = Corpus::from_bytes(&bytes, "tinyshakespeare").unwrap();
@@ -65,7 +74,7 @@ fn diloco_against_single_node() {
             .unwrap()
     };
     println!(
-        "model: {} parameters; T = {total} steps, K = {K} workers, H = {H}",
+        "model: {} parameters; T = {total} steps, K = {K} workers, H = {h}, moments reset each round: {reset}",
         cfg.n_params()
     );
 
@@ -101,23 +110,28 @@ fn diloco_against_single_node() {
         for (w, state) in workers.iter_mut().enumerate() {
             let w = w as u64;
             let range = (train_end * w / K, train_end * (w + 1) / K);
-            let spec = runner.spec_for(state, range.0, range.1, H).unwrap();
+            let spec = runner.spec_for(state, range.0, range.1, h).unwrap();
             let run = run_shard(&runner, &spec, state).unwrap();
             let delta = ParamDelta::between(&state.params, &run.final_state.params).unwrap();
-            bytes_moved += delta.encode().len() as u64 + 4 * cfg.n_params() as u64;
+            bytes_moved += delta.encode().len() as u64
+                + params_blob_bytes(cfg.n_params() as u64, state.params.len() as u64);
             deltas.push((spec.id(), delta));
             *state = run.final_state;
         }
         global = outer_step(&global, &deltas, opt, B24_MANT_MAX).unwrap();
         for state in workers.iter_mut() {
-            *state = next_start_state(state, &global).unwrap();
+            *state = if reset {
+                fresh_start_state(&start, &global, u64::from((round + 1) * h)).unwrap()
+            } else {
+                next_start_state(state, &global).unwrap()
+            };
         }
         println!("round {}: val loss {:.4}", round + 1, val(&workers[0]));
     }
     let per_worker = bytes_moved / K;
-    let dp = data_parallel_bytes(cfg.n_params() as u64, u64::from(rounds * H));
+    let dp = data_parallel_bytes(cfg.n_params() as u64, u64::from(rounds * h));
     println!(
-        "diloco: val loss {:.4} after {rounds} rounds of {H} steps ({:.1} s); bytes per worker {per_worker} vs data parallel {dp} ({:.0}x less)",
+        "diloco: val loss {:.4} after {rounds} rounds of {h} steps ({:.1} s); bytes per worker {per_worker} vs data parallel {dp} ({:.0}x less)",
         val(&workers[0]),
         t.elapsed().as_secs_f64(),
         dp as f64 / per_worker as f64

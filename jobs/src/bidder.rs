@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leam_compute::model::data::STREAM_EVAL_VAL;
-use leam_compute::model::train::TrainState;
+use leam_compute::model::train::{params_blob, TrainState};
 use leam_compute::numerics::fixed::B24_MANT_MAX;
 use leam_compute::numerics::kernels::Kernels;
 use leam_compute::verify::diloco::{
-    next_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
+    fresh_start_state, outer_step, OuterOptimizer, OuterState, ParamDelta,
 };
 use leam_compute::verify::replay::ModelRunner;
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
@@ -54,15 +54,16 @@ pub const RESUME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub const RECLEARING_LEASE_WAIT_MS: u64 = 60_000;
 
 /// What a bidder restarted mid-job resumes from, written atomically after every round: the
-/// progress so far and, per finished round, the final state (blob SHA-256, hex) merged for each
-/// worker, or none. Everything else is derived again: the shard specs are a pure function of
-/// the job and the workers' states, and replaying the outer steps on the stored final states
-/// gives the same global state bit for bit, so a resumed job continues exactly where it stood.
+/// progress so far and, per finished round, the parameter delta (blob SHA-256, hex: the
+/// result's delta commitment) merged for each worker, or none. Everything else is derived
+/// again: the shard specs are a pure function of the job and the global state, and replaying
+/// the outer steps on the stored deltas gives the same global state bit for bit, so a resumed
+/// job continues exactly where it stood.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Resume {
     /// The progress as of the last finished round.
     pub progress: Progress,
-    /// Per finished round, per worker: the merged final state's hash.
+    /// Per finished round, per worker: the merged delta's hash.
     pub merged: Vec<Vec<Option<String>>>,
 }
 
@@ -128,8 +129,16 @@ pub struct Progress {
     pub primary_units: u64,
     /// Compute units of replica runs (the verification overhead).
     pub replica_units: u64,
-    /// Bytes moved per outer step per worker: start state to the provider, final state back.
+    /// Bytes moved per outer step per worker, mean over the merged shards: the start
+    /// parameters to the provider (the params blob's length) and the parameter delta back (as
+    /// the link counted it).
     pub bytes_per_worker_round: u64,
+    /// Bytes of parameter deltas fetched from providers, as the link counted them.
+    pub delta_bytes_fetched: u64,
+    /// Bytes of start parameters the merged shards' providers needed (params blob lengths).
+    pub params_bytes_served: u64,
+    /// Shards merged so far (the worker-rounds the two byte counts cover).
+    pub worker_rounds: u64,
     /// What plain data parallelism would move per worker for the same inner steps
     /// (`leam_compute::verify::diloco::data_parallel_bytes`).
     pub data_parallel_bytes_per_worker_round: u64,
@@ -178,7 +187,7 @@ pub struct Bidder<'k> {
     seed: [u8; 32],
     progress_path: PathBuf,
     progress: Progress,
-    /// Finished rounds' merged final states (see [`Resume`]).
+    /// Finished rounds' merged deltas (see [`Resume`]).
     merged: Vec<Vec<Option<String>>>,
     /// Judge requests the referee has not taken yet (not connected, busy), asked again while
     /// the job waits for verdicts; at most one per shard of the job.
@@ -446,8 +455,6 @@ impl<'k> Bidder<'k> {
         self.save();
         let mut workers = vec![start.clone(); self.job.shards_per_round as usize];
         let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
-        let state_bytes = start.encode().len() as u64;
-        self.progress.bytes_per_worker_round = 2 * state_bytes;
         self.progress.data_parallel_bytes_per_worker_round =
             leam_compute::verify::diloco::data_parallel_bytes(
                 start.params.iter().map(|p| p.mant.len() as u64).sum(),
@@ -457,10 +464,9 @@ impl<'k> Bidder<'k> {
         let wall_before_ms = self.progress.wall_ms;
         for round in 0..self.job.rounds {
             if round < resumed {
-                // A round an earlier process finished: the same outer step on the final states
-                // it merged, read back from the blob store by hash.
+                // A round an earlier process finished: the same outer step on the deltas it
+                // merged, read back from the blob store by hash.
                 let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
-                let mut finals: Vec<Option<TrainState>> = vec![None; workers.len()];
                 for (w, range) in ranges.iter().enumerate() {
                     let Some(h) = self.merged[round as usize].get(w).cloned().flatten() else {
                         continue;
@@ -475,21 +481,24 @@ impl<'k> Bidder<'k> {
                             .map_err(LinkError::from)?
                             .ok_or_else(|| {
                                 JobError::Compute(format!(
-                            "resume record, round {round}: final state {h} is not in the blob store"
-                        ))
+                                "resume record, round {round}: delta {h} is not in the blob store"
+                            ))
                             })?;
-                    let fin =
-                        TrainState::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
+                    let delta =
+                        ParamDelta::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
                     let spec = self
                         .runner
                         .spec_for(&workers[w], range.0, range.1, self.job.inner_steps)
                         .map_err(|e| JobError::Compute(e.to_string()))?;
-                    let delta = ParamDelta::between(&workers[w].params, &fin.params)
-                        .map_err(|e| JobError::Compute(e.to_string()))?;
                     deltas.push((spec.id(), delta));
-                    finals[w] = Some(fin);
                 }
-                merge(&mut global, &mut workers, &deltas, finals)?;
+                merge(
+                    &mut global,
+                    &mut workers,
+                    &deltas,
+                    &start,
+                    self.job.inner_steps,
+                )?;
                 continue;
             }
             let t = Instant::now();
@@ -502,6 +511,11 @@ impl<'k> Bidder<'k> {
             if slots.is_empty() {
                 break;
             }
+            // Every worker starts the round from the same fresh state (the global parameters,
+            // fresh moments): its params blob is all a provider fetches to build it.
+            let params = params_blob(&workers[0].model, &workers[0].params);
+            let params_bytes = params.len() as u64;
+            let start_params = self.blobs.put(&params).map_err(LinkError::from)?;
             let mut specs: Vec<ShardSpec> = Vec::new();
             for (w, range) in ranges.iter().enumerate() {
                 let spec = self
@@ -551,10 +565,10 @@ impl<'k> Bidder<'k> {
                 replicated: slots.iter().filter(|s| s.replica.is_some()).count() as u32,
                 ..RoundProgress::default()
             };
-            self.drive(&slots, &specs, &mut tracks, &mut rp).await?;
+            self.drive(&slots, &specs, start_params, &mut tracks, &mut rp)
+                .await?;
             // Compare replicas, ask the referee, merge what is accepted.
             let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
-            let mut finals: Vec<Option<TrainState>> = vec![None; workers.len()];
             let mut merged: Vec<Option<String>> = vec![None; workers.len()];
             for s in &slots {
                 let w = s.worker as usize;
@@ -597,20 +611,33 @@ impl<'k> Bidder<'k> {
                 };
                 let Some(win) = winner else { continue };
                 let result = &win.done.as_ref().expect("claims are done").0;
-                let (bytes, _) = self
+                // The delta, by the commitment the verified result carries (the blob store
+                // checks the bytes against it).
+                let (bytes, fetched) = self
                     .link
-                    .blob(&self.blobs, win.provider, result.final_state)
+                    .blob(&self.blobs, win.provider, result.delta_commitment)
                     .await?;
-                let fin =
-                    TrainState::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
-                let delta = ParamDelta::between(&workers[w].params, &fin.params)
-                    .map_err(|e| JobError::Compute(e.to_string()))?;
+                let delta =
+                    ParamDelta::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
                 deltas.push((specs[w].id(), delta));
-                finals[w] = Some(fin);
-                merged[w] = Some(hex::encode(result.final_state));
+                merged[w] = Some(hex::encode(result.delta_commitment));
                 rp.merged += 1;
+                self.progress.delta_bytes_fetched += fetched;
+                self.progress.params_bytes_served += params_bytes;
+                self.progress.worker_rounds += 1;
             }
-            if merge(&mut global, &mut workers, &deltas, finals)? {
+            if let Some(n) = std::num::NonZeroU64::new(self.progress.worker_rounds) {
+                self.progress.bytes_per_worker_round = (self.progress.delta_bytes_fetched
+                    + self.progress.params_bytes_served)
+                    / n.get();
+            }
+            if merge(
+                &mut global,
+                &mut workers,
+                &deltas,
+                &start,
+                self.job.inner_steps,
+            )? {
                 rp.val_loss = Some(self.eval(&workers[0])?);
             }
             rp.wall_ms = t.elapsed().as_millis() as u64;
@@ -636,6 +663,7 @@ impl<'k> Bidder<'k> {
         &mut self,
         slots: &[Slot],
         specs: &[ShardSpec],
+        start_params: Digest32,
         tracks: &mut [Track],
         rp: &mut RoundProgress,
     ) -> Result<(), JobError> {
@@ -669,6 +697,7 @@ impl<'k> Bidder<'k> {
                         job_id: self.job_id,
                         shard,
                         spec: spec.encode(),
+                        start_params: Some(serde_bytes::ByteArray::new(start_params)),
                     };
                     match self.link.work(t.provider, req).await {
                         Ok(WorkResponse::Accepted) => {
@@ -1110,13 +1139,15 @@ impl<'k> Bidder<'k> {
     }
 }
 
-/// The outer step over a round's merged `deltas`, then every worker's next start state (from
-/// its merged final state, else its previous one); whether there was anything to merge.
+/// The outer step over a round's merged `deltas`, then every worker's next start state: the
+/// global parameters with fresh moments at the next round's first step
+/// ([`fresh_start_state`] of the job's initial state); whether there was anything to merge.
 fn merge(
     global: &mut OuterState,
     workers: &mut [TrainState],
     deltas: &[(Digest32, ParamDelta)],
-    finals: Vec<Option<TrainState>>,
+    template: &TrainState,
+    inner_steps: u32,
 ) -> Result<bool, JobError> {
     if deltas.is_empty() {
         return Ok(false);
@@ -1125,10 +1156,11 @@ fn merge(
         outer_step(global, deltas, OuterOptimizer::DILOCO, B24_MANT_MAX)
     })
     .map_err(|e| JobError::Compute(e.to_string()))?;
-    for (w, f) in finals.into_iter().enumerate() {
-        let base = f.unwrap_or_else(|| workers[w].clone());
-        workers[w] =
-            next_start_state(&base, global).map_err(|e| JobError::Compute(e.to_string()))?;
+    let step = template.step + global.round * u64::from(inner_steps);
+    let next =
+        fresh_start_state(template, global, step).map_err(|e| JobError::Compute(e.to_string()))?;
+    for w in workers.iter_mut() {
+        *w = next.clone();
     }
     Ok(true)
 }

@@ -1,8 +1,9 @@
 //! The provider side of a job (`specs/market.md` §8.2): take a shard run under a co-signed
-//! lease, fetch its start state and corpus by hash from the bidder, run it on this node's
-//! backend (one run at a time, on a thread of its own, so the network never waits on compute),
-//! keep the result, its step hashes and the final state for the bidder's polls and the
-//! referee's bisection, and agree to a receipt only if it states exactly what this node ran.
+//! lease, fetch its corpus and start parameters by hash from the bidder and build the start
+//! state, run it on this node's backend (one run at a time, on a thread of its own, so the
+//! network never waits on compute), keep the result, its step hashes, the final state and the
+//! parameter delta for the bidder's polls and fetches and the referee's bisection, and agree to
+//! a receipt only if it states exactly what this node ran.
 //!
 //! Finished runs are written to `DIR/runs/<spec id hex>.json`, so a provider killed and
 //! restarted still answers for them; a run that was going on when the process died is gone
@@ -16,6 +17,7 @@ use std::time::Instant;
 use leam_compute::model::train::TrainState;
 use leam_compute::numerics::kernels::Kernels;
 use leam_compute::verify::commit::{Hash32, StepLog};
+use leam_compute::verify::diloco::{fresh_start_for_spec, ParamDelta};
 use leam_compute::verify::replay::{run_shard, ModelRunner, RunnerError, ShardRun, StepRunner};
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{Body, Digest32, Entry, PublicKey, ReceiptTerms};
@@ -197,7 +199,9 @@ impl Provider {
     }
 
     /// A run request from `bidder`: checked against this node's leases, then its inputs are
-    /// fetched and it is queued. Idempotent: a spec already taken is `Accepted` again.
+    /// fetched and it is queued. Idempotent: a spec already taken is `Accepted` again. With
+    /// `start_params` (the SHA-256 of the start state's params blob) a start state this node
+    /// does not hold is built from that blob (4 bytes per parameter) rather than fetched whole.
     pub async fn on_run(
         &self,
         link: &Link,
@@ -205,6 +209,7 @@ impl Provider {
         job_id: Digest32,
         shard: u32,
         spec_bytes: &[u8],
+        start_params: Option<Digest32>,
     ) -> WorkResponse {
         let spec = match ShardSpec::decode(spec_bytes).and_then(|s| s.validate().map(|()| s)) {
             Ok(s) => s,
@@ -285,13 +290,12 @@ impl Provider {
                     r.state = RunState::Failed(reason);
                 }
             };
-            for (what, hash) in [
-                ("corpus", spec.corpus_sha256),
-                ("start state", spec.start_state),
-            ] {
-                if let Err(e) = link.blob(&this.blobs, bidder, hash).await {
-                    return fail(format!("fetching the {what} {}: {e}", short(&hash)));
-                }
+            if let Err(e) = link.blob(&this.blobs, bidder, spec.corpus_sha256).await {
+                let h = short(&spec.corpus_sha256);
+                return fail(format!("fetching the corpus {h}: {e}"));
+            }
+            if let Err(e) = this.fetch_start(&link, bidder, &spec, start_params).await {
+                return fail(e);
             }
             if let Err(e) = this.queue.try_send(Task {
                 spec,
@@ -302,6 +306,37 @@ impl Provider {
             }
         });
         WorkResponse::Accepted
+    }
+
+    /// Puts the spec's start state into the blob store: already there, built from the params
+    /// blob `start_params` names (fetched from `bidder`, checked against the spec's
+    /// `start_state` by [`fresh_start_for_spec`]), or fetched whole.
+    async fn fetch_start(
+        &self,
+        link: &Link,
+        bidder: PublicKey,
+        spec: &ShardSpec,
+        start_params: Option<Digest32>,
+    ) -> Result<(), String> {
+        let h = spec.start_state;
+        if self.blobs.get(&h).map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        if let Some(p) = start_params {
+            let (blob, _) = link
+                .blob(&self.blobs, bidder, p)
+                .await
+                .map_err(|e| format!("fetching the start parameters {}: {e}", short(&p)))?;
+            let state = tokio::task::block_in_place(|| fresh_start_for_spec(spec, &blob))
+                .map_err(|e| format!("start state of spec {}: {e}", short(&spec.id())))?;
+            let put = self.blobs.put(&state.encode()).map_err(|e| e.to_string())?;
+            debug_assert_eq!(put, h, "fresh_start_for_spec checked the hash");
+            return Ok(());
+        }
+        link.blob(&self.blobs, bidder, h)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("fetching the start state {}: {e}", short(&h)))
     }
 
     /// How the run of `spec_id` stands.
@@ -494,6 +529,12 @@ fn compute_thread(
             blobs
                 .put(&run.final_state.encode())
                 .map_err(|e| e.to_string())?;
+            // The parameter delta, named by the result's delta commitment: what the bidder
+            // fetches to merge (2 or 4 bytes per parameter instead of a 12-byte-per-parameter
+            // state). A falsified run's delta is its own; the referee judges the states.
+            let delta = ParamDelta::between(&start.params, &run.final_state.params)
+                .map_err(|e| e.to_string())?;
+            blobs.put(&delta.encode()).map_err(|e| e.to_string())?;
             let (bidder, job_id, shard) = {
                 let r = runs.lock().expect("runs lock");
                 let r = r.get(&task.spec_id).ok_or("the run was dropped")?;

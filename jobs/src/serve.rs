@@ -43,10 +43,14 @@ pub async fn serve(
                 job_id,
                 shard,
                 spec,
+                start_params,
             } => {
                 let (provider, link) = (provider.clone(), link.clone());
                 tokio::spawn(async move {
-                    let r = provider.on_run(&link, from, job_id, shard, &spec).await;
+                    let start_params = start_params.map(serde_bytes::ByteArray::into_array);
+                    let r = provider
+                        .on_run(&link, from, job_id, shard, &spec, start_params)
+                        .await;
                     let _ = reply.send(r);
                 });
             }

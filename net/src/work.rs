@@ -49,6 +49,11 @@ pub enum WorkRequest {
         /// The shard spec's canonical encoding (`specs/shard.md`).
         #[serde(with = "serde_bytes")]
         spec: Vec<u8>,
+        /// SHA-256 of the params blob of the spec's start state (`specs/shard.md` §6), when
+        /// the start state is a fresh one: the provider may fetch those 4 bytes per parameter
+        /// and build the state instead of fetching the whole state (12 bytes per parameter).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_params: Option<serde_bytes::ByteArray<32>>,
     },
     /// The state of the run of the spec with this id.
     Poll {
@@ -252,6 +257,24 @@ mod tests {
             prop_assert_eq!(&back, &r);
             let ok = spec.len() <= WORK_ITEM_BYTES_MAX && (1..=JUDGE_CLAIMS_MAX).contains(&claims);
             prop_assert_eq!(r.check().is_ok(), ok);
+        }
+
+        #[test]
+        fn run_requests_round_trip_with_and_without_start_params(
+            spec in proptest::collection::vec(any::<u8>(), 0..300),
+            params in proptest::option::of(any::<[u8; 32]>()),
+        ) {
+            let r = WorkRequest::Run {
+                job_id: [4; 32],
+                shard: 1,
+                spec,
+                start_params: params.map(serde_bytes::ByteArray::new),
+            };
+            let bytes = cbor(&r);
+            let back: WorkRequest = cbor4ii::serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &r);
+            // Without the field the encoding is the one of a request that never had it.
+            prop_assert_eq!(params.is_none(), !bytes.windows(12).any(|w| w == b"start_params"));
         }
     }
 

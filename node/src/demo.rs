@@ -770,14 +770,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let wall = progress["wall_ms"].as_u64().unwrap_or(1).max(1);
     say!(json,
         "   measured: providers computed {:.1} s of device time in {:.1} s of job time ({:.0}% of two providers' time); \
-         replicas {:.0}% of primary compute; {} bytes per worker and round vs {} for plain data parallelism",
+         replicas {:.0}% of primary compute; {} bytes per worker and round (start parameters down, delta up) vs {} for plain data parallelism ({:.0}x less)",
         device as f64 / 1e3,
         wall as f64 / 1e3,
         100.0 * device as f64 / (2.0 * wall as f64),
         100.0 * progress["replica_units"].as_f64().unwrap_or(0.0)
             / progress["primary_units"].as_f64().unwrap_or(1.0).max(1.0),
         progress["bytes_per_worker_round"],
-        progress["data_parallel_bytes_per_worker_round"]
+        progress["data_parallel_bytes_per_worker_round"],
+        progress["data_parallel_bytes_per_worker_round"].as_f64().unwrap_or(0.0)
+            / progress["bytes_per_worker_round"].as_f64().unwrap_or(1.0).max(1.0)
     );
 
     let shards = u64::from(args.rounds) * 2;

@@ -568,7 +568,7 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
 }
 
 /// The bidder killed with `kill -9` between rounds and restarted: its node resumes the job from
-/// the resume record (the outer steps replayed on the merged final states it holds by hash),
+/// the resume record (the outer steps replayed on the merged deltas it holds by hash),
 /// the remaining rounds run, and the job settles once: one receipt per run, one settlement, one
 /// reveal, and the bidder's log audits clean.
 #[test]
@@ -617,7 +617,7 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
     assert_eq!(
         resume["merged"].as_array().unwrap().len(),
         done_before,
-        "one merged final state per finished round: {resume}"
+        "one merged delta per finished round: {resume}"
     );
     std::thread::sleep(Duration::from_millis(500));
     let d = start_with(

@@ -70,8 +70,15 @@ pub struct JobProgress {
     pub primary_units: u64,
     /// Compute units of replica runs (the cost of verification).
     pub replica_units: u64,
-    /// Bytes one worker moves per round: the start state to the provider, the final state back.
+    /// Bytes one worker moves per round: the start parameters to the provider, the parameter
+    /// delta back (mean over the merged shards).
     pub bytes_per_worker_round: u64,
+    /// Bytes of parameter deltas fetched from providers, as the bidder's link counted them.
+    pub delta_bytes_fetched: u64,
+    /// Bytes of start parameters the merged shards' providers needed (params blob lengths).
+    pub params_bytes_served: u64,
+    /// Shards merged so far (the worker-rounds the two byte counts cover).
+    pub worker_rounds: u64,
     /// What plain data parallelism would move per worker for the same inner steps.
     pub data_parallel_bytes_per_worker_round: u64,
     /// Job wall time from the first run request to the last outer step, milliseconds.

@@ -419,6 +419,72 @@ impl TrainState {
     pub fn params_commitment(&self) -> [u8; 32] {
         params_commitment(&self.model, &self.params)
     }
+
+    /// `self`'s model, hyperparameters, batch size and seed with the parameters of `blob` (a
+    /// [`params_blob`] of the same model), Adam moments zero (as [`TrainState::new`] leaves them)
+    /// and the step counter at `step`: the state `crate::verify::diloco::fresh_start_state`
+    /// builds from the global parameters. The bytes, widened to the state encoding, go through
+    /// [`TrainState::decode`], so a blob of another model, of a wrong length or with
+    /// out-of-range values is refused, naming the field.
+    pub fn fresh_with_params_blob(&self, blob: &[u8], step: u64) -> Result<Self, DecodeError> {
+        let mut prefix = PARAMS_BLOB_MAGIC.to_vec();
+        encode_header(&mut prefix, &self.model);
+        let Some(packed) = blob.strip_prefix(prefix.as_slice()) else {
+            let n = prefix.len().min(blob.len());
+            return Err(DecodeError::Field {
+                what: "params blob magic and model header".into(),
+                offset: 0,
+                expected: hex::encode(&prefix),
+                found: hex::encode(&blob[..n]),
+            });
+        };
+        let packed_len: usize = self
+            .params
+            .iter()
+            .map(|t| 4 + PARAMS_BLOB_MANT_BYTES * t.len())
+            .sum();
+        if packed.len() != packed_len {
+            return Err(DecodeError::Field {
+                what: "params blob tensors".into(),
+                offset: prefix.len(),
+                expected: format!("{packed_len} bytes"),
+                found: format!("{} bytes", packed.len()),
+            });
+        }
+        // Widen to the state encoding's tensors: exponent as is, each mantissa sign-extended.
+        let params_len: usize = self.params.iter().map(|t| 4 + 4 * t.len()).sum();
+        let mut tensors = Vec::with_capacity(params_len);
+        let mut at = 0;
+        for t in &self.params {
+            tensors.extend_from_slice(&packed[at..at + 4]);
+            at += 4;
+            for m in packed[at..at + PARAMS_BLOB_MANT_BYTES * t.len()].chunks_exact(3) {
+                let fill = if m[2] & 0x80 != 0 { 0xff } else { 0 };
+                tensors.extend_from_slice(&[m[0], m[1], m[2], fill]);
+            }
+            at += PARAMS_BLOB_MANT_BYTES * t.len();
+        }
+        let tensors = tensors.as_slice();
+        let mut template = self.clone();
+        template.step = step;
+        for t in template.m.iter_mut().chain(template.r.iter_mut()) {
+            t.mant.fill(0);
+            t.exp = MOMENT_INIT_EXP;
+        }
+        let enc = template.encode();
+        let moments_len: usize = template
+            .m
+            .iter()
+            .chain(&template.r)
+            .map(|t| 4 + 4 * t.len())
+            .sum();
+        let head = enc.len() - params_len - moments_len;
+        let mut bytes = Vec::with_capacity(enc.len());
+        bytes.extend_from_slice(&enc[..head]);
+        bytes.extend_from_slice(tensors);
+        bytes.extend_from_slice(&enc[head + params_len..]);
+        Self::decode(&bytes)
+    }
 }
 
 /// See [`TrainState::params_commitment`].
@@ -430,6 +496,35 @@ pub fn params_commitment(model: &Config, params: &[Bfp]) -> [u8; 32] {
         encode_tensor(&mut out, t);
     }
     Sha256::digest(out).into()
+}
+
+/// Domain and version of a [`params_blob`].
+pub const PARAMS_BLOB_MAGIC: &[u8] = b"leam-params-blob/1";
+/// Bytes per mantissa in a [`params_blob`]: B24 mantissas (|x| ≤ 2^23 − 1) fit 24-bit two's
+/// complement exactly.
+pub const PARAMS_BLOB_MANT_BYTES: usize = 3;
+
+/// The parameters as a worker fetches them to build a fresh start state
+/// ([`TrainState::fresh_with_params_blob`]): `PARAMS_BLOB_MAGIC`, the config header, then per
+/// params tensor its exponent (i32 LE) and its mantissas as 24-bit little-endian two's
+/// complement: 3 bytes per parameter, against 12 for a whole state. (Mantissas of B24 master
+/// parameters never exceed 2^23 − 1; a wider one is a programmer error.)
+pub fn params_blob(model: &Config, params: &[Bfp]) -> Vec<u8> {
+    let elems: usize = params.iter().map(Bfp::len).sum();
+    let mut out = Vec::with_capacity(64 + PARAMS_BLOB_MANT_BYTES * elems + 4 * params.len());
+    out.extend_from_slice(PARAMS_BLOB_MAGIC);
+    encode_header(&mut out, model);
+    for t in params {
+        out.extend_from_slice(&t.exp.to_le_bytes());
+        for &v in &t.mant {
+            assert!(
+                v.abs() <= B24_MANT_MAX,
+                "params blob: mantissa {v} is not B24"
+            );
+            out.extend_from_slice(&v.to_le_bytes()[..PARAMS_BLOB_MANT_BYTES]);
+        }
+    }
+    out
 }
 
 fn encode_header(out: &mut Vec<u8>, m: &Config) {
@@ -722,6 +817,45 @@ mod tests {
             let _ = TrainState::decode(&enc);
             let c = cut.index(enc.len());
             prop_assert!(TrainState::decode(&enc[..c]).is_err());
+        }
+
+        #[test]
+        fn params_blobs_round_trip_and_refuse_anything_else(
+            seed in any::<u64>(),
+            step in 0u64..1_000_000,
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let s = tiny();
+            // Parameters anywhere in the B24 range, the extremes included.
+            let mut p = s.params.clone();
+            for (i, t) in p.iter_mut().enumerate() {
+                for (j, m) in t.mant.iter_mut().enumerate() {
+                    let h = crate::numerics::fixed::hash3(seed, i as u64, j as u64);
+                    *m = match h % 5 {
+                        0 => B24_MANT_MAX,
+                        1 => -B24_MANT_MAX,
+                        _ => (h % (2 * B24_MANT_MAX as u64 + 1)) as i32 - B24_MANT_MAX,
+                    };
+                }
+                t.exp -= (seed % 7) as i32;
+            }
+            let blob = params_blob(&s.model, &p);
+            let built = s.fresh_with_params_blob(&blob, step).unwrap();
+            prop_assert_eq!(&built.params, &p);
+            prop_assert_eq!(built.step, step);
+            prop_assert!(built.m.iter().chain(&built.r).all(|t| t.exp == MOMENT_INIT_EXP && t.mant.iter().all(|&v| v == 0)));
+            prop_assert_eq!(params_blob(&built.model, &built.params), blob.clone());
+            // A mutated blob is refused or is the params blob of what it built; a cut one is refused.
+            let mut bad = blob.clone();
+            let i = pos.index(bad.len());
+            bad[i] = byte;
+            if let Ok(b) = s.fresh_with_params_blob(&bad, step) {
+                prop_assert_eq!(params_blob(&b.model, &b.params), bad);
+            }
+            let c = cut.index(blob.len());
+            prop_assert!(s.fresh_with_params_blob(&blob[..c], step).is_err());
         }
     }
 }

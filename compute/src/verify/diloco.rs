@@ -34,7 +34,7 @@ pub const OUTER_SHARDS_MAX: usize = 4096;
 /// Encoding magic of a [`ParamDelta`].
 pub const DELTA_MAGIC: [u8; 4] = *b"LDLT";
 /// Encoding version of a [`ParamDelta`].
-pub const DELTA_VERSION: u8 = 1;
+pub const DELTA_VERSION: u8 = 2;
 /// The encoding's name in decoding errors.
 const DELTA: &str = "param delta";
 /// Fixed-point one of the outer optimizer's Q16.16 constants.
@@ -101,6 +101,12 @@ pub enum DilocoError {
     /// The outer step got no deltas, or the same shard twice.
     #[error("outer step: {reason}")]
     Shards {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A start state built from a params blob that is not the one the shard spec names.
+    #[error("start state from the params blob: {reason}")]
+    StartState {
         /// What is wrong.
         reason: String,
     },
@@ -321,11 +327,11 @@ impl ParamDelta {
         self.tensors.iter().map(|t| t.values.len()).sum()
     }
 
-    /// Canonical encoding: `"LDLT"`, version `1`, tensor count (u32 BE), then per tensor the
-    /// exponent (i32 BE), the element count (u32 BE), the value width `w` (u8: the smallest of
-    /// 1, 2, 4, 8 bytes that holds every value as two's complement; 1 for an empty tensor) and
-    /// the values (`w` bytes each, big-endian two's complement). Deltas of a shard are small
-    /// next to the parameters, so `w` is usually 2 or 4: this is what a worker uploads.
+    /// Canonical encoding: `"LDLT"`, version `2`, tensor count (u32 BE), then per tensor the
+    /// exponent (i32 BE), the element count (u32 BE), the value width `w` (u8: the smallest
+    /// number of bytes, 1 to 8, that holds every value as two's complement; 1 for an empty
+    /// tensor) and the values (`w` bytes each, big-endian two's complement). Deltas of a shard
+    /// are small next to the parameters, so `w` is usually 2 or 3: this is what a worker uploads.
     pub fn encode(&self) -> Vec<u8> {
         let body: usize = self
             .tensors
@@ -447,23 +453,25 @@ impl From<Truncated<'static>> for DilocoError {
     }
 }
 
-/// Value widths of the [`ParamDelta`] encoding, in bytes.
-pub const DELTA_WIDTHS: [usize; 4] = [1, 2, 4, 8];
+/// Value widths of the [`ParamDelta`] encoding, in bytes: any whole number of bytes up to 8, so
+/// a delta of B24 parameters (|value| < 2^23 in practice after a shard) travels in 3 bytes, not 4.
+pub const DELTA_WIDTHS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
-/// The smallest width in [`DELTA_WIDTHS`] holding every value (1 for none).
+/// The smallest width in [`DELTA_WIDTHS`] holding every value as two's complement (1 for
+/// none).
 fn value_width(values: &[i64]) -> usize {
     let (lo, hi) = values
         .iter()
         .fold((0i64, 0i64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if lo >= i64::from(i8::MIN) && hi <= i64::from(i8::MAX) {
-        1
-    } else if lo >= i64::from(i16::MIN) && hi <= i64::from(i16::MAX) {
-        2
-    } else if lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX) {
-        4
-    } else {
-        8
-    }
+    // Bits of the magnitude plus a sign bit, rounded up to whole bytes.
+    let bits = |v: i64| {
+        65 - if v < 0 {
+            v.leading_ones()
+        } else {
+            v.leading_zeros()
+        }
+    };
+    (bits(lo).max(bits(hi)) as usize).div_ceil(8).clamp(1, 8)
 }
 
 fn encode_bfp_list(h: &mut Sha256, list: &[Bfp]) {
@@ -689,11 +697,88 @@ pub fn next_start_state(
     Ok(next)
 }
 
+/// The start state of every worker's shards in the outer round after `global`: `template`'s
+/// model, hyperparameters, batch size and seed, the global parameters, the inner optimizer
+/// started afresh (Adam moments zero, as [`crate::model::train::TrainState::new`] leaves them)
+/// and the step counter at `step` (the round's first global step, for the learning-rate
+/// schedule). Every input is public (the job and the outer-state commitment), so the bidder,
+/// any provider, replica or referee builds the same bytes without moving inner optimizer
+/// state: a worker returns its parameter delta, not its moments (`specs/shard.md` §6).
+pub fn fresh_start_state(
+    template: &crate::model::train::TrainState,
+    global: &OuterState,
+    step: u64,
+) -> Result<crate::model::train::TrainState, DilocoError> {
+    same_layout(
+        "fresh start state (template params, global params)",
+        &template.params,
+        &global.params,
+        Bfp::len,
+        Bfp::len,
+    )?;
+    let mut next = template.clone();
+    next.params = global.params.clone();
+    for t in next.m.iter_mut().chain(next.r.iter_mut()) {
+        t.mant.fill(0);
+        t.exp = crate::model::optim::MOMENT_INIT_EXP;
+    }
+    next.step = step;
+    Ok(next)
+}
+
+/// The start state a worker builds for `spec` from the params blob it fetched
+/// ([`crate::model::train::params_blob`] of the round's global parameters): the job's model,
+/// hyperparameters, batch size and seed as the spec states them, the blob's parameters, fresh
+/// moments and the spec's first step ([`fresh_start_state`]). It must hash to
+/// `spec.start_state`, else it is refused: a worker never runs from a state the spec does not
+/// name.
+pub fn fresh_start_for_spec(
+    spec: &crate::verify::shard::ShardSpec,
+    params_blob: &[u8],
+) -> Result<crate::model::train::TrainState, DilocoError> {
+    let m = &spec.model;
+    let cfg = crate::model::transformer::Config {
+        vocab: m.vocab_size as usize,
+        n_layer: m.n_layer as usize,
+        n_head: m.n_head as usize,
+        n_embd: m.n_embd as usize,
+        block_size: m.block_size as usize,
+    };
+    let bad = |reason: String| DilocoError::StartState { reason };
+    let template =
+        crate::model::train::TrainState::new(cfg, spec.hyper, m.batch_size as usize, spec.seed)
+            .map_err(|e| bad(e.to_string()))?;
+    let state = template
+        .fresh_with_params_blob(params_blob, spec.first_step)
+        .map_err(|e| bad(e.to_string()))?;
+    let h = state.state_hash();
+    if h != spec.start_state {
+        return Err(bad(format!(
+            "it hashes to {}, the spec names {}",
+            hex::encode(h),
+            hex::encode(spec.start_state)
+        )));
+    }
+    Ok(state)
+}
+
 /// Bytes one worker sends plus receives per outer step: its delta up (the [`ParamDelta`]
-/// encoding at `delta_width` bytes per element, plus headers) and the new global parameters down
-/// (4-byte master mantissas plus a 4-byte exponent per tensor).
+/// encoding at `delta_width` bytes per element, plus headers) and the start parameters down
+/// (the params blob, [`crate::model::train::params_blob`]: 3 bytes per element, an exponent per
+/// tensor, the magic and the 20-byte config header).
 pub fn diloco_bytes_per_outer_step(param_elems: u64, tensors: u64, delta_width: u64) -> u64 {
-    (9 + tensors * 9 + param_elems * delta_width) + (tensors * 4 + param_elems * 4)
+    delta_bytes(param_elems, tensors, delta_width) + params_blob_bytes(param_elems, tensors)
+}
+
+/// Length of a [`ParamDelta`] encoding whose tensors all have width `delta_width`.
+pub fn delta_bytes(param_elems: u64, tensors: u64, delta_width: u64) -> u64 {
+    9 + tensors * 9 + param_elems * delta_width
+}
+
+/// Length of a params blob ([`crate::model::train::params_blob`]).
+pub fn params_blob_bytes(param_elems: u64, tensors: u64) -> u64 {
+    let magic = crate::model::train::PARAMS_BLOB_MAGIC.len() as u64;
+    magic + 20 + tensors * 4 + param_elems * crate::model::train::PARAMS_BLOB_MANT_BYTES as u64
 }
 
 /// Bytes one worker sends plus receives for `inner_steps` steps of plain data parallelism in the
@@ -714,6 +799,61 @@ mod tests {
             Bfp::new(vec![100, -200, 300, 0], -10),
             Bfp::new(vec![7, 8], -3),
         ]
+    }
+
+    #[test]
+    fn a_fresh_start_is_the_same_from_the_global_state_and_from_the_params_blob() {
+        use crate::model::train::{params_blob, TrainState};
+        let cfg = crate::model::transformer::Config {
+            vocab: 10,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 4,
+        };
+        let hyper = crate::model::optim::Hyper::nanogpt_cpu()
+            .to_fixed()
+            .unwrap();
+        let start = TrainState::new(cfg, hyper, 2, 7).unwrap();
+        // Round 0 starts from the initial state itself.
+        let g0 = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
+        assert_eq!(fresh_start_state(&start, &g0, 0).unwrap(), start);
+        // A worker that trained (moments non-zero, step advanced) is not the template.
+        let mut worn = start.clone();
+        worn.step = 9;
+        worn.m[0].mant.fill(5);
+        worn.params[0].mant[0] += 3;
+        let mut global = g0.clone();
+        global.params[0].mant[1] -= 4;
+        let fresh = fresh_start_state(&worn, &global, 12).unwrap();
+        assert_eq!(fresh.step, 12);
+        assert_eq!(fresh.params, global.params);
+        assert!(fresh
+            .m
+            .iter()
+            .chain(&fresh.r)
+            .all(|t| t.mant.iter().all(|&v| v == 0)));
+        assert_eq!(fresh_start_state(&start, &global, 12).unwrap(), fresh);
+        // The same bytes from the params blob alone.
+        let blob = params_blob(&cfg, &global.params);
+        let corpus = "abcdefghij".repeat(20);
+        let kernels = crate::numerics::cpu::CpuKernels;
+        let runner = crate::verify::replay::ModelRunner::new(&kernels, corpus.as_bytes()).unwrap();
+        let mut spec = runner.spec_for(&fresh, 0, 100, 3).unwrap();
+        assert_eq!(fresh_start_for_spec(&spec, &blob).unwrap(), fresh);
+        // Anything else is refused with the reason.
+        spec.start_state[0] ^= 1;
+        let e = fresh_start_for_spec(&spec, &blob).unwrap_err().to_string();
+        assert!(e.contains("the spec names"), "{e}");
+        spec.start_state[0] ^= 1;
+        let e = fresh_start_for_spec(&spec, &blob[..blob.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("params blob tensors"), "{e}");
+        let mut other = blob.clone();
+        other[0] ^= 1;
+        let e = fresh_start_for_spec(&spec, &other).unwrap_err().to_string();
+        assert!(e.contains("magic and model header"), "{e}");
     }
 
     #[test]
@@ -801,16 +941,15 @@ mod tests {
         let (p, tensors) = (804_096, 27);
         assert_eq!(data_parallel_bytes(p, 1), 3_216_384);
         assert_eq!(data_parallel_bytes(p, 500), 1_608_192_000);
-        assert_eq!(diloco_bytes_per_outer_step(p, tensors, 4), 6_433_128);
-        assert_eq!(
-            data_parallel_bytes(p, 500) / diloco_bytes_per_outer_step(p, tensors, 4),
-            249
-        );
-        assert_eq!(
-            data_parallel_bytes(p, 500) / diloco_bytes_per_outer_step(p, tensors, 2),
-            333
-        );
-        // The encoding of a 27-tensor delta at width 4 has exactly the upload size counted.
+        assert_eq!(diloco_bytes_per_outer_step(p, tensors, 3), 4_824_974);
+        for (w, ratio) in [(2, 399), (3, 333), (4, 285)] {
+            assert_eq!(
+                data_parallel_bytes(p, 500) / diloco_bytes_per_outer_step(p, tensors, w),
+                ratio
+            );
+        }
+        // The encodings of a 27-tensor delta (values of 21 bits: width 3) and of the params
+        // blob have exactly the sizes counted.
         let d = ParamDelta {
             tensors: (0..27)
                 .map(|i| IntTensor {
@@ -820,9 +959,27 @@ mod tests {
                 .collect(),
         };
         let elems = d.elems() as u64;
+        let cfg = crate::model::transformer::Config {
+            vocab: 10,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 4,
+        };
+        let state = crate::model::train::TrainState::new(
+            cfg,
+            crate::model::optim::Hyper::nanogpt_cpu()
+                .to_fixed()
+                .unwrap(),
+            2,
+            3,
+        )
+        .unwrap();
+        let blob = crate::model::train::params_blob(&cfg, &state.params);
+        assert_eq!(d.encode().len() as u64, delta_bytes(elems, 27, 3));
         assert_eq!(
-            d.encode().len() as u64,
-            diloco_bytes_per_outer_step(elems, 27, 4) - (27 * 4 + elems * 4)
+            blob.len() as u64,
+            params_blob_bytes(cfg.n_params() as u64, state.params.len() as u64)
         );
     }
 

@@ -768,12 +768,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|(_, v)| v.as_u64())
         .sum();
     let wall = progress["wall_ms"].as_u64().unwrap_or(1).max(1);
+    // Utilisation per provider: its device time over the job's wall time. A provider the
+    // clearing rule bought little from (a higher ask) is idle by the market's choice, so each
+    // provider is shown on its own rather than as one average.
+    let per_provider: Vec<String> = progress["device_ms"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let i = keys.iter().position(|x| x == k)?;
+            let pct = 100.0 * v.as_f64()? / wall as f64;
+            Some(format!("{} {pct:.1}%", partners[i].1))
+        })
+        .collect();
     say!(json,
-        "   measured: providers computed {:.1} s of device time in {:.1} s of job time ({:.0}% of two providers' time); \
+        "   measured: providers computed {:.1} s of device time in {:.1} s of job time; utilisation (device time / job time) {}; \
          replicas {:.0}% of primary compute; {} bytes per worker and round (start parameters down, delta up) vs {} for plain data parallelism ({:.0}x less)",
         device as f64 / 1e3,
         wall as f64 / 1e3,
-        100.0 * device as f64 / (2.0 * wall as f64),
+        per_provider.join(", "),
         100.0 * progress["replica_units"].as_f64().unwrap_or(0.0)
             / progress["primary_units"].as_f64().unwrap_or(1.0).max(1.0),
         progress["bytes_per_worker_round"],

@@ -709,15 +709,8 @@ pub fn fresh_start_state(
     global: &OuterState,
     step: u64,
 ) -> Result<crate::model::train::TrainState, DilocoError> {
-    same_layout(
-        "fresh start state (template params, global params)",
-        &template.params,
-        &global.params,
-        Bfp::len,
-        Bfp::len,
-    )?;
-    let mut next = template.clone();
-    next.params = global.params.clone();
+    // `template` with the global parameters (the layout check included), then fresh moments.
+    let mut next = next_start_state(template, global)?;
     for t in next.m.iter_mut().chain(next.r.iter_mut()) {
         t.mant.fill(0);
         t.exp = crate::model::optim::MOMENT_INIT_EXP;

@@ -794,9 +794,8 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn a_fresh_start_is_the_same_from_the_global_state_and_from_the_params_blob() {
-        use crate::model::train::{params_blob, TrainState};
+    /// A tiny model's initial state (vocabulary 10, one layer, width 8, context 4, batch 2).
+    fn tiny_state() -> crate::model::train::TrainState {
         let cfg = crate::model::transformer::Config {
             vocab: 10,
             n_layer: 1,
@@ -807,7 +806,14 @@ mod tests {
         let hyper = crate::model::optim::Hyper::nanogpt_cpu()
             .to_fixed()
             .unwrap();
-        let start = TrainState::new(cfg, hyper, 2, 7).unwrap();
+        crate::model::train::TrainState::new(cfg, hyper, 2, 7).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_start_is_the_same_from_the_global_state_and_from_the_params_blob() {
+        use crate::model::train::params_blob;
+        let start = tiny_state();
+        let cfg = start.model;
         // Round 0 starts from the initial state itself.
         let g0 = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
         assert_eq!(fresh_start_state(&start, &g0, 0).unwrap(), start);
@@ -952,22 +958,8 @@ mod tests {
                 .collect(),
         };
         let elems = d.elems() as u64;
-        let cfg = crate::model::transformer::Config {
-            vocab: 10,
-            n_layer: 1,
-            n_head: 2,
-            n_embd: 8,
-            block_size: 4,
-        };
-        let state = crate::model::train::TrainState::new(
-            cfg,
-            crate::model::optim::Hyper::nanogpt_cpu()
-                .to_fixed()
-                .unwrap(),
-            2,
-            3,
-        )
-        .unwrap();
+        let state = tiny_state();
+        let cfg = state.model;
         let blob = crate::model::train::params_blob(&cfg, &state.params);
         assert_eq!(d.encode().len() as u64, delta_bytes(elems, 27, 3));
         assert_eq!(

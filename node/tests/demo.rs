@@ -249,3 +249,73 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
+
+/// Issue 9 §6: federated training reaches the validation loss of single-node `leam train` on
+/// the same number of samples within 5%. The default demo job (3 rounds × 2 shards × 30 inner
+/// steps of the demo preset, batch 8: 1,440 sequences) against `leam train --preset demo` for
+/// 180 steps (the same 1,440 sequences); both evaluate the same seeded validation batches, and
+/// both are bit-exact, so the comparison is deterministic.
+#[test]
+fn federated_training_is_within_five_percent_of_single_node_on_the_same_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "demo",
+            "--honest",
+            "--backend",
+            "cpu",
+            "--exit-when-done",
+            "--json",
+            "--dir",
+        ])
+        .arg(tmp.path().join("fed"))
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let rounds = doc["progress"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{doc}");
+    assert!(rounds.iter().all(|r| r["merged"] == 2), "{doc}");
+    let federated = rounds[2]["val_loss"].as_f64().unwrap();
+    let single = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args([
+            "train",
+            "--preset",
+            "demo",
+            "--backend",
+            "cpu",
+            "--max-iters",
+            "180",
+            "--quiet",
+        ])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let text = String::from_utf8_lossy(&single.stdout);
+    let single: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("val_loss "))
+        .unwrap_or_else(|| panic!("no val_loss line in {text}"))
+        .parse()
+        .unwrap();
+    let start = doc["progress"]["val_loss_start"].as_f64().unwrap();
+    assert!(
+        federated < start - 1.0,
+        "the job did not train: {start} -> {federated}"
+    );
+    assert!(
+        federated <= single * 1.05,
+        "federated val loss {federated} is more than 5% above single-node {single}"
+    );
+}

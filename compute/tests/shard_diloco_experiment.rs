@@ -121,7 +121,7 @@ fn diloco_against_single_node() {
         global = outer_step(&global, &deltas, opt, B24_MANT_MAX).unwrap();
         for state in workers.iter_mut() {
             *state = if reset {
-                fresh_start_state(&start, &global, u64::from((round + 1) * h)).unwrap()
+                fresh_start_state(&start, &global.params, u64::from((round + 1) * h)).unwrap()
             } else {
                 next_start_state(state, &global).unwrap()
             };

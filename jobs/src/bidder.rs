@@ -453,7 +453,8 @@ impl<'k> Bidder<'k> {
             tracing::info!(job = %short(&self.job_id), rounds = resumed, "resuming: replaying the recorded outer steps");
         }
         self.save();
-        let mut workers = vec![start.clone(); self.job.shards_per_round as usize];
+        // Every worker starts a round from this one state (`fresh_start_state`).
+        let mut round_start = start.clone();
         let mut global = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
         self.progress.data_parallel_bytes_per_worker_round =
             leam_compute::verify::diloco::data_parallel_bytes(
@@ -488,13 +489,13 @@ impl<'k> Bidder<'k> {
                         ParamDelta::decode(&bytes).map_err(|e| JobError::Compute(e.to_string()))?;
                     let spec = self
                         .runner
-                        .spec_for(&workers[w], range.0, range.1, self.job.inner_steps)
+                        .spec_for(&round_start, range.0, range.1, self.job.inner_steps)
                         .map_err(|e| JobError::Compute(e.to_string()))?;
                     deltas.push((spec.id(), delta));
                 }
                 merge(
                     &mut global,
-                    &mut workers,
+                    &mut round_start,
                     &deltas,
                     &start,
                     self.job.inner_steps,
@@ -513,20 +514,22 @@ impl<'k> Bidder<'k> {
             }
             // Every worker starts the round from the same fresh state (the global parameters,
             // fresh moments): its params blob is all a provider fetches to build it.
-            let params = params_blob(&workers[0].model, &workers[0].params);
+            // The whole state is stored once for the referee (and any provider that asks
+            // without `start_params`).
+            let params = params_blob(&round_start.model, &round_start.params);
             let params_bytes = params.len() as u64;
             let start_params = self.blobs.put(&params).map_err(LinkError::from)?;
+            let start_hash = self
+                .blobs
+                .put(&round_start.encode())
+                .map_err(LinkError::from)?;
             let mut specs: Vec<ShardSpec> = Vec::new();
-            for (w, range) in ranges.iter().enumerate() {
+            for range in &ranges {
                 let spec = self
                     .runner
-                    .spec_for(&workers[w], range.0, range.1, self.job.inner_steps)
+                    .spec_for(&round_start, range.0, range.1, self.job.inner_steps)
                     .map_err(|e| JobError::Compute(e.to_string()))?;
-                let h = self
-                    .blobs
-                    .put(&workers[w].encode())
-                    .map_err(LinkError::from)?;
-                debug_assert_eq!(h, spec.start_state);
+                debug_assert_eq!(start_hash, spec.start_state);
                 specs.push(spec);
             }
             let mut tracks: Vec<Track> = Vec::new();
@@ -569,7 +572,7 @@ impl<'k> Bidder<'k> {
                 .await?;
             // Compare replicas, ask the referee, merge what is accepted.
             let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
-            let mut merged: Vec<Option<String>> = vec![None; workers.len()];
+            let mut merged: Vec<Option<String>> = vec![None; ranges.len()];
             for s in &slots {
                 let w = s.worker as usize;
                 let claims: Vec<&Track> = tracks
@@ -633,12 +636,12 @@ impl<'k> Bidder<'k> {
             }
             if merge(
                 &mut global,
-                &mut workers,
+                &mut round_start,
                 &deltas,
                 &start,
                 self.job.inner_steps,
             )? {
-                rp.val_loss = Some(self.eval(&workers[0])?);
+                rp.val_loss = Some(self.eval(&round_start)?);
             }
             rp.wall_ms = t.elapsed().as_millis() as u64;
             tracing::info!(
@@ -1139,12 +1142,12 @@ impl<'k> Bidder<'k> {
     }
 }
 
-/// The outer step over a round's merged `deltas`, then every worker's next start state: the
-/// global parameters with fresh moments at the next round's first step
+/// The outer step over a round's merged `deltas`, then the next round's start state (every
+/// worker's): the global parameters with fresh moments at the next round's first step
 /// ([`fresh_start_state`] of the job's initial state); whether there was anything to merge.
 fn merge(
     global: &mut OuterState,
-    workers: &mut [TrainState],
+    round_start: &mut TrainState,
     deltas: &[(Digest32, ParamDelta)],
     template: &TrainState,
     inner_steps: u32,
@@ -1157,11 +1160,8 @@ fn merge(
     })
     .map_err(|e| JobError::Compute(e.to_string()))?;
     let step = template.step + global.round * u64::from(inner_steps);
-    let next =
-        fresh_start_state(template, global, step).map_err(|e| JobError::Compute(e.to_string()))?;
-    for w in workers.iter_mut() {
-        *w = next.clone();
-    }
+    *round_start = fresh_start_state(template, &global.params, step)
+        .map_err(|e| JobError::Compute(e.to_string()))?;
     Ok(true)
 }
 

@@ -1,9 +1,9 @@
 //! The provider side of a job (`specs/market.md` §8.2): take a shard run under a co-signed
 //! lease, fetch its corpus and start parameters by hash from the bidder and build the start
 //! state, run it on this node's backend (one run at a time, on a thread of its own, so the
-//! network never waits on compute), keep the result, its step hashes, the final state and the
-//! parameter delta for the bidder's polls and fetches and the referee's bisection, and agree to
-//! a receipt only if it states exactly what this node ran.
+//! network never waits on compute), keep the result, its step hashes and the parameter delta
+//! for the bidder's polls and fetches and the referee's bisection, and agree to a receipt only
+//! if it states exactly what this node ran.
 //!
 //! Finished runs are written to `DIR/runs/<spec id hex>.json`, so a provider killed and
 //! restarted still answers for them; a run that was going on when the process died is gone
@@ -526,9 +526,6 @@ fn compute_thread(
             }
             .map_err(|e| e.to_string())?;
             let device_ms = (t.elapsed().as_millis() as u64).max(1);
-            blobs
-                .put(&run.final_state.encode())
-                .map_err(|e| e.to_string())?;
             // The parameter delta, named by the result's delta commitment: what the bidder
             // fetches to merge (2 or 4 bytes per parameter instead of a 12-byte-per-parameter
             // state). A falsified run's delta is its own; the referee judges the states.

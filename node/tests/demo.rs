@@ -258,50 +258,32 @@ fn demo_trains_verifies_settles_and_its_ledgers_audit_clean() {
 #[test]
 fn federated_training_is_within_five_percent_of_single_node_on_the_same_samples() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args([
-            "demo",
-            "--honest",
-            "--backend",
-            "cpu",
-            "--exit-when-done",
-            "--json",
-            "--dir",
-        ])
-        .arg(tmp.path().join("fed"))
-        .current_dir(repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "demo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = tmp.path().join("fed");
+    let out = leam_ok(&[
+        "demo",
+        "--honest",
+        "--backend",
+        "cpu",
+        "--exit-when-done",
+        "--json",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let rounds = doc["progress"]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3, "{doc}");
     assert!(rounds.iter().all(|r| r["merged"] == 2), "{doc}");
     let federated = rounds[2]["val_loss"].as_f64().unwrap();
-    let single = Command::new(env!("CARGO_BIN_EXE_leam"))
-        .args([
-            "train",
-            "--preset",
-            "demo",
-            "--backend",
-            "cpu",
-            "--max-iters",
-            "180",
-            "--quiet",
-        ])
-        .current_dir(repo)
-        .output()
-        .unwrap();
-    assert!(
-        single.status.success(),
-        "{}",
-        String::from_utf8_lossy(&single.stderr)
-    );
+    let single = leam_ok(&[
+        "train",
+        "--preset",
+        "demo",
+        "--backend",
+        "cpu",
+        "--max-iters",
+        "180",
+        "--quiet",
+    ]);
     let text = String::from_utf8_lossy(&single.stdout);
     let single: f64 = text
         .lines()
@@ -318,4 +300,20 @@ fn federated_training_is_within_five_percent_of_single_node_on_the_same_samples(
         federated <= single * 1.05,
         "federated val loss {federated} is more than 5% above single-node {single}"
     );
+}
+
+/// Runs `leam` from the repository root (where the corpus is found) and requires success.
+fn leam_ok(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_leam"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leam {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

@@ -419,72 +419,6 @@ impl TrainState {
     pub fn params_commitment(&self) -> [u8; 32] {
         params_commitment(&self.model, &self.params)
     }
-
-    /// `self`'s model, hyperparameters, batch size and seed with the parameters of `blob` (a
-    /// [`params_blob`] of the same model), Adam moments zero (as [`TrainState::new`] leaves them)
-    /// and the step counter at `step`: the state `crate::verify::diloco::fresh_start_state`
-    /// builds from the global parameters. The bytes, widened to the state encoding, go through
-    /// [`TrainState::decode`], so a blob of another model, of a wrong length or with
-    /// out-of-range values is refused, naming the field.
-    pub fn fresh_with_params_blob(&self, blob: &[u8], step: u64) -> Result<Self, DecodeError> {
-        let mut prefix = PARAMS_BLOB_MAGIC.to_vec();
-        encode_header(&mut prefix, &self.model);
-        let Some(packed) = blob.strip_prefix(prefix.as_slice()) else {
-            let n = prefix.len().min(blob.len());
-            return Err(DecodeError::Field {
-                what: "params blob magic and model header".into(),
-                offset: 0,
-                expected: hex::encode(&prefix),
-                found: hex::encode(&blob[..n]),
-            });
-        };
-        let packed_len: usize = self
-            .params
-            .iter()
-            .map(|t| 4 + PARAMS_BLOB_MANT_BYTES * t.len())
-            .sum();
-        if packed.len() != packed_len {
-            return Err(DecodeError::Field {
-                what: "params blob tensors".into(),
-                offset: prefix.len(),
-                expected: format!("{packed_len} bytes"),
-                found: format!("{} bytes", packed.len()),
-            });
-        }
-        // Widen to the state encoding's tensors: exponent as is, each mantissa sign-extended.
-        let params_len: usize = self.params.iter().map(|t| 4 + 4 * t.len()).sum();
-        let mut tensors = Vec::with_capacity(params_len);
-        let mut at = 0;
-        for t in &self.params {
-            tensors.extend_from_slice(&packed[at..at + 4]);
-            at += 4;
-            for m in packed[at..at + PARAMS_BLOB_MANT_BYTES * t.len()].chunks_exact(3) {
-                let fill = if m[2] & 0x80 != 0 { 0xff } else { 0 };
-                tensors.extend_from_slice(&[m[0], m[1], m[2], fill]);
-            }
-            at += PARAMS_BLOB_MANT_BYTES * t.len();
-        }
-        let tensors = tensors.as_slice();
-        let mut template = self.clone();
-        template.step = step;
-        for t in template.m.iter_mut().chain(template.r.iter_mut()) {
-            t.mant.fill(0);
-            t.exp = MOMENT_INIT_EXP;
-        }
-        let enc = template.encode();
-        let moments_len: usize = template
-            .m
-            .iter()
-            .chain(&template.r)
-            .map(|t| 4 + 4 * t.len())
-            .sum();
-        let head = enc.len() - params_len - moments_len;
-        let mut bytes = Vec::with_capacity(enc.len());
-        bytes.extend_from_slice(&enc[..head]);
-        bytes.extend_from_slice(tensors);
-        bytes.extend_from_slice(&enc[head + params_len..]);
-        Self::decode(&bytes)
-    }
 }
 
 /// See [`TrainState::params_commitment`].
@@ -505,7 +439,7 @@ pub const PARAMS_BLOB_MAGIC: &[u8] = b"leam-params-blob/1";
 pub const PARAMS_BLOB_MANT_BYTES: usize = 3;
 
 /// The parameters as a worker fetches them to build a fresh start state
-/// ([`TrainState::fresh_with_params_blob`]): `PARAMS_BLOB_MAGIC`, the config header, then per
+/// ([`decode_params_blob`], then `crate::verify::diloco::fresh_start_state`): `PARAMS_BLOB_MAGIC`, the config header, then per
 /// params tensor its exponent (i32 LE) and its mantissas as 24-bit little-endian two's
 /// complement: 3 bytes per parameter, against 12 for a whole state. (Mantissas of B24 master
 /// parameters never exceed 2^23 − 1; a wider one is a programmer error.)
@@ -525,6 +459,62 @@ pub fn params_blob(model: &Config, params: &[Bfp]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Inverse of [`params_blob`] for `model`: the params tensors, checked as the state decoder
+/// checks them (exponent range, B24 mantissas). A blob of another model, of a wrong length or
+/// with an out-of-range value is refused, naming the tensor and field.
+pub fn decode_params_blob(model: &Config, blob: &[u8]) -> Result<Vec<Bfp>, DecodeError> {
+    let mut prefix = PARAMS_BLOB_MAGIC.to_vec();
+    encode_header(&mut prefix, model);
+    let Some(packed) = blob.strip_prefix(prefix.as_slice()) else {
+        let n = prefix.len().min(blob.len());
+        return Err(DecodeError::Field {
+            what: "params blob magic and model header".into(),
+            offset: 0,
+            expected: hex::encode(&prefix),
+            found: hex::encode(&blob[..n]),
+        });
+    };
+    let specs = model.param_specs();
+    let packed_len: usize = specs
+        .iter()
+        .map(|t| 4 + PARAMS_BLOB_MANT_BYTES * t.len())
+        .sum();
+    if packed.len() != packed_len {
+        return Err(DecodeError::Field {
+            what: "params blob tensors".into(),
+            offset: prefix.len(),
+            expected: format!("{packed_len} bytes"),
+            found: format!("{} bytes", packed.len()),
+        });
+    }
+    // Widened to the state encoding's tensors (exponent as is, each mantissa sign-extended) so
+    // that one tensor reader checks both formats.
+    let mut wide = Vec::with_capacity(packed_len / PARAMS_BLOB_MANT_BYTES * 4 + 4 * specs.len());
+    let mut at = 0;
+    for t in &specs {
+        wide.extend_from_slice(&packed[at..at + 4]);
+        at += 4;
+        for m in packed[at..at + PARAMS_BLOB_MANT_BYTES * t.len()].chunks_exact(3) {
+            let fill = if m[2] & 0x80 != 0 { 0xff } else { 0 };
+            wide.extend_from_slice(&[m[0], m[1], m[2], fill]);
+        }
+        at += PARAMS_BLOB_MANT_BYTES * t.len();
+    }
+    let mut rd = Reader::new("params blob (widened)", &wide);
+    specs
+        .iter()
+        .map(|t| {
+            read_tensor(
+                &mut rd,
+                &format!("params {}", t.name),
+                t.len(),
+                B24_MANT_MAX,
+                false,
+            )
+        })
+        .collect()
 }
 
 fn encode_header(out: &mut Vec<u8>, m: &Config) {
@@ -842,7 +832,12 @@ mod tests {
                 t.exp -= (seed % 7) as i32;
             }
             let blob = params_blob(&s.model, &p);
-            let built = s.fresh_with_params_blob(&blob, step).unwrap();
+            let built = crate::verify::diloco::fresh_start_state(
+                &s,
+                &decode_params_blob(&s.model, &blob).unwrap(),
+                step,
+            )
+            .unwrap();
             prop_assert_eq!(&built.params, &p);
             prop_assert_eq!(built.step, step);
             prop_assert!(built.m.iter().chain(&built.r).all(|t| t.exp == MOMENT_INIT_EXP && t.mant.iter().all(|&v| v == 0)));
@@ -851,11 +846,11 @@ mod tests {
             let mut bad = blob.clone();
             let i = pos.index(bad.len());
             bad[i] = byte;
-            if let Ok(b) = s.fresh_with_params_blob(&bad, step) {
-                prop_assert_eq!(params_blob(&b.model, &b.params), bad);
+            if let Ok(b) = decode_params_blob(&s.model, &bad) {
+                prop_assert_eq!(params_blob(&s.model, &b), bad);
             }
             let c = cut.index(blob.len());
-            prop_assert!(s.fresh_with_params_blob(&blob[..c], step).is_err());
+            prop_assert!(decode_params_blob(&s.model, &blob[..c]).is_err());
         }
     }
 }

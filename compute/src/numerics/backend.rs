@@ -127,20 +127,22 @@ pub fn decide_auto_here() -> AutoDecision {
 pub fn open_decided(decision: AutoDecision) -> Result<Selected, BackendError> {
     match decision {
         AutoDecision::Gpu => select("wgpu"),
-        AutoDecision::Cpu { warning, .. } => Ok(Selected {
-            kernels: Box::new(CpuKernels::new()),
-            warning,
-        }),
+        AutoDecision::Cpu { warning, .. } => Ok(cpu(warning)),
+    }
+}
+
+/// The CPU reference, with what `auto` must say about a GPU it passed over.
+fn cpu(warning: Option<String>) -> Selected {
+    Selected {
+        kernels: Box::new(CpuKernels::new()),
+        warning,
     }
 }
 
 /// Opens the backend named `name` (`auto`, `cpu`, `wgpu`).
 pub fn select(name: &str) -> Result<Selected, BackendError> {
     match name {
-        "cpu" => open_decided(AutoDecision::Cpu {
-            reason: "cpu asked for".into(),
-            warning: None,
-        }),
+        "cpu" => Ok(cpu(None)),
         "wgpu" => {
             let g = crate::numerics::gpu::GpuKernels::new().map_err(|e| BackendError::Gpu {
                 reason: e.to_string(),

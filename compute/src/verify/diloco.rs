@@ -685,32 +685,42 @@ pub fn next_start_state(
     prev_final: &crate::model::train::TrainState,
     global: &OuterState,
 ) -> Result<crate::model::train::TrainState, DilocoError> {
-    same_layout(
+    with_params(
         "next start state (params, global params)",
-        &prev_final.params,
+        prev_final,
         &global.params,
-        Bfp::len,
-        Bfp::len,
-    )?;
-    let mut next = prev_final.clone();
-    next.params = global.params.clone();
+    )
+}
+
+/// `state` with its parameters replaced by `params` of the same layout.
+fn with_params(
+    what: &'static str,
+    state: &crate::model::train::TrainState,
+    params: &[Bfp],
+) -> Result<crate::model::train::TrainState, DilocoError> {
+    same_layout(what, &state.params, params, Bfp::len, Bfp::len)?;
+    let mut next = state.clone();
+    next.params = params.to_vec();
     Ok(next)
 }
 
-/// The start state of every worker's shards in the outer round after `global`: `template`'s
-/// model, hyperparameters, batch size and seed, the global parameters, the inner optimizer
-/// started afresh (Adam moments zero, as [`crate::model::train::TrainState::new`] leaves them)
-/// and the step counter at `step` (the round's first global step, for the learning-rate
-/// schedule). Every input is public (the job and the outer-state commitment), so the bidder,
-/// any provider, replica or referee builds the same bytes without moving inner optimizer
-/// state: a worker returns its parameter delta, not its moments (`specs/shard.md` §6).
+/// The start state of every worker's shards in an outer round: `template`'s model,
+/// hyperparameters, batch size and seed, the round's global parameters `params`, the inner
+/// optimizer started afresh (Adam moments zero, as [`crate::model::train::TrainState::new`]
+/// leaves them) and the step counter at `step` (the round's first global step, for the
+/// learning-rate schedule). Every input is public (the job and the outer-state commitment), so
+/// the bidder, any provider, replica or referee builds the same bytes without moving inner
+/// optimizer state: a worker returns its parameter delta, not its moments (`specs/shard.md` §6).
 pub fn fresh_start_state(
     template: &crate::model::train::TrainState,
-    global: &OuterState,
+    params: &[Bfp],
     step: u64,
 ) -> Result<crate::model::train::TrainState, DilocoError> {
-    // `template` with the global parameters (the layout check included), then fresh moments.
-    let mut next = next_start_state(template, global)?;
+    let mut next = with_params(
+        "fresh start state (template params, params)",
+        template,
+        params,
+    )?;
     for t in next.m.iter_mut().chain(next.r.iter_mut()) {
         t.mant.fill(0);
         t.exp = crate::model::optim::MOMENT_INIT_EXP;
@@ -741,9 +751,9 @@ pub fn fresh_start_for_spec(
     let template =
         crate::model::train::TrainState::new(cfg, spec.hyper, m.batch_size as usize, spec.seed)
             .map_err(|e| bad(e.to_string()))?;
-    let state = template
-        .fresh_with_params_blob(params_blob, spec.first_step)
+    let params = crate::model::train::decode_params_blob(&template.model, params_blob)
         .map_err(|e| bad(e.to_string()))?;
+    let state = fresh_start_state(&template, &params, spec.first_step)?;
     let h = state.state_hash();
     if h != spec.start_state {
         return Err(bad(format!(
@@ -816,7 +826,7 @@ mod tests {
         let cfg = start.model;
         // Round 0 starts from the initial state itself.
         let g0 = OuterState::new(start.params.clone(), OuterOptimizer::DILOCO);
-        assert_eq!(fresh_start_state(&start, &g0, 0).unwrap(), start);
+        assert_eq!(fresh_start_state(&start, &g0.params, 0).unwrap(), start);
         // A worker that trained (moments non-zero, step advanced) is not the template.
         let mut worn = start.clone();
         worn.step = 9;
@@ -824,7 +834,7 @@ mod tests {
         worn.params[0].mant[0] += 3;
         let mut global = g0.clone();
         global.params[0].mant[1] -= 4;
-        let fresh = fresh_start_state(&worn, &global, 12).unwrap();
+        let fresh = fresh_start_state(&worn, &global.params, 12).unwrap();
         assert_eq!(fresh.step, 12);
         assert_eq!(fresh.params, global.params);
         assert!(fresh
@@ -832,7 +842,10 @@ mod tests {
             .iter()
             .chain(&fresh.r)
             .all(|t| t.mant.iter().all(|&v| v == 0)));
-        assert_eq!(fresh_start_state(&start, &global, 12).unwrap(), fresh);
+        assert_eq!(
+            fresh_start_state(&start, &global.params, 12).unwrap(),
+            fresh
+        );
         // The same bytes from the params blob alone.
         let blob = params_blob(&cfg, &global.params);
         let corpus = "abcdefghij".repeat(20);

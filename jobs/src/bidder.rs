@@ -1,9 +1,11 @@
 //! The bidder's round loop (`specs/market.md` §8.2): once every lease of a clearing is co-signed,
 //! the bidder's node runs the job. Per DiLoCo round it derives each worker's shard spec, stores
 //! the start state as a blob, asks the shard's provider (and, for the secretly replicated
-//! shards, a second one) to run it, polls, fetches the final state of the primary's result,
-//! proposes a receipt, compares replicas, asks the job's referee to judge every shard, and
-//! merges the accepted deltas with the outer optimizer. A provider that does not finish within
+//! shards, a second one) to run it, polls, proposes a receipt, compares replicas, asks the job's
+//! referee to judge every shard, and merges the deltas of the shards whose claims agree (fetched
+//! by the result's delta commitment) with the outer optimizer; a mismatched shard is left out of
+//! the outer step rather than holding the round up. The round's evaluation runs while the next
+//! round's shards do. A provider that does not finish within
 //! its timeout, or that fails, loses the shard, which goes to the next provider with lease
 //! quota left. After the last round the bidder waits for the referee's verdicts and pays, by
 //! co-signed settlements, exactly the units the referee accepted at the lease's price.
@@ -37,8 +39,12 @@ use crate::blobs::Blobs;
 use crate::link::{short, Link, LinkError};
 use crate::plan::{self, Slot};
 
-/// How often the bidder polls its providers (a poll is one small request per running shard).
-pub const POLL_MS: u64 = 100;
+/// How often the bidder polls its providers (a poll is one small request per running shard;
+/// a round ends at most this long after its last run finished).
+pub const POLL_MS: u64 = 20;
+/// How often the bidder looks for the referee's verdicts in the logs its node holds while a
+/// round waits for them (each look decodes the node's copies of the logs).
+pub const VERDICT_POLL_MS: u64 = 50;
 /// Longest wait for the referee's verdicts after the last round.
 pub const VERDICT_WAIT_MS: u64 = 120_000;
 /// Times one shard may be leased again before the job gives it up.
@@ -168,6 +174,9 @@ pub struct Replacement {
     pub price_cents_per_kilo_unit: u64,
 }
 
+/// A validation loss being computed on a blocking thread.
+type Evaluation = tokio::task::JoinHandle<Result<f64, JobError>>;
+
 /// A running job, as the bidder holds it.
 pub struct Bidder<'k> {
     link: Link,
@@ -175,8 +184,8 @@ pub struct Bidder<'k> {
     runner: ModelRunner<'k>,
     /// The corpus (read once) and its validation tokens (tokenised once, evaluated every round).
     corpus: Vec<u8>,
-    val: Vec<u32>,
-    kernels: &'k dyn Kernels,
+    val: Arc<Vec<u32>>,
+    kernels: SharedKernels,
     me: PublicKey,
     job: Job,
     job_id: Digest32,
@@ -244,7 +253,7 @@ impl<'k> Bidder<'k> {
     pub fn new(
         link: Link,
         dir: &Path,
-        kernels: &'k dyn Kernels,
+        kernels: &'k SharedKernels,
         me: PublicKey,
         job: Job,
         clearing: Clearing,
@@ -263,8 +272,8 @@ impl<'k> Bidder<'k> {
                     short(&job.corpus_sha256)
                 ))
             })?;
-        let runner =
-            ModelRunner::new(kernels, &corpus).map_err(|e| JobError::Compute(e.to_string()))?;
+        let runner = ModelRunner::new(kernels.as_ref(), &corpus)
+            .map_err(|e| JobError::Compute(e.to_string()))?;
         let val = leam_compute::model::data::Corpus::from_bytes(&corpus, "job corpus")
             .map_err(|e| JobError::Compute(e.to_string()))?
             .val;
@@ -277,8 +286,8 @@ impl<'k> Bidder<'k> {
             blobs,
             runner,
             corpus,
-            val,
-            kernels,
+            val: Arc::new(val),
+            kernels: kernels.clone(),
             me,
             progress: Progress {
                 job: hex::encode(job_id),
@@ -392,17 +401,37 @@ impl<'k> Bidder<'k> {
         }
     }
 
-    fn eval(&self, state: &TrainState) -> Result<f64, JobError> {
-        tokio::task::block_in_place(|| {
-            state.evaluate(
-                self.kernels,
-                &self.val,
-                "validation",
-                STREAM_EVAL_VAL,
-                plan::EVAL_BATCHES,
-            )
+    /// The validation loss of `state`, computed on a blocking thread: a round's evaluation
+    /// runs while the next round's shards do, so the providers do not wait for it.
+    fn eval(&self, state: TrainState) -> Evaluation {
+        let (kernels, val) = (self.kernels.clone(), self.val.clone());
+        tokio::task::spawn_blocking(move || {
+            state
+                .evaluate(
+                    kernels.as_ref(),
+                    &val,
+                    "validation",
+                    STREAM_EVAL_VAL,
+                    plan::EVAL_BATCHES,
+                )
+                .map_err(|e| JobError::Compute(e.to_string()))
         })
-        .map_err(|e| JobError::Compute(e.to_string()))
+    }
+
+    /// Waits for the evaluation of round `index` of the progress and records its loss.
+    async fn record_eval(&mut self, pending: Option<(usize, Evaluation)>) -> Result<(), JobError> {
+        let Some((index, eval)) = pending else {
+            return Ok(());
+        };
+        let loss = eval
+            .await
+            .map_err(|e| JobError::Compute(format!("evaluation: {e}")))??;
+        if let Some(rp) = self.progress.rounds.get_mut(index) {
+            rp.val_loss = Some(loss);
+            tracing::info!(job = %short(&self.job_id), round = rp.round, val_loss = loss, "round evaluated");
+        }
+        self.save();
+        Ok(())
     }
 
     /// Run every round, then settle. Progress is written to `DIR/jobs/<job id>.progress.json`
@@ -448,7 +477,11 @@ impl<'k> Bidder<'k> {
         drop(logs);
         let resumed = self.merged.len() as u32;
         if resumed == 0 {
-            self.progress.val_loss_start = Some(self.eval(&start)?);
+            let loss = self
+                .eval(start.clone())
+                .await
+                .map_err(|e| JobError::Compute(format!("evaluation: {e}")))??;
+            self.progress.val_loss_start = Some(loss);
         } else {
             tracing::info!(job = %short(&self.job_id), rounds = resumed, "resuming: replaying the recorded outer steps");
         }
@@ -463,6 +496,8 @@ impl<'k> Bidder<'k> {
             );
         let job_started = Instant::now();
         let wall_before_ms = self.progress.wall_ms;
+        // The evaluation of the last merged round (its index in `progress.rounds`), running.
+        let mut evaluating: Option<(usize, Evaluation)> = None;
         for round in 0..self.job.rounds {
             if round < resumed {
                 // A round an earlier process finished: the same outer step on the deltas it
@@ -493,13 +528,23 @@ impl<'k> Bidder<'k> {
                         .map_err(|e| JobError::Compute(e.to_string()))?;
                     deltas.push((spec.id(), delta));
                 }
-                merge(
+                let merged = merge(
                     &mut global,
                     &mut round_start,
                     &deltas,
                     &start,
                     self.job.inner_steps,
                 )?;
+                // The earlier process may have stopped while this round was being evaluated.
+                let unevaluated = self
+                    .progress
+                    .rounds
+                    .iter()
+                    .position(|r| r.round == round && r.val_loss.is_none());
+                if let Some(index) = unevaluated.filter(|_| merged) {
+                    let eval = self.eval(round_start.clone());
+                    self.record_eval(Some((index, eval))).await?;
+                }
                 continue;
             }
             let t = Instant::now();
@@ -570,6 +615,7 @@ impl<'k> Bidder<'k> {
             };
             self.drive(&slots, &specs, start_params, &mut tracks, &mut rp)
                 .await?;
+            let t_runs = t.elapsed();
             // Compare replicas, ask the referee, merge what is accepted.
             let mut deltas: Vec<(Digest32, ParamDelta)> = Vec::new();
             let mut merged: Vec<Option<String>> = vec![None; ranges.len()];
@@ -602,17 +648,21 @@ impl<'k> Bidder<'k> {
                         .collect(),
                 };
                 self.send_judge(judge).await;
-                // A mismatched shard waits for the referee's verdict; its winner's state is merged.
-                let winner: Option<&Track> = if agree {
-                    claims
-                        .iter()
-                        .find(|t| t.role == Role::Primary)
-                        .or(claims.first())
-                        .copied()
-                } else {
-                    self.await_winner(s.shard, &claims).await
+                // A mismatched shard is not merged: the round goes on without it, and the
+                // referee's verdicts decide later who is paid and who is accused (waiting would
+                // idle every provider for the bisection and the referee's recomputation).
+                if !agree {
+                    tracing::info!(job = %short(&self.job_id), round, shard = s.shard, "replicas disagree: the shard is not merged; the referee judges it");
+                    continue;
+                }
+                let Some(win) = claims
+                    .iter()
+                    .find(|t| t.role == Role::Primary)
+                    .or(claims.first())
+                    .copied()
+                else {
+                    continue;
                 };
-                let Some(win) = winner else { continue };
                 let result = &win.done.as_ref().expect("claims are done").0;
                 // The delta, by the commitment the verified result carries (the blob store
                 // checks the bytes against it).
@@ -634,6 +684,8 @@ impl<'k> Bidder<'k> {
                     + self.progress.params_bytes_served)
                     / n.get();
             }
+            let t_collect = t.elapsed();
+            self.record_eval(evaluating.take()).await?;
             if merge(
                 &mut global,
                 &mut round_start,
@@ -641,7 +693,7 @@ impl<'k> Bidder<'k> {
                 &start,
                 self.job.inner_steps,
             )? {
-                rp.val_loss = Some(self.eval(&round_start)?);
+                evaluating = Some((self.progress.rounds.len(), self.eval(round_start.clone())));
             }
             rp.wall_ms = t.elapsed().as_millis() as u64;
             tracing::info!(
@@ -649,7 +701,9 @@ impl<'k> Bidder<'k> {
                 round,
                 merged = rp.merged,
                 mismatched = rp.mismatched,
-                val_loss = ?rp.val_loss,
+                runs_ms = t_runs.as_millis() as u64,
+                collect_ms = (t_collect - t_runs).as_millis() as u64,
+                merge_ms = (t.elapsed() - t_collect).as_millis() as u64,
                 "round done"
             );
             self.progress.rounds.push(rp);
@@ -658,7 +712,7 @@ impl<'k> Bidder<'k> {
             self.save_resume();
             self.save();
         }
-        Ok(())
+        self.record_eval(evaluating).await
     }
 
     /// Send, poll, re-lease and collect every run of a round, proposing each receipt.
@@ -917,7 +971,7 @@ impl<'k> Bidder<'k> {
                 }
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
+            tokio::time::sleep(Duration::from_millis(VERDICT_POLL_MS)).await;
         }
     }
 
@@ -1008,30 +1062,6 @@ impl<'k> Bidder<'k> {
             .collect()
     }
 
-    async fn await_winner<'t>(&self, shard: u32, claims: &[&'t Track]) -> Option<&'t Track> {
-        let referee = self.job.referees.first()?;
-        let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
-        while Instant::now() < until {
-            self.retry_judges().await;
-            if let Ok(logs) = self.link.logs().await {
-                let v = Self::verdicts(&logs, referee, &self.job_id, shard);
-                if v.len() >= claims.len() {
-                    return claims.iter().copied().find(|t| {
-                        let root = t.done.as_ref().map(|d| d.0.id());
-                        v.iter()
-                            .any(|(p, o, ok)| *ok && p == &t.provider && Some(*o) == root)
-                    });
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
-        }
-        tracing::warn!(
-            shard,
-            "no verdict on a mismatched shard in time: not merged"
-        );
-        None
-    }
-
     /// Wait for the verdicts on every receipt, then pay each provider the accepted units at the
     /// lease's price (never more than the lease's total).
     async fn settle(&mut self) -> Result<(), JobError> {
@@ -1067,7 +1097,7 @@ impl<'k> Bidder<'k> {
                 }
                 break logs;
             }
-            tokio::time::sleep(Duration::from_millis(POLL_MS * 4)).await;
+            tokio::time::sleep(Duration::from_millis(VERDICT_POLL_MS)).await;
         };
         let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
         let mut units: BTreeMap<PublicKey, u64> = BTreeMap::new();

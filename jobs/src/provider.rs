@@ -111,6 +111,9 @@ struct Task {
     spec: ShardSpec,
     spec_id: Digest32,
     falsify: bool,
+    /// The start state where the network task built it (from the params blob), so that the
+    /// compute thread does not read and decode it again.
+    start: Option<TrainState>,
 }
 
 /// The provider side of a node.
@@ -294,13 +297,15 @@ impl Provider {
                 let h = short(&spec.corpus_sha256);
                 return fail(format!("fetching the corpus {h}: {e}"));
             }
-            if let Err(e) = this.fetch_start(&link, bidder, &spec, start_params).await {
-                return fail(e);
-            }
+            let start = match this.fetch_start(&link, bidder, &spec, start_params).await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
             if let Err(e) = this.queue.try_send(Task {
                 spec,
                 spec_id,
                 falsify,
+                start,
             }) {
                 fail(format!("the compute queue is full or stopped: {e}"));
             }
@@ -310,17 +315,17 @@ impl Provider {
 
     /// Puts the spec's start state into the blob store: already there, built from the params
     /// blob `start_params` names (fetched from `bidder`, checked against the spec's
-    /// `start_state` by [`fresh_start_for_spec`]), or fetched whole.
+    /// `start_state` by [`fresh_start_for_spec`]; then also returned), or fetched whole.
     async fn fetch_start(
         &self,
         link: &Link,
         bidder: PublicKey,
         spec: &ShardSpec,
         start_params: Option<Digest32>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<TrainState>, String> {
         let h = spec.start_state;
         if self.blobs.get(&h).map_err(|e| e.to_string())?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(p) = start_params {
             let (blob, _) = link
@@ -331,11 +336,11 @@ impl Provider {
                 .map_err(|e| format!("start state of spec {}: {e}", short(&spec.id())))?;
             let put = self.blobs.put(&state.encode()).map_err(|e| e.to_string())?;
             debug_assert_eq!(put, h, "fresh_start_for_spec checked the hash");
-            return Ok(());
+            return Ok(Some(state));
         }
         link.blob(&self.blobs, bidder, h)
             .await
-            .map(|_| ())
+            .map(|_| None)
             .map_err(|e| format!("fetching the start state {}: {e}", short(&h)))
     }
 
@@ -489,7 +494,8 @@ fn compute_thread(
     runs: Arc<Mutex<HashMap<Digest32, Run>>>,
     dir: PathBuf,
 ) {
-    let mut corpus: Option<(Digest32, Vec<u8>)> = None;
+    // The runner of the last corpus (parsing a corpus costs more than a short shard's setup).
+    let mut runner: Option<ModelRunner<'_>> = None;
     while let Ok(task) = rx.recv() {
         let set = |state: RunState| {
             if let Some(r) = runs.lock().expect("runs lock").get_mut(&task.spec_id) {
@@ -497,32 +503,44 @@ fn compute_thread(
             }
         };
         set(RunState::Running);
+        let t_setup = Instant::now();
         let outcome = (|| -> Result<Finished, String> {
-            if corpus.as_ref().map(|c| c.0) != Some(task.spec.corpus_sha256) {
+            if runner.as_ref().map(ModelRunner::corpus_sha256) != Some(task.spec.corpus_sha256) {
                 let bytes = blobs
                     .get(&task.spec.corpus_sha256)
                     .map_err(|e| e.to_string())?
                     .ok_or("the corpus is not stored")?;
-                corpus = Some((task.spec.corpus_sha256, bytes));
+                runner =
+                    Some(ModelRunner::new(kernels.as_ref(), &bytes).map_err(|e| e.to_string())?);
             }
-            let bytes = &corpus.as_ref().expect("set above").1;
-            let runner = ModelRunner::new(kernels.as_ref(), bytes).map_err(|e| e.to_string())?;
-            let start_bytes = blobs
-                .get(&task.spec.start_state)
-                .map_err(|e| e.to_string())?
-                .ok_or("the start state is not stored")?;
-            let start = runner
-                .decode_state(&task.spec, &start_bytes)
-                .map_err(|e| e.to_string())?;
+            let runner = runner.as_ref().expect("set above");
+            let start = match task.start {
+                Some(s) => {
+                    runner
+                        .check_state_fits(&task.spec, &s)
+                        .map_err(|e| e.to_string())?;
+                    s
+                }
+                None => {
+                    let start_bytes = blobs
+                        .get(&task.spec.start_state)
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the start state is not stored")?;
+                    runner
+                        .decode_state(&task.spec, &start_bytes)
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            let setup_ms = t_setup.elapsed().as_millis() as u64;
             let t = Instant::now();
             let run: ShardRun<TrainState> = if task.falsify {
                 let tampered = Tampered {
-                    inner: &runner,
+                    inner: runner,
                     fault_at: task.spec.global_step(task.spec.steps / 2),
                 };
                 run_shard(&tampered, &task.spec, &start)
             } else {
-                run_shard(&runner, &task.spec, &start)
+                run_shard(runner, &task.spec, &start)
             }
             .map_err(|e| e.to_string())?;
             let device_ms = (t.elapsed().as_millis() as u64).max(1);
@@ -556,6 +574,7 @@ fn compute_thread(
                 spec = %short(&task.spec_id),
                 shard,
                 device_ms,
+                setup_ms,
                 falsified = task.falsify,
                 "shard run finished"
             );

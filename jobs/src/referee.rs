@@ -51,7 +51,8 @@ pub struct WrongResult {
     pub shard_spec: String,
     /// The accused result's canonical encoding (hex).
     pub claimed_result: String,
-    /// How it was decided: `bisection` (one step replayed) or `replay` (the whole shard).
+    /// How it was decided: `bisection` (the divergent step replayed from the agreed state) or
+    /// `replay` (the whole shard).
     pub method: &'static str,
     /// First divergent inner step (bisection only).
     pub divergent_step: Option<u64>,
@@ -233,8 +234,8 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                     match referee(runner, spec, &d, &before.encode()) {
                         Ok(v) => {
                             let how = format!(
-                                "bisection to step {} ({}+{} step hashes), one step replayed",
-                                d.step, d.fetches_a, d.fetches_b
+                                "bisection to step {} ({}+{} step hashes); agreed state recomputed over {} steps, step {} replayed",
+                                d.step, d.fetches_a, d.fetches_b, d.step, d.step
                             );
                             let (ra, rb, rec) = match v {
                                 RefereeVerdict::AIsRight => (true, false, d.claim_a.state_hash),

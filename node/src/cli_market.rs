@@ -157,7 +157,7 @@ fn start_jobs(
             let mut bidder = match leam_jobs::bidder::Bidder::new(
                 link,
                 &ctx.dir,
-                kernels.as_ref(),
+                &kernels,
                 me,
                 job,
                 clearing,
@@ -752,6 +752,21 @@ pub struct JobsArgs {
 pub const JOBS_WAIT_POLL_MS: u64 = 500;
 
 /// `leam jobs --wait`: poll the job's progress file until it is done or failed.
+/// Whether a round of a job's progress document has its validation loss: the bidder evaluates
+/// a round while the next one runs; a round that merged nothing has none.
+pub(crate) fn round_evaluated(r: &serde_json::Value) -> bool {
+    r["val_loss"].is_f64() || r["merged"] == 0
+}
+
+/// A round's validation loss as printed.
+pub(crate) fn round_loss(r: &serde_json::Value) -> String {
+    match r["val_loss"].as_f64() {
+        Some(v) => format!("{v:.4}"),
+        None if r["merged"] == 0 => "none (nothing merged)".into(),
+        None => "being evaluated".into(),
+    }
+}
+
 fn wait_job(dir: &Path, prefix: &str, limit_s: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut shown = 0usize;
@@ -770,15 +785,22 @@ fn wait_job(dir: &Path, prefix: &str, limit_s: u64) -> anyhow::Result<()> {
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(pr) = &progress {
-            for r in pr["rounds"].as_array().into_iter().flatten().skip(shown) {
+            let running = pr["state"] == "running";
+            for r in pr["rounds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .skip(shown)
+                .take_while(|r| !running || round_evaluated(r))
+            {
                 eprintln!(
-                    "round {}: {} runs, {} mismatched, {} merged, {} re-leased, val loss {:.4}",
+                    "round {}: {} runs, {} mismatched, {} merged, {} re-leased, val loss {}",
                     r["round"],
                     r["runs"],
                     r["mismatched"],
                     r["merged"],
                     r["released"],
-                    r["val_loss"].as_f64().unwrap_or(f64::NAN)
+                    round_loss(r)
                 );
                 shown += 1;
             }
@@ -868,9 +890,9 @@ pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
             );
             for r in pr["rounds"].as_array().into_iter().flatten() {
                 println!(
-                    "      round {}: {} shards, {} runs, {} replicated, {} mismatched, {} merged, {} re-leased, val loss {:.4}",
+                    "      round {}: {} shards, {} runs, {} replicated, {} mismatched, {} merged, {} re-leased, val loss {}",
                     r["round"], r["shards"], r["runs"], r["replicated"], r["mismatched"],
-                    r["merged"], r["released"], r["val_loss"].as_f64().unwrap_or(f64::NAN)
+                    r["merged"], r["released"], round_loss(r)
                 );
             }
             if let Some([acc, rej]) = pr["verdicts"].as_array().map(|v| [&v[0], &v[1]]) {

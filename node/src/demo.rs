@@ -425,7 +425,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             cmd.args(["--falsify-run", "0"]);
         }
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -666,22 +669,28 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     shown = 1;
                 }
             }
+            let state = progress["state"].as_str().unwrap_or("");
             let rounds = progress["rounds"].as_array().cloned().unwrap_or_default();
-            for r in rounds.iter().skip(shown.saturating_sub(1)) {
+            // A round is shown once evaluated (the bidder evaluates it while the next one runs);
+            // a round that merged nothing has no loss.
+            for r in rounds
+                .iter()
+                .skip(shown.saturating_sub(1))
+                .take_while(|r| state != "running" || crate::cli_market::round_evaluated(r))
+            {
                 say!(json,
-                    "   round {}: {} runs ({} replicated, {} mismatched), {} deltas merged, {} re-leased, val loss {:.4}, {:.1} s",
+                    "   round {}: {} runs ({} replicated, {} mismatched), {} deltas merged, {} re-leased, val loss {}, {:.1} s",
                     r["round"],
                     r["runs"],
                     r["replicated"],
                     r["mismatched"],
                     r["merged"],
                     r["released"],
-                    r["val_loss"].as_f64().unwrap_or(f64::NAN),
+                    crate::cli_market::round_loss(r),
                     r["wall_ms"].as_u64().unwrap_or(0) as f64 / 1e3
                 );
                 shown += 1;
             }
-            let state = progress["state"].as_str().unwrap_or("");
             state == "done" || state.starts_with("failed")
         },
     )?;
@@ -700,7 +709,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         verdicts[1],
         if verdicts[1].as_u64().unwrap_or(0) > 0 {
             format!(
-                " (bisection to the first divergent step, one step replayed; evidence recorded against {})",
+                " (bisection to the first divergent step, the agreed state recomputed and that step replayed; evidence recorded against {})",
                 PARTNERS[INDUSTRY].1
             )
         } else {

@@ -692,7 +692,9 @@ fn job_section(i: usize, p: &JobProgress, m: &BTreeMap<PublicKey, Membership>) -
                         (round_cell(job, r.round, "released", r.released))
                         @match r.val_loss.filter(|v| v.is_finite()) {
                             Some(v) => td.num data-job=(job) data-round=(r.round) data-field="val_loss" data-value=(v) { (format!("{v:.4}")) },
-                            None => td.num { "not measured" },
+                            None if r.merged == 0 => td.num { "nothing merged" },
+                            // The bidder evaluates a round while the next one runs.
+                            None => td.num { "not measured yet" },
                         }
                         td.num data-job=(job) data-round=(r.round) data-field="wall_ms" data-value=(r.wall_ms) { (seconds(r.wall_ms)) }
                     }

@@ -689,7 +689,7 @@ async fn jobs_progress_is_served_and_shown_and_bad_files_are_skipped() {
     }
     assert_eq!(html.matches("<tr data-job=").count(), 3, "three round rows");
     assert!(html.contains("<th scope=\"row\">1</th>"));
-    assert!(html.contains("<td class=\"num\">not measured</td>"));
+    assert!(html.contains("<td class=\"num\">nothing merged</td>"));
     assert!(html.contains("<caption>Rounds of job 4a4a4a4a4a4a…"));
     for (field, value) in [
         ("verdicts_accepted", "16"),

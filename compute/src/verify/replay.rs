@@ -514,7 +514,7 @@ impl<'k> ModelRunner<'k> {
     }
 
     /// Checks that a decoded state belongs to the spec (shape, batch, seed, hyperparameters).
-    fn check_state_fits(
+    pub fn check_state_fits(
         &self,
         spec: &ShardSpec,
         state: &crate::model::train::TrainState,

@@ -9,6 +9,7 @@
 //! - [`bidder`]: the bidder's round loop: specs, runs, replicas, receipts, outer steps,
 //!   referee requests, settlements.
 //! - [`serve`]: the node's handler of the work protocol.
+//! - [`offer`]: a provider's offer, measured on its backend (self-test, benchmark shard).
 //!
 //! Invariants: no libp2p here (the node's shell carries the messages); nothing is believed
 //! that is not checked (blobs against their hash, results against their spec, receipts against
@@ -19,6 +20,7 @@ pub mod bidder;
 pub mod blobs;
 pub mod evidence;
 pub mod link;
+pub mod offer;
 pub mod plan;
 pub mod provider;
 pub mod referee;

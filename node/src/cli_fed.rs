@@ -686,9 +686,51 @@ pub struct NodeArgs {
     /// process takes (0 = the first).
     #[arg(long, hide = true)]
     pub falsify_run: Option<u32>,
+    /// Sell compute: once the network is up, measure this node's backend (kernel self-test, then
+    /// a benchmark shard) and publish a signed offer at this price, cents per 1,000 compute
+    /// units. Without it the node measures and offers nothing until `leam offer` asks.
+    #[arg(long)]
+    pub offer_price: Option<u64>,
+    /// Minutes the start-up offer is valid.
+    #[arg(long, default_value_t = 60, requires = "offer_price")]
+    pub offer_minutes: u64,
 }
 
 /// Runs `leam node` until SIGINT or SIGTERM.
+/// `leam node --offer-price`: measure this node's backend and publish the offer
+/// (`leam_jobs::offer`); a backend that fails its self-test offers nothing, loudly.
+async fn offer_measured(
+    dir: PathBuf,
+    kernels: std::sync::Arc<dyn leam_compute::numerics::kernels::Kernels>,
+    link: leam_jobs::link::Link,
+    price: u64,
+    minutes: u64,
+) {
+    let measured =
+        tokio::task::spawn_blocking(move || leam_jobs::offer::measure(kernels.as_ref(), now_ms()))
+            .await;
+    let m = match measured {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return tracing::error!(error = %e, "no offer published"),
+        Err(e) => return tracing::error!(error = %e, "the measurement stopped; no offer published"),
+    };
+    if let Err(e) = leam_jobs::offer::save(&dir, &m) {
+        tracing::warn!(error = %e, "writing the measurement");
+    }
+    let now = now_ms();
+    let offer = leam_jobs::offer::offer(&m, now, price, now + minutes.saturating_mul(60_000));
+    match link.append(leam_ledger::entry::Body::Offer(offer)).await {
+        Ok(index) => tracing::info!(
+            index,
+            units_per_hour = m.units_per_hour,
+            backend = %m.backend,
+            price,
+            "offer measured and published"
+        ),
+        Err(e) => tracing::error!(error = %e, "the offer was not recorded"),
+    }
+}
+
 pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let file = read_node_file(&a.dir)?;
     let genesis_path = match (&a.genesis, &file.genesis) {
@@ -773,6 +815,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
                 .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
         );
     let falsify_run = a.falsify_run;
+    let offer_at_start = a.offer_price.map(|p| (p, a.offer_minutes));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -838,6 +881,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             provider,
             leam_jobs::referee::Referee::new(me, blobs, kernels.clone()),
         ));
+        let offer_commands = tx.clone();
         let app = crate::live::app(crate::live::Server {
             live: node.live(),
             genesis: served_genesis,
@@ -845,6 +889,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             commands: tx,
             shutdown: shutdown.clone(),
             dir: dir.clone(),
+            kernels: kernels.clone(),
         })
         .into_make_service_with_connect_info::<SocketAddr>();
         let stop_http = shutdown.clone();
@@ -886,6 +931,15 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
         let mut node_task = tokio::spawn(node.run(rx, async move {
             stop_node.cancelled().await;
         }));
+        if let Some((price, minutes)) = offer_at_start {
+            tokio::spawn(offer_measured(
+                dir.clone(),
+                kernels.clone(),
+                leam_jobs::link::Link::new(offer_commands),
+                price,
+                minutes,
+            ));
+        }
         // The node stops by itself only on an error (no bootstrap member reachable).
         let early = tokio::select! {
             signal = shutdown_signal() => {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use leam_ledger::entry::{Bid, Body, Deposit, Entry, Money, Offer, PublicKey};
+use leam_ledger::entry::{Bid, Body, Deposit, Entry, Money, PublicKey};
 use leam_ledger::identity::Identity;
 use leam_ledger::log::KEY_FILE_NAME;
 use leam_market::flow::{bidder_steps, check_lease, Step};
@@ -26,8 +26,6 @@ pub const MARKET_TICK_MS: u64 = 1_000;
 pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
 /// Attempts to submit one entry when another append took the sequence number first.
 pub const SUBMIT_ATTEMPTS_MAX: u32 = 5;
-/// Inner steps of the benchmark shard `leam offer` measures throughput with.
-pub const BENCH_STEPS: u32 = 4;
 /// Folder in the node directory that keeps bidders' secret replication seeds (mode 0600).
 pub const JOBS_DIR_NAME: &str = "jobs";
 
@@ -427,15 +425,16 @@ pub fn deposit(a: DepositArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `leam offer`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Example:\n  leam offer --dir nodes/a --price 40 --minutes 120\n  leam offer --dir nodes/a --price 40 --until 2026-12-24T18:00:00Z\n\nMeasures this machine's throughput with a benchmark shard on the backend, then publishes the offer."
+    after_long_help = "Example:\n  leam offer --dir nodes/a --price 40 --minutes 120\n  leam offer --dir nodes/a --until 2026-12-24T18:00:00Z\n\nAsks the running node to measure its own backend (kernel self-test, then a benchmark shard) and publishes the offer with that throughput. Without --price the node's last offer's price stands."
 )]
 pub struct OfferArgs {
     /// Node directory of the running node.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Asked price, credits (EUR cents) per 1,000 compute units.
+    /// Asked price, credits (EUR cents) per 1,000 compute units. Default: the price of this
+    /// node's last offer.
     #[arg(long)]
-    pub price: u64,
+    pub price: Option<u64>,
     /// Minutes from now the offer stands (its availability window).
     #[arg(long, default_value_t = 60, conflicts_with = "until")]
     pub minutes: u64,
@@ -443,71 +442,90 @@ pub struct OfferArgs {
     /// `2026-12-24T19:00:00+01:00`); instead of `--minutes`. Must lie in the future.
     #[arg(long, value_parser = parse_until)]
     pub until: Option<u64>,
-    /// Backend the benchmark shard (and later the leased shards) runs on.
-    #[arg(long, value_enum, default_value_t = cli::Backend::Auto)]
-    pub backend: cli::Backend,
-    /// Corpus for the benchmark shard. Default: the demo corpus found as `leam demo` finds it.
-    #[arg(long)]
-    pub corpus: Option<PathBuf>,
 }
 
-/// Runs `leam offer`: kernel self-test and a benchmark shard measure units per hour.
+/// Longest wait for the node's measurement (a GPU self-test compiles every kernel).
+pub const MEASURE_TIMEOUT_MS: u64 = 300_000;
+
+/// Runs `leam offer`: the running node measures its backend (`POST /api/measure`), and the
+/// offer carries what it measured.
 pub fn offer(a: OfferArgs) -> anyhow::Result<ExitCode> {
-    use leam_compute::model::optim::Hyper;
-    use leam_compute::model::train::TrainState;
-    use leam_compute::model::transformer::Config;
-    use leam_compute::verify::replay::{run_shard, ModelRunner};
     if let Some(t) = a.until.filter(|t| *t <= crate::cli_fed::now_ms()) {
         cli::usage!("--until {} is not in the future", rfc3339(t));
     }
-    let kernels = a.backend.open()?;
-    let name = kernels.name();
-    let bytes = match &a.corpus {
-        Some(p) => std::fs::read(p)
-            .with_context(|| format!("reading {}", p.display()))
-            .code(cli::EXIT_INPUT)?,
-        None => {
-            let p = cli::find_corpus(None)?;
-            std::fs::read(&p)
-                .with_context(|| format!("reading {}", p.display()))
-                .code(cli::EXIT_INPUT)?
-        }
+    let (base, token) = endpoint(&a.dir)?;
+    let price = match a.price {
+        Some(p) => p,
+        None => match last_offer_price(&base, &identity(&a.dir)?.public_key())? {
+            Some(p) => p,
+            None => cli::usage!("this node has published no offer yet: pass --price"),
+        },
     };
-    let runner = ModelRunner::new(kernels.as_ref(), &bytes)?;
-    let cfg = Config {
-        vocab: runner.vocab_size(),
-        n_layer: 2,
-        n_head: 4,
-        n_embd: 64,
-        block_size: 32,
-    };
-    let start = TrainState::new(cfg, Hyper::nanogpt_cpu().to_fixed()?, 8, 1337)?;
-    let spec = runner.spec_for(&start, 0, 1024.min(bytes.len() as u64), BENCH_STEPS)?;
-    let units = leam_compute::verify::shard::compute_units(&spec);
-    let t = Instant::now();
-    run_shard(&runner, &spec, &start)?;
-    let ms = (t.elapsed().as_millis() as u64).max(1);
-    let per_hour = units.saturating_mul(3_600_000) / ms;
+    let url = format!("{base}/api/measure");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(MEASURE_TIMEOUT_MS)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_empty()
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("posting to {url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let answer: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(cli::fail(
+            cli::EXIT_ENV,
+            anyhow!(
+                "the node measured nothing ({status}): {}",
+                answer["error"].as_str().unwrap_or("(no error text)")
+            ),
+        ));
+    }
+    let m: leam_jobs::offer::Measurement = serde_json::from_value(answer)
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("the node's measurement: {e}")))?;
+    let now = crate::cli_fed::now_ms();
     let until = a
         .until
-        .unwrap_or_else(|| crate::cli_fed::now_ms() + a.minutes.saturating_mul(60_000));
+        .unwrap_or_else(|| now + a.minutes.saturating_mul(60_000));
     let i = submit(
         &a.dir,
         "/api/offers",
-        Body::Offer(Offer {
-            offer_id: crate::cli_fed::now_ms(),
-            device_fingerprint: Sha256::digest(name.as_bytes()).into(),
-            compute_units_per_hour: per_hour,
-            price_cents_per_kilo_unit: a.price,
-            valid_until_ms: until,
-        }),
+        Body::Offer(leam_jobs::offer::offer(&m, now, price, until)),
     )?;
     println!(
-        "offer recorded as entry {i}: {per_hour} units/hour measured on {name} ({units} units in {ms} ms), {} cents per 1,000 units, until {}",
-        a.price,
+        "offer recorded as entry {i}: {} units/hour measured by the node on {} ({} units in {} ms{}), {price} cents per 1,000 units, until {}",
+        m.units_per_hour,
+        m.backend,
+        m.units,
+        m.ms,
+        if m.selftest_kernels > 0 {
+            format!("; self-test passed on {} kernels", m.selftest_kernels)
+        } else {
+            String::new()
+        },
         rfc3339(until)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The price of the latest offer in the log of `key`, as the node serves its offers.
+fn last_offer_price(base: &str, key: &PublicKey) -> anyhow::Result<Option<u64>> {
+    let url = format!("{base}/api/offers?limit=500");
+    let list: serde_json::Value = crate::cli_fed::agent()
+        .get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_json())
+        .map_err(|e| cli::fail(cli::EXIT_ENV, anyhow!("reading {url}: {e}")))?;
+    let own = hex::encode(key);
+    Ok(list["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["log"] == own.as_str())
+        .max_by_key(|e| e["index"].as_u64())
+        .and_then(|e| e["entry"]["body"]["price_cents_per_kilo_unit"].as_u64()))
 }
 
 /// `--until`: an RFC 3339 time, as Unix milliseconds.

@@ -489,10 +489,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &price,
             "--minutes",
             "60",
-            "--backend",
-            backend,
-            "--corpus",
-            p(&corpus),
         ])?;
         say!(json, "   {:<22} {}", partners[i].1, out.trim());
     }

@@ -335,7 +335,6 @@ impl Collector for NodeMetrics {
 }
 
 /// Everything the node's HTTP server needs.
-#[derive(Debug)]
 pub struct Server {
     /// The node's read handles.
     pub live: Live,
@@ -349,20 +348,71 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// The node directory (jobs' progress files in `jobs/`).
     pub dir: PathBuf,
+    /// The node's compute backend (measured for offers by `POST /api/measure`).
+    pub kernels: Arc<dyn leam_compute::numerics::kernels::Kernels>,
+}
+
+/// What `POST /api/measure` needs.
+#[derive(Clone)]
+struct Measure {
+    token: Arc<str>,
+    kernels: Arc<dyn leam_compute::numerics::kernels::Kernels>,
+    dir: PathBuf,
+    /// One measurement at a time (two would slow each other down).
+    busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The node's HTTP app: `leam_web::app` with writes and node metrics, plus `/api/status`.
 pub fn app(s: Server) -> axum::Router {
+    let measure = Measure {
+        token: Arc::from(s.token.as_str()),
+        kernels: s.kernels,
+        dir: s.dir.clone(),
+        busy: Arc::default(),
+    };
     let state = leam_web::AppState::new(Arc::new(LiveView::new(s.live.clone(), s.genesis, s.dir)))
         .with_writes(s.token, Arc::new(NodeSubmit::new(s.commands.clone())))
         .with_shutdown(s.shutdown)
         .with_collector(Box::new(NodeMetrics::new(s.live)));
-    leam_web::app(state).merge(
-        axum::Router::new()
-            .route("/api/status", axum::routing::get(api_status))
-            .route("/api/market/jobs", axum::routing::get(api_jobs))
-            .with_state(s.commands),
-    )
+    leam_web::app(state)
+        .merge(
+            axum::Router::new()
+                .route("/api/status", axum::routing::get(api_status))
+                .route("/api/market/jobs", axum::routing::get(api_jobs))
+                .with_state(s.commands),
+        )
+        .merge(
+            axum::Router::new()
+                .route("/api/measure", axum::routing::post(api_measure))
+                .with_state(measure),
+        )
+}
+
+/// `POST /api/measure` (control token): the kernel self-test and a benchmark shard on the node's
+/// own backend ([`leam_jobs::offer::measure`]), saved to `DIR/measurement.json` and returned;
+/// `leam offer` signs its offer with the figure.
+async fn api_measure(
+    axum::extract::State(m): axum::extract::State<Measure>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<leam_jobs::offer::Measurement>, leam_web::error::AppError> {
+    use leam_web::error::AppError;
+    leam_web::writes::authorize(&headers, &m.token)?;
+    let _one = m.busy.lock().await;
+    let (kernels, dir) = (m.kernels.clone(), m.dir.clone());
+    let measured = tokio::task::spawn_blocking(move || {
+        let r = leam_jobs::offer::measure(kernels.as_ref(), crate::cli_fed::now_ms());
+        if let Ok(x) = &r {
+            if let Err(e) = leam_jobs::offer::save(&dir, x) {
+                tracing::warn!(error = %e, "writing the measurement");
+            }
+        }
+        r
+    })
+    .await
+    .map_err(|e| AppError::Unavailable(format!("the measurement stopped: {e}")))?;
+    measured
+        .map(axum::Json)
+        .map_err(|e| AppError::Conflict(e.to_string()))
 }
 
 type ApiError = (axum::http::StatusCode, axum::Json<serde_json::Value>);

@@ -60,7 +60,13 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
     ];
     let (genesis, dirs) = federation(root, &orgs, 2);
     let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
-    let mut nodes = vec![start_with(&dirs[0], &genesis, &[], &["--backend", "cpu"])];
+    // a sells from the start: it measures its backend and publishes the offer itself.
+    let mut nodes = vec![start_with(
+        &dirs[0],
+        &genesis,
+        &[],
+        &["--backend", "cpu", "--offer-price", "40"],
+    )];
     let boot = tcp_addr(&dirs[0]);
     for (i, d) in dirs[1..].iter().enumerate() {
         // The industry partner (b) falsifies the first shard it runs.
@@ -77,22 +83,48 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
             .all(|d| keys.iter().all(|k| size(d, k).is_some()))
     });
 
-    // Two measured offers, a deposit, a job and a bid, all from the command line.
+    // Two measured offers (a's from its start, b's by `leam offer`), a deposit, a job and a bid.
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt");
+    let own_offer = |i: usize| -> Option<Value> {
+        get(&dirs[i], "/api/offers")?["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["log"] == keys[i].as_str())
+            .map(|e| e["entry"].clone())
+    };
+    let mut a_offer = Value::Null;
+    wait(
+        "a's offer measured at start",
+        Duration::from_secs(60),
+        || {
+            a_offer = own_offer(0).unwrap_or(Value::Null);
+            !a_offer.is_null()
+        },
+    );
+    let measured: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("measurement.json")).unwrap()).unwrap();
+    assert_eq!(measured["backend"], "cpu", "{measured}");
+    assert_eq!(
+        a_offer["body"]["price_cents_per_kilo_unit"], 40,
+        "{a_offer}"
+    );
+    assert_eq!(
+        a_offer["body"]["compute_units_per_hour"], measured["units_per_hour"],
+        "the offer carries what the node measured: {a_offer}"
+    );
     let out = ok(&[
         "offer",
         "--dir",
-        p(&dirs[0]),
+        p(&dirs[1]),
         "--price",
-        "40",
+        "55",
         "--minutes",
-        "60",
-        "--backend",
-        "cpu",
-        "--corpus",
-        p(&corpus),
+        "30",
     ]);
-    assert!(out.contains("units/hour measured on"), "{out}");
+    assert!(
+        out.contains("units/hour measured by the node on cpu"),
+        "{out}"
+    );
     // b's availability window is an RFC 3339 time, an hour from now.
     let until_ms = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,19 +137,9 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    ok(&[
-        "offer",
-        "--dir",
-        p(&dirs[1]),
-        "--price",
-        "55",
-        "--until",
-        &until,
-        "--backend",
-        "cpu",
-        "--corpus",
-        p(&corpus),
-    ]);
+    // A new window for b's offer; its price stands.
+    let out = ok(&["offer", "--dir", p(&dirs[1]), "--until", &until]);
+    assert!(out.contains("55 cents per 1,000 units"), "{out}");
 
     ok(&[
         "deposit",
@@ -415,10 +437,6 @@ fn three_nodes() -> Three {
         "40",
         "--minutes",
         "60",
-        "--backend",
-        "cpu",
-        "--corpus",
-        p(&corpus),
     ]);
     ok(&[
         "deposit",
@@ -691,10 +709,6 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
         "50",
         "--minutes",
         "60",
-        "--backend",
-        "cpu",
-        "--corpus",
-        p(&corpus),
     ]);
     let c0 = size(&dirs[1], &keys[1]).unwrap();
     wait(

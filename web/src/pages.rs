@@ -851,7 +851,7 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
             h2 { "Work: processed, verified, rejected and paid, kept apart" }
             p.explain { "Processed but unverified work has a receipt but no referee verdict yet; rejected work failed verification and earns nothing; verified work passed; paid is what bidders actually settled in credits. These are never added together." }
             div.table-wrap { table {
-                thead { tr { th { "Organisation" } th { "Sector" } th.num { "Verified units" } th.num { "Unverified units" } th.num { "Rejected units" } th.num { "Consumed units" } th.num { "GPU time contributed (ms)" } th.num { "Public funding" } th.num { "Private money" } th.num { "Credit balance" } th.num { "Evidence against" } } }
+                thead { tr { th { "Organisation" } th { "Sector" } th.num { "Verified units" } th.num { "Unverified units" } th.num { "Rejected units" } th.num { "Consumed units" } th.num { "Device time contributed (ms)" } th.num { "Public funding" } th.num { "Private money" } th.num { "Credit balance" } th.num { "Evidence against" } } }
                 tbody { @for (name, o) in &r.organisations {
                     @let t = &o.totals;
                     tr {

@@ -173,6 +173,16 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
         })
 }
 
+/// Requires `Authorization: Bearer <token>` equal to the node's control `token` (compared in
+/// constant time): 401 without it, 403 with another.
+pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), AppError> {
+    let given = bearer(headers)?;
+    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        return Err(AppError::Forbidden("wrong control token".into()));
+    }
+    Ok(())
+}
+
 fn entry_bytes(body: &[u8]) -> Result<Vec<u8>, AppError> {
     let req: SubmitJson = serde_json::from_slice(body).map_err(|e| {
         AppError::BadRequest(format!(
@@ -213,10 +223,7 @@ async fn write(
             "this server is read-only: it serves copies of logs and accepts no writes".into(),
         ));
     };
-    let given = bearer(&headers)?;
-    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        return Err(AppError::Forbidden("wrong control token".into()));
-    }
+    authorize(&headers, token)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::TooLarge(format!(

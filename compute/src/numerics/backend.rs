@@ -322,6 +322,9 @@ impl<K: Kernels> Kernels for Timed<K> {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn device(&self) -> String {
+        self.inner.device()
+    }
     fn traffic(&self) -> crate::numerics::kernels::Traffic {
         self.inner.traffic()
     }

@@ -249,6 +249,13 @@ pub trait Kernels: Send + Sync {
     /// Backend name, e.g. `"cpu"` or `"wgpu/Vulkan/llvmpipe"`.
     fn name(&self) -> String;
 
+    /// What runs the kernels, as the stable `key value` lines an offer's device fingerprint
+    /// hashes: for a GPU the backend, adapter, vendor, device, driver and shader hashes; for
+    /// the CPU reference its name.
+    fn device(&self) -> String {
+        self.name()
+    }
+
     /// Host↔device traffic since the backend was opened. Zero for a backend that computes in
     /// host memory (the CPU reference).
     fn traffic(&self) -> Traffic {

@@ -71,6 +71,10 @@ impl Kernels for WithCpuFallback {
         self.gpu.traffic()
     }
 
+    fn device(&self) -> String {
+        self.gpu.device()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.either("matmul", |k| k.matmul(a, b, s), |k| k.matmul(a, b, s))
     }

@@ -123,6 +123,10 @@ impl Kernels for GpuKernels {
         self.gpu.traffic()
     }
 
+    fn device(&self) -> String {
+        self.gpu.fingerprint.to_string()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError> {
         const OP: &str = "matmul";
         check_matmul(a, b, shape)?;

@@ -112,6 +112,12 @@ pub struct RoundProgress {
     pub merged: u32,
     /// Runs taken from one provider and leased to another (timeout, failure).
     pub released: u32,
+    /// Runs of the round the referee accepted so far (its verdicts arrive after the round).
+    #[serde(default)]
+    pub verified: u32,
+    /// Runs of the round the referee rejected so far.
+    #[serde(default)]
+    pub rejected: u32,
     /// Validation loss after the outer step.
     pub val_loss: Option<f64>,
     /// Wall time of the round, milliseconds.
@@ -707,6 +713,9 @@ impl<'k> Bidder<'k> {
                 "round done"
             );
             self.progress.rounds.push(rp);
+            if let Ok(logs) = self.link.logs().await {
+                self.count_verdicts(&logs);
+            }
             self.progress.wall_ms = wall_before_ms + job_started.elapsed().as_millis() as u64;
             self.merged.push(merged);
             self.save_resume();
@@ -1043,6 +1052,32 @@ impl<'k> Bidder<'k> {
         }
     }
 
+    /// Per round, the runs the job's referee accepted and rejected, as this node's copy of its
+    /// log shows them (one verdict per shard, provider and result).
+    fn count_verdicts(&mut self, logs: &BTreeMap<PublicKey, Vec<Entry>>) {
+        let Some(referee) = self.job.referees.first() else {
+            return;
+        };
+        let per_round = self.job.shards_per_round.max(1);
+        let mut seen = BTreeSet::new();
+        let mut counts: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for e in logs.get(referee).map_or(&[][..], Vec::as_slice) {
+            let Body::Verdict(v) = &e.body else { continue };
+            if v.job_id != self.job_id || !seen.insert((v.shard, v.provider, v.output_commitment)) {
+                continue;
+            }
+            let c = counts.entry(v.shard / per_round).or_default();
+            if v.accepted {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+        for rp in &mut self.progress.rounds {
+            (rp.verified, rp.rejected) = counts.get(&rp.round).copied().unwrap_or_default();
+        }
+    }
+
     /// The referee's verdicts on `shard` as this node's copy of its log shows them.
     fn verdicts(
         logs: &BTreeMap<PublicKey, Vec<Entry>>,
@@ -1123,6 +1158,7 @@ impl<'k> Bidder<'k> {
             }
         }
         self.progress.verdicts = (acc, rej);
+        self.count_verdicts(&logs);
         // Every provider holds one lease of the job: from the clearing or a re-clearing.
         let parts: Vec<(&Clearing, &leam_ledger::entry::Assignment)> = own
             .iter()

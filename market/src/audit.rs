@@ -326,37 +326,51 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                         )),
                     }
                 }
-                Body::Verdict(v) => match job_by_id.get(&v.job_id) {
-                    Some((_, job)) if job.is_referee(&e.author) => {
-                        out.verdicts_counted += 1;
-                        let x = verdicts
-                            .entry((v.job_id, v.shard, v.provider, v.output_commitment))
-                            .or_default();
-                        if v.accepted {
-                            x.0 += 1
-                        } else {
-                            x.1 += 1
+                Body::Verdict(v) => {
+                    match job_by_id.get(&v.job_id) {
+                        // A referee never judges its own claim (as the ledger fold counts verdicts).
+                        Some(_) if v.provider == e.author => {
+                            out.verdicts_ignored += 1;
+                            find(
+                                &mut out,
+                                e,
+                                format!(
+                            "verdict on job {} shard {} by {} on its own result: not counted",
+                            hex::encode(v.job_id), v.shard, hex::encode(e.author)
+                        ),
+                            );
                         }
-                    }
-                    Some(_) => {
-                        out.verdicts_ignored += 1;
-                        find(&mut out, e, format!(
+                        Some((_, job)) if job.is_referee(&e.author) => {
+                            out.verdicts_counted += 1;
+                            let x = verdicts
+                                .entry((v.job_id, v.shard, v.provider, v.output_commitment))
+                                .or_default();
+                            if v.accepted {
+                                x.0 += 1
+                            } else {
+                                x.1 += 1
+                            }
+                        }
+                        Some(_) => {
+                            out.verdicts_ignored += 1;
+                            find(&mut out, e, format!(
                             "verdict on job {} shard {} by {}, who is not one of the job's referees: not counted",
                             hex::encode(v.job_id), v.shard, hex::encode(e.author)
                         ));
+                        }
+                        None => {
+                            out.verdicts_ignored += 1;
+                            find(
+                                &mut out,
+                                e,
+                                format!(
+                                    "verdict on job {}, which no log publishes: not counted",
+                                    hex::encode(v.job_id)
+                                ),
+                            );
+                        }
                     }
-                    None => {
-                        out.verdicts_ignored += 1;
-                        find(
-                            &mut out,
-                            e,
-                            format!(
-                                "verdict on job {}, which no log publishes: not counted",
-                                hex::encode(v.job_id)
-                            ),
-                        );
-                    }
-                },
+                }
                 _ => {}
             }
         }

@@ -60,6 +60,17 @@ impl ModelSpec {
         batch: 12,
         init_seed: 1337,
     };
+
+    /// `leam demo`'s shards: 2 layers, 4 heads, 64 wide, context 32, batch 8 (mirrors the
+    /// `demo` preset of `leam train`; `leam-node` tests that the two agree).
+    pub const DEMO: ModelSpec = ModelSpec {
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 64,
+        block_size: 32,
+        batch: 8,
+        init_seed: 1337,
+    };
 }
 
 /// A job description (`specs/market.md` §2).
@@ -556,12 +567,13 @@ impl JobFile {
     pub fn model(&self) -> Result<ModelSpec, JobError> {
         let base = match self.preset.as_deref() {
             Some("nanogpt-cpu") => Some(ModelSpec::NANOGPT_CPU),
+            Some("demo") => Some(ModelSpec::DEMO),
             None => None,
             Some(other) => {
                 return Err(JobError::Value {
                     line: 0,
                     field: "preset",
-                    reason: format!("unknown preset {other:?} (expected nanogpt-cpu)"),
+                    reason: format!("unknown preset {other:?} (expected nanogpt-cpu or demo)"),
                 })
             }
         };

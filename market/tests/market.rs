@@ -214,6 +214,21 @@ n_layer = 2
     assert_eq!(f.replication_ppm().unwrap(), 25_000);
     let r = f.referee_keys().unwrap();
     assert_eq!(r, vec![[1u8; 32], [2u8; 32]]);
+    let with_preset = |preset: &str| {
+        JobFile::parse(&format!(
+            "name = \"d\"\npreset = \"{preset}\"\ncorpus = \"c.txt\"\nrounds = 1\nshards_per_round = 1\ninner_steps = 2\nreferees = []\ndeadline_minutes = 5\nmax_price_cents_per_kilo_unit = 1\n"
+        ))
+        .unwrap()
+    };
+    assert_eq!(
+        with_preset("demo").model().unwrap(),
+        leam_market::job::ModelSpec::DEMO
+    );
+    let err = with_preset("gpt-5").model().unwrap_err().to_string();
+    assert!(
+        err.contains("\"gpt-5\"") && err.contains("nanogpt-cpu or demo"),
+        "{err}"
+    );
     let err = JobFile::parse("name = \"x\"\nbogus = 1\n")
         .unwrap_err()
         .to_string();
@@ -521,6 +536,25 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         }),
     );
     found(&x.logs, "not one of the job's referees");
+    // A referee judging its own result (as the ledger fold, the audit never counts it).
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    x.append(
+        3,
+        1_000_500,
+        Body::Verdict(Verdict {
+            job_id: job.id(),
+            shard: 1,
+            provider: pk(3),
+            output_commitment: [3; 32],
+            accepted: true,
+        }),
+    );
+    found(&x.logs, "on its own result: not counted");
+    assert_eq!(audit(&x.logs).verdicts_counted, 1);
     // Overpayment: one more cent than the verified work is worth.
     let mut x = Book {
         logs: b.logs.clone(),

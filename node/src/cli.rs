@@ -521,6 +521,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn job_file_presets_are_the_train_presets() {
+        use leam_market::job::ModelSpec;
+        for (preset, spec) in [
+            (Preset::NanogptCpu, ModelSpec::NANOGPT_CPU),
+            (Preset::Demo, ModelSpec::DEMO),
+        ] {
+            let t = TrainSettings::of(Some(preset));
+            assert_eq!(
+                (t.n_layer, t.n_head, t.n_embd, t.block_size, t.batch_size),
+                (
+                    spec.n_layer as usize,
+                    spec.n_head as usize,
+                    spec.n_embd as usize,
+                    spec.block_size as usize,
+                    spec.batch as usize
+                ),
+                "{preset:?}"
+            );
+            assert_eq!(t.seed, spec.init_seed, "{preset:?}");
+        }
+    }
+
+    #[test]
     fn auto_decisions_survive_their_json_form() {
         use leam_compute::numerics::backend::AutoDecision;
         for d in [

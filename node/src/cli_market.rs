@@ -385,8 +385,8 @@ pub struct DepositArgs {
     /// Node directory of the running node.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Amount, EUR cents.
-    #[arg(long)]
+    /// Amount, EUR cents (`--eur` is the same flag).
+    #[arg(long, visible_alias = "eur")]
     pub eur_cents: u64,
     /// Public funding or private money (kept apart in the report).
     #[arg(long, value_enum)]
@@ -812,12 +812,14 @@ fn wait_job(dir: &Path, prefix: &str, limit_s: u64) -> anyhow::Result<()> {
                 .take_while(|r| !running || round_evaluated(r))
             {
                 eprintln!(
-                    "round {}: {} runs, {} mismatched, {} merged, {} re-leased, val loss {}",
+                    "round {}: {} runs, {} mismatched, {} merged, {} re-leased, {} accepted and {} rejected by the referee so far, val loss {}",
                     r["round"],
                     r["runs"],
                     r["mismatched"],
                     r["merged"],
                     r["released"],
+                    r["verified"],
+                    r["rejected"],
                     round_loss(r)
                 );
                 shown += 1;
@@ -908,9 +910,9 @@ pub fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
             );
             for r in pr["rounds"].as_array().into_iter().flatten() {
                 println!(
-                    "      round {}: {} shards, {} runs, {} replicated, {} mismatched, {} merged, {} re-leased, val loss {}",
+                    "      round {}: {} shards, {} runs, {} replicated, {} mismatched, {} merged, {} re-leased, {} accepted, {} rejected, val loss {}",
                     r["round"], r["shards"], r["runs"], r["replicated"], r["mismatched"],
-                    r["merged"], r["released"], round_loss(r)
+                    r["merged"], r["released"], r["verified"], r["rejected"], round_loss(r)
                 );
             }
             if let Some([acc, rej]) = pr["verdicts"].as_array().map(|v| [&v[0], &v[1]]) {

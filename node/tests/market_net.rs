@@ -656,7 +656,8 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
     let rounds = last["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4, "{last}");
     // The rounds before the kill are kept as they were (a round still being evaluated when the
-    // bidder died is evaluated after the restart); the loss keeps falling after it.
+    // bidder died is evaluated after the restart, and verdicts keep arriving); the loss keeps
+    // falling after it.
     for (after, before) in rounds[..done_before]
         .iter()
         .zip(before["rounds"].as_array().unwrap())
@@ -664,6 +665,13 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
         let mut before = before.clone();
         if before["val_loss"].is_null() {
             before["val_loss"] = after["val_loss"].clone();
+        }
+        for so_far in ["verified", "rejected"] {
+            assert!(
+                after[so_far].as_u64() >= before[so_far].as_u64(),
+                "{after} {before}"
+            );
+            before[so_far] = after[so_far].clone();
         }
         assert_eq!(after, &before);
     }

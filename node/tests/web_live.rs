@@ -238,6 +238,8 @@ fn live_nodes_serve_their_logs_and_accept_signed_entries() {
             mismatched: 0,
             merged: 2,
             released: 1,
+            verified: 2,
+            rejected: 0,
             val_loss: Some(3.5),
             wall_ms: 4_200,
         }],

@@ -678,6 +678,8 @@ fn job_section(i: usize, p: &JobProgress, m: &BTreeMap<PublicKey, Membership>) -
                     th.num scope="col" { "Mismatched" }
                     th.num scope="col" { "Merged" }
                     th.num scope="col" { "Re-leased" }
+                    th.num scope="col" { "Accepted" }
+                    th.num scope="col" { "Rejected" }
                     th.num scope="col" { "Validation loss" }
                     th.num scope="col" { "Seconds" }
                 } }
@@ -690,6 +692,8 @@ fn job_section(i: usize, p: &JobProgress, m: &BTreeMap<PublicKey, Membership>) -
                         (round_cell(job, r.round, "mismatched", r.mismatched))
                         (round_cell(job, r.round, "merged", r.merged))
                         (round_cell(job, r.round, "released", r.released))
+                        (round_cell(job, r.round, "verified", r.verified))
+                        (round_cell(job, r.round, "rejected", r.rejected))
                         @match r.val_loss.filter(|v| v.is_finite()) {
                             Some(v) => td.num data-job=(job) data-round=(r.round) data-field="val_loss" data-value=(v) { (format!("{v:.4}")) },
                             None if r.merged == 0 => td.num { "nothing merged" },
@@ -777,8 +781,9 @@ async fn jobs(State(s): State<AppShared>) -> Result<Response, AppError> {
                 dt { "Runs" } dd { "Shard computations that finished, including the second copies of replicated shards." }
                 dt { "Replicated" } dd { "Shards given to two different providers, so that each result checks the other. No provider knows which of its shards are replicated: a secret seed decides, and is published only after the job." }
                 dt { "Mismatched" } dd { "Replicated shards whose two results differed. The job's referee (a member named in the job) then finds the first training step where the two differ and recomputes that step itself: the result that matches is accepted, the other is rejected. A rejected result is not paid, and the referee records evidence against its provider in the ledger." }
-                dt { "Merged" } dd { "Shards whose result went into the model." }
+                dt { "Merged" } dd { "Shards whose result went into the model. A mismatched shard is left out of its round rather than holding every provider up while the referee decides." }
                 dt { "Re-leased" } dd { "Runs taken away from a provider that failed or did not finish in time (four times what its offer promised, at least a minute) and given to another provider of the job. This is not an accusation (machines stop), but only finished, accepted runs are paid." }
+                dt { "Accepted, rejected" } dd { "The referee's verdicts on the round's runs so far: they arrive while the next round runs." }
                 dt { "Verdicts" } dd { "The referee's decision on every finished run: accepted runs are paid at the lease's price, rejected ones are not." }
                 dt { "Data moved" } dd { "Providers exchange the model once per round instead of gradients at every training step (DiLoCo), so jobs can run across organisations over ordinary internet links." }
             }

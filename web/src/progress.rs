@@ -46,6 +46,10 @@ pub struct RoundProgress {
     pub merged: u32,
     /// Runs taken from a provider (timeout, failure) and leased to another.
     pub released: u32,
+    /// Runs of the round the job's referee accepted so far (verdicts arrive after the round).
+    pub verified: u32,
+    /// Runs of the round the job's referee rejected so far.
+    pub rejected: u32,
     /// Validation loss after the round's outer step (null when nothing was merged).
     pub val_loss: Option<f64>,
     /// Wall time of the round, milliseconds.

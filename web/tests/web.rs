@@ -574,11 +574,11 @@ fn progress_doc(job: &str) -> serde_json::Value {
         "val_loss_start": 4.1725,
         "rounds": [
             { "round": 0, "shards": 4, "runs": 6, "replicated": 2, "mismatched": 1, "merged": 4,
-              "released": 1, "val_loss": 3.25, "wall_ms": 12_345 },
+              "released": 1, "verified": 5, "rejected": 1, "val_loss": 3.25, "wall_ms": 12_345 },
             { "round": 1, "shards": 4, "runs": 5, "replicated": 1, "mismatched": 0, "merged": 0,
-              "released": 3, "val_loss": null, "wall_ms": 60_000 },
+              "released": 3, "verified": 5, "rejected": 0, "val_loss": null, "wall_ms": 60_000 },
             { "round": 2, "shards": 4, "runs": 6, "replicated": 2, "mismatched": 0, "merged": 4,
-              "released": 0, "val_loss": 2.5, "wall_ms": 9_000 }
+              "released": 0, "verified": 6, "rejected": 0, "val_loss": 2.5, "wall_ms": 9_000 }
         ],
         "device_ms": { hex::encode(pk(1)): 84_000, hex::encode(pk(9)): 1_500 },
         "primary_units": 12_000,
@@ -677,6 +677,8 @@ async fn jobs_progress_is_served_and_shown_and_bad_files_are_skipped() {
         (0, "mismatched", "1"),
         (0, "merged", "4"),
         (0, "released", "1"),
+        (0, "verified", "5"),
+        (0, "rejected", "1"),
         (0, "val_loss", "3.25"),
         (0, "wall_ms", "12345"),
         (1, "released", "3"),

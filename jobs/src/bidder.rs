@@ -817,6 +817,28 @@ impl<'k> Bidder<'k> {
                             }
                             Err(e) => {
                                 tracing::warn!(shard, provider = %short(&t.provider), error = %e, "a result that does not answer its spec");
+                                // One that decodes (a lazy provider replaying an old result) is
+                                // receipted if its provider signs for it, and judged: the
+                                // referee's rejection and evidence go on record, and it is paid
+                                // nothing. The shard goes to another provider either way.
+                                if let Ok(r) = ShardResult::decode(&result) {
+                                    let (w, p) = (t.worker, t.provider);
+                                    if self
+                                        .propose_receipt(slots, specs, w, p, &r, device_ms)
+                                        .await
+                                    {
+                                        let judge = WorkRequest::Judge {
+                                            job_id: self.job_id,
+                                            shard,
+                                            spec: spec.encode(),
+                                            claims: vec![Claim {
+                                                provider: p,
+                                                result: r.encode(),
+                                            }],
+                                        };
+                                        self.send_judge(judge).await;
+                                    }
+                                }
                                 self.relocate(t, &providers, &siblings, rp, shard).await?;
                             }
                         }
@@ -1028,25 +1050,40 @@ impl<'k> Bidder<'k> {
         let Some((r, device_ms)) = &t.done else {
             return false;
         };
+        self.propose_receipt(slots, specs, t.worker, t.provider, r, *device_ms)
+            .await
+    }
+
+    /// Propose the receipt of `provider`'s result `r` for `worker`'s shard; whether it is
+    /// recorded (the provider co-signs only what it ran).
+    async fn propose_receipt(
+        &self,
+        slots: &[Slot],
+        specs: &[ShardSpec],
+        worker: usize,
+        provider: PublicKey,
+        r: &ShardResult,
+        device_ms: u64,
+    ) -> bool {
         let shard = slots
             .iter()
-            .find(|s| s.worker as usize == t.worker)
+            .find(|s| s.worker as usize == worker)
             .map_or(0, |s| s.shard);
         let terms = ReceiptTerms {
             job_id: self.job_id,
             shard,
             bidder: self.me,
-            provider: t.provider,
-            input_commitment: specs[t.worker].id(),
+            provider,
+            input_commitment: specs[worker].id(),
             output_commitment: r.id(),
             compute_units: r.compute_units,
-            gpu_ms: *device_ms,
+            gpu_ms: device_ms,
             device_fingerprint: Sha256::digest(r.fingerprint.as_bytes()).into(),
         };
         match self.link.propose(Fact::Receipt(terms)).await {
             Ok(_) => true,
             Err(e) => {
-                tracing::info!(shard, provider = %short(&t.provider), error = %e, "receipt not co-signed yet");
+                tracing::info!(shard, provider = %short(&provider), error = %e, "receipt not co-signed yet");
                 false
             }
         }

@@ -402,6 +402,38 @@ fn replay_evidence_against_a_delta_liar_holds() {
     expect(&o, "Fails", "full replay gives the claimed");
 }
 
+/// A lazy provider answers with an old result (here: the honest result of the shard before,
+/// which ran fewer steps from the same start): even unreplicated, the referee rejects it on
+/// its face, and the evidence holds for an auditor with the co-signed receipt of that claim.
+#[test]
+fn a_lazy_provider_replaying_an_old_result_is_rejected_with_evidence_that_holds() {
+    let corpus = corpus();
+    let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
+    let s = setup(&runner, &corpus);
+    let old_spec = runner
+        .spec_for(&s.start, s.spec.data_start, s.spec.data_end, STEPS - 1)
+        .unwrap();
+    let old = run_shard(&runner, &old_spec, &s.start).unwrap();
+    assert!(old.result.check_against(&s.spec).is_err());
+    let v = judge(
+        &runner,
+        &s,
+        std::slice::from_ref(&old.result),
+        &mut [old.log.clone()],
+    );
+    assert!(!v[0].accepted, "{v:?}");
+    assert!(v[0].reason.contains("does not answer the spec"), "{v:?}");
+    let ev = v[0]
+        .evidence
+        .clone()
+        .expect("evidence against the old result");
+    let o = check(&corpus, &s, &receipt_log(&s.spec, &old.result), &ev);
+    expect(&o, "Holds", "does not answer its spec");
+    // Without the accused's receipt for that claim the document proves nothing.
+    let o = check(&corpus, &s, &receipt_log(&s.spec, &s.honest.result), &ev);
+    expect(&o, "Fails", "no receipt co-signed by the accused");
+}
+
 /// The fold counts checked evidence against the accused and lists the rest with the reason.
 #[test]
 fn the_accounting_counts_only_evidence_that_checks() {

@@ -42,8 +42,8 @@ use crate::plan::{self, Slot};
 /// How often the bidder polls its providers (a poll is one small request per running shard;
 /// a round ends at most this long after its last run finished).
 pub const POLL_MS: u64 = 20;
-/// How often the bidder looks for the referee's verdicts in the logs its node holds while a
-/// round waits for them (each look decodes the node's copies of the logs).
+/// How often the bidder looks for the referee's verdicts in the logs its node holds while the
+/// job waits for them before settling (each look decodes the node's copies of the logs).
 pub const VERDICT_POLL_MS: u64 = 50;
 /// Longest wait for the referee's verdicts after the last round.
 pub const VERDICT_WAIT_MS: u64 = 120_000;
@@ -182,6 +182,12 @@ pub struct Replacement {
 
 /// A validation loss being computed on a blocking thread.
 type Evaluation = tokio::task::JoinHandle<Result<f64, JobError>>;
+
+/// The loss an [`Evaluation`] computed.
+async fn evaluated(eval: Evaluation) -> Result<f64, JobError> {
+    eval.await
+        .map_err(|e| JobError::Compute(format!("evaluation: {e}")))?
+}
 
 /// A running job, as the bidder holds it.
 pub struct Bidder<'k> {
@@ -429,9 +435,7 @@ impl<'k> Bidder<'k> {
         let Some((index, eval)) = pending else {
             return Ok(());
         };
-        let loss = eval
-            .await
-            .map_err(|e| JobError::Compute(format!("evaluation: {e}")))??;
+        let loss = evaluated(eval).await?;
         if let Some(rp) = self.progress.rounds.get_mut(index) {
             rp.val_loss = Some(loss);
             tracing::info!(job = %short(&self.job_id), round = rp.round, val_loss = loss, "round evaluated");
@@ -483,11 +487,7 @@ impl<'k> Bidder<'k> {
         drop(logs);
         let resumed = self.merged.len() as u32;
         if resumed == 0 {
-            let loss = self
-                .eval(start.clone())
-                .await
-                .map_err(|e| JobError::Compute(format!("evaluation: {e}")))??;
-            self.progress.val_loss_start = Some(loss);
+            self.progress.val_loss_start = Some(evaluated(self.eval(start.clone())).await?);
         } else {
             tracing::info!(job = %short(&self.job_id), rounds = resumed, "resuming: replaying the recorded outer steps");
         }

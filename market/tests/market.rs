@@ -518,41 +518,31 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
             a.findings
         );
     };
-    // A verdict by a non-referee.
-    let mut x = Book {
-        logs: b.logs.clone(),
-        keys: b.keys.clone(),
-        job: job.clone(),
+    // The book with one more verdict, written by member `author`.
+    let with_verdict = |author, shard, provider, output_commitment, accepted| {
+        let mut x = Book {
+            logs: b.logs.clone(),
+            keys: b.keys.clone(),
+            job: job.clone(),
+        };
+        x.append(
+            author,
+            1_000_500,
+            Body::Verdict(Verdict {
+                job_id: job.id(),
+                shard,
+                provider,
+                output_commitment,
+                accepted,
+            }),
+        );
+        x
     };
-    x.append(
-        2,
-        1_000_500,
-        Body::Verdict(Verdict {
-            job_id: job.id(),
-            shard: 0,
-            provider: pk(1),
-            output_commitment: [2; 32],
-            accepted: false,
-        }),
-    );
+    // A verdict by a non-referee.
+    let x = with_verdict(2, 0, pk(1), [2; 32], false);
     found(&x.logs, "not one of the job's referees");
     // A referee judging its own result (as the ledger fold, the audit never counts it).
-    let mut x = Book {
-        logs: b.logs.clone(),
-        keys: b.keys.clone(),
-        job: job.clone(),
-    };
-    x.append(
-        3,
-        1_000_500,
-        Body::Verdict(Verdict {
-            job_id: job.id(),
-            shard: 1,
-            provider: pk(3),
-            output_commitment: [3; 32],
-            accepted: true,
-        }),
-    );
+    let x = with_verdict(3, 1, pk(3), [3; 32], true);
     found(&x.logs, "on its own result: not counted");
     assert_eq!(audit(&x.logs).verdicts_counted, 1);
     // Overpayment: one more cent than the verified work is worth.

@@ -1172,7 +1172,8 @@ impl<'k> Bidder<'k> {
             tokio::time::sleep(Duration::from_millis(VERDICT_POLL_MS)).await;
         };
         let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
-        let mut units: BTreeMap<PublicKey, u64> = BTreeMap::new();
+        // Per provider, its accepted receipts: (fact id, units).
+        let mut verified: BTreeMap<PublicKey, Vec<(Digest32, u64)>> = BTreeMap::new();
         let (mut acc, mut rej) = (0u64, 0u64);
         let mut seen = std::collections::BTreeSet::new();
         for e in own {
@@ -1189,7 +1190,12 @@ impl<'k> Bidder<'k> {
                 .collect();
             if !mine.is_empty() && mine.iter().all(|ok| *ok) {
                 acc += 1;
-                *units.entry(r.provider).or_default() += r.compute_units;
+                if let Some(fact) = e.body.cosigned() {
+                    verified
+                        .entry(r.provider)
+                        .or_default()
+                        .push((fact.fact_id, r.compute_units));
+                }
             } else if mine.iter().any(|ok| !ok) {
                 rej += 1;
             }
@@ -1211,33 +1217,44 @@ impl<'k> Bidder<'k> {
             {
                 continue;
             }
-            let owed = owed_cents(
-                units.get(&a.provider).copied().unwrap_or(0),
-                c.price_cents_per_kilo_unit,
-                lease.price_cents,
-            );
-            let share =
-                leam_market::settle::split(owed, self.money.sector, self.money.subsidy_percent)
-                    .bidder_cents;
-            if share == 0 {
-                continue;
-            }
-            let terms = SettlementTerms {
-                job_id: self.job_id,
-                payer: self.me,
-                payee: a.provider,
-                credits_cents: share,
-            };
-            match self.link.propose(Fact::Settlement(terms)).await {
-                Ok(_) => {
-                    *self
-                        .progress
-                        .paid_cents
-                        .entry(hex::encode(a.provider))
-                        .or_default() += share;
+            // The provider's accepted receipts, paid by settlements of at most
+            // SETTLEMENT_RECEIPTS_MAX receipts each, each for what its receipts are worth (the
+            // lease's total never exceeded).
+            let mut receipts = verified.remove(&a.provider).unwrap_or_default();
+            receipts.sort_unstable();
+            let mut left = lease.price_cents;
+            for chunk in receipts.chunks(leam_ledger::entry::SETTLEMENT_RECEIPTS_MAX) {
+                let units = chunk.iter().fold(0u64, |n, (_, u)| n.saturating_add(*u));
+                let worth =
+                    owed_cents(units, c.price_cents_per_kilo_unit, lease.price_cents).min(left);
+                left -= worth;
+                let share = leam_market::settle::split(
+                    worth,
+                    self.money.sector,
+                    self.money.subsidy_percent,
+                )
+                .bidder_cents;
+                if share == 0 {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(provider = %short(&a.provider), error = %e, "settlement not co-signed")
+                let terms = SettlementTerms {
+                    job_id: self.job_id,
+                    payer: self.me,
+                    payee: a.provider,
+                    credits_cents: share,
+                    receipts: chunk.iter().map(|(id, _)| *id).collect(),
+                };
+                match self.link.propose(Fact::Settlement(terms)).await {
+                    Ok(_) => {
+                        *self
+                            .progress
+                            .paid_cents
+                            .entry(hex::encode(a.provider))
+                            .or_default() += share;
+                    }
+                    Err(e) => {
+                        tracing::warn!(provider = %short(&a.provider), error = %e, "settlement not co-signed")
+                    }
                 }
             }
         }

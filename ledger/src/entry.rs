@@ -44,6 +44,8 @@ pub const SOURCE_BYTES_MAX: usize = 512;
 pub const CLEARING_VIEWS_MAX: usize = 256;
 /// Most providers a clearing record may assign shards to.
 pub const CLEARING_ASSIGNMENTS_MAX: usize = 256;
+/// Receipts one settlement pays at most (32 KiB of fact ids; more are paid by several).
+pub const SETTLEMENT_RECEIPTS_MAX: usize = 1024;
 /// Prefix of the message the author signs.
 pub const ENTRY_SIGNING_CONTEXT: &[u8] = b"leam/entry/v1\0";
 /// Prefix of the message a counterparty signs for a co-signed fact.
@@ -144,6 +146,14 @@ pub enum DecodeError {
     TrailingBytes {
         /// Number of extra bytes.
         found: usize,
+    },
+    /// A list whose only encoding is strictly ascending is not.
+    #[error("field `{field}` element {index} is not greater than the one before (the list must be strictly ascending)")]
+    NotAscending {
+        /// The list.
+        field: &'static str,
+        /// The first element out of order.
+        index: usize,
     },
 }
 
@@ -544,6 +554,11 @@ pub struct SettlementTerms {
     pub payee: PublicKey,
     /// Credits (EUR cents) moved.
     pub credits_cents: u64,
+    /// Fact ids of the receipts this settlement pays (≤ [`SETTLEMENT_RECEIPTS_MAX`], strictly
+    /// ascending): the audit checks that each is a run of the payee for this job that the
+    /// job's referee accepted, and that the credits do not exceed what they are worth.
+    #[serde(serialize_with = "ser_hex_list")]
+    pub receipts: Vec<Digest32>,
 }
 
 /// Verification verdict on one shard, authored by the referee.
@@ -1108,13 +1123,34 @@ impl Terms for SettlementTerms {
         w.extend_from_slice(&self.payer);
         w.extend_from_slice(&self.payee);
         w.extend_from_slice(&self.credits_cents.to_be_bytes());
+        w.extend_from_slice(&(self.receipts.len() as u32).to_be_bytes());
+        for id in &self.receipts {
+            w.extend_from_slice(id);
+        }
     }
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let job_id = r.array("job_id")?;
+        let payer = r.array("payer")?;
+        let payee = r.array("payee")?;
+        let credits_cents = r.u64("credits_cents")?;
+        let n = r.count("receipts", SETTLEMENT_RECEIPTS_MAX)?;
+        let mut receipts: Vec<Digest32> = Vec::with_capacity(n);
+        for index in 0..n {
+            let id = r.array("receipts")?;
+            if receipts.last().is_some_and(|last| *last >= id) {
+                return Err(DecodeError::NotAscending {
+                    field: "receipts",
+                    index,
+                });
+            }
+            receipts.push(id);
+        }
         Ok(SettlementTerms {
-            job_id: r.array("job_id")?,
-            payer: r.array("payer")?,
-            payee: r.array("payee")?,
-            credits_cents: r.u64("credits_cents")?,
+            job_id,
+            payer,
+            payee,
+            credits_cents,
+            receipts,
         })
     }
 }

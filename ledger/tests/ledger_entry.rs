@@ -140,8 +140,13 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
         }),
         {
             let other = other.clone();
-            (any::<[u8; 32]>(), any::<u64>(), any::<bool>()).prop_map(
-                move |(job_id, credits_cents, pays)| {
+            (
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                any::<bool>(),
+                proptest::collection::btree_set(any::<[u8; 32]>(), 0..4),
+            )
+                .prop_map(move |(job_id, credits_cents, pays, receipts)| {
                     let (payer, payee) = if pays { (a, o) } else { (o, a) };
                     Body::Settlement(
                         SettlementTerms {
@@ -149,11 +154,11 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                             payer,
                             payee,
                             credits_cents,
+                            receipts: receipts.into_iter().collect(),
                         }
                         .cosign(&other),
                     )
-                },
-            )
+                })
         },
         (
             any::<[u8; 32]>(),
@@ -378,6 +383,7 @@ fn cosignature_must_come_from_the_other_party() {
         payer: a.verifying_key().to_bytes(),
         payee: b.verifying_key().to_bytes(),
         credits_cents: 500,
+        receipts: vec![[1; 32], [2; 32]],
     };
     let good = Entry::sign(&a, 1, 1, Body::Settlement(terms.clone().cosign(&b)));
     assert_eq!(good.verify(), Ok(()));
@@ -476,4 +482,50 @@ fn print_spec_examples() {
         }
         println!("```");
     }
+}
+
+/// A settlement's receipts have one encoding: strictly ascending, at most
+/// `SETTLEMENT_RECEIPTS_MAX`; anything else is refused with the element or the count.
+#[test]
+fn settlement_receipts_must_be_strictly_ascending_and_bounded() {
+    let (a, b) = (key(10), key(11));
+    let settle = |receipts: Vec<[u8; 32]>| {
+        let terms = SettlementTerms {
+            job_id: [0; 32],
+            payer: a.verifying_key().to_bytes(),
+            payee: b.verifying_key().to_bytes(),
+            credits_cents: 500,
+            receipts,
+        };
+        Entry::sign(&a, 1, 1, Body::Settlement(terms.cosign(&b))).encode()
+    };
+    let ok = settle(vec![[1; 32], [2; 32]]);
+    assert!(Entry::decode(&ok).is_ok());
+    for (receipts, index) in [
+        (vec![[2; 32], [1; 32]], 1),
+        (vec![[1; 32], [3; 32], [3; 32]], 2),
+    ] {
+        assert_eq!(
+            Entry::decode(&settle(receipts)),
+            Err(DecodeError::NotAscending {
+                field: "receipts",
+                index
+            })
+        );
+    }
+    let many: Vec<[u8; 32]> = (0..=SETTLEMENT_RECEIPTS_MAX as u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        })
+        .collect();
+    assert_eq!(
+        Entry::decode(&settle(many)),
+        Err(DecodeError::LengthOverMax {
+            field: "receipts",
+            found: SETTLEMENT_RECEIPTS_MAX as u64 + 1,
+            max: SETTLEMENT_RECEIPTS_MAX
+        })
+    );
 }

@@ -623,6 +623,7 @@ fn busy_log(dir: &Path) -> (Log, Vec<Vec<u8>>) {
         payer: pk(1),
         payee: pk(2),
         credits_cents: 300,
+        receipts: vec![],
     };
     notes.push(append(
         &mut log,
@@ -1285,6 +1286,7 @@ fn detached_cosignature_equals_in_process_and_is_checked() {
         payer: pk(2),
         payee: pk(1),
         credits_cents: 9,
+        receipts: vec![],
     };
     let s = settlement.cosignature(&sk(1));
     assert_eq!(

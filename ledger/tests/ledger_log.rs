@@ -293,6 +293,7 @@ fn overdraw_is_rejected_at_append() {
             payer: a_pk,
             payee: b_pk,
             credits_cents: cents,
+            receipts: vec![],
         };
         a.sign_next(offset, T0 + 5, Body::Settlement(terms.cosign(&b_key)))
     };
@@ -550,6 +551,7 @@ fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
         payer: bpk,
         payee: apk,
         credits_cents: 2_500,
+        receipts: vec![],
     };
     let admit = |pk, org: &str, sector| {
         Body::Admission(Admission {

@@ -75,6 +75,21 @@ pub struct MarketAudit {
     /// Settlements paid, by (job, payer, payee) (not in the JSON).
     #[serde(skip)]
     pub paid_cents: BTreeMap<(Digest32, PublicKey, PublicKey), u64>,
+    /// Every settlement (once per fact) with what its receipts are worth at the payee's lease
+    /// price (`settle::worth_cents`; not in the JSON).
+    #[serde(skip)]
+    pub settled: Vec<Settled>,
+}
+
+/// A settlement as the audit resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Its terms.
+    pub terms: leam_ledger::entry::SettlementTerms,
+    /// The bidder of the job's lease with the payee.
+    pub bidder: Option<PublicKey>,
+    /// What its receipts are worth: the referee-verified ones among them, at the lease price.
+    pub worth_cents: u64,
 }
 
 impl MarketAudit {
@@ -380,6 +395,10 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
     seen.clear();
     let mut verified_units: BTreeMap<(Digest32, PublicKey), u64> = BTreeMap::new();
     let mut paid: BTreeMap<(Digest32, PublicKey), (u64, &Entry)> = BTreeMap::new();
+    // Receipts by fact id: terms and whether the referee accepted them (and none rejected).
+    let mut receipts: BTreeMap<Digest32, (&leam_ledger::entry::ReceiptTerms, bool)> =
+        BTreeMap::new();
+    let mut settlements: Vec<(&Entry, &leam_ledger::entry::SettlementTerms)> = Vec::new();
     for entries in logs.values() {
         for e in entries {
             if !fact_id(e).is_none_or(|f| seen.insert(f)) {
@@ -404,9 +423,13 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                         let v = verified_units.entry((t.job_id, t.provider)).or_default();
                         *v = v.saturating_add(t.compute_units);
                     }
+                    if let Some(id) = fact_id(e) {
+                        receipts.insert(id, (t, acc > 0 && rej == 0));
+                    }
                 }
                 Body::Settlement(c) => {
                     out.settlements += 1;
+                    settlements.push((e, &c.terms));
                     let by = out
                         .paid_cents
                         .entry((c.terms.job_id, c.terms.payer, c.terms.payee))
@@ -469,21 +492,112 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
             ),
         );
     }
+    // 5b. Each settlement pays named receipts: runs of the payee for the job that the referee
+    // accepted, each at most once per payer, for no more than they are worth.
+    let mut paid_by: BTreeSet<(PublicKey, Digest32)> = BTreeSet::new();
+    for (e, t) in &settlements {
+        let lease = leased
+            .iter()
+            .find(|((j, _, p), _)| *j == t.job_id && *p == t.payee);
+        let mut units = 0u64;
+        if t.receipts.is_empty() {
+            find(
+                &mut out,
+                e,
+                format!(
+                    "settlement of {} cents to {} for job {} names no receipt it pays",
+                    t.credits_cents,
+                    hex::encode(t.payee),
+                    hex::encode(t.job_id)
+                ),
+            );
+        }
+        for id in &t.receipts {
+            match receipts.get(id) {
+                Some((r, verified)) if r.job_id == t.job_id && r.provider == t.payee => {
+                    if !verified {
+                        find(&mut out, e, format!(
+                            "settlement pays receipt {} (shard {}), which the job's referee did not accept",
+                            hex::encode(id), r.shard
+                        ));
+                    } else if !paid_by.insert((t.payer, *id)) {
+                        find(
+                            &mut out,
+                            e,
+                            format!(
+                                "settlement pays receipt {} (shard {}) that {} already paid",
+                                hex::encode(id),
+                                r.shard,
+                                hex::encode(t.payer)
+                            ),
+                        );
+                    } else {
+                        units = units.saturating_add(r.compute_units);
+                    }
+                }
+                Some(_) => find(
+                    &mut out,
+                    e,
+                    format!(
+                        "settlement pays receipt {}, which is not a run of {} for job {}",
+                        hex::encode(id),
+                        hex::encode(t.payee),
+                        hex::encode(t.job_id)
+                    ),
+                ),
+                None => find(
+                    &mut out,
+                    e,
+                    format!(
+                        "settlement pays receipt {}, which no log holds",
+                        hex::encode(id)
+                    ),
+                ),
+            }
+        }
+        let worth = lease.map_or(0, |(_, (_, price, lease_cents))| {
+            owed_cents(units, *price, *lease_cents)
+        });
+        if t.credits_cents > worth {
+            find(
+                &mut out,
+                e,
+                format!(
+                    "settlement pays {} cents for receipts worth {} cents at the lease price",
+                    t.credits_cents, worth
+                ),
+            );
+        }
+        out.settled.push(Settled {
+            terms: (*t).clone(),
+            bidder: lease.map(|((_, b, _), _)| *b),
+            worth_cents: worth,
+        });
+    }
+    // The bidder's and the pool's settlements to a provider for a job together never exceed
+    // what the receipt sets they pay are worth, nor the provider's leases.
     for ((job_id, payee), (cents, e)) in &paid {
-        let owed: u64 = leased
+        let mut sets: BTreeMap<&[Digest32], u64> = BTreeMap::new();
+        for x in out
+            .settled
+            .iter()
+            .filter(|x| x.terms.job_id == *job_id && x.terms.payee == *payee)
+        {
+            let w = sets.entry(&x.terms.receipts).or_default();
+            *w = (*w).max(x.worth_cents);
+        }
+        let lease_cents: u64 = leased
             .iter()
             .filter(|((j, _, p), _)| j == job_id && p == payee)
-            .map(|(_, (_, price, lease_cents))| {
-                owed_cents(
-                    verified_units.get(&(*job_id, *payee)).copied().unwrap_or(0),
-                    *price,
-                    *lease_cents,
-                )
-            })
-            .sum();
+            .map(|(_, (_, _, c))| *c)
+            .fold(0, u64::saturating_add);
+        let owed = sets
+            .values()
+            .fold(0u64, |a, w| a.saturating_add(*w))
+            .min(lease_cents);
         if *cents > owed {
             find(&mut out, e, format!(
-                "settlements pay {} {} cents for job {}, but its referee-verified work at the lease price is worth {} cents",
+                "settlements pay {} {} cents for job {}, but the referee-verified receipts they name are worth {} cents at the lease price",
                 hex::encode(payee), cents, hex::encode(job_id), owed
             ));
         }

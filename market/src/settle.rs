@@ -60,10 +60,10 @@ pub fn public_pool(
         .map(|(_, k)| k)
 }
 
-/// The subsidy settlements `pool` still owes (`specs/market.md` §5): for every lease of a
-/// startup's job whose bidder has paid its share to the provider, the public share of what the
-/// referee-verified work is owed ([`split`]) less what the pool already paid that provider for
-/// the job. The pool pays no one when it is the provider itself (its share stays with it).
+/// The subsidy settlements `pool` still owes (`specs/market.md` §5): for every settlement a
+/// startup paid to a provider of its job, the public share of what that settlement's receipts
+/// are worth ([`split`]), with the same receipts, unless the pool paid them already. The pool
+/// pays no one when it is the provider itself (its share stays with it).
 pub fn subsidy_due(
     logs: &BTreeMap<PublicKey, Vec<Entry>>,
     sectors: &BTreeMap<PublicKey, Sector>,
@@ -71,30 +71,32 @@ pub fn subsidy_due(
     subsidy_percent: u8,
 ) -> Vec<SettlementTerms> {
     let audit = crate::audit::audit(logs);
-    let paid = |job, payer, payee| {
-        audit
-            .paid_cents
-            .get(&(job, payer, payee))
-            .copied()
-            .unwrap_or(0)
+    let paid_by_pool = |s: &SettlementTerms| {
+        audit.settled.iter().any(|x| {
+            x.terms.payer == *pool
+                && x.terms.payee == s.payee
+                && x.terms.job_id == s.job_id
+                && x.terms.receipts == s.receipts
+        })
     };
-    let mut out = Vec::new();
-    for ((job_id, bidder, provider), owed) in &audit.owed_cents {
-        if sectors.get(bidder) != Some(&Sector::Startup) || provider == pool || bidder == pool {
+    let mut out: Vec<SettlementTerms> = Vec::new();
+    for x in &audit.settled {
+        let s = &x.terms;
+        let by_startup =
+            x.bidder == Some(s.payer) && sectors.get(&s.payer) == Some(&Sector::Startup);
+        if !by_startup || s.payee == *pool || s.payer == *pool || paid_by_pool(s) {
             continue;
         }
-        if paid(*job_id, *bidder, *provider) == 0 {
-            continue;
-        }
-        let share = split(*owed, Sector::Startup, subsidy_percent).public_cents;
-        let due = share.saturating_sub(paid(*job_id, *pool, *provider));
-        if due > 0 {
-            out.push(SettlementTerms {
-                job_id: *job_id,
-                payer: *pool,
-                payee: *provider,
-                credits_cents: due,
-            });
+        let due = split(x.worth_cents, Sector::Startup, subsidy_percent).public_cents;
+        let terms = SettlementTerms {
+            job_id: s.job_id,
+            payer: *pool,
+            payee: s.payee,
+            credits_cents: due,
+            receipts: s.receipts.clone(),
+        };
+        if due > 0 && !out.contains(&terms) {
+            out.push(terms);
         }
     }
     out

@@ -471,7 +471,8 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         gpu_ms: 1234,
         device_fingerprint: [1; 32],
     };
-    b.both(1, 10, 1_000_200, receipt, Body::Receipt);
+    let receipt_id = receipt.fact_id();
+    b.both(1, 10, 1_000_200, receipt.clone(), Body::Receipt);
     b.append(
         3,
         1_000_300,
@@ -488,6 +489,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         payer: pk(10),
         payee: pk(1),
         credits_cents: 55_000,
+        receipts: vec![receipt_id],
     };
     b.both(10, 1, 1_000_400, pay, Body::Settlement);
     let a = audit(&b.logs);
@@ -556,9 +558,36 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         payer: pk(10),
         payee: pk(1),
         credits_cents: 1,
+        receipts: vec![receipt_id],
     };
-    x.both(10, 1, 1_000_600, pay, Body::Settlement);
+    x.both(10, 1, 1_000_600, pay.clone(), Body::Settlement);
     found(&x.logs, "worth 55000 cents");
+    found(&x.logs, "already paid");
+    // Settlements must name what they pay: receipts that exist, of the payee, accepted.
+    let unaccepted = ReceiptTerms {
+        shard: 1,
+        output_commitment: [4; 32],
+        ..receipt.clone()
+    };
+    for (receipts, needle) in [
+        (vec![], "names no receipt"),
+        (vec![[9; 32]], "which no log holds"),
+        (vec![unaccepted.fact_id()], "did not accept"),
+    ] {
+        let mut x = Book {
+            logs: b.logs.clone(),
+            keys: b.keys.clone(),
+            job: job.clone(),
+        };
+        x.both(1, 10, 1_000_550, unaccepted.clone(), Body::Receipt);
+        let pay = SettlementTerms {
+            receipts,
+            credits_cents: 0,
+            ..pay.clone()
+        };
+        x.both(10, 1, 1_000_600, pay, Body::Settlement);
+        found(&x.logs, needle);
+    }
     // A lease at a price the clearing does not imply.
     let mut x = Book {
         logs: b.logs.clone(),

@@ -714,6 +714,7 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
                 payer: a,
                 payee: o,
                 credits_cents: 100,
+                receipts: vec![],
             }
             .cosign(other),
         ),

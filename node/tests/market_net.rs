@@ -342,6 +342,17 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         .collect();
     assert_eq!(subsidy.len(), 1, "{subsidy:?}");
     assert_eq!(subsidy[0]["body"]["terms"]["payee"], keys[1].as_str());
+    // Both pay named receipts: b's one accepted run (its falsified replica is paid nothing).
+    let to_b = settlements
+        .iter()
+        .find(|e| e["body"]["terms"]["payee"] == keys[1].as_str())
+        .unwrap();
+    let named = &to_b["body"]["terms"]["receipts"];
+    assert_eq!(named.as_array().map(Vec::len), Some(1), "{to_b}");
+    assert_eq!(
+        &subsidy[0]["body"]["terms"]["receipts"], named,
+        "{subsidy:?}"
+    );
     let sb = subsidy[0]["body"]["terms"]["credits_cents"]
         .as_u64()
         .unwrap();

@@ -113,6 +113,7 @@ fn federation() -> Fed {
         payer: bpk,
         payee: apk,
         credits_cents: 2_500,
+        receipts: vec![],
     };
     let admit = |pk, org: &str, sector| {
         Body::Admission(Admission {

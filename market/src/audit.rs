@@ -68,15 +68,11 @@ pub struct MarketAudit {
     /// [`OFFER_RECEIPT_TOLERANCE`] times the units per device hour its receipts show). A flag,
     /// not a finding: device time varies with load, so this is evidence to look at, not proof.
     pub flags: Vec<Finding>,
-    /// What each lease's provider is owed for referee-verified work at the lease's price, by
-    /// (job, bidder, provider) (`settle::owed_cents`; not in the JSON).
-    #[serde(skip)]
-    pub owed_cents: BTreeMap<(Digest32, PublicKey, PublicKey), u64>,
     /// Settlements paid, by (job, payer, payee) (not in the JSON).
     #[serde(skip)]
     pub paid_cents: BTreeMap<(Digest32, PublicKey, PublicKey), u64>,
     /// Every settlement (once per fact) with what its receipts are worth at the payee's lease
-    /// price (`settle::worth_cents`; not in the JSON).
+    /// price (`settle::owed_cents` of its accepted receipts' units; not in the JSON).
     #[serde(skip)]
     pub settled: Vec<Settled>,
 }
@@ -393,7 +389,6 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
 
     // 4. Receipts and settlements against leases and referee verdicts.
     seen.clear();
-    let mut verified_units: BTreeMap<(Digest32, PublicKey), u64> = BTreeMap::new();
     let mut paid: BTreeMap<(Digest32, PublicKey), (u64, &Entry)> = BTreeMap::new();
     // Receipts by fact id: terms and whether the referee accepted them (and none rejected).
     let mut receipts: BTreeMap<Digest32, (&leam_ledger::entry::ReceiptTerms, bool)> =
@@ -419,10 +414,6 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                         .get(&(t.job_id, t.shard, t.provider, t.output_commitment))
                         .copied()
                         .unwrap_or((0, 0));
-                    if acc > 0 && rej == 0 {
-                        let v = verified_units.entry((t.job_id, t.provider)).or_default();
-                        *v = v.saturating_add(t.compute_units);
-                    }
                     if let Some(id) = fact_id(e) {
                         receipts.insert(id, (t, acc > 0 && rej == 0));
                     }
@@ -478,19 +469,6 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                 }
             }
         }
-    }
-    for ((job_id, bidder, provider), (_, price, lease_cents)) in &leased {
-        out.owed_cents.insert(
-            (*job_id, *bidder, *provider),
-            owed_cents(
-                verified_units
-                    .get(&(*job_id, *provider))
-                    .copied()
-                    .unwrap_or(0),
-                *price,
-                *lease_cents,
-            ),
-        );
     }
     // 5b. Each settlement pays named receipts: runs of the payee for the job that the referee
     // accepted, each at most once per payer, for no more than they are worth.

@@ -137,6 +137,20 @@ pub fn measure(kernels: &dyn Kernels, now_ms: u64) -> Result<Measurement, Measur
     })
 }
 
+/// [`measure`], and on success [`save`] to `DIR/measurement.json` (a file that cannot be
+/// written is logged: the measurement still stands).
+pub fn measure_into(
+    dir: &Path,
+    kernels: &dyn Kernels,
+    now_ms: u64,
+) -> Result<Measurement, MeasureError> {
+    let m = measure(kernels, now_ms)?;
+    if let Err(e) = save(dir, &m) {
+        tracing::warn!(error = %e, "writing the measurement");
+    }
+    Ok(m)
+}
+
 /// The offer of a measurement at `price_cents_per_kilo_unit`, valid until `valid_until_ms`.
 pub fn offer(
     m: &Measurement,

@@ -696,7 +696,6 @@ pub struct NodeArgs {
     pub offer_minutes: u64,
 }
 
-/// Runs `leam node` until SIGINT or SIGTERM.
 /// `leam node --offer-price`: measure this node's backend and publish the offer
 /// (`leam_jobs::offer`); a backend that fails its self-test offers nothing, loudly.
 async fn offer_measured(
@@ -706,17 +705,15 @@ async fn offer_measured(
     price: u64,
     minutes: u64,
 ) {
-    let measured =
-        tokio::task::spawn_blocking(move || leam_jobs::offer::measure(kernels.as_ref(), now_ms()))
-            .await;
+    let measured = tokio::task::spawn_blocking(move || {
+        leam_jobs::offer::measure_into(&dir, kernels.as_ref(), now_ms())
+    })
+    .await;
     let m = match measured {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return tracing::error!(error = %e, "no offer published"),
         Err(e) => return tracing::error!(error = %e, "the measurement stopped; no offer published"),
     };
-    if let Err(e) = leam_jobs::offer::save(&dir, &m) {
-        tracing::warn!(error = %e, "writing the measurement");
-    }
     let now = now_ms();
     let offer = leam_jobs::offer::offer(&m, now, price, now + minutes.saturating_mul(60_000));
     match link.append(leam_ledger::entry::Body::Offer(offer)).await {
@@ -731,6 +728,7 @@ async fn offer_measured(
     }
 }
 
+/// Runs `leam node` until SIGINT or SIGTERM.
 pub fn node(a: NodeArgs) -> Res<ExitCode> {
     let file = read_node_file(&a.dir)?;
     let genesis_path = match (&a.genesis, &file.genesis) {

@@ -769,7 +769,6 @@ pub struct JobsArgs {
 /// How often `leam jobs --wait` looks at the job's progress.
 pub const JOBS_WAIT_POLL_MS: u64 = 500;
 
-/// `leam jobs --wait`: poll the job's progress file until it is done or failed.
 /// Whether a round of a job's progress document has its validation loss: the bidder evaluates
 /// a round while the next one runs; a round that merged nothing has none.
 pub(crate) fn round_evaluated(r: &serde_json::Value) -> bool {
@@ -785,6 +784,7 @@ pub(crate) fn round_loss(r: &serde_json::Value) -> String {
     }
 }
 
+/// `leam jobs --wait`: poll the job's progress file until it is done or failed.
 fn wait_job(dir: &Path, prefix: &str, limit_s: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut shown = 0usize;

@@ -400,13 +400,7 @@ async fn api_measure(
     let _one = m.busy.lock().await;
     let (kernels, dir) = (m.kernels.clone(), m.dir.clone());
     let measured = tokio::task::spawn_blocking(move || {
-        let r = leam_jobs::offer::measure(kernels.as_ref(), crate::cli_fed::now_ms());
-        if let Ok(x) = &r {
-            if let Err(e) = leam_jobs::offer::save(&dir, x) {
-                tracing::warn!(error = %e, "writing the measurement");
-            }
-        }
-        r
+        leam_jobs::offer::measure_into(&dir, kernels.as_ref(), crate::cli_fed::now_ms())
     })
     .await
     .map_err(|e| AppError::Unavailable(format!("the measurement stopped: {e}")))?;

@@ -25,7 +25,7 @@ use leam_compute::verify::diloco::{
 use leam_compute::verify::replay::ModelRunner;
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{
-    Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms,
+    Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms, Verdict,
 };
 use leam_market::clearing::lease_terms;
 use leam_market::job::Job;
@@ -47,6 +47,10 @@ pub const POLL_MS: u64 = 20;
 pub const VERDICT_POLL_MS: u64 = 50;
 /// Longest wait for the referee's verdicts after the last round.
 pub const VERDICT_WAIT_MS: u64 = 120_000;
+/// How long a referee that took a judgment may stay silent (no verdict in its log) before the
+/// bidder asks the job's next referee too: a referee that cannot check a claim writes nothing
+/// (`specs/market.md` §8.3), and one replay is at most one shard of compute.
+pub const REFEREE_SILENCE_MS: u64 = 30_000;
 /// Times one shard may be leased again before the job gives it up.
 pub const RELEASES_PER_SHARD_MAX: u32 = 4;
 /// File name suffix of a job's progress in `DIR/jobs/`.
@@ -210,9 +214,9 @@ pub struct Bidder<'k> {
     progress: Progress,
     /// Finished rounds' merged deltas (see [`Resume`]).
     merged: Vec<Vec<Option<String>>>,
-    /// Judge requests the referee has not taken yet (not connected, busy), asked again while
-    /// the job waits for verdicts; at most one per shard of the job.
-    unjudged: std::sync::Mutex<Vec<WorkRequest>>,
+    /// Judgments asked for and not yet seen in a referee's log (at most two per shard of the
+    /// job: its claims, and a lazy provider's result).
+    judging: std::sync::Mutex<Vec<Judging>>,
     /// Providers that lost a run (timed out, unreachable, failed): they get no new runs.
     gone: BTreeSet<PublicKey>,
     /// Runs each re-clearing's provider may still take (its leased shards not yet placed).
@@ -315,31 +319,82 @@ impl<'k> Bidder<'k> {
             seed: *seed,
             progress_path,
             merged: Vec::new(),
-            unjudged: std::sync::Mutex::new(Vec::new()),
+            judging: std::sync::Mutex::new(Vec::new()),
             gone: BTreeSet::new(),
             spare: BTreeMap::new(),
         })
     }
 
-    /// Ask the job's referee to judge a shard; a request it does not take is kept and asked
-    /// again ([`Bidder::retry_judges`]), so a referee that was unreachable for a moment still
-    /// judges every shard.
+    /// Ask a referee of the job to judge a shard's claims: the first of the job's referees
+    /// that is neither party and takes the request (an unreachable or refusing one is passed
+    /// over); see [`Bidder::retry_judges`] for one that stays silent.
     async fn send_judge(&self, request: WorkRequest) {
-        let Some(referee) = self.job.referees.first().copied() else {
+        let WorkRequest::Judge { claims, .. } = &request else {
             return;
         };
-        if let Err(e) = self.link.work(referee, request.clone()).await {
-            tracing::warn!(error = %e, "the referee did not take a shard; asking again later");
-            self.unjudged.lock().expect("unjudged lock").push(request);
-        }
+        let parties: Vec<PublicKey> = claims.iter().map(|c| c.provider).collect();
+        let j = Judging {
+            referees: eligible_referees(&self.job.referees, &parties),
+            request,
+            taken: None,
+            next: 0,
+        };
+        let j = self.ask_referee(j).await;
+        self.judging.lock().expect("judging lock").push(j);
     }
 
-    /// Ask again for every judgment the referee did not take.
-    async fn retry_judges(&self) {
-        let pending = std::mem::take(&mut *self.unjudged.lock().expect("unjudged lock"));
-        for r in pending {
-            self.send_judge(r).await;
+    /// Offer `j` to its referees in the job's order from `j.next`, each at most once, until one
+    /// takes it.
+    async fn ask_referee(&self, mut j: Judging) -> Judging {
+        let n = j.referees.len();
+        for _ in 0..n {
+            let r = j.referees[j.next % n];
+            j.next += 1;
+            match self.link.work(r, j.request.clone()).await {
+                Ok(_) => {
+                    j.taken = Some(Instant::now());
+                    return j;
+                }
+                Err(e) => {
+                    tracing::warn!(referee = %short(&r), error = %e, "a referee did not take a shard; asking the job's next")
+                }
+            }
         }
+        if n == 0 {
+            tracing::warn!(job = %short(&self.job_id), "no referee of the job is neither party: the shard stays unjudged and unpaid");
+        }
+        j.taken = None;
+        j
+    }
+
+    /// Drop the judgments whose verdicts `logs` hold; ask again those no referee took; ask the
+    /// next referee for those the last one took but has not judged for
+    /// [`REFEREE_SILENCE_MS`] (while any referee is left that was not asked).
+    async fn retry_judges(&self, logs: &BTreeMap<PublicKey, Vec<Entry>>) {
+        let pending = std::mem::take(&mut *self.judging.lock().expect("judging lock"));
+        let mut keep = Vec::with_capacity(pending.len());
+        for j in pending {
+            let WorkRequest::Judge { shard, claims, .. } = &j.request else {
+                continue;
+            };
+            let verdicts = self.verdicts(logs, *shard);
+            let judged = claims.iter().all(|c| {
+                let id: Digest32 = Sha256::digest(&c.result).into();
+                verdicts
+                    .iter()
+                    .any(|(p, o, _)| *p == c.provider && *o == id)
+            });
+            let silent = j.taken.is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(REFEREE_SILENCE_MS)
+                    && j.next < j.referees.len()
+            });
+            keep.push(match () {
+                _ if judged => continue,
+                _ if j.taken.is_none() || silent => self.ask_referee(j).await,
+                _ => j,
+            });
+        }
+        self.judging.lock().expect("judging lock").extend(keep);
     }
 
     /// Continue from the resume record in `DIR/jobs/` if an earlier process left one; whether
@@ -1092,15 +1147,11 @@ impl<'k> Bidder<'k> {
     /// Per round, the runs the job's referee accepted and rejected, as this node's copy of its
     /// log shows them (one verdict per shard, provider and result).
     fn count_verdicts(&mut self, logs: &BTreeMap<PublicKey, Vec<Entry>>) {
-        let Some(referee) = self.job.referees.first() else {
-            return;
-        };
         let per_round = self.job.shards_per_round.max(1);
         let mut seen = BTreeSet::new();
         let mut counts: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
-        for e in logs.get(referee).map_or(&[][..], Vec::as_slice) {
-            let Body::Verdict(v) = &e.body else { continue };
-            if v.job_id != self.job_id || !seen.insert((v.shard, v.provider, v.output_commitment)) {
+        for v in self.job_verdicts(logs) {
+            if !seen.insert((v.shard, v.provider, v.output_commitment)) {
                 continue;
             }
             let c = counts.entry(v.shard / per_round).or_default();
@@ -1115,35 +1166,46 @@ impl<'k> Bidder<'k> {
         }
     }
 
-    /// The referee's verdicts on `shard` as this node's copy of its log shows them.
+    /// The verdicts on this job that count, as this node's copies of the logs show them: by
+    /// any of the job's referees, never on its own result (as the ledger fold and the market
+    /// audit count them).
+    fn job_verdicts<'l>(
+        &'l self,
+        logs: &'l BTreeMap<PublicKey, Vec<Entry>>,
+    ) -> impl Iterator<Item = &'l Verdict> + 'l {
+        self.job.referees.iter().flat_map(move |r| {
+            logs.get(r)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .filter_map(move |e| match &e.body {
+                    Body::Verdict(v) if v.job_id == self.job_id && v.provider != *r => Some(v),
+                    _ => None,
+                })
+        })
+    }
+
+    /// The counted verdicts on `shard`: (provider, output commitment, accepted).
     fn verdicts(
+        &self,
         logs: &BTreeMap<PublicKey, Vec<Entry>>,
-        referee: &PublicKey,
-        job: &Digest32,
         shard: u32,
     ) -> Vec<(PublicKey, Digest32, bool)> {
-        logs.get(referee)
-            .map_or(&[][..], Vec::as_slice)
-            .iter()
-            .filter_map(|e| match &e.body {
-                Body::Verdict(v) if &v.job_id == job && v.shard == shard => {
-                    Some((v.provider, v.output_commitment, v.accepted))
-                }
-                _ => None,
-            })
+        self.job_verdicts(logs)
+            .filter(|v| v.shard == shard)
+            .map(|v| (v.provider, v.output_commitment, v.accepted))
             .collect()
     }
 
     /// Wait for the verdicts on every receipt, then pay each provider the accepted units at the
     /// lease's price (never more than the lease's total).
     async fn settle(&mut self) -> Result<(), JobError> {
-        let Some(referee) = self.job.referees.first().copied() else {
+        if self.job.referees.is_empty() {
             return Ok(());
-        };
+        }
         let until = Instant::now() + Duration::from_millis(VERDICT_WAIT_MS);
         let logs = loop {
-            self.retry_judges().await;
             let logs = self.link.logs().await?;
+            self.retry_judges(&logs).await;
             let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
             let receipts: Vec<&ReceiptTerms> = own
                 .iter()
@@ -1155,7 +1217,8 @@ impl<'k> Bidder<'k> {
             let missing = receipts
                 .iter()
                 .filter(|r| {
-                    !Self::verdicts(&logs, &referee, &self.job_id, r.shard)
+                    !self
+                        .verdicts(&logs, r.shard)
                         .iter()
                         .any(|(p, o, _)| p == &r.provider && o == &r.output_commitment)
                 })
@@ -1182,7 +1245,7 @@ impl<'k> Bidder<'k> {
             if r.job_id != self.job_id || !seen.insert((r.shard, r.provider, r.output_commitment)) {
                 continue;
             }
-            let v = Self::verdicts(&logs, &referee, &self.job_id, r.shard);
+            let v = self.verdicts(&logs, r.shard);
             let mine: Vec<bool> = v
                 .iter()
                 .filter(|(p, o, _)| p == &r.provider && o == &r.output_commitment)
@@ -1260,6 +1323,28 @@ impl<'k> Bidder<'k> {
         }
         Ok(())
     }
+}
+
+/// A judgment the bidder asked for, and which of the job's referees have it.
+#[derive(Debug)]
+struct Judging {
+    request: WorkRequest,
+    /// The job's referees that may judge it, in the job's order.
+    referees: Vec<PublicKey>,
+    /// When a referee last took it; `None` while none has.
+    taken: Option<Instant>,
+    /// Referees asked so far (the next to ask is `referees[next % len]`).
+    next: usize,
+}
+
+/// The referees of a job that may judge claims of `parties`: those that are neither party (a
+/// referee never judges its own result), in the job's order.
+pub fn eligible_referees(referees: &[PublicKey], parties: &[PublicKey]) -> Vec<PublicKey> {
+    referees
+        .iter()
+        .filter(|r| !parties.contains(r))
+        .copied()
+        .collect()
 }
 
 /// The outer step over a round's merged `deltas`, then the next round's start state (every

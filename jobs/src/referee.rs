@@ -72,12 +72,25 @@ pub struct WrongResult {
 /// Why a claim was judged as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Judged {
-    /// Whether the claim is accepted.
-    pub accepted: bool,
+    /// Whether the claim is accepted; `None` when the referee could not check it (its own
+    /// replay failed): it then writes no verdict, and the bidder asks the job's next referee.
+    pub verdict: Option<bool>,
     /// Evidence against it, when rejected.
     pub evidence: Option<WrongResult>,
     /// One line on how it was decided.
     pub reason: String,
+}
+
+impl Judged {
+    /// Whether the referee checked the claim and accepts it.
+    pub fn accepted(&self) -> bool {
+        self.verdict == Some(true)
+    }
+
+    /// Whether the referee checked the claim and rejects it.
+    pub fn rejected(&self) -> bool {
+        self.verdict == Some(false)
+    }
 }
 
 /// A provider's step hashes, asked over the network (bisection runs on a blocking thread and
@@ -118,8 +131,9 @@ impl StepHashSource for NetSource {
 
 /// Decide every claim on a shard. `sources` serve each claim's step hashes; `start` is the
 /// spec's start state. Never fails: what cannot be decided by bisection is decided by a full
-/// replay on `runner`, and a runner error on the referee's own side rejects nothing (the claims
-/// are then accepted as unchallenged, with the reason).
+/// replay on `runner`. A runner error on the referee's own side decides nothing it would have
+/// decided (`verdict: None`, with the reason): a claim is never accepted unchecked because the
+/// referee failed, and never rejected for it either.
 pub fn decide<R: StepRunner<State = TrainState>>(
     runner: &R,
     job_id: &Digest32,
@@ -130,7 +144,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
     sources: &mut [&mut dyn StepHashSource],
 ) -> Vec<Judged> {
     let accept = |reason: &str| Judged {
-        accepted: true,
+        verdict: Some(true),
         evidence: None,
         reason: reason.into(),
     };
@@ -168,7 +182,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                         accept(&format!("{why}; the full replay matches"))
                     } else {
                         Judged {
-                            accepted: false,
+                            verdict: Some(false),
                             evidence: Some(evidence(
                                 c,
                                 "replay",
@@ -183,10 +197,10 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                 .collect(),
             Err(e) => claims
                 .iter()
-                .map(|_| {
-                    accept(&format!(
-                        "{why}; the referee could not replay ({e}): unchallenged"
-                    ))
+                .map(|_| Judged {
+                    verdict: None,
+                    evidence: None,
+                    reason: format!("{why}; the referee could not replay ({e}): undecided"),
                 })
                 .collect(),
         }
@@ -199,7 +213,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                 .map(|x| {
                     if x.check_against(spec).is_err() {
                         Judged {
-                            accepted: false,
+                            verdict: Some(false),
                             evidence: Some(evidence(x, "replay", None, Side::A, [0; 32])),
                             reason: format!("the result does not answer the spec: {e}"),
                         }
@@ -245,7 +259,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                                 }
                             };
                             let j = |ok: bool, c: &ShardResult, side| Judged {
-                                accepted: ok,
+                                verdict: Some(ok),
                                 evidence: (!ok)
                                     .then(|| evidence(c, "bisection", Some(&d), side, rec)),
                                 reason: how.clone(),
@@ -273,12 +287,12 @@ pub fn decide<R: StepRunner<State = TrainState>>(
 }
 
 /// After a full replay, a side whose answers contradicted its own commitment is rejected even
-/// if its commitments happen to match.
+/// if its commitments happen to match (or the replay failed: its own answers convict it).
 fn judged_side(mut v: Vec<Judged>, side: Side) -> Vec<Judged> {
     let i = if side == Side::A { 0 } else { 1 };
     if let Some(j) = v.get_mut(i) {
-        if j.accepted {
-            j.accepted = false;
+        if !j.rejected() {
+            j.verdict = Some(false);
             j.reason = format!(
                 "{}; but its step hashes contradicted its commitment",
                 j.reason
@@ -445,13 +459,13 @@ impl Referee {
             // Equal commitments or a single claim: nothing to compute.
             match claims.len() {
                 1 => vec![Judged {
-                    accepted: true,
+                    verdict: Some(true),
                     evidence: None,
                     reason: "not replicated: unchallenged".into(),
                 }],
                 _ => vec![
                     Judged {
-                        accepted: true,
+                        verdict: Some(true),
                         evidence: None,
                         reason: "replicated: equal commitments".into()
                     };
@@ -461,11 +475,15 @@ impl Referee {
         };
         let mut out = Vec::new();
         for ((provider, r), j) in results.iter().zip(judged) {
+            let Some(accepted) = j.verdict else {
+                tracing::warn!(job = %short(&job_id), shard, provider = %short(provider), reason = %j.reason, "no verdict: the referee could not check this claim");
+                continue;
+            };
             tracing::info!(
                 job = %short(&job_id),
                 shard,
                 provider = %short(provider),
-                accepted = j.accepted,
+                accepted,
                 reason = %j.reason,
                 "verdict"
             );
@@ -474,7 +492,7 @@ impl Referee {
                 shard,
                 provider: *provider,
                 output_commitment: r.id(),
-                accepted: j.accepted,
+                accepted,
             }));
             if let Some(ev) = j.evidence {
                 match serde_json::to_vec(&ev) {

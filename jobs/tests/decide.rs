@@ -111,7 +111,7 @@ fn a_wrong_result_is_found_by_bisection_and_one_step_replay() {
         }
         let v = judge(&runner, &s, &claims, &mut logs);
         let (w, h) = if flip { (&v[1], &v[0]) } else { (&v[0], &v[1]) };
-        assert!(!w.accepted && h.accepted, "{v:?}");
+        assert!(w.rejected() && h.accepted(), "{v:?}");
         let ev = w
             .evidence
             .as_ref()
@@ -145,7 +145,7 @@ fn a_lazy_provider_returning_its_start_state_is_rejected_at_step_0() {
         &[lazy, s.honest.result.clone()],
         &mut [lazy_log, s.honest.log.clone()],
     );
-    assert!(!v[0].accepted && v[1].accepted, "{v:?}");
+    assert!(v[0].rejected() && v[1].accepted(), "{v:?}");
     assert_eq!(v[0].evidence.as_ref().unwrap().divergent_step, Some(0));
 }
 
@@ -162,7 +162,7 @@ fn a_lie_about_the_delta_commitment_alone_is_decided_by_a_full_replay() {
         &[s.honest.result.clone(), liar],
         &mut [s.honest.log.clone(), s.honest.log.clone()],
     );
-    assert!(v[0].accepted && !v[1].accepted, "{v:?}");
+    assert!(v[0].accepted() && v[1].rejected(), "{v:?}");
     assert_eq!(v[1].evidence.as_ref().unwrap().method, "replay");
 }
 
@@ -179,7 +179,7 @@ fn step_hashes_that_contradict_the_commitment_lose() {
         &[wrong.result.clone(), s.honest.result.clone()],
         &mut [s.honest.log.clone(), s.honest.log.clone()],
     );
-    assert!(!v[0].accepted && v[1].accepted, "{v:?}");
+    assert!(v[0].rejected() && v[1].accepted(), "{v:?}");
     assert!(v[0].reason.contains("side A"), "{}", v[0].reason);
 }
 
@@ -190,19 +190,97 @@ fn single_and_equal_claims_are_accepted_without_compute() {
     let s = setup(&runner, &corpus);
     let one = judge(&runner, &s, std::slice::from_ref(&s.honest.result), &mut []);
     assert_eq!(one.len(), 1);
-    assert!(one[0].accepted);
+    assert!(one[0].accepted());
     let two = judge(
         &runner,
         &s,
         &[s.honest.result.clone(), s.honest.result.clone()],
         &mut [],
     );
-    assert!(two.iter().all(|j| j.accepted && j.evidence.is_none()));
+    assert!(two.iter().all(|j| j.accepted() && j.evidence.is_none()));
     // A claim that answers another spec is rejected on its face.
     let mut other = s.honest.result.clone();
     other.shard_id[0] ^= 1;
     let v = judge(&runner, &s, &[other, s.honest.result.clone()], &mut []);
-    assert!(!v[0].accepted && v[1].accepted, "{v:?}");
+    assert!(v[0].rejected() && v[1].accepted(), "{v:?}");
+}
+
+/// A referee whose own backend fails at every step (its device lost, say).
+struct Broken<'r, 'k>(&'r ModelRunner<'k>);
+
+impl StepRunner for Broken<'_, '_> {
+    type State = TrainState;
+    fn decode_state(
+        &self,
+        spec: &ShardSpec,
+        bytes: &[u8],
+    ) -> Result<TrainState, leam_compute::verify::replay::RunnerError> {
+        self.0.decode_state(spec, bytes)
+    }
+    fn state_hash(&self, state: &TrainState) -> [u8; 32] {
+        self.0.state_hash(state)
+    }
+    fn step(
+        &self,
+        _: &ShardSpec,
+        _: &mut TrainState,
+        g: u64,
+    ) -> Result<(), leam_compute::verify::replay::RunnerError> {
+        Err(format!("device lost at step {g}").into())
+    }
+    fn delta_commitment(
+        &self,
+        a: &TrainState,
+        b: &TrainState,
+    ) -> Result<[u8; 32], leam_compute::verify::replay::RunnerError> {
+        self.0.delta_commitment(a, b)
+    }
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+}
+
+#[test]
+fn a_referee_whose_replay_fails_decides_nothing_it_did_not_check() {
+    let corpus = corpus();
+    let runner = ModelRunner::new(&CpuKernels, &corpus).unwrap();
+    let s = setup(&runner, &corpus);
+    let wrong = wrong_at(&runner, &s, 3);
+    let broken = Broken(&runner);
+    let mut sources: Vec<&mut dyn StepHashSource> = Vec::new();
+    let (mut lw, mut lh) = (wrong.log.clone(), s.honest.log.clone());
+    sources.push(&mut lw);
+    sources.push(&mut lh);
+    let claims = [wrong.result.clone(), s.honest.result.clone()];
+    let v = decide(
+        &broken,
+        &[1; 32],
+        0,
+        &s.spec,
+        &s.start,
+        &claims,
+        &mut sources,
+    );
+    // Neither the falsifier (which would then be paid) nor the honest provider is judged.
+    assert_eq!(v.len(), 2);
+    for j in &v {
+        assert_eq!(j.verdict, None, "{v:?}");
+        assert!(
+            j.evidence.is_none() && j.reason.contains("undecided"),
+            "{v:?}"
+        );
+    }
+    // Claims that need no compute are still decided.
+    let one = decide(
+        &broken,
+        &[1; 32],
+        0,
+        &s.spec,
+        &s.start,
+        &claims[1..],
+        &mut [],
+    );
+    assert!(one[0].accepted(), "{one:?}");
 }
 
 // ---- The audit's re-check of the referee's evidence (`leam_jobs::evidence`) ----
@@ -421,7 +499,7 @@ fn a_lazy_provider_replaying_an_old_result_is_rejected_with_evidence_that_holds(
         std::slice::from_ref(&old.result),
         &mut [old.log.clone()],
     );
-    assert!(!v[0].accepted, "{v:?}");
+    assert!(v[0].rejected(), "{v:?}");
     assert!(v[0].reason.contains("does not answer the spec"), "{v:?}");
     let ev = v[0]
         .evidence

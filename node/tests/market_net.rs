@@ -478,22 +478,24 @@ fn three_nodes() -> Three {
 }
 
 /// Bid from `bidder` for a small unreplicated job of 2 shards per round (a 2-layer, 64-wide
-/// model on `corpus`, refereed by `referee`, maximum price 60) with the job-file lines `lines`
+/// model on `corpus`, refereed by `referees` in that order, maximum price 60) with the job-file lines `lines`
 /// (its name, rounds, inner steps and any extra setting); returns the job id and its progress
 /// file once the job has started.
 fn bid_and_start(
     root: &Path,
     bidder: &Path,
     corpus: &Path,
-    referee: &str,
+    referees: &[&str],
     lines: &str,
 ) -> (String, PathBuf) {
+    let referees: Vec<String> = referees.iter().map(|k| format!("\"{k}\"")).collect();
     let job = root.join("job.toml");
     std::fs::write(
         &job,
         format!(
-            "{lines}preset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nshards_per_round = 2\nreplication_percent = 0\nreferees = [\"{referee}\"]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
+            "{lines}preset = \"nanogpt-cpu\"\ncorpus = \"{}\"\nshards_per_round = 2\nreplication_percent = 0\nreferees = [{}]\ndeadline_minutes = 30\nmax_price_cents_per_kilo_unit = 60\n[model]\nn_layer = 2\nn_embd = 64\nblock_size = 32\nbatch = 8\n",
             corpus.display(),
+            referees.join(", "),
         ),
     )
     .unwrap();
@@ -552,7 +554,7 @@ fn a_provider_killed_mid_shard_resumes_and_the_job_completes() {
         &root,
         &dirs[2],
         &corpus,
-        &keys[2],
+        &[&keys[2]],
         "name = \"long shards\"\nrounds = 1\ninner_steps = 300\n",
     );
     // In the middle of the first shard (each takes seconds): no run has finished yet.
@@ -736,11 +738,13 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
         || size(&dirs[2], &keys[1]) == Some(c0),
     );
     let mut a = nodes.remove(0);
+    // The job names a its first referee: a never judges its own shards, and once it is gone the
+    // bidder fails over to the second, itself, for c's.
     let (job_id, _) = bid_and_start(
         &root,
         &dirs[2],
         &corpus,
-        &keys[2],
+        &[&keys[0], &keys[2]],
         "name = \"a provider leaves\"\nrounds = 2\ninner_steps = 150\nshard_timeout_seconds = 3\n",
     );
     let jobs: Value = serde_json::from_str(&ok(&["jobs", "--dir", p(&dirs[2]), "--json"])).unwrap();
@@ -809,6 +813,15 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
     assert_eq!(count("lease", &keys[1]), 1);
     assert!(count("receipt", &keys[1]) as u64 >= taken.min(4));
     assert_eq!(count("settlement", &keys[1]), 1);
+    // Every run of c was judged, by the second referee (the first was dead).
+    let judged = bidder
+        .iter()
+        .filter(|e| e["kind"] == "verdict" && e["body"]["provider"] == keys[1].as_str())
+        .count();
+    assert!(
+        judged as u64 >= taken.min(4),
+        "{judged} verdicts on c's runs"
+    );
     let out = audit_ok(&genesis, &dirs[2]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &v["market"];

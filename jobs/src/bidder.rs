@@ -25,7 +25,7 @@ use leam_compute::verify::diloco::{
 use leam_compute::verify::replay::ModelRunner;
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_ledger::entry::{
-    Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms, Verdict,
+    Body, Clearing, Digest32, Entry, PublicKey, ReceiptTerms, SettlementTerms, Terms as _, Verdict,
 };
 use leam_market::clearing::lease_terms;
 use leam_market::job::Job;
@@ -221,6 +221,9 @@ pub struct Bidder<'k> {
     gone: BTreeSet<PublicKey>,
     /// Runs each re-clearing's provider may still take (its leased shards not yet placed).
     spare: BTreeMap<PublicKey, u64>,
+    /// The fact id of each provider's lease of the job (its receipts name it), as the clearing
+    /// and the re-clearings imply it.
+    lease_ids: BTreeMap<PublicKey, Digest32>,
 }
 
 /// Who pays what of a settlement: the bidder's sector and the federation's subsidy rate (a
@@ -294,6 +297,7 @@ impl<'k> Bidder<'k> {
             .map_err(|e| JobError::Compute(e.to_string()))?
             .val;
         let slots = plan::plan(&job, &job_id, &clearing.assignments, seed);
+        let lease_ids = lease_ids(&clearing, &job, me);
         let progress_path = dir
             .join(crate::JOBS_DIR_NAME)
             .join(format!("{}{PROGRESS_SUFFIX}", hex::encode(job_id)));
@@ -322,6 +326,7 @@ impl<'k> Bidder<'k> {
             judging: std::sync::Mutex::new(Vec::new()),
             gone: BTreeSet::new(),
             spare: BTreeMap::new(),
+            lease_ids,
         })
     }
 
@@ -1006,6 +1011,8 @@ impl<'k> Bidder<'k> {
             }
         };
         let assignments = r.clearing.assignments.clone();
+        self.lease_ids
+            .extend(lease_ids(&r.clearing, &self.job, self.me));
         self.progress.reclearings.push(Replacement {
             replaces: vec![hex::encode(provider)],
             shards: r.shards,
@@ -1074,6 +1081,8 @@ impl<'k> Bidder<'k> {
             if r.clearing.job_id != self.job_id {
                 continue;
             }
+            self.lease_ids
+                .extend(lease_ids(&r.clearing, &self.job, self.me));
             for a in &r.clearing.assignments {
                 if standing.leased.contains_key(&a.provider)
                     && !self.spare.contains_key(&a.provider)
@@ -1124,11 +1133,16 @@ impl<'k> Bidder<'k> {
             .iter()
             .find(|s| s.worker as usize == worker)
             .map_or(0, |s| s.shard);
+        let Some(lease) = self.lease_ids.get(&provider).copied() else {
+            tracing::warn!(shard, provider = %short(&provider), "no lease of the job with this provider: no receipt");
+            return false;
+        };
         let terms = ReceiptTerms {
             job_id: self.job_id,
             shard,
             bidder: self.me,
             provider,
+            lease,
             input_commitment: specs[worker].id(),
             output_commitment: r.id(),
             compute_units: r.compute_units,
@@ -1300,11 +1314,20 @@ impl<'k> Bidder<'k> {
                 if share == 0 {
                     continue;
                 }
+                // Paid settlements are in the log before the next is chosen: each one's money
+                // is chosen on the balances left.
+                let paid = self.link.logs().await?;
+                let money = leam_market::settle::paying_money(
+                    paid.get(&self.me).map_or(&[][..], Vec::as_slice),
+                    &self.me,
+                    share,
+                );
                 let terms = SettlementTerms {
                     job_id: self.job_id,
                     payer: self.me,
                     payee: a.provider,
                     credits_cents: share,
+                    money,
                     receipts: chunk.iter().map(|(id, _)| *id).collect(),
                 };
                 match self.link.propose(Fact::Settlement(terms)).await {
@@ -1335,6 +1358,15 @@ struct Judging {
     taken: Option<Instant>,
     /// Referees asked so far (the next to ask is `referees[next % len]`).
     next: usize,
+}
+
+/// The fact ids of the leases `clearing` implies between `bidder` and each assigned provider.
+fn lease_ids(clearing: &Clearing, job: &Job, bidder: PublicKey) -> BTreeMap<PublicKey, Digest32> {
+    clearing
+        .assignments
+        .iter()
+        .map(|a| (a.provider, lease_terms(clearing, job, bidder, a).fact_id()))
+        .collect()
 }
 
 /// The referees of a job that may judge claims of `parties`: those that are neither party (a

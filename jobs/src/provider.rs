@@ -20,7 +20,7 @@ use leam_compute::verify::commit::{Hash32, StepLog};
 use leam_compute::verify::diloco::{fresh_start_for_spec, ParamDelta};
 use leam_compute::verify::replay::{run_shard, ModelRunner, RunnerError, ShardRun, StepRunner};
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
-use leam_ledger::entry::{Body, Digest32, Entry, PublicKey, ReceiptTerms};
+use leam_ledger::entry::{Body, Digest32, Entry, PublicKey, ReceiptTerms, Terms as _};
 use leam_net::work::{self, WorkResponse};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -387,10 +387,31 @@ impl Provider {
     }
 
     /// Whether this node agrees to a receipt: it finished the run the receipt names, for that
-    /// bidder, job and shard, and the receipt states exactly its result, units and device time.
-    pub fn check_receipt(&self, t: &ReceiptTerms) -> Result<(), String> {
+    /// bidder, job and shard, under the lease the receipt names (a lease in `own`, this node's
+    /// log, of that job with that bidder), and the receipt states exactly its result, units and
+    /// device time.
+    pub fn check_receipt(&self, t: &ReceiptTerms, own: &[Entry]) -> Result<(), String> {
         if t.provider != self.me {
             return Err("the receipt names another provider".into());
+        }
+        let lease = own.iter().find_map(|e| match &e.body {
+            Body::Lease(l) if l.terms.fact_id() == t.lease => Some(&l.terms),
+            _ => None,
+        });
+        match lease {
+            Some(l) if l.job_id == t.job_id && l.bidder == t.bidder && l.provider == self.me => {}
+            Some(_) => {
+                return Err(format!(
+                    "lease {} is of another job or bidder",
+                    short(&t.lease)
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "this node's log holds no lease {}",
+                    short(&t.lease)
+                ))
+            }
         }
         let runs = self.runs.lock().expect("runs lock");
         let Some(run) = runs.get(&t.input_commitment) else {
@@ -412,6 +433,7 @@ impl Provider {
             shard: run.shard,
             bidder: run.bidder,
             provider: self.me,
+            lease: t.lease,
             input_commitment: t.input_commitment,
             output_commitment: r.id(),
             compute_units: r.compute_units,

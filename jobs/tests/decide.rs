@@ -309,6 +309,7 @@ fn receipt_log(spec: &ShardSpec, claimed: &ShardResult) -> Vec<Entry> {
         shard: 0,
         bidder: bidder.verifying_key().to_bytes(),
         provider: provider.verifying_key().to_bytes(),
+        lease: [0x44; 32],
         input_commitment: spec.id(),
         output_commitment: claimed.id(),
         compute_units: claimed.compute_units,

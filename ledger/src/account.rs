@@ -124,11 +124,13 @@ pub enum RuleError {
         /// Why.
         reason: String,
     },
-    /// A settlement would overdraw the owner's credits.
-    #[error("entry {seq}: settlement of {needed} credit cents would overdraw the balance of {available}")]
+    /// A settlement would overdraw the owner's credits of the money it pays with.
+    #[error("entry {seq}: settlement of {needed} credit cents of {money:?} money would overdraw the owner's {money:?} balance of {available}")]
     Overdraw {
         /// Entry index.
         seq: u64,
+        /// The money the settlement pays with.
+        money: Money,
         /// Amount paid.
         needed: u64,
         /// Balance before.
@@ -142,13 +144,16 @@ pub enum RuleError {
     },
 }
 
+/// Credits (EUR cents) by money: `[public, private]`, indexed by `Money as usize`.
+type Purses = [u64; 2];
+
 /// The running state of one log that the append rules need.
 #[derive(Debug, Clone)]
 pub struct LogState {
     owner: PublicKey,
     next_seq: u64,
     last_timestamp_ms: u64,
-    balance_cents: u64,
+    balance_cents: Purses,
     admitted: HashMap<PublicKey, Membership>,
     sectors: HashMap<String, Sector>,
     facts: HashSet<Digest32>,
@@ -160,7 +165,7 @@ pub struct LogState {
 pub struct Delta {
     next_seq: u64,
     last_timestamp_ms: u64,
-    balance_cents: u64,
+    balance_cents: Purses,
     admitted: HashMap<PublicKey, Membership>,
     sectors: HashMap<String, Sector>,
     facts: HashSet<Digest32>,
@@ -173,7 +178,7 @@ impl LogState {
             owner,
             next_seq: 0,
             last_timestamp_ms: 0,
-            balance_cents: 0,
+            balance_cents: [0; 2],
             admitted: HashMap::new(),
             sectors: HashMap::new(),
             facts: HashSet::new(),
@@ -185,9 +190,14 @@ impl LogState {
         self.next_seq
     }
 
-    /// The owner's credit balance (EUR cents) as this log shows it.
+    /// The owner's credit balance (EUR cents) as this log shows it: both moneys together.
     pub fn balance_cents(&self) -> u64 {
-        self.balance_cents
+        self.balance_cents.iter().sum()
+    }
+
+    /// The owner's credits (EUR cents) of one money as this log shows it.
+    pub fn purse_cents(&self, money: Money) -> u64 {
+        self.balance_cents[money as usize]
     }
 
     /// Membership of a key admitted in this log.
@@ -330,8 +340,8 @@ impl LogState {
                         member: hex::encode(dep.member),
                     });
                 }
-                d.balance_cents = d
-                    .balance_cents
+                let purse = &mut d.balance_cents[dep.money as usize];
+                *purse = purse
                     .checked_add(dep.eur_cents)
                     .ok_or(RuleError::Overflow { seq })?;
             }
@@ -361,17 +371,18 @@ impl LogState {
                 need(&c.terms.payer, "payer")?;
                 need(&c.terms.payee, "payee")?;
                 let t = &c.terms;
+                let purse = &mut d.balance_cents[t.money as usize];
                 if t.payer == self.owner {
-                    d.balance_cents = d.balance_cents.checked_sub(t.credits_cents).ok_or(
-                        RuleError::Overdraw {
+                    *purse = purse
+                        .checked_sub(t.credits_cents)
+                        .ok_or(RuleError::Overdraw {
                             seq,
+                            money: t.money,
                             needed: t.credits_cents,
-                            available: d.balance_cents,
-                        },
-                    )?;
+                            available: *purse,
+                        })?;
                 } else {
-                    d.balance_cents = d
-                        .balance_cents
+                    *purse = purse
                         .checked_add(t.credits_cents)
                         .ok_or(RuleError::Overflow { seq })?;
                 }
@@ -435,8 +446,14 @@ pub struct Totals {
     pub compute_unverified_units: u64,
     /// Compute units of this party's shards that a referee rejected.
     pub compute_rejected_units: u64,
-    /// Credits (EUR cents): deposits plus settlements received minus settlements paid.
+    /// Credits (EUR cents): deposits plus settlements received minus settlements paid; the sum
+    /// of the two fields below.
     pub credit_balance_cents: i64,
+    /// Credits of public money: public funding deposited, plus settlements received in public
+    /// money, minus settlements paid in public money.
+    pub credit_public_cents: i64,
+    /// Credits of private money, counted the same way.
+    pub credit_private_cents: i64,
     /// Public funding deposited, EUR cents.
     pub funding_public_eur_cents: u64,
     /// Private money deposited, EUR cents.
@@ -446,6 +463,17 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds `cents` (negative: subtracts) to the credits of `money` and to the balance.
+    fn credit(&mut self, money: Money, cents: i64) -> Option<()> {
+        let purse = match money {
+            Money::Public => &mut self.credit_public_cents,
+            Money::Private => &mut self.credit_private_cents,
+        };
+        *purse = purse.checked_add(cents)?;
+        self.credit_balance_cents = self.credit_balance_cents.checked_add(cents)?;
+        Some(())
+    }
+
     /// Adds every field of `t` to `self`; `None` (and `self` partly updated, to be discarded)
     /// if a field overflows.
     fn accumulate(&mut self, t: &Totals) -> Option<()> {
@@ -470,6 +498,12 @@ impl Totals {
         self.credit_balance_cents = self
             .credit_balance_cents
             .checked_add(t.credit_balance_cents)?;
+        self.credit_public_cents = self
+            .credit_public_cents
+            .checked_add(t.credit_public_cents)?;
+        self.credit_private_cents = self
+            .credit_private_cents
+            .checked_add(t.credit_private_cents)?;
         self.funding_public_eur_cents = self
             .funding_public_eur_cents
             .checked_add(t.funding_public_eur_cents)?;
@@ -752,24 +786,16 @@ pub fn fold_with(logs: &[LogView<'_>], check: &dyn EvidenceCheck) -> Result<Repo
                                     t.funding_private_eur_cents.checked_add(cents)?
                             }
                         }
-                        t.credit_balance_cents = t
-                            .credit_balance_cents
-                            .checked_add(i64::try_from(cents).ok()?)?;
-                        Some(())
+                        t.credit(d.money, i64::try_from(cents).ok()?)
                     })?;
                 }
                 Body::Settlement(c) => {
                     let amount = i64::try_from(c.terms.credits_cents).map_err(|_| overflow())?;
                     let payer = org_of(&c.terms.payer)?;
                     let payee = org_of(&c.terms.payee)?;
-                    add(&mut report, &payer, &|t| {
-                        t.credit_balance_cents = t.credit_balance_cents.checked_sub(amount)?;
-                        Some(())
-                    })?;
-                    add(&mut report, &payee, &|t| {
-                        t.credit_balance_cents = t.credit_balance_cents.checked_add(amount)?;
-                        Some(())
-                    })?;
+                    let money = c.terms.money;
+                    add(&mut report, &payer, &|t| t.credit(money, -amount))?;
+                    add(&mut report, &payee, &|t| t.credit(money, amount))?;
                 }
                 Body::Receipt(c) => {
                     let t = &c.terms;

@@ -270,11 +270,12 @@ impl std::str::FromStr for Sector {
 /// Whether deposited money is public funding or private money; the ledger keeps them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum Money {
     /// Public funding (tag 0).
-    Public,
+    Public = 0,
     /// Private money (tag 1).
-    Private,
+    Private = 1,
 }
 
 /// The kind of misbehaviour an evidence entry documents.
@@ -523,6 +524,10 @@ pub struct ReceiptTerms {
     /// Party that computed.
     #[serde(serialize_with = "ser_hex")]
     pub provider: PublicKey,
+    /// Fact id (`specs/ledger.md` §2.3) of the lease the shard was computed under: a lease of
+    /// this job between these two parties.
+    #[serde(serialize_with = "ser_hex")]
+    pub lease: Digest32,
     /// Commitment to the shard's input (state and data).
     #[serde(serialize_with = "ser_hex")]
     pub input_commitment: Digest32,
@@ -554,6 +559,9 @@ pub struct SettlementTerms {
     pub payee: PublicKey,
     /// Credits (EUR cents) moved.
     pub credits_cents: u64,
+    /// Which of the payer's money pays: its public funding or its private money. The payee
+    /// receives credits of the same money; the ledger keeps the two apart in every balance.
+    pub money: Money,
     /// Fact ids of the receipts this settlement pays (≤ [`SETTLEMENT_RECEIPTS_MAX`], strictly
     /// ascending): the audit checks that each is a run of the payee for this job that the
     /// job's referee accepted, and that the credits do not exceed what they are worth.
@@ -932,17 +940,7 @@ impl Body {
             Kind::Deposit => Body::Deposit(Deposit {
                 member: r.array("member")?,
                 eur_cents: r.u64("eur_cents")?,
-                money: match r.u8("money")? {
-                    0 => Money::Public,
-                    1 => Money::Private,
-                    t => {
-                        return Err(DecodeError::UnknownTag {
-                            field: "money",
-                            found: t,
-                            expected: "0 (public) or 1 (private)",
-                        })
-                    }
-                },
+                money: r.money()?,
                 reference: r.text("reference", REFERENCE_BYTES_MAX)?,
             }),
             Kind::Offer => Body::Offer(Offer {
@@ -1092,6 +1090,7 @@ impl Terms for ReceiptTerms {
         w.extend_from_slice(&self.shard.to_be_bytes());
         w.extend_from_slice(&self.bidder);
         w.extend_from_slice(&self.provider);
+        w.extend_from_slice(&self.lease);
         w.extend_from_slice(&self.input_commitment);
         w.extend_from_slice(&self.output_commitment);
         w.extend_from_slice(&self.compute_units.to_be_bytes());
@@ -1104,6 +1103,7 @@ impl Terms for ReceiptTerms {
             shard: r.u32("shard")?,
             bidder: r.array("bidder")?,
             provider: r.array("provider")?,
+            lease: r.array("lease")?,
             input_commitment: r.array("input_commitment")?,
             output_commitment: r.array("output_commitment")?,
             compute_units: r.u64("compute_units")?,
@@ -1123,6 +1123,7 @@ impl Terms for SettlementTerms {
         w.extend_from_slice(&self.payer);
         w.extend_from_slice(&self.payee);
         w.extend_from_slice(&self.credits_cents.to_be_bytes());
+        w.push(self.money as u8);
         w.extend_from_slice(&(self.receipts.len() as u32).to_be_bytes());
         for id in &self.receipts {
             w.extend_from_slice(id);
@@ -1133,6 +1134,7 @@ impl Terms for SettlementTerms {
         let payer = r.array("payer")?;
         let payee = r.array("payee")?;
         let credits_cents = r.u64("credits_cents")?;
+        let money = r.money()?;
         let n = r.count("receipts", SETTLEMENT_RECEIPTS_MAX)?;
         let mut receipts: Vec<Digest32> = Vec::with_capacity(n);
         for index in 0..n {
@@ -1150,6 +1152,7 @@ impl Terms for SettlementTerms {
             payer,
             payee,
             credits_cents,
+            money,
             receipts,
         })
     }
@@ -1228,6 +1231,17 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(field)?[0])
+    }
+    fn money(&mut self) -> Result<Money, DecodeError> {
+        match self.u8("money")? {
+            0 => Ok(Money::Public),
+            1 => Ok(Money::Private),
+            t => Err(DecodeError::UnknownTag {
+                field: "money",
+                found: t,
+                expected: "0 (public) or 1 (private)",
+            }),
+        }
     }
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(field)?))

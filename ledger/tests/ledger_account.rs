@@ -53,6 +53,7 @@ fn receipt(n: u8, bidder: &SigningKey, provider: &SigningKey, units: u64) -> Rec
         shard: 0,
         bidder: pk(bidder),
         provider: pk(provider),
+        lease: [0x44; 32],
         input_commitment: [0; 32],
         output_commitment: [job; 32],
         compute_units: units,

@@ -110,7 +110,7 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
         },
         {
             let other = other.clone();
-            (any::<[[u8; 32]; 4]>(), any::<u32>(), any::<[u64; 2]>()).prop_map(
+            (any::<[[u8; 32]; 5]>(), any::<u32>(), any::<[u64; 2]>()).prop_map(
                 move |(d, shard, n)| {
                     Body::Receipt(
                         ReceiptTerms {
@@ -118,6 +118,7 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                             shard,
                             bidder: o,
                             provider: a,
+                            lease: d[4],
                             input_commitment: d[1],
                             output_commitment: d[2],
                             compute_units: n[0],
@@ -143,10 +144,10 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
             (
                 any::<[u8; 32]>(),
                 any::<u64>(),
-                any::<bool>(),
+                any::<[bool; 2]>(),
                 proptest::collection::btree_set(any::<[u8; 32]>(), 0..4),
             )
-                .prop_map(move |(job_id, credits_cents, pays, receipts)| {
+                .prop_map(move |(job_id, credits_cents, [pays, public], receipts)| {
                     let (payer, payee) = if pays { (a, o) } else { (o, a) };
                     Body::Settlement(
                         SettlementTerms {
@@ -154,6 +155,11 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
                             payer,
                             payee,
                             credits_cents,
+                            money: if public {
+                                Money::Public
+                            } else {
+                                Money::Private
+                            },
                             receipts: receipts.into_iter().collect(),
                         }
                         .cosign(&other),
@@ -383,6 +389,7 @@ fn cosignature_must_come_from_the_other_party() {
         payer: a.verifying_key().to_bytes(),
         payee: b.verifying_key().to_bytes(),
         credits_cents: 500,
+        money: Money::Private,
         receipts: vec![[1; 32], [2; 32]],
     };
     let good = Entry::sign(&a, 1, 1, Body::Settlement(terms.clone().cosign(&b)));
@@ -429,6 +436,7 @@ pub fn spec_examples() -> Vec<(&'static str, Vec<u8>)> {
                 shard: 3,
                 bidder: other.verifying_key().to_bytes(),
                 provider: node.verifying_key().to_bytes(),
+                lease: [0xee; 32],
                 input_commitment: [0xbb; 32],
                 output_commitment: [0xcc; 32],
                 compute_units: 1_250_000,
@@ -495,6 +503,7 @@ fn settlement_receipts_must_be_strictly_ascending_and_bounded() {
             payer: a.verifying_key().to_bytes(),
             payee: b.verifying_key().to_bytes(),
             credits_cents: 500,
+            money: Money::Private,
             receipts,
         };
         Entry::sign(&a, 1, 1, Body::Settlement(terms.cosign(&b))).encode()

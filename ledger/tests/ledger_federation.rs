@@ -623,6 +623,7 @@ fn busy_log(dir: &Path) -> (Log, Vec<Vec<u8>>) {
         payer: pk(1),
         payee: pk(2),
         credits_cents: 300,
+        money: Money::Public,
         receipts: vec![],
     };
     notes.push(append(
@@ -1286,6 +1287,7 @@ fn detached_cosignature_equals_in_process_and_is_checked() {
         payer: pk(2),
         payee: pk(1),
         credits_cents: 9,
+        money: Money::Private,
         receipts: vec![],
     };
     let s = settlement.cosignature(&sk(1));

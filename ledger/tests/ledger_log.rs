@@ -287,18 +287,19 @@ fn overdraw_is_rejected_at_append() {
         }),
     );
     a.append_batch(vec![admit, deposit]).unwrap();
-    let pay = |cents, offset| {
+    let pay = |a: &Log, cents, offset, money| {
         let terms = SettlementTerms {
             job_id: [offset as u8; 32],
             payer: a_pk,
             payee: b_pk,
             credits_cents: cents,
+            money,
             receipts: vec![],
         };
         a.sign_next(offset, T0 + 5, Body::Settlement(terms.cosign(&b_key)))
     };
-    let ok = pay(600, 0);
-    let too_much = pay(500, 1);
+    let ok = pay(&a, 600, 0, Money::Private);
+    let too_much = pay(&a, 500, 1, Money::Private);
     let before = snapshot_of(&a);
     let err = a.append_batch(vec![ok.clone(), too_much]).unwrap_err();
     match err {
@@ -306,18 +307,41 @@ fn overdraw_is_rejected_at_append() {
             source:
                 RuleError::Overdraw {
                     seq,
+                    money,
                     needed,
                     available,
                 },
             ..
         } => {
-            assert_eq!((seq, needed, available), (4, 500, 400));
+            assert_eq!(
+                (seq, money, needed, available),
+                (4, Money::Private, 500, 400)
+            );
         }
         other => panic!("expected Overdraw, got {other}"),
     }
     assert_eq!(snapshot_of(&a), before);
     assert_eq!(a.state().balance_cents(), 1_000);
     a.append(ok.clone()).unwrap();
+    assert_eq!(a.state().balance_cents(), 400);
+    // Public and private money stay apart: private credits never pay a public settlement.
+    assert_eq!(
+        (
+            a.state().purse_cents(Money::Private),
+            a.state().purse_cents(Money::Public)
+        ),
+        (400, 0)
+    );
+    let public = pay(&a, 1, 0, Money::Public);
+    match a.append(public).unwrap_err() {
+        LogError::Rule {
+            source: RuleError::Overdraw {
+                money, available, ..
+            },
+            ..
+        } => assert_eq!((money, available), (Money::Public, 0)),
+        other => panic!("expected Overdraw, got {other}"),
+    }
     assert_eq!(a.state().balance_cents(), 400);
     // Replaying the same co-signed fact is refused.
     let mut replay = ok;
@@ -540,6 +564,7 @@ fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
         shard: 0,
         bidder: bpk,
         provider: apk,
+        lease: [0x44; 32],
         input_commitment: [1; 32],
         output_commitment: [2; 32],
         compute_units: 1_000,
@@ -551,6 +576,7 @@ fn two_nodes(tmp: &Path) -> (PathBuf, PathBuf, Log, Log) {
         payer: bpk,
         payee: apk,
         credits_cents: 2_500,
+        money: Money::Public,
         receipts: vec![],
     };
     let admit = |pk, org: &str, sector| {
@@ -616,11 +642,20 @@ fn audit_and_fold_two_nodes() {
         (1_000, 42_000)
     );
     assert_eq!(fa.credit_balance_cents, 2_500);
+    // The grant-funded settlement reaches the provider as public money.
+    assert_eq!(
+        (fa.credit_public_cents, fa.credit_private_cents),
+        (2_500, 0)
+    );
     assert_eq!(
         (sb.compute_consumed_units, sb.compute_consumed_gpu_ms),
         (1_000, 42_000)
     );
     assert_eq!(sb.credit_balance_cents, 7_500);
+    assert_eq!(
+        (sb.credit_public_cents, sb.credit_private_cents),
+        (7_500, 0)
+    );
     assert_eq!(
         (sb.funding_public_eur_cents, sb.funding_private_eur_cents),
         (10_000, 0)

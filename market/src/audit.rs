@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use leam_ledger::entry::{Body, Clearing, Digest32, Entry, PublicKey};
+use leam_ledger::entry::{Body, Clearing, Digest32, Entry, PublicKey, Terms as _};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -299,6 +299,10 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
     // 3. Co-signed facts (each once) and verdicts.
     let mut seen: BTreeSet<Digest32> = BTreeSet::new();
     let mut leased: BTreeMap<(Digest32, PublicKey, PublicKey), (u64, u64, u64)> = BTreeMap::new(); // (job, bidder, provider) -> (units, price/k, cents)
+                                                                                                   // Every lease any log holds, by fact id: (job, bidder, provider) and whether the audit
+                                                                                                   // reproduced it from a clearing.
+    let mut lease_ids: BTreeMap<Digest32, ((Digest32, PublicKey, PublicKey), bool)> =
+        BTreeMap::new();
     let mut verdicts: BTreeMap<(Digest32, u32, PublicKey, Digest32), (u64, u64)> = BTreeMap::new();
     for entries in logs.values() {
         for e in entries {
@@ -307,6 +311,7 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                 Body::Lease(c) if new => {
                     out.leases += 1;
                     let t = &c.terms;
+                    lease_ids.insert(t.fact_id(), ((t.job_id, t.bidder, t.provider), false));
                     let implied = clearings.get(&(t.bidder, t.job_id)).and_then(|cs| {
                         let (_, job) = &jobs[&(t.bidder, t.job_id)];
                         cs.iter().find_map(|cl| {
@@ -324,6 +329,7 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                     match implied {
                         Some((terms, price)) if terms == *t => {
                             out.leases_matching += 1;
+                            lease_ids.insert(t.fact_id(), ((t.job_id, t.bidder, t.provider), true));
                             leased.insert((t.job_id, t.bidder, t.provider), (t.compute_units, price, t.price_cents));
                         }
                         Some((terms, _)) => find(&mut out, e, format!(
@@ -403,10 +409,25 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
                 Body::Receipt(c) => {
                     out.receipts += 1;
                     let t = &c.terms;
-                    if !leased.contains_key(&(t.job_id, t.bidder, t.provider)) {
+                    // The receipt's lease: a lease of its job between its two parties, which
+                    // the audit reproduced from a clearing (a lease it did not is found above).
+                    let why = match lease_ids.get(&t.lease) {
+                        Some((parties, true)) if *parties == (t.job_id, t.bidder, t.provider) => {
+                            None
+                        }
+                        Some((parties, true)) => Some(format!(
+                            "which is a lease between bidder {} and provider {} for job {}",
+                            hex::encode(parties.1),
+                            hex::encode(parties.2),
+                            hex::encode(parties.0)
+                        )),
+                        Some((_, false)) => Some("which no clearing implies".to_string()),
+                        None => Some("but no log holds such a lease".to_string()),
+                    };
+                    if let Some(why) = why {
                         find(&mut out, e, format!(
-                            "receipt for shard {} of job {} names no matching lease between bidder {} and provider {}",
-                            t.shard, hex::encode(t.job_id), hex::encode(t.bidder), hex::encode(t.provider)
+                            "receipt for shard {} of job {} between bidder {} and provider {} names lease {}, {why}",
+                            t.shard, hex::encode(t.job_id), hex::encode(t.bidder), hex::encode(t.provider), hex::encode(t.lease)
                         ));
                         continue;
                     }

@@ -35,6 +35,35 @@ pub fn split(amount_cents: u64, bidder_sector: Sector, subsidy_percent: u8) -> S
     }
 }
 
+/// The money `me` pays `cents` with, by the credits of each money its own log `own` shows
+/// (deposits and settlements received, less settlements paid): private money if it covers the
+/// payment, else public funding if that does, else private (and the log refuses the overdraw).
+pub fn paying_money(own: &[Entry], me: &PublicKey, cents: u64) -> Money {
+    let mut purse = [0i128; 2];
+    for e in own {
+        match &e.body {
+            Body::Deposit(d) if d.member == *me => {
+                purse[d.money as usize] += i128::from(d.eur_cents)
+            }
+            Body::Settlement(c) if c.terms.payer == *me => {
+                purse[c.terms.money as usize] -= i128::from(c.terms.credits_cents)
+            }
+            Body::Settlement(c) if c.terms.payee == *me => {
+                purse[c.terms.money as usize] += i128::from(c.terms.credits_cents)
+            }
+            _ => {}
+        }
+    }
+    let need = i128::from(cents);
+    if purse[Money::Private as usize] >= need {
+        Money::Private
+    } else if purse[Money::Public as usize] >= need {
+        Money::Public
+    } else {
+        Money::Private
+    }
+}
+
 /// The federation's public pool: the public-sector member with the most public money deposited
 /// in its own log (ties: the smaller key); `None` while no public member deposited public money.
 pub fn public_pool(
@@ -93,6 +122,7 @@ pub fn subsidy_due(
             payer: *pool,
             payee: s.payee,
             credits_cents: due,
+            money: Money::Public,
             receipts: s.receipts.clone(),
         };
         if due > 0 && !out.contains(&terms) {

@@ -9,7 +9,7 @@ use leam_market::audit::audit;
 use leam_market::clearing::{self, capacity_shards, clear, lease_terms, Ask, Request};
 use leam_market::job::{seed_commitment, Job, JobFile, ModelSpec, SHARD_TIMEOUT_MS_RANGE};
 use leam_market::replicate::{catch_probability_ppb, opens, replicated};
-use leam_market::settle::{owed_cents, split};
+use leam_market::settle::{self, owed_cents, split};
 use proptest::prelude::*;
 
 fn key(seed: u8) -> SigningKey {
@@ -332,6 +332,40 @@ fn subsidy_split_and_owed_amounts() {
     assert_eq!(owed_cents(1_000_000, 55, 1_000), 1_000);
 }
 
+#[test]
+fn a_payer_pays_with_private_money_while_it_covers_the_payment_then_public() {
+    let me = pk(10);
+    let sign = |seq: u64, body| Entry::sign(&key(10), seq, 1, body);
+    let deposit = |cents, money| {
+        Body::Deposit(Deposit {
+            member: me,
+            eur_cents: cents,
+            money,
+            reference: "r".into(),
+        })
+    };
+    let mut own = vec![
+        sign(0, deposit(100, Money::Private)),
+        sign(1, deposit(1_000, Money::Public)),
+    ];
+    assert_eq!(settle::paying_money(&own, &me, 100), Money::Private);
+    assert_eq!(settle::paying_money(&own, &me, 500), Money::Public);
+    // Neither covers it: private, which the log then refuses as an overdraw.
+    assert_eq!(settle::paying_money(&own, &me, 5_000), Money::Private);
+    // A private settlement paid spends the private credits.
+    let paid = SettlementTerms {
+        job_id: [1; 32],
+        payer: me,
+        payee: pk(1),
+        credits_cents: 60,
+        money: Money::Private,
+        receipts: vec![[2; 32]],
+    };
+    own.push(sign(2, Body::Settlement(paid.cosign(&key(1)))));
+    assert_eq!(settle::paying_money(&own, &me, 50), Money::Public);
+    assert_eq!(settle::paying_money(&own, &me, 40), Money::Private);
+}
+
 /// A small federation's market records as logs: bidder 10 (startup), providers 1 and 2, referee 3.
 struct Book {
     logs: BTreeMap<PublicKey, Vec<Entry>>,
@@ -452,9 +486,11 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
     );
     assert_eq!(c.price_cents_per_kilo_unit, 55);
     let job = b.job.clone();
+    let mut lease_of = BTreeMap::new();
     for a in c.assignments.clone() {
         let t = lease_terms(&c, &job, pk(10), &a);
         let p = a.provider;
+        lease_of.insert(p, t.fact_id());
         let who = if p == pk(1) { 1 } else { 2 };
         b.both(10, who, 1_000_100, t, Body::Lease);
     }
@@ -465,6 +501,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         shard: 0,
         bidder: pk(10),
         provider: pk(1),
+        lease: lease_of[&pk(1)],
         input_commitment: [1; 32],
         output_commitment: [2; 32],
         compute_units: 1_000_000,
@@ -489,6 +526,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         payer: pk(10),
         payee: pk(1),
         credits_cents: 55_000,
+        money: Money::Private,
         receipts: vec![receipt_id],
     };
     b.both(10, 1, 1_000_400, pay, Body::Settlement);
@@ -558,6 +596,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         payer: pk(10),
         payee: pk(1),
         credits_cents: 1,
+        money: Money::Private,
         receipts: vec![receipt_id],
     };
     x.both(10, 1, 1_000_600, pay.clone(), Body::Settlement);
@@ -583,6 +622,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         let pay = SettlementTerms {
             receipts,
             credits_cents: 0,
+            money: Money::Private,
             ..pay.clone()
         };
         x.both(10, 1, 1_000_600, pay, Body::Settlement);
@@ -645,21 +685,33 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
         "{}",
         a.flags[0].detail
     );
-    // A receipt with no lease.
+    // A receipt that names no lease, and one that names another provider's lease.
     let mut x = Book::new();
     let r = ReceiptTerms {
         job_id: job.id(),
         shard: 0,
         bidder: pk(10),
         provider: pk(2),
+        lease: [7; 32],
         input_commitment: [1; 32],
         output_commitment: [2; 32],
         compute_units: 1,
         gpu_ms: 1,
         device_fingerprint: [1; 32],
     };
-    x.both(2, 10, 5, r, Body::Receipt);
-    found(&x.logs, "names no matching lease");
+    x.both(2, 10, 5, r.clone(), Body::Receipt);
+    found(&x.logs, "but no log holds such a lease");
+    let mut x = Book {
+        logs: b.logs.clone(),
+        keys: b.keys.clone(),
+        job: job.clone(),
+    };
+    let r = ReceiptTerms {
+        lease: lease_of[&pk(1)],
+        ..r
+    };
+    x.both(2, 10, 1_000_500, r, Body::Receipt);
+    found(&x.logs, "which is a lease between bidder");
     // A bid for an unpublished job.
     let mut x = Book::new();
     x.append(
@@ -836,8 +888,10 @@ fn a_reclearing_buys_the_unfinished_shards_from_a_new_provider() {
         vec![(pk(1), 4), (pk(2), 2)]
     );
     let job = b.job.clone();
+    let mut lease_of = BTreeMap::new();
     for a in c.assignments.clone() {
         let t = lease_terms(&c, &job, pk(10), &a);
+        lease_of.insert(a.provider, t.fact_id());
         let who = if a.provider == pk(1) { 1 } else { 2 };
         b.both(10, who, 1_000_100, t, Body::Lease);
     }
@@ -847,6 +901,7 @@ fn a_reclearing_buys_the_unfinished_shards_from_a_new_provider() {
         shard: 0,
         bidder: pk(10),
         provider: pk(1),
+        lease: lease_of[&pk(1)],
         input_commitment: [1; 32],
         output_commitment: [2; 32],
         compute_units: 1_000_000,

@@ -404,7 +404,8 @@ impl Core {
         Ok(out)
     }
 
-    fn own_entries(&self) -> Result<Vec<Entry>, CoreError> {
+    /// This node's own log, decoded (a full decode per call).
+    pub fn own_entries(&self) -> Result<Vec<Entry>, CoreError> {
         let raw = self.log.reader().entries(0, self.log.size())?;
         Ok(raw.iter().filter_map(|b| Entry::decode(b).ok()).collect())
     }

@@ -589,27 +589,28 @@ pub(crate) fn print_report(report: &AuditReport) {
         a.logs, a.entries, a.facts, a.verdicts_ignored
     );
     println!(
-        "{:<28} {:>14} {:>12} {:>14} {:>12} {:>12} {:>14} {:>14} {:>9}",
+        "{:<28} {:>14} {:>12} {:>14} {:>12} {:>12} {:>19} {:>19} {:>9}",
         "sector / organisation",
         "contrib units",
         "contrib dev-s",
         "consumed units",
         "consumed dev-s",
         "unverified",
-        "balance EUR",
+        "credits pub/priv EUR",
         "funding pub/priv EUR",
         "evidence"
     );
     let line = |name: &str, t: &leam_ledger::account::Totals| {
         println!(
-            "{:<28} {:>14} {:>12.1} {:>14} {:>12.1} {:>12} {:>14.2} {:>9.2}/{:<9.2} {:>9}",
+            "{:<28} {:>14} {:>12.1} {:>14} {:>12.1} {:>12} {:>9.2}/{:<9.2} {:>9.2}/{:<9.2} {:>9}",
             name,
             t.compute_contributed_units,
             t.compute_contributed_gpu_ms as f64 / 1e3,
             t.compute_consumed_units,
             t.compute_consumed_gpu_ms as f64 / 1e3,
             t.compute_unverified_units,
-            t.credit_balance_cents as f64 / 100.0,
+            t.credit_public_cents as f64 / 100.0,
+            t.credit_private_cents as f64 / 100.0,
             t.funding_public_eur_cents as f64 / 100.0,
             t.funding_private_eur_cents as f64 / 100.0,
             t.evidence_against
@@ -688,6 +689,7 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
                 shard: (i % 1000) as u32,
                 bidder: a,
                 provider: o,
+                lease: [4; 32],
                 input_commitment: [1; 32],
                 output_commitment: job,
                 compute_units: 10_000,
@@ -714,6 +716,7 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
                 payer: a,
                 payee: o,
                 credits_cents: 100,
+                money: Money::Private,
                 receipts: vec![],
             }
             .cosign(other),

@@ -39,7 +39,10 @@ pub fn policy(me: PublicKey, provider: leam_jobs::provider::Provider) -> Policy 
             let logs = core.decoded_logs().map_err(|e| e.to_string())?;
             check_lease(&me, terms, &logs)
         }
-        Fact::Receipt(terms) => provider.check_receipt(terms),
+        Fact::Receipt(terms) => {
+            let own = core.own_entries().map_err(|e| e.to_string())?;
+            provider.check_receipt(terms, &own)
+        }
         Fact::Settlement(t) if t.payee == me => Ok(()),
         Fact::Settlement(_) => {
             Err("this node pays settlements it proposes itself, never on request".into())

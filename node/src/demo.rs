@@ -729,7 +729,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .as_object()
         .is_some_and(|m| m.contains_key(&keys[INDUSTRY]));
     if industry_paid {
-        let pool_paid = || -> Option<u64> {
+        let pool_paid = || -> Option<(u64, String)> {
             let page = get_json(
                 &base_of(&dirs[INDUSTRY])?,
                 &format!(
@@ -740,7 +740,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             page["entries"].as_array()?.iter().find_map(|e| {
                 let t = &e["entry"]["body"]["terms"];
                 (t["payer"] == keys[PUBLIC_CENTRE].as_str())
-                    .then(|| t["credits_cents"].as_u64())
+                    .then(|| {
+                        Some((
+                            t["credits_cents"].as_u64()?,
+                            t["money"].as_str()?.to_owned(),
+                        ))
+                    })
                     .flatten()
             })
         };
@@ -755,12 +760,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 paid.is_some()
             },
         )?;
+        let (cents, money) = paid.unwrap_or_default();
         say!(
             json,
-            "   the public pool ({}) pays {:<8} {} (subsidy)",
+            "   the public pool ({}) pays {:<8} {} (subsidy, in {money} money)",
             PARTNERS[PUBLIC_CENTRE].1,
             PARTNERS[INDUSTRY].1,
-            eur(paid.unwrap_or(0))
+            eur(cents)
         );
     }
     say!(json,

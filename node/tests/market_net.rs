@@ -342,6 +342,12 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         .collect();
     assert_eq!(subsidy.len(), 1, "{subsidy:?}");
     assert_eq!(subsidy[0]["body"]["terms"]["payee"], keys[1].as_str());
+    // Public and private money stay apart: the startup pays from its private deposit, the pool
+    // from its public funding.
+    assert_eq!(subsidy[0]["body"]["terms"]["money"], "public");
+    for s in &settlements {
+        assert_eq!(s["body"]["terms"]["money"], "private", "{s}");
+    }
     // Both pay named receipts: b's one accepted run (its falsified replica is paid nothing).
     let to_b = settlements
         .iter()

@@ -711,7 +711,7 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
 }
 
 /// CSV columns after scope, name and sector.
-pub const CSV_TOTALS: [&str; 10] = [
+pub const CSV_TOTALS: [&str; 12] = [
     "compute_contributed_units",
     "compute_contributed_gpu_ms",
     "compute_consumed_units",
@@ -719,12 +719,14 @@ pub const CSV_TOTALS: [&str; 10] = [
     "compute_unverified_units",
     "compute_rejected_units",
     "credit_balance_cents",
+    "credit_public_cents",
+    "credit_private_cents",
     "funding_public_eur_cents",
     "funding_private_eur_cents",
     "evidence_against",
 ];
 
-fn totals_row(t: &Totals) -> [String; 10] {
+fn totals_row(t: &Totals) -> [String; 12] {
     [
         t.compute_contributed_units.to_string(),
         t.compute_contributed_gpu_ms.to_string(),
@@ -733,6 +735,8 @@ fn totals_row(t: &Totals) -> [String; 10] {
         t.compute_unverified_units.to_string(),
         t.compute_rejected_units.to_string(),
         t.credit_balance_cents.to_string(),
+        t.credit_public_cents.to_string(),
+        t.credit_private_cents.to_string(),
         t.funding_public_eur_cents.to_string(),
         t.funding_private_eur_cents.to_string(),
         t.evidence_against.to_string(),

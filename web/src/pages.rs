@@ -856,7 +856,7 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
             h2 { "Work: processed, verified, rejected and paid, kept apart" }
             p.explain { "Processed but unverified work has a receipt but no referee verdict yet; rejected work failed verification and earns nothing; verified work passed; paid is what bidders actually settled in credits. These are never added together." }
             div.table-wrap { table {
-                thead { tr { th { "Organisation" } th { "Sector" } th.num { "Verified units" } th.num { "Unverified units" } th.num { "Rejected units" } th.num { "Consumed units" } th.num { "Device time contributed (ms)" } th.num { "Public funding" } th.num { "Private money" } th.num { "Credit balance" } th.num { "Evidence against" } } }
+                thead { tr { th { "Organisation" } th { "Sector" } th.num { "Verified units" } th.num { "Unverified units" } th.num { "Rejected units" } th.num { "Consumed units" } th.num { "Device time contributed (ms)" } th.num { "Public funding" } th.num { "Private money" } th.num { "Credit balance" } th.num { "of it public" } th.num { "of it private" } th.num { "Evidence against" } } }
                 tbody { @for (name, o) in &r.organisations {
                     @let t = &o.totals;
                     tr {
@@ -869,6 +869,8 @@ async fn report(State(s): State<AppShared>) -> Result<Response, AppError> {
                         (cell(name, "funding_public_eur_cents", t.funding_public_eur_cents, true))
                         (cell(name, "funding_private_eur_cents", t.funding_private_eur_cents, true))
                         (cell(name, "credit_balance_cents", t.credit_balance_cents, true))
+                        (cell(name, "credit_public_cents", t.credit_public_cents, true))
+                        (cell(name, "credit_private_cents", t.credit_private_cents, true))
                         (cell(name, "evidence_against", t.evidence_against, false))
                     }
                 } }

@@ -102,6 +102,7 @@ fn federation() -> Fed {
         shard,
         bidder: bpk,
         provider: apk,
+        lease: [0x44; 32],
         input_commitment: [1; 32],
         output_commitment: [out; 32],
         compute_units: 1_000,
@@ -113,6 +114,7 @@ fn federation() -> Fed {
         payer: bpk,
         payee: apk,
         credits_cents: 2_500,
+        money: Money::Public,
         receipts: vec![],
     };
     let admit = |pk, org: &str, sector| {
@@ -302,6 +304,10 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     assert_eq!(a["compute_contributed_units"], 1_000);
     assert_eq!(a["compute_rejected_units"], 1_000);
     assert_eq!(a["credit_balance_cents"], 2_500);
+    assert_eq!(
+        a["credit_public_cents"], 2_500,
+        "paid from B's public grant"
+    );
     // The referee's evidence is free text, not a checkable wrong-result document: listed, not
     // counted.
     assert_eq!(a["evidence_against"], 0);
@@ -331,7 +337,7 @@ async fn every_read_route_answers_with_the_ledger_figures() {
     );
     assert!(
         csv.contains(
-            "organisation,Forschungszentrum A,science,1000,42000,0,0,0,1000,2500,0,0,0\r\n"
+            "organisation,Forschungszentrum A,science,1000,42000,0,0,0,1000,2500,2500,0,0,0,0\r\n"
         ),
         "{csv}"
     );
@@ -513,6 +519,8 @@ async fn pages_show_the_report_figures_and_why_bids_are_not_served() {
             "compute_consumed_units",
             "funding_public_eur_cents",
             "credit_balance_cents",
+            "credit_public_cents",
+            "credit_private_cents",
             "evidence_against",
         ] {
             let needle = format!(

@@ -51,6 +51,9 @@ pub struct Measurement {
     pub ms: u64,
     /// `units` per hour at that speed: the offer's throughput.
     pub units_per_hour: u64,
+    /// Memory for tensors on the backend, bytes ([`Kernels::memory_bytes`]).
+    #[serde(default)]
+    pub memory_bytes: u64,
     /// When it was measured (Unix ms).
     pub measured_at_ms: u64,
 }
@@ -133,6 +136,7 @@ pub fn measure(kernels: &dyn Kernels, now_ms: u64) -> Result<Measurement, Measur
         units,
         ms,
         units_per_hour: units.saturating_mul(3_600_000) / ms,
+        memory_bytes: kernels.memory_bytes(),
         measured_at_ms: now_ms,
     })
 }
@@ -162,6 +166,7 @@ pub fn offer(
         offer_id,
         device_fingerprint: m.fingerprint,
         compute_units_per_hour: m.units_per_hour,
+        memory_bytes: m.memory_bytes,
         price_cents_per_kilo_unit,
         valid_until_ms,
     }
@@ -196,14 +201,17 @@ mod tests {
         assert_eq!(m.selftest_kernels, 0);
         assert!(m.units > 0 && m.units_per_hour >= m.units, "{m:?}");
         assert_eq!(m.fingerprint, <[u8; 32]>::from(Sha256::digest(b"cpu")));
+        // The host's memory, as Linux reports it (this test runs on Linux).
+        assert!(m.memory_bytes > 1 << 20, "{m:?}");
         let o = offer(&m, 7, 55, 9);
         assert_eq!(
             (
                 o.offer_id,
                 o.compute_units_per_hour,
+                o.memory_bytes,
                 o.price_cents_per_kilo_unit
             ),
-            (7, m.units_per_hour, 55)
+            (7, m.units_per_hour, m.memory_bytes, 55)
         );
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()), None);

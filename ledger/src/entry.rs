@@ -346,6 +346,9 @@ pub struct Offer {
     pub device_fingerprint: Digest32,
     /// Compute units the node can deliver per hour.
     pub compute_units_per_hour: u64,
+    /// Memory for tensors on the node's backend, bytes, as measured with the throughput
+    /// (`specs/market.md` §1); 0 where the platform reports none.
+    pub memory_bytes: u64,
     /// Price in credits (EUR cents) per 1,000 compute units.
     pub price_cents_per_kilo_unit: u64,
     /// The offer expires at this time (Unix ms).
@@ -875,6 +878,7 @@ impl Body {
                 w.extend_from_slice(&o.offer_id.to_be_bytes());
                 w.extend_from_slice(&o.device_fingerprint);
                 w.extend_from_slice(&o.compute_units_per_hour.to_be_bytes());
+                w.extend_from_slice(&o.memory_bytes.to_be_bytes());
                 w.extend_from_slice(&o.price_cents_per_kilo_unit.to_be_bytes());
                 w.extend_from_slice(&o.valid_until_ms.to_be_bytes());
             }
@@ -947,6 +951,7 @@ impl Body {
                 offer_id: r.u64("offer_id")?,
                 device_fingerprint: r.array("device_fingerprint")?,
                 compute_units_per_hour: r.u64("compute_units_per_hour")?,
+                memory_bytes: r.u64("memory_bytes")?,
                 price_cents_per_kilo_unit: r.u64("price_cents_per_kilo_unit")?,
                 valid_until_ms: r.u64("valid_until_ms")?,
             }),

@@ -256,6 +256,7 @@ fn log_rules_name_the_entry() {
             offer_id: 0,
             device_fingerprint: [0; 32],
             compute_units_per_hour: 1,
+            memory_bytes: 1 << 30,
             price_cents_per_kilo_unit: 1,
             valid_until_ms: 1,
         }),

@@ -69,16 +69,20 @@ fn body_strategy(author: SigningKey, other: SigningKey) -> impl Strategy<Value =
             any::<[u8; 32]>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
             any::<u64>()
         )
             .prop_map(
-                |(offer_id, device_fingerprint, cu, price, until)| Body::Offer(Offer {
-                    offer_id,
-                    device_fingerprint,
-                    compute_units_per_hour: cu,
-                    price_cents_per_kilo_unit: price,
-                    valid_until_ms: until,
-                })
+                |(offer_id, device_fingerprint, cu, price, until, memory_bytes)| Body::Offer(
+                    Offer {
+                        offer_id,
+                        device_fingerprint,
+                        compute_units_per_hour: cu,
+                        memory_bytes,
+                        price_cents_per_kilo_unit: price,
+                        valid_until_ms: until,
+                    }
+                )
             ),
         (any::<[u8; 32]>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(job_id, compute_units, p, deadline_ms)| Body::Bid(Bid {

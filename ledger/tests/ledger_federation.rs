@@ -560,6 +560,7 @@ fn offer(i: u64) -> Body {
         offer_id: i,
         device_fingerprint: [7; 32],
         compute_units_per_hour: 1000 + i,
+        memory_bytes: 1 << 30,
         price_cents_per_kilo_unit: 3,
         valid_until_ms: T0 + 1_000_000,
     })

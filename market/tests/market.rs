@@ -297,6 +297,7 @@ fn capacity_follows_throughput_window_and_deadline() {
         offer_id: 1,
         device_fingerprint: [0; 32],
         compute_units_per_hour: 3_600_000,
+        memory_bytes: 1 << 30,
         price_cents_per_kilo_unit: 1,
         valid_until_ms: 10_000,
     };
@@ -400,6 +401,7 @@ impl Book {
                 offer_id: ts,
                 device_fingerprint: [who; 32],
                 compute_units_per_hour: 3_600_000,
+                memory_bytes: 1 << 30,
                 price_cents_per_kilo_unit: price,
                 valid_until_ms: 5_000_000,
             }),
@@ -673,6 +675,7 @@ fn audit_reproduces_an_honest_market_and_flags_each_deviation() {
             offer_id: 2,
             device_fingerprint: [1; 32],
             compute_units_per_hour: 30_000_000_000,
+            memory_bytes: 1 << 30,
             price_cents_per_kilo_unit: 40,
             valid_until_ms: 9_000_000,
         }),

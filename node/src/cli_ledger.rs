@@ -662,6 +662,7 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
             offer_id: i,
             device_fingerprint: [7; 32],
             compute_units_per_hour: 1_000_000,
+            memory_bytes: 1 << 30,
             price_cents_per_kilo_unit: 2,
             valid_until_ms: 2_000_000_000_000,
         }),
@@ -716,7 +717,12 @@ fn bench_body(i: u64, me: &SigningKey, other: &SigningKey) -> Body {
                 payer: a,
                 payee: o,
                 credits_cents: 100,
-                money: Money::Private,
+                // The money this decade's deposit (body 0) brought in.
+                money: if (i / 10) & 1 == 0 {
+                    Money::Public
+                } else {
+                    Money::Private
+                },
                 receipts: vec![],
             }
             .cosign(other),

@@ -112,6 +112,14 @@ fn a_bid_is_cleared_leased_trained_verified_and_settled_over_the_network() {
         a_offer["body"]["compute_units_per_hour"], measured["units_per_hour"],
         "the offer carries what the node measured: {a_offer}"
     );
+    assert_eq!(
+        a_offer["body"]["memory_bytes"], measured["memory_bytes"],
+        "{a_offer}"
+    );
+    assert!(
+        measured["memory_bytes"].as_u64() > Some(1 << 20),
+        "the host's available memory: {measured}"
+    );
     let out = ok(&[
         "offer",
         "--dir",

@@ -176,8 +176,9 @@ fn summary(e: &Entry, m: &BTreeMap<PublicKey, Membership>) -> String {
             d.reference
         ),
         Body::Offer(o) => format!(
-            "offers {} units/hour at {} per 1,000 units (offer {})",
+            "offers {} units/hour ({} MiB memory) at {} per 1,000 units (offer {})",
             num(o.compute_units_per_hour),
+            num(o.memory_bytes >> 20),
             eur(o.price_cents_per_kilo_unit),
             o.offer_id
         ),
@@ -436,9 +437,9 @@ async fn market(State(s): State<AppShared>) -> Result<Response, AppError> {
             } }
             h2 { "Offers (" (offers.len()) ")" }
             div.table-wrap { table {
-                thead { tr { th { "Provider" } th.num { "Units / hour" } th.num { "Price / 1,000" } } }
+                thead { tr { th { "Provider" } th.num { "Units / hour" } th.num { "Memory (MiB)" } th.num { "Price / 1,000" } } }
                 tbody { @for o in offers.iter().take(LIMIT_DEFAULT as usize) { @if let Body::Offer(x) = &o.body {
-                    tr { td { (org_of(&m, &o.author)) } td.num { (num(x.compute_units_per_hour)) } td.num { (eur(x.price_cents_per_kilo_unit)) } }
+                    tr { td { (org_of(&m, &o.author)) } td.num { (num(x.compute_units_per_hour)) } td.num { (num(x.memory_bytes >> 20)) } td.num { (eur(x.price_cents_per_kilo_unit)) } }
                 } } }
             } }
             @if offers.len() as u64 > LIMIT_DEFAULT { p { "First " (LIMIT_DEFAULT) " shown; all are at " a href="/api/offers?limit=500" { "/api/offers" } "." } }

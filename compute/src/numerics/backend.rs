@@ -325,6 +325,9 @@ impl<K: Kernels> Kernels for Timed<K> {
     fn device(&self) -> String {
         self.inner.device()
     }
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes()
+    }
     fn traffic(&self) -> crate::numerics::kernels::Traffic {
         self.inner.traffic()
     }

@@ -256,6 +256,14 @@ pub trait Kernels: Send + Sync {
         self.name()
     }
 
+    /// Memory the backend holds tensors in, bytes, as the platform reports it: the host's
+    /// available memory for backends that compute in host memory (Linux `MemAvailable`; 0
+    /// where unknown). A GPU backend reports its adapter's largest buffer (`max_buffer_size`):
+    /// wgpu reports no total device memory.
+    fn memory_bytes(&self) -> u64 {
+        host_available_bytes()
+    }
+
     /// Host↔device traffic since the backend was opened. Zero for a backend that computes in
     /// host memory (the CPU reference).
     fn traffic(&self) -> Traffic {
@@ -829,4 +837,24 @@ pub fn matmul_naive(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError
         }
     }
     requantize_b16("matmul", &sums, a.exp as i64 + b.exp as i64)
+}
+
+/// Largest `/proc/meminfo` read (the file is a few KiB).
+const MEMINFO_BYTES_MAX: u64 = 64 * 1024;
+
+/// The host's available memory (Linux `MemAvailable` in `/proc/meminfo`), bytes; 0 where the
+/// platform does not report it.
+pub fn host_available_bytes() -> u64 {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = std::fs::File::open("/proc/meminfo")
+        .and_then(|f| f.take(MEMINFO_BYTES_MAX).read_to_string(&mut text));
+    if read.is_err() {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb.saturating_mul(1024))
 }

@@ -75,6 +75,10 @@ impl Kernels for WithCpuFallback {
         self.gpu.device()
     }
 
+    fn memory_bytes(&self) -> u64 {
+        self.gpu.memory_bytes()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.either("matmul", |k| k.matmul(a, b, s), |k| k.matmul(a, b, s))
     }

@@ -127,6 +127,10 @@ impl Kernels for GpuKernels {
         self.gpu.fingerprint.to_string()
     }
 
+    fn memory_bytes(&self) -> u64 {
+        self.gpu.limits.max_buffer_size
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError> {
         const OP: &str = "matmul";
         check_matmul(a, b, shape)?;

@@ -62,6 +62,10 @@ pub const RESUME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Longest wait for the leases of a re-clearing to be co-signed (the node's market task
 /// proposes them); providers that have not co-signed by then get no runs.
 pub const RECLEARING_LEASE_WAIT_MS: u64 = 60_000;
+/// Longest wait, when a provider leaves the job, for the referees' verdicts on its receipts of
+/// the job: a run they reject delivered nothing, and its shard is bought again with the
+/// unfinished ones (`specs/market.md` §3.6).
+pub const LEAVE_VERDICT_WAIT_MS: u64 = 10_000;
 
 /// What a bidder restarted mid-job resumes from, written atomically after every round: the
 /// progress so far and, per finished round, the parameter delta (blob SHA-256, hex: the
@@ -981,15 +985,33 @@ impl<'k> Bidder<'k> {
         if !self.gone.insert(provider) {
             return;
         }
-        let logs = match self.link.logs().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "no logs: no re-clearing");
-                return;
+        let until = Instant::now() + Duration::from_millis(LEAVE_VERDICT_WAIT_MS);
+        let logs = loop {
+            let logs = match self.link.logs().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no logs: no re-clearing");
+                    return;
+                }
+            };
+            let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+            let unjudged = own.iter().any(|e| match &e.body {
+                Body::Receipt(c)
+                    if c.terms.job_id == self.job_id && c.terms.provider == provider =>
+                {
+                    !self
+                        .verdicts(&logs, c.terms.shard)
+                        .iter()
+                        .any(|(p, o, _)| *p == provider && *o == c.terms.output_commitment)
+                }
+                _ => false,
+            });
+            if !unjudged || Instant::now() >= until {
+                break logs;
             }
+            tokio::time::sleep(Duration::from_millis(VERDICT_POLL_MS)).await;
         };
-        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
-        let standing = leam_market::reclear::standing(own, &self.job_id, own.len() as u64);
+        let standing = self.standing(&logs);
         if standing.replaced.contains_key(&provider) || standing.unfinished(&provider) == 0 {
             return;
         }
@@ -1073,7 +1095,7 @@ impl<'k> Bidder<'k> {
     /// less those it has receipts for).
     fn restore_reclearings(&mut self, logs: &BTreeMap<PublicKey, Vec<Entry>>) {
         let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
-        let standing = leam_market::reclear::standing(own, &self.job_id, own.len() as u64);
+        let standing = self.standing(logs);
         for e in own {
             let Body::Reclearing(r) = &e.body else {
                 continue;
@@ -1096,6 +1118,21 @@ impl<'k> Bidder<'k> {
             }
         }
         self.gone.extend(standing.replaced.keys().copied());
+    }
+
+    /// The job's standing in this node's log, with the referees' rejections in the logs it
+    /// holds (as [`leam_market::reclear::reclear`] reads them).
+    fn standing(&self, logs: &BTreeMap<PublicKey, Vec<Entry>>) -> leam_market::reclear::Standing {
+        let own = logs.get(&self.me).map_or(&[][..], Vec::as_slice);
+        let views = leam_market::clearing::views_except(logs, &self.me);
+        let rejected = leam_market::reclear::rejected_runs(
+            logs,
+            &self.job,
+            &self.job_id,
+            &views,
+            (&self.me, own.len() as u64),
+        );
+        leam_market::reclear::standing(own, &self.job_id, own.len() as u64, &rejected)
     }
 
     /// How long `provider` may take for a shard: the job's own timeout if it sets one, else what

@@ -148,30 +148,12 @@ pub fn decide<R: StepRunner<State = TrainState>>(
         evidence: None,
         reason: reason.into(),
     };
-    let evidence =
-        |claim: &ShardResult, method, d: Option<&Divergence>, side: Side, recomputed: [u8; 32]| {
-            let claimed = d.map(|d| {
-                if side == Side::A {
-                    &d.claim_a
-                } else {
-                    &d.claim_b
-                }
-            });
-            WrongResult {
-                kind: "leam/wrong-shard-result/v1",
-                job: hex::encode(job_id),
-                shard,
-                shard_spec: hex::encode(spec.encode()),
-                claimed_result: hex::encode(claim.encode()),
-                method,
-                divergent_step: d.map(|d| d.step),
-                agreed_before: d.map(|d| hex::encode(d.agreed_before)),
-                claimed_after: claimed.map(|c| hex::encode(c.state_hash)),
-                claimed_proof: claimed
-                    .map_or(vec![], |c| c.proof.iter().map(hex::encode).collect()),
-                recomputed: hex::encode(recomputed),
-            }
-        };
+    if let Some(j) = decide_without_compute(job_id, shard, spec, claims) {
+        return j;
+    }
+    let evidence = |claim: &ShardResult, method, d: Option<&Divergence>, side, recomputed| {
+        wrong_result(job_id, shard, spec, claim, method, d, side, recomputed)
+    };
     // A full replay decides every claim by its commitments.
     let replay_all = |why: String| -> Vec<Judged> {
         match run_shard(runner, spec, start) {
@@ -205,31 +187,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
                 .collect(),
         }
     };
-    for c in claims {
-        if let Err(e) = c.check_against(spec) {
-            // A claim that does not even answer the spec is wrong on its face.
-            return claims
-                .iter()
-                .map(|x| {
-                    if x.check_against(spec).is_err() {
-                        Judged {
-                            verdict: Some(false),
-                            evidence: Some(evidence(x, "replay", None, Side::A, [0; 32])),
-                            reason: format!("the result does not answer the spec: {e}"),
-                        }
-                    } else {
-                        accept("the other claim does not answer the spec")
-                    }
-                })
-                .collect();
-        }
-    }
     match claims {
-        [] => vec![],
-        [_] => vec![accept("not replicated: unchallenged")],
-        [a, b] if a.same_commitments(b) => {
-            vec![accept("replicated: equal commitments"); 2]
-        }
         [a, b] => {
             let [src_a, src_b] = sources else {
                 return replay_all("no step-hash sources".into());
@@ -283,6 +241,91 @@ pub fn decide<R: StepRunner<State = TrainState>>(
             }
         }
         _ => replay_all("more than two claims".into()),
+    }
+}
+
+/// The decisions that need no compute, or `None` when the claims must be bisected or replayed:
+/// a claim that does not answer the spec is rejected on its face (with evidence; the others
+/// are accepted), a single claim is accepted unchallenged, equal commitments are accepted.
+pub fn decide_without_compute(
+    job_id: &Digest32,
+    shard: u32,
+    spec: &ShardSpec,
+    claims: &[ShardResult],
+) -> Option<Vec<Judged>> {
+    let accept = |reason: &str| Judged {
+        verdict: Some(true),
+        evidence: None,
+        reason: reason.into(),
+    };
+    if let Some(e) = claims.iter().find_map(|c| c.check_against(spec).err()) {
+        return Some(
+            claims
+                .iter()
+                .map(|x| {
+                    if x.check_against(spec).is_err() {
+                        Judged {
+                            verdict: Some(false),
+                            evidence: Some(wrong_result(
+                                job_id,
+                                shard,
+                                spec,
+                                x,
+                                "replay",
+                                None,
+                                Side::A,
+                                [0; 32],
+                            )),
+                            reason: format!("the result does not answer the spec: {e}"),
+                        }
+                    } else {
+                        accept("the other claim does not answer the spec")
+                    }
+                })
+                .collect(),
+        );
+    }
+    match claims {
+        [] => Some(vec![]),
+        [_] => Some(vec![accept("not replicated: unchallenged")]),
+        [a, b] if a.same_commitments(b) => Some(vec![accept("replicated: equal commitments"); 2]),
+        _ => None,
+    }
+}
+
+/// The wrong-result evidence against `claim` (`specs/market.md` §8.4): decided by `method`,
+/// at divergence `d` (bisection, the claim on `side`), where the referee recomputed
+/// `recomputed`.
+#[allow(clippy::too_many_arguments)]
+fn wrong_result(
+    job_id: &Digest32,
+    shard: u32,
+    spec: &ShardSpec,
+    claim: &ShardResult,
+    method: &'static str,
+    d: Option<&Divergence>,
+    side: Side,
+    recomputed: [u8; 32],
+) -> WrongResult {
+    let claimed = d.map(|d| {
+        if side == Side::A {
+            &d.claim_a
+        } else {
+            &d.claim_b
+        }
+    });
+    WrongResult {
+        kind: "leam/wrong-shard-result/v1",
+        job: hex::encode(job_id),
+        shard,
+        shard_spec: hex::encode(spec.encode()),
+        claimed_result: hex::encode(claim.encode()),
+        method,
+        divergent_step: d.map(|d| d.step),
+        agreed_before: d.map(|d| hex::encode(d.agreed_before)),
+        claimed_after: claimed.map(|c| hex::encode(c.state_hash)),
+        claimed_proof: claimed.map_or(vec![], |c| c.proof.iter().map(hex::encode).collect()),
+        recomputed: hex::encode(recomputed),
     }
 }
 
@@ -395,8 +438,11 @@ impl Referee {
         results: Vec<(PublicKey, ShardResult)>,
     ) -> Vec<Body> {
         let claims: Vec<ShardResult> = results.iter().map(|(_, r)| r.clone()).collect();
-        let needs_inputs = claims.len() == 2 && !claims[0].same_commitments(&claims[1]);
-        let judged: Vec<Judged> = if needs_inputs {
+        let judged: Vec<Judged> = if let Some(j) =
+            decide_without_compute(&job_id, shard, &spec, &claims)
+        {
+            j
+        } else {
             let mut inputs = Vec::new();
             for hash in [spec.corpus_sha256, spec.start_state] {
                 match link.blob(&self.blobs, bidder, hash).await {
@@ -454,23 +500,6 @@ impl Referee {
                     tracing::warn!(job = %short(&job_id), shard, error = %e, "the referee could not judge; no verdict written");
                     return Vec::new();
                 }
-            }
-        } else {
-            // Equal commitments or a single claim: nothing to compute.
-            match claims.len() {
-                1 => vec![Judged {
-                    verdict: Some(true),
-                    evidence: None,
-                    reason: "not replicated: unchallenged".into(),
-                }],
-                _ => vec![
-                    Judged {
-                        verdict: Some(true),
-                        evidence: None,
-                        reason: "replicated: equal commitments".into()
-                    };
-                    claims.len()
-                ],
             }
         };
         let mut out = Vec::new();

@@ -11,7 +11,7 @@ use leam_compute::verify::commit::StepLog;
 use leam_compute::verify::replay::{run_shard, ModelRunner, ShardRun, StepRunner};
 use leam_compute::verify::shard::{ShardResult, ShardSpec};
 use leam_jobs::provider::Tampered;
-use leam_jobs::referee::decide;
+use leam_jobs::referee::{decide, decide_without_compute};
 use leam_market::job::{Job, ModelSpec};
 
 const STEPS: u32 = 6;
@@ -201,8 +201,37 @@ fn single_and_equal_claims_are_accepted_without_compute() {
     // A claim that answers another spec is rejected on its face.
     let mut other = s.honest.result.clone();
     other.shard_id[0] ^= 1;
-    let v = judge(&runner, &s, &[other, s.honest.result.clone()], &mut []);
+    let v = judge(
+        &runner,
+        &s,
+        &[other.clone(), s.honest.result.clone()],
+        &mut [],
+    );
     assert!(v[0].rejected() && v[1].accepted(), "{v:?}");
+    // The referee decides these without the shard's inputs, and a lone claim of another spec
+    // (a lazy provider's old result) is rejected, not accepted unchallenged.
+    let alone = decide_without_compute(&[1; 32], 0, &s.spec, std::slice::from_ref(&other))
+        .expect("decided without compute");
+    assert!(
+        alone[0].rejected() && alone[0].evidence.is_some(),
+        "{alone:?}"
+    );
+    assert_eq!(
+        decide_without_compute(&[1; 32], 0, &s.spec, std::slice::from_ref(&s.honest.result))
+            .map(|v| v[0].accepted()),
+        Some(true)
+    );
+    let wrong = wrong_at(&runner, &s, 3);
+    assert_eq!(
+        decide_without_compute(
+            &[1; 32],
+            0,
+            &s.spec,
+            &[wrong.result, s.honest.result.clone()]
+        ),
+        None,
+        "different commitments need the bisection"
+    );
 }
 
 /// A referee whose own backend fails at every step (its device lost, say).

@@ -2,9 +2,10 @@
 //! vanished, timed out or failed its runs), the bidder buys the shards it left undone again,
 //! under the same rule, from providers that hold no lease of the job yet.
 //!
-//! Every input is in the bidder's log before the re-clearing entry: the job's first clearing,
-//! the leases (how many shards each provider leased) and the receipts (how many distinct shards
-//! each delivered). So the bidder's node (to write it), each new provider (before it co-signs
+//! Every input is in the bidder's log before the re-clearing entry (the job's first clearing,
+//! the leases: how many shards each provider leased, and the receipts: which shards each
+//! delivered), except the referees' rejections of those receipts, read from the logs at the
+//! sizes the record's views name (a rejected run delivered nothing). So the bidder's node (to write it), each new provider (before it co-signs
 //! its lease) and every auditor (from the logs) check the same record the same way, and a
 //! bidder cannot buy a job's shards twice, nor exclude a cheaper provider that holds no lease.
 
@@ -116,7 +117,7 @@ pub struct Standing {
     pub last_clearing_ms: u64,
     /// Shards leased, by provider (lease units over the clearing's shard units).
     pub leased: BTreeMap<PublicKey, u64>,
-    /// Distinct shards with a receipt, by provider.
+    /// Distinct shards with a receipt that no referee of the job rejected, by provider.
     pub delivered: BTreeMap<PublicKey, BTreeSet<u32>>,
     /// Providers replaced already, with the index of the re-clearing that replaced them.
     pub replaced: BTreeMap<PublicKey, u64>,
@@ -131,8 +132,47 @@ impl Standing {
     }
 }
 
-/// The job's standing in the bidder's log `own`, from its first `before` entries.
-pub fn standing(own: &[Entry], job_id: &Digest32, before: u64) -> Standing {
+/// A run a referee rejected: (shard, provider, output commitment).
+pub type Rejected = BTreeSet<(u32, PublicKey, Digest32)>;
+
+/// The runs of `job_id` that a referee of `job` rejected (never a verdict on its own result),
+/// in the first `size` entries of each log `views` name and the bidder's first `before` (the
+/// bidder may be a referee of its own job).
+pub fn rejected_runs(
+    logs: &BTreeMap<PublicKey, Vec<Entry>>,
+    job: &Job,
+    job_id: &Digest32,
+    views: &[LogView],
+    (bidder, before): (&PublicKey, u64),
+) -> Rejected {
+    let own = LogView {
+        log: *bidder,
+        size: before,
+    };
+    let mut out = Rejected::new();
+    for v in views
+        .iter()
+        .chain([&own])
+        .filter(|v| job.is_referee(&v.log))
+    {
+        let entries = logs.get(&v.log).map_or(&[][..], Vec::as_slice);
+        let end = entries
+            .len()
+            .min(usize::try_from(v.size).unwrap_or(usize::MAX));
+        for e in &entries[..end] {
+            if let Body::Verdict(x) = &e.body {
+                if x.job_id == *job_id && !x.accepted && x.provider != v.log {
+                    out.insert((x.shard, x.provider, x.output_commitment));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The job's standing in the bidder's log `own`, from its first `before` entries; receipts of
+/// `rejected` runs deliver nothing.
+pub fn standing(own: &[Entry], job_id: &Digest32, before: u64, rejected: &Rejected) -> Standing {
     let mut s = Standing::default();
     let end = own.len().min(usize::try_from(before).unwrap_or(usize::MAX));
     for e in &own[..end] {
@@ -159,7 +199,14 @@ pub fn standing(own: &[Entry], job_id: &Digest32, before: u64) -> Standing {
                 *s.leased.entry(l.terms.provider).or_default() +=
                     l.terms.compute_units / shard_units;
             }
-            Body::Receipt(r) if r.terms.job_id == *job_id => {
+            Body::Receipt(r)
+                if r.terms.job_id == *job_id
+                    && !rejected.contains(&(
+                        r.terms.shard,
+                        r.terms.provider,
+                        r.terms.output_commitment,
+                    )) =>
+            {
                 s.delivered
                     .entry(r.terms.provider)
                     .or_default()
@@ -205,7 +252,13 @@ pub fn reclear(
 ) -> Result<Reclearing, ReclearError> {
     let own = logs.get(bidder).map_or(&[][..], Vec::as_slice);
     let before = own.len() as u64;
-    let s = standing(own, job_id, before);
+    let views = clearing::views_except(logs, bidder);
+    let s = standing(
+        own,
+        job_id,
+        before,
+        &rejected_runs(logs, job, job_id, &views, (bidder, before)),
+    );
     let Some((_, first)) = &s.first else {
         return Err(ReclearError::NoClearing {
             job: hex::encode(job_id),
@@ -216,7 +269,6 @@ pub fn reclear(
         return Err(ReclearError::Replaces);
     }
     let shards = unfinished_of(&s, replaces)?;
-    let views = clearing::views_except(logs, bidder);
     let excluded: BTreeSet<PublicKey> = s.leased.keys().copied().collect();
     let clearing_ms = now_ms.max(s.last_clearing_ms);
     let req = request(job, bidder, first, clearing_ms, views);
@@ -271,7 +323,12 @@ pub fn check(
 ) -> Result<(), ReclearError> {
     let own = logs.get(bidder).map_or(&[][..], Vec::as_slice);
     let c = &r.clearing;
-    let s = standing(own, &c.job_id, seq);
+    let s = standing(
+        own,
+        &c.job_id,
+        seq,
+        &rejected_runs(logs, job, &c.job_id, &c.views, (bidder, seq)),
+    );
     let Some((_, first)) = &s.first else {
         return Err(ReclearError::NoClearing {
             job: hex::encode(c.job_id),

@@ -913,8 +913,54 @@ fn a_reclearing_buys_the_unfinished_shards_from_a_new_provider() {
     };
     b.both(1, 10, 1_000_200, receipt, Body::Receipt);
     let own = &b.logs[&pk(10)];
-    let s = standing(own, &job.id(), own.len() as u64);
+    let none = std::collections::BTreeSet::new();
+    let s = standing(own, &job.id(), own.len() as u64, &none);
     assert_eq!((s.unfinished(&pk(1)), s.unfinished(&pk(2))), (3, 2));
+    // Had the referee (3) rejected that run, provider 1 would have delivered nothing; a
+    // verdict by anyone else, or past the views, changes nothing.
+    {
+        let mut x = b.logs.clone();
+        let views = leam_market::clearing::views_except(&x, &pk(10));
+        let reject = |by: u8| {
+            Entry::sign(
+                &key(by),
+                x_len(&b.logs, by),
+                1_000_300,
+                Body::Verdict(Verdict {
+                    job_id: job.id(),
+                    shard: 0,
+                    provider: pk(1),
+                    output_commitment: [2; 32],
+                    accepted: false,
+                }),
+            )
+        };
+        x.get_mut(&pk(2)).unwrap().push(reject(2));
+        let views2 = leam_market::clearing::views_except(&x, &pk(10));
+        let unfinished = |logs: &BTreeMap<PublicKey, Vec<Entry>>, views: &[LogView]| {
+            let rejected = leam_market::reclear::rejected_runs(
+                logs,
+                &job,
+                &job.id(),
+                views,
+                (&pk(10), own.len() as u64),
+            );
+            standing(own, &job.id(), own.len() as u64, &rejected).unfinished(&pk(1))
+        };
+        assert_eq!(
+            unfinished(&x, &views2),
+            3,
+            "provider 2 is no referee of the job"
+        );
+        x.get_mut(&pk(3)).unwrap().push(reject(3));
+        assert_eq!(unfinished(&x, &views), 3, "the verdict is past the views");
+        let views3 = leam_market::clearing::views_except(&x, &pk(10));
+        assert_eq!(
+            unfinished(&x, &views3),
+            4,
+            "the rejected run delivered nothing"
+        );
+    }
     let gone = std::collections::BTreeSet::from([pk(1)]);
     let r = reclear(&pk(10), &job, &job.id(), &gone, &b.logs, 1_500_000).unwrap();
     // Providers 1 and 2 hold leases of the job: only provider 4 (at 58) may take the 3 shards;
@@ -996,4 +1042,9 @@ fn a_reclearing_buys_the_unfinished_shards_from_a_new_provider() {
     );
     // Not ascending.
     forged(&|r| r.replaces = vec![pk(1), pk(1)], "strictly ascending");
+}
+
+/// The number of entries `who`'s log holds in `logs`.
+fn x_len(logs: &BTreeMap<PublicKey, Vec<Entry>>, who: u8) -> u64 {
+    logs[&pk(who)].len() as u64
 }

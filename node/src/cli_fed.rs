@@ -686,6 +686,10 @@ pub struct NodeArgs {
     /// process takes (0 = the first).
     #[arg(long, hide = true)]
     pub falsify_run: Option<u32>,
+    /// For adversary tests only: hand back an earlier run's result for the N-th shard run this
+    /// process takes, computing nothing (a lazy provider).
+    #[arg(long, hide = true)]
+    pub lazy_run: Option<u32>,
     /// Sell compute: once the network is up, measure this node's backend (kernel self-test, then
     /// a benchmark shard) and publish a signed offer at this price, cents per 1,000 compute
     /// units. Without it the node measures and offers nothing until `leam offer` asks.
@@ -812,7 +816,7 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
                 .open_isolated()
                 .map_err(|e| fail(EXIT_ENV, anyhow!("opening the compute backend: {e:#}")))?,
         );
-    let falsify_run = a.falsify_run;
+    let (falsify_run, lazy_run) = (a.falsify_run, a.lazy_run);
     let offer_at_start = a.offer_price.map(|p| (p, a.offer_minutes));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -835,7 +839,10 @@ pub fn node(a: NodeArgs) -> Res<ExitCode> {
             &dir,
             me,
             kernels.clone(),
-            leam_jobs::provider::Faults { falsify_run },
+            leam_jobs::provider::Faults {
+                falsify_run,
+                lazy_run,
+            },
         );
         core.set_policy(crate::cli_market::policy(me, provider.clone()));
         let mut node = Node::new(core, &seed, &config).map_err(|e| match e {

@@ -435,6 +435,11 @@ struct Three {
 }
 
 fn three_nodes() -> Three {
+    three_nodes_with(&[])
+}
+
+/// [`three_nodes`], with `a_args` added to a's `leam node` command line.
+fn three_nodes_with(a_args: &[&str]) -> Three {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let orgs = [
@@ -445,7 +450,7 @@ fn three_nodes() -> Three {
     let (genesis, dirs) = federation(&root, &orgs, 2);
     let keys: Vec<String> = dirs.iter().map(|d| member_key(d)).collect();
     let cpu = ["--backend", "cpu"];
-    let a = start_with(&dirs[0], &genesis, &[], &cpu);
+    let a = start_with(&dirs[0], &genesis, &[], &[&cpu[..], a_args].concat());
     let boot = tcp_addr(&dirs[0]);
     let c = start_with(&dirs[1], &genesis, std::slice::from_ref(&boot), &cpu);
     let d = start_with(&dirs[2], &genesis, std::slice::from_ref(&boot), &cpu);
@@ -843,4 +848,119 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
     assert_eq!(m["reclearings_reproduced"], 1, "{m}");
     assert_eq!(m["findings"], serde_json::json!([]), "{m}");
     assert_eq!(m["leases"], m["leases_matching"], "{m}");
+}
+
+/// A lazy provider (a, `--lazy-run 1`) hands back its first run's result for its second shard,
+/// computing nothing. The bidder receipts what a co-signs and has it judged: the referee (c,
+/// neither party) rejects it with wrong-result evidence that the audit re-checks and counts.
+/// a gets no more runs of the job, and since its rejected run delivered nothing, the shard is
+/// bought again from c (re-clearing), whose run the job's second referee (the bidder) judges.
+/// a is paid for its honest run only.
+#[test]
+fn a_lazy_provider_replaying_an_old_result_is_caught_recorded_and_not_paid() {
+    let Three {
+        root,
+        genesis,
+        dirs,
+        keys,
+        corpus,
+        nodes,
+        _tmp: _keep,
+    } = three_nodes_with(&["--lazy-run", "1"]);
+    // c offers too, dearer than a: spare for the re-clearing.
+    ok(&[
+        "offer",
+        "--dir",
+        p(&dirs[1]),
+        "--price",
+        "50",
+        "--minutes",
+        "60",
+    ]);
+    let c0 = size(&dirs[1], &keys[1]).unwrap();
+    wait(
+        "c's offer replicated to the bidder",
+        Duration::from_secs(20),
+        || size(&dirs[2], &keys[1]) == Some(c0),
+    );
+    let (job_id, _) = bid_and_start(
+        &root,
+        &dirs[2],
+        &corpus,
+        &[&keys[1], &keys[2]],
+        "name = \"a lazy provider\"\nrounds = 1\ninner_steps = 20\n",
+    );
+    let mut last = Value::Null;
+    wait("the job done", Duration::from_secs(180), || {
+        last = progress_of(&dirs[2], &job_id);
+        assert!(
+            !last["state"].as_str().unwrap_or("").starts_with("failed"),
+            "{last}"
+        );
+        last["state"] == "done"
+    });
+    assert_eq!(last["rounds"][0]["merged"], 2, "{last}");
+    assert_eq!(last["verdicts"], serde_json::json!([2, 1]), "{last}");
+    assert_eq!(
+        last["reclearings"][0]["replaces"],
+        serde_json::json!([keys[0]]),
+        "{last}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop(nodes);
+    std::thread::sleep(Duration::from_millis(500));
+    // The referees' logs (c's, or the bidder's where c had not yet seen the job): one
+    // rejection, of a's lazy run, and the evidence against a.
+    let mut referees = export(&dirs[1]);
+    referees.extend(export(&dirs[2]));
+    let rejected: Vec<&Value> = referees
+        .iter()
+        .filter(|e| e["kind"] == "verdict" && e["body"]["accepted"] == false)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["body"]["provider"], keys[0].as_str());
+    let evidence: Vec<&Value> = referees
+        .iter()
+        .filter(|e| e["kind"] == "evidence")
+        .collect();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(evidence[0]["body"]["accused"], keys[0].as_str());
+    // The bidder: a's honest and lazy receipts, c's; a is paid for one receipt, c for one.
+    let bidder = export(&dirs[2]);
+    let receipts_of = |k: &str| {
+        bidder
+            .iter()
+            .filter(|e| e["kind"] == "receipt" && e["body"]["terms"]["provider"] == k)
+            .count()
+    };
+    assert_eq!((receipts_of(&keys[0]), receipts_of(&keys[1])), (2, 1));
+    for k in [&keys[0], &keys[1]] {
+        let paid: Vec<&Value> = bidder
+            .iter()
+            .filter(|e| e["kind"] == "settlement" && e["body"]["terms"]["payee"] == k.as_str())
+            .collect();
+        assert_eq!(paid.len(), 1, "{paid:?}");
+        assert_eq!(
+            paid[0]["body"]["terms"]["receipts"]
+                .as_array()
+                .map(Vec::len),
+            Some(1),
+            "one accepted run each; the lazy one is not paid: {:?}",
+            paid[0]
+        );
+    }
+    // The audit (over c's directory, which holds every log) reproduces the re-clearing,
+    // re-checks the evidence and counts it against a.
+    let out = audit_ok(&genesis, &dirs[1]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let orgs = &v["accounting"]["organisations"];
+    assert_eq!(orgs["Rechenzentrum Nord"]["evidence_against"], 1, "{orgs}");
+    assert_eq!(
+        v["accounting"]["evidence_not_counted"],
+        serde_json::json!([]),
+        "{v}"
+    );
+    let m = &v["market"];
+    assert_eq!(m["findings"], serde_json::json!([]), "{m}");
+    assert_eq!(m["reclearings_reproduced"], 1, "{m}");
 }

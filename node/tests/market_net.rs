@@ -547,6 +547,41 @@ fn audit_ok(genesis: &Path, dir: &Path) -> std::process::Output {
     out
 }
 
+/// c (science) offers at 50 cents, dearer than a: the clearing leaves it spare for
+/// re-clearings. Returns once the bidder (d) holds the offer.
+fn c_offers_spare(dirs: &[PathBuf], keys: &[String]) {
+    ok(&[
+        "offer",
+        "--dir",
+        p(&dirs[1]),
+        "--price",
+        "50",
+        "--minutes",
+        "60",
+    ]);
+    let c0 = size(&dirs[1], &keys[1]).unwrap();
+    wait(
+        "c's offer replicated to the bidder",
+        Duration::from_secs(20),
+        || size(&dirs[2], &keys[1]) == Some(c0),
+    );
+}
+
+/// The progress of `job_id` in the bidder's `dir` once it is done, within `secs` seconds (a
+/// failed job fails the test at once).
+fn wait_done(dir: &Path, job_id: &str, secs: u64) -> Value {
+    let mut last = Value::Null;
+    wait("the job done", Duration::from_secs(secs), || {
+        last = progress_of(dir, job_id);
+        assert!(
+            !last["state"].as_str().unwrap_or("").starts_with("failed"),
+            "{last}"
+        );
+        last["state"] == "done"
+    });
+    last
+}
+
 /// The progress document of a job, if written.
 fn progress_of(dir: &Path, job_id: &str) -> Value {
     std::fs::read(dir.join("jobs").join(format!("{job_id}.progress.json")))
@@ -676,15 +711,7 @@ fn a_bidder_killed_between_rounds_resumes_its_job() {
         &[tcp_addr(&dirs[0])],
         &["--backend", "cpu"],
     );
-    let mut last = Value::Null;
-    wait("the resumed job done", Duration::from_secs(240), || {
-        last = progress_of(&dirs[2], &job_id);
-        assert!(
-            !last["state"].as_str().unwrap_or("").starts_with("failed"),
-            "{last}"
-        );
-        last["state"] == "done"
-    });
+    let last = wait_done(&dirs[2], &job_id, 240);
     let rounds = last["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4, "{last}");
     // The rounds before the kill are kept as they were (a round still being evaluated when the
@@ -740,22 +767,7 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
         mut nodes,
         _tmp: _keep,
     } = three_nodes();
-    // c (science) offers too, dearer than a: the clearing leaves it spare.
-    ok(&[
-        "offer",
-        "--dir",
-        p(&dirs[1]),
-        "--price",
-        "50",
-        "--minutes",
-        "60",
-    ]);
-    let c0 = size(&dirs[1], &keys[1]).unwrap();
-    wait(
-        "c's offer replicated to the bidder",
-        Duration::from_secs(20),
-        || size(&dirs[2], &keys[1]) == Some(c0),
-    );
+    c_offers_spare(&dirs, &keys);
     let mut a = nodes.remove(0);
     // The job names a its first referee: a never judges its own shards, and once it is gone the
     // bidder fails over to the second, itself, for c's.
@@ -780,15 +792,7 @@ fn a_provider_gone_for_good_is_replaced_by_a_reclearing() {
         .status()
         .unwrap();
     a.child.wait().unwrap();
-    let mut last = Value::Null;
-    wait("the job done without a", Duration::from_secs(240), || {
-        last = progress_of(&dirs[2], &job_id);
-        assert!(
-            !last["state"].as_str().unwrap_or("").starts_with("failed"),
-            "{last}"
-        );
-        last["state"] == "done"
-    });
+    let last = wait_done(&dirs[2], &job_id, 240);
     println!("{last}");
     assert_eq!(last["rounds"].as_array().unwrap().len(), 2, "{last}");
     for r in last["rounds"].as_array().unwrap() {
@@ -867,22 +871,7 @@ fn a_lazy_provider_replaying_an_old_result_is_caught_recorded_and_not_paid() {
         nodes,
         _tmp: _keep,
     } = three_nodes_with(&["--lazy-run", "1"]);
-    // c offers too, dearer than a: spare for the re-clearing.
-    ok(&[
-        "offer",
-        "--dir",
-        p(&dirs[1]),
-        "--price",
-        "50",
-        "--minutes",
-        "60",
-    ]);
-    let c0 = size(&dirs[1], &keys[1]).unwrap();
-    wait(
-        "c's offer replicated to the bidder",
-        Duration::from_secs(20),
-        || size(&dirs[2], &keys[1]) == Some(c0),
-    );
+    c_offers_spare(&dirs, &keys);
     let (job_id, _) = bid_and_start(
         &root,
         &dirs[2],
@@ -890,15 +879,7 @@ fn a_lazy_provider_replaying_an_old_result_is_caught_recorded_and_not_paid() {
         &[&keys[1], &keys[2]],
         "name = \"a lazy provider\"\nrounds = 1\ninner_steps = 20\n",
     );
-    let mut last = Value::Null;
-    wait("the job done", Duration::from_secs(180), || {
-        last = progress_of(&dirs[2], &job_id);
-        assert!(
-            !last["state"].as_str().unwrap_or("").starts_with("failed"),
-            "{last}"
-        );
-        last["state"] == "done"
-    });
+    let last = wait_done(&dirs[2], &job_id, 180);
     assert_eq!(last["rounds"][0]["merged"], 2, "{last}");
     assert_eq!(last["verdicts"], serde_json::json!([2, 1]), "{last}");
     assert_eq!(

@@ -386,12 +386,9 @@ impl<'k> Bidder<'k> {
             let WorkRequest::Judge { shard, claims, .. } = &j.request else {
                 continue;
             };
-            let verdicts = self.verdicts(logs, *shard);
             let judged = claims.iter().all(|c| {
                 let id: Digest32 = Sha256::digest(&c.result).into();
-                verdicts
-                    .iter()
-                    .any(|(p, o, _)| *p == c.provider && *o == id)
+                self.judged(logs, *shard, &c.provider, &id)
             });
             let silent = j.taken.is_some_and(|t| {
                 t.elapsed() >= Duration::from_millis(REFEREE_SILENCE_MS)
@@ -999,10 +996,7 @@ impl<'k> Bidder<'k> {
                 Body::Receipt(c)
                     if c.terms.job_id == self.job_id && c.terms.provider == provider =>
                 {
-                    !self
-                        .verdicts(&logs, c.terms.shard)
-                        .iter()
-                        .any(|(p, o, _)| *p == provider && *o == c.terms.output_commitment)
+                    !self.judged(&logs, c.terms.shard, &provider, &c.terms.output_commitment)
                 }
                 _ => false,
             });
@@ -1235,6 +1229,18 @@ impl<'k> Bidder<'k> {
         })
     }
 
+    /// Whether a counted verdict on `provider`'s result `output` for `shard` is in `logs`.
+    fn judged(
+        &self,
+        logs: &BTreeMap<PublicKey, Vec<Entry>>,
+        shard: u32,
+        provider: &PublicKey,
+        output: &Digest32,
+    ) -> bool {
+        self.job_verdicts(logs)
+            .any(|v| v.shard == shard && v.provider == *provider && v.output_commitment == *output)
+    }
+
     /// The counted verdicts on `shard`: (provider, output commitment, accepted).
     fn verdicts(
         &self,
@@ -1267,12 +1273,7 @@ impl<'k> Bidder<'k> {
                 .collect();
             let missing = receipts
                 .iter()
-                .filter(|r| {
-                    !self
-                        .verdicts(&logs, r.shard)
-                        .iter()
-                        .any(|(p, o, _)| p == &r.provider && o == &r.output_commitment)
-                })
+                .filter(|r| !self.judged(&logs, r.shard, &r.provider, &r.output_commitment))
                 .count();
             if missing == 0 || Instant::now() >= until {
                 if missing > 0 {

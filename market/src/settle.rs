@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use leam_ledger::account::LogState;
 use leam_ledger::entry::{Body, Entry, Money, PublicKey, Sector, SettlementTerms};
 
 use crate::clearing::price_cents;
@@ -35,29 +36,17 @@ pub fn split(amount_cents: u64, bidder_sector: Sector, subsidy_percent: u8) -> S
     }
 }
 
-/// The money `me` pays `cents` with, by the credits of each money its own log `own` shows
-/// (deposits and settlements received, less settlements paid): private money if it covers the
-/// payment, else public funding if that does, else private (and the log refuses the overdraw).
+/// The money `me` pays `cents` with, by its credits of each money as its own log `own` shows
+/// them (the ledger's own rules rebuild the balances, `LogState::purse_cents`): private money if
+/// it covers the payment, else public funding if that does, else private (and the log refuses
+/// the overdraw, naming the money).
 pub fn paying_money(own: &[Entry], me: &PublicKey, cents: u64) -> Money {
-    let mut purse = [0i128; 2];
-    for e in own {
-        match &e.body {
-            Body::Deposit(d) if d.member == *me => {
-                purse[d.money as usize] += i128::from(d.eur_cents)
-            }
-            Body::Settlement(c) if c.terms.payer == *me => {
-                purse[c.terms.money as usize] -= i128::from(c.terms.credits_cents)
-            }
-            Body::Settlement(c) if c.terms.payee == *me => {
-                purse[c.terms.money as usize] += i128::from(c.terms.credits_cents)
-            }
-            _ => {}
-        }
-    }
-    let need = i128::from(cents);
-    if purse[Money::Private as usize] >= need {
+    let mut state = LogState::new(*me);
+    // The log passed these rules when it was written; if they fail now, every purse reads 0.
+    let _ = state.apply_all(own);
+    if state.purse_cents(Money::Private) >= cents {
         Money::Private
-    } else if purse[Money::Public as usize] >= need {
+    } else if state.purse_cents(Money::Public) >= cents {
         Money::Public
     } else {
         Money::Private

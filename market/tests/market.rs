@@ -345,9 +345,18 @@ fn a_payer_pays_with_private_money_while_it_covers_the_payment_then_public() {
             reference: "r".into(),
         })
     };
+    let admit = |k: u8, organisation: &str, sector| {
+        Body::Admission(Admission {
+            organisation: organisation.into(),
+            sector,
+            member: pk(k),
+        })
+    };
     let mut own = vec![
-        sign(0, deposit(100, Money::Private)),
-        sign(1, deposit(1_000, Money::Public)),
+        sign(0, admit(10, "Startup", Sector::Startup)),
+        sign(1, admit(1, "Provider", Sector::Private)),
+        sign(2, deposit(100, Money::Private)),
+        sign(3, deposit(1_000, Money::Public)),
     ];
     assert_eq!(settle::paying_money(&own, &me, 100), Money::Private);
     assert_eq!(settle::paying_money(&own, &me, 500), Money::Public);
@@ -362,7 +371,7 @@ fn a_payer_pays_with_private_money_while_it_covers_the_payment_then_public() {
         money: Money::Private,
         receipts: vec![[2; 32]],
     };
-    own.push(sign(2, Body::Settlement(paid.cosign(&key(1)))));
+    own.push(sign(4, Body::Settlement(paid.cosign(&key(1)))));
     assert_eq!(settle::paying_money(&own, &me, 50), Money::Public);
     assert_eq!(settle::paying_money(&own, &me, 40), Money::Private);
 }

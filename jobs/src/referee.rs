@@ -82,6 +82,15 @@ pub struct Judged {
 }
 
 impl Judged {
+    /// An accepting verdict, for `reason`.
+    fn accept(reason: &str) -> Self {
+        Judged {
+            verdict: Some(true),
+            evidence: None,
+            reason: reason.into(),
+        }
+    }
+
     /// Whether the referee checked the claim and accepts it.
     pub fn accepted(&self) -> bool {
         self.verdict == Some(true)
@@ -143,11 +152,7 @@ pub fn decide<R: StepRunner<State = TrainState>>(
     claims: &[ShardResult],
     sources: &mut [&mut dyn StepHashSource],
 ) -> Vec<Judged> {
-    let accept = |reason: &str| Judged {
-        verdict: Some(true),
-        evidence: None,
-        reason: reason.into(),
-    };
+    let accept = Judged::accept;
     if let Some(j) = decide_without_compute(job_id, shard, spec, claims) {
         return j;
     }
@@ -253,11 +258,7 @@ pub fn decide_without_compute(
     spec: &ShardSpec,
     claims: &[ShardResult],
 ) -> Option<Vec<Judged>> {
-    let accept = |reason: &str| Judged {
-        verdict: Some(true),
-        evidence: None,
-        reason: reason.into(),
-    };
+    let accept = Judged::accept;
     if let Some(e) = claims.iter().find_map(|c| c.check_against(spec).err()) {
         return Some(
             claims

@@ -298,9 +298,10 @@ pub fn audit(logs: &BTreeMap<PublicKey, Vec<Entry>>) -> MarketAudit {
 
     // 3. Co-signed facts (each once) and verdicts.
     let mut seen: BTreeSet<Digest32> = BTreeSet::new();
-    let mut leased: BTreeMap<(Digest32, PublicKey, PublicKey), (u64, u64, u64)> = BTreeMap::new(); // (job, bidder, provider) -> (units, price/k, cents)
-                                                                                                   // Every lease any log holds, by fact id: (job, bidder, provider) and whether the audit
-                                                                                                   // reproduced it from a clearing.
+    // Reproduced leases by (job, bidder, provider): (units, price per 1,000 units, cents).
+    let mut leased: BTreeMap<(Digest32, PublicKey, PublicKey), (u64, u64, u64)> = BTreeMap::new();
+    // Every lease any log holds, by fact id: (job, bidder, provider) and whether the audit
+    // reproduced it from a clearing.
     let mut lease_ids: BTreeMap<Digest32, ((Digest32, PublicKey, PublicKey), bool)> =
         BTreeMap::new();
     let mut verdicts: BTreeMap<(Digest32, u32, PublicKey, Digest32), (u64, u64)> = BTreeMap::new();

@@ -460,15 +460,6 @@ fn three_nodes_with(a_args: &[&str]) -> Three {
     });
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt");
     ok(&[
-        "offer",
-        "--dir",
-        p(&dirs[0]),
-        "--price",
-        "40",
-        "--minutes",
-        "60",
-    ]);
-    ok(&[
         "deposit",
         "--dir",
         p(&dirs[2]),
@@ -479,12 +470,7 @@ fn three_nodes_with(a_args: &[&str]) -> Three {
         "--reference",
         "seed round",
     ]);
-    let a0 = size(&dirs[0], &keys[0]).unwrap();
-    wait(
-        "offer replicated to the bidder",
-        Duration::from_secs(20),
-        || size(&dirs[2], &keys[0]) == Some(a0),
-    );
+    offer_to_bidder(&dirs, &keys, 0, "40");
     Three {
         _tmp: tmp,
         root,
@@ -550,20 +536,26 @@ fn audit_ok(genesis: &Path, dir: &Path) -> std::process::Output {
 /// c (science) offers at 50 cents, dearer than a: the clearing leaves it spare for
 /// re-clearings. Returns once the bidder (d) holds the offer.
 fn c_offers_spare(dirs: &[PathBuf], keys: &[String]) {
+    offer_to_bidder(dirs, keys, 1, "50");
+}
+
+/// Node `i` offers for 60 minutes at `price` (`leam offer`); returns once the bidder (d) holds
+/// the offer.
+fn offer_to_bidder(dirs: &[PathBuf], keys: &[String], i: usize, price: &str) {
     ok(&[
         "offer",
         "--dir",
-        p(&dirs[1]),
+        p(&dirs[i]),
         "--price",
-        "50",
+        price,
         "--minutes",
         "60",
     ]);
-    let c0 = size(&dirs[1], &keys[1]).unwrap();
+    let n = size(&dirs[i], &keys[i]).unwrap();
     wait(
-        "c's offer replicated to the bidder",
+        "the offer replicated to the bidder",
         Duration::from_secs(20),
-        || size(&dirs[2], &keys[1]) == Some(c0),
+        || size(&dirs[2], &keys[i]) == Some(n),
     );
 }
 

@@ -843,7 +843,8 @@ pub fn matmul_naive(a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError
 const MEMINFO_BYTES_MAX: u64 = 64 * 1024;
 
 /// The host's available memory (Linux `MemAvailable` in `/proc/meminfo`), bytes; 0 where the
-/// platform does not report it.
+/// platform does not report it. Read by hand: one line of one file, where a system-information
+/// crate (sysinfo) would bring a process and disk scanner for it.
 pub fn host_available_bytes() -> u64 {
     use std::io::Read as _;
     let mut text = String::new();

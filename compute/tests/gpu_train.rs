@@ -65,3 +65,57 @@ fn wgpu_training_steps_match_the_cpu_reference_bit_for_bit() {
         eprintln!("{}: {STEPS} steps bit-identical", k.name());
     }
 }
+
+/// A run of steps in one session keeps the state on the device: the same bits as the CPU
+/// reference after the run, no kernel off the device, and each step reads back less than a
+/// tenth of the parameters' bytes (the resident path moves keys and the loss, not tensors).
+#[test]
+fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
+    let text = std::fs::read(path).expect("demo corpus present");
+    let corpus = Corpus::from_bytes(&text[..CORPUS_BYTES], "tinyshakespeare head")
+        .expect("valid UTF-8 prefix");
+    let mut want = tiny_state(&corpus);
+    for step in 0..STEPS {
+        let b = want
+            .batch_for(&corpus.train, step)
+            .expect("corpus long enough");
+        want.step(&CpuKernels, &b).expect("cpu step");
+    }
+    for k in gpu_common::adapters("gpu_train resident") {
+        let mut st = tiny_state(&corpus);
+        let param_bytes = 4 * st.model.n_params() as u64;
+        let mut s = st.session(&k).expect("session opens");
+        assert!(s.exec().is_resident(), "{}: wgpu keeps tensors", k.name());
+        for _ in 0..STEPS {
+            let b = s
+                .state_ref()
+                .batch_for(&corpus.train, s.step_number())
+                .expect("corpus long enough");
+            let before = k.traffic();
+            s.step(&b)
+                .unwrap_or_else(|e| panic!("{}: resident step: {e}", k.name()));
+            let d = k.traffic().since(&before);
+            assert!(
+                d.downloaded_bytes < param_bytes / 10,
+                "{}: a resident step read back {} bytes (parameters: {param_bytes})",
+                k.name(),
+                d.downloaded_bytes
+            );
+        }
+        assert_eq!(
+            s.exec().fallbacks(),
+            0,
+            "{}: kernels ran off the device",
+            k.name()
+        );
+        s.finish().expect("state read back");
+        assert_eq!(st.step, STEPS);
+        assert_eq!(
+            st.state_hash(),
+            want.state_hash(),
+            "{}: state after a resident run differs from the cpu reference",
+            k.name()
+        );
+    }
+}

@@ -189,6 +189,11 @@ pub enum ComputeCmd {
         /// Model and batch of --train-step (the `leam train` presets).
         #[arg(long, value_enum, default_value_t = cli::Preset::NanogptCpu)]
         preset: cli::Preset,
+        /// With --train-step: keep tensors on the host, every kernel call uploading its
+        /// inputs and reading its result back (the path before device-resident tensors; the
+        /// baseline to compare with).
+        #[arg(long, requires = "train_step")]
+        host_tensors: bool,
         /// Print the matmul figures as one JSON document (fields in specs/cli.md); the
         /// human lines go to stderr.
         #[arg(long)]
@@ -227,10 +232,18 @@ pub fn run(cmd: ComputeCmd) -> anyhow::Result<ExitCode> {
             corpus,
             train_step,
             preset,
+            host_tensors,
             json,
         } => {
             if train_step {
-                return train_step_cmd(backend, adapter, preset, corpus.as_deref(), json);
+                return train_step_cmd(
+                    backend,
+                    adapter,
+                    preset,
+                    corpus.as_deref(),
+                    host_tensors,
+                    json,
+                );
             }
             if !(1..=BENCH_REPS_MAX).contains(&reps) {
                 return Err(cli::fail(
@@ -351,6 +364,7 @@ fn train_step_cmd(
     adapter: Option<String>,
     preset: cli::Preset,
     corpus: Option<&std::path::Path>,
+    host_tensors: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use leam_compute::model::data::Corpus;
@@ -393,12 +407,31 @@ fn train_step_cmd(
             batch_bytes
         ),
     );
+    // The training loop's own session: the state goes to the backend once, each step moves
+    // its batch up and its loss (and the kernels' requantization keys) down.
+    let before = kernels.traffic();
+    let ex = if host_tensors {
+        leam_compute::numerics::tensor::Exec::host_only(kernels.as_ref())
+    } else {
+        leam_compute::numerics::tensor::Exec::new(kernels.as_ref())
+    };
+    let mut session = st.session_on(ex)?;
+    let open = kernels.traffic().since(&before);
+    say(
+        json,
+        &format!(
+            "session open (the state, once per run): uploaded_bytes {} downloaded_bytes {} submissions {}",
+            open.uploaded_bytes, open.downloaded_bytes, open.submissions
+        ),
+    );
     let mut rows = Vec::new();
     for i in 0..TRAIN_STEP_BENCH_STEPS {
-        let b = st.batch_for(&corpus.train, st.step)?;
+        let b = session
+            .state_ref()
+            .batch_for(&corpus.train, session.step_number())?;
         let before = kernels.traffic();
         let t = std::time::Instant::now();
-        st.step(kernels.as_ref(), &b)?;
+        session.step(&b)?;
         let wall_ms = t.elapsed().as_secs_f64() * 1e3;
         let d = kernels.traffic().since(&before);
         say(
@@ -410,6 +443,17 @@ fn train_step_cmd(
         );
         rows.push((wall_ms, d));
     }
+    let fallbacks = session.exec().fallbacks();
+    let before = kernels.traffic();
+    session.finish()?;
+    let close = kernels.traffic().since(&before);
+    say(
+        json,
+        &format!(
+            "session close (the state, read back once): uploaded_bytes {} downloaded_bytes {} submissions {}; kernels run off the device: {fallbacks}",
+            close.uploaded_bytes, close.downloaded_bytes, close.submissions
+        ),
+    );
     let n = rows.len().max(1) as u64;
     let bytes_per_step = rows
         .iter()
@@ -428,6 +472,9 @@ fn train_step_cmd(
                 "submissions": d.submissions,
             })).collect::<Vec<_>>(),
             "bytes_per_step": bytes_per_step,
+            "session_open": {"uploaded_bytes": open.uploaded_bytes, "downloaded_bytes": open.downloaded_bytes},
+            "session_close": {"uploaded_bytes": close.uploaded_bytes, "downloaded_bytes": close.downloaded_bytes},
+            "resident_fallbacks": fallbacks,
         }))?;
     } else {
         println!("bytes_per_step {bytes_per_step}");

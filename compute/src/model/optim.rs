@@ -8,6 +8,7 @@
 use crate::model::transformer::ParamSpec;
 use crate::numerics::fixed::{cos_pi_q56, div_rhe, isqrt, rhe, to_fixed};
 use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels};
+use crate::numerics::tensor::{Exec, Tensor};
 use rayon::prelude::*;
 
 /// Exponent given to all-zero Adam moments at initialization.
@@ -197,18 +198,49 @@ pub fn clip_coeff_q30(
     h: &HyperQ,
     grads: &[Bfp],
 ) -> Result<Option<i64>, KernelError> {
+    // Tensors in parallel (most are too small to split well on their own); the errors are
+    // then taken in tensor order, as a sequential loop would report them.
+    clip_from_sums(h, || {
+        let sums: Vec<Result<u128, KernelError>> =
+            grads.par_iter().map(|g| kern.sum_squares(g)).collect();
+        grads
+            .iter()
+            .zip(sums)
+            .map(|(g, s)| Ok((s?, g.exp)))
+            .collect()
+    })
+}
+
+/// [`clip_coeff_q30`] on the executor's tensors.
+pub fn clip_coeff_q30_on(
+    ex: &Exec<'_>,
+    h: &HyperQ,
+    grads: &[Tensor],
+) -> Result<Option<i64>, KernelError> {
+    clip_from_sums(h, || {
+        let sums: Vec<Result<u128, KernelError>> =
+            grads.par_iter().map(|g| ex.sum_squares(g)).collect();
+        grads
+            .iter()
+            .zip(sums)
+            .map(|(g, s)| Ok((s?, g.exp())))
+            .collect()
+    })
+}
+
+/// The clipping rule of [`clip_coeff_q30`] from each gradient's `(sum of squares, exponent)`
+/// (computed only when clipping is on).
+fn clip_from_sums(
+    h: &HyperQ,
+    sums: impl FnOnce() -> Result<Vec<(u128, i32)>, KernelError>,
+) -> Result<Option<i64>, KernelError> {
     if h.grad_clip_q30 == 0 {
         return Ok(None);
     }
-    // Tensors in parallel (most are too small to split well on their own); the errors are
-    // then taken in tensor order, as a sequential loop would report them.
-    let sums: Vec<Result<u128, KernelError>> =
-        grads.par_iter().map(|g| kern.sum_squares(g)).collect();
-    let mut terms = Vec::with_capacity(grads.len());
-    for (g, ss) in grads.iter().zip(sums) {
-        let ss = ss?;
+    let mut terms = Vec::new();
+    for (ss, exp) in sums()? {
         if ss > 0 {
-            terms.push((ss, 2 * g.exp as i64));
+            terms.push((ss, 2 * exp as i64));
         }
     }
     let Some(top) = terms
@@ -253,31 +285,31 @@ pub fn clip_coeff_q30(
 }
 
 /// One AdamW step over all tensors: clip the gradients, then [`Kernels::adamw`] per tensor
-/// with the scalars of [`adam_step`]. Updates `params`, `m`, `r` in place; returns whether the
-/// gradients were clipped.
+/// with the scalars of [`adam_step`]. Updates `params`, `m`, `r` (tensors where the executor
+/// keeps them) in place; returns whether the gradients were clipped.
 #[allow(clippy::too_many_arguments)] // the three state vectors are updated in place
 pub fn step(
-    kern: &dyn Kernels,
+    ex: &Exec<'_>,
     h: &HyperQ,
     it: u64,
     specs: &[ParamSpec],
-    params: &mut [Bfp],
-    m: &mut [Bfp],
-    r: &mut [Bfp],
-    grads: &[Bfp],
+    params: &mut [Tensor],
+    m: &mut [Tensor],
+    r: &mut [Tensor],
+    grads: &[Tensor],
 ) -> Result<bool, KernelError> {
-    let clip = clip_coeff_q30(kern, h, grads)?;
+    let clip = clip_coeff_q30_on(ex, h, grads)?;
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
     // The tensors are updated in parallel (most are too small for the kernels to split well
     // on their own) into new tensors, which then replace the old ones in tensor order up to the
     // first error: the state after an error is the one a sequential loop leaves.
-    let updates: Vec<Result<(Bfp, Bfp, Bfp), KernelError>> = (0..params.len())
+    let updates: Vec<Result<(Tensor, Tensor, Tensor), KernelError>> = (0..params.len())
         .into_par_iter()
         .map(|i| {
             // Borrowed when not clipped: no copy of the gradient.
             let g = match clip {
-                Some(c) => std::borrow::Cow::Owned(kern.scale(&grads[i], c)?),
+                Some(c) => std::borrow::Cow::Owned(ex.scale(&grads[i], c)?),
                 None => std::borrow::Cow::Borrowed(&grads[i]),
             };
             let st = if specs[i].decay {
@@ -285,7 +317,7 @@ pub fn step(
             } else {
                 &without
             };
-            kern.adamw(&params[i], &g, &m[i], &r[i], st)
+            ex.adamw(&params[i], &g, &m[i], &r[i], st)
         })
         .collect();
     for (i, update) in updates.into_iter().enumerate() {

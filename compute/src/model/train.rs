@@ -8,10 +8,11 @@ use crate::model::data::{
 };
 use crate::model::optim::{lr_q40, HyperQ, OptimError, MOMENT_INIT_EXP};
 use crate::model::transformer::{
-    forward_backward, init_params, Config, ModelError, BATCH_SIZE_MAX,
+    forward_backward_on, init_params, Config, ModelError, Params, BATCH_SIZE_MAX,
 };
 use crate::numerics::fixed::{B16_MANT_MAX, B24_MANT_MAX};
 use crate::numerics::kernels::{Bfp, KernelError, Kernels, EXP_ABS_MAX};
+use crate::numerics::tensor::{Exec, Tensor};
 use sha2::{Digest, Sha256};
 
 /// Magic and version of the canonical state encoding.
@@ -181,50 +182,49 @@ impl TrainState {
         )
     }
 
-    /// One training step on `batch`: forward, backward, AdamW; `step` advances by one.
-    ///
-    /// The step runs inside one `rayon::scope`, so it enters the thread pool once instead of
-    /// once per parallel kernel call (a cold entry from a thread outside the pool costs a
-    /// cross-thread wake-up and wait, and a step makes about a thousand such calls). Results do
-    /// not depend on which thread runs what.
+    /// One training step on `batch`: forward, backward, AdamW; `step` advances by one. A run
+    /// of steps keeps its tensors on the backend's device through a [`Session`] instead.
     pub fn step(&mut self, kernels: &dyn Kernels, batch: &Batch) -> Result<StepStats, TrainError> {
-        rayon::scope(|_| self.step_in_pool(kernels, batch))
+        let mut s = self.session(kernels)?;
+        let stats = s.step(batch);
+        s.finish()?;
+        stats
     }
 
-    fn step_in_pool(
-        &mut self,
-        kernels: &dyn Kernels,
-        batch: &Batch,
-    ) -> Result<StepStats, TrainError> {
-        let (pass, _) = forward_backward(
-            kernels,
-            &self.model,
-            &self.params,
-            &batch.idx,
-            Some(&batch.targets),
-            batch.batch,
-            batch.len,
-            true,
-        )?;
-        let it = self.step;
-        let clipped = crate::model::optim::step(
-            kernels,
-            &self.hyper,
-            it,
-            &self.model.param_specs(),
-            &mut self.params,
-            &mut self.m,
-            &mut self.r,
-            &pass.grads,
-        )
-        .map_err(ModelError::Kernel)?;
-        self.step += 1;
-        Ok(StepStats {
-            step: it,
-            loss_sum_q16: pass.loss_sum_q16,
-            loss: pass.mean_loss(),
-            lr_q40: lr_q40(&self.hyper, it),
-            clipped,
+    /// A run of steps with the state's tensors where `kernels` keeps them: moved into host
+    /// tensors (no copy) for a backend in host memory, uploaded once for a device (wgpu), so
+    /// that a step moves only its batch up and its loss down. [`Session::finish`] (or drop)
+    /// writes the state back.
+    pub fn session<'s, 'k>(
+        &'s mut self,
+        kernels: &'k dyn Kernels,
+    ) -> Result<Session<'s, 'k>, TrainError> {
+        self.session_on(Exec::new(kernels))
+    }
+
+    /// A session on a given executor (`Exec::host_only` for the baseline of
+    /// `leam compute bench --train-step --host-tensors`).
+    pub fn session_on<'s, 'k>(&'s mut self, ex: Exec<'k>) -> Result<Session<'s, 'k>, TrainError> {
+        let resident = ex.is_resident();
+        let place = |v: &mut Vec<Bfp>| -> Result<Vec<Tensor>, KernelError> {
+            if resident {
+                // The host copy stays: it is the state until the session writes back.
+                v.iter().map(|b| ex.put(b.clone())).collect()
+            } else {
+                Ok(std::mem::take(v).into_iter().map(Tensor::Host).collect())
+            }
+        };
+        let params = place(&mut self.params).map_err(ModelError::Kernel)?;
+        let m = place(&mut self.m).map_err(ModelError::Kernel)?;
+        let r = place(&mut self.r).map_err(ModelError::Kernel)?;
+        Ok(Session {
+            step: self.step,
+            st: self,
+            ex,
+            params,
+            m,
+            r,
+            written: false,
         })
     }
 
@@ -238,12 +238,16 @@ impl TrainState {
         stream: u64,
         iters: usize,
     ) -> Result<f64, TrainError> {
-        rayon::scope(|_| self.evaluate_in_pool(kernels, tokens, what, stream, iters))
+        let ex = Exec::new(kernels);
+        let params = Params::Host(&self.params);
+        rayon::scope(|_| self.evaluate_in_pool(&ex, params, tokens, what, stream, iters))
     }
 
+    #[allow(clippy::too_many_arguments)] // `evaluate`'s arguments, with the parameters apart
     fn evaluate_in_pool(
         &self,
-        kernels: &dyn Kernels,
+        ex: &Exec<'_>,
+        params: Params<'_>,
         tokens: &[u32],
         what: &'static str,
         stream: u64,
@@ -259,10 +263,10 @@ impl TrainState {
                 self.batch_size,
                 self.model.block_size,
             )?;
-            let (pass, _) = forward_backward(
-                kernels,
+            let (pass, _) = forward_backward_on(
+                ex,
                 &self.model,
-                &self.params,
+                params,
                 &b.idx,
                 Some(&b.targets),
                 b.batch,
@@ -605,6 +609,145 @@ impl From<Truncated<'_>> for DecodeError {
     }
 }
 
+/// A [`TrainState`] whose tensors live where the backend keeps them (see
+/// [`TrainState::session`]).
+#[derive(Debug)]
+pub struct Session<'s, 'k> {
+    st: &'s mut TrainState,
+    ex: Exec<'k>,
+    params: Vec<Tensor>,
+    m: Vec<Tensor>,
+    r: Vec<Tensor>,
+    step: u64,
+    /// The state holds this session's tensors (nothing to write back on drop).
+    written: bool,
+}
+
+impl Session<'_, '_> {
+    /// Steps done, counting this session's.
+    pub fn step_number(&self) -> u64 {
+        self.step
+    }
+
+    /// The state's settings (its tensors may be stale until [`Session::state`]).
+    pub fn state_ref(&self) -> &TrainState {
+        self.st
+    }
+
+    /// The executor (its backend and fallback count).
+    pub fn exec(&self) -> &Exec<'_> {
+        &self.ex
+    }
+
+    /// One training step on `batch` (as [`TrainState::step`]).
+    pub fn step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+        self.written = false;
+        rayon::scope(|_| self.step_in_pool(batch))
+    }
+
+    fn step_in_pool(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+        let st = &*self.st;
+        let (pass, logits) = forward_backward_on(
+            &self.ex,
+            &st.model,
+            Params::Tensors(&self.params),
+            &batch.idx,
+            Some(&batch.targets),
+            batch.batch,
+            batch.len,
+            true,
+        )?;
+        drop(logits);
+        let it = self.step;
+        let clipped = crate::model::optim::step(
+            &self.ex,
+            &st.hyper,
+            it,
+            &st.model.param_specs(),
+            &mut self.params,
+            &mut self.m,
+            &mut self.r,
+            &pass.grads,
+        )
+        .map_err(ModelError::Kernel)?;
+        self.step += 1;
+        Ok(StepStats {
+            step: it,
+            loss_sum_q16: pass.loss_sum_q16,
+            loss: pass.loss_sum_q16 as f64 / 65536.0 / pass.positions.max(1) as f64,
+            lr_q40: lr_q40(&st.hyper, it),
+            clipped,
+        })
+    }
+
+    /// Mean loss as [`TrainState::evaluate`], on this session's parameters.
+    pub fn evaluate(
+        &self,
+        tokens: &[u32],
+        what: &'static str,
+        stream: u64,
+        iters: usize,
+    ) -> Result<f64, TrainError> {
+        let params = Params::Tensors(&self.params);
+        rayon::scope(|_| {
+            self.st
+                .evaluate_in_pool(&self.ex, params, tokens, what, stream, iters)
+        })
+    }
+
+    /// Writes the tensors and the step count into the state (copies; reads them back from
+    /// the device if they are there) and returns it; the session goes on.
+    pub fn state(&mut self) -> Result<&TrainState, TrainError> {
+        self.write_back(true)?;
+        Ok(self.st)
+    }
+
+    /// Writes the state back (moving host tensors) and ends the session.
+    pub fn finish(mut self) -> Result<(), TrainError> {
+        self.write_back(false)
+    }
+
+    /// All or nothing: the state changes only if every tensor could be read back. Host tensors
+    /// are cloned when the session goes on (`copy`), else moved: the CPU path copies nothing
+    /// per step.
+    fn write_back(&mut self, copy: bool) -> Result<(), TrainError> {
+        if self.written {
+            return Ok(());
+        }
+        let ex = &self.ex;
+        let back = |v: &mut Vec<Tensor>| -> Result<Vec<Bfp>, KernelError> {
+            let resident = v.iter().any(|t| matches!(t, Tensor::Dev(_)));
+            if copy || resident {
+                v.iter()
+                    .map(|t| ex.get(t).map(|c| c.into_owned()))
+                    .collect()
+            } else {
+                std::mem::take(v).into_iter().map(|t| ex.take(t)).collect()
+            }
+        };
+        let (p, m, r) = (back(&mut self.params), back(&mut self.m), back(&mut self.r));
+        let (p, m, r) = (
+            p.map_err(ModelError::Kernel)?,
+            m.map_err(ModelError::Kernel)?,
+            r.map_err(ModelError::Kernel)?,
+        );
+        self.st.params = p;
+        self.st.m = m;
+        self.st.r = r;
+        self.st.step = self.step;
+        self.written = true;
+        Ok(())
+    }
+}
+
+impl Drop for Session<'_, '_> {
+    fn drop(&mut self) {
+        // A session dropped early (an error, a panic) leaves the state it reached if it can be
+        // read back; otherwise the state before the session (device copies) stays.
+        let _ = self.write_back(false);
+    }
+}
+
 /// Settings of the training loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoopOptions {
@@ -666,23 +809,21 @@ pub fn run(
         indicatif::ProgressBar::hidden()
     };
     let mut curve = Vec::new();
-    let mut eval = |state: &TrainState, curve: &mut Vec<EvalPoint>| -> Result<(), TrainError> {
-        let train_loss = state.evaluate(
-            kernels,
+    let mut eval = |s: &Session<'_, '_>, curve: &mut Vec<EvalPoint>| -> Result<(), TrainError> {
+        let train_loss = s.evaluate(
             &corpus.train,
             "training split",
             STREAM_EVAL_TRAIN,
             opts.eval_iters,
         )?;
-        let val_loss = state.evaluate(
-            kernels,
+        let val_loss = s.evaluate(
             &corpus.val,
             "validation split",
             STREAM_EVAL_VAL,
             opts.eval_iters,
         )?;
         let p = EvalPoint {
-            step: state.step,
+            step: s.step_number(),
             train_loss,
             val_loss,
         };
@@ -690,22 +831,25 @@ pub fn run(
         curve.push(p);
         Ok(())
     };
-    while state.step < opts.max_iters {
-        if opts.eval_interval > 0
-            && state.step.is_multiple_of(opts.eval_interval)
-            && opts.eval_iters > 0
+    // One session for the whole run: on a device, the state goes up once and comes back at
+    // the end.
+    let mut session = state.session(kernels)?;
+    while session.step_number() < opts.max_iters {
+        let step = session.step_number();
+        if opts.eval_interval > 0 && step.is_multiple_of(opts.eval_interval) && opts.eval_iters > 0
         {
-            eval(state, &mut curve)?;
+            eval(&session, &mut curve)?;
         }
-        let batch = state.batch_for(&corpus.train, state.step)?;
-        let st = state.step(kernels, &batch)?;
+        let batch = session.state_ref().batch_for(&corpus.train, step)?;
+        let st = session.step(&batch)?;
         bar.set_message(format!("loss {:.4}", st.loss));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if opts.eval_iters > 0 && curve.last().map(|p| p.step) != Some(state.step) {
-        eval(state, &mut curve)?;
+    if opts.eval_iters > 0 && curve.last().map(|p| p.step) != Some(session.step_number()) {
+        eval(&session, &mut curve)?;
     }
+    session.finish()?;
     Ok(curve)
 }
 
@@ -717,17 +861,20 @@ pub fn train_step_secs(
     tokens: &[u32],
     steps: u64,
 ) -> Result<f64, TrainError> {
-    let one = |st: &mut TrainState| -> Result<(), TrainError> {
-        let batch = st.batch_for(tokens, st.step)?;
-        st.step(backend, &batch)?;
+    let mut s = state.session(backend)?;
+    let one = |s: &mut Session<'_, '_>| -> Result<(), TrainError> {
+        let batch = s.state_ref().batch_for(tokens, s.step_number())?;
+        s.step(&batch)?;
         Ok(())
     };
-    one(state)?;
+    one(&mut s)?;
     let t = std::time::Instant::now();
     for _ in 0..steps.max(1) {
-        one(state)?;
+        one(&mut s)?;
     }
-    Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
+    let secs = t.elapsed().as_secs_f64() / steps.max(1) as f64;
+    s.finish()?;
+    Ok(secs)
 }
 
 #[cfg(test)]

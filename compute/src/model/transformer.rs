@@ -4,11 +4,13 @@
 //! output head tied to the token embedding, mean cross-entropy.
 //!
 //! Forward and backward are written against `&dyn Kernels`, so every backend runs the same
-//! integer program. Only data movement (gathers, head splits) happens here on the host; all
-//! arithmetic is in kernels. See `specs/compute.md` for the op list.
+//! integer program. Data movement (gathers, head splits) and
+//! arithmetic both go through `numerics::tensor::Exec`, so tensors stay where the backend keeps
+//! them. See `specs/compute.md` for the op list.
 
 use crate::numerics::fixed::{isqrt, normal_q16, requantize, B24_MANT_MAX};
 use crate::numerics::kernels::{Bfp, KernelError, Kernels, MatmulShape};
+use crate::numerics::tensor::{Exec, Stats, Tensor};
 use rayon::prelude::*;
 
 // The one set of model limits: `Config::validate`, training, checkpoints and shard specs
@@ -268,65 +270,52 @@ impl Pass {
     }
 }
 
+/// Result of [`forward_backward_on`]: [`Pass`] with gradients where the executor keeps
+/// tensors.
+#[derive(Debug)]
+pub struct TensorPass {
+    /// Sum over all positions of the cross-entropy, in Q16 nats.
+    pub loss_sum_q16: i64,
+    /// Number of positions.
+    pub positions: usize,
+    /// Gradients of the mean loss (empty without backward).
+    pub grads: Vec<Tensor>,
+}
+
+/// The parameters of a pass: host master copies, or tensors where the executor keeps them.
+#[derive(Clone, Copy, Debug)]
+pub enum Params<'a> {
+    /// Host B24 tensors (moved to the device first when the executor is resident).
+    Host(&'a [Bfp]),
+    /// Tensors of the executor.
+    Tensors(&'a [Tensor]),
+}
+
+impl Params<'_> {
+    fn lens(&self) -> Vec<usize> {
+        match self {
+            Params::Host(p) => p.iter().map(Bfp::len).collect(),
+            Params::Tensors(p) => p.iter().map(Tensor::len).collect(),
+        }
+    }
+}
+
 struct LayerCache {
-    x_in: Bfp,
-    h1: Bfp,
-    r1: Vec<u64>,
-    a1: Bfp,
-    q: Bfp,
-    k: Bfp,
-    v: Bfp,
-    p: Bfp,
-    y: Bfp,
-    x_mid: Bfp,
-    h2: Bfp,
-    r2: Vec<u64>,
-    a2: Bfp,
-    f: Bfp,
-    gf: Bfp,
-}
-
-fn gather_rows(src: &Bfp, cols: usize, idx: impl Iterator<Item = usize>) -> Bfp {
-    let mut mant = Vec::new();
-    for i in idx {
-        mant.extend_from_slice(&src.mant[i * cols..(i + 1) * cols]);
-    }
-    Bfp::new(mant, src.exp)
-}
-
-/// `[B·T, 3C]` → three `[B·H, T, hs]` tensors (q, k, v), same exponent.
-fn split_heads(qkv: &Bfp, b: usize, t: usize, h: usize, hs: usize) -> [Bfp; 3] {
-    let c = h * hs;
-    let mut out: [Vec<i32>; 3] = [vec![0; b * t * c], vec![0; b * t * c], vec![0; b * t * c]];
-    for bi in 0..b {
-        for ti in 0..t {
-            let row = &qkv.mant[(bi * t + ti) * 3 * c..(bi * t + ti + 1) * 3 * c];
-            for (part, o) in out.iter_mut().enumerate() {
-                for hi in 0..h {
-                    let dst = ((bi * h + hi) * t + ti) * hs;
-                    let src = part * c + hi * hs;
-                    o[dst..dst + hs].copy_from_slice(&row[src..src + hs]);
-                }
-            }
-        }
-    }
-    out.map(|m| Bfp::new(m, qkv.exp))
-}
-
-/// `[B·H, T, hs]` → `[B·T, C]`.
-fn merge_heads(x: &Bfp, b: usize, t: usize, h: usize, hs: usize) -> Bfp {
-    let c = h * hs;
-    let mut out = vec![0; b * t * c];
-    for bi in 0..b {
-        for hi in 0..h {
-            for ti in 0..t {
-                let src = ((bi * h + hi) * t + ti) * hs;
-                let dst = (bi * t + ti) * c + hi * hs;
-                out[dst..dst + hs].copy_from_slice(&x.mant[src..src + hs]);
-            }
-        }
-    }
-    Bfp::new(out, x.exp)
+    x_in: Tensor,
+    h1: Tensor,
+    r1: Stats,
+    a1: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    p: Tensor,
+    y: Tensor,
+    x_mid: Tensor,
+    h2: Tensor,
+    r2: Stats,
+    a2: Tensor,
+    f: Tensor,
+    gf: Tensor,
 }
 
 /// Runs two independent kernel chains of the backward pass with `rayon::join`, so the two
@@ -345,34 +334,21 @@ fn both<A: Send, B: Send>(
 
 /// `[B·H, T, hs]` ×3 (aligned to one exponent) → `[B·T, 3C]`.
 fn merge_qkv(
-    k: &dyn Kernels,
-    parts: [&Bfp; 3],
-    b: usize,
-    t: usize,
-    h: usize,
-    hs: usize,
-) -> Result<Bfp, KernelError> {
-    let e = parts.iter().map(|p| p.exp).max().unwrap_or(0);
-    let c = h * hs;
-    let mut out = vec![0; b * t * 3 * c];
-    for (pi, part) in parts.iter().enumerate() {
-        let al = k.rescale(part, e)?;
-        for bi in 0..b {
-            for hi in 0..h {
-                for ti in 0..t {
-                    let src = ((bi * h + hi) * t + ti) * hs;
-                    let dst = (bi * t + ti) * 3 * c + pi * c + hi * hs;
-                    out[dst..dst + hs].copy_from_slice(&al.mant[src..src + hs]);
-                }
-            }
-        }
-    }
-    Ok(Bfp::new(out, e))
+    ex: &Exec<'_>,
+    parts: [&Tensor; 3],
+    shape: (usize, usize, usize, usize),
+) -> Result<Tensor, KernelError> {
+    let e = parts.iter().map(|p| p.exp()).max().unwrap_or(0);
+    let al = parts
+        .iter()
+        .map(|p| ex.rescale(p, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    ex.merge_heads(&[&al[0], &al[1], &al[2]], shape)
 }
 
 fn check_inputs(
     cfg: &Config,
-    params: &[Bfp],
+    params: &[usize],
     idx: &[u32],
     batch: usize,
     t: usize,
@@ -386,12 +362,12 @@ fn check_inputs(
             found: params.len().to_string(),
         });
     }
-    for (s, p) in specs.iter().zip(params) {
-        if p.len() != s.len() {
+    for (s, &p) in specs.iter().zip(params) {
+        if p != s.len() {
             return Err(ModelError::Input {
                 what: "parameter tensor length",
                 expected: format!("{} elements for {}", s.len(), s.name),
-                found: p.len().to_string(),
+                found: p.to_string(),
             });
         }
     }
@@ -423,8 +399,9 @@ fn check_inputs(
 }
 
 /// Forward (and, if `targets` is given, the loss; if also `backward`, all gradients) on
-/// `batch` sequences of `t` tokens each (`idx` row-major `batch × t`).
-/// Returns the pass and the final logits (`batch·t × vocab`).
+/// `batch` sequences of `t` tokens each (`idx` row-major `batch × t`), on host tensors.
+/// Returns the pass and the final logits (`batch·t × vocab`). [`forward_backward_on`] is the
+/// same program on tensors where the backend keeps them.
 #[allow(clippy::too_many_arguments)] // each argument is a distinct, documented input
 pub fn forward_backward(
     kern: &dyn Kernels,
@@ -436,43 +413,106 @@ pub fn forward_backward(
     t: usize,
     backward: bool,
 ) -> Result<(Pass, Bfp), ModelError> {
-    check_inputs(cfg, params, idx, batch, t)?;
+    let ex = Exec::new(kern);
+    let (pass, logits) = forward_backward_on(
+        &ex,
+        cfg,
+        Params::Host(params),
+        idx,
+        targets,
+        batch,
+        t,
+        backward,
+    )?;
+    let grads = pass
+        .grads
+        .into_iter()
+        .map(|g| ex.take(g))
+        .collect::<Result<_, _>>()?;
+    let pass = Pass {
+        loss_sum_q16: pass.loss_sum_q16,
+        positions: pass.positions,
+        grads,
+    };
+    Ok((pass, ex.take(logits)?))
+}
+
+/// [`forward_backward`] on the executor's tensors: with a resident backend, parameters,
+/// activations and gradients stay on the device; only the ids go up and the loss comes down.
+#[allow(clippy::too_many_arguments)] // each argument is a distinct, documented input
+pub fn forward_backward_on(
+    ex: &Exec<'_>,
+    cfg: &Config,
+    params: Params<'_>,
+    idx: &[u32],
+    targets: Option<&[u32]>,
+    batch: usize,
+    t: usize,
+    backward: bool,
+) -> Result<(TensorPass, Tensor), ModelError> {
+    check_inputs(cfg, &params.lens(), idx, batch, t)?;
+    if let Some(i) = targets.and_then(|tg| tg.iter().position(|&v| v as usize >= cfg.vocab)) {
+        let tg = targets.unwrap_or_default();
+        return Err(ModelError::Input {
+            what: "target id",
+            expected: format!("< vocab {}", cfg.vocab),
+            found: format!("{} at position {i}", tg[i]),
+        });
+    }
     let (c, v, h, hs) = (cfg.n_embd, cfg.vocab, cfg.n_head, cfg.head_size());
     let bt = batch * t;
     let bh = batch * h;
+    let heads = (batch, t, h, hs);
     let scale = cfg.attn_scale_q16();
     // Tensors in parallel (most are too small to split on their own); the first error in
     // tensor order is reported, as a sequential loop would.
-    let w16: Vec<Result<Bfp, KernelError>> = params
-        .par_iter()
-        .map(|p| kern.requant(p, crate::numerics::fixed::B16_MANT_MAX))
-        .collect();
-    let w16: Vec<Bfp> = w16.into_iter().collect::<Result<_, _>>()?;
+    let b16 = crate::numerics::fixed::B16_MANT_MAX;
+    let w16: Vec<Result<Tensor, KernelError>> = match params {
+        Params::Host(p) => p
+            .par_iter()
+            .map(|p| {
+                if ex.is_resident() {
+                    ex.requant(&ex.put(p.clone())?, b16)
+                } else {
+                    ex.kernels().requant(p, b16).map(Tensor::Host)
+                }
+            })
+            .collect(),
+        Params::Tensors(p) => p.par_iter().map(|p| ex.requant(p, b16)).collect(),
+    };
+    let w16: Vec<Tensor> = w16.into_iter().collect::<Result<_, _>>()?;
     let lp = |l: usize, i: usize| 2 + l * PER_LAYER + i;
     let lnf = 2 + cfg.n_layer * PER_LAYER;
+    let ids = ex.ids(idx)?;
 
-    let tok = gather_rows(&w16[WTE], c, idx.iter().map(|&i| i as usize));
-    let pos = gather_rows(&w16[WPE], c, (0..bt).map(|r| r % t));
-    let mut x = kern.add(&tok, &pos)?;
+    let tok = ex.gather_rows(&w16[WTE], c, &ids)?;
+    let pos = ex.gather_positions(&w16[WPE], c, t, bt)?;
+    let mut x = ex.add(&tok, &pos)?;
     let mut caches = Vec::with_capacity(cfg.n_layer);
     for l in 0..cfg.n_layer {
         let x_in = x;
-        let (h1, r1) = kern.layernorm(&x_in, bt, c)?;
-        let a1 = kern.mul_cols(&h1, &w16[lp(l, LN1)], bt, c)?;
-        let qkv = kern.matmul(&a1, &w16[lp(l, ATTN)], MatmulShape::new(bt, c, 3 * c).tb())?;
-        let [q, kk, vv] = split_heads(&qkv, batch, t, h, hs);
-        let s = kern.matmul(&q, &kk, MatmulShape::new(t, hs, t).tb().batched(bh))?;
-        let p = kern.softmax(&s, bh * t, t, true, scale)?;
-        let yh = kern.matmul(&p, &vv, MatmulShape::new(t, t, hs).batched(bh))?;
-        let y = merge_heads(&yh, batch, t, h, hs);
-        let o = kern.matmul(&y, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c).tb())?;
-        let x_mid = kern.add(&x_in, &o)?;
-        let (h2, r2) = kern.layernorm(&x_mid, bt, c)?;
-        let a2 = kern.mul_cols(&h2, &w16[lp(l, LN2)], bt, c)?;
-        let f = kern.matmul(&a2, &w16[lp(l, FC)], MatmulShape::new(bt, c, 4 * c).tb())?;
-        let gf = kern.gelu(&f)?;
-        let o2 = kern.matmul(&gf, &w16[lp(l, MPROJ)], MatmulShape::new(bt, 4 * c, c).tb())?;
-        x = kern.add(&x_mid, &o2)?;
+        let (h1, r1) = ex.layernorm(&x_in, bt, c)?;
+        let a1 = ex.mul_cols(&h1, &w16[lp(l, LN1)], bt, c)?;
+        let qkv = ex.matmul(&a1, &w16[lp(l, ATTN)], MatmulShape::new(bt, c, 3 * c).tb())?;
+        let q = ex.split_heads(&qkv, heads, 3 * c, 0)?;
+        let kk = ex.split_heads(&qkv, heads, 3 * c, 1)?;
+        let vv = ex.split_heads(&qkv, heads, 3 * c, 2)?;
+        drop(qkv);
+        let s = ex.matmul(&q, &kk, MatmulShape::new(t, hs, t).tb().batched(bh))?;
+        let p = ex.softmax(&s, bh * t, t, true, scale)?;
+        drop(s);
+        let yh = ex.matmul(&p, &vv, MatmulShape::new(t, t, hs).batched(bh))?;
+        let y = ex.merge_heads(&[&yh], heads)?;
+        drop(yh);
+        let o = ex.matmul(&y, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c).tb())?;
+        let x_mid = ex.add(&x_in, &o)?;
+        drop(o);
+        let (h2, r2) = ex.layernorm(&x_mid, bt, c)?;
+        let a2 = ex.mul_cols(&h2, &w16[lp(l, LN2)], bt, c)?;
+        let f = ex.matmul(&a2, &w16[lp(l, FC)], MatmulShape::new(bt, c, 4 * c).tb())?;
+        let gf = ex.gelu(&f)?;
+        let o2 = ex.matmul(&gf, &w16[lp(l, MPROJ)], MatmulShape::new(bt, 4 * c, c).tb())?;
+        x = ex.add(&x_mid, &o2)?;
         caches.push(LayerCache {
             x_in,
             h1,
@@ -491,27 +531,21 @@ pub fn forward_backward(
             gf,
         });
     }
-    let (hf, rf) = kern.layernorm(&x, bt, c)?;
-    let af = kern.mul_cols(&hf, &w16[lnf], bt, c)?;
-    let logits = kern.matmul(&af, &w16[WTE], MatmulShape::new(bt, c, v).tb())?;
+    let (hf, rf) = ex.layernorm(&x, bt, c)?;
+    let af = ex.mul_cols(&hf, &w16[lnf], bt, c)?;
+    let logits = ex.matmul(&af, &w16[WTE], MatmulShape::new(bt, c, v).tb())?;
     let Some(targets) = targets else {
-        let pass = Pass {
+        let pass = TensorPass {
             loss_sum_q16: 0,
             positions: bt,
             grads: Vec::new(),
         };
         return Ok((pass, logits));
     };
-    if let Some(i) = targets.iter().position(|&v| v as usize >= cfg.vocab) {
-        return Err(ModelError::Input {
-            what: "target id",
-            expected: format!("< vocab {}", cfg.vocab),
-            found: format!("{} at position {i}", targets[i]),
-        });
-    }
-    let (loss_sum_q16, dlogits) = kern.cross_entropy(&logits, targets, bt, v)?;
+    let tids = ex.ids(targets)?;
+    let (loss_sum_q16, dlogits) = ex.cross_entropy(&logits, &tids, bt, v)?;
     if !backward {
-        let pass = Pass {
+        let pass = TensorPass {
             loss_sum_q16,
             positions: bt,
             grads: Vec::new(),
@@ -519,102 +553,91 @@ pub fn forward_backward(
         return Ok((pass, logits));
     }
 
-    let mut grads: Vec<Bfp> = vec![Bfp::default(); params.len()];
+    let mut grads: Vec<Option<Tensor>> = vec![None; w16.len()];
     let (daf, dwte_head) = both(
-        || kern.matmul(&dlogits, &w16[WTE], MatmulShape::new(bt, v, c)),
-        || kern.matmul(&dlogits, &af, MatmulShape::new(v, bt, c).ta()),
+        || ex.matmul(&dlogits, &w16[WTE], MatmulShape::new(bt, v, c)),
+        || ex.matmul(&dlogits, &af, MatmulShape::new(v, bt, c).ta()),
     )?;
+    drop(dlogits);
     let (g_lnf, dhf) = both(
-        || kern.col_dot(&daf, &hf, bt, c),
-        || kern.mul_cols(&daf, &w16[lnf], bt, c),
+        || ex.col_dot(&daf, &hf, bt, c),
+        || ex.mul_cols(&daf, &w16[lnf], bt, c),
     )?;
-    grads[lnf] = g_lnf;
-    let mut dx = kern.layernorm_bwd(&dhf, &hf, &rf, x.exp, bt, c)?;
-    for l in (0..cfg.n_layer).rev() {
-        let cch = &caches[l];
+    grads[lnf] = Some(g_lnf);
+    let mut dx = ex.layernorm_bwd(&dhf, &hf, &rf, x.exp(), bt, c)?;
+    while let Some(cch) = caches.pop() {
+        let l = caches.len();
         // MLP: each weight gradient runs beside the chain of input gradients it does not feed.
         let (g_mproj, df) = both(
-            || kern.matmul(&dx, &cch.gf, MatmulShape::new(c, bt, 4 * c).ta()),
+            || ex.matmul(&dx, &cch.gf, MatmulShape::new(c, bt, 4 * c).ta()),
             || {
-                let dgf = kern.matmul(&dx, &w16[lp(l, MPROJ)], MatmulShape::new(bt, c, 4 * c))?;
-                kern.gelu_bwd(&cch.f, &dgf)
+                let dgf = ex.matmul(&dx, &w16[lp(l, MPROJ)], MatmulShape::new(bt, c, 4 * c))?;
+                ex.gelu_bwd(&cch.f, &dgf)
             },
         )?;
-        grads[lp(l, MPROJ)] = g_mproj;
+        grads[lp(l, MPROJ)] = Some(g_mproj);
         let (g_fc, (g_ln2, dx_mid)) = both(
-            || kern.matmul(&df, &cch.a2, MatmulShape::new(4 * c, bt, c).ta()),
+            || ex.matmul(&df, &cch.a2, MatmulShape::new(4 * c, bt, c).ta()),
             || {
-                let da2 = kern.matmul(&df, &w16[lp(l, FC)], MatmulShape::new(bt, 4 * c, c))?;
+                let da2 = ex.matmul(&df, &w16[lp(l, FC)], MatmulShape::new(bt, 4 * c, c))?;
                 let (g_ln2, dh2) = both(
-                    || kern.col_dot(&da2, &cch.h2, bt, c),
-                    || kern.mul_cols(&da2, &w16[lp(l, LN2)], bt, c),
+                    || ex.col_dot(&da2, &cch.h2, bt, c),
+                    || ex.mul_cols(&da2, &w16[lp(l, LN2)], bt, c),
                 )?;
-                let dxm = kern.layernorm_bwd(&dh2, &cch.h2, &cch.r2, cch.x_mid.exp, bt, c)?;
-                Ok((g_ln2, kern.add(&dx, &dxm)?))
+                let dxm = ex.layernorm_bwd(&dh2, &cch.h2, &cch.r2, cch.x_mid.exp(), bt, c)?;
+                Ok((g_ln2, ex.add(&dx, &dxm)?))
             },
         )?;
-        grads[lp(l, FC)] = g_fc;
-        grads[lp(l, LN2)] = g_ln2;
+        grads[lp(l, FC)] = Some(g_fc);
+        grads[lp(l, LN2)] = Some(g_ln2);
         // attention
         let (g_proj, dy) = both(
-            || kern.matmul(&dx_mid, &cch.y, MatmulShape::new(c, bt, c).ta()),
-            || kern.matmul(&dx_mid, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c)),
+            || ex.matmul(&dx_mid, &cch.y, MatmulShape::new(c, bt, c).ta()),
+            || ex.matmul(&dx_mid, &w16[lp(l, PROJ)], MatmulShape::new(bt, c, c)),
         )?;
-        grads[lp(l, PROJ)] = g_proj;
-        let dyh = split_heads_single(&dy, batch, t, h, hs);
+        grads[lp(l, PROJ)] = Some(g_proj);
+        let dyh = ex.split_heads(&dy, heads, c, 0)?;
         let (dp, dv) = both(
-            || kern.matmul(&dyh, &cch.v, MatmulShape::new(t, hs, t).tb().batched(bh)),
-            || kern.matmul(&cch.p, &dyh, MatmulShape::new(t, t, hs).ta().batched(bh)),
+            || ex.matmul(&dyh, &cch.v, MatmulShape::new(t, hs, t).tb().batched(bh)),
+            || ex.matmul(&cch.p, &dyh, MatmulShape::new(t, t, hs).ta().batched(bh)),
         )?;
-        let ds = kern.softmax_bwd(&cch.p, &dp, bh * t, t, scale)?;
+        let ds = ex.softmax_bwd(&cch.p, &dp, bh * t, t, scale)?;
         let (dq, dk) = both(
-            || kern.matmul(&ds, &cch.k, MatmulShape::new(t, t, hs).batched(bh)),
-            || kern.matmul(&ds, &cch.q, MatmulShape::new(t, t, hs).ta().batched(bh)),
+            || ex.matmul(&ds, &cch.k, MatmulShape::new(t, t, hs).batched(bh)),
+            || ex.matmul(&ds, &cch.q, MatmulShape::new(t, t, hs).ta().batched(bh)),
         )?;
-        let dqkv = merge_qkv(kern, [&dq, &dk, &dv], batch, t, h, hs)?;
+        let dqkv = merge_qkv(ex, [&dq, &dk, &dv], heads)?;
         let (g_attn, (g_ln1, dxi)) = both(
-            || kern.matmul(&dqkv, &cch.a1, MatmulShape::new(3 * c, bt, c).ta()),
+            || ex.matmul(&dqkv, &cch.a1, MatmulShape::new(3 * c, bt, c).ta()),
             || {
-                let da1 = kern.matmul(&dqkv, &w16[lp(l, ATTN)], MatmulShape::new(bt, 3 * c, c))?;
+                let da1 = ex.matmul(&dqkv, &w16[lp(l, ATTN)], MatmulShape::new(bt, 3 * c, c))?;
                 let (g_ln1, dh1) = both(
-                    || kern.col_dot(&da1, &cch.h1, bt, c),
-                    || kern.mul_cols(&da1, &w16[lp(l, LN1)], bt, c),
+                    || ex.col_dot(&da1, &cch.h1, bt, c),
+                    || ex.mul_cols(&da1, &w16[lp(l, LN1)], bt, c),
                 )?;
-                let dxi = kern.layernorm_bwd(&dh1, &cch.h1, &cch.r1, cch.x_in.exp, bt, c)?;
+                let dxi = ex.layernorm_bwd(&dh1, &cch.h1, &cch.r1, cch.x_in.exp(), bt, c)?;
                 Ok((g_ln1, dxi))
             },
         )?;
-        grads[lp(l, ATTN)] = g_attn;
-        grads[lp(l, LN1)] = g_ln1;
-        dx = kern.add(&dx_mid, &dxi)?;
+        grads[lp(l, ATTN)] = Some(g_attn);
+        grads[lp(l, LN1)] = Some(g_ln1);
+        dx = ex.add(&dx_mid, &dxi)?;
     }
-    let dwte_emb = kern.scatter_add_rows(&dx, idx, v, c)?;
+    let dwte_emb = ex.scatter_add_rows(&dx, &ids, v, c)?;
     let pos_idx: Vec<u32> = (0..bt).map(|r| (r % t) as u32).collect();
-    let dwpe = kern.scatter_add_rows(&dx, &pos_idx, cfg.block_size, c)?;
-    grads[WTE] = kern.add(&dwte_head, &dwte_emb)?;
-    grads[WPE] = dwpe;
-    let pass = Pass {
+    let dwpe = ex.scatter_add_rows(&dx, &ex.ids(&pos_idx)?, cfg.block_size, c)?;
+    grads[WTE] = Some(ex.add(&dwte_head, &dwte_emb)?);
+    grads[WPE] = Some(dwpe);
+    let grads = grads
+        .into_iter()
+        .map(|g| g.expect("the backward pass sets every parameter's gradient"))
+        .collect();
+    let pass = TensorPass {
         loss_sum_q16,
         positions: bt,
         grads,
     };
     Ok((pass, logits))
-}
-
-/// `[B·T, C]` → `[B·H, T, hs]`.
-fn split_heads_single(x: &Bfp, b: usize, t: usize, h: usize, hs: usize) -> Bfp {
-    let c = h * hs;
-    let mut out = vec![0; b * t * c];
-    for bi in 0..b {
-        for ti in 0..t {
-            for hi in 0..h {
-                let src = (bi * t + ti) * c + hi * hs;
-                let dst = ((bi * h + hi) * t + ti) * hs;
-                out[dst..dst + hs].copy_from_slice(&x.mant[src..src + hs]);
-            }
-        }
-    }
-    Bfp::new(out, x.exp)
 }
 
 #[cfg(test)]

@@ -331,6 +331,9 @@ impl<K: Kernels> Kernels for Timed<K> {
     fn traffic(&self) -> crate::numerics::kernels::Traffic {
         self.inner.traffic()
     }
+    fn device_backend(&self) -> Option<&dyn std::any::Any> {
+        self.inner.device_backend()
+    }
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.time("matmul", |k| k.matmul(a, b, s))
     }

@@ -270,6 +270,13 @@ pub trait Kernels: Send + Sync {
         Traffic::default()
     }
 
+    /// The device backend under this one, for `numerics::tensor` to keep tensors in its
+    /// memory (wgpu; the trait names no implementation, so it is handed over as `Any`). `None`
+    /// (the default): tensors stay in host memory and every call goes through this interface.
+    fn device_backend(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Batched matrix product with exact integer accumulation and B16 requantization.
     ///
     /// Inputs: `a` holds `batch·m·k` mantissas (`batch` blocks, each `m×k` row-major, or `k×m`

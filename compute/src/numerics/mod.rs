@@ -6,6 +6,7 @@
 //! - [`cpu`]: [`CpuKernels`](cpu::CpuKernels), the bit-exact reference, one file per operation;
 //! - `gemm`: the CPU matrix product (exact integer SIMD paths, exact f64 dgemm);
 //! - [`gpu`]: the WGPU backend, WGSL kernels bit-identical to the CPU reference;
+//! - [`tensor`]: tensors where the backend keeps them (host or device) and the kernels on them;
 //! - [`backend`]: choosing a backend by name.
 
 pub mod backend;
@@ -14,3 +15,4 @@ pub mod fixed;
 mod gemm;
 pub mod gpu;
 pub mod kernels;
+pub mod tensor;

@@ -1,7 +1,10 @@
 //! Host side of `adamw.wgsl`: two submissions (moments, then parameters), see the shader.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{grid_1d, quant_shift, submit, u32_of, Dispatch, WideOut};
+use super::exec::{
+    bind, grid_1d, out_bits, quant_shift, release, submit, u32_of, Dispatch, Mant, Src, WideOut,
+    WideResult,
+};
 use super::shaders::ADAMW;
 
 /// Largest bit length of `|alpha_q40|` the GPU update takes (the product `alpha · u` then
@@ -15,8 +18,8 @@ pub(crate) const ADAM_UPDATE_BITS_MAX: i64 = 60;
 /// Outcome of submission 1: `(m' mantissas, its shift)`, `(r' mantissas, its shift)` and the
 /// `s` of the square root.
 pub(crate) struct Moments {
-    pub(crate) m: (Vec<i32>, u32),
-    pub(crate) r: (Vec<i32>, u32),
+    pub(crate) m: WideResult,
+    pub(crate) r: WideResult,
     pub(crate) s: i64,
 }
 
@@ -34,19 +37,20 @@ pub(crate) fn align_shifts(e: i64, e0: i64) -> (u32, u32) {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn moments(
     gpu: &Gpu,
-    g: &[i32],
-    m: &[i32],
-    r: &[i32],
+    g: Src<'_>,
+    m: Src<'_>,
+    r: Src<'_>,
     shifts_m: [(u32, u32); 2],
     shifts_v: [(u32, u32); 2],
     odd: bool,
     betas: (u32, u32),
+    keep: bool,
 ) -> Result<Moments, GpuError> {
     let count = g.len();
     if count == 0 {
         return Ok(Moments {
-            m: (Vec::new(), 0),
-            r: (Vec::new(), 0),
+            m: WideResult::empty(gpu, keep)?,
+            r: WideResult::empty(gpu, keep)?,
             s: 50,
         });
     }
@@ -76,13 +80,9 @@ pub(crate) fn moments(
         0,
     ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 15)?;
+    let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let (bm, bg, br) = (
-        gpu.upload(bytemuck::cast_slice(m))?,
-        gpu.upload(bytemuck::cast_slice(g))?,
-        gpu.upload(bytemuck::cast_slice(r))?,
-    );
+    let (bm, bg, br) = (bind(gpu, m)?, bind(gpu, g)?, bind(gpu, r)?);
     let n4 = count as u64 * 4;
     let n16 = count as u64 * 16;
     let wide_m = gpu.buffer(Pool::Storage, n16)?;
@@ -96,6 +96,11 @@ pub(crate) fn moments(
         bindings,
         groups,
     };
+    let mut reads = vec![(&key_m, 4), (&maxbits, 4)];
+    if !keep {
+        reads.push((&out_m, n4));
+    }
+    reads.extend(tail.reads());
     let res = submit(
         gpu,
         "adamw",
@@ -105,8 +110,8 @@ pub(crate) fn moments(
                 "adam_m",
                 vec![
                     (0, &uniform, 80),
-                    (1, &bm, n4),
-                    (2, &bg, n4),
+                    (1, bm.buf(), n4),
+                    (2, bg.buf(), n4),
                     (5, &wide_m, n16),
                     (6, &key_m, 4),
                 ],
@@ -124,8 +129,8 @@ pub(crate) fn moments(
                 "adam_v",
                 vec![
                     (0, &uniform, 80),
-                    (2, &bg, n4),
-                    (3, &br, n4),
+                    (2, bg.buf(), n4),
+                    (3, br.buf(), n4),
                     (7, &wide_v, n16),
                     (8, &maxbits, 4),
                 ],
@@ -142,35 +147,44 @@ pub(crate) fn moments(
             ),
             tail.dispatch(),
         ],
-        &[
-            (&out_m, n4),
-            (&key_m, 4),
-            (&maxbits, 4),
-            (&tail.out, n4),
-            (&tail.key, 4),
-        ],
+        &reads,
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(
-        Pool::Storage,
-        [bm, bg, br, wide_m, wide_v, key_m, maxbits, out_m],
-    );
+    release(gpu, [bm, bg, br]);
+    gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits]);
     let (res, extra) = match res {
         Ok(v) => {
             let mut it = v.into_iter();
-            let om = it.next().unwrap_or_default();
             let km = it.next().unwrap_or_default();
             let mb = it.next().unwrap_or_default();
-            (Ok(it.collect::<Vec<_>>()), Some((om, km, mb)))
+            let om = if keep { None } else { it.next() };
+            (Ok(it.collect::<Vec<_>>()), Some((km, mb, om)))
         }
         Err(e) => (Err(e), None),
     };
-    let r_out = tail.finish(gpu, res)?;
-    let (om, km, mb) = extra.unwrap_or_default();
+    let r_out = match tail.finish(gpu, res) {
+        Ok(r) => r,
+        Err(e) => {
+            gpu.recycle(Pool::Storage, [out_m]);
+            return Err(e);
+        }
+    };
+    let (km, mb, om) = extra.unwrap_or_default();
     let key_m: u32 = bytemuck::pod_read_unaligned(&km[..4]);
     let mbits: u32 = bytemuck::pod_read_unaligned(&mb[..4]);
+    let m_mant = match om {
+        Some(om) => {
+            gpu.recycle(Pool::Storage, [out_m]);
+            Mant::Host(bytemuck::pod_collect_to_vec(&om))
+        }
+        None => Mant::Dev(out_m),
+    };
     Ok(Moments {
-        m: (bytemuck::pod_collect_to_vec(&om), quant_shift(key_m, 15)),
+        m: WideResult {
+            mant: m_mant,
+            shift: quant_shift(key_m, 15),
+            bits: out_bits(key_m, 15),
+        },
         r: r_out,
         s: (100 - i64::from(mbits)).max(0) / 2,
     })
@@ -178,18 +192,20 @@ pub(crate) fn moments(
 
 /// Submission 2: `(p' mantissas, shift)` with `exp = p.exp − 16 + shift` (the caller
 /// checked the bounds above).
+#[allow(clippy::too_many_arguments)] // the kernel's operands and scalars, plus `keep`
 pub(crate) fn params(
     gpu: &Gpu,
-    p: &[i32],
-    m2: &[i32],
-    r2: &[i32],
+    p: Src<'_>,
+    m2: Src<'_>,
+    r2: Src<'_>,
     sh: i32,
     alpha_q40: i64,
     decay_q40: i64,
-) -> Result<(Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<WideResult, GpuError> {
     let count = p.len();
     if count == 0 {
-        return Ok((Vec::new(), 0));
+        return WideResult::empty(gpu, keep);
     }
     let (groups, gx) = grid_1d(gpu, "adamw", count)?;
     let (al, dc) = (alpha_q40 as u64, decay_q40 as u64);
@@ -216,13 +232,9 @@ pub(crate) fn params(
         (dc >> 32) as u32,
     ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 23)?;
+    let tail = WideOut::new(gpu, count, 23, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&u))?;
-    let (bp, bm, br) = (
-        gpu.upload(bytemuck::cast_slice(p))?,
-        gpu.upload(bytemuck::cast_slice(m2))?,
-        gpu.upload(bytemuck::cast_slice(r2))?,
-    );
+    let (bp, bm, br) = (bind(gpu, p)?, bind(gpu, m2)?, bind(gpu, r2)?);
     let n4 = count as u64 * 4;
     let res = submit(
         gpu,
@@ -234,9 +246,9 @@ pub(crate) fn params(
                 entry: "adam_p",
                 bindings: vec![
                     (0, &uniform, 80),
-                    (1, &bm, n4),
-                    (3, &br, n4),
-                    (4, &bp, n4),
+                    (1, bm.buf(), n4),
+                    (3, br.buf(), n4),
+                    (4, bp.buf(), n4),
                     (9, &tail.sums, count as u64 * 8),
                     (10, &tail.key, 4),
                 ],
@@ -247,6 +259,6 @@ pub(crate) fn params(
         &tail.reads(),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [bp, bm, br]);
+    release(gpu, [bp, bm, br]);
     tail.finish(gpu, res)
 }

@@ -1,20 +1,21 @@
 //! Host side of `cross_entropy.wgsl`: gradient as wide values (requantized by the shared
-//! tail) and the per-row losses, added here (integers: any order gives the same sum).
+//! tail) and the per-row losses, added on the device (integers: any order gives the same sum).
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{grid_1d, submit, u32_of, Dispatch, WideOut};
-use super::shaders::CROSS_ENTROPY;
+use super::exec::{bind, grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::shaders::{CROSS_ENTROPY, OPS};
 
 /// `(loss sum in Q16 nats, gradient mantissas, shift)`; gradient `exp = −40 + shift`.
 /// The caller checked lengths, bounds and targets; `rows ≥ 1`, `cols ≥ 1`.
 pub(crate) fn cross_entropy(
     gpu: &Gpu,
-    logits: &[i32],
-    targets: &[u32],
+    logits: Src<'_>,
+    targets: Src<'_, u32>,
     rows: usize,
     cols: usize,
     s: i32,
-) -> Result<(i64, Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<(i64, WideResult), GpuError> {
     let count = rows * cols;
     let (groups, gx) = grid_1d(gpu, "cross_entropy", rows)?;
     let p: [u32; 8] = [
@@ -28,13 +29,19 @@ pub(crate) fn cross_entropy(
         0,
     ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 15)?;
+    let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bl = gpu.upload(bytemuck::cast_slice(logits))?;
-    let bt = gpu.upload(bytemuck::cast_slice(targets))?;
+    let bl = bind(gpu, logits)?;
+    let bt = targets.bind(gpu)?;
     let loss_bytes = rows as u64 * 8;
     let bloss = gpu.buffer(Pool::Storage, loss_bytes)?;
-    let [out_read, key_read] = tail.reads();
+    // The row losses are added on the device (`sum_partials` of ops.wgsl: 64-bit two's
+    // complement, the host's i64 addition): 8 bytes come back.
+    let p_sum: [u32; 8] = [u32_of("rows", rows)?, 0, 0, 0, 0, 0, 0, 1];
+    let u_sum = gpu.uniform(bytemuck::cast_slice(&p_sum))?;
+    let total = gpu.buffer(Pool::Storage, 8)?;
+    let mut reads = tail.reads();
+    reads.push((&total, 8));
     let res = submit(
         gpu,
         "cross_entropy",
@@ -45,27 +52,33 @@ pub(crate) fn cross_entropy(
                 entry: "cross_entropy_rows",
                 bindings: vec![
                     (0, &uniform, 32),
-                    (1, &bl, logits.len() as u64 * 4),
+                    (1, bl.buf(), logits.bytes()),
                     (3, &tail.sums, count as u64 * 8),
                     (4, &tail.key, 4),
-                    (6, &bt, targets.len() as u64 * 4),
+                    (6, bt.buf(), targets.bytes()),
                     (11, &bloss, loss_bytes),
                 ],
                 groups,
             },
+            Dispatch {
+                shader: &OPS,
+                entry: "sum_partials",
+                bindings: vec![(0, &u_sum, 32), (3, &total, 8), (8, &bloss, loss_bytes)],
+                groups: [1, 1, 1],
+            },
             tail.dispatch(),
         ],
-        &[out_read, key_read, (&bloss, loss_bytes)],
+        &reads,
     );
-    gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [bl, bt, bloss]);
+    gpu.recycle(Pool::Uniform, [uniform, u_sum]);
+    release(gpu, [bl, bt]);
+    gpu.recycle(Pool::Storage, [bloss, total]);
     let (res, losses) = match res {
         Ok(mut v) => {
-            let l: Vec<i64> = bytemuck::pod_collect_to_vec(&v.pop().unwrap_or_default());
+            let l: i64 = bytemuck::pod_read_unaligned(&v.pop().unwrap_or_default()[..8]);
             (Ok(v), l)
         }
-        Err(e) => (Err(e), Vec::new()),
+        Err(e) => (Err(e), 0),
     };
-    let (mant, shift) = tail.finish(gpu, res)?;
-    Ok((losses.iter().sum(), mant, shift))
+    Ok((losses, tail.finish(gpu, res)?))
 }

@@ -329,8 +329,53 @@ impl Pool {
 
 /// Smallest buffer the pool hands out, in bytes (also the size-class granularity).
 const POOL_BYTES_MIN: u64 = 256;
-/// Pooled buffers kept per size class; more are dropped.
-const POOL_PER_CLASS_MAX: usize = 8;
+/// Pooled buffers kept per size class; more are dropped (a training step frees dozens of
+/// device-resident activations of one class at once, and reuses them in the next step).
+const POOL_PER_CLASS_MAX: usize = 64;
+
+/// Free buffers by `(pool, size class)`.
+type BufferPool = Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>;
+
+fn recycle_into(pools: &BufferPool, pool: Pool, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    for b in buffers {
+        let v = pools.entry((pool, b.size())).or_default();
+        if v.len() < POOL_PER_CLASS_MAX {
+            v.push(b);
+        }
+    }
+}
+
+/// A storage buffer owned by device-resident data; returned to the pool on drop.
+pub(crate) struct DevBuf {
+    buf: Option<wgpu::Buffer>,
+    pool: Arc<BufferPool>,
+}
+
+impl DevBuf {
+    /// The buffer (present until drop).
+    pub(crate) fn buf(&self) -> &wgpu::Buffer {
+        self.buf
+            .as_ref()
+            .expect("a DevBuf holds its buffer until it is dropped")
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            recycle_into(&self.pool, Pool::Storage, [b]);
+        }
+    }
+}
+
+impl fmt::Debug for DevBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevBuf")
+            .field("bytes", &self.buf.as_ref().map(wgpu::Buffer::size))
+            .finish()
+    }
+}
 
 /// A device and its queue, with the pipeline cache and a buffer pool.
 pub(crate) struct Gpu {
@@ -339,7 +384,7 @@ pub(crate) struct Gpu {
     pub(crate) limits: wgpu::Limits,
     pub(crate) fingerprint: DeviceFingerprint,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
-    pool: Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>,
+    pool: Arc<BufferPool>,
     lost: Arc<AtomicBool>,
     /// Bytes written to the device, bytes read back, queue submissions
     /// ([`crate::numerics::kernels::Traffic`]).
@@ -394,7 +439,7 @@ impl Gpu {
             limits,
             fingerprint: DeviceFingerprint::new(summary),
             pipelines: Mutex::new(HashMap::new()),
-            pool: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(HashMap::new())),
             lost,
             uploaded: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
@@ -481,13 +526,16 @@ impl Gpu {
 
     /// Returns buffers to the pool for the next op.
     pub(crate) fn recycle(&self, pool: Pool, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
-        let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        for b in buffers {
-            let v = pools.entry((pool, b.size())).or_default();
-            if v.len() < POOL_PER_CLASS_MAX {
-                v.push(b);
-            }
-        }
+        recycle_into(&self.pool, pool, buffers);
+    }
+
+    /// Wraps a pooled storage buffer that outlives the op that wrote it (a device-resident
+    /// tensor): it goes back to the pool when the last handle is dropped.
+    pub(crate) fn keep(&self, buf: wgpu::Buffer) -> Arc<DevBuf> {
+        Arc::new(DevBuf {
+            buf: Some(buf),
+            pool: Arc::clone(&self.pool),
+        })
     }
 
     /// Upload `data` into a pooled storage buffer.

@@ -105,6 +105,140 @@ pub(crate) fn submit(
     gpu.finish(kernel, enc, scopes, reads)
 }
 
+/// A kernel operand: host values (mantissas, indices, row statistics), uploaded for the one
+/// submission, or a buffer already on the device (resident data) with its element count.
+pub(crate) enum Src<'a, T: bytemuck::Pod = i32> {
+    Host(&'a [T]),
+    Dev(&'a wgpu::Buffer, usize),
+}
+
+impl<T: bytemuck::Pod> Clone for Src<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: bytemuck::Pod> Copy for Src<'_, T> {}
+
+impl<'a, T: bytemuck::Pod> Src<'a, T> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Src::Host(v) => v.len(),
+            Src::Dev(_, n) => *n,
+        }
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.len() * std::mem::size_of::<T>()) as u64
+    }
+    /// Uploads a host operand; binds a resident one as it is.
+    pub(crate) fn bind(self, gpu: &Gpu) -> Result<Bound<'a>, GpuError> {
+        Ok(match self {
+            Src::Host(v) => Bound::Up(gpu.upload(bytemuck::cast_slice(v))?),
+            Src::Dev(b, _) => Bound::Dev(b),
+        })
+    }
+}
+
+/// An operand bound for one submission: uploaded (returned to the pool by [`release`]) or
+/// borrowed from resident data.
+pub(crate) enum Bound<'a> {
+    Up(wgpu::Buffer),
+    Dev(&'a wgpu::Buffer),
+}
+
+impl Bound<'_> {
+    pub(crate) fn buf(&self) -> &wgpu::Buffer {
+        match self {
+            Bound::Up(b) => b,
+            Bound::Dev(b) => b,
+        }
+    }
+}
+
+/// [`Src::bind`] for mantissas.
+pub(crate) fn bind<'a>(gpu: &Gpu, src: Src<'a>) -> Result<Bound<'a>, GpuError> {
+    src.bind(gpu)
+}
+
+/// Returns the uploaded operands to the pool.
+pub(crate) fn release<'a>(gpu: &Gpu, bound: impl IntoIterator<Item = Bound<'a>>) {
+    gpu.recycle(
+        Pool::Storage,
+        bound.into_iter().filter_map(|b| match b {
+            Bound::Up(b) => Some(b),
+            Bound::Dev(_) => None,
+        }),
+    );
+}
+
+/// The mantissas an op produced: read back to the host, or left on the device.
+pub(crate) enum Mant {
+    Host(Vec<i32>),
+    Dev(wgpu::Buffer),
+}
+
+impl Mant {
+    /// The result of an op on no elements.
+    pub(crate) fn empty(gpu: &Gpu, keep: bool) -> Result<Mant, GpuError> {
+        Ok(if keep {
+            Mant::Dev(gpu.buffer(Pool::Storage, 4)?)
+        } else {
+            Mant::Host(Vec::new())
+        })
+    }
+
+    /// The output buffer of a submission that read it back unless `keep`.
+    pub(crate) fn finish(
+        gpu: &Gpu,
+        out: wgpu::Buffer,
+        keep: bool,
+        res: Result<Vec<Vec<u8>>, GpuError>,
+    ) -> Result<Mant, GpuError> {
+        if keep {
+            return match res {
+                Ok(_) => Ok(Mant::Dev(out)),
+                Err(e) => {
+                    gpu.recycle(Pool::Storage, [out]);
+                    Err(e)
+                }
+            };
+        }
+        gpu.recycle(Pool::Storage, [out]);
+        Ok(Mant::Host(bytemuck::pod_collect_to_vec(&res?[0])))
+    }
+}
+
+/// Result of a requantizing op: mantissas, shift, and the largest bit length of a result
+/// mantissa as the key bounds it (`bitlen(max|out|) ≤ bits`), for the host's range checks.
+pub(crate) struct WideResult {
+    pub(crate) mant: Mant,
+    pub(crate) shift: u32,
+    pub(crate) bits: u32,
+}
+
+impl WideResult {
+    /// The result of an op on no elements.
+    pub(crate) fn empty(gpu: &Gpu, keep: bool) -> Result<WideResult, GpuError> {
+        Ok(WideResult {
+            mant: Mant::empty(gpu, keep)?,
+            shift: 0,
+            bits: 0,
+        })
+    }
+}
+
+/// Bit-length bound of a requantized result from its key: exact when nothing was shifted,
+/// else the target width.
+pub(crate) fn out_bits(key: u32, bits: u32) -> u32 {
+    if quant_shift(key, bits) == 0 {
+        key >> 1
+    } else {
+        bits
+    }
+}
+
 /// Buffers of a requantizing op: the wide sums, the key and the output mantissas.
 pub(crate) struct WideOut {
     pub(crate) sums: wgpu::Buffer,
@@ -113,12 +247,15 @@ pub(crate) struct WideOut {
     pub(crate) uniform: wgpu::Buffer,
     pub(crate) count: usize,
     pub(crate) bits: u32,
+    /// Leave the output on the device and read back only the key.
+    pub(crate) keep: bool,
     groups: [u32; 3],
 }
 
 impl WideOut {
-    /// Allocates the tail for `count` wide values requantized to `2^bits − 1`.
-    pub(crate) fn new(gpu: &Gpu, count: usize, bits: u32) -> Result<WideOut, GpuError> {
+    /// Allocates the tail for `count` wide values requantized to `2^bits − 1`, leaving the
+    /// output on the device when `keep`.
+    pub(crate) fn new(gpu: &Gpu, count: usize, bits: u32, keep: bool) -> Result<WideOut, GpuError> {
         let (groups, groups_x) = grid_1d(gpu, "requant", count)?;
         let params: [u32; 4] = [u32_of("requant elements", count)?, groups_x, bits, 0];
         Ok(WideOut {
@@ -128,6 +265,7 @@ impl WideOut {
             uniform: gpu.uniform(bytemuck::cast_slice(&params))?,
             count,
             bits,
+            keep,
             groups,
         })
     }
@@ -147,24 +285,48 @@ impl WideOut {
         }
     }
 
-    /// The readbacks: output mantissas, then the key.
-    pub(crate) fn reads(&self) -> [(&wgpu::Buffer, u64); 2] {
-        [(&self.out, self.count as u64 * 4), (&self.key, 4)]
+    /// The readbacks: output mantissas (unless kept on the device), then the key.
+    pub(crate) fn reads(&self) -> Vec<(&wgpu::Buffer, u64)> {
+        let mut r = Vec::with_capacity(2);
+        if !self.keep {
+            r.push((&self.out, self.count as u64 * 4));
+        }
+        r.push((&self.key, 4));
+        r
     }
 
-    /// Decodes the readbacks into `(mantissas, shift)` and returns the buffers to the pool.
+    /// Decodes the readbacks (those of [`WideOut::reads`], at the end of `bytes`) into the
+    /// result and returns the other buffers to the pool.
     pub(crate) fn finish(
         self,
         gpu: &Gpu,
         bytes: Result<Vec<Vec<u8>>, GpuError>,
-    ) -> Result<(Vec<i32>, u32), GpuError> {
+    ) -> Result<WideResult, GpuError> {
         let bits = self.bits;
         gpu.recycle(Pool::Uniform, [self.uniform]);
-        gpu.recycle(Pool::Storage, [self.sums, self.key, self.out]);
-        let bytes = bytes?;
-        let mant: Vec<i32> = bytemuck::pod_collect_to_vec(&bytes[0]);
-        let key: u32 = bytemuck::pod_read_unaligned(&bytes[1][..4]);
-        Ok((mant, quant_shift(key, bits)))
+        gpu.recycle(Pool::Storage, [self.sums, self.key]);
+        let mut bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                gpu.recycle(Pool::Storage, [self.out]);
+                return Err(e);
+            }
+        };
+        let key_bytes = bytes.pop().unwrap_or_default();
+        let key: u32 = bytemuck::pod_read_unaligned(&key_bytes[..4]);
+        let mant = if self.keep {
+            Mant::Dev(self.out)
+        } else {
+            gpu.recycle(Pool::Storage, [self.out]);
+            Mant::Host(bytemuck::pod_collect_to_vec(
+                &bytes.pop().unwrap_or_default(),
+            ))
+        };
+        Ok(WideResult {
+            mant,
+            shift: quant_shift(key, bits),
+            bits: out_bits(key, bits),
+        })
     }
 }
 

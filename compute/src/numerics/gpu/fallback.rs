@@ -79,6 +79,10 @@ impl Kernels for WithCpuFallback {
         self.gpu.memory_bytes()
     }
 
+    fn device_backend(&self) -> Option<&dyn std::any::Any> {
+        self.gpu.device_backend()
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, s: MatmulShape) -> Result<Bfp, KernelError> {
         self.either("matmul", |k| k.matmul(a, b, s), |k| k.matmul(a, b, s))
     }

@@ -2,23 +2,30 @@
 //! shared tail) and `R` per row, in one submission.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{grid_1d, submit, u32_of, Dispatch, WideOut};
+use super::exec::{bind, grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::shaders::LAYERNORM;
 
 /// Widest row the GPU layernorm takes: keeps `|d| · 2^40 < 2^64` and `S · 2^32 < 2^96` in the
 /// emulated arithmetic (wider rows are left to the CPU reference).
 pub(crate) const LAYERNORM_COLS_MAX: usize = 256;
 
-/// `(mantissas, shift, R per row)`; `exp = −24 + shift`. `1 ≤ cols ≤ LAYERNORM_COLS_MAX`.
+/// `R` per row: read back, or left on the device with the result (`keep`).
+pub(crate) enum Stats {
+    Host(Vec<u64>),
+    Dev(wgpu::Buffer),
+}
+
+/// `(result, R per row)`; `exp = −24 + shift`. `1 ≤ cols ≤ LAYERNORM_COLS_MAX`, `rows ≥ 1`.
 pub(crate) fn layernorm(
     gpu: &Gpu,
-    x: &[i32],
+    x: Src<'_>,
     rows: usize,
     cols: usize,
-) -> Result<(Vec<i32>, u32, Vec<u64>), GpuError> {
+    keep: bool,
+) -> Result<(WideResult, Stats), GpuError> {
     let count = rows * cols;
-    if count == 0 {
-        return Ok((Vec::new(), 0, vec![0; rows]));
+    if count == 0 && !keep {
+        return Ok((WideResult::empty(gpu, false)?, Stats::Host(vec![0; rows])));
     }
     let (groups, gx) = grid_1d(gpu, "layernorm", rows)?;
     let p: [u32; 8] = [
@@ -32,12 +39,15 @@ pub(crate) fn layernorm(
         0,
     ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 15)?;
+    let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bx = gpu.upload(bytemuck::cast_slice(x))?;
+    let bx = bind(gpu, x)?;
     let r_bytes = rows as u64 * 8;
     let br = gpu.buffer(Pool::Storage, r_bytes)?;
-    let [out_read, key_read] = tail.reads();
+    let mut reads = tail.reads();
+    if !keep {
+        reads.push((&br, r_bytes));
+    }
     let res = submit(
         gpu,
         "layernorm",
@@ -48,7 +58,7 @@ pub(crate) fn layernorm(
                 entry: "layernorm_rows",
                 bindings: vec![
                     (0, &uniform, 32),
-                    (1, &bx, x.len() as u64 * 4),
+                    (1, bx.buf(), x.bytes()),
                     (3, &tail.sums, count as u64 * 8),
                     (4, &tail.key, 4),
                     (9, &br, r_bytes),
@@ -57,10 +67,20 @@ pub(crate) fn layernorm(
             },
             tail.dispatch(),
         ],
-        &[out_read, key_read, (&br, r_bytes)],
+        &reads,
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [bx, br]);
+    release(gpu, [bx]);
+    if keep {
+        return match tail.finish(gpu, res) {
+            Ok(out) => Ok((out, Stats::Dev(br))),
+            Err(e) => {
+                gpu.recycle(Pool::Storage, [br]);
+                Err(e)
+            }
+        };
+    }
+    gpu.recycle(Pool::Storage, [br]);
     let (res, r) = match res {
         Ok(mut v) => {
             let r: Vec<u64> = bytemuck::pod_collect_to_vec(&v.pop().unwrap_or_default());
@@ -68,8 +88,7 @@ pub(crate) fn layernorm(
         }
         Err(e) => (Err(e), Vec::new()),
     };
-    let (mant, shift) = tail.finish(gpu, res)?;
-    Ok((mant, shift, r))
+    Ok((tail.finish(gpu, res)?, Stats::Host(r)))
 }
 
 /// Largest `−2 · xhat.exp` the GPU backward takes (keeps `|n| < 2^55`).
@@ -81,18 +100,20 @@ pub(crate) const LAYERNORM_BWD_R_RANGE: std::ops::Range<u64> = (1 << 16)..(1 << 
 
 /// `(mantissas, shift)` of the backward; the caller checked lengths, bounds and the ranges
 /// above (`1 ≤ cols ≤ LAYERNORM_COLS_MAX`).
+#[allow(clippy::too_many_arguments)] // the kernel's operands and scalars, plus `keep`
 pub(crate) fn layernorm_bwd(
     gpu: &Gpu,
-    g: &[i32],
-    h: &[i32],
-    r: &[u64],
+    g: Src<'_>,
+    h: Src<'_>,
+    r: Src<'_, u64>,
     sh: u32,
     rows: usize,
     cols: usize,
-) -> Result<(Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<WideResult, GpuError> {
     let count = rows * cols;
     if count == 0 {
-        return Ok((Vec::new(), 0));
+        return WideResult::empty(gpu, keep);
     }
     let (groups, gx) = grid_1d(gpu, "layernorm_bwd", rows)?;
     let p: [u32; 8] = [
@@ -106,11 +127,11 @@ pub(crate) fn layernorm_bwd(
         0,
     ];
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 15)?;
+    let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bg = gpu.upload(bytemuck::cast_slice(g))?;
-    let bh = gpu.upload(bytemuck::cast_slice(h))?;
-    let br = gpu.upload(bytemuck::cast_slice(r))?;
+    let bg = bind(gpu, g)?;
+    let bh = bind(gpu, h)?;
+    let br = r.bind(gpu)?;
     let res = submit(
         gpu,
         "layernorm_bwd",
@@ -121,11 +142,11 @@ pub(crate) fn layernorm_bwd(
                 entry: "layernorm_bwd_rows",
                 bindings: vec![
                     (0, &uniform, 32),
-                    (1, &bg, g.len() as u64 * 4),
-                    (2, &bh, h.len() as u64 * 4),
+                    (1, bg.buf(), g.bytes()),
+                    (2, bh.buf(), h.bytes()),
                     (3, &tail.sums, count as u64 * 8),
                     (4, &tail.key, 4),
-                    (10, &br, r.len() as u64 * 8),
+                    (10, br.buf(), r.bytes()),
                 ],
                 groups,
             },
@@ -134,6 +155,6 @@ pub(crate) fn layernorm_bwd(
         &tail.reads(),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [bg, bh, br]);
+    release(gpu, [bg, bh, br]);
     tail.finish(gpu, res)
 }

@@ -2,7 +2,7 @@
 //! requantization to B16 with round-half-even (`requant.wgsl`), in one submission.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{submit, u32_of, Dispatch, WideOut};
+use super::exec::{bind, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::shaders::MATMUL;
 use crate::numerics::kernels::MatmulShape;
 
@@ -16,14 +16,21 @@ const B16_BITS: u32 = 15;
 /// [`MatmulShape`] for layouts.
 pub(crate) fn matmul_b16(
     gpu: &Gpu,
-    a: &[i32],
-    b: &[i32],
+    a: Src<'_>,
+    b: Src<'_>,
     d: MatmulShape,
-) -> Result<(Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<WideResult, GpuError> {
     const KERNEL: &str = "matmul";
     let count = d.batch * d.m * d.n;
     if count == 0 || d.k == 0 {
-        return Ok((vec![0; count], 0));
+        // Resident callers never get here: they leave empty products to the host path.
+        debug_assert!(!keep, "empty matmul asked to stay on the device");
+        return Ok(WideResult {
+            mant: super::exec::Mant::Host(vec![0; count]),
+            shift: 0,
+            bits: 0,
+        });
     }
     let m = u32_of("matmul rows", d.m)?;
     let n = u32_of("matmul columns", d.n)?;
@@ -44,10 +51,10 @@ pub(crate) fn matmul_b16(
     )?;
 
     let _op = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, B16_BITS)?;
+    let tail = WideOut::new(gpu, count, B16_BITS, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&params))?;
-    let buf_a = gpu.upload(bytemuck::cast_slice(a))?;
-    let buf_b = gpu.upload(bytemuck::cast_slice(b))?;
+    let buf_a = bind(gpu, a)?;
+    let buf_b = bind(gpu, b)?;
     let res = submit(
         gpu,
         KERNEL,
@@ -58,8 +65,8 @@ pub(crate) fn matmul_b16(
                 entry: "matmul_sums",
                 bindings: vec![
                     (0, &uniform, 48),
-                    (1, &buf_a, a.len() as u64 * 4),
-                    (2, &buf_b, b.len() as u64 * 4),
+                    (1, buf_a.buf(), a.bytes()),
+                    (2, buf_b.buf(), b.bytes()),
                     (3, &tail.sums, count as u64 * 8),
                     (4, &tail.key, 4),
                 ],
@@ -70,6 +77,6 @@ pub(crate) fn matmul_b16(
         &tail.reads(),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [buf_a, buf_b]);
+    release(gpu, [buf_a, buf_b]);
     tail.finish(gpu, res)
 }

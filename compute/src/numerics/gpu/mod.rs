@@ -39,8 +39,10 @@ mod device;
 mod exec;
 mod fallback;
 mod layernorm;
+mod layout;
 mod matmul;
 mod ops;
+mod resident;
 pub mod selftest;
 pub mod shaders;
 mod softmax_bwd;
@@ -62,7 +64,9 @@ use crate::numerics::kernels::{
 /// below 2^62 in the emulated signed 64-bit arithmetic).
 const ADD_BITS_MAX: i64 = 61;
 use device::Gpu;
+use exec::{Mant, Src, WideResult};
 pub use fallback::WithCpuFallback;
+pub use resident::{DevIds, DevStats, DevTensor, Resident};
 
 /// The wgpu backend on one adapter.
 #[derive(Debug)]
@@ -131,127 +135,40 @@ impl Kernels for GpuKernels {
         self.gpu.limits.max_buffer_size
     }
 
+    fn device_backend(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn matmul(&self, a: &Bfp, b: &Bfp, shape: MatmulShape) -> Result<Bfp, KernelError> {
-        const OP: &str = "matmul";
         check_matmul(a, b, shape)?;
-        let (mant, shift) = matmul::matmul_b16(&self.gpu, &a.mant, &b.mant, shape)
-            .map_err(|e| kernel_error(OP, e))?;
-        Ok(Bfp {
-            mant,
-            exp: checked_exp(OP, a.exp as i64 + b.exp as i64, shift as i64)?,
-        })
+        self.matmul_on(Arg::host(a), Arg::host(b), shape, false)?
+            .host()
     }
 
     fn add(&self, a: &Bfp, b: &Bfp) -> Result<Bfp, KernelError> {
-        const OP: &str = "add";
         check_add(a, b)?;
-        let e0 = align_exp(a.exp, b.exp);
-        // (left, right) shifts to e0; a left-shifted operand must stay below 2^61 so that the
-        // sum fits the emulated signed 64 bits (always true unless mantissas near 2^23 meet
-        // a 40-bit exponent gap; then the op is left to the CPU reference).
-        let shifts = |t: &Bfp| -> Option<(u32, u32)> {
-            let d = t.exp as i64 - e0 as i64;
-            if d >= 0 {
-                let top = t.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-                ((32 - top.leading_zeros()) as i64 + d <= ADD_BITS_MAX).then_some((d as u32, 0))
-            } else {
-                Some((0, (-d).min(63) as u32))
-            }
-        };
-        let (Some((la, ra)), Some((lb, rb))) = (shifts(a), shifts(b)) else {
-            return Err(self.unsupported(OP));
-        };
-        self.wide_op(
-            OP,
-            ops::WideOp {
-                shader: &shaders::OPS,
-                k: 0,
-                entry: "add",
-                in0: &a.mant,
-                in1: &b.mant,
-                count: a.len(),
-                cols: la as usize,
-                rows: ra as usize,
-                c: (lb as i64) | ((rb as i64) << 32),
-                bits: 15,
-            },
-            e0 as i64,
-        )
+        self.add_on(Arg::host(a), Arg::host(b), false)?.host()
     }
 
     fn requant(&self, x: &Bfp, mant_max: i32) -> Result<Bfp, KernelError> {
-        const OP: &str = "requant";
-        let bits = 32 - mant_max.max(0).leading_zeros();
-        // The key reduction decides the shift exactly only for bounds of the form 2^b − 1.
-        if !(1..=30).contains(&bits) || mant_max != (1 << bits) - 1 {
-            return Err(self.unsupported(OP));
-        }
-        self.wide_op(
-            OP,
-            ops::WideOp {
-                shader: &shaders::OPS,
-                k: 0,
-                entry: "requant_in",
-                in0: &x.mant,
-                in1: &[],
-                count: x.len(),
-                cols: 0,
-                rows: 0,
-                c: 0,
-                bits,
-            },
-            x.exp as i64,
-        )
+        self.requant_on(Arg::host(x), mant_max, false)?.host()
     }
 
     fn rescale(&self, x: &Bfp, exp: i32) -> Result<Bfp, KernelError> {
-        const OP: &str = "rescale";
         check_rescale(x, exp)?;
-        let k = (exp as i64 - x.exp as i64).min(63) as u32;
-        let mant = ops::rescale(&self.gpu, &x.mant, k).map_err(|e| kernel_error(OP, e))?;
-        Ok(Bfp::new(mant, exp))
+        self.rescale_on(Arg::host(x), exp, false)?.host()
     }
 
     fn mul_cols(&self, x: &Bfp, w: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
-        const OP: &str = "mul_cols";
         check_mul_cols(x, w, rows, cols)?;
-        self.wide_op(
-            OP,
-            ops::WideOp {
-                shader: &shaders::OPS,
-                k: 0,
-                entry: "mul_cols",
-                in0: &x.mant,
-                in1: &w.mant,
-                count: rows * cols,
-                cols,
-                rows,
-                c: 0,
-                bits: 15,
-            },
-            x.exp as i64 + w.exp as i64,
-        )
+        self.mul_cols_on(Arg::host(x), Arg::host(w), rows, cols, false)?
+            .host()
     }
 
     fn col_dot(&self, a: &Bfp, b: &Bfp, rows: usize, cols: usize) -> Result<Bfp, KernelError> {
-        const OP: &str = "col_dot";
         check_col_dot(a, b, rows, cols)?;
-        self.wide_op(
-            OP,
-            ops::WideOp {
-                shader: &shaders::OPS,
-                k: 0,
-                entry: "col_dot",
-                in0: &a.mant,
-                in1: &b.mant,
-                count: cols,
-                cols,
-                rows,
-                c: 0,
-                bits: 15,
-            },
-            a.exp as i64 + b.exp as i64,
-        )
+        self.col_dot_on(Arg::host(a), Arg::host(b), rows, cols, false)?
+            .host()
     }
 
     fn scatter_add_rows(
@@ -261,39 +178,26 @@ impl Kernels for GpuKernels {
         out_rows: usize,
         cols: usize,
     ) -> Result<Bfp, KernelError> {
-        const OP: &str = "scatter_add_rows";
         check_scatter_add_rows(src, idx, out_rows, cols)?;
-        let (mant, shift) = ops::scatter_add_rows(&self.gpu, &src.mant, idx, out_rows, cols)
-            .map_err(|e| kernel_error(OP, e))?;
-        Ok(Bfp {
-            mant,
-            exp: checked_exp(OP, src.exp as i64, shift as i64)?,
-        })
+        self.scatter_add_rows_on(Arg::host(src), Src::Host(idx), out_rows, cols, false)?
+            .host()
     }
 
     fn sum_squares(&self, x: &Bfp) -> Result<u128, KernelError> {
         const OP: &str = "sum_squares";
         check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
-        ops::sum_squares(&self.gpu, &x.mant).map_err(|e| kernel_error(OP, e))
+        ops::sum_squares(&self.gpu, Src::Host(&x.mant)).map_err(|e| kernel_error(OP, e))
     }
 
     fn layernorm(&self, x: &Bfp, rows: usize, cols: usize) -> Result<(Bfp, Vec<u64>), KernelError> {
-        const OP: &str = "layernorm";
         if let Some(early) = check_layernorm(x, rows, cols)? {
             return Ok(early);
         }
-        if cols > layernorm::LAYERNORM_COLS_MAX {
-            return Err(self.unsupported(OP));
-        }
-        let (mant, shift, r) = layernorm::layernorm(&self.gpu, &x.mant, rows, cols)
-            .map_err(|e| kernel_error(OP, e))?;
-        Ok((
-            Bfp {
-                mant,
-                exp: checked_exp(OP, -24, shift as i64)?,
-            },
-            r,
-        ))
+        let (y, stats) = self.layernorm_on(Arg::host(x), rows, cols, false)?;
+        let layernorm::Stats::Host(r) = stats else {
+            unreachable!("layernorm without `keep` reads its statistics back")
+        };
+        Ok((y.host()?, r))
     }
 
     fn layernorm_bwd(
@@ -311,24 +215,23 @@ impl Kernels for GpuKernels {
         }
         // The shift only matters on rows with R ≠ 0 (the others are 0); all-zero inputs give
         // xhat.exp = −24, i.e. a shift of 48 that is never used.
-        let sh = (-2 * xhat.exp) as u32;
         let any_r = r.iter().any(|&v| v != 0);
-        if cols > layernorm::LAYERNORM_COLS_MAX
-            || (any_r && sh > layernorm::LAYERNORM_BWD_SHIFT_MAX)
+        if (any_r && (-2 * xhat.exp) as u32 > layernorm::LAYERNORM_BWD_SHIFT_MAX)
             || r.iter()
                 .any(|&v| v != 0 && !layernorm::LAYERNORM_BWD_R_RANGE.contains(&v))
         {
             return Err(self.unsupported(OP));
         }
-        let sh = sh.min(layernorm::LAYERNORM_BWD_SHIFT_MAX);
-        let (mant, shift) =
-            layernorm::layernorm_bwd(&self.gpu, &dxhat.mant, &xhat.mant, r, sh, rows, cols)
-                .map_err(|e| kernel_error(OP, e))?;
-        let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
-        Ok(Bfp {
-            mant,
-            exp: checked_exp(OP, e, shift as i64)?,
-        })
+        self.layernorm_bwd_on(
+            Arg::host(dxhat),
+            Arg::host(xhat),
+            Src::Host(r),
+            x_exp,
+            rows,
+            cols,
+            false,
+        )?
+        .host()
     }
 
     fn softmax(
@@ -339,27 +242,9 @@ impl Kernels for GpuKernels {
         causal: bool,
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
-        const OP: &str = "softmax";
         check_softmax(x, rows, cols)?;
-        // 30 − exp, clamped: beyond ±100 every y is 0 (s ≥ 96) or saturated (E = 0), as on
-        // the CPU.
-        let s = (30 - x.exp as i64).clamp(-100, 100) as i32;
-        self.wide_op(
-            OP,
-            ops::WideOp {
-                shader: &shaders::SOFTMAX,
-                entry: "softmax_rows",
-                in0: &x.mant,
-                in1: &[],
-                count: rows * cols,
-                cols,
-                rows,
-                c: i64::from(scale_q16) | (i64::from(causal) << 32),
-                k: s as u32,
-                bits: 15,
-            },
-            -30,
-        )
+        self.softmax_on(Arg::host(x), rows, cols, causal, scale_q16, false)?
+            .host()
     }
 
     fn softmax_bwd(
@@ -370,20 +255,9 @@ impl Kernels for GpuKernels {
         cols: usize,
         scale_q16: u32,
     ) -> Result<Bfp, KernelError> {
-        const OP: &str = "softmax_bwd";
         check_softmax_bwd(p, dp, rows, cols)?;
-        let sh = (-p.exp) as u32;
-        if sh > softmax_bwd::SOFTMAX_BWD_SHIFT_MAX || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
-            return Err(self.unsupported(OP));
-        }
-        let (mant, shift) =
-            softmax_bwd::softmax_bwd(&self.gpu, &p.mant, &dp.mant, rows, cols, sh, scale_q16)
-                .map_err(|e| kernel_error(OP, e))?;
-        let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
-        Ok(Bfp {
-            mant,
-            exp: checked_exp(OP, e, shift as i64)?,
-        })
+        self.softmax_bwd_on(Arg::host(p), Arg::host(dp), rows, cols, scale_q16, false)?
+            .host()
     }
 
     fn cross_entropy(
@@ -393,21 +267,12 @@ impl Kernels for GpuKernels {
         rows: usize,
         cols: usize,
     ) -> Result<(i64, Bfp), KernelError> {
-        const OP: &str = "cross_entropy";
         if let Some(early) = check_cross_entropy(logits, targets, rows, cols)? {
             return Ok(early);
         }
-        let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
-        let (loss, mant, shift) =
-            cross_entropy::cross_entropy(&self.gpu, &logits.mant, targets, rows, cols, s)
-                .map_err(|e| kernel_error(OP, e))?;
-        Ok((
-            loss,
-            Bfp {
-                mant,
-                exp: checked_exp(OP, -40, shift as i64)?,
-            },
-        ))
+        let (loss, d) =
+            self.cross_entropy_on(Arg::host(logits), Src::Host(targets), rows, cols, false)?;
+        Ok((loss, d.host()?))
     }
 
     fn adamw(
@@ -418,8 +283,397 @@ impl Kernels for GpuKernels {
         r: &Bfp,
         st: &AdamStep,
     ) -> Result<(Bfp, Bfp, Bfp), KernelError> {
-        const OP: &str = "adamw";
         check_adamw(p, g, m, r)?;
+        let [p2, m2, r2] = self.adamw_on(
+            Arg::host(p),
+            Arg::host(g),
+            Arg::host(m),
+            Arg::host(r),
+            st,
+            false,
+        )?;
+        Ok((p2.host()?, m2.host()?, r2.host()?))
+    }
+
+    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
+        check_mant("gelu", "x", &x.mant, B16_MANT_MAX)?;
+        self.gelu_on(Arg::host(x), false)?.host()
+    }
+
+    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
+        check_gelu_bwd(x, dy)?;
+        self.gelu_bwd_on(Arg::host(x), Arg::host(dy), false)?.host()
+    }
+
+    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+        check_mant("scale", "x", &x.mant, B16_MANT_MAX)?;
+        self.scale_on(Arg::host(x), c_q30, false)?.host()
+    }
+}
+
+/// An operand of a wgpu kernel: mantissas on the host or on the device, their exponent, and
+/// (on the device) a bound of their bit length from the key of the op that wrote them.
+#[derive(Clone, Copy)]
+pub(crate) struct Arg<'a> {
+    src: Src<'a>,
+    exp: i32,
+    bits: Option<u32>,
+}
+
+impl<'a> Arg<'a> {
+    fn host(x: &'a Bfp) -> Self {
+        Arg {
+            src: Src::Host(&x.mant),
+            exp: x.exp,
+            bits: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.src.len()
+    }
+
+    /// `bitlen(max|m|)`: scanned on the host, the bound carried with a resident tensor.
+    fn top_bits(&self) -> u32 {
+        match (self.bits, self.src) {
+            (Some(b), _) => b,
+            (None, Src::Host(v)) => {
+                let top = v.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0);
+                32 - top.leading_zeros()
+            }
+            (None, Src::Dev(..)) => 32,
+        }
+    }
+}
+
+/// A kernel result: read back (`keep = false`) or resident.
+pub(crate) enum Res {
+    Host(Bfp),
+    Dev(DevTensor),
+}
+
+impl Res {
+    fn host(self) -> Result<Bfp, KernelError> {
+        match self {
+            Res::Host(b) => Ok(b),
+            Res::Dev(_) => unreachable!("a kernel called without `keep` reads its result back"),
+        }
+    }
+    fn dev(self) -> Result<DevTensor, KernelError> {
+        match self {
+            Res::Dev(d) => Ok(d),
+            Res::Host(_) => unreachable!("a kernel called with `keep` leaves its result resident"),
+        }
+    }
+}
+
+/// The kernels on [`Arg`]s, shared by the host interface ([`Kernels`]) and the resident one
+/// (`resident.rs`): the callers check their inputs, these compute every shift and exponent.
+impl GpuKernels {
+    /// The result `r` of `len` elements with exponent `base_exp + shift`.
+    fn res(
+        &self,
+        op: &'static str,
+        r: WideResult,
+        len: usize,
+        base_exp: i64,
+    ) -> Result<Res, KernelError> {
+        let exp = checked_exp(op, base_exp, r.shift as i64)?;
+        Ok(match r.mant {
+            Mant::Host(mant) => Res::Host(Bfp { mant, exp }),
+            Mant::Dev(buf) => Res::Dev(DevTensor::new(self.gpu.keep(buf), len, exp, r.bits)),
+        })
+    }
+
+    /// Runs a wide op and applies its shift to `base_exp` like `requant_wide` does.
+    fn wide_op(
+        &self,
+        op: &'static str,
+        w: ops::WideOp<'_>,
+        base_exp: i64,
+    ) -> Result<Res, KernelError> {
+        let len = w.count;
+        let r = ops::wide(&self.gpu, w).map_err(|e| kernel_error(op, e))?;
+        self.res(op, r, len, base_exp)
+    }
+
+    fn matmul_on(
+        &self,
+        a: Arg<'_>,
+        b: Arg<'_>,
+        shape: MatmulShape,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        const OP: &str = "matmul";
+        let r = matmul::matmul_b16(&self.gpu, a.src, b.src, shape, keep)
+            .map_err(|e| kernel_error(OP, e))?;
+        let len = shape.batch * shape.m * shape.n;
+        self.res(OP, r, len, a.exp as i64 + b.exp as i64)
+    }
+
+    fn add_on(&self, a: Arg<'_>, b: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
+        const OP: &str = "add";
+        let e0 = align_exp(a.exp, b.exp);
+        // (left, right) shifts to e0; a left-shifted operand must stay below 2^61 so that the
+        // sum fits the emulated signed 64 bits (always true unless mantissas near 2^23 meet
+        // a 40-bit exponent gap; then the op is left to the CPU reference).
+        let shifts = |t: &Arg<'_>| -> Option<(u32, u32)> {
+            let d = t.exp as i64 - e0 as i64;
+            if d >= 0 {
+                (t.top_bits() as i64 + d <= ADD_BITS_MAX).then_some((d as u32, 0))
+            } else {
+                Some((0, (-d).min(63) as u32))
+            }
+        };
+        let (Some((la, ra)), Some((lb, rb))) = (shifts(&a), shifts(&b)) else {
+            return Err(self.unsupported(OP));
+        };
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
+                entry: "add",
+                in0: a.src,
+                in1: b.src,
+                count: a.len(),
+                cols: la as usize,
+                rows: ra as usize,
+                c: (lb as i64) | ((rb as i64) << 32),
+                bits: 15,
+                keep,
+            },
+            e0 as i64,
+        )
+    }
+
+    fn requant_on(&self, x: Arg<'_>, mant_max: i32, keep: bool) -> Result<Res, KernelError> {
+        const OP: &str = "requant";
+        let bits = 32 - mant_max.max(0).leading_zeros();
+        // The key reduction decides the shift exactly only for bounds of the form 2^b − 1.
+        if !(1..=30).contains(&bits) || mant_max != (1 << bits) - 1 {
+            return Err(self.unsupported(OP));
+        }
+        self.wide_op(
+            OP,
+            ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
+                entry: "requant_in",
+                in0: x.src,
+                in1: Src::Host(&[]),
+                count: x.len(),
+                cols: 0,
+                rows: 0,
+                c: 0,
+                bits,
+                keep,
+            },
+            x.exp as i64,
+        )
+    }
+
+    fn rescale_on(&self, x: Arg<'_>, exp: i32, keep: bool) -> Result<Res, KernelError> {
+        const OP: &str = "rescale";
+        let k = (exp as i64 - x.exp as i64).min(63) as u32;
+        let mant = ops::rescale(&self.gpu, x.src, k, keep).map_err(|e| kernel_error(OP, e))?;
+        Ok(match mant {
+            Mant::Host(mant) => Res::Host(Bfp::new(mant, exp)),
+            // Rounding to a coarser exponent never lengthens a mantissa.
+            Mant::Dev(buf) => Res::Dev(DevTensor::new(
+                self.gpu.keep(buf),
+                x.len(),
+                exp,
+                x.top_bits(),
+            )),
+        })
+    }
+
+    fn mul_cols_on(
+        &self,
+        x: Arg<'_>,
+        w: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        self.wide_op(
+            "mul_cols",
+            ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
+                entry: "mul_cols",
+                in0: x.src,
+                in1: w.src,
+                count: rows * cols,
+                cols,
+                rows,
+                c: 0,
+                bits: 15,
+                keep,
+            },
+            x.exp as i64 + w.exp as i64,
+        )
+    }
+
+    fn col_dot_on(
+        &self,
+        a: Arg<'_>,
+        b: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        self.wide_op(
+            "col_dot",
+            ops::WideOp {
+                shader: &shaders::OPS,
+                k: 0,
+                entry: "col_dot",
+                in0: a.src,
+                in1: b.src,
+                count: cols,
+                cols,
+                rows,
+                c: 0,
+                bits: 15,
+                keep,
+            },
+            a.exp as i64 + b.exp as i64,
+        )
+    }
+
+    fn scatter_add_rows_on(
+        &self,
+        src: Arg<'_>,
+        idx: Src<'_, u32>,
+        out_rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        const OP: &str = "scatter_add_rows";
+        let r = ops::scatter_add_rows(&self.gpu, src.src, idx, out_rows, cols, keep)
+            .map_err(|e| kernel_error(OP, e))?;
+        self.res(OP, r, out_rows * cols, src.exp as i64)
+    }
+
+    fn layernorm_on(
+        &self,
+        x: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<(Res, layernorm::Stats), KernelError> {
+        const OP: &str = "layernorm";
+        if cols > layernorm::LAYERNORM_COLS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        let (r, stats) = layernorm::layernorm(&self.gpu, x.src, rows, cols, keep)
+            .map_err(|e| kernel_error(OP, e))?;
+        Ok((self.res(OP, r, rows * cols, -24)?, stats))
+    }
+
+    /// The caller checked `r`'s range (host), or `r` came from [`Self::layernorm_on`] on the
+    /// device (always in range: `2^16 ≤ R < 2^62` for nonzero rows of width ≤ 256).
+    #[allow(clippy::too_many_arguments)] // the contract's arguments, plus `keep`
+    fn layernorm_bwd_on(
+        &self,
+        dxhat: Arg<'_>,
+        xhat: Arg<'_>,
+        r: Src<'_, u64>,
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        const OP: &str = "layernorm_bwd";
+        if cols > layernorm::LAYERNORM_COLS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        let sh = ((-2 * xhat.exp) as u32).min(layernorm::LAYERNORM_BWD_SHIFT_MAX);
+        let res = layernorm::layernorm_bwd(&self.gpu, dxhat.src, xhat.src, r, sh, rows, cols, keep)
+            .map_err(|e| kernel_error(OP, e))?;
+        let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
+        self.res(OP, res, rows * cols, e)
+    }
+
+    fn softmax_on(
+        &self,
+        x: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        // 30 − exp, clamped: beyond ±100 every y is 0 (s ≥ 96) or saturated (E = 0), as on
+        // the CPU.
+        let s = (30 - x.exp as i64).clamp(-100, 100) as i32;
+        self.wide_op(
+            "softmax",
+            ops::WideOp {
+                shader: &shaders::SOFTMAX,
+                entry: "softmax_rows",
+                in0: x.src,
+                in1: Src::Host(&[]),
+                count: rows * cols,
+                cols,
+                rows,
+                c: i64::from(scale_q16) | (i64::from(causal) << 32),
+                k: s as u32,
+                bits: 15,
+                keep,
+            },
+            -30,
+        )
+    }
+
+    fn softmax_bwd_on(
+        &self,
+        p: Arg<'_>,
+        dp: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        const OP: &str = "softmax_bwd";
+        let sh = (-p.exp) as u32;
+        if sh > softmax_bwd::SOFTMAX_BWD_SHIFT_MAX || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
+            return Err(self.unsupported(OP));
+        }
+        let r = softmax_bwd::softmax_bwd(&self.gpu, p.src, dp.src, rows, cols, sh, scale_q16, keep)
+            .map_err(|e| kernel_error(OP, e))?;
+        let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
+        self.res(OP, r, rows * cols, e)
+    }
+
+    fn cross_entropy_on(
+        &self,
+        logits: Arg<'_>,
+        targets: Src<'_, u32>,
+        rows: usize,
+        cols: usize,
+        keep: bool,
+    ) -> Result<(i64, Res), KernelError> {
+        const OP: &str = "cross_entropy";
+        let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
+        let (loss, r) =
+            cross_entropy::cross_entropy(&self.gpu, logits.src, targets, rows, cols, s, keep)
+                .map_err(|e| kernel_error(OP, e))?;
+        Ok((loss, self.res(OP, r, rows * cols, -40)?))
+    }
+
+    fn adamw_on(
+        &self,
+        p: Arg<'_>,
+        g: Arg<'_>,
+        m: Arg<'_>,
+        r: Arg<'_>,
+        st: &AdamStep,
+        keep: bool,
+    ) -> Result<[Res; 3], KernelError> {
+        const OP: &str = "adamw";
         let one = 1i64 << 30;
         let beta = |b: i64| (0..=one).contains(&b).then_some(b as u32);
         let (Some(b1), Some(b2)) = (beta(st.beta1_q30), beta(st.beta2_q30)) else {
@@ -441,9 +695,9 @@ impl Kernels for GpuKernels {
         }
         let mo = adamw::moments(
             &self.gpu,
-            &g.mant,
-            &m.mant,
-            &r.mant,
+            g.src,
+            m.src,
+            r.src,
             [
                 adamw::align_shifts(m.exp as i64, e0),
                 adamw::align_shifts(g.exp as i64, e0),
@@ -451,79 +705,80 @@ impl Kernels for GpuKernels {
             [adamw::align_shifts(er, e1), adamw::align_shifts(eg, e1)],
             odd,
             (b1, b2),
+            keep,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let m2 = Bfp::new(mo.m.0, checked_exp(OP, e0 - 30, mo.m.1 as i64)?);
-        let r2 = Bfp::new(mo.r.0, checked_exp(OP, ev / 2 - mo.s, mo.r.1 as i64)?);
-        let ea = m2.exp as i64 - r2.exp as i64 - 70;
+        let len = p.len();
+        let m2 = self.res(OP, mo.m, len, e0 - 30)?;
+        let r2 = self.res(OP, mo.r, len, ev / 2 - mo.s)?;
+        let (m2a, r2a) = (m2.arg(), r2.arg());
+        let ea = m2a.exp as i64 - r2a.exp as i64 - 70;
         let sh = (p.exp as i64 - 16) - ea;
         // |a| ≤ |alpha| · max|m'| · 2^30 / 2^sh must stay within ADAM_UPDATE_BITS_MAX bits.
-        let m_bits = bits(m2.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i64);
+        let m_bits = m2a.top_bits();
         if m_bits > 0
             && bits(st.alpha_q40) as i64 + m_bits as i64 + 30 - sh > adamw::ADAM_UPDATE_BITS_MAX
         {
             return Err(self.unsupported(OP));
         }
         let sh = sh.clamp(-128, 127) as i32;
-        let (mant, shift) = adamw::params(
+        let pr = adamw::params(
             &self.gpu,
-            &p.mant,
-            &m2.mant,
-            &r2.mant,
+            p.src,
+            m2a.src,
+            r2a.src,
             sh,
             st.alpha_q40,
             st.decay_q40,
+            keep,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let p2 = Bfp::new(mant, checked_exp(OP, p.exp as i64 - 16, shift as i64)?);
-        Ok((p2, m2, r2))
+        let p2 = self.res(OP, pr, len, p.exp as i64 - 16)?;
+        Ok([p2, m2, r2])
     }
 
-    fn gelu(&self, x: &Bfp) -> Result<Bfp, KernelError> {
-        const OP: &str = "gelu";
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
+    fn gelu_on(&self, x: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
         self.wide_op(
-            OP,
+            "gelu",
             ops::WideOp {
                 shader: &shaders::GELU,
                 entry: "gelu",
-                in0: &x.mant,
-                in1: &[],
+                in0: x.src,
+                in1: Src::Host(&[]),
                 count: x.len(),
                 cols: 0,
                 rows: 0,
                 c: 0,
                 k: x.exp as u32,
                 bits: 15,
+                keep,
             },
             x.exp as i64 - 31,
         )
     }
 
-    fn gelu_bwd(&self, x: &Bfp, dy: &Bfp) -> Result<Bfp, KernelError> {
-        const OP: &str = "gelu_bwd";
-        check_gelu_bwd(x, dy)?;
+    fn gelu_bwd_on(&self, x: Arg<'_>, dy: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
         self.wide_op(
-            OP,
+            "gelu_bwd",
             ops::WideOp {
                 shader: &shaders::GELU,
                 entry: "gelu_bwd",
-                in0: &x.mant,
-                in1: &dy.mant,
+                in0: x.src,
+                in1: dy.src,
                 count: x.len(),
                 cols: 0,
                 rows: 0,
                 c: 0,
                 k: x.exp as u32,
                 bits: 15,
+                keep,
             },
             dy.exp as i64 - 31,
         )
     }
 
-    fn scale(&self, x: &Bfp, c_q30: i64) -> Result<Bfp, KernelError> {
+    fn scale_on(&self, x: Arg<'_>, c_q30: i64, keep: bool) -> Result<Res, KernelError> {
         const OP: &str = "scale";
-        check_mant(OP, "x", &x.mant, B16_MANT_MAX)?;
         if c_q30.unsigned_abs() > ops::SCALE_C_ABS_MAX {
             return Err(self.unsupported(OP));
         }
@@ -533,31 +788,26 @@ impl Kernels for GpuKernels {
                 shader: &shaders::OPS,
                 k: 0,
                 entry: "scale",
-                in0: &x.mant,
-                in1: &[],
+                in0: x.src,
+                in1: Src::Host(&[]),
                 count: x.len(),
                 cols: 0,
                 rows: 0,
                 c: c_q30,
                 bits: 15,
+                keep,
             },
             x.exp as i64 - 30,
         )
     }
 }
 
-impl GpuKernels {
-    /// Runs a wide op and applies its shift to `base_exp` like `requant_wide` does.
-    fn wide_op(
-        &self,
-        op: &'static str,
-        w: ops::WideOp<'_>,
-        base_exp: i64,
-    ) -> Result<Bfp, KernelError> {
-        let (mant, shift) = ops::wide(&self.gpu, w).map_err(|e| kernel_error(op, e))?;
-        Ok(Bfp {
-            mant,
-            exp: checked_exp(op, base_exp, shift as i64)?,
-        })
+impl Res {
+    /// This result as an operand of the next kernel.
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            Res::Host(b) => Arg::host(b),
+            Res::Dev(d) => d.arg(),
+        }
     }
 }

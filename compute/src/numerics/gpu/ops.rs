@@ -2,7 +2,9 @@
 //! Argument checks are done by the caller (`GpuKernels`), identically to `CpuKernels`.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{grid_1d, submit, u32_of, Dispatch, WideOut};
+use super::exec::{
+    bind, grid_1d, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
+};
 use super::shaders::{Shader, OPS};
 
 /// Largest `|c_q30|` the `scale` kernel takes: `|m · c| < 2^15 · 2^47 = 2^62` stays inside the
@@ -16,14 +18,16 @@ pub(crate) const SCATTER_ROWS_MAX: usize = 65_535;
 pub(crate) struct WideOp<'a> {
     pub(crate) shader: &'static Shader,
     pub(crate) entry: &'static str,
-    pub(crate) in0: &'a [i32],
-    pub(crate) in1: &'a [i32],
+    pub(crate) in0: Src<'a>,
+    pub(crate) in1: Src<'a>,
     pub(crate) count: usize,
     pub(crate) cols: usize,
     pub(crate) rows: usize,
     pub(crate) c: i64,
     pub(crate) k: u32,
     pub(crate) bits: u32,
+    /// Leave the result on the device.
+    pub(crate) keep: bool,
 }
 
 fn params(count: u32, cols: u32, rows: u32, bits: u32, c: i64, k: u32, gx: u32) -> [u32; 8] {
@@ -33,9 +37,9 @@ fn params(count: u32, cols: u32, rows: u32, bits: u32, c: i64, k: u32, gx: u32) 
 
 /// An entry of `ops.wgsl` that writes `count` wide values, then requantization to
 /// `2^bits − 1`. The producer grid covers `max(count, cols)` items.
-pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuError> {
+pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<WideResult, GpuError> {
     if op.count == 0 {
-        return Ok((Vec::new(), 0));
+        return WideResult::empty(gpu, op.keep);
     }
     // One invocation per output element, except the row kernels (one per row).
     let items = if op.entry == "softmax_rows" {
@@ -54,23 +58,23 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
         gx,
     );
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, op.count, op.bits)?;
+    let tail = WideOut::new(gpu, op.count, op.bits, op.keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let b0 = gpu.upload(bytemuck::cast_slice(op.in0))?;
+    let b0 = bind(gpu, op.in0)?;
     // Entries that read `in1` need it bound even when it is empty (then nothing is read).
     let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot" | "gelu_bwd") {
-        Some(gpu.upload(bytemuck::cast_slice(op.in1))?)
+        Some(bind(gpu, op.in1)?)
     } else {
         None
     };
     let mut bindings = vec![
         (0, &uniform, 32),
-        (1, &b0, op.in0.len() as u64 * 4),
+        (1, b0.buf(), op.in0.bytes()),
         (3, &tail.sums, op.count as u64 * 8),
         (4, &tail.key, 4),
     ];
     if let Some(b1) = &b1 {
-        bindings.push((2, b1, op.in1.len() as u64 * 4));
+        bindings.push((2, b1.buf(), op.in1.bytes()));
     }
     let res = submit(
         gpu,
@@ -88,22 +92,23 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<(Vec<i32>, u32), GpuErro
         &tail.reads(),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [b0].into_iter().chain(b1));
+    release(gpu, [b0].into_iter().chain(b1));
     tail.finish(gpu, res)
 }
 
 /// `rhe(x, k)` per element (`k ≤ 63`).
-pub(crate) fn rescale(gpu: &Gpu, x: &[i32], k: u32) -> Result<Vec<i32>, GpuError> {
+pub(crate) fn rescale(gpu: &Gpu, x: Src<'_>, k: u32, keep: bool) -> Result<Mant, GpuError> {
     if x.is_empty() {
-        return Ok(Vec::new());
+        return Mant::empty(gpu, keep);
     }
     let (groups, gx) = grid_1d(gpu, "rescale", x.len())?;
     let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, k.min(63), gx);
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let b0 = gpu.upload(bytemuck::cast_slice(x))?;
-    let bytes = x.len() as u64 * 4;
+    let b0 = bind(gpu, x)?;
+    let bytes = x.bytes();
     let out = gpu.buffer(Pool::Storage, bytes)?;
+    let reads: &[(&wgpu::Buffer, u64)] = if keep { &[] } else { &[(&out, bytes)] };
     let res = submit(
         gpu,
         "rescale",
@@ -111,24 +116,25 @@ pub(crate) fn rescale(gpu: &Gpu, x: &[i32], k: u32) -> Result<Vec<i32>, GpuError
         &[Dispatch {
             shader: &OPS,
             entry: "rescale",
-            bindings: vec![(0, &uniform, 32), (1, &b0, bytes), (7, &out, bytes)],
+            bindings: vec![(0, &uniform, 32), (1, b0.buf(), bytes), (7, &out, bytes)],
             groups,
         }],
-        &[(&out, bytes)],
+        reads,
     );
     gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [b0, out]);
-    Ok(bytemuck::pod_collect_to_vec(&res?[0]))
+    release(gpu, [b0]);
+    Mant::finish(gpu, out, keep, res)
 }
 
 /// `s[idx[r], c] += src[r, c]`, then requantization to B16. `idx` is checked by the caller.
 pub(crate) fn scatter_add_rows(
     gpu: &Gpu,
-    src: &[i32],
-    idx: &[u32],
+    src: Src<'_>,
+    idx: Src<'_, u32>,
     out_rows: usize,
     cols: usize,
-) -> Result<(Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<WideResult, GpuError> {
     if idx.len() > SCATTER_ROWS_MAX {
         return Err(GpuError::Limit {
             what: "scatter_add_rows source rows on wgpu",
@@ -138,7 +144,7 @@ pub(crate) fn scatter_add_rows(
     }
     let count = out_rows * cols;
     if count == 0 {
-        return Ok((Vec::new(), 0));
+        return WideResult::empty(gpu, keep);
     }
     let (g_src, gx_src) = grid_1d(gpu, "scatter_add", src.len())?;
     let (g_out, gx_out) = grid_1d(gpu, "acc_wide", count)?;
@@ -146,11 +152,11 @@ pub(crate) fn scatter_add_rows(
     let p_src = params(u32_of("elements", src.len())?, c32, 0, 15, 0, 0, gx_src);
     let p_out = params(u32_of("elements", count)?, c32, 0, 15, 0, 0, gx_out);
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tail = WideOut::new(gpu, count, 15)?;
+    let tail = WideOut::new(gpu, count, 15, keep)?;
     let u_src = gpu.uniform(bytemuck::cast_slice(&p_src))?;
     let u_out = gpu.uniform(bytemuck::cast_slice(&p_out))?;
-    let b_src = gpu.upload(bytemuck::cast_slice(src))?;
-    let b_idx = gpu.upload(bytemuck::cast_slice(idx))?;
+    let b_src = bind(gpu, src)?;
+    let b_idx = idx.bind(gpu)?;
     let acc = gpu.buffer(Pool::Storage, count as u64 * 4)?;
     let mut dispatches = Vec::new();
     if !src.is_empty() {
@@ -159,9 +165,9 @@ pub(crate) fn scatter_add_rows(
             entry: "scatter_add",
             bindings: vec![
                 (0, &u_src, 32),
-                (1, &b_src, src.len() as u64 * 4),
+                (1, b_src.buf(), src.bytes()),
                 (5, &acc, count as u64 * 4),
-                (6, &b_idx, idx.len() as u64 * 4),
+                (6, b_idx.buf(), idx.len() as u64 * 4),
             ],
             groups: g_src,
         });
@@ -186,40 +192,54 @@ pub(crate) fn scatter_add_rows(
         &tail.reads(),
     );
     gpu.recycle(Pool::Uniform, [u_src, u_out]);
-    gpu.recycle(Pool::Storage, [b_src, b_idx, acc]);
+    release(gpu, [b_src, b_idx]);
+    gpu.recycle(Pool::Storage, [acc]);
     tail.finish(gpu, res)
 }
 
-/// Exact `Σ m²` (per-workgroup 64-bit partials on the GPU, added in u128 here).
-pub(crate) fn sum_squares(gpu: &Gpu, x: &[i32]) -> Result<u128, GpuError> {
+/// Exact `Σ m²`: per-workgroup 64-bit partials, added on the device by a second dispatch; 8
+/// bytes come back.
+pub(crate) fn sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<u128, GpuError> {
     if x.is_empty() {
         return Ok(0);
     }
     let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
     let n_groups = groups[0] as u64 * groups[1] as u64;
     let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
+    let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let b0 = gpu.upload(bytemuck::cast_slice(x))?;
+    let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
+    let b0 = bind(gpu, x)?;
     let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
+    let total = gpu.buffer(Pool::Storage, 8)?;
     let res = submit(
         gpu,
         "sum_squares",
-        &[&partial],
-        &[Dispatch {
-            shader: &OPS,
-            entry: "sum_squares",
-            bindings: vec![
-                (0, &uniform, 32),
-                (1, &b0, x.len() as u64 * 4),
-                (8, &partial, n_groups * 8),
-            ],
-            groups,
-        }],
-        &[(&partial, n_groups * 8)],
+        &[],
+        &[
+            Dispatch {
+                shader: &OPS,
+                entry: "sum_squares",
+                bindings: vec![
+                    (0, &uniform, 32),
+                    (1, b0.buf(), x.bytes()),
+                    (8, &partial, n_groups * 8),
+                ],
+                groups,
+            },
+            Dispatch {
+                shader: &OPS,
+                entry: "sum_partials",
+                bindings: vec![(0, &u_sum, 32), (3, &total, 8), (8, &partial, n_groups * 8)],
+                groups: [1, 1, 1],
+            },
+        ],
+        &[(&total, 8)],
     );
-    gpu.recycle(Pool::Uniform, [uniform]);
-    gpu.recycle(Pool::Storage, [b0, partial]);
-    let parts: Vec<u64> = bytemuck::pod_collect_to_vec(&res?[0]);
-    Ok(parts.iter().map(|&v| u128::from(v)).sum())
+    gpu.recycle(Pool::Uniform, [uniform, u_sum]);
+    release(gpu, [b0]);
+    gpu.recycle(Pool::Storage, [partial, total]);
+    let total: u64 = bytemuck::pod_read_unaligned(&res?[0][..8]);
+    Ok(u128::from(total))
 }

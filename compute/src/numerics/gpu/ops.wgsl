@@ -133,8 +133,8 @@ fn acc_wide(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: v
     key_end(l);
 }
 
-// Kernels::sum_squares: per-workgroup exact 64-bit partial sums of m^2 (fixed tree order; the
-// host adds the partials in u128).
+// Kernels::sum_squares: per-workgroup exact 64-bit partial sums of m^2 (fixed tree order), then
+// `sum_partials` adds them in one workgroup (the total stays below count * 2^30 <= 2^58).
 @compute @workgroup_size(256, 1, 1)
 fn sum_squares(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: vec3<u32>) {
     let i = index1(w, l);
@@ -153,5 +153,26 @@ fn sum_squares(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w
     }
     if (l == 0u) {
         partial[w.y * op.groups_x + w.x] = wsum[0];
+    }
+}
+
+// Kernels::sum_squares, step 2: one workgroup adds the op.count partials into sums[0] (thread l
+// takes partials l, l + 256, ..., then the tree; integer sums, so the order changes nothing).
+@compute @workgroup_size(256, 1, 1)
+fn sum_partials(@builtin(local_invocation_index) l: u32) {
+    var s = vec2<u32>(0u, 0u);
+    for (var j = l; j < op.count; j = j + WG) {
+        s = add64(s, partial[j]);
+    }
+    wsum[l] = s;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half / 2u) {
+        if (l < half) {
+            wsum[l] = add64(wsum[l], wsum[l + half]);
+        }
+        workgroupBarrier();
+    }
+    if (l == 0u) {
+        sums[0] = wsum[0];
     }
 }

@@ -50,6 +50,7 @@ pub static OPS: Shader = Shader {
         "scatter_add",
         "acc_wide",
         "sum_squares",
+        "sum_partials",
     ],
 };
 
@@ -127,6 +128,14 @@ pub static ADAMW: Shader = Shader {
     entries: &["adam_m", "requant_m", "adam_v", "adam_sqrt", "adam_p"],
 };
 
+/// Data movement of the model on resident tensors: embedding row gathers and attention head
+/// layouts.
+pub static LAYOUT: Shader = Shader {
+    name: "layout",
+    source: concat!(include_str!("op_params.wgsl"), include_str!("layout.wgsl")),
+    entries: &["gather_rows", "heads"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -169,4 +178,5 @@ pub static SHADERS: &[&Shader] = &[
     &SOFTMAX_BWD,
     &CROSS_ENTROPY,
     &ADAMW,
+    &LAYOUT,
 ];

@@ -1,7 +1,9 @@
 //! Host side of `softmax_bwd.wgsl`: 96-bit wide values, their own requantization pass.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{grid_1d, quant_shift, submit, u32_of, Dispatch};
+use super::exec::{
+    bind, grid_1d, out_bits, quant_shift, release, submit, u32_of, Dispatch, Mant, Src, WideResult,
+};
 use super::shaders::SOFTMAX_BWD;
 
 /// Largest `−p.exp` the GPU backward takes (keeps `|w| < 2^94`; larger is left to the CPU).
@@ -11,18 +13,20 @@ pub(crate) const SOFTMAX_BWD_COLS_MAX: usize = (1 << 16) - 1;
 
 /// `(mantissas, shift)`: `exp = 2·p.exp + dp.exp − 16 + shift`. The caller checked lengths,
 /// bounds and the limits above.
+#[allow(clippy::too_many_arguments)] // the kernel's operands and scalars, plus `keep`
 pub(crate) fn softmax_bwd(
     gpu: &Gpu,
-    p: &[i32],
-    dp: &[i32],
+    p: Src<'_>,
+    dp: Src<'_>,
     rows: usize,
     cols: usize,
     sh: u32,
     scale_q16: u32,
-) -> Result<(Vec<i32>, u32), GpuError> {
+    keep: bool,
+) -> Result<WideResult, GpuError> {
     let count = rows * cols;
     if count == 0 {
-        return Ok((Vec::new(), 0));
+        return WideResult::empty(gpu, keep);
     }
     let (g_rows, gx_rows) = grid_1d(gpu, "softmax_bwd", rows)?;
     let (g_all, gx_all) = grid_1d(gpu, "softmax_bwd requant", count)?;
@@ -36,8 +40,8 @@ pub(crate) fn softmax_bwd(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let u_rows = gpu.uniform(bytemuck::cast_slice(&p_rows))?;
     let u_all = gpu.uniform(bytemuck::cast_slice(&p_all))?;
-    let bp = gpu.upload(bytemuck::cast_slice(p))?;
-    let bd = gpu.upload(bytemuck::cast_slice(dp))?;
+    let bp = bind(gpu, p)?;
+    let bd = bind(gpu, dp)?;
     let wide_bytes = count as u64 * 16;
     let wide = gpu.buffer(Pool::Storage, wide_bytes)?;
     let key = gpu.buffer(Pool::Storage, 4)?;
@@ -53,8 +57,8 @@ pub(crate) fn softmax_bwd(
                 entry: "softmax_bwd_rows",
                 bindings: vec![
                     (0, &u_rows, 32),
-                    (1, &bp, p.len() as u64 * 4),
-                    (2, &bd, dp.len() as u64 * 4),
+                    (1, bp.buf(), p.bytes()),
+                    (2, bd.buf(), dp.bytes()),
                     (3, &wide, wide_bytes),
                     (4, &key, 4),
                 ],
@@ -72,12 +76,34 @@ pub(crate) fn softmax_bwd(
                 groups: g_all,
             },
         ],
-        &[(&out, out_bytes), (&key, 4)],
+        &if keep {
+            vec![(&key, 4)]
+        } else {
+            vec![(&out, out_bytes), (&key, 4)]
+        },
     );
     gpu.recycle(Pool::Uniform, [u_rows, u_all]);
-    gpu.recycle(Pool::Storage, [bp, bd, wide, key, out]);
-    let bytes = res?;
-    let mant: Vec<i32> = bytemuck::pod_collect_to_vec(&bytes[0]);
-    let k: u32 = bytemuck::pod_read_unaligned(&bytes[1][..4]);
-    Ok((mant, quant_shift(k, 15)))
+    release(gpu, [bp, bd]);
+    gpu.recycle(Pool::Storage, [wide, key]);
+    let mut bytes = match res {
+        Ok(b) => b,
+        Err(e) => {
+            gpu.recycle(Pool::Storage, [out]);
+            return Err(e);
+        }
+    };
+    let k: u32 = bytemuck::pod_read_unaligned(&bytes.pop().unwrap_or_default()[..4]);
+    let mant = if keep {
+        Mant::Dev(out)
+    } else {
+        gpu.recycle(Pool::Storage, [out]);
+        Mant::Host(bytemuck::pod_collect_to_vec(
+            &bytes.pop().unwrap_or_default(),
+        ))
+    };
+    Ok(WideResult {
+        mant,
+        shift: quant_shift(k, 15),
+        bits: out_bits(k, 15),
+    })
 }

@@ -1,0 +1,601 @@
+//! Tensors where the backend keeps them: [`Tensor`] is a host [`Bfp`] or a device-resident
+//! [`DevTensor`], and [`Exec`] runs every kernel the model and the optimizer call on either.
+//!
+//! With a backend whose memory is the host's (the CPU reference), every tensor is a host
+//! tensor and each call goes straight to the `Kernels` method: no copies, no extra work. With
+//! wgpu, tensors stay on the device for a whole training run; a kernel that cannot take its
+//! inputs there (an input outside the range its shaders emulate, `Unsupported`) runs on the
+//! host interface instead and its result goes back up: same bits either way, and
+//! [`Exec::fallbacks`] counts such trips so that none goes unseen.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::numerics::gpu::{DevIds, DevStats, DevTensor, GpuKernels, Resident};
+use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
+
+/// A tensor on the host or on the device.
+#[derive(Clone, Debug)]
+pub enum Tensor {
+    /// Host memory.
+    Host(Bfp),
+    /// Device memory (wgpu).
+    Dev(DevTensor),
+}
+
+impl Tensor {
+    /// The shared exponent.
+    pub fn exp(&self) -> i32 {
+        match self {
+            Tensor::Host(b) => b.exp,
+            Tensor::Dev(d) => d.exp(),
+        }
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Tensor::Host(b) => b.len(),
+            Tensor::Dev(d) => d.len(),
+        }
+    }
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Row indices (token ids, targets): always on the host, also on the device when resident.
+#[derive(Clone, Debug)]
+pub struct Ids<'a> {
+    host: &'a [u32],
+    dev: Option<DevIds>,
+}
+
+impl Ids<'_> {
+    /// The ids.
+    pub fn host(&self) -> &[u32] {
+        self.host
+    }
+}
+
+/// Layernorm's `R` per row, where the forward left it.
+#[derive(Clone, Debug)]
+pub enum Stats {
+    /// Host memory.
+    Host(Vec<u64>),
+    /// Device memory.
+    Dev(DevStats),
+}
+
+/// Runs kernels on [`Tensor`]s with one backend.
+pub struct Exec<'k> {
+    k: &'k dyn Kernels,
+    dev: Option<Resident<'k>>,
+    fallbacks: AtomicU64,
+}
+
+impl<'k> Exec<'k> {
+    /// Keeps tensors on the backend's device when it has one.
+    pub fn new(k: &'k dyn Kernels) -> Self {
+        let dev = k
+            .device_backend()
+            .and_then(|b| b.downcast_ref::<GpuKernels>())
+            .map(GpuKernels::resident_kernels);
+        Exec {
+            k,
+            dev,
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps every tensor on the host, even with a device backend (each kernel call then
+    /// uploads its inputs and reads its result back): the baseline the resident path is
+    /// measured against.
+    pub fn host_only(k: &'k dyn Kernels) -> Self {
+        Exec {
+            k,
+            dev: None,
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether tensors stay on a device.
+    pub fn is_resident(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    /// The backend.
+    pub fn kernels(&self) -> &'k dyn Kernels {
+        self.k
+    }
+
+    /// Kernels that ran on the host interface because their inputs could not stay resident.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// A host tensor placed where this executor keeps tensors.
+    pub fn put(&self, x: Bfp) -> Result<Tensor, KernelError> {
+        match self.dev {
+            Some(d) => Ok(Tensor::Dev(d.upload(&x)?)),
+            None => Ok(Tensor::Host(x)),
+        }
+    }
+
+    /// Ids placed where this executor keeps tensors.
+    pub fn ids<'a>(&self, host: &'a [u32]) -> Result<Ids<'a>, KernelError> {
+        let dev = match self.dev {
+            Some(d) => Some(d.upload_ids(host)?),
+            None => None,
+        };
+        Ok(Ids { host, dev })
+    }
+
+    /// The tensor on the host (borrowed when it is there).
+    pub fn get<'t>(&self, t: &'t Tensor) -> Result<Cow<'t, Bfp>, KernelError> {
+        match (t, self.dev) {
+            (Tensor::Host(b), _) => Ok(Cow::Borrowed(b)),
+            (Tensor::Dev(d), Some(r)) => Ok(Cow::Owned(r.download(d)?)),
+            (Tensor::Dev(_), None) => Err(self.k.unsupported("download")),
+        }
+    }
+
+    /// The tensor moved to the host.
+    pub fn take(&self, t: Tensor) -> Result<Bfp, KernelError> {
+        match t {
+            Tensor::Host(b) => Ok(b),
+            dev => Ok(self.get(&dev)?.into_owned()),
+        }
+    }
+
+    fn stats_host<'s>(&self, s: &'s Stats) -> Result<Cow<'s, [u64]>, KernelError> {
+        match (s, self.dev) {
+            (Stats::Host(v), _) => Ok(Cow::Borrowed(v)),
+            (Stats::Dev(d), Some(r)) => Ok(Cow::Owned(r.download_stats(d)?)),
+            (Stats::Dev(_), None) => Err(self.k.unsupported("download")),
+        }
+    }
+
+    /// A host result placed like its inputs: on the device if any was there.
+    fn place(&self, b: Bfp, resident: bool) -> Result<Tensor, KernelError> {
+        if resident {
+            self.put(b)
+        } else {
+            Ok(Tensor::Host(b))
+        }
+    }
+
+    /// The resident path when every input is on the device and it takes them; else the host
+    /// interface (counted as a fallback when resident inputs had to come down).
+    fn run<const N: usize>(
+        &self,
+        ins: [&Tensor; N],
+        dev: impl FnOnce(Resident<'k>, [&DevTensor; N]) -> Result<DevTensor, KernelError>,
+        host: impl FnOnce([&Bfp; N]) -> Result<Bfp, KernelError>,
+    ) -> Result<Tensor, KernelError> {
+        let resident = ins.iter().any(|t| matches!(t, Tensor::Dev(_)));
+        if let (Some(r), Some(d)) = (self.dev, all_dev(ins)) {
+            match dev(r, d) {
+                Err(KernelError::Unsupported { .. }) => {}
+                other => return other.map(Tensor::Dev),
+            }
+        }
+        if resident {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let cows: Vec<Cow<'_, Bfp>> = ins.iter().map(|t| self.get(t)).collect::<Result<_, _>>()?;
+        let refs: [&Bfp; N] = std::array::from_fn(|i| cows[i].as_ref());
+        self.place(host(refs)?, resident)
+    }
+
+    /// [`Kernels::matmul`].
+    pub fn matmul(&self, a: &Tensor, b: &Tensor, s: MatmulShape) -> Result<Tensor, KernelError> {
+        self.run(
+            [a, b],
+            |r, [a, b]| r.matmul(a, b, s),
+            |[a, b]| self.k.matmul(a, b, s),
+        )
+    }
+
+    /// [`Kernels::add`].
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, KernelError> {
+        self.run([a, b], |r, [a, b]| r.add(a, b), |[a, b]| self.k.add(a, b))
+    }
+
+    /// [`Kernels::requant`].
+    pub fn requant(&self, x: &Tensor, mant_max: i32) -> Result<Tensor, KernelError> {
+        self.run(
+            [x],
+            |r, [x]| r.requant(x, mant_max),
+            |[x]| self.k.requant(x, mant_max),
+        )
+    }
+
+    /// [`Kernels::rescale`].
+    pub fn rescale(&self, x: &Tensor, exp: i32) -> Result<Tensor, KernelError> {
+        self.run(
+            [x],
+            |r, [x]| r.rescale(x, exp),
+            |[x]| self.k.rescale(x, exp),
+        )
+    }
+
+    /// [`Kernels::mul_cols`].
+    pub fn mul_cols(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [x, w],
+            |r, [x, w]| r.mul_cols(x, w, rows, cols),
+            |[x, w]| self.k.mul_cols(x, w, rows, cols),
+        )
+    }
+
+    /// [`Kernels::col_dot`].
+    pub fn col_dot(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [a, b],
+            |r, [a, b]| r.col_dot(a, b, rows, cols),
+            |[a, b]| self.k.col_dot(a, b, rows, cols),
+        )
+    }
+
+    /// [`Kernels::scatter_add_rows`].
+    pub fn scatter_add_rows(
+        &self,
+        src: &Tensor,
+        idx: &Ids<'_>,
+        out_rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [src],
+            |r, [s]| match &idx.dev {
+                Some(ids) => r.scatter_add_rows(s, ids, out_rows, cols),
+                None => Err(self.k.unsupported("scatter_add_rows")),
+            },
+            |[s]| self.k.scatter_add_rows(s, idx.host, out_rows, cols),
+        )
+    }
+
+    /// [`Kernels::sum_squares`].
+    pub fn sum_squares(&self, x: &Tensor) -> Result<u128, KernelError> {
+        if let (Some(r), Tensor::Dev(d)) = (self.dev, x) {
+            match r.sum_squares(d) {
+                Err(KernelError::Unsupported { .. }) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        self.k.sum_squares(&*self.get(x)?)
+    }
+
+    /// [`Kernels::layernorm`].
+    pub fn layernorm(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Tensor, Stats), KernelError> {
+        if let (Some(r), Tensor::Dev(d)) = (self.dev, x) {
+            match r.layernorm(d, rows, cols) {
+                Err(KernelError::Unsupported { .. }) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other.map(|(y, s)| (Tensor::Dev(y), Stats::Dev(s))),
+            }
+        }
+        let (y, s) = self.k.layernorm(&*self.get(x)?, rows, cols)?;
+        Ok((self.place(y, matches!(x, Tensor::Dev(_)))?, Stats::Host(s)))
+    }
+
+    /// [`Kernels::layernorm_bwd`].
+    #[allow(clippy::too_many_arguments)] // the contract's arguments
+    pub fn layernorm_bwd(
+        &self,
+        dxhat: &Tensor,
+        xhat: &Tensor,
+        r: &Stats,
+        x_exp: i32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [dxhat, xhat],
+            |dev, [d, x]| match r {
+                Stats::Dev(s) => dev.layernorm_bwd(d, x, s, x_exp, rows, cols),
+                Stats::Host(_) => Err(self.k.unsupported("layernorm_bwd")),
+            },
+            |[d, x]| {
+                self.k
+                    .layernorm_bwd(d, x, &self.stats_host(r)?, x_exp, rows, cols)
+            },
+        )
+    }
+
+    /// [`Kernels::softmax`].
+    pub fn softmax(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        cols: usize,
+        causal: bool,
+        scale_q16: u32,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [x],
+            |r, [x]| r.softmax(x, rows, cols, causal, scale_q16),
+            |[x]| self.k.softmax(x, rows, cols, causal, scale_q16),
+        )
+    }
+
+    /// [`Kernels::softmax_bwd`].
+    pub fn softmax_bwd(
+        &self,
+        p: &Tensor,
+        dp: &Tensor,
+        rows: usize,
+        cols: usize,
+        scale_q16: u32,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [p, dp],
+            |r, [p, dp]| r.softmax_bwd(p, dp, rows, cols, scale_q16),
+            |[p, dp]| self.k.softmax_bwd(p, dp, rows, cols, scale_q16),
+        )
+    }
+
+    /// [`Kernels::cross_entropy`].
+    pub fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        targets: &Ids<'_>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(i64, Tensor), KernelError> {
+        if let (Some(r), Tensor::Dev(d), Some(t)) = (self.dev, logits, &targets.dev) {
+            match r.cross_entropy(d, t, rows, cols) {
+                Err(KernelError::Unsupported { .. }) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other.map(|(l, g)| (l, Tensor::Dev(g))),
+            }
+        }
+        let (loss, g) = self
+            .k
+            .cross_entropy(&*self.get(logits)?, targets.host, rows, cols)?;
+        Ok((loss, self.place(g, matches!(logits, Tensor::Dev(_)))?))
+    }
+
+    /// [`Kernels::adamw`].
+    pub fn adamw(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        r: &Tensor,
+        st: &AdamStep,
+    ) -> Result<(Tensor, Tensor, Tensor), KernelError> {
+        let ins = [p, g, m, r];
+        if let (Some(dev), Some([p, g, m, r])) = (self.dev, all_dev(ins)) {
+            match dev.adamw(p, g, m, r, st) {
+                Err(KernelError::Unsupported { .. }) => {}
+                other => {
+                    return other.map(|(a, b, c)| (Tensor::Dev(a), Tensor::Dev(b), Tensor::Dev(c)))
+                }
+            }
+        }
+        let resident = ins.iter().any(|t| matches!(t, Tensor::Dev(_)));
+        if resident {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let (p2, m2, r2) = self.k.adamw(
+            &*self.get(p)?,
+            &*self.get(g)?,
+            &*self.get(m)?,
+            &*self.get(r)?,
+            st,
+        )?;
+        Ok((
+            self.place(p2, resident)?,
+            self.place(m2, resident)?,
+            self.place(r2, resident)?,
+        ))
+    }
+
+    /// [`Kernels::gelu`].
+    pub fn gelu(&self, x: &Tensor) -> Result<Tensor, KernelError> {
+        self.run([x], |r, [x]| r.gelu(x), |[x]| self.k.gelu(x))
+    }
+
+    /// [`Kernels::gelu_bwd`].
+    pub fn gelu_bwd(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, KernelError> {
+        self.run(
+            [x, dy],
+            |r, [x, dy]| r.gelu_bwd(x, dy),
+            |[x, dy]| self.k.gelu_bwd(x, dy),
+        )
+    }
+
+    /// [`Kernels::scale`].
+    pub fn scale(&self, x: &Tensor, c_q30: i64) -> Result<Tensor, KernelError> {
+        self.run(
+            [x],
+            |r, [x]| r.scale(x, c_q30),
+            |[x]| self.k.scale(x, c_q30),
+        )
+    }
+
+    /// Rows `ids[r]` of the `· × cols` tensor `src`.
+    pub fn gather_rows(
+        &self,
+        src: &Tensor,
+        cols: usize,
+        ids: &Ids<'_>,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [src],
+            |r, [s]| match &ids.dev {
+                Some(d) => r.gather_rows(s, cols, d),
+                None => Err(self.k.unsupported("gather_rows")),
+            },
+            |[s]| {
+                Ok(layout::gather_rows(
+                    s,
+                    cols,
+                    ids.host.iter().map(|&i| i as usize),
+                ))
+            },
+        )
+    }
+
+    /// Rows `r % t`, `r < out_rows`, of the `· × cols` tensor `src`.
+    pub fn gather_positions(
+        &self,
+        src: &Tensor,
+        cols: usize,
+        t: usize,
+        out_rows: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [src],
+            |r, [s]| r.gather_positions(s, cols, t, out_rows),
+            |[s]| Ok(layout::gather_rows(s, cols, (0..out_rows).map(|r| r % t))),
+        )
+    }
+
+    /// Part `part` (width `h·hs`) of each `[b·t, rowlen]` row → `[b·h, t, hs]`.
+    pub fn split_heads(
+        &self,
+        x: &Tensor,
+        shape: (usize, usize, usize, usize),
+        rowlen: usize,
+        part: usize,
+    ) -> Result<Tensor, KernelError> {
+        self.run(
+            [x],
+            |r, [x]| r.split_heads(x, shape, rowlen, part),
+            |[x]| Ok(layout::split_heads(x, shape, rowlen, part)),
+        )
+    }
+
+    /// `[b·h, t, hs]` tensors of one exponent → the parts of `[b·t, parts·h·hs]` rows.
+    pub fn merge_heads(
+        &self,
+        parts: &[&Tensor],
+        shape: (usize, usize, usize, usize),
+    ) -> Result<Tensor, KernelError> {
+        let resident = parts.iter().any(|t| matches!(t, Tensor::Dev(_)));
+        if let Some(r) = self.dev {
+            let devs: Option<Vec<&DevTensor>> = parts
+                .iter()
+                .map(|t| match t {
+                    Tensor::Dev(d) => Some(d),
+                    Tensor::Host(_) => None,
+                })
+                .collect();
+            if let Some(devs) = devs {
+                match r.merge_heads(&devs, shape) {
+                    Err(KernelError::Unsupported { .. }) => {}
+                    other => return other.map(Tensor::Dev),
+                }
+            }
+        }
+        if resident {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let cows: Vec<Cow<'_, Bfp>> = parts
+            .iter()
+            .map(|t| self.get(t))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Bfp> = cows.iter().map(|c| c.as_ref()).collect();
+        self.place(layout::merge_heads(&refs, shape), resident)
+    }
+}
+
+impl std::fmt::Debug for Exec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exec")
+            .field("backend", &self.k.name())
+            .field("resident", &self.dev.is_some())
+            .field("fallbacks", &self.fallbacks())
+            .finish()
+    }
+}
+
+fn all_dev<const N: usize>(ins: [&Tensor; N]) -> Option<[&DevTensor; N]> {
+    let mut out = Vec::with_capacity(N);
+    for t in ins {
+        match t {
+            Tensor::Dev(d) => out.push(d),
+            Tensor::Host(_) => return None,
+        }
+    }
+    out.try_into().ok()
+}
+
+/// The model's data movement on the host (the resident path runs `layout.wgsl`).
+pub mod layout {
+    use crate::numerics::kernels::Bfp;
+
+    /// Rows `idx` of the `· × cols` tensor `src`.
+    pub fn gather_rows(src: &Bfp, cols: usize, idx: impl Iterator<Item = usize>) -> Bfp {
+        let mut mant = Vec::new();
+        for i in idx {
+            mant.extend_from_slice(&src.mant[i * cols..(i + 1) * cols]);
+        }
+        Bfp::new(mant, src.exp)
+    }
+
+    /// Part `part` (width `h·hs`) of each `[b·t, rowlen]` row → `[b·h, t, hs]`.
+    pub fn split_heads(
+        x: &Bfp,
+        (b, t, h, hs): (usize, usize, usize, usize),
+        rowlen: usize,
+        part: usize,
+    ) -> Bfp {
+        let c = h * hs;
+        let mut out = vec![0; b * t * c];
+        for bi in 0..b {
+            for ti in 0..t {
+                let row = &x.mant[(bi * t + ti) * rowlen..(bi * t + ti + 1) * rowlen];
+                for hi in 0..h {
+                    let dst = ((bi * h + hi) * t + ti) * hs;
+                    let src = part * c + hi * hs;
+                    out[dst..dst + hs].copy_from_slice(&row[src..src + hs]);
+                }
+            }
+        }
+        Bfp::new(out, x.exp)
+    }
+
+    /// `[b·h, t, hs]` tensors of one exponent → the parts of `[b·t, parts·h·hs]` rows.
+    pub fn merge_heads(parts: &[&Bfp], (b, t, h, hs): (usize, usize, usize, usize)) -> Bfp {
+        let c = h * hs;
+        let rowlen = parts.len() * c;
+        let mut out = vec![0; b * t * rowlen];
+        for (pi, part) in parts.iter().enumerate() {
+            for bi in 0..b {
+                for hi in 0..h {
+                    for ti in 0..t {
+                        let src = ((bi * h + hi) * t + ti) * hs;
+                        let dst = (bi * t + ti) * rowlen + pi * c + hi * hs;
+                        out[dst..dst + hs].copy_from_slice(&part.mant[src..src + hs]);
+                    }
+                }
+            }
+        }
+        Bfp::new(out, parts.first().map_or(0, |p| p.exp))
+    }
+}

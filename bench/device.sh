@@ -35,14 +35,17 @@ has selftest && t selftest 90 "$B" compute selftest
 if has step; then
   t step-cpu 90 "$B" compute bench --train-step --backend cpu
   t step-wgpu 90 "$B" compute bench --train-step --backend wgpu
+  # The path before device-resident tensors (every kernel call uploads and reads back), same run.
+  t step-wgpu-host 120 "$B" compute bench --train-step --backend wgpu --host-tensors
 fi
 if has train; then
   t train-cpu 180 "$B" train --preset nanogpt-cpu --backend cpu --corpus data/tinyshakespeare.txt
   t train-wgpu 90 "$B" train --preset nanogpt-cpu --backend wgpu --corpus data/tinyshakespeare.txt --max-iters 200 --eval-interval 0
+  t train-wgpu-full 300 "$B" train --preset nanogpt-cpu --backend wgpu --corpus data/tinyshakespeare.txt
 fi
 has torch && t torch-cpu 200 python3 bench/nanogpt_torch.py --device cpu
 has bench && t bench 120 "$B" compute bench --backend auto --kernels --reps 3
 echo "== summary"; cat "$OUT/summary.txt"
 for f in "$OUT"/selftest.log "$OUT"/step-*.log "$OUT"/train-*.log "$OUT"/torch-cpu.log; do
-  [ -f "$f" ] && { echo "== $f"; grep -E 'PASS|FAIL|bytes_per_step|mean|wall|val|step 2000|GOP|adapter|backend' "$f" | tail -8; }
+  [ -f "$f" ] && { echo "== $f"; grep -E 'PASS|FAIL|bytes_per_step|session|mean|wall|val|step 2000|GOP|adapter|backend|params' "$f" | tail -8; }
 done

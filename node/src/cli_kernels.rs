@@ -417,12 +417,15 @@ fn train_step_cmd(
     };
     let mut session = st.session_on(ex)?;
     let open = kernels.traffic().since(&before);
+    let traffic = |d: &leam_compute::numerics::kernels::Traffic| {
+        format!(
+            "uploaded_bytes {} downloaded_bytes {} submissions {}",
+            d.uploaded_bytes, d.downloaded_bytes, d.submissions
+        )
+    };
     say(
         json,
-        &format!(
-            "session open (the state, once per run): uploaded_bytes {} downloaded_bytes {} submissions {}",
-            open.uploaded_bytes, open.downloaded_bytes, open.submissions
-        ),
+        &format!("session open (the state, once per run): {}", traffic(&open)),
     );
     let mut rows = Vec::new();
     for i in 0..TRAIN_STEP_BENCH_STEPS {
@@ -434,13 +437,7 @@ fn train_step_cmd(
         session.step(&b)?;
         let wall_ms = t.elapsed().as_secs_f64() * 1e3;
         let d = kernels.traffic().since(&before);
-        say(
-            json,
-            &format!(
-                "step {i} wall_ms {wall_ms:.1} uploaded_bytes {} downloaded_bytes {} submissions {}",
-                d.uploaded_bytes, d.downloaded_bytes, d.submissions
-            ),
-        );
+        say(json, &format!("step {i} wall_ms {wall_ms:.1} {}", traffic(&d)));
         rows.push((wall_ms, d));
     }
     let fallbacks = session.exec().fallbacks();
@@ -450,8 +447,8 @@ fn train_step_cmd(
     say(
         json,
         &format!(
-            "session close (the state, read back once): uploaded_bytes {} downloaded_bytes {} submissions {}; kernels run off the device: {fallbacks}",
-            close.uploaded_bytes, close.downloaded_bytes, close.submissions
+            "session close (the state, read back once): {}; kernels run off the device: {fallbacks}",
+            traffic(&close)
         ),
     );
     let n = rows.len().max(1) as u64;

@@ -133,6 +133,20 @@ fn acc_wide(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: v
     key_end(l);
 }
 
+// The workgroup's 64-bit sum of each invocation's `s` (fixed tree order; exact, so any order
+// would give the same bits). Called by every invocation, in uniform control flow.
+fn tree_sum(l: u32, s: vec2<u32>) -> vec2<u32> {
+    wsum[l] = s;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half / 2u) {
+        if (l < half) {
+            wsum[l] = add64(wsum[l], wsum[l + half]);
+        }
+        workgroupBarrier();
+    }
+    return wsum[0];
+}
+
 // Kernels::sum_squares: per-workgroup exact 64-bit partial sums of m^2 (fixed tree order), then
 // `sum_partials` adds them in one workgroup (the total stays below count * 2^30 <= 2^58).
 @compute @workgroup_size(256, 1, 1)
@@ -143,16 +157,9 @@ fn sum_squares(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w
         let v = in0[i];
         s = vec2<u32>(u32(v * v), 0u);
     }
-    wsum[l] = s;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half = half / 2u) {
-        if (l < half) {
-            wsum[l] = add64(wsum[l], wsum[l + half]);
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(l, s);
     if (l == 0u) {
-        partial[w.y * op.groups_x + w.x] = wsum[0];
+        partial[w.y * op.groups_x + w.x] = total;
     }
 }
 
@@ -164,15 +171,8 @@ fn sum_partials(@builtin(local_invocation_index) l: u32) {
     for (var j = l; j < op.count; j = j + WG) {
         s = add64(s, partial[j]);
     }
-    wsum[l] = s;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half = half / 2u) {
-        if (l < half) {
-            wsum[l] = add64(wsum[l], wsum[l + half]);
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(l, s);
     if (l == 0u) {
-        sums[0] = wsum[0];
+        sums[0] = total;
     }
 }

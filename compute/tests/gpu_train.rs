@@ -11,6 +11,7 @@ use leam_compute::model::train::TrainState;
 use leam_compute::model::transformer::Config;
 use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::kernels::Kernels;
+use leam_compute::numerics::tensor::Exec;
 
 /// Steps trained per backend (each step is a full forward, backward and AdamW update).
 const STEPS: u64 = 3;
@@ -67,8 +68,9 @@ fn wgpu_training_steps_match_the_cpu_reference_bit_for_bit() {
 }
 
 /// A run of steps in one session keeps the state on the device: the same bits as the CPU
-/// reference after the run, no kernel off the device, and each step reads back less than a
-/// tenth of the parameters' bytes (the resident path moves keys and the loss, not tensors).
+/// reference after the run, no kernel off the device, each step reads back less than a tenth
+/// of the parameters' bytes (keys and the loss, not tensors), and kernels are recorded into
+/// batches: less than half the submissions of the host path, which submits once per kernel.
 #[test]
 fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
@@ -82,11 +84,15 @@ fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
             .expect("corpus long enough");
         want.step(&CpuKernels, &b).expect("cpu step");
     }
+    let first = want
+        .batch_for(&corpus.train, 0)
+        .expect("corpus long enough");
     for k in gpu_common::adapters("gpu_train resident") {
         let mut st = tiny_state(&corpus);
         let param_bytes = 4 * st.model.n_params() as u64;
         let mut s = st.session(&k).expect("session opens");
         assert!(s.exec().is_resident(), "{}: wgpu keeps tensors", k.name());
+        let mut submissions = Vec::new();
         for _ in 0..STEPS {
             let b = s
                 .state_ref()
@@ -102,6 +108,7 @@ fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
                 k.name(),
                 d.downloaded_bytes
             );
+            submissions.push(d.submissions);
         }
         assert_eq!(
             s.exec().fallbacks(),
@@ -116,6 +123,17 @@ fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
             want.state_hash(),
             "{}: state after a resident run differs from the cpu reference",
             k.name()
+        );
+        let mut host = tiny_state(&corpus);
+        let mut hs = host.session_on(Exec::host_only(&k)).expect("session opens");
+        let before = k.traffic();
+        hs.step(&first).expect("host-tensor step");
+        let per_kernel = k.traffic().since(&before).submissions;
+        assert!(
+            2 * submissions[0] < per_kernel,
+            "{}: {} submissions in a resident step, {per_kernel} with one per kernel",
+            k.name(),
+            submissions[0]
         );
     }
 }

@@ -437,7 +437,10 @@ fn train_step_cmd(
         session.step(&b)?;
         let wall_ms = t.elapsed().as_secs_f64() * 1e3;
         let d = kernels.traffic().since(&before);
-        say(json, &format!("step {i} wall_ms {wall_ms:.1} {}", traffic(&d)));
+        say(
+            json,
+            &format!("step {i} wall_ms {wall_ms:.1} {}", traffic(&d)),
+        );
         rows.push((wall_ms, d));
     }
     let fallbacks = session.exec().fallbacks();

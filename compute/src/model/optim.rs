@@ -223,7 +223,7 @@ pub fn clip_coeff_q30_on(
         grads
             .iter()
             .zip(sums)
-            .map(|(g, s)| Ok((s?, g.exp())))
+            .map(|(g, s)| Ok((s?, ex.exp(g)?)))
             .collect()
     })
 }

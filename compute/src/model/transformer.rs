@@ -338,7 +338,13 @@ fn merge_qkv(
     parts: [&Tensor; 3],
     shape: (usize, usize, usize, usize),
 ) -> Result<Tensor, KernelError> {
-    let e = parts.iter().map(|p| p.exp()).max().unwrap_or(0);
+    let e = parts
+        .iter()
+        .map(|p| ex.exp(p))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let al = parts
         .iter()
         .map(|p| ex.rescale(p, e))
@@ -564,7 +570,7 @@ pub fn forward_backward_on(
         || ex.mul_cols(&daf, &w16[lnf], bt, c),
     )?;
     grads[lnf] = Some(g_lnf);
-    let mut dx = ex.layernorm_bwd(&dhf, &hf, &rf, x.exp(), bt, c)?;
+    let mut dx = ex.layernorm_bwd(&dhf, &hf, &rf, ex.exp(&x)?, bt, c)?;
     while let Some(cch) = caches.pop() {
         let l = caches.len();
         // MLP: each weight gradient runs beside the chain of input gradients it does not feed.
@@ -584,7 +590,7 @@ pub fn forward_backward_on(
                     || ex.col_dot(&da2, &cch.h2, bt, c),
                     || ex.mul_cols(&da2, &w16[lp(l, LN2)], bt, c),
                 )?;
-                let dxm = ex.layernorm_bwd(&dh2, &cch.h2, &cch.r2, cch.x_mid.exp(), bt, c)?;
+                let dxm = ex.layernorm_bwd(&dh2, &cch.h2, &cch.r2, ex.exp(&cch.x_mid)?, bt, c)?;
                 Ok((g_ln2, ex.add(&dx, &dxm)?))
             },
         )?;
@@ -615,7 +621,7 @@ pub fn forward_backward_on(
                     || ex.col_dot(&da1, &cch.h1, bt, c),
                     || ex.mul_cols(&da1, &w16[lp(l, LN1)], bt, c),
                 )?;
-                let dxi = ex.layernorm_bwd(&dh1, &cch.h1, &cch.r1, cch.x_in.exp(), bt, c)?;
+                let dxi = ex.layernorm_bwd(&dh1, &cch.h1, &cch.r1, ex.exp(&cch.x_in)?, bt, c)?;
                 Ok((g_ln1, dxi))
             },
         )?;

@@ -24,13 +24,6 @@ pub enum Tensor {
 }
 
 impl Tensor {
-    /// The shared exponent.
-    pub fn exp(&self) -> i32 {
-        match self {
-            Tensor::Host(b) => b.exp,
-            Tensor::Dev(d) => d.exp(),
-        }
-    }
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
@@ -112,6 +105,16 @@ impl<'k> Exec<'k> {
     /// Kernels that ran on the host interface because their inputs could not stay resident.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The shared exponent of `t`. A resident tensor's may wait for the batch of kernels that
+    /// computes it, which this then submits.
+    pub fn exp(&self, t: &Tensor) -> Result<i32, KernelError> {
+        match (t, self.dev) {
+            (Tensor::Host(b), _) => Ok(b.exp),
+            (Tensor::Dev(d), Some(r)) => r.exp(d),
+            (Tensor::Dev(_), None) => Err(self.k.unsupported("exponent")),
+        }
     }
 
     /// A host tensor placed where this executor keeps tensors.

@@ -2,8 +2,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{
-    bind, grid_1d, out_bits, quant_shift, release, submit, u32_of, Dispatch, Mant, Src, WideOut,
-    WideResult,
+    bind, grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
 };
 use super::shaders::ADAMW;
 
@@ -100,7 +99,7 @@ pub(crate) fn moments(
     if !keep {
         reads.push((&out_m, n4));
     }
-    reads.extend(tail.reads());
+    reads.extend(tail.reads(true));
     let res = submit(
         gpu,
         "adamw",
@@ -182,8 +181,8 @@ pub(crate) fn moments(
     Ok(Moments {
         m: WideResult {
             mant: m_mant,
-            shift: quant_shift(key_m, 15),
-            bits: out_bits(key_m, 15),
+            key: known_key(key_m),
+            target: 15,
         },
         r: r_out,
         s: (100 - i64::from(mbits)).max(0) / 2,
@@ -256,7 +255,7 @@ pub(crate) fn params(
             },
             tail.dispatch(),
         ],
-        &tail.reads(),
+        &tail.reads(false),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
     release(gpu, [bp, bm, br]);

@@ -40,7 +40,7 @@ pub(crate) fn cross_entropy(
     let p_sum: [u32; 8] = [u32_of("rows", rows)?, 0, 0, 0, 0, 0, 0, 1];
     let u_sum = gpu.uniform(bytemuck::cast_slice(&p_sum))?;
     let total = gpu.buffer(Pool::Storage, 8)?;
-    let mut reads = tail.reads();
+    let mut reads = tail.reads(true);
     reads.push((&total, 8));
     let res = submit(
         gpu,

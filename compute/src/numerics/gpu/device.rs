@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -333,18 +333,46 @@ const POOL_BYTES_MIN: u64 = 256;
 /// device-resident activations of one class at once, and reuses them in the next step).
 const POOL_PER_CLASS_MAX: usize = 64;
 
-/// Free buffers by `(pool, size class)`.
-type BufferPool = Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>;
+/// Free buffers by `(pool, size class)`, and the buffers released while a batch of recorded
+/// commands is not yet submitted: those may still be read or written by the batch, so they
+/// return to the free lists only when it has run (a buffer handed out again inside the batch
+/// could get a `queue.write_buffer`, which the queue applies before the whole batch).
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<HashMap<(Pool, u64), Vec<wgpu::Buffer>>>,
+    /// `Some` while a batch is open.
+    held: Mutex<Option<Vec<(Pool, wgpu::Buffer)>>>,
+}
 
 fn recycle_into(pools: &BufferPool, pool: Pool, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
-    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
-    for b in buffers {
-        let v = pools.entry((pool, b.size())).or_default();
+    let mut held = pools.held.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = held.as_mut() {
+        h.extend(buffers.into_iter().map(|b| (pool, b)));
+        return;
+    }
+    drop(held);
+    free_into(pools, buffers.into_iter().map(|b| (pool, b)));
+}
+
+fn free_into(pools: &BufferPool, buffers: impl IntoIterator<Item = (Pool, wgpu::Buffer)>) {
+    let mut free = pools.free.lock().unwrap_or_else(|p| p.into_inner());
+    for (pool, b) in buffers {
+        let v = free.entry((pool, b.size())).or_default();
         if v.len() < POOL_PER_CLASS_MAX {
             v.push(b);
         }
     }
 }
+
+/// Commands recorded but not yet submitted, with the requantization keys to read when they
+/// are (see [`Gpu::record`]).
+struct Batch {
+    encoder: wgpu::CommandEncoder,
+    keys: Vec<(wgpu::Buffer, Arc<OnceLock<u32>>)>,
+}
+
+/// Most ops recorded into one batch before it is submitted anyway (bounds the buffers it holds).
+pub(crate) const BATCH_OPS_MAX: usize = 256;
 
 /// A storage buffer owned by device-resident data; returned to the pool on drop.
 pub(crate) struct DevBuf {
@@ -385,6 +413,10 @@ pub(crate) struct Gpu {
     pub(crate) fingerprint: DeviceFingerprint,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     pool: Arc<BufferPool>,
+    batch: Mutex<Option<(Batch, usize)>>,
+    /// Errors raised outside any error scope (recording from another thread): reported by the
+    /// next submission.
+    uncaptured: Arc<Mutex<Option<String>>>,
     lost: Arc<AtomicBool>,
     /// Bytes written to the device, bytes read back, queue submissions
     /// ([`crate::numerics::kernels::Traffic`]).
@@ -433,13 +465,21 @@ impl Gpu {
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, Ordering::SeqCst));
+        let uncaptured: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
         Ok(Gpu {
             device,
             queue,
             limits,
             fingerprint: DeviceFingerprint::new(summary),
             pipelines: Mutex::new(HashMap::new()),
-            pool: Arc::new(Mutex::new(HashMap::new())),
+            pool: Arc::new(BufferPool::default()),
+            batch: Mutex::new(None),
+            uncaptured,
             lost,
             uploaded: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
@@ -511,7 +551,7 @@ impl Gpu {
                 max: self.limits.max_storage_buffer_binding_size,
             });
         }
-        let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = pools.get_mut(&(pool, class)).and_then(Vec::pop) {
             return Ok(b);
         }
@@ -590,6 +630,129 @@ impl Gpu {
             })?;
         }
         Ok(out)
+    }
+
+    /// Appends commands to the open batch (opening one): they run at the next [`Gpu::flush`].
+    /// While a batch is open, released buffers are held until it has run. The caller holds
+    /// `op_lock`.
+    pub(crate) fn record(
+        &self,
+        kernel: &'static str,
+        f: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<(), GpuError> {
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        if batch.is_none() {
+            *self.pool.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+            let encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some(kernel),
+                });
+            *batch = Some((
+                Batch {
+                    encoder,
+                    keys: Vec::new(),
+                },
+                0,
+            ));
+        }
+        let (b, ops) = batch.as_mut().expect("a batch was just opened");
+        f(&mut b.encoder);
+        *ops += 1;
+        let full = *ops >= BATCH_OPS_MAX;
+        drop(batch);
+        if full {
+            self.flush_locked(kernel, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Registers the key buffer of the op just recorded: the returned cell gets its value when
+    /// the batch runs. The caller holds `op_lock`, and releases `key` to the pool only after.
+    pub(crate) fn defer_key(&self, key: &wgpu::Buffer) -> Arc<OnceLock<u32>> {
+        let cell = Arc::new(OnceLock::new());
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        match batch.as_mut() {
+            Some((b, _)) => b.keys.push((key.clone(), Arc::clone(&cell))),
+            // Recording flushed the batch (it was full): the key is final, read it now.
+            None => {
+                drop(batch);
+                if let Ok(bytes) = self.flush_locked("key", &[(key, 4)]) {
+                    let _ = cell.set(bytemuck::pod_read_unaligned(&bytes[0][..4]));
+                }
+            }
+        }
+        cell
+    }
+
+    /// Submits the open batch (if any) with copies of its pending keys and of `reads`, waits,
+    /// fills the keys' cells and returns the bytes of `reads`. Takes `op_lock`.
+    pub(crate) fn sync(&self, kernel: &'static str) -> Result<(), GpuError> {
+        let _lock = self.op_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_locked(kernel, &[]).map(|_| ())
+    }
+
+    /// [`Gpu::sync`] with reads, for a caller that holds `op_lock`.
+    pub(crate) fn flush_locked(
+        &self,
+        kernel: &'static str,
+        reads: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        let taken = self.batch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (mut encoder, keys) = match taken {
+            Some((b, _)) => (b.encoder, b.keys),
+            None if reads.is_empty() => return Ok(Vec::new()),
+            None => (
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some(kernel),
+                    }),
+                Vec::new(),
+            ),
+        };
+        let result = (|| {
+            // Every pending key, gathered into one buffer: one read-back for the batch.
+            let gathered = if keys.is_empty() {
+                None
+            } else {
+                let g = self.buffer(Pool::Storage, keys.len() as u64 * 4)?;
+                for (i, (k, _)) in keys.iter().enumerate() {
+                    encoder.copy_buffer_to_buffer(k, 0, &g, i as u64 * 4, 4);
+                }
+                Some(g)
+            };
+            let mut all: Vec<(&wgpu::Buffer, u64)> = reads.to_vec();
+            if let Some(g) = &gathered {
+                all.push((g, keys.len() as u64 * 4));
+            }
+            let mut out = self.finish(kernel, encoder, self.scopes(), &all)?;
+            if let Some(reason) = self
+                .uncaptured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Err(GpuError::Device { kernel, reason });
+            }
+            if let Some(g) = gathered {
+                let bytes = out.pop().unwrap_or_default();
+                let values: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+                for ((_, cell), v) in keys.iter().zip(values) {
+                    let _ = cell.set(v);
+                }
+                self.recycle(Pool::Storage, [g]);
+            }
+            Ok(out)
+        })();
+        // The batch has run (or failed): what it held is free again.
+        let held = self
+            .pool
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        free_into(&self.pool, held.into_iter().flatten());
+        result
     }
 
     /// Submits `encoder` (after appending copies of `reads` into staging buffers), waits, and

@@ -2,7 +2,7 @@
 //! within the adapter's workgroup limits, and the "wide values → requantize" tail that every
 //! requantizing kernel ends with (one submission per op).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::device::{Gpu, GpuError, Pool};
 use super::shaders::{Shader, REQUANT};
@@ -63,8 +63,9 @@ fn bind_group(
     })
 }
 
-/// Records `dispatches` in one compute pass after clearing `clear`, submits once, and reads
-/// back `reads`. The caller holds `gpu.op_lock`.
+/// Records `dispatches` in one compute pass after clearing `clear` into the open batch; with
+/// `reads`, submits the batch and returns their bytes, else leaves it for a later submission
+/// (a resident result nobody needs yet). The caller holds `gpu.op_lock`.
 pub(crate) fn submit(
     gpu: &Gpu,
     kernel: &'static str,
@@ -83,15 +84,10 @@ pub(crate) fn submit(
         .zip(&pipelines)
         .map(|(d, p)| bind_group(gpu, p, &d.bindings))
         .collect();
-    let mut enc = gpu
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some(kernel),
-        });
-    for b in clear {
-        enc.clear_buffer(b, 0, None);
-    }
-    {
+    let recorded = gpu.record(kernel, |enc| {
+        for b in clear {
+            enc.clear_buffer(b, 0, None);
+        }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(kernel),
             timestamp_writes: None,
@@ -101,8 +97,22 @@ pub(crate) fn submit(
             pass.set_bind_group(0, g, &[]);
             pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
         }
+    });
+    // Errors of this thread's bind groups and recording; those of the pass itself surface
+    // when the batch is submitted.
+    let (oom, validation) = scopes;
+    let err = pollster::block_on(validation.pop()).or(pollster::block_on(oom.pop()));
+    recorded?;
+    if let Some(e) = err {
+        return Err(GpuError::Device {
+            kernel,
+            reason: e.to_string(),
+        });
     }
-    gpu.finish(kernel, enc, scopes, reads)
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    gpu.flush_locked(kernel, reads)
 }
 
 /// A kernel operand: host values (mantissas, indices, row statistics), uploaded for the one
@@ -210,12 +220,27 @@ impl Mant {
     }
 }
 
-/// Result of a requantizing op: mantissas, shift, and the largest bit length of a result
-/// mantissa as the key bounds it (`bitlen(max|out|) ≤ bits`), for the host's range checks.
+/// Result of a requantizing op: mantissas and the requantization key, read back with the
+/// result or, for a resident one, when the batch that computes it runs; the key gives the
+/// shift and a bound of the result's bit length ([`key_shift`]).
 pub(crate) struct WideResult {
     pub(crate) mant: Mant,
-    pub(crate) shift: u32,
-    pub(crate) bits: u32,
+    pub(crate) key: Arc<OnceLock<u32>>,
+    /// The requantization target (`2^target − 1`); also a bound of the result's bit length
+    /// known before the key.
+    pub(crate) target: u32,
+}
+
+/// `(shift, bit-length bound)` of a requantized result from its key.
+pub(crate) fn key_shift(key: u32, target: u32) -> (u32, u32) {
+    (quant_shift(key, target), out_bits(key, target))
+}
+
+/// A key known now.
+pub(crate) fn known_key(key: u32) -> Arc<OnceLock<u32>> {
+    let cell = OnceLock::new();
+    let _ = cell.set(key);
+    Arc::new(cell)
 }
 
 impl WideResult {
@@ -223,8 +248,8 @@ impl WideResult {
     pub(crate) fn empty(gpu: &Gpu, keep: bool) -> Result<WideResult, GpuError> {
         Ok(WideResult {
             mant: Mant::empty(gpu, keep)?,
-            shift: 0,
-            bits: 0,
+            key: known_key(0),
+            target: 0,
         })
     }
 }
@@ -285,13 +310,17 @@ impl WideOut {
         }
     }
 
-    /// The readbacks: output mantissas (unless kept on the device), then the key.
-    pub(crate) fn reads(&self) -> Vec<(&wgpu::Buffer, u64)> {
+    /// The readbacks: output mantissas (unless kept on the device), then the key; for a kept
+    /// output the key only if the op submits anyway (`flushing`: it reads something else),
+    /// else the key waits for the batch ([`Gpu::defer_key`]).
+    pub(crate) fn reads(&self, flushing: bool) -> Vec<(&wgpu::Buffer, u64)> {
         let mut r = Vec::with_capacity(2);
         if !self.keep {
             r.push((&self.out, self.count as u64 * 4));
         }
-        r.push((&self.key, 4));
+        if !self.keep || flushing {
+            r.push((&self.key, 4));
+        }
         r
     }
 
@@ -302,31 +331,31 @@ impl WideOut {
         gpu: &Gpu,
         bytes: Result<Vec<Vec<u8>>, GpuError>,
     ) -> Result<WideResult, GpuError> {
-        let bits = self.bits;
-        gpu.recycle(Pool::Uniform, [self.uniform]);
-        gpu.recycle(Pool::Storage, [self.sums, self.key]);
+        let target = self.bits;
         let mut bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
-                gpu.recycle(Pool::Storage, [self.out]);
+                gpu.recycle(Pool::Uniform, [self.uniform]);
+                gpu.recycle(Pool::Storage, [self.sums, self.key, self.out]);
                 return Err(e);
             }
         };
-        let key_bytes = bytes.pop().unwrap_or_default();
-        let key: u32 = bytemuck::pod_read_unaligned(&key_bytes[..4]);
-        let mant = if self.keep {
-            Mant::Dev(self.out)
+        let (key, mant) = if self.keep {
+            let key = match bytes.pop() {
+                Some(k) => known_key(bytemuck::pod_read_unaligned(&k[..4])),
+                None => gpu.defer_key(&self.key),
+            };
+            (key, Mant::Dev(self.out))
         } else {
+            let key_bytes = bytes.pop().unwrap_or_default();
+            let key = known_key(bytemuck::pod_read_unaligned(&key_bytes[..4]));
             gpu.recycle(Pool::Storage, [self.out]);
-            Mant::Host(bytemuck::pod_collect_to_vec(
-                &bytes.pop().unwrap_or_default(),
-            ))
+            let mant = bytemuck::pod_collect_to_vec(&bytes.pop().unwrap_or_default());
+            (key, Mant::Host(mant))
         };
-        Ok(WideResult {
-            mant,
-            shift: quant_shift(key, bits),
-            bits: out_bits(key, bits),
-        })
+        gpu.recycle(Pool::Uniform, [self.uniform]);
+        gpu.recycle(Pool::Storage, [self.sums, self.key]);
+        Ok(WideResult { mant, key, target })
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn layernorm(
     let bx = bind(gpu, x)?;
     let r_bytes = rows as u64 * 8;
     let br = gpu.buffer(Pool::Storage, r_bytes)?;
-    let mut reads = tail.reads();
+    let mut reads = tail.reads(false);
     if !keep {
         reads.push((&br, r_bytes));
     }
@@ -152,7 +152,7 @@ pub(crate) fn layernorm_bwd(
             },
             tail.dispatch(),
         ],
-        &tail.reads(),
+        &tail.reads(false),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
     release(gpu, [bg, bh, br]);

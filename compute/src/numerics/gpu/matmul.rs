@@ -28,8 +28,8 @@ pub(crate) fn matmul_b16(
         debug_assert!(!keep, "empty matmul asked to stay on the device");
         return Ok(WideResult {
             mant: super::exec::Mant::Host(vec![0; count]),
-            shift: 0,
-            bits: 0,
+            key: super::exec::known_key(0),
+            target: 0,
         });
     }
     let m = u32_of("matmul rows", d.m)?;
@@ -74,7 +74,7 @@ pub(crate) fn matmul_b16(
             },
             tail.dispatch(),
         ],
-        &tail.reads(),
+        &tail.reads(false),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
     release(gpu, [buf_a, buf_b]);

@@ -56,8 +56,8 @@ use crate::numerics::fixed::B16_MANT_MAX;
 use crate::numerics::kernels::{
     align_exp, check_adamw, check_add, check_col_dot, check_cross_entropy, check_gelu_bwd,
     check_layernorm, check_layernorm_bwd, check_mant, check_matmul, check_mul_cols, check_rescale,
-    check_scatter_add_rows, check_softmax, check_softmax_bwd, checked_exp, AdamStep, Bfp,
-    KernelError, Kernels, MatmulShape, ADD_ALIGN_BITS_MAX,
+    check_scatter_add_rows, check_softmax, check_softmax_bwd, AdamStep, Bfp, KernelError, Kernels,
+    MatmulShape, ADD_ALIGN_BITS_MAX,
 };
 
 /// Most significant bits of an aligned `add` operand on the GPU (the sum of two then stays
@@ -66,6 +66,7 @@ const ADD_BITS_MAX: i64 = 61;
 use device::Gpu;
 use exec::{Mant, Src, WideResult};
 pub use fallback::WithCpuFallback;
+use resident::Exp;
 pub use resident::{DevIds, DevStats, DevTensor, Resident};
 
 /// The wgpu backend on one adapter.
@@ -318,6 +319,8 @@ pub(crate) struct Arg<'a> {
     src: Src<'a>,
     exp: i32,
     bits: Option<u32>,
+    /// The exponent when it is not known yet (`exp` is then 0).
+    term: Option<&'a Exp>,
 }
 
 impl<'a> Arg<'a> {
@@ -326,6 +329,7 @@ impl<'a> Arg<'a> {
             src: Src::Host(&x.mant),
             exp: x.exp,
             bits: None,
+            term: None,
         }
     }
 
@@ -371,17 +375,26 @@ impl Res {
 /// (`resident.rs`): the callers check their inputs, these compute every shift and exponent.
 impl GpuKernels {
     /// The result `r` of `len` elements with exponent `base_exp + shift`.
+    /// `terms`: the operands whose exponents enter `base_exp` with coefficient 1 (as 0 when
+    /// not yet known: then they are added when the batch has run, see `resident::Exp`).
     fn res(
         &self,
         op: &'static str,
         r: WideResult,
         len: usize,
         base_exp: i64,
+        terms: &[&Arg<'_>],
     ) -> Result<Res, KernelError> {
-        let exp = checked_exp(op, base_exp, r.shift as i64)?;
-        Ok(match r.mant {
-            Mant::Host(mant) => Res::Host(Bfp { mant, exp }),
-            Mant::Dev(buf) => Res::Dev(DevTensor::new(self.gpu.keep(buf), len, exp, r.bits)),
+        let later: Vec<Exp> = terms.iter().filter_map(|a| a.term.cloned()).collect();
+        let exp = Exp::of(op, base_exp, later, r.key, r.target)?;
+        Ok(match (r.mant, exp) {
+            (Mant::Host(mant), Exp::Known { exp, .. }) => Res::Host(Bfp { mant, exp }),
+            (Mant::Host(_), Exp::Later(_)) => {
+                unreachable!("a result read back has its key and known operands")
+            }
+            (Mant::Dev(buf), exp) => {
+                Res::Dev(DevTensor::new(self.gpu.keep(buf), len, exp, r.target))
+            }
         })
     }
 
@@ -391,10 +404,11 @@ impl GpuKernels {
         op: &'static str,
         w: ops::WideOp<'_>,
         base_exp: i64,
+        terms: &[&Arg<'_>],
     ) -> Result<Res, KernelError> {
         let len = w.count;
         let r = ops::wide(&self.gpu, w).map_err(|e| kernel_error(op, e))?;
-        self.res(op, r, len, base_exp)
+        self.res(op, r, len, base_exp, terms)
     }
 
     fn matmul_on(
@@ -408,7 +422,7 @@ impl GpuKernels {
         let r = matmul::matmul_b16(&self.gpu, a.src, b.src, shape, keep)
             .map_err(|e| kernel_error(OP, e))?;
         let len = shape.batch * shape.m * shape.n;
-        self.res(OP, r, len, a.exp as i64 + b.exp as i64)
+        self.res(OP, r, len, a.exp as i64 + b.exp as i64, &[&a, &b])
     }
 
     fn add_on(&self, a: Arg<'_>, b: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
@@ -444,6 +458,7 @@ impl GpuKernels {
                 keep,
             },
             e0 as i64,
+            &[&a, &b],
         )
     }
 
@@ -470,6 +485,7 @@ impl GpuKernels {
                 keep,
             },
             x.exp as i64,
+            &[&x],
         )
     }
 
@@ -483,7 +499,10 @@ impl GpuKernels {
             Mant::Dev(buf) => Res::Dev(DevTensor::new(
                 self.gpu.keep(buf),
                 x.len(),
-                exp,
+                Exp::Known {
+                    exp,
+                    bits: x.top_bits(),
+                },
                 x.top_bits(),
             )),
         })
@@ -513,6 +532,7 @@ impl GpuKernels {
                 keep,
             },
             x.exp as i64 + w.exp as i64,
+            &[&x, &w],
         )
     }
 
@@ -540,6 +560,7 @@ impl GpuKernels {
                 keep,
             },
             a.exp as i64 + b.exp as i64,
+            &[&a, &b],
         )
     }
 
@@ -554,7 +575,7 @@ impl GpuKernels {
         const OP: &str = "scatter_add_rows";
         let r = ops::scatter_add_rows(&self.gpu, src.src, idx, out_rows, cols, keep)
             .map_err(|e| kernel_error(OP, e))?;
-        self.res(OP, r, out_rows * cols, src.exp as i64)
+        self.res(OP, r, out_rows * cols, src.exp as i64, &[&src])
     }
 
     fn layernorm_on(
@@ -570,7 +591,7 @@ impl GpuKernels {
         }
         let (r, stats) = layernorm::layernorm(&self.gpu, x.src, rows, cols, keep)
             .map_err(|e| kernel_error(OP, e))?;
-        Ok((self.res(OP, r, rows * cols, -24)?, stats))
+        Ok((self.res(OP, r, rows * cols, -24, &[])?, stats))
     }
 
     /// The caller checked `r`'s range (host), or `r` came from [`Self::layernorm_on`] on the
@@ -594,7 +615,7 @@ impl GpuKernels {
         let res = layernorm::layernorm_bwd(&self.gpu, dxhat.src, xhat.src, r, sh, rows, cols, keep)
             .map_err(|e| kernel_error(OP, e))?;
         let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
-        self.res(OP, res, rows * cols, e)
+        self.res(OP, res, rows * cols, e, &[&dxhat])
     }
 
     fn softmax_on(
@@ -625,6 +646,7 @@ impl GpuKernels {
                 keep,
             },
             -30,
+            &[],
         )
     }
 
@@ -645,7 +667,7 @@ impl GpuKernels {
         let r = softmax_bwd::softmax_bwd(&self.gpu, p.src, dp.src, rows, cols, sh, scale_q16, keep)
             .map_err(|e| kernel_error(OP, e))?;
         let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
-        self.res(OP, r, rows * cols, e)
+        self.res(OP, r, rows * cols, e, &[&dp])
     }
 
     fn cross_entropy_on(
@@ -661,7 +683,7 @@ impl GpuKernels {
         let (loss, r) =
             cross_entropy::cross_entropy(&self.gpu, logits.src, targets, rows, cols, s, keep)
                 .map_err(|e| kernel_error(OP, e))?;
-        Ok((loss, self.res(OP, r, rows * cols, -40)?))
+        Ok((loss, self.res(OP, r, rows * cols, -40, &[])?))
     }
 
     fn adamw_on(
@@ -709,9 +731,9 @@ impl GpuKernels {
         )
         .map_err(|e| kernel_error(OP, e))?;
         let len = p.len();
-        let m2 = self.res(OP, mo.m, len, e0 - 30)?;
-        let r2 = self.res(OP, mo.r, len, ev / 2 - mo.s)?;
-        let (m2a, r2a) = (m2.arg(), r2.arg());
+        let m2 = self.res(OP, mo.m, len, e0 - 30, &[])?;
+        let r2 = self.res(OP, mo.r, len, ev / 2 - mo.s, &[])?;
+        let (m2a, r2a) = (m2.arg(OP)?, r2.arg(OP)?);
         let ea = m2a.exp as i64 - r2a.exp as i64 - 70;
         let sh = (p.exp as i64 - 16) - ea;
         // |a| ≤ |alpha| · max|m'| · 2^30 / 2^sh must stay within ADAM_UPDATE_BITS_MAX bits.
@@ -733,7 +755,7 @@ impl GpuKernels {
             keep,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let p2 = self.res(OP, pr, len, p.exp as i64 - 16)?;
+        let p2 = self.res(OP, pr, len, p.exp as i64 - 16, &[])?;
         Ok([p2, m2, r2])
     }
 
@@ -754,6 +776,7 @@ impl GpuKernels {
                 keep,
             },
             x.exp as i64 - 31,
+            &[&x],
         )
     }
 
@@ -774,6 +797,7 @@ impl GpuKernels {
                 keep,
             },
             dy.exp as i64 - 31,
+            &[&dy],
         )
     }
 
@@ -798,16 +822,17 @@ impl GpuKernels {
                 keep,
             },
             x.exp as i64 - 30,
+            &[&x],
         )
     }
 }
 
 impl Res {
-    /// This result as an operand of the next kernel.
-    fn arg(&self) -> Arg<'_> {
+    /// This result as an operand of the next kernel (its exponent known).
+    fn arg(&self, op: &'static str) -> Result<Arg<'_>, KernelError> {
         match self {
-            Res::Host(b) => Arg::host(b),
-            Res::Dev(d) => d.arg(),
+            Res::Host(b) => Ok(Arg::host(b)),
+            Res::Dev(d) => d.arg_known(op),
         }
     }
 }

@@ -89,7 +89,7 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<WideResult, GpuError> {
             },
             tail.dispatch(),
         ],
-        &tail.reads(),
+        &tail.reads(false),
     );
     gpu.recycle(Pool::Uniform, [uniform]);
     release(gpu, [b0].into_iter().chain(b1));
@@ -189,7 +189,7 @@ pub(crate) fn scatter_add_rows(
         "scatter_add_rows",
         &[&tail.key, &acc],
         &dispatches,
-        &tail.reads(),
+        &tail.reads(false),
     );
     gpu.recycle(Pool::Uniform, [u_src, u_out]);
     release(gpu, [b_src, b_idx]);

@@ -11,12 +11,85 @@
 use std::sync::Arc;
 
 use super::device::DevBuf;
-use super::exec::Src;
+use std::sync::OnceLock;
+
+use super::exec::{key_shift, Src};
 use super::{kernel_error, layernorm, layout, Arg, GpuKernels};
 use crate::numerics::fixed::B16_MANT_MAX;
 use crate::numerics::kernels::{
-    AdamStep, Bfp, KernelError, Kernels, MatmulShape, TENSOR_ELEMS_MAX, WIDE_MANT_MAX,
+    checked_exp, AdamStep, Bfp, KernelError, Kernels, MatmulShape, TENSOR_ELEMS_MAX, WIDE_MANT_MAX,
 };
+
+/// The exponent of a resident tensor with a bound of its mantissas' bit length: known, or
+/// waiting for the requantization key of the op that computes it (recorded in a batch that has
+/// not run yet): `exp = base + Σ terms + shift(key)`.
+#[derive(Clone, Debug)]
+pub(crate) enum Exp {
+    Known { exp: i32, bits: u32 },
+    Later(Arc<LaterExp>),
+}
+
+#[derive(Debug)]
+pub(crate) struct LaterExp {
+    op: &'static str,
+    base: i64,
+    terms: Vec<Exp>,
+    key: Arc<OnceLock<u32>>,
+    target: u32,
+    done: OnceLock<(i32, u32)>,
+}
+
+impl Exp {
+    /// `exp = base + Σ terms + shift(key)`, known at once if everything it needs is.
+    pub(crate) fn of(
+        op: &'static str,
+        base: i64,
+        terms: Vec<Exp>,
+        key: Arc<OnceLock<u32>>,
+        target: u32,
+    ) -> Result<Exp, KernelError> {
+        let e = Exp::Later(Arc::new(LaterExp {
+            op,
+            base,
+            terms,
+            key,
+            target,
+            done: OnceLock::new(),
+        }));
+        Ok(match e.now() {
+            Some(r) => {
+                let (exp, bits) = r?;
+                Exp::Known { exp, bits }
+            }
+            None => e,
+        })
+    }
+
+    /// `(exponent, bit-length bound)` if every key it depends on is known.
+    pub(crate) fn now(&self) -> Option<Result<(i32, u32), KernelError>> {
+        match self {
+            Exp::Known { exp, bits } => Some(Ok((*exp, *bits))),
+            Exp::Later(l) => {
+                if let Some(&v) = l.done.get() {
+                    return Some(Ok(v));
+                }
+                let key = *l.key.get()?;
+                let mut e = l.base;
+                for t in &l.terms {
+                    match t.now()? {
+                        Ok((x, _)) => e += i64::from(x),
+                        Err(err) => return Some(Err(err)),
+                    }
+                }
+                let (shift, bits) = key_shift(key, l.target);
+                Some(checked_exp(l.op, e, i64::from(shift)).map(|x| {
+                    let _ = l.done.set((x, bits));
+                    (x, bits)
+                }))
+            }
+        }
+    }
+}
 
 /// A block-floating-point tensor whose mantissas live on the device: `value[i] = mant[i] ·
 /// 2^exp`. Cloning shares the buffer; the last handle returns it to the pool.
@@ -24,18 +97,18 @@ use crate::numerics::kernels::{
 pub struct DevTensor {
     buf: Arc<DevBuf>,
     len: usize,
-    exp: i32,
-    /// `bitlen(max|mant|) ≤ bits`.
-    bits: u32,
+    exp: Exp,
+    /// `bitlen(max|mant|) ≤ bound`, known when the op is recorded (its target width).
+    bound: u32,
 }
 
 impl DevTensor {
-    pub(crate) fn new(buf: Arc<DevBuf>, len: usize, exp: i32, bits: u32) -> Self {
+    pub(crate) fn new(buf: Arc<DevBuf>, len: usize, exp: Exp, bound: u32) -> Self {
         DevTensor {
             buf,
             len,
             exp,
-            bits,
+            bound,
         }
     }
     /// Number of elements.
@@ -46,16 +119,31 @@ impl DevTensor {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// The shared exponent.
-    pub fn exp(&self) -> i32 {
-        self.exp
-    }
-    pub(crate) fn arg(&self) -> Arg<'_> {
+    /// An operand whose exponent enters the result's only as a term (`exp` 0 here): the op
+    /// can be recorded before the exponent is known.
+    pub(crate) fn arg_later(&self) -> Arg<'_> {
         Arg {
             src: Src::Dev(self.buf.buf(), self.len),
-            exp: self.exp,
-            bits: Some(self.bits),
+            exp: 0,
+            bits: Some(self.bound),
+            term: Some(&self.exp),
         }
+    }
+
+    /// An operand with its exponent, which must be known (the batch has run).
+    pub(crate) fn arg_known(&self, op: &'static str) -> Result<Arg<'_>, KernelError> {
+        let (exp, bits) = self.exp.now().unwrap_or_else(|| {
+            Err(KernelError::Device {
+                op,
+                detail: "an exponent was needed before the batch computing it ran".into(),
+            })
+        })?;
+        Ok(Arg {
+            src: Src::Dev(self.buf.buf(), self.len),
+            exp,
+            bits: Some(bits),
+            term: None,
+        })
     }
 }
 
@@ -114,7 +202,7 @@ fn want(
             found: t.len,
         });
     }
-    if t.bits > max_bits {
+    if t.bound > max_bits {
         return Err(g.unsupported(op));
     }
     Ok(())
@@ -150,11 +238,12 @@ impl Resident<'_> {
             .upload(bytemuck::cast_slice(&x.mant))
             .map_err(|e| kernel_error(OP, e))?;
         let top = x.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        let bits = 32 - top.leading_zeros();
         Ok(DevTensor::new(
             g.keep(buf),
             x.len(),
-            x.exp,
-            32 - top.leading_zeros(),
+            Exp::Known { exp: x.exp, bits },
+            bits,
         ))
     }
 
@@ -173,7 +262,22 @@ impl Resident<'_> {
 
     /// Reads a resident tensor back.
     pub fn download(&self, x: &DevTensor) -> Result<Bfp, KernelError> {
-        Ok(Bfp::new(self.read(&x.buf, x.len as u64 * 4)?, x.exp))
+        let mant = self.read(&x.buf, x.len as u64 * 4)?;
+        Ok(Bfp::new(mant, self.known(x, "download")?.exp))
+    }
+
+    /// The exponent of a resident tensor (running the batch that computes it if need be).
+    pub fn exp(&self, x: &DevTensor) -> Result<i32, KernelError> {
+        Ok(self.known(x, "exponent")?.exp)
+    }
+
+    /// `x` as an operand with its exponent known: submits the open batch when the exponent
+    /// waits for it (one of the few round trips of a resident step).
+    fn known<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError> {
+        if x.exp.now().is_none() {
+            self.0.gpu.sync(op).map_err(|e| kernel_error(op, e))?;
+        }
+        x.arg_known(op)
     }
 
     /// Reads layernorm statistics back.
@@ -188,11 +292,9 @@ impl Resident<'_> {
         }
         let g = &self.0.gpu;
         let _lock = g.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let enc = g
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+        // After everything recorded so far (the batch may be what computes it).
         let out = g
-            .finish(OP, enc, g.scopes(), &[(buf.buf(), bytes)])
+            .flush_locked(OP, &[(buf.buf(), bytes)])
             .map_err(|e| kernel_error(OP, e))?;
         Ok(bytemuck::pod_collect_to_vec(&out[0]))
     }
@@ -212,7 +314,8 @@ impl Resident<'_> {
         if shape.k == 0 || shape.batch * shape.m * shape.n == 0 {
             return Err(g.unsupported(OP));
         }
-        g.matmul_on(a.arg(), b.arg(), shape, true)?.dev()
+        g.matmul_on(a.arg_later(), b.arg_later(), shape, true)?
+            .dev()
     }
 
     /// [`Kernels::add`].
@@ -221,20 +324,22 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "a", a, a.len, WIDE_BITS)?;
         want(g, OP, "b", b, a.len, WIDE_BITS)?;
-        g.add_on(a.arg(), b.arg(), true)?.dev()
+        g.add_on(self.known(a, OP)?, self.known(b, OP)?, true)?
+            .dev()
     }
 
     /// [`Kernels::requant`].
     pub fn requant(&self, x: &DevTensor, mant_max: i32) -> Result<DevTensor, KernelError> {
-        self.0.requant_on(x.arg(), mant_max, true)?.dev()
+        self.0.requant_on(x.arg_later(), mant_max, true)?.dev()
     }
 
     /// [`Kernels::rescale`].
     pub fn rescale(&self, x: &DevTensor, exp: i32) -> Result<DevTensor, KernelError> {
-        if exp < x.exp {
+        let xa = self.known(x, "rescale")?;
+        if exp < xa.exp {
             return Err(self.0.unsupported("rescale"));
         }
-        self.0.rescale_on(x.arg(), exp, true)?.dev()
+        self.0.rescale_on(xa, exp, true)?.dev()
     }
 
     /// [`Kernels::mul_cols`].
@@ -249,7 +354,8 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "x", x, rows * cols, B16_BITS)?;
         want(g, OP, "w", w, cols, B16_BITS)?;
-        g.mul_cols_on(x.arg(), w.arg(), rows, cols, true)?.dev()
+        g.mul_cols_on(x.arg_later(), w.arg_later(), rows, cols, true)?
+            .dev()
     }
 
     /// [`Kernels::col_dot`].
@@ -267,7 +373,8 @@ impl Resident<'_> {
         if cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.col_dot_on(a.arg(), b.arg(), rows, cols, true)?.dev()
+        g.col_dot_on(a.arg_later(), b.arg_later(), rows, cols, true)?
+            .dev()
     }
 
     /// [`Kernels::scatter_add_rows`] with resident ids.
@@ -284,7 +391,7 @@ impl Resident<'_> {
         if !ids.below(out_rows) || out_rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.scatter_add_rows_on(src.arg(), ids.src(), out_rows, cols, true)?
+        g.scatter_add_rows_on(src.arg_later(), ids.src(), out_rows, cols, true)?
             .dev()
     }
 
@@ -293,7 +400,7 @@ impl Resident<'_> {
         const OP: &str = "sum_squares";
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
-        super::ops::sum_squares(&g.gpu, x.arg().src).map_err(|e| kernel_error(OP, e))
+        super::ops::sum_squares(&g.gpu, x.arg_later().src).map_err(|e| kernel_error(OP, e))
     }
 
     /// [`Kernels::layernorm`]; `R` stays on the device.
@@ -309,7 +416,7 @@ impl Resident<'_> {
         if rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        let (y, stats) = g.layernorm_on(x.arg(), rows, cols, true)?;
+        let (y, stats) = g.layernorm_on(x.arg_later(), rows, cols, true)?;
         let layernorm::Stats::Dev(buf) = stats else {
             unreachable!("a resident layernorm keeps its statistics")
         };
@@ -336,17 +443,18 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "dxhat", dxhat, rows * cols, B16_BITS)?;
         want(g, OP, "xhat", xhat, rows * cols, B16_BITS)?;
+        let xa = self.known(xhat, OP)?;
         // Without the host's look at R, the shift must be in range for every row.
         if r.rows != rows
             || rows * cols == 0
-            || xhat.exp > 0
-            || ((-2 * xhat.exp) as u32) > layernorm::LAYERNORM_BWD_SHIFT_MAX
+            || xa.exp > 0
+            || ((-2 * xa.exp) as u32) > layernorm::LAYERNORM_BWD_SHIFT_MAX
         {
             return Err(g.unsupported(OP));
         }
         g.layernorm_bwd_on(
-            dxhat.arg(),
-            xhat.arg(),
+            dxhat.arg_later(),
+            xa,
             Src::Dev(r.buf.buf(), r.rows),
             x_exp,
             rows,
@@ -371,7 +479,7 @@ impl Resident<'_> {
         if rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.softmax_on(x.arg(), rows, cols, causal, scale_q16, true)?
+        g.softmax_on(self.known(x, OP)?, rows, cols, causal, scale_q16, true)?
             .dev()
     }
 
@@ -388,10 +496,11 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "p", p, rows * cols, B16_BITS)?;
         want(g, OP, "dp", dp, rows * cols, B16_BITS)?;
-        if p.exp > 0 || p.exp < -64 {
+        let pa = self.known(p, OP)?;
+        if pa.exp > 0 || pa.exp < -64 {
             return Err(g.unsupported(OP));
         }
-        g.softmax_bwd_on(p.arg(), dp.arg(), rows, cols, scale_q16, true)?
+        g.softmax_bwd_on(pa, dp.arg_later(), rows, cols, scale_q16, true)?
             .dev()
     }
 
@@ -409,7 +518,8 @@ impl Resident<'_> {
         if targets.len != rows || !targets.below(cols) || rows == 0 {
             return Err(g.unsupported(OP));
         }
-        let (loss, d) = g.cross_entropy_on(logits.arg(), targets.src(), rows, cols, true)?;
+        let la = self.known(logits, OP)?;
+        let (loss, d) = g.cross_entropy_on(la, targets.src(), rows, cols, true)?;
         Ok((loss, d.dev()?))
     }
 
@@ -428,7 +538,9 @@ impl Resident<'_> {
             want(g, OP, name, t, p.len, B16_BITS)?;
         }
         want(g, OP, "p", p, p.len, WIDE_BITS)?;
-        let [p2, m2, r2] = g.adamw_on(p.arg(), grad.arg(), m.arg(), r.arg(), st, true)?;
+        let (pa, ga) = (self.known(p, OP)?, self.known(grad, OP)?);
+        let (ma, ra) = (self.known(m, OP)?, self.known(r, OP)?);
+        let [p2, m2, r2] = g.adamw_on(pa, ga, ma, ra, st, true)?;
         Ok((p2.dev()?, m2.dev()?, r2.dev()?))
     }
 
@@ -436,7 +548,7 @@ impl Resident<'_> {
     pub fn gelu(&self, x: &DevTensor) -> Result<DevTensor, KernelError> {
         let g = self.kernels();
         want(g, "gelu", "x", x, x.len, B16_BITS)?;
-        g.gelu_on(x.arg(), true)?.dev()
+        g.gelu_on(self.known(x, "gelu")?, true)?.dev()
     }
 
     /// [`Kernels::gelu_bwd`].
@@ -445,14 +557,15 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
         want(g, OP, "dy", dy, x.len, B16_BITS)?;
-        g.gelu_bwd_on(x.arg(), dy.arg(), true)?.dev()
+        g.gelu_bwd_on(self.known(x, OP)?, dy.arg_later(), true)?
+            .dev()
     }
 
     /// [`Kernels::scale`].
     pub fn scale(&self, x: &DevTensor, c_q30: i64) -> Result<DevTensor, KernelError> {
         let g = self.kernels();
         want(g, "scale", "x", x, x.len, B16_BITS)?;
-        g.scale_on(x.arg(), c_q30, true)?.dev()
+        g.scale_on(x.arg_later(), c_q30, true)?.dev()
     }
 
     /// Rows `ids[r]` of the `rows × cols` tensor `src` (an embedding lookup).
@@ -536,8 +649,17 @@ impl Resident<'_> {
         let Some(first) = parts.first() else {
             return Err(self.0.unsupported(OP));
         };
-        if n == 0 || parts.iter().any(|p| p.len != n || p.exp != first.exp) {
+        if n == 0 || parts.iter().any(|p| p.len != n) {
             return Err(self.0.unsupported(OP));
+        }
+        // One exponent for all parts: known and equal (a single part keeps its own).
+        if parts.len() > 1 {
+            let e0 = self.known(first, OP)?.exp;
+            for p in &parts[1..] {
+                if self.known(p, OP)?.exp != e0 {
+                    return Err(self.0.unsupported(OP));
+                }
+            }
         }
         let bufs: Vec<&wgpu::Buffer> = parts.iter().map(|p| p.buf.buf()).collect();
         let buf = layout::heads(
@@ -548,17 +670,17 @@ impl Resident<'_> {
             None,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let bits = parts.iter().map(|p| p.bits).max().unwrap_or(0);
+        let bound = parts.iter().map(|p| p.bound).max().unwrap_or(0);
         Ok(DevTensor::new(
             self.0.gpu.keep(buf),
             n * parts.len(),
-            first.exp,
-            bits,
+            first.exp.clone(),
+            bound,
         ))
     }
 
     /// A moved copy of (part of) `src`: same exponent and bound.
     fn derived(&self, buf: wgpu::Buffer, len: usize, src: &DevTensor) -> DevTensor {
-        DevTensor::new(self.0.gpu.keep(buf), len, src.exp, src.bits)
+        DevTensor::new(self.0.gpu.keep(buf), len, src.exp.clone(), src.bound)
     }
 }

@@ -2,7 +2,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{
-    bind, grid_1d, out_bits, quant_shift, release, submit, u32_of, Dispatch, Mant, Src, WideResult,
+    bind, grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideResult,
 };
 use super::shaders::SOFTMAX_BWD;
 
@@ -77,33 +77,38 @@ pub(crate) fn softmax_bwd(
             },
         ],
         &if keep {
-            vec![(&key, 4)]
+            vec![]
         } else {
             vec![(&out, out_bytes), (&key, 4)]
         },
     );
     gpu.recycle(Pool::Uniform, [u_rows, u_all]);
     release(gpu, [bp, bd]);
-    gpu.recycle(Pool::Storage, [wide, key]);
     let mut bytes = match res {
         Ok(b) => b,
         Err(e) => {
-            gpu.recycle(Pool::Storage, [out]);
+            gpu.recycle(Pool::Storage, [wide, key, out]);
             return Err(e);
         }
     };
-    let k: u32 = bytemuck::pod_read_unaligned(&bytes.pop().unwrap_or_default()[..4]);
-    let mant = if keep {
-        Mant::Dev(out)
+    let (k, mant) = if keep {
+        (gpu.defer_key(&key), Mant::Dev(out))
     } else {
+        let k = known_key(bytemuck::pod_read_unaligned(
+            &bytes.pop().unwrap_or_default()[..4],
+        ));
         gpu.recycle(Pool::Storage, [out]);
-        Mant::Host(bytemuck::pod_collect_to_vec(
-            &bytes.pop().unwrap_or_default(),
-        ))
+        (
+            k,
+            Mant::Host(bytemuck::pod_collect_to_vec(
+                &bytes.pop().unwrap_or_default(),
+            )),
+        )
     };
+    gpu.recycle(Pool::Storage, [wide, key]);
     Ok(WideResult {
         mant,
-        shift: quant_shift(k, 15),
-        bits: out_bits(k, 15),
+        key: k,
+        target: 15,
     })
 }

@@ -218,8 +218,7 @@ pub fn clip_coeff_q30_on(
     grads: &[Tensor],
 ) -> Result<Option<i64>, KernelError> {
     clip_from_sums(h, || {
-        let sums: Vec<Result<u128, KernelError>> =
-            grads.par_iter().map(|g| ex.sum_squares(g)).collect();
+        let sums = ex.sum_squares_all(grads);
         grads
             .iter()
             .zip(sums)
@@ -301,30 +300,38 @@ pub fn step(
     let clip = clip_coeff_q30_on(ex, h, grads)?;
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
-    // The tensors are updated in parallel (most are too small for the kernels to split well
-    // on their own) into new tensors, which then replace the old ones in tensor order up to the
-    // first error: the state after an error is the one a sequential loop leaves.
-    let updates: Vec<Result<(Tensor, Tensor, Tensor), KernelError>> = (0..params.len())
-        .into_par_iter()
-        .map(|i| {
-            // Borrowed when not clipped: no copy of the gradient.
-            let g = match clip {
-                Some(c) => std::borrow::Cow::Owned(ex.scale(&grads[i], c)?),
-                None => std::borrow::Cow::Borrowed(&grads[i]),
-            };
-            let st = if specs[i].decay {
-                &with_decay
-            } else {
-                &without
-            };
-            ex.adamw(&params[i], &g, &m[i], &r[i], st)
+    let steps: Vec<&AdamStep> = specs
+        .iter()
+        .map(|s| if s.decay { &with_decay } else { &without })
+        .collect();
+    // Clipped gradients (borrowed when not clipped: no copy), in parallel; the first error in
+    // tensor order ends the step after the tensors before it, as a sequential loop would.
+    let scaled: Vec<Result<std::borrow::Cow<'_, Tensor>, KernelError>> = grads
+        .par_iter()
+        .map(|g| match clip {
+            Some(c) => ex.scale(g, c).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(g)),
         })
         .collect();
+    let first_err = scaled.iter().position(Result::is_err);
+    let n = first_err.unwrap_or(params.len());
+    let gs: Vec<&Tensor> = scaled[..n]
+        .iter()
+        .filter_map(|g| g.as_ref().ok().map(|c| c.as_ref()))
+        .collect();
+    // New tensors replace the old ones in tensor order up to the first error: the state after
+    // an error is the one a sequential loop leaves.
+    let updates = ex.adamw_all(&params[..n], &gs, &m[..n], &r[..n], &steps[..n]);
     for (i, update) in updates.into_iter().enumerate() {
         let (p2, m2, r2) = update?;
         params[i] = p2;
         m[i] = m2;
         r[i] = r2;
+    }
+    if let Some(i) = first_err {
+        if let Some(Err(e)) = scaled.into_iter().nth(i) {
+            return Err(e);
+        }
     }
     Ok(clip.is_some())
 }

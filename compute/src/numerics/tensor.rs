@@ -9,9 +9,11 @@
 //! [`Exec::fallbacks`] counts such trips so that none goes unseen.
 
 use std::borrow::Cow;
+
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::numerics::gpu::{DevIds, DevStats, DevTensor, GpuKernels, Resident};
+use crate::numerics::gpu::{AdamwItem, DevIds, DevStats, DevTensor, GpuKernels, Resident};
 use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
 /// A tensor on the host or on the device.
@@ -284,6 +286,28 @@ impl<'k> Exec<'k> {
         self.k.sum_squares(&*self.get(x)?)
     }
 
+    /// [`Kernels::sum_squares`] of every tensor (resident ones in one submission).
+    pub fn sum_squares_all(&self, xs: &[Tensor]) -> Vec<Result<u128, KernelError>> {
+        if let Some(r) = self.dev {
+            let devs: Option<Vec<&DevTensor>> = xs
+                .iter()
+                .map(|t| match t {
+                    Tensor::Dev(d) => Some(d),
+                    Tensor::Host(_) => None,
+                })
+                .collect();
+            if let Some(devs) = devs {
+                match r.sum_squares_many(&devs) {
+                    Err(KernelError::Unsupported { .. }) => {}
+                    Ok(v) => return v.into_iter().map(Ok).collect(),
+                    Err(e) => return xs.iter().map(|_| Err(e.clone())).collect(),
+                }
+            }
+        }
+        // Tensors in parallel (most are too small to split well on their own).
+        xs.par_iter().map(|x| self.sum_squares(x)).collect()
+    }
+
     /// [`Kernels::layernorm`].
     pub fn layernorm(
         &self,
@@ -415,6 +439,60 @@ impl<'k> Exec<'k> {
             self.place(m2, resident)?,
             self.place(r2, resident)?,
         ))
+    }
+
+    /// [`Kernels::adamw`] of every tensor `i` with scalars `steps[i]`: resident tensors
+    /// together (one submission for all the moments' exponents), a tensor the device path
+    /// refuses on the host interface. One result per tensor.
+    #[allow(clippy::type_complexity)] // one (p, m, r) triple per tensor
+    pub fn adamw_all(
+        &self,
+        p: &[Tensor],
+        g: &[&Tensor],
+        m: &[Tensor],
+        r: &[Tensor],
+        steps: &[&AdamStep],
+    ) -> Vec<Result<(Tensor, Tensor, Tensor), KernelError>> {
+        let n = p.len();
+        fn dev(t: &Tensor) -> Option<&DevTensor> {
+            match t {
+                Tensor::Dev(d) => Some(d),
+                Tensor::Host(_) => None,
+            }
+        }
+        if let Some(res) = self.dev {
+            let items: Option<Vec<AdamwItem<'_>>> = (0..n)
+                .map(|i| {
+                    Some(AdamwItem {
+                        p: dev(&p[i])?,
+                        g: dev(g[i])?,
+                        m: dev(&m[i])?,
+                        r: dev(&r[i])?,
+                        step: steps[i],
+                    })
+                })
+                .collect();
+            if let Some(items) = items {
+                return res
+                    .adamw_many(&items)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, out)| match out {
+                        Err(KernelError::Unsupported { .. }) => {
+                            self.adamw(&p[i], g[i], &m[i], &r[i], steps[i])
+                        }
+                        other => {
+                            other.map(|(a, b, c)| (Tensor::Dev(a), Tensor::Dev(b), Tensor::Dev(c)))
+                        }
+                    })
+                    .collect();
+            }
+        }
+        // Tensors in parallel (most are too small for the kernels to split well on their own).
+        (0..n)
+            .into_par_iter()
+            .map(|i| self.adamw(&p[i], g[i], &m[i], &r[i], steps[i]))
+            .collect()
     }
 
     /// [`Kernels::gelu`].

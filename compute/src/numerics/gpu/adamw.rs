@@ -1,5 +1,7 @@
 //! Host side of `adamw.wgsl`: two submissions (moments, then parameters), see the shader.
 
+use std::sync::{Arc, OnceLock};
+
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{
     bind, grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
@@ -19,7 +21,8 @@ pub(crate) const ADAM_UPDATE_BITS_MAX: i64 = 60;
 pub(crate) struct Moments {
     pub(crate) m: WideResult,
     pub(crate) r: WideResult,
-    pub(crate) s: i64,
+    /// `max bitlen` of the `r` sums (`s = max(0, 100 − mbits) / 2` lowers `r'`'s exponent).
+    pub(crate) mbits: Arc<OnceLock<u32>>,
 }
 
 /// Shifts `(left, right)` aligning exponent `e` to `e0` (right shifts clamped to 63, which
@@ -50,7 +53,7 @@ pub(crate) fn moments(
         return Ok(Moments {
             m: WideResult::empty(gpu, keep)?,
             r: WideResult::empty(gpu, keep)?,
-            s: 50,
+            mbits: known_key(0),
         });
     }
     let (groups, gx) = grid_1d(gpu, "adamw", count)?;
@@ -95,11 +98,13 @@ pub(crate) fn moments(
         bindings,
         groups,
     };
-    let mut reads = vec![(&key_m, 4), (&maxbits, 4)];
+    // Kept results wait for the batch, keys included (AdamW of every tensor is recorded before
+    // one submission); read back, everything comes at once.
+    let mut reads = Vec::new();
     if !keep {
-        reads.push((&out_m, n4));
+        reads = vec![(&key_m, 4), (&maxbits, 4), (&out_m, n4)];
     }
-    reads.extend(tail.reads(true));
+    reads.extend(tail.reads(false));
     let res = submit(
         gpu,
         "adamw",
@@ -150,42 +155,45 @@ pub(crate) fn moments(
     );
     gpu.recycle(Pool::Uniform, [uniform]);
     release(gpu, [bm, bg, br]);
-    gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits]);
-    let (res, extra) = match res {
-        Ok(v) => {
+    let (res, extra) = match (res, keep) {
+        (Ok(v), false) => {
             let mut it = v.into_iter();
             let km = it.next().unwrap_or_default();
             let mb = it.next().unwrap_or_default();
-            let om = if keep { None } else { it.next() };
+            let om = it.next().unwrap_or_default();
             (Ok(it.collect::<Vec<_>>()), Some((km, mb, om)))
         }
-        Err(e) => (Err(e), None),
+        (other, _) => (other, None),
     };
-    let r_out = match tail.finish(gpu, res) {
-        Ok(r) => r,
-        Err(e) => {
-            gpu.recycle(Pool::Storage, [out_m]);
-            return Err(e);
+    let (key_m_cell, mbits, m_mant) = match (&res, extra) {
+        (Err(_), _) => {
+            gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits, out_m]);
+            return Err(tail.finish(gpu, res).err().unwrap_or(GpuError::Lost));
         }
-    };
-    let (km, mb, om) = extra.unwrap_or_default();
-    let key_m: u32 = bytemuck::pod_read_unaligned(&km[..4]);
-    let mbits: u32 = bytemuck::pod_read_unaligned(&mb[..4]);
-    let m_mant = match om {
-        Some(om) => {
+        (Ok(_), Some((km, mb, om))) => {
             gpu.recycle(Pool::Storage, [out_m]);
-            Mant::Host(bytemuck::pod_collect_to_vec(&om))
+            (
+                known_key(bytemuck::pod_read_unaligned(&km[..4])),
+                known_key(bytemuck::pod_read_unaligned(&mb[..4])),
+                Mant::Host(bytemuck::pod_collect_to_vec(&om)),
+            )
         }
-        None => Mant::Dev(out_m),
+        (Ok(_), None) => (
+            gpu.defer_key(&key_m),
+            gpu.defer_key(&maxbits),
+            Mant::Dev(out_m),
+        ),
     };
+    gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits]);
+    let r_out = tail.finish(gpu, res)?;
     Ok(Moments {
         m: WideResult {
             mant: m_mant,
-            key: known_key(key_m),
+            key: key_m_cell,
             target: 15,
         },
         r: r_out,
-        s: (100 - i64::from(mbits)).max(0) / 2,
+        mbits,
     })
 }
 

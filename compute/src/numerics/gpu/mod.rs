@@ -67,7 +67,7 @@ use device::Gpu;
 use exec::{Mant, Src, WideResult};
 pub use fallback::WithCpuFallback;
 use resident::Exp;
-pub use resident::{DevIds, DevStats, DevTensor, Resident};
+pub use resident::{AdamwItem, DevIds, DevStats, DevTensor, Resident};
 
 /// The wgpu backend on one adapter.
 #[derive(Debug)]
@@ -386,6 +386,18 @@ impl GpuKernels {
         terms: &[&Arg<'_>],
     ) -> Result<Res, KernelError> {
         let later: Vec<Exp> = terms.iter().filter_map(|a| a.term.cloned()).collect();
+        self.res_with(op, r, len, base_exp, later)
+    }
+
+    /// [`Self::res`] with the pending exponent terms given.
+    fn res_with(
+        &self,
+        op: &'static str,
+        r: WideResult,
+        len: usize,
+        base_exp: i64,
+        later: Vec<Exp>,
+    ) -> Result<Res, KernelError> {
         let exp = Exp::of(op, base_exp, later, r.key, r.target)?;
         Ok(match (r.mant, exp) {
             (Mant::Host(mant), Exp::Known { exp, .. }) => Res::Host(Bfp { mant, exp }),
@@ -686,6 +698,8 @@ impl GpuKernels {
         Ok((loss, self.res(OP, r, rows * cols, -40, &[])?))
     }
 
+    /// AdamW in two halves: the moments (recorded; with `keep`, their exponents wait for the
+    /// batch), then the parameters ([`Self::adamw_params_on`], which needs them).
     fn adamw_on(
         &self,
         p: Arg<'_>,
@@ -695,6 +709,25 @@ impl GpuKernels {
         st: &AdamStep,
         keep: bool,
     ) -> Result<[Res; 3], KernelError> {
+        let (m2, r2) = self.adamw_moments_on(g, m, r, st, keep)?;
+        if keep {
+            self.gpu
+                .sync("adamw")
+                .map_err(|e| kernel_error("adamw", e))?;
+        }
+        let p2 = self.adamw_params_on(p, &m2, &r2, st, keep)?;
+        Ok([p2, m2, r2])
+    }
+
+    /// Steps 1 and 2 of the AdamW contract: `m'` and `r'`.
+    fn adamw_moments_on(
+        &self,
+        g: Arg<'_>,
+        m: Arg<'_>,
+        r: Arg<'_>,
+        st: &AdamStep,
+        keep: bool,
+    ) -> Result<(Res, Res), KernelError> {
         const OP: &str = "adamw";
         let one = 1i64 << 30;
         let beta = |b: i64| (0..=one).contains(&b).then_some(b as u32);
@@ -730,9 +763,28 @@ impl GpuKernels {
             keep,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let len = p.len();
+        let len = g.len();
         let m2 = self.res(OP, mo.m, len, e0 - 30, &[])?;
-        let r2 = self.res(OP, mo.r, len, ev / 2 - mo.s, &[])?;
+        // r' has exponent ev/2 − s + shift, s = max(0, 100 − mbits) / 2 from the device.
+        let minus_s = Exp::of_map(OP, 0, Vec::new(), mo.mbits, 0, |mbits, _| {
+            (-((100 - i64::from(mbits)).max(0) / 2), 0)
+        })?;
+        let r2 = self.res_with(OP, mo.r, len, ev / 2, vec![minus_s])?;
+        Ok((m2, r2))
+    }
+
+    /// Steps 3 to 5 of the AdamW contract: the new parameters, from the moments' results
+    /// (whose exponents must be known by now).
+    fn adamw_params_on(
+        &self,
+        p: Arg<'_>,
+        m2: &Res,
+        r2: &Res,
+        st: &AdamStep,
+        keep: bool,
+    ) -> Result<Res, KernelError> {
+        const OP: &str = "adamw";
+        let bits = |v: i64| 64 - v.unsigned_abs().leading_zeros();
         let (m2a, r2a) = (m2.arg(OP)?, r2.arg(OP)?);
         let ea = m2a.exp as i64 - r2a.exp as i64 - 70;
         let sh = (p.exp as i64 - 16) - ea;
@@ -755,8 +807,7 @@ impl GpuKernels {
             keep,
         )
         .map_err(|e| kernel_error(OP, e))?;
-        let p2 = self.res(OP, pr, len, p.exp as i64 - 16, &[])?;
-        Ok([p2, m2, r2])
+        self.res(OP, pr, p.len(), p.exp as i64 - 16, &[])
     }
 
     fn gelu_on(&self, x: Arg<'_>, keep: bool) -> Result<Res, KernelError> {

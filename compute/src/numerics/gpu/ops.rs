@@ -200,46 +200,77 @@ pub(crate) fn scatter_add_rows(
 /// Exact `Σ m²`: per-workgroup 64-bit partials, added on the device by a second dispatch; 8
 /// bytes come back.
 pub(crate) fn sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<u128, GpuError> {
-    if x.is_empty() {
-        return Ok(0);
-    }
-    let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
-    let n_groups = groups[0] as u64 * groups[1] as u64;
-    let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
-    let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
+    Ok(sum_squares_many(gpu, &[x])?[0])
+}
+
+/// [`sum_squares`] of several tensors, recorded together and read back in one submission.
+pub(crate) fn sum_squares_many(gpu: &Gpu, xs: &[Src<'_>]) -> Result<Vec<u128>, GpuError> {
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
-    let b0 = bind(gpu, x)?;
-    let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
-    let total = gpu.buffer(Pool::Storage, 8)?;
-    let res = submit(
-        gpu,
-        "sum_squares",
-        &[],
-        &[
-            Dispatch {
-                shader: &OPS,
-                entry: "sum_squares",
-                bindings: vec![
-                    (0, &uniform, 32),
-                    (1, b0.buf(), x.bytes()),
-                    (8, &partial, n_groups * 8),
+    let mut totals: Vec<Option<wgpu::Buffer>> = Vec::with_capacity(xs.len());
+    let recorded = (|| {
+        for &x in xs {
+            if x.is_empty() {
+                totals.push(None);
+                continue;
+            }
+            let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
+            let n_groups = groups[0] as u64 * groups[1] as u64;
+            let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
+            let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
+            let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+            let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
+            let b0 = bind(gpu, x)?;
+            let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
+            let total = gpu.buffer(Pool::Storage, 8)?;
+            let res = submit(
+                gpu,
+                "sum_squares",
+                &[],
+                &[
+                    Dispatch {
+                        shader: &OPS,
+                        entry: "sum_squares",
+                        bindings: vec![
+                            (0, &uniform, 32),
+                            (1, b0.buf(), x.bytes()),
+                            (8, &partial, n_groups * 8),
+                        ],
+                        groups,
+                    },
+                    Dispatch {
+                        shader: &OPS,
+                        entry: "sum_partials",
+                        bindings: vec![
+                            (0, &u_sum, 32),
+                            (3, &total, 8),
+                            (8, &partial, n_groups * 8),
+                        ],
+                        groups: [1, 1, 1],
+                    },
                 ],
-                groups,
-            },
-            Dispatch {
-                shader: &OPS,
-                entry: "sum_partials",
-                bindings: vec![(0, &u_sum, 32), (3, &total, 8), (8, &partial, n_groups * 8)],
-                groups: [1, 1, 1],
-            },
-        ],
-        &[(&total, 8)],
-    );
-    gpu.recycle(Pool::Uniform, [uniform, u_sum]);
-    release(gpu, [b0]);
-    gpu.recycle(Pool::Storage, [partial, total]);
-    let total: u64 = bytemuck::pod_read_unaligned(&res?[0][..8]);
-    Ok(u128::from(total))
+                &[],
+            );
+            gpu.recycle(Pool::Uniform, [uniform, u_sum]);
+            release(gpu, [b0]);
+            gpu.recycle(Pool::Storage, [partial]);
+            totals.push(Some(total));
+            res?;
+        }
+        Ok(())
+    })();
+    let reads: Vec<(&wgpu::Buffer, u64)> = totals.iter().flatten().map(|t| (t, 8)).collect();
+    let bytes = recorded.and_then(|()| gpu.flush_locked("sum_squares", &reads));
+    drop(reads);
+    let mut bytes = bytes?.into_iter();
+    let out = totals
+        .iter()
+        .map(|t| match t {
+            Some(_) => u128::from(bytemuck::pod_read_unaligned::<u64>(
+                &bytes.next().unwrap_or_default()[..8],
+            )),
+            None => 0,
+        })
+        .collect();
+    gpu.recycle(Pool::Storage, totals.into_iter().flatten());
+    Ok(out)
 }

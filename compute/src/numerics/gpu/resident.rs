@@ -36,7 +36,18 @@ pub(crate) struct LaterExp {
     terms: Vec<Exp>,
     key: Arc<OnceLock<u32>>,
     target: u32,
+    /// `(shift, bit-length bound)` from the key and the target.
+    map: KeyMap,
     done: OnceLock<(i32, u32)>,
+}
+
+/// How a key becomes a shift and a bit-length bound.
+pub(crate) type KeyMap = fn(u32, u32) -> (i64, u32);
+
+/// A requantization key: the shift and bound of [`key_shift`].
+pub(crate) fn requant_key(key: u32, target: u32) -> (i64, u32) {
+    let (shift, bits) = key_shift(key, target);
+    (i64::from(shift), bits)
 }
 
 impl Exp {
@@ -48,12 +59,25 @@ impl Exp {
         key: Arc<OnceLock<u32>>,
         target: u32,
     ) -> Result<Exp, KernelError> {
+        Self::of_map(op, base, terms, key, target, requant_key)
+    }
+
+    /// [`Exp::of`] with another reading of the key (`base + Σ terms + map(key).0`).
+    pub(crate) fn of_map(
+        op: &'static str,
+        base: i64,
+        terms: Vec<Exp>,
+        key: Arc<OnceLock<u32>>,
+        target: u32,
+        map: KeyMap,
+    ) -> Result<Exp, KernelError> {
         let e = Exp::Later(Arc::new(LaterExp {
             op,
             base,
             terms,
             key,
             target,
+            map,
             done: OnceLock::new(),
         }));
         Ok(match e.now() {
@@ -81,8 +105,8 @@ impl Exp {
                         Err(err) => return Some(Err(err)),
                     }
                 }
-                let (shift, bits) = key_shift(key, l.target);
-                Some(checked_exp(l.op, e, i64::from(shift)).map(|x| {
+                let (shift, bits) = (l.map)(key, l.target);
+                Some(checked_exp(l.op, e, shift).map(|x| {
                     let _ = l.done.set((x, bits));
                     (x, bits)
                 }))
@@ -178,6 +202,21 @@ impl DevIds {
 pub struct DevStats {
     buf: Arc<DevBuf>,
     rows: usize,
+}
+
+/// One tensor's AdamW operands for [`Resident::adamw_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct AdamwItem<'a> {
+    /// Parameters (B24).
+    pub p: &'a DevTensor,
+    /// Gradient.
+    pub g: &'a DevTensor,
+    /// First moment.
+    pub m: &'a DevTensor,
+    /// Square root of the second moment.
+    pub r: &'a DevTensor,
+    /// The step's scalars.
+    pub step: &'a AdamStep,
 }
 
 /// The resident kernels of one adapter ([`GpuKernels::resident`]).
@@ -403,6 +442,17 @@ impl Resident<'_> {
         super::ops::sum_squares(&g.gpu, x.arg_later().src).map_err(|e| kernel_error(OP, e))
     }
 
+    /// [`Kernels::sum_squares`] of several tensors in one submission.
+    pub fn sum_squares_many(&self, xs: &[&DevTensor]) -> Result<Vec<u128>, KernelError> {
+        const OP: &str = "sum_squares";
+        let g = self.kernels();
+        for x in xs {
+            want(g, OP, "x", x, x.len, B16_BITS)?;
+        }
+        let srcs: Vec<Src<'_>> = xs.iter().map(|x| x.arg_later().src).collect();
+        super::ops::sum_squares_many(&g.gpu, &srcs).map_err(|e| kernel_error(OP, e))
+    }
+
     /// [`Kernels::layernorm`]; `R` stays on the device.
     pub fn layernorm(
         &self,
@@ -542,6 +592,42 @@ impl Resident<'_> {
         let (ma, ra) = (self.known(m, OP)?, self.known(r, OP)?);
         let [p2, m2, r2] = g.adamw_on(pa, ga, ma, ra, st, true)?;
         Ok((p2.dev()?, m2.dev()?, r2.dev()?))
+    }
+
+    /// [`Kernels::adamw`] of several tensors: every tensor's moments recorded, one submission
+    /// for their exponents, then every tensor's parameters recorded. One result per tensor.
+    #[allow(clippy::type_complexity)] // one (p, m, r) triple per tensor
+    pub fn adamw_many(
+        &self,
+        items: &[AdamwItem<'_>],
+    ) -> Vec<Result<(DevTensor, DevTensor, DevTensor), KernelError>> {
+        const OP: &str = "adamw";
+        let g = self.kernels();
+        let moments: Vec<Result<_, KernelError>> = items
+            .iter()
+            .map(|it| {
+                for (name, t) in [("g", it.g), ("m", it.m), ("r", it.r)] {
+                    want(g, OP, name, t, it.p.len, B16_BITS)?;
+                }
+                want(g, OP, "p", it.p, it.p.len, WIDE_BITS)?;
+                let (ga, ma) = (self.known(it.g, OP)?, self.known(it.m, OP)?);
+                let ra = self.known(it.r, OP)?;
+                g.adamw_moments_on(ga, ma, ra, it.step, true)
+            })
+            .collect();
+        if let Err(e) = g.gpu.sync(OP) {
+            let e = kernel_error(OP, e);
+            return items.iter().map(|_| Err(e.clone())).collect();
+        }
+        items
+            .iter()
+            .zip(moments)
+            .map(|(it, mo)| {
+                let (m2, r2) = mo?;
+                let p2 = g.adamw_params_on(self.known(it.p, OP)?, &m2, &r2, it.step, true)?;
+                Ok((p2.dev()?, m2.dev()?, r2.dev()?))
+            })
+            .collect()
     }
 
     /// [`Kernels::gelu`].

@@ -1,6 +1,6 @@
 //! Host side of `layout.wgsl`: the model's data movement on resident tensors (embedding row
 //! gathers, attention head layouts), so that activations never leave the device between
-//! kernels. Pure copies: the CPU path (`model::transformer`) does the same moves on the host.
+//! kernels. Pure copies: `numerics::tensor::layout` does the same moves on the host.
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, release, submit, u32_of, Bound, Dispatch, Src};
@@ -115,8 +115,8 @@ impl Heads {
 }
 
 /// Split: part `part` of width `H·hs` of each `[B·T, parts·H·hs]` row → `[B·H, T, hs]`; or
-/// merge (`merge`): each source `[B·H, T, hs]` → part `i` of `[B·T, srcs·H·hs]` rows, all in
-/// one submission. The result stays on the device.
+/// merge (`merge`): each source `[B·H, T, hs]` → part `i` of `[B·T, srcs·H·hs]` rows, recorded
+/// together into the open batch. The result stays on the device.
 pub(crate) fn heads(
     gpu: &Gpu,
     srcs: &[&wgpu::Buffer],

@@ -7,7 +7,7 @@
 
 use crate::model::transformer::ParamSpec;
 use crate::numerics::fixed::{cos_pi_q56, div_rhe, isqrt, rhe, to_fixed};
-use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels};
+use crate::numerics::kernels::{AdamStep, KernelError};
 use crate::numerics::tensor::{Exec, Tensor};
 use rayon::prelude::*;
 
@@ -194,50 +194,18 @@ pub fn adam_step(h: &HyperQ, it: u64, decay: bool) -> AdamStep {
 /// (left shift, or `rhe` for negative shifts); `n = isqrt(total)` so that the norm is
 /// `n · 2^(E0/2)`; the coefficient is `clip / norm` by `div_rhe`, applied only if `< 2^30`.
 pub fn clip_coeff_q30(
-    kern: &dyn Kernels,
-    h: &HyperQ,
-    grads: &[Bfp],
-) -> Result<Option<i64>, KernelError> {
-    // Tensors in parallel (most are too small to split well on their own); the errors are
-    // then taken in tensor order, as a sequential loop would report them.
-    clip_from_sums(h, || {
-        let sums: Vec<Result<u128, KernelError>> =
-            grads.par_iter().map(|g| kern.sum_squares(g)).collect();
-        grads
-            .iter()
-            .zip(sums)
-            .map(|(g, s)| Ok((s?, g.exp)))
-            .collect()
-    })
-}
-
-/// [`clip_coeff_q30`] on the executor's tensors.
-pub fn clip_coeff_q30_on(
     ex: &Exec<'_>,
     h: &HyperQ,
     grads: &[Tensor],
 ) -> Result<Option<i64>, KernelError> {
-    clip_from_sums(h, || {
-        let sums = ex.sum_squares_all(grads);
-        grads
-            .iter()
-            .zip(sums)
-            .map(|(g, s)| Ok((s?, ex.exp(g)?)))
-            .collect()
-    })
-}
-
-/// The clipping rule of [`clip_coeff_q30`] from each gradient's `(sum of squares, exponent)`
-/// (computed only when clipping is on).
-fn clip_from_sums(
-    h: &HyperQ,
-    sums: impl FnOnce() -> Result<Vec<(u128, i32)>, KernelError>,
-) -> Result<Option<i64>, KernelError> {
     if h.grad_clip_q30 == 0 {
         return Ok(None);
     }
+    // Errors are taken in tensor order, as a sequential loop would report them.
+    let sums = ex.sum_squares_all(grads);
     let mut terms = Vec::new();
-    for (ss, exp) in sums()? {
+    for (g, ss) in grads.iter().zip(sums) {
+        let (ss, exp) = (ss?, ex.exp(g)?);
         if ss > 0 {
             terms.push((ss, 2 * exp as i64));
         }
@@ -283,7 +251,7 @@ fn clip_from_sums(
     Ok(if c < (1 << 30) { Some(c as i64) } else { None })
 }
 
-/// One AdamW step over all tensors: clip the gradients, then [`Kernels::adamw`] per tensor
+/// One AdamW step over all tensors: clip the gradients, then [`Kernels::adamw`](crate::numerics::kernels::Kernels::adamw) per tensor
 /// with the scalars of [`adam_step`]. Updates `params`, `m`, `r` (tensors where the executor
 /// keeps them) in place; returns whether the gradients were clipped.
 #[allow(clippy::too_many_arguments)] // the three state vectors are updated in place
@@ -297,7 +265,7 @@ pub fn step(
     r: &mut [Tensor],
     grads: &[Tensor],
 ) -> Result<bool, KernelError> {
-    let clip = clip_coeff_q30_on(ex, h, grads)?;
+    let clip = clip_coeff_q30(ex, h, grads)?;
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
     let steps: Vec<&AdamStep> = specs
@@ -339,6 +307,7 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::numerics::kernels::Bfp;
 
     #[test]
     fn schedule_matches_nanogpt() {
@@ -387,13 +356,12 @@ mod tests {
         let a = Bfp::new(vec![3, 0], -3);
         let b = Bfp::new(vec![4], -3);
         let k = crate::numerics::cpu::CpuKernels;
-        assert_eq!(
-            clip_coeff_q30(&k, &h, &[a.clone(), b.clone()]).unwrap(),
-            None
-        );
+        let ex = Exec::new(&k);
+        let host = |v: [Bfp; 2]| v.map(Tensor::Host);
+        assert_eq!(clip_coeff_q30(&ex, &h, &host([a, b])).unwrap(), None);
         let a = Bfp::new(vec![3, 0], 1);
         let b = Bfp::new(vec![4], 1);
-        let c = clip_coeff_q30(&k, &h, &[a, b]).unwrap().unwrap();
+        let c = clip_coeff_q30(&ex, &h, &host([a, b])).unwrap().unwrap();
         assert!((c as f64 / (30f64).exp2() - 0.1).abs() < 1e-9);
     }
 

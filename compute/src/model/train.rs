@@ -209,7 +209,7 @@ impl TrainState {
         let place = |v: &mut Vec<Bfp>| -> Result<Vec<Tensor>, KernelError> {
             if resident {
                 // The host copy stays: it is the state until the session writes back.
-                v.iter().map(|b| ex.put(b.clone())).collect()
+                v.iter().map(|b| ex.put_copy(b)).collect()
             } else {
                 Ok(std::mem::take(v).into_iter().map(Tensor::Host).collect())
             }
@@ -619,7 +619,7 @@ pub struct Session<'s, 'k> {
     m: Vec<Tensor>,
     r: Vec<Tensor>,
     step: u64,
-    /// The state holds this session's tensors (nothing to write back on drop).
+    /// The state was written back, or the one attempt failed (nothing to do on drop).
     written: bool,
 }
 
@@ -629,7 +629,7 @@ impl Session<'_, '_> {
         self.step
     }
 
-    /// The state's settings (its tensors may be stale until [`Session::state`]).
+    /// The state's settings (its tensors are not current until [`Session::finish`]).
     pub fn state_ref(&self) -> &TrainState {
         self.st
     }
@@ -641,7 +641,6 @@ impl Session<'_, '_> {
 
     /// One training step on `batch` (as [`TrainState::step`]).
     pub fn step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
-        self.written = false;
         rayon::scope(|_| self.step_in_pool(batch))
     }
 
@@ -695,47 +694,34 @@ impl Session<'_, '_> {
         })
     }
 
-    /// Writes the tensors and the step count into the state (copies; reads them back from
-    /// the device if they are there) and returns it; the session goes on.
-    pub fn state(&mut self) -> Result<&TrainState, TrainError> {
-        self.write_back(true)?;
-        Ok(self.st)
-    }
-
-    /// Writes the state back (moving host tensors) and ends the session.
+    /// Writes the state back (moving host tensors, reading resident ones back) and ends the
+    /// session.
     pub fn finish(mut self) -> Result<(), TrainError> {
-        self.write_back(false)
+        self.write_back()
     }
 
-    /// All or nothing: the state changes only if every tensor could be read back. Host tensors
-    /// are cloned when the session goes on (`copy`), else moved: the CPU path copies nothing
-    /// per step.
-    fn write_back(&mut self, copy: bool) -> Result<(), TrainError> {
-        if self.written {
+    /// Once, all or nothing: the state changes only if every tensor could be read back (the CPU
+    /// path moves its tensors and copies nothing); otherwise it stays as before the session.
+    fn write_back(&mut self) -> Result<(), TrainError> {
+        if std::mem::replace(&mut self.written, true) {
             return Ok(());
         }
         let ex = &self.ex;
-        let back = |v: &mut Vec<Tensor>| -> Result<Vec<Bfp>, KernelError> {
-            let resident = v.iter().any(|t| matches!(t, Tensor::Dev(_)));
-            if copy || resident {
-                v.iter()
-                    .map(|t| ex.get(t).map(|c| c.into_owned()))
-                    .collect()
-            } else {
-                std::mem::take(v).into_iter().map(|t| ex.take(t)).collect()
-            }
+        let back = |v: &mut Vec<Tensor>| -> Result<Vec<Bfp>, ModelError> {
+            std::mem::take(v)
+                .into_iter()
+                .map(|t| ex.take(t).map_err(ModelError::Kernel))
+                .collect()
         };
-        let (p, m, r) = (back(&mut self.params), back(&mut self.m), back(&mut self.r));
         let (p, m, r) = (
-            p.map_err(ModelError::Kernel)?,
-            m.map_err(ModelError::Kernel)?,
-            r.map_err(ModelError::Kernel)?,
+            back(&mut self.params)?,
+            back(&mut self.m)?,
+            back(&mut self.r)?,
         );
         self.st.params = p;
         self.st.m = m;
         self.st.r = r;
         self.st.step = self.step;
-        self.written = true;
         Ok(())
     }
 }
@@ -744,7 +730,7 @@ impl Drop for Session<'_, '_> {
     fn drop(&mut self) {
         // A session dropped early (an error, a panic) leaves the state it reached if it can be
         // read back; otherwise the state before the session (device copies) stays.
-        let _ = self.write_back(false);
+        let _ = self.write_back();
     }
 }
 

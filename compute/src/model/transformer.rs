@@ -478,7 +478,7 @@ pub fn forward_backward_on(
             .par_iter()
             .map(|p| {
                 if ex.is_resident() {
-                    ex.requant(&ex.put(p.clone())?, b16)
+                    ex.requant(&ex.put_copy(p)?, b16)
                 } else {
                     ex.kernels().requant(p, b16).map(Tensor::Host)
                 }

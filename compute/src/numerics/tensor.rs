@@ -33,6 +33,13 @@ impl Tensor {
             Tensor::Dev(d) => d.len(),
         }
     }
+    /// The device tensor, if it is one.
+    pub fn as_dev(&self) -> Option<&DevTensor> {
+        match self {
+            Tensor::Dev(d) => Some(d),
+            Tensor::Host(_) => None,
+        }
+    }
     /// True when the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -127,6 +134,15 @@ impl<'k> Exec<'k> {
         }
     }
 
+    /// A copy of a host tensor placed where this executor keeps tensors (uploaded without an
+    /// intermediate clone).
+    pub fn put_copy(&self, x: &Bfp) -> Result<Tensor, KernelError> {
+        match self.dev {
+            Some(d) => Ok(Tensor::Dev(d.upload(x)?)),
+            None => Ok(Tensor::Host(x.clone())),
+        }
+    }
+
     /// Ids placed where this executor keeps tensors.
     pub fn ids<'a>(&self, host: &'a [u32]) -> Result<Ids<'a>, KernelError> {
         let dev = match self.dev {
@@ -171,26 +187,47 @@ impl<'k> Exec<'k> {
     }
 
     /// The resident path when every input is on the device and it takes them; else the host
-    /// interface (counted as a fallback when resident inputs had to come down).
+    /// interface (counted as a fallback when resident inputs had to come down), its result
+    /// placed like the inputs.
     fn run<const N: usize>(
         &self,
         ins: [&Tensor; N],
         dev: impl FnOnce(Resident<'k>, [&DevTensor; N]) -> Result<DevTensor, KernelError>,
         host: impl FnOnce([&Bfp; N]) -> Result<Bfp, KernelError>,
     ) -> Result<Tensor, KernelError> {
-        let resident = ins.iter().any(|t| matches!(t, Tensor::Dev(_)));
+        self.run_with(ins, dev, host, Tensor::Dev, |b, resident| {
+            self.place(b, resident)
+        })
+    }
+
+    /// [`Self::run`] for any result: `from_dev` wraps the resident path's, `from_host` places
+    /// the host interface's (`true`: the inputs were resident).
+    fn run_with<const N: usize, D, H, T>(
+        &self,
+        ins: [&Tensor; N],
+        dev: impl FnOnce(Resident<'k>, [&DevTensor; N]) -> Result<D, KernelError>,
+        host: impl FnOnce([&Bfp; N]) -> Result<H, KernelError>,
+        from_dev: impl FnOnce(D) -> T,
+        from_host: impl FnOnce(H, bool) -> Result<T, KernelError>,
+    ) -> Result<T, KernelError> {
+        // The CPU path: straight to the host interface, nothing allocated.
+        if let Some(b) = all_of(ins, |t| match t {
+            Tensor::Host(b) => Some(b),
+            Tensor::Dev(_) => None,
+        }) {
+            return from_host(host(b)?, false);
+        }
         if let (Some(r), Some(d)) = (self.dev, all_dev(ins)) {
             match dev(r, d) {
                 Err(KernelError::Unsupported { .. }) => {}
-                other => return other.map(Tensor::Dev),
+                other => return other.map(from_dev),
             }
         }
-        if resident {
-            self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        }
+        // Some input is resident: the host interface, counted, and the result back up.
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
         let cows: Vec<Cow<'_, Bfp>> = ins.iter().map(|t| self.get(t)).collect::<Result<_, _>>()?;
         let refs: [&Bfp; N] = std::array::from_fn(|i| cows[i].as_ref());
-        self.place(host(refs)?, resident)
+        from_host(host(refs)?, true)
     }
 
     /// [`Kernels::matmul`].
@@ -275,27 +312,19 @@ impl<'k> Exec<'k> {
 
     /// [`Kernels::sum_squares`].
     pub fn sum_squares(&self, x: &Tensor) -> Result<u128, KernelError> {
-        if let (Some(r), Tensor::Dev(d)) = (self.dev, x) {
-            match r.sum_squares(d) {
-                Err(KernelError::Unsupported { .. }) => {
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                }
-                other => return other,
-            }
-        }
-        self.k.sum_squares(&*self.get(x)?)
+        self.run_with(
+            [x],
+            |r, [d]| r.sum_squares(d),
+            |[b]| self.k.sum_squares(b),
+            |v| v,
+            |v, _| Ok(v),
+        )
     }
 
     /// [`Kernels::sum_squares`] of every tensor (resident ones in one submission).
     pub fn sum_squares_all(&self, xs: &[Tensor]) -> Vec<Result<u128, KernelError>> {
         if let Some(r) = self.dev {
-            let devs: Option<Vec<&DevTensor>> = xs
-                .iter()
-                .map(|t| match t {
-                    Tensor::Dev(d) => Some(d),
-                    Tensor::Host(_) => None,
-                })
-                .collect();
+            let devs: Option<Vec<&DevTensor>> = xs.iter().map(Tensor::as_dev).collect();
             if let Some(devs) = devs {
                 match r.sum_squares_many(&devs) {
                     Err(KernelError::Unsupported { .. }) => {}
@@ -315,16 +344,13 @@ impl<'k> Exec<'k> {
         rows: usize,
         cols: usize,
     ) -> Result<(Tensor, Stats), KernelError> {
-        if let (Some(r), Tensor::Dev(d)) = (self.dev, x) {
-            match r.layernorm(d, rows, cols) {
-                Err(KernelError::Unsupported { .. }) => {
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                }
-                other => return other.map(|(y, s)| (Tensor::Dev(y), Stats::Dev(s))),
-            }
-        }
-        let (y, s) = self.k.layernorm(&*self.get(x)?, rows, cols)?;
-        Ok((self.place(y, matches!(x, Tensor::Dev(_)))?, Stats::Host(s)))
+        self.run_with(
+            [x],
+            |r, [d]| r.layernorm(d, rows, cols),
+            |[b]| self.k.layernorm(b, rows, cols),
+            |(y, s)| (Tensor::Dev(y), Stats::Dev(s)),
+            |(y, s), resident| Ok((self.place(y, resident)?, Stats::Host(s))),
+        )
     }
 
     /// [`Kernels::layernorm_bwd`].
@@ -391,18 +417,16 @@ impl<'k> Exec<'k> {
         rows: usize,
         cols: usize,
     ) -> Result<(i64, Tensor), KernelError> {
-        if let (Some(r), Tensor::Dev(d), Some(t)) = (self.dev, logits, &targets.dev) {
-            match r.cross_entropy(d, t, rows, cols) {
-                Err(KernelError::Unsupported { .. }) => {
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                }
-                other => return other.map(|(l, g)| (l, Tensor::Dev(g))),
-            }
-        }
-        let (loss, g) = self
-            .k
-            .cross_entropy(&*self.get(logits)?, targets.host, rows, cols)?;
-        Ok((loss, self.place(g, matches!(logits, Tensor::Dev(_)))?))
+        self.run_with(
+            [logits],
+            |r, [d]| match &targets.dev {
+                Some(t) => r.cross_entropy(d, t, rows, cols),
+                None => Err(self.k.unsupported("cross_entropy")),
+            },
+            |[b]| self.k.cross_entropy(b, targets.host, rows, cols),
+            |(loss, g)| (loss, Tensor::Dev(g)),
+            |(loss, g), resident| Ok((loss, self.place(g, resident)?)),
+        )
     }
 
     /// [`Kernels::adamw`].
@@ -414,31 +438,19 @@ impl<'k> Exec<'k> {
         r: &Tensor,
         st: &AdamStep,
     ) -> Result<(Tensor, Tensor, Tensor), KernelError> {
-        let ins = [p, g, m, r];
-        if let (Some(dev), Some([p, g, m, r])) = (self.dev, all_dev(ins)) {
-            match dev.adamw(p, g, m, r, st) {
-                Err(KernelError::Unsupported { .. }) => {}
-                other => {
-                    return other.map(|(a, b, c)| (Tensor::Dev(a), Tensor::Dev(b), Tensor::Dev(c)))
-                }
-            }
-        }
-        let resident = ins.iter().any(|t| matches!(t, Tensor::Dev(_)));
-        if resident {
-            self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        }
-        let (p2, m2, r2) = self.k.adamw(
-            &*self.get(p)?,
-            &*self.get(g)?,
-            &*self.get(m)?,
-            &*self.get(r)?,
-            st,
-        )?;
-        Ok((
-            self.place(p2, resident)?,
-            self.place(m2, resident)?,
-            self.place(r2, resident)?,
-        ))
+        self.run_with(
+            [p, g, m, r],
+            |dev, [p, g, m, r]| dev.adamw(p, g, m, r, st),
+            |[p, g, m, r]| self.k.adamw(p, g, m, r, st),
+            |(a, b, c)| (Tensor::Dev(a), Tensor::Dev(b), Tensor::Dev(c)),
+            |(a, b, c), resident| {
+                Ok((
+                    self.place(a, resident)?,
+                    self.place(b, resident)?,
+                    self.place(c, resident)?,
+                ))
+            },
+        )
     }
 
     /// [`Kernels::adamw`] of every tensor `i` with scalars `steps[i]`: resident tensors
@@ -454,20 +466,14 @@ impl<'k> Exec<'k> {
         steps: &[&AdamStep],
     ) -> Vec<Result<(Tensor, Tensor, Tensor), KernelError>> {
         let n = p.len();
-        fn dev(t: &Tensor) -> Option<&DevTensor> {
-            match t {
-                Tensor::Dev(d) => Some(d),
-                Tensor::Host(_) => None,
-            }
-        }
         if let Some(res) = self.dev {
             let items: Option<Vec<AdamwItem<'_>>> = (0..n)
                 .map(|i| {
                     Some(AdamwItem {
-                        p: dev(&p[i])?,
-                        g: dev(g[i])?,
-                        m: dev(&m[i])?,
-                        r: dev(&r[i])?,
+                        p: p[i].as_dev()?,
+                        g: g[i].as_dev()?,
+                        m: m[i].as_dev()?,
+                        r: r[i].as_dev()?,
                         step: steps[i],
                     })
                 })
@@ -577,15 +583,9 @@ impl<'k> Exec<'k> {
         parts: &[&Tensor],
         shape: (usize, usize, usize, usize),
     ) -> Result<Tensor, KernelError> {
-        let resident = parts.iter().any(|t| matches!(t, Tensor::Dev(_)));
+        let resident = parts.iter().any(|t| t.as_dev().is_some());
         if let Some(r) = self.dev {
-            let devs: Option<Vec<&DevTensor>> = parts
-                .iter()
-                .map(|t| match t {
-                    Tensor::Dev(d) => Some(d),
-                    Tensor::Host(_) => None,
-                })
-                .collect();
+            let devs: Option<Vec<&DevTensor>> = parts.iter().map(|t| t.as_dev()).collect();
             if let Some(devs) = devs {
                 match r.merge_heads(&devs, shape) {
                     Err(KernelError::Unsupported { .. }) => {}
@@ -615,15 +615,21 @@ impl std::fmt::Debug for Exec<'_> {
     }
 }
 
-fn all_dev<const N: usize>(ins: [&Tensor; N]) -> Option<[&DevTensor; N]> {
-    let mut out = Vec::with_capacity(N);
-    for t in ins {
-        match t {
-            Tensor::Dev(d) => out.push(d),
-            Tensor::Host(_) => return None,
-        }
+/// `f` of every input, if it gives one for each.
+fn all_of<'t, const N: usize, T>(
+    ins: [&'t Tensor; N],
+    f: impl Fn(&'t Tensor) -> Option<T>,
+) -> Option<[T; N]> {
+    let each = ins.map(f);
+    if each.iter().all(Option::is_some) {
+        Some(each.map(|x| x.expect("every input was checked above")))
+    } else {
+        None
     }
-    out.try_into().ok()
+}
+
+fn all_dev<const N: usize>(ins: [&Tensor; N]) -> Option<[&DevTensor; N]> {
+    all_of(ins, Tensor::as_dev)
 }
 
 /// The model's data movement on the host (the resident path runs `layout.wgsl`).

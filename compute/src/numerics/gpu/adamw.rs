@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{
-    bind, grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
+    grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
 };
 use super::shaders::ADAMW;
 
@@ -84,7 +84,7 @@ pub(crate) fn moments(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let (bm, bg, br) = (bind(gpu, m)?, bind(gpu, g)?, bind(gpu, r)?);
+    let (bm, bg, br) = (m.bind(gpu)?, g.bind(gpu)?, r.bind(gpu)?);
     let n4 = count as u64 * 4;
     let n16 = count as u64 * 16;
     let wide_m = gpu.buffer(Pool::Storage, n16)?;
@@ -241,7 +241,7 @@ pub(crate) fn params(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 23, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&u))?;
-    let (bp, bm, br) = (bind(gpu, p)?, bind(gpu, m2)?, bind(gpu, r2)?);
+    let (bp, bm, br) = (p.bind(gpu)?, m2.bind(gpu)?, r2.bind(gpu)?);
     let n4 = count as u64 * 4;
     let res = submit(
         gpu,

@@ -2,7 +2,7 @@
 //! tail) and the per-row losses, added on the device (integers: any order gives the same sum).
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{bind, grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::shaders::{CROSS_ENTROPY, OPS};
 
 /// `(loss sum in Q16 nats, gradient mantissas, shift)`; gradient `exp = −40 + shift`.
@@ -31,7 +31,7 @@ pub(crate) fn cross_entropy(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bl = bind(gpu, logits)?;
+    let bl = logits.bind(gpu)?;
     let bt = targets.bind(gpu)?;
     let loss_bytes = rows as u64 * 8;
     let bloss = gpu.buffer(Pool::Storage, loss_bytes)?;

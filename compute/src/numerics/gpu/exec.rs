@@ -167,11 +167,6 @@ impl Bound<'_> {
     }
 }
 
-/// [`Src::bind`] for mantissas.
-pub(crate) fn bind<'a>(gpu: &Gpu, src: Src<'a>) -> Result<Bound<'a>, GpuError> {
-    src.bind(gpu)
-}
-
 /// Returns the uploaded operands to the pool.
 pub(crate) fn release<'a>(gpu: &Gpu, bound: impl IntoIterator<Item = Bound<'a>>) {
     gpu.recycle(

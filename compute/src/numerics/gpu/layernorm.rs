@@ -2,7 +2,7 @@
 //! shared tail) and `R` per row, in one submission.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{bind, grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::shaders::LAYERNORM;
 
 /// Widest row the GPU layernorm takes: keeps `|d| · 2^40 < 2^64` and `S · 2^32 < 2^96` in the
@@ -41,7 +41,7 @@ pub(crate) fn layernorm(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bx = bind(gpu, x)?;
+    let bx = x.bind(gpu)?;
     let r_bytes = rows as u64 * 8;
     let br = gpu.buffer(Pool::Storage, r_bytes)?;
     let mut reads = tail.reads(false);
@@ -129,8 +129,8 @@ pub(crate) fn layernorm_bwd(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let bg = bind(gpu, g)?;
-    let bh = bind(gpu, h)?;
+    let bg = g.bind(gpu)?;
+    let bh = h.bind(gpu)?;
     let br = r.bind(gpu)?;
     let res = submit(
         gpu,

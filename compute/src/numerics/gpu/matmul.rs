@@ -2,7 +2,7 @@
 //! requantization to B16 with round-half-even (`requant.wgsl`), in one submission.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{bind, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::exec::{release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::shaders::MATMUL;
 use crate::numerics::kernels::MatmulShape;
 
@@ -53,8 +53,8 @@ pub(crate) fn matmul_b16(
     let _op = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, B16_BITS, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&params))?;
-    let buf_a = bind(gpu, a)?;
-    let buf_b = bind(gpu, b)?;
+    let buf_a = a.bind(gpu)?;
+    let buf_b = b.bind(gpu)?;
     let res = submit(
         gpu,
         KERNEL,

@@ -2,9 +2,7 @@
 //! Argument checks are done by the caller (`GpuKernels`), identically to `CpuKernels`.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{
-    bind, grid_1d, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
-};
+use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult};
 use super::shaders::{Shader, OPS};
 
 /// Largest `|c_q30|` the `scale` kernel takes: `|m · c| < 2^15 · 2^47 = 2^62` stays inside the
@@ -60,10 +58,10 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<WideResult, GpuError> {
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, op.count, op.bits, op.keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let b0 = bind(gpu, op.in0)?;
+    let b0 = op.in0.bind(gpu)?;
     // Entries that read `in1` need it bound even when it is empty (then nothing is read).
     let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot" | "gelu_bwd") {
-        Some(bind(gpu, op.in1)?)
+        Some(op.in1.bind(gpu)?)
     } else {
         None
     };
@@ -105,7 +103,7 @@ pub(crate) fn rescale(gpu: &Gpu, x: Src<'_>, k: u32, keep: bool) -> Result<Mant,
     let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, k.min(63), gx);
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let b0 = bind(gpu, x)?;
+    let b0 = x.bind(gpu)?;
     let bytes = x.bytes();
     let out = gpu.buffer(Pool::Storage, bytes)?;
     let reads: &[(&wgpu::Buffer, u64)] = if keep { &[] } else { &[(&out, bytes)] };
@@ -155,7 +153,7 @@ pub(crate) fn scatter_add_rows(
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let u_src = gpu.uniform(bytemuck::cast_slice(&p_src))?;
     let u_out = gpu.uniform(bytemuck::cast_slice(&p_out))?;
-    let b_src = bind(gpu, src)?;
+    let b_src = src.bind(gpu)?;
     let b_idx = idx.bind(gpu)?;
     let acc = gpu.buffer(Pool::Storage, count as u64 * 4)?;
     let mut dispatches = Vec::new();
@@ -219,7 +217,7 @@ pub(crate) fn sum_squares_many(gpu: &Gpu, xs: &[Src<'_>]) -> Result<Vec<u128>, G
             let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
             let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
             let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
-            let b0 = bind(gpu, x)?;
+            let b0 = x.bind(gpu)?;
             let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
             let total = gpu.buffer(Pool::Storage, 8)?;
             let res = submit(

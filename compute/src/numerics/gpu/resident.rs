@@ -219,7 +219,7 @@ pub struct AdamwItem<'a> {
     pub step: &'a AdamStep,
 }
 
-/// The resident kernels of one adapter ([`GpuKernels::resident`]).
+/// The resident kernels of one adapter ([`GpuKernels::resident_kernels`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Resident<'a>(&'a GpuKernels);
 

@@ -1,9 +1,7 @@
 //! Host side of `softmax_bwd.wgsl`: 96-bit wide values, their own requantization pass.
 
 use super::device::{Gpu, GpuError, Pool};
-use super::exec::{
-    bind, grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideResult,
-};
+use super::exec::{grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideResult};
 use super::shaders::SOFTMAX_BWD;
 
 /// Largest `−p.exp` the GPU backward takes (keeps `|w| < 2^94`; larger is left to the CPU).
@@ -40,8 +38,8 @@ pub(crate) fn softmax_bwd(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let u_rows = gpu.uniform(bytemuck::cast_slice(&p_rows))?;
     let u_all = gpu.uniform(bytemuck::cast_slice(&p_all))?;
-    let bp = bind(gpu, p)?;
-    let bd = bind(gpu, dp)?;
+    let bp = p.bind(gpu)?;
+    let bd = dp.bind(gpu)?;
     let wide_bytes = count as u64 * 16;
     let wide = gpu.buffer(Pool::Storage, wide_bytes)?;
     let key = gpu.buffer(Pool::Storage, 4)?;

@@ -1,7 +1,9 @@
 //! Device-resident tensors (`numerics::tensor` on wgpu) against the host path: the model's data
 //! movement kernels (row gathers, head layouts) move exactly what the host code moves, resident
 //! kernels give the CPU reference's bits, and an input a shader cannot take falls back to the
-//! host with the same result, counted.
+//! host with the same result, counted. Deferred stretches (shifts taken from exponents on the
+//! device) give the same bits and the same exponents on both sides, and one whose range check
+//! fails is reported for replay.
 
 mod gpu_common;
 
@@ -94,6 +96,114 @@ proptest! {
             prop_assert_eq!(ex.take(got).unwrap(), want.clone());
             prop_assert_eq!(ex.fallbacks(), 0);
         }
+    }
+}
+
+/// The exponent of a resident tensor on the device equals the host's.
+fn same_exponents(g: &GpuKernels, t: &Tensor) {
+    let d = t.as_dev().expect("a resident result");
+    let r = g.resident_kernels();
+    assert_eq!(
+        r.device_exp_and_bound(d).unwrap(),
+        r.exp_and_bound(d).unwrap(),
+        "{}: device and host exponent arithmetic agree",
+        g.name()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// A chain whose shifts depend on exponents the host does not know yet (add, gelu,
+    /// softmax, gelu_bwd, rescaling to a common exponent), recorded in one deferred stretch:
+    /// the CPU reference's bits, every exponent equal on the device and the host, no replay.
+    #[test]
+    fn a_deferred_chain_gives_the_cpu_references_bits_and_exponents(
+        m in 1usize..24, k in 1usize..24, n in 1usize..24, seed: u64,
+    ) {
+        let (a, w, v) = (b16(m * k, seed), b16(n * k, seed ^ 7), b16(n * k, seed ^ 9));
+        let shape = MatmulShape::new(m, k, n).tb();
+        let c = CpuKernels;
+        let p = c.matmul(&a, &w, shape).unwrap();
+        let q = c.matmul(&a, &v, shape).unwrap();
+        let s = c.add(&p, &q).unwrap();
+        let y = c.gelu(&s).unwrap();
+        let z = c.softmax(&y, m, n, false, 1 << 16).unwrap();
+        let d = c.gelu_bwd(&s, &z).unwrap();
+        let e = [&p, &z, &d].iter().map(|t| t.exp).max().unwrap();
+        let want: Vec<Bfp> = [&p, &z, &d].iter().map(|t| c.rescale(t, e).unwrap()).collect();
+        for g in gpus() {
+            let ex = Exec::new(g);
+            let (ra, rw, rv) = (resident(&ex, &a), resident(&ex, &w), resident(&ex, &v));
+            let got = ex
+                .deferred(|| {
+                    let p = ex.matmul(&ra, &rw, shape)?;
+                    let q = ex.matmul(&ra, &rv, shape)?;
+                    let s = ex.add(&p, &q)?;
+                    let y = ex.gelu(&s)?;
+                    let z = ex.softmax(&y, m, n, false, 1 << 16)?;
+                    let d = ex.gelu_bwd(&s, &z)?;
+                    let al = ex.rescale_to_max(&[&p, &z, &d])?;
+                    Ok::<_, leam_compute::numerics::kernels::KernelError>((vec![p, s, y, z, d], al))
+                })
+                .unwrap()
+                .expect("every deferred check holds");
+            let (chain, al) = got;
+            for t in chain.iter().chain(&al) {
+                same_exponents(g, t);
+            }
+            let got: Vec<Bfp> = al.into_iter().map(|t| ex.take(t).unwrap()).collect();
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(ex.take(chain[2].clone()).unwrap(), y.clone());
+            prop_assert_eq!(ex.fallbacks(), 0);
+            prop_assert_eq!(ex.replays(), 0);
+        }
+    }
+}
+
+/// An add whose operands' exponents (unknown when it is recorded) lie 40 bits apart with
+/// 23-bit mantissas is beyond the shader: the deferred stretch reports it, and the same add
+/// run again without deferring falls back to the host with the CPU reference's bits.
+#[test]
+fn a_failed_deferred_check_is_reported_and_the_replay_gives_the_reference_bits() {
+    let wide = Bfp::new(vec![(1 << 22) + 3, -(1 << 22) - 5, 7], 0);
+    let small = Bfp::new(b16(3, 5).mant, -40);
+    let c = CpuKernels;
+    let (wa, sb) = (
+        c.requant(&wide, (1 << 23) - 1).unwrap(),
+        c.requant(&small, (1 << 15) - 1).unwrap(),
+    );
+    let want = c.add(&wa, &sb).unwrap();
+    for g in gpu_common::adapters("gpu_resident replay") {
+        let g = WithCpuFallback::new(g);
+        let ex = Exec::new(&g);
+        let (a, b) = (resident(&ex, &wide), resident(&ex, &small));
+        let out = ex
+            .deferred(|| {
+                let a = ex.requant(&a, (1 << 23) - 1)?;
+                let b = ex.requant(&b, (1 << 15) - 1)?;
+                ex.add(&a, &b)
+            })
+            .unwrap();
+        assert_eq!(
+            out.err(),
+            Some("add"),
+            "{}: the add's range check failed",
+            g.name()
+        );
+        assert_eq!(ex.replays(), 1, "{}", g.name());
+        let (a, b) = (
+            ex.requant(&a, (1 << 23) - 1).unwrap(),
+            ex.requant(&b, (1 << 15) - 1).unwrap(),
+        );
+        let got = ex.add(&a, &b).unwrap();
+        assert_eq!(ex.take(got).unwrap(), want, "{}", g.name());
+        assert_eq!(
+            ex.fallbacks(),
+            1,
+            "{}: the replayed add ran on the host",
+            g.name()
+        );
     }
 }
 

@@ -116,6 +116,12 @@ fn a_resident_session_trains_on_the_device_with_the_cpu_references_bits() {
             "{}: kernels ran off the device",
             k.name()
         );
+        assert_eq!(
+            s.exec().replays(),
+            0,
+            "{}: a deferred range check failed",
+            k.name()
+        );
         s.finish().expect("state read back");
         assert_eq!(st.step, STEPS);
         assert_eq!(

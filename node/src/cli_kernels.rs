@@ -444,13 +444,14 @@ fn train_step_cmd(
         rows.push((wall_ms, d));
     }
     let fallbacks = session.exec().fallbacks();
+    let replays = session.exec().replays();
     let before = kernels.traffic();
     session.finish()?;
     let close = kernels.traffic().since(&before);
     say(
         json,
         &format!(
-            "session close (the state, read back once): {}; kernels run off the device: {fallbacks}",
+            "session close (the state, read back once): {}; kernels run off the device: {fallbacks}; steps replayed on the checked path: {replays}",
             traffic(&close)
         ),
     );
@@ -475,6 +476,7 @@ fn train_step_cmd(
             "session_open": {"uploaded_bytes": open.uploaded_bytes, "downloaded_bytes": open.downloaded_bytes},
             "session_close": {"uploaded_bytes": close.uploaded_bytes, "downloaded_bytes": close.downloaded_bytes},
             "resident_fallbacks": fallbacks,
+            "deferred_replays": replays,
         }))?;
     } else {
         println!("bytes_per_step {bytes_per_step}");

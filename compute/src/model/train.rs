@@ -218,12 +218,14 @@ impl TrainState {
         let m = place(&mut self.m).map_err(ModelError::Kernel)?;
         let r = place(&mut self.r).map_err(ModelError::Kernel)?;
         Ok(Session {
-            step: self.step,
+            state: Live {
+                params,
+                m,
+                r,
+                step: self.step,
+            },
             st: self,
             ex,
-            params,
-            m,
-            r,
             written: false,
         })
     }
@@ -609,16 +611,62 @@ impl From<Truncated<'_>> for DecodeError {
     }
 }
 
+/// A session's tensors and step count (cheap to clone when resident: handles).
+#[derive(Clone, Debug)]
+struct Live {
+    params: Vec<Tensor>,
+    m: Vec<Tensor>,
+    r: Vec<Tensor>,
+    step: u64,
+}
+
+/// One training step of a session.
+fn step_once(
+    st: &TrainState,
+    ex: &Exec<'_>,
+    live: &mut Live,
+    batch: &Batch,
+) -> Result<StepStats, TrainError> {
+    let (pass, logits) = forward_backward_on(
+        ex,
+        &st.model,
+        Params::Tensors(&live.params),
+        &batch.idx,
+        Some(&batch.targets),
+        batch.batch,
+        batch.len,
+        true,
+    )?;
+    drop(logits);
+    let it = live.step;
+    let clipped = crate::model::optim::step(
+        ex,
+        &st.hyper,
+        it,
+        &st.model.param_specs(),
+        &mut live.params,
+        &mut live.m,
+        &mut live.r,
+        &pass.grads,
+    )
+    .map_err(ModelError::Kernel)?;
+    live.step += 1;
+    Ok(StepStats {
+        step: it,
+        loss_sum_q16: pass.loss_sum_q16,
+        loss: pass.loss_sum_q16 as f64 / 65536.0 / pass.positions.max(1) as f64,
+        lr_q40: lr_q40(&st.hyper, it),
+        clipped,
+    })
+}
+
 /// A [`TrainState`] whose tensors live where the backend keeps them (see
 /// [`TrainState::session`]).
 #[derive(Debug)]
 pub struct Session<'s, 'k> {
     st: &'s mut TrainState,
     ex: Exec<'k>,
-    params: Vec<Tensor>,
-    m: Vec<Tensor>,
-    r: Vec<Tensor>,
-    step: u64,
+    state: Live,
     /// The state was written back, or the one attempt failed (nothing to do on drop).
     written: bool,
 }
@@ -626,7 +674,7 @@ pub struct Session<'s, 'k> {
 impl Session<'_, '_> {
     /// Steps done, counting this session's.
     pub fn step_number(&self) -> u64 {
-        self.step
+        self.state.step
     }
 
     /// The state's settings (its tensors are not current until [`Session::finish`]).
@@ -644,39 +692,24 @@ impl Session<'_, '_> {
         rayon::scope(|_| self.step_in_pool(batch))
     }
 
+    /// On a device, the step is recorded without waiting for exponents ([`Exec::deferred`]);
+    /// if a range check the host makes afterwards fails, the state goes back to what it was
+    /// before the step, and the step runs again on the checked path (same bits either way).
     fn step_in_pool(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
-        let st = &*self.st;
-        let (pass, logits) = forward_backward_on(
-            &self.ex,
-            &st.model,
-            Params::Tensors(&self.params),
-            &batch.idx,
-            Some(&batch.targets),
-            batch.batch,
-            batch.len,
-            true,
-        )?;
-        drop(logits);
-        let it = self.step;
-        let clipped = crate::model::optim::step(
-            &self.ex,
-            &st.hyper,
-            it,
-            &st.model.param_specs(),
-            &mut self.params,
-            &mut self.m,
-            &mut self.r,
-            &pass.grads,
-        )
-        .map_err(ModelError::Kernel)?;
-        self.step += 1;
-        Ok(StepStats {
-            step: it,
-            loss_sum_q16: pass.loss_sum_q16,
-            loss: pass.loss_sum_q16 as f64 / 65536.0 / pass.positions.max(1) as f64,
-            lr_q40: lr_q40(&st.hyper, it),
-            clipped,
-        })
+        if !self.ex.is_resident() {
+            return step_once(self.st, &self.ex, &mut self.state, batch);
+        }
+        let saved = self.state.clone();
+        let (st, ex, state) = (&*self.st, &self.ex, &mut self.state);
+        match ex.deferred(|| step_once(st, ex, state, batch)) {
+            Ok(Ok(stats)) => Ok(stats),
+            // Deferred or not, a device failure is the same failure.
+            Err(e) => Err(ModelError::Kernel(e).into()),
+            Ok(Err(_)) => {
+                self.state = saved;
+                step_once(self.st, &self.ex, &mut self.state, batch)
+            }
+        }
     }
 
     /// Mean loss as [`TrainState::evaluate`], on this session's parameters.
@@ -687,7 +720,7 @@ impl Session<'_, '_> {
         stream: u64,
         iters: usize,
     ) -> Result<f64, TrainError> {
-        let params = Params::Tensors(&self.params);
+        let params = Params::Tensors(&self.state.params);
         rayon::scope(|_| {
             self.st
                 .evaluate_in_pool(&self.ex, params, tokens, what, stream, iters)
@@ -714,14 +747,14 @@ impl Session<'_, '_> {
                 .collect()
         };
         let (p, m, r) = (
-            back(&mut self.params)?,
-            back(&mut self.m)?,
-            back(&mut self.r)?,
+            back(&mut self.state.params)?,
+            back(&mut self.state.m)?,
+            back(&mut self.state.r)?,
         );
         self.st.params = p;
         self.st.m = m;
         self.st.r = r;
-        self.st.step = self.step;
+        self.st.step = self.state.step;
         Ok(())
     }
 }

@@ -338,17 +338,7 @@ fn merge_qkv(
     parts: [&Tensor; 3],
     shape: (usize, usize, usize, usize),
 ) -> Result<Tensor, KernelError> {
-    let e = parts
-        .iter()
-        .map(|p| ex.exp(p))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-    let al = parts
-        .iter()
-        .map(|p| ex.rescale(p, e))
-        .collect::<Result<Vec<_>, _>>()?;
+    let al = ex.rescale_to_max(&parts)?;
     ex.merge_heads(&[&al[0], &al[1], &al[2]], shape)
 }
 
@@ -570,7 +560,7 @@ pub fn forward_backward_on(
         || ex.mul_cols(&daf, &w16[lnf], bt, c),
     )?;
     grads[lnf] = Some(g_lnf);
-    let mut dx = ex.layernorm_bwd(&dhf, &hf, &rf, ex.exp(&x)?, bt, c)?;
+    let mut dx = ex.layernorm_bwd(&dhf, &hf, &rf, &x, bt, c)?;
     while let Some(cch) = caches.pop() {
         let l = caches.len();
         // MLP: each weight gradient runs beside the chain of input gradients it does not feed.
@@ -590,7 +580,7 @@ pub fn forward_backward_on(
                     || ex.col_dot(&da2, &cch.h2, bt, c),
                     || ex.mul_cols(&da2, &w16[lp(l, LN2)], bt, c),
                 )?;
-                let dxm = ex.layernorm_bwd(&dh2, &cch.h2, &cch.r2, ex.exp(&cch.x_mid)?, bt, c)?;
+                let dxm = ex.layernorm_bwd(&dh2, &cch.h2, &cch.r2, &cch.x_mid, bt, c)?;
                 Ok((g_ln2, ex.add(&dx, &dxm)?))
             },
         )?;
@@ -621,7 +611,7 @@ pub fn forward_backward_on(
                     || ex.col_dot(&da1, &cch.h1, bt, c),
                     || ex.mul_cols(&da1, &w16[lp(l, LN1)], bt, c),
                 )?;
-                let dxi = ex.layernorm_bwd(&dh1, &cch.h1, &cch.r1, ex.exp(&cch.x_in)?, bt, c)?;
+                let dxi = ex.layernorm_bwd(&dh1, &cch.h1, &cch.r1, &cch.x_in, bt, c)?;
                 Ok((g_ln1, dxi))
             },
         )?;

@@ -74,6 +74,7 @@ pub struct Exec<'k> {
     k: &'k dyn Kernels,
     dev: Option<Resident<'k>>,
     fallbacks: AtomicU64,
+    replays: AtomicU64,
 }
 
 impl<'k> Exec<'k> {
@@ -87,6 +88,7 @@ impl<'k> Exec<'k> {
             k,
             dev,
             fallbacks: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +100,7 @@ impl<'k> Exec<'k> {
             k,
             dev: None,
             fallbacks: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
         }
     }
 
@@ -114,6 +117,38 @@ impl<'k> Exec<'k> {
     /// Kernels that ran on the host interface because their inputs could not stay resident.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` with the kernels recorded before the host knows their inputs' exponents (a
+    /// resident executor; elsewhere `f` runs as it is): shifts that depend on exponents are
+    /// taken on the device, so nothing waits for the host until `f` reads a value. Then the
+    /// range checks the host could not make in time are made; `Ok(Err(op))` when one failed
+    /// (or `f` did): what `f` computed must be discarded and computed again without
+    /// deferring, which checks every op before it runs (counted in [`Exec::replays`]).
+    pub fn deferred<T, E>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Result<T, &'static str>, KernelError> {
+        let Some(r) = self.dev else {
+            return Ok(f().map_err(|_| "a kernel"));
+        };
+        r.set_deferring(true);
+        let out = f();
+        r.set_deferring(false);
+        let failed = r.deferred_failure()?;
+        Ok(match (out, failed) {
+            (Ok(v), None) => Ok(v),
+            (Err(_), _) => Err("a deferred kernel"),
+            (_, Some(op)) => Err(op),
+        }
+        .inspect_err(|_| {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+        }))
+    }
+
+    /// Deferred stretches ([`Exec::deferred`]) whose checks failed.
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
     }
 
     /// The shared exponent of `t`. A resident tensor's may wait for the batch of kernels that
@@ -353,28 +388,53 @@ impl<'k> Exec<'k> {
         )
     }
 
-    /// [`Kernels::layernorm_bwd`].
+    /// [`Kernels::layernorm_bwd`]; `x` is the forward's input, whose exponent is the
+    /// contract's `x_exp` (a resident one need not be known yet).
     #[allow(clippy::too_many_arguments)] // the contract's arguments
     pub fn layernorm_bwd(
         &self,
         dxhat: &Tensor,
         xhat: &Tensor,
         r: &Stats,
-        x_exp: i32,
+        x: &Tensor,
         rows: usize,
         cols: usize,
     ) -> Result<Tensor, KernelError> {
         self.run(
-            [dxhat, xhat],
-            |dev, [d, x]| match r {
-                Stats::Dev(s) => dev.layernorm_bwd(d, x, s, x_exp, rows, cols),
+            [dxhat, xhat, x],
+            |dev, [d, xh, x]| match r {
+                Stats::Dev(s) => dev.layernorm_bwd(d, xh, s, x, rows, cols),
                 Stats::Host(_) => Err(self.k.unsupported("layernorm_bwd")),
             },
-            |[d, x]| {
+            |[d, xh, x]| {
                 self.k
-                    .layernorm_bwd(d, x, &self.stats_host(r)?, x_exp, rows, cols)
+                    .layernorm_bwd(d, xh, &self.stats_host(r)?, x.exp, rows, cols)
             },
         )
+    }
+
+    /// Each of `parts` (at most 3) rescaled to their largest exponent ([`Kernels::rescale`]).
+    pub fn rescale_to_max(&self, parts: &[&Tensor]) -> Result<Vec<Tensor>, KernelError> {
+        if let (Some(r), Some(devs)) = (
+            self.dev,
+            parts
+                .iter()
+                .map(|t| t.as_dev())
+                .collect::<Option<Vec<&DevTensor>>>(),
+        ) {
+            match r.rescale_to_max(&devs) {
+                Err(KernelError::Unsupported { .. }) => {}
+                other => return Ok(other?.into_iter().map(Tensor::Dev).collect()),
+            }
+        }
+        let e = parts
+            .iter()
+            .map(|p| self.exp(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        parts.iter().map(|p| self.rescale(p, e)).collect()
     }
 
     /// [`Kernels::softmax`].

@@ -6,6 +6,7 @@ use super::device::{Gpu, GpuError, Pool};
 use super::exec::{
     grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult,
 };
+use super::exps::{self, Patch};
 use super::shaders::ADAMW;
 
 /// Largest bit length of `|alpha_q40|` the GPU update takes (the product `alpha · u` then
@@ -23,6 +24,8 @@ pub(crate) struct Moments {
     pub(crate) r: WideResult,
     /// `max bitlen` of the `r` sums (`s = max(0, 100 − mbits) / 2` lowers `r'`'s exponent).
     pub(crate) mbits: Arc<OnceLock<u32>>,
+    /// Its buffer while the batch that computes it is open.
+    pub(crate) mbits_buf: Option<wgpu::Buffer>,
 }
 
 /// Shifts `(left, right)` aligning exponent `e` to `e0` (right shifts clamped to 63, which
@@ -47,6 +50,7 @@ pub(crate) fn moments(
     odd: bool,
     betas: (u32, u32),
     keep: bool,
+    patch: Option<&Patch<'_>>,
 ) -> Result<Moments, GpuError> {
     let count = g.len();
     if count == 0 {
@@ -54,6 +58,7 @@ pub(crate) fn moments(
             m: WideResult::empty(gpu, keep)?,
             r: WideResult::empty(gpu, keep)?,
             mbits: known_key(0),
+            mbits_buf: None,
         });
     }
     let (groups, gx) = grid_1d(gpu, "adamw", count)?;
@@ -84,6 +89,9 @@ pub(crate) fn moments(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let (bm, bg, br) = (m.bind(gpu)?, g.bind(gpu)?, r.bind(gpu)?);
     let n4 = count as u64 * 4;
     let n16 = count as u64 * 16;
@@ -165,7 +173,7 @@ pub(crate) fn moments(
         }
         (other, _) => (other, None),
     };
-    let (key_m_cell, mbits, m_mant) = match (&res, extra) {
+    let (key_m_cell, mbits, m_mant, bufs) = match (&res, extra) {
         (Err(_), _) => {
             gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits, out_m]);
             return Err(tail.finish(gpu, res).err().unwrap_or(GpuError::Lost));
@@ -176,24 +184,29 @@ pub(crate) fn moments(
                 known_key(bytemuck::pod_read_unaligned(&km[..4])),
                 known_key(bytemuck::pod_read_unaligned(&mb[..4])),
                 Mant::Host(bytemuck::pod_collect_to_vec(&om)),
+                None,
             )
         }
         (Ok(_), None) => (
             gpu.defer_key(&key_m),
             gpu.defer_key(&maxbits),
             Mant::Dev(out_m),
+            Some((key_m.clone(), maxbits.clone())),
         ),
     };
+    let (key_m_buf, mbits_buf) = bufs.unzip();
     gpu.recycle(Pool::Storage, [wide_m, wide_v, key_m, maxbits]);
     let r_out = tail.finish(gpu, res)?;
     Ok(Moments {
         m: WideResult {
             mant: m_mant,
             key: key_m_cell,
+            key_buf: key_m_buf,
             target: 15,
         },
         r: r_out,
         mbits,
+        mbits_buf,
     })
 }
 
@@ -209,6 +222,7 @@ pub(crate) fn params(
     alpha_q40: i64,
     decay_q40: i64,
     keep: bool,
+    patch: Option<&Patch<'_>>,
 ) -> Result<WideResult, GpuError> {
     let count = p.len();
     if count == 0 {
@@ -241,6 +255,9 @@ pub(crate) fn params(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 23, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&u))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let (bp, bm, br) = (p.bind(gpu)?, m2.bind(gpu)?, r2.bind(gpu)?);
     let n4 = count as u64 * 4;
     let res = submit(

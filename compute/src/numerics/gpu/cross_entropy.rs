@@ -3,10 +3,12 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::exps::{self, Patch};
 use super::shaders::{CROSS_ENTROPY, OPS};
 
 /// `(loss sum in Q16 nats, gradient mantissas, shift)`; gradient `exp = −40 + shift`.
 /// The caller checked lengths, bounds and targets; `rows ≥ 1`, `cols ≥ 1`.
+#[allow(clippy::too_many_arguments)] // the kernel's operands and scalars, plus `keep` and `patch`
 pub(crate) fn cross_entropy(
     gpu: &Gpu,
     logits: Src<'_>,
@@ -15,6 +17,7 @@ pub(crate) fn cross_entropy(
     cols: usize,
     s: i32,
     keep: bool,
+    patch: Option<&Patch<'_>>,
 ) -> Result<(i64, WideResult), GpuError> {
     let count = rows * cols;
     let (groups, gx) = grid_1d(gpu, "cross_entropy", rows)?;
@@ -31,6 +34,9 @@ pub(crate) fn cross_entropy(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let bl = logits.bind(gpu)?;
     let bt = targets.bind(gpu)?;
     let loss_bytes = rows as u64 * 8;

@@ -371,8 +371,9 @@ struct Batch {
     keys: Vec<(wgpu::Buffer, Arc<OnceLock<u32>>)>,
 }
 
-/// Most ops recorded into one batch before it is submitted anyway (bounds the buffers it holds).
-pub(crate) const BATCH_OPS_MAX: usize = 256;
+/// Most records (ops, and the exponent dispatches around them) in one batch before it is
+/// submitted anyway: bounds the buffers it holds. A nanoGPT-preset step records about 600.
+pub(crate) const BATCH_OPS_MAX: usize = 1024;
 
 /// A storage buffer owned by device-resident data; returned to the pool on drop.
 pub(crate) struct DevBuf {
@@ -423,6 +424,8 @@ pub(crate) struct Gpu {
     uploaded: AtomicU64,
     downloaded: AtomicU64,
     submissions: AtomicU64,
+    /// A zeroed storage buffer bound where an entry point declares an operand it does not use.
+    dummy: wgpu::Buffer,
     /// One op at a time: error scopes are per thread but submissions share the queue. Never
     /// held across a rayon call: the model runs kernels from two `rayon::join` arms at once, and
     /// a worker waiting inside a parallel loop may pick up the other arm (a self-deadlock).
@@ -471,7 +474,15 @@ impl Gpu {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| e.to_string());
         }));
+        // wgpu zero-initialises new buffers.
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: POOL_BYTES_MIN,
+            usage: Pool::Storage.usage(),
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
+            dummy,
             device,
             queue,
             limits,
@@ -587,6 +598,16 @@ impl Gpu {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Ok(b)
+    }
+
+    /// The zeroed buffer bound for unused operands.
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.dummy
+    }
+
+    /// Counts bytes written to the device by a `queue.write_buffer` of the caller's.
+    pub(crate) fn count_upload(&self, bytes: u64) {
+        self.uploaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Upload a uniform block.

@@ -221,6 +221,8 @@ impl Mant {
 pub(crate) struct WideResult {
     pub(crate) mant: Mant,
     pub(crate) key: Arc<OnceLock<u32>>,
+    /// The key's buffer while the batch that computes it is open (for `exp_post`).
+    pub(crate) key_buf: Option<wgpu::Buffer>,
     /// The requantization target (`2^target − 1`); also a bound of the result's bit length
     /// known before the key.
     pub(crate) target: u32,
@@ -244,6 +246,7 @@ impl WideResult {
         Ok(WideResult {
             mant: Mant::empty(gpu, keep)?,
             key: known_key(0),
+            key_buf: None,
             target: 0,
         })
     }
@@ -335,22 +338,27 @@ impl WideOut {
                 return Err(e);
             }
         };
-        let (key, mant) = if self.keep {
-            let key = match bytes.pop() {
-                Some(k) => known_key(bytemuck::pod_read_unaligned(&k[..4])),
-                None => gpu.defer_key(&self.key),
+        let (key, key_buf, mant) = if self.keep {
+            let (key, key_buf) = match bytes.pop() {
+                Some(k) => (known_key(bytemuck::pod_read_unaligned(&k[..4])), None),
+                None => (gpu.defer_key(&self.key), Some(self.key.clone())),
             };
-            (key, Mant::Dev(self.out))
+            (key, key_buf, Mant::Dev(self.out))
         } else {
             let key_bytes = bytes.pop().unwrap_or_default();
             let key = known_key(bytemuck::pod_read_unaligned(&key_bytes[..4]));
             gpu.recycle(Pool::Storage, [self.out]);
             let mant = bytemuck::pod_collect_to_vec(&bytes.pop().unwrap_or_default());
-            (key, Mant::Host(mant))
+            (key, None, Mant::Host(mant))
         };
         gpu.recycle(Pool::Uniform, [self.uniform]);
         gpu.recycle(Pool::Storage, [self.sums, self.key]);
-        Ok(WideResult { mant, key, target })
+        Ok(WideResult {
+            mant,
+            key,
+            key_buf,
+            target,
+        })
     }
 }
 

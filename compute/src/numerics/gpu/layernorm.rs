@@ -3,6 +3,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
+use super::exps::{self, Patch};
 use super::shaders::LAYERNORM;
 
 /// Widest row the GPU layernorm takes: keeps `|d| · 2^40 < 2^64` and `S · 2^32 < 2^96` in the
@@ -110,6 +111,7 @@ pub(crate) fn layernorm_bwd(
     rows: usize,
     cols: usize,
     keep: bool,
+    patch: Option<&Patch<'_>>,
 ) -> Result<WideResult, GpuError> {
     let count = rows * cols;
     if count == 0 {
@@ -129,6 +131,9 @@ pub(crate) fn layernorm_bwd(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, count, 15, keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let bg = g.bind(gpu)?;
     let bh = h.bind(gpu)?;
     let br = r.bind(gpu)?;

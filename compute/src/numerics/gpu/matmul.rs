@@ -29,6 +29,7 @@ pub(crate) fn matmul_b16(
         return Ok(WideResult {
             mant: super::exec::Mant::Host(vec![0; count]),
             key: super::exec::known_key(0),
+            key_buf: None,
             target: 0,
         });
     }

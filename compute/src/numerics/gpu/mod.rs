@@ -37,6 +37,7 @@ pub mod bench;
 mod cross_entropy;
 mod device;
 mod exec;
+mod exps;
 mod fallback;
 mod layernorm;
 mod layout;
@@ -65,15 +66,46 @@ use crate::numerics::kernels::{
 const ADD_BITS_MAX: i64 = 61;
 use device::Gpu;
 use exec::{Mant, Src, WideResult};
+use exps::{DevExp, Exp, Formula, Key, Patch, PatchKind};
 pub use fallback::WithCpuFallback;
-use resident::Exp;
 pub use resident::{AdamwItem, DevIds, DevStats, DevTensor, Resident};
 
 /// The wgpu backend on one adapter.
 #[derive(Debug)]
 pub struct GpuKernels {
     gpu: Gpu,
+    deferred: Deferred,
 }
+
+/// Most range checks one deferred stretch holds (a nanoGPT step records a few hundred); past
+/// it the stretch counts as failed and is replayed on the checked path.
+const DEFERRED_CHECKS_MAX: usize = 1 << 16;
+
+/// The range checks of ops recorded before the host knew their inputs' exponents (see
+/// [`GpuKernels::set_deferring`]).
+#[derive(Default)]
+struct Deferred {
+    on: std::sync::atomic::AtomicBool,
+    checks: std::sync::Mutex<Vec<Check>>,
+    overflow: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred").finish_non_exhaustive()
+    }
+}
+
+/// A check on exponents the host learns when the batch has run: `ok` on their
+/// `(exponent, bound)`s; every one of them must also evaluate (in range).
+struct Check {
+    op: &'static str,
+    ins: Vec<Exp>,
+    ok: CheckFn,
+}
+
+/// A range check on its inputs' `(exponent, bound)`s.
+type CheckFn = Box<dyn Fn(&[(i32, u32)]) -> bool + Send + Sync>;
 
 impl GpuKernels {
     /// Opens the adapter named by [`ADAPTER_ENV`], or the best one when it is unset.
@@ -85,6 +117,7 @@ impl GpuKernels {
     pub fn with_adapter(choice: &AdapterChoice) -> Result<Self, GpuError> {
         Ok(GpuKernels {
             gpu: Gpu::open(choice)?,
+            deferred: Deferred::default(),
         })
     }
 
@@ -223,11 +256,18 @@ impl Kernels for GpuKernels {
         {
             return Err(self.unsupported(OP));
         }
+        let x = Arg {
+            src: Src::Host(&[]),
+            exp: x_exp,
+            bits: None,
+            dev: None,
+            known: true,
+        };
         self.layernorm_bwd_on(
             Arg::host(dxhat),
             Arg::host(xhat),
             Src::Host(r),
-            x_exp,
+            x,
             rows,
             cols,
             false,
@@ -319,8 +359,11 @@ pub(crate) struct Arg<'a> {
     src: Src<'a>,
     exp: i32,
     bits: Option<u32>,
-    /// The exponent when it is not known yet (`exp` is then 0).
-    term: Option<&'a Exp>,
+    /// A resident operand's exponent.
+    dev: Option<&'a DevExp>,
+    /// Whether `exp` holds the exponent (else it is 0: the host did not know it when the
+    /// operand was taken).
+    known: bool,
 }
 
 impl<'a> Arg<'a> {
@@ -329,8 +372,32 @@ impl<'a> Arg<'a> {
             src: Src::Host(&x.mant),
             exp: x.exp,
             bits: None,
-            term: None,
+            dev: None,
+            known: true,
         }
+    }
+
+    /// Whether this operand came without its exponent (its batch had not run): shifts that
+    /// depend on it must come from the device. Fixed when the operand is taken, so that an
+    /// op decides once even if another thread's submission makes the exponent known meanwhile.
+    fn pending(&self) -> bool {
+        !self.known
+    }
+
+    /// The exponent as an input of a result's [`Formula`].
+    fn exp_term(&self) -> Exp {
+        match self.dev {
+            Some(d) => d.host.clone(),
+            None => Exp::Known {
+                exp: self.exp,
+                bits: self.bits.unwrap_or(0),
+            },
+        }
+    }
+
+    /// The device buffer of a resident operand's exponent.
+    fn exp_buf(&self) -> Option<&'a wgpu::Buffer> {
+        self.dev.map(|d| d.buf.buf())
     }
 
     fn len(&self) -> usize {
@@ -374,40 +441,173 @@ impl Res {
 /// The kernels on [`Arg`]s, shared by the host interface ([`Kernels`]) and the resident one
 /// (`resident.rs`): the callers check their inputs, these compute every shift and exponent.
 impl GpuKernels {
-    /// The result `r` of `len` elements with exponent `base_exp + shift`.
-    /// `terms`: the operands whose exponents enter `base_exp` with coefficient 1 (as 0 when
-    /// not yet known: then they are added when the batch has run, see `resident::Exp`).
+    /// Records ops without waiting for their inputs' exponents (`on`), or waits for them
+    /// (the checked path). While on, ops whose shifts depend on exponents take them on the
+    /// device, and their range checks wait for [`Self::deferred_ok`].
+    pub(crate) fn set_deferring(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        self.deferred.on.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether ops are recorded without waiting for exponents.
+    pub(crate) fn deferring(&self) -> bool {
+        self.deferred.on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs the open batch and evaluates every deferred check: `None` if all hold, i.e. every
+    /// op recorded since the last call computed what the checked path computes, else the op
+    /// of the first that failed. Clears them.
+    pub(crate) fn deferred_failure(&self) -> Result<Option<&'static str>, KernelError> {
+        use std::sync::atomic::Ordering;
+        self.gpu
+            .sync("deferred checks")
+            .map_err(|e| kernel_error("deferred checks", e))?;
+        let checks = std::mem::take(
+            &mut *self
+                .deferred
+                .checks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if self.deferred.overflow.swap(false, Ordering::SeqCst) {
+            return Ok(Some("deferred checks"));
+        }
+        Ok(checks.iter().find_map(|c| {
+            let v: Option<Vec<(i32, u32)>> =
+                c.ins.iter().map(|e| e.now().and_then(Result::ok)).collect();
+            (!v.is_some_and(|v| (c.ok)(&v))).then_some(c.op)
+        }))
+    }
+
+    fn push_check(&self, c: Check) {
+        use std::sync::atomic::Ordering;
+        let mut v = self
+            .deferred
+            .checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if v.len() >= DEFERRED_CHECKS_MAX {
+            self.deferred.overflow.store(true, Ordering::SeqCst);
+        } else {
+            v.push(c);
+        }
+    }
+
+    /// A range check for when `ins` are known.
+    fn defer_check(
+        &self,
+        op: &'static str,
+        ins: Vec<Exp>,
+        ok: impl Fn(&[(i32, u32)]) -> bool + Send + Sync + 'static,
+    ) {
+        self.push_check(Check {
+            op,
+            ins,
+            ok: Box::new(ok),
+        });
+    }
+
+    /// A result exponent the host has not evaluated yet: it must be in range.
+    fn defer_result(&self, op: &'static str, e: &DevExp) {
+        if self.deferring() && matches!(e.host, Exp::Later(_)) {
+            self.push_check(Check {
+                op,
+                ins: vec![e.host.clone()],
+                ok: Box::new(|_| true),
+            });
+        }
+    }
+
+    /// The exponent buffers of resident operands.
+    fn bufs<'b>(&self, ins: &[&Arg<'b>]) -> Vec<&'b wgpu::Buffer> {
+        ins.iter()
+            .map(|a| {
+                a.exp_buf()
+                    .expect("a device-side exponent needs a resident operand")
+            })
+            .collect()
+    }
+
+    /// Shifts taken on the device (`exp_pre`) when `pending`: the host does not know the
+    /// exponents yet.
+    fn patch<'b>(
+        &self,
+        pending: bool,
+        kind: PatchKind,
+        c: i32,
+        ins: &[&Arg<'b>],
+    ) -> Option<Patch<'b>> {
+        pending.then(|| Patch {
+            kind,
+            c,
+            ins: self.bufs(ins),
+            offset: None,
+        })
+    }
+
+    /// The result `r` of `len` elements with exponent `f + shift(key)`; `ins` are the
+    /// operands whose exponents `f` reads, in its order (their device exponents feed
+    /// `exp_post` when the result stays resident).
     fn res(
         &self,
         op: &'static str,
         r: WideResult,
         len: usize,
-        base_exp: i64,
-        terms: &[&Arg<'_>],
+        f: Formula,
+        ins: &[&Arg<'_>],
     ) -> Result<Res, KernelError> {
-        let later: Vec<Exp> = terms.iter().filter_map(|a| a.term.cloned()).collect();
-        self.res_with(op, r, len, base_exp, later)
+        self.res_keys(op, r, len, f, ins, None)
     }
 
-    /// [`Self::res`] with the pending exponent terms given.
-    fn res_with(
+    /// [`Self::res`] with a second key (AdamW's r').
+    fn res_keys(
         &self,
         op: &'static str,
         r: WideResult,
         len: usize,
-        base_exp: i64,
-        later: Vec<Exp>,
+        f: Formula,
+        ins: &[&Arg<'_>],
+        key2: Option<Key>,
     ) -> Result<Res, KernelError> {
-        let exp = Exp::of(op, base_exp, later, r.key, r.target)?;
-        Ok(match (r.mant, exp) {
-            (Mant::Host(mant), Exp::Known { exp, .. }) => Res::Host(Bfp { mant, exp }),
-            (Mant::Host(_), Exp::Later(_)) => {
-                unreachable!("a result read back has its key and known operands")
+        match r.mant {
+            Mant::Host(mant) => {
+                let key2 = key2.map(|k| k.cell);
+                match Exp::of(op, f, r.key, key2, r.target)? {
+                    Exp::Known { exp, .. } => Ok(Res::Host(Bfp { mant, exp })),
+                    Exp::Later(_) => {
+                        unreachable!("a result read back has its key and known operands")
+                    }
+                }
             }
-            (Mant::Dev(buf), exp) => {
-                Res::Dev(DevTensor::new(self.gpu.keep(buf), len, exp, r.target))
+            Mant::Dev(buf) => {
+                let buf = self.gpu.keep(buf);
+                // Host operands of a resident op (none in the model) get exponent buffers.
+                let tmp: Vec<Option<DevExp>> = ins
+                    .iter()
+                    .map(|a| match a.dev {
+                        Some(_) => Ok(None),
+                        None => DevExp::known(&self.gpu, a.exp, a.bits.unwrap_or(0)).map(Some),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| kernel_error(op, e))?;
+                let bufs: Vec<&wgpu::Buffer> = ins
+                    .iter()
+                    .zip(&tmp)
+                    .map(|(a, t)| match (a.exp_buf(), t) {
+                        (Some(b), _) => b,
+                        (None, Some(t)) => t.buf.buf(),
+                        (None, None) => unreachable!("every operand has an exponent buffer"),
+                    })
+                    .collect();
+                let key = Key {
+                    cell: r.key,
+                    buf: r.key_buf,
+                };
+                let exp = DevExp::post(&self.gpu, op, f, &bufs, key, key2, r.target)?;
+                self.defer_result(op, &exp);
+                Ok(Res::Dev(DevTensor::new(buf, len, exp, r.target)))
             }
-        })
+        }
     }
 
     /// Runs a wide op and applies its shift to `base_exp` like `requant_wide` does.
@@ -415,12 +615,12 @@ impl GpuKernels {
         &self,
         op: &'static str,
         w: ops::WideOp<'_>,
-        base_exp: i64,
-        terms: &[&Arg<'_>],
+        f: Formula,
+        ins: &[&Arg<'_>],
     ) -> Result<Res, KernelError> {
         let len = w.count;
         let r = ops::wide(&self.gpu, w).map_err(|e| kernel_error(op, e))?;
-        self.res(op, r, len, base_exp, terms)
+        self.res(op, r, len, f, ins)
     }
 
     fn matmul_on(
@@ -434,26 +634,24 @@ impl GpuKernels {
         let r = matmul::matmul_b16(&self.gpu, a.src, b.src, shape, keep)
             .map_err(|e| kernel_error(OP, e))?;
         let len = shape.batch * shape.m * shape.n;
-        self.res(OP, r, len, a.exp as i64 + b.exp as i64, &[&a, &b])
+        let f = Formula::linear(0, &[(1, a.exp_term()), (1, b.exp_term())]);
+        self.res(OP, r, len, f, &[&a, &b])
     }
 
     fn add_on(&self, a: Arg<'_>, b: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
         const OP: &str = "add";
-        let e0 = align_exp(a.exp, b.exp);
-        // (left, right) shifts to e0; a left-shifted operand must stay below 2^61 so that the
-        // sum fits the emulated signed 64 bits (always true unless mantissas near 2^23 meet
-        // a 40-bit exponent gap; then the op is left to the CPU reference).
-        let shifts = |t: &Arg<'_>| -> Option<(u32, u32)> {
-            let d = t.exp as i64 - e0 as i64;
-            if d >= 0 {
-                (t.top_bits() as i64 + d <= ADD_BITS_MAX).then_some((d as u32, 0))
-            } else {
-                Some((0, (-d).min(63) as u32))
-            }
+        let pending = a.pending() || b.pending();
+        let (la, ra, lb, rb) = if pending {
+            // Shifts from the device's exponents (`exp_pre`); checked when the keys arrive.
+            self.defer_check(OP, vec![a.exp_term(), b.exp_term()], |v| {
+                add_shifts(v[0], v[1]).is_some()
+            });
+            (0, 0, 0, 0)
+        } else {
+            add_shifts((a.exp, a.top_bits()), (b.exp, b.top_bits()))
+                .ok_or_else(|| self.unsupported(OP))?
         };
-        let (Some((la, ra)), Some((lb, rb))) = (shifts(&a), shifts(&b)) else {
-            return Err(self.unsupported(OP));
-        };
+        let patch = self.patch(pending, PatchKind::Add, 15, &[&a, &b]);
         self.wide_op(
             OP,
             ops::WideOp {
@@ -468,8 +666,9 @@ impl GpuKernels {
                 c: (lb as i64) | ((rb as i64) << 32),
                 bits: 15,
                 keep,
+                patch,
             },
-            e0 as i64,
+            Formula::align(0, a.exp_term(), b.exp_term()),
             &[&a, &b],
         )
     }
@@ -495,8 +694,9 @@ impl GpuKernels {
                 c: 0,
                 bits,
                 keep,
+                patch: None,
             },
-            x.exp as i64,
+            Formula::linear(0, &[(1, x.exp_term())]),
             &[&x],
         )
     }
@@ -504,20 +704,38 @@ impl GpuKernels {
     fn rescale_on(&self, x: Arg<'_>, exp: i32, keep: bool) -> Result<Res, KernelError> {
         const OP: &str = "rescale";
         let k = (exp as i64 - x.exp as i64).min(63) as u32;
-        let mant = ops::rescale(&self.gpu, x.src, k, keep).map_err(|e| kernel_error(OP, e))?;
+        let mant =
+            ops::rescale(&self.gpu, x.src, k, keep, None).map_err(|e| kernel_error(OP, e))?;
         Ok(match mant {
             Mant::Host(mant) => Res::Host(Bfp::new(mant, exp)),
             // Rounding to a coarser exponent never lengthens a mantissa.
-            Mant::Dev(buf) => Res::Dev(DevTensor::new(
-                self.gpu.keep(buf),
-                x.len(),
-                Exp::Known {
-                    exp,
-                    bits: x.top_bits(),
-                },
-                x.top_bits(),
-            )),
+            Mant::Dev(buf) => {
+                let buf = self.gpu.keep(buf);
+                let e =
+                    DevExp::known(&self.gpu, exp, x.top_bits()).map_err(|e| kernel_error(OP, e))?;
+                Res::Dev(DevTensor::new(buf, x.len(), e, x.top_bits()))
+            }
         })
+    }
+
+    /// `group[0]` rescaled to the largest exponent of `group` (at most 3 resident tensors),
+    /// the exponents taken on the device.
+    fn rescale_max_on(&self, group: &[Arg<'_>]) -> Result<Res, KernelError> {
+        const OP: &str = "rescale";
+        let refs: Vec<&Arg<'_>> = group.iter().collect();
+        let patch = self.patch(true, PatchKind::Rescale, 0, &refs);
+        let x = &group[0];
+        let mant = ops::rescale(&self.gpu, x.src, 0, true, patch.as_ref())
+            .map_err(|e| kernel_error(OP, e))?;
+        let Mant::Dev(buf) = mant else {
+            unreachable!("a kept rescale stays on the device")
+        };
+        let buf = self.gpu.keep(buf);
+        let f = Formula::max(group.iter().map(Arg::exp_term).collect());
+        let key = Key::cell(exec::known_key(0));
+        let e = DevExp::post(&self.gpu, OP, f, &self.bufs(&refs), key, None, 0)?;
+        self.defer_result(OP, &e);
+        Ok(Res::Dev(DevTensor::new(buf, x.len(), e, x.top_bits())))
     }
 
     fn mul_cols_on(
@@ -542,8 +760,9 @@ impl GpuKernels {
                 c: 0,
                 bits: 15,
                 keep,
+                patch: None,
             },
-            x.exp as i64 + w.exp as i64,
+            Formula::linear(0, &[(1, x.exp_term()), (1, w.exp_term())]),
             &[&x, &w],
         )
     }
@@ -570,8 +789,9 @@ impl GpuKernels {
                 c: 0,
                 bits: 15,
                 keep,
+                patch: None,
             },
-            a.exp as i64 + b.exp as i64,
+            Formula::linear(0, &[(1, a.exp_term()), (1, b.exp_term())]),
             &[&a, &b],
         )
     }
@@ -587,7 +807,8 @@ impl GpuKernels {
         const OP: &str = "scatter_add_rows";
         let r = ops::scatter_add_rows(&self.gpu, src.src, idx, out_rows, cols, keep)
             .map_err(|e| kernel_error(OP, e))?;
-        self.res(OP, r, out_rows * cols, src.exp as i64, &[&src])
+        let f = Formula::linear(0, &[(1, src.exp_term())]);
+        self.res(OP, r, out_rows * cols, f, &[&src])
     }
 
     fn layernorm_on(
@@ -603,7 +824,10 @@ impl GpuKernels {
         }
         let (r, stats) = layernorm::layernorm(&self.gpu, x.src, rows, cols, keep)
             .map_err(|e| kernel_error(OP, e))?;
-        Ok((self.res(OP, r, rows * cols, -24, &[])?, stats))
+        Ok((
+            self.res(OP, r, rows * cols, Formula::linear(-24, &[]), &[])?,
+            stats,
+        ))
     }
 
     /// The caller checked `r`'s range (host), or `r` came from [`Self::layernorm_on`] on the
@@ -614,7 +838,7 @@ impl GpuKernels {
         dxhat: Arg<'_>,
         xhat: Arg<'_>,
         r: Src<'_, u64>,
-        x_exp: i32,
+        x: Arg<'_>,
         rows: usize,
         cols: usize,
         keep: bool,
@@ -623,11 +847,30 @@ impl GpuKernels {
         if cols > layernorm::LAYERNORM_COLS_MAX {
             return Err(self.unsupported(OP));
         }
-        let sh = ((-2 * xhat.exp) as u32).min(layernorm::LAYERNORM_BWD_SHIFT_MAX);
-        let res = layernorm::layernorm_bwd(&self.gpu, dxhat.src, xhat.src, r, sh, rows, cols, keep)
-            .map_err(|e| kernel_error(OP, e))?;
-        let e = dxhat.exp as i64 + 2 * xhat.exp as i64 - x_exp as i64 + 16 - 24;
-        self.res(OP, res, rows * cols, e, &[&dxhat])
+        let max = layernorm::LAYERNORM_BWD_SHIFT_MAX;
+        let sh = ((-2 * xhat.exp) as u32).min(max);
+        let patch = self.patch(xhat.pending(), PatchKind::LnBwd, max as i32, &[&xhat]);
+        let res = layernorm::layernorm_bwd(
+            &self.gpu,
+            dxhat.src,
+            xhat.src,
+            r,
+            sh,
+            rows,
+            cols,
+            keep,
+            patch.as_ref(),
+        )
+        .map_err(|e| kernel_error(OP, e))?;
+        let f = Formula::linear(
+            16 - 24,
+            &[
+                (1, dxhat.exp_term()),
+                (2, xhat.exp_term()),
+                (-1, x.exp_term()),
+            ],
+        );
+        self.res(OP, res, rows * cols, f, &[&dxhat, &xhat, &x])
     }
 
     fn softmax_on(
@@ -642,6 +885,7 @@ impl GpuKernels {
         // 30 − exp, clamped: beyond ±100 every y is 0 (s ≥ 96) or saturated (E = 0), as on
         // the CPU.
         let s = (30 - x.exp as i64).clamp(-100, 100) as i32;
+        let patch = self.patch(x.pending(), PatchKind::Softmax, 0, &[&x]);
         self.wide_op(
             "softmax",
             ops::WideOp {
@@ -656,8 +900,9 @@ impl GpuKernels {
                 k: s as u32,
                 bits: 15,
                 keep,
+                patch,
             },
-            -30,
+            Formula::linear(-30, &[]),
             &[],
         )
     }
@@ -672,14 +917,27 @@ impl GpuKernels {
         keep: bool,
     ) -> Result<Res, KernelError> {
         const OP: &str = "softmax_bwd";
+        let max = softmax_bwd::SOFTMAX_BWD_SHIFT_MAX;
+        let pending = p.pending();
         let sh = (-p.exp) as u32;
-        if sh > softmax_bwd::SOFTMAX_BWD_SHIFT_MAX || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
+        if (!pending && sh > max) || cols > softmax_bwd::SOFTMAX_BWD_COLS_MAX {
             return Err(self.unsupported(OP));
         }
-        let r = softmax_bwd::softmax_bwd(&self.gpu, p.src, dp.src, rows, cols, sh, scale_q16, keep)
-            .map_err(|e| kernel_error(OP, e))?;
-        let e = 2 * p.exp as i64 + dp.exp as i64 - 16;
-        self.res(OP, r, rows * cols, e, &[&dp])
+        let patch = self.patch(pending, PatchKind::Neg, max as i32, &[&p]);
+        let r = softmax_bwd::softmax_bwd(
+            &self.gpu,
+            p.src,
+            dp.src,
+            rows,
+            cols,
+            sh,
+            scale_q16,
+            keep,
+            patch.as_ref(),
+        )
+        .map_err(|e| kernel_error(OP, e))?;
+        let f = Formula::linear(-16, &[(2, p.exp_term()), (1, dp.exp_term())]);
+        self.res(OP, r, rows * cols, f, &[&p, &dp])
     }
 
     fn cross_entropy_on(
@@ -692,10 +950,23 @@ impl GpuKernels {
     ) -> Result<(i64, Res), KernelError> {
         const OP: &str = "cross_entropy";
         let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
-        let (loss, r) =
-            cross_entropy::cross_entropy(&self.gpu, logits.src, targets, rows, cols, s, keep)
-                .map_err(|e| kernel_error(OP, e))?;
-        Ok((loss, self.res(OP, r, rows * cols, -40, &[])?))
+        let mut patch = self.patch(logits.pending(), PatchKind::Softmax, 0, &[&logits]);
+        if let Some(p) = patch.as_mut() {
+            p.offset = Some(16);
+        }
+        let (loss, r) = cross_entropy::cross_entropy(
+            &self.gpu,
+            logits.src,
+            targets,
+            rows,
+            cols,
+            s,
+            keep,
+            patch.as_ref(),
+        )
+        .map_err(|e| kernel_error(OP, e))?;
+        let f = Formula::linear(-40, &[]);
+        Ok((loss, self.res(OP, r, rows * cols, f, &[])?))
     }
 
     /// AdamW in two halves: the moments (recorded; with `keep`, their exponents wait for the
@@ -743,11 +1014,9 @@ impl GpuKernels {
         let e0 = align_exp(m.exp, g.exp) as i64;
         let (er, eg) = (2 * r.exp as i64, 2 * g.exp as i64);
         let e1 = er.min(eg).max(er.max(eg) - ADD_ALIGN_BITS_MAX as i64);
-        let mut ev = e1 - 30;
-        let odd = ev % 2 != 0;
-        if odd {
-            ev -= 1;
-        }
+        let odd = (e1 - 30) % 2 != 0;
+        let pending = m.pending() || g.pending() || r.pending();
+        let patch = self.patch(pending, PatchKind::AdamM, 0, &[&m, &g, &r]);
         let mo = adamw::moments(
             &self.gpu,
             g.src,
@@ -761,15 +1030,24 @@ impl GpuKernels {
             odd,
             (b1, b2),
             keep,
+            patch.as_ref(),
         )
         .map_err(|e| kernel_error(OP, e))?;
         let len = g.len();
-        let m2 = self.res(OP, mo.m, len, e0 - 30, &[])?;
+        let m2 = self.res(
+            OP,
+            mo.m,
+            len,
+            Formula::align(-30, m.exp_term(), g.exp_term()),
+            &[&m, &g],
+        )?;
         // r' has exponent ev/2 − s + shift, s = max(0, 100 − mbits) / 2 from the device.
-        let minus_s = Exp::of_map(OP, 0, Vec::new(), mo.mbits, 0, |mbits, _| {
-            (-((100 - i64::from(mbits)).max(0) / 2), 0)
-        })?;
-        let r2 = self.res_with(OP, mo.r, len, ev / 2, vec![minus_s])?;
+        let mbits = Key {
+            cell: mo.mbits,
+            buf: mo.mbits_buf,
+        };
+        let f = Formula::adam_r(r.exp_term(), g.exp_term());
+        let r2 = self.res_keys(OP, mo.r, len, f, &[&r, &g], Some(mbits))?;
         Ok((m2, r2))
     }
 
@@ -784,18 +1062,20 @@ impl GpuKernels {
         keep: bool,
     ) -> Result<Res, KernelError> {
         const OP: &str = "adamw";
-        let bits = |v: i64| 64 - v.unsigned_abs().leading_zeros();
-        let (m2a, r2a) = (m2.arg(OP)?, r2.arg(OP)?);
-        let ea = m2a.exp as i64 - r2a.exp as i64 - 70;
-        let sh = (p.exp as i64 - 16) - ea;
-        // |a| ≤ |alpha| · max|m'| · 2^30 / 2^sh must stay within ADAM_UPDATE_BITS_MAX bits.
-        let m_bits = m2a.top_bits();
-        if m_bits > 0
-            && bits(st.alpha_q40) as i64 + m_bits as i64 + 30 - sh > adamw::ADAM_UPDATE_BITS_MAX
-        {
-            return Err(self.unsupported(OP));
-        }
-        let sh = sh.clamp(-128, 127) as i32;
+        let (m2a, r2a) = (m2.arg(), r2.arg());
+        let alpha = st.alpha_q40;
+        let pending = p.pending() || m2a.pending() || r2a.pending();
+        let sh = if pending {
+            let ins = vec![p.exp_term(), m2a.exp_term(), r2a.exp_term()];
+            self.defer_check(OP, ins, move |v| {
+                adam_shift(alpha, v[0].0, v[1], v[2].0).is_some()
+            });
+            0
+        } else {
+            adam_shift(alpha, p.exp, (m2a.exp, m2a.top_bits()), r2a.exp)
+                .ok_or_else(|| self.unsupported(OP))?
+        };
+        let patch = self.patch(pending, PatchKind::AdamP, 0, &[&p, &m2a, &r2a]);
         let pr = adamw::params(
             &self.gpu,
             p.src,
@@ -805,12 +1085,15 @@ impl GpuKernels {
             st.alpha_q40,
             st.decay_q40,
             keep,
+            patch.as_ref(),
         )
         .map_err(|e| kernel_error(OP, e))?;
-        self.res(OP, pr, p.len(), p.exp as i64 - 16, &[])
+        let f = Formula::linear(-16, &[(1, p.exp_term())]);
+        self.res(OP, pr, p.len(), f, &[&p])
     }
 
     fn gelu_on(&self, x: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
+        let patch = self.patch(x.pending(), PatchKind::Exp, 0, &[&x]);
         self.wide_op(
             "gelu",
             ops::WideOp {
@@ -825,13 +1108,15 @@ impl GpuKernels {
                 k: x.exp as u32,
                 bits: 15,
                 keep,
+                patch,
             },
-            x.exp as i64 - 31,
+            Formula::linear(-31, &[(1, x.exp_term())]),
             &[&x],
         )
     }
 
     fn gelu_bwd_on(&self, x: Arg<'_>, dy: Arg<'_>, keep: bool) -> Result<Res, KernelError> {
+        let patch = self.patch(x.pending(), PatchKind::Exp, 0, &[&x]);
         self.wide_op(
             "gelu_bwd",
             ops::WideOp {
@@ -846,8 +1131,9 @@ impl GpuKernels {
                 k: x.exp as u32,
                 bits: 15,
                 keep,
+                patch,
             },
-            dy.exp as i64 - 31,
+            Formula::linear(-31, &[(1, dy.exp_term())]),
             &[&dy],
         )
     }
@@ -871,19 +1157,53 @@ impl GpuKernels {
                 c: c_q30,
                 bits: 15,
                 keep,
+                patch: None,
             },
-            x.exp as i64 - 30,
+            Formula::linear(-30, &[(1, x.exp_term())]),
             &[&x],
         )
     }
 }
 
 impl Res {
-    /// This result as an operand of the next kernel (its exponent known).
-    fn arg(&self, op: &'static str) -> Result<Arg<'_>, KernelError> {
+    /// This result as an operand of the next kernel (its exponent known or pending).
+    fn arg(&self) -> Arg<'_> {
         match self {
-            Res::Host(b) => Ok(Arg::host(b)),
-            Res::Dev(d) => d.arg_known(op),
+            Res::Host(b) => Arg::host(b),
+            Res::Dev(d) => d.arg(),
         }
     }
+}
+
+/// `(left, right)` shifts of add's operands `(exp, bit-length bound)` to their common
+/// exponent. A left-shifted operand must stay below 2^61 so that the sum fits the emulated
+/// signed 64 bits (always true unless mantissas near 2^23 meet a 40-bit exponent gap; then
+/// the op is left to the CPU reference: `None`).
+fn add_shifts((ea, ba): (i32, u32), (eb, bb): (i32, u32)) -> Option<(u32, u32, u32, u32)> {
+    let e0 = align_exp(ea, eb);
+    let shifts = |e: i32, bits: u32| -> Option<(u32, u32)> {
+        let d = e as i64 - e0 as i64;
+        if d >= 0 {
+            (bits as i64 + d <= ADD_BITS_MAX).then_some((d as u32, 0))
+        } else {
+            Some((0, (-d).min(63) as u32))
+        }
+    };
+    let (la, ra) = shifts(ea, ba)?;
+    let (lb, rb) = shifts(eb, bb)?;
+    Some((la, ra, lb, rb))
+}
+
+/// AdamW's parameter shift `sh = (p.exp − 16) − (m'.exp − r'.exp − 70)`, clamped to
+/// `[−128, 127]`, or `None` when the update `|a| ≤ |alpha| · max|m'| · 2^30 / 2^sh` could
+/// exceed `ADAM_UPDATE_BITS_MAX` bits.
+fn adam_shift(alpha_q40: i64, p_exp: i32, (m_exp, m_bits): (i32, u32), r_exp: i32) -> Option<i32> {
+    let bits = |v: i64| 64 - v.unsigned_abs().leading_zeros();
+    let ea = m_exp as i64 - r_exp as i64 - 70;
+    let sh = (p_exp as i64 - 16) - ea;
+    if m_bits > 0 && bits(alpha_q40) as i64 + m_bits as i64 + 30 - sh > adamw::ADAM_UPDATE_BITS_MAX
+    {
+        return None;
+    }
+    Some(sh.clamp(-128, 127) as i32)
 }

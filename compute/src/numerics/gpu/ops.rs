@@ -3,6 +3,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Mant, Src, WideOut, WideResult};
+use super::exps::{self, Patch};
 use super::shaders::{Shader, OPS};
 
 /// Largest `|c_q30|` the `scale` kernel takes: `|m · c| < 2^15 · 2^47 = 2^62` stays inside the
@@ -26,6 +27,8 @@ pub(crate) struct WideOp<'a> {
     pub(crate) bits: u32,
     /// Leave the result on the device.
     pub(crate) keep: bool,
+    /// Shifts the device computes from exponents the host does not know yet.
+    pub(crate) patch: Option<Patch<'a>>,
 }
 
 fn params(count: u32, cols: u32, rows: u32, bits: u32, c: i64, k: u32, gx: u32) -> [u32; 8] {
@@ -58,6 +61,9 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<WideResult, GpuError> {
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let tail = WideOut::new(gpu, op.count, op.bits, op.keep)?;
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    if let Some(patch) = &op.patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let b0 = op.in0.bind(gpu)?;
     // Entries that read `in1` need it bound even when it is empty (then nothing is read).
     let b1 = if matches!(op.entry, "add" | "mul_cols" | "col_dot" | "gelu_bwd") {
@@ -95,7 +101,13 @@ pub(crate) fn wide(gpu: &Gpu, op: WideOp<'_>) -> Result<WideResult, GpuError> {
 }
 
 /// `rhe(x, k)` per element (`k ≤ 63`).
-pub(crate) fn rescale(gpu: &Gpu, x: Src<'_>, k: u32, keep: bool) -> Result<Mant, GpuError> {
+pub(crate) fn rescale(
+    gpu: &Gpu,
+    x: Src<'_>,
+    k: u32,
+    keep: bool,
+    patch: Option<&Patch<'_>>,
+) -> Result<Mant, GpuError> {
     if x.is_empty() {
         return Mant::empty(gpu, keep);
     }
@@ -103,6 +115,9 @@ pub(crate) fn rescale(gpu: &Gpu, x: Src<'_>, k: u32, keep: bool) -> Result<Mant,
     let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, k.min(63), gx);
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &uniform)?;
+    }
     let b0 = x.bind(gpu)?;
     let bytes = x.bytes();
     let out = gpu.buffer(Pool::Storage, bytes)?;

@@ -11,109 +11,13 @@
 use std::sync::Arc;
 
 use super::device::DevBuf;
-use std::sync::OnceLock;
-
-use super::exec::{key_shift, Src};
+use super::exec::Src;
+use super::exps::DevExp;
 use super::{kernel_error, layernorm, layout, Arg, GpuKernels};
 use crate::numerics::fixed::B16_MANT_MAX;
 use crate::numerics::kernels::{
-    checked_exp, AdamStep, Bfp, KernelError, Kernels, MatmulShape, TENSOR_ELEMS_MAX, WIDE_MANT_MAX,
+    AdamStep, Bfp, KernelError, Kernels, MatmulShape, TENSOR_ELEMS_MAX, WIDE_MANT_MAX,
 };
-
-/// The exponent of a resident tensor with a bound of its mantissas' bit length: known, or
-/// waiting for the requantization key of the op that computes it (recorded in a batch that has
-/// not run yet): `exp = base + Σ terms + shift(key)`.
-#[derive(Clone, Debug)]
-pub(crate) enum Exp {
-    Known { exp: i32, bits: u32 },
-    Later(Arc<LaterExp>),
-}
-
-#[derive(Debug)]
-pub(crate) struct LaterExp {
-    op: &'static str,
-    base: i64,
-    terms: Vec<Exp>,
-    key: Arc<OnceLock<u32>>,
-    target: u32,
-    /// `(shift, bit-length bound)` from the key and the target.
-    map: KeyMap,
-    done: OnceLock<(i32, u32)>,
-}
-
-/// How a key becomes a shift and a bit-length bound.
-pub(crate) type KeyMap = fn(u32, u32) -> (i64, u32);
-
-/// A requantization key: the shift and bound of [`key_shift`].
-pub(crate) fn requant_key(key: u32, target: u32) -> (i64, u32) {
-    let (shift, bits) = key_shift(key, target);
-    (i64::from(shift), bits)
-}
-
-impl Exp {
-    /// `exp = base + Σ terms + shift(key)`, known at once if everything it needs is.
-    pub(crate) fn of(
-        op: &'static str,
-        base: i64,
-        terms: Vec<Exp>,
-        key: Arc<OnceLock<u32>>,
-        target: u32,
-    ) -> Result<Exp, KernelError> {
-        Self::of_map(op, base, terms, key, target, requant_key)
-    }
-
-    /// [`Exp::of`] with another reading of the key (`base + Σ terms + map(key).0`).
-    pub(crate) fn of_map(
-        op: &'static str,
-        base: i64,
-        terms: Vec<Exp>,
-        key: Arc<OnceLock<u32>>,
-        target: u32,
-        map: KeyMap,
-    ) -> Result<Exp, KernelError> {
-        let e = Exp::Later(Arc::new(LaterExp {
-            op,
-            base,
-            terms,
-            key,
-            target,
-            map,
-            done: OnceLock::new(),
-        }));
-        Ok(match e.now() {
-            Some(r) => {
-                let (exp, bits) = r?;
-                Exp::Known { exp, bits }
-            }
-            None => e,
-        })
-    }
-
-    /// `(exponent, bit-length bound)` if every key it depends on is known.
-    pub(crate) fn now(&self) -> Option<Result<(i32, u32), KernelError>> {
-        match self {
-            Exp::Known { exp, bits } => Some(Ok((*exp, *bits))),
-            Exp::Later(l) => {
-                if let Some(&v) = l.done.get() {
-                    return Some(Ok(v));
-                }
-                let key = *l.key.get()?;
-                let mut e = l.base;
-                for t in &l.terms {
-                    match t.now()? {
-                        Ok((x, _)) => e += i64::from(x),
-                        Err(err) => return Some(Err(err)),
-                    }
-                }
-                let (shift, bits) = (l.map)(key, l.target);
-                Some(checked_exp(l.op, e, shift).map(|x| {
-                    let _ = l.done.set((x, bits));
-                    (x, bits)
-                }))
-            }
-        }
-    }
-}
 
 /// A block-floating-point tensor whose mantissas live on the device: `value[i] = mant[i] ·
 /// 2^exp`. Cloning shares the buffer; the last handle returns it to the pool.
@@ -121,13 +25,13 @@ impl Exp {
 pub struct DevTensor {
     buf: Arc<DevBuf>,
     len: usize,
-    exp: Exp,
+    exp: DevExp,
     /// `bitlen(max|mant|) ≤ bound`, known when the op is recorded (its target width).
     bound: u32,
 }
 
 impl DevTensor {
-    pub(crate) fn new(buf: Arc<DevBuf>, len: usize, exp: Exp, bound: u32) -> Self {
+    pub(crate) fn new(buf: Arc<DevBuf>, len: usize, exp: DevExp, bound: u32) -> Self {
         DevTensor {
             buf,
             len,
@@ -150,13 +54,28 @@ impl DevTensor {
             src: Src::Dev(self.buf.buf(), self.len),
             exp: 0,
             bits: Some(self.bound),
-            term: Some(&self.exp),
+            dev: Some(&self.exp),
+            known: false,
+        }
+    }
+
+    /// An operand with its exponent if the host knows it, else pending (`exp` 0).
+    pub(crate) fn arg(&self) -> Arg<'_> {
+        match self.exp.host.now() {
+            Some(Ok((exp, bits))) => Arg {
+                src: Src::Dev(self.buf.buf(), self.len),
+                exp,
+                bits: Some(bits),
+                dev: Some(&self.exp),
+                known: true,
+            },
+            _ => self.arg_later(),
         }
     }
 
     /// An operand with its exponent, which must be known (the batch has run).
     pub(crate) fn arg_known(&self, op: &'static str) -> Result<Arg<'_>, KernelError> {
-        let (exp, bits) = self.exp.now().unwrap_or_else(|| {
+        let (exp, bits) = self.exp.host.now().unwrap_or_else(|| {
             Err(KernelError::Device {
                 op,
                 detail: "an exponent was needed before the batch computing it ran".into(),
@@ -166,7 +85,8 @@ impl DevTensor {
             src: Src::Dev(self.buf.buf(), self.len),
             exp,
             bits: Some(bits),
-            term: None,
+            dev: Some(&self.exp),
+            known: true,
         })
     }
 }
@@ -262,6 +182,16 @@ impl Resident<'_> {
         self.0
     }
 
+    /// See [`GpuKernels::set_deferring`].
+    pub fn set_deferring(&self, on: bool) {
+        self.0.set_deferring(on);
+    }
+
+    /// See [`GpuKernels::deferred_failure`].
+    pub fn deferred_failure(&self) -> Result<Option<&'static str>, KernelError> {
+        self.0.deferred_failure()
+    }
+
     /// Copies a host tensor to the device.
     pub fn upload(&self, x: &Bfp) -> Result<DevTensor, KernelError> {
         const OP: &str = "upload";
@@ -278,12 +208,9 @@ impl Resident<'_> {
             .map_err(|e| kernel_error(OP, e))?;
         let top = x.mant.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
         let bits = 32 - top.leading_zeros();
-        Ok(DevTensor::new(
-            g.keep(buf),
-            x.len(),
-            Exp::Known { exp: x.exp, bits },
-            bits,
-        ))
+        let buf = g.keep(buf);
+        let exp = DevExp::known(g, x.exp, bits).map_err(|e| kernel_error(OP, e))?;
+        Ok(DevTensor::new(buf, x.len(), exp, bits))
     }
 
     /// Copies token ids to the device.
@@ -310,10 +237,35 @@ impl Resident<'_> {
         Ok(self.known(x, "exponent")?.exp)
     }
 
+    /// `(exponent, bit-length bound)` of `x` as the host computes them (running the batch
+    /// that computes them if need be).
+    pub fn exp_and_bound(&self, x: &DevTensor) -> Result<(i32, u32), KernelError> {
+        let a = self.known(x, "exponent")?;
+        Ok((a.exp, a.bits.unwrap_or(0)))
+    }
+
+    /// `(exponent, bit-length bound)` of `x` as the device computed them (its exponent
+    /// buffer, read back): equal to [`Self::exp_and_bound`] unless the two sides' exponent
+    /// arithmetic disagree.
+    pub fn device_exp_and_bound(&self, x: &DevTensor) -> Result<(i32, u32), KernelError> {
+        let v: Vec<i32> = self.read(&x.exp.buf, super::exps::EXP_BYTES)?;
+        Ok((v[0], v[1] as u32))
+    }
+
+    /// `x` as an operand of an op whose shifts depend on its exponent: while deferring, as it
+    /// is (the device supplies the shifts); else with its exponent known ([`Self::known`]).
+    fn operand<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError> {
+        if self.0.deferring() {
+            Ok(x.arg())
+        } else {
+            self.known(x, op)
+        }
+    }
+
     /// `x` as an operand with its exponent known: submits the open batch when the exponent
     /// waits for it (one of the few round trips of a resident step).
     fn known<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError> {
-        if x.exp.now().is_none() {
+        if x.exp.host.now().is_none() {
             self.0.gpu.sync(op).map_err(|e| kernel_error(op, e))?;
         }
         x.arg_known(op)
@@ -363,7 +315,7 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "a", a, a.len, WIDE_BITS)?;
         want(g, OP, "b", b, a.len, WIDE_BITS)?;
-        g.add_on(self.known(a, OP)?, self.known(b, OP)?, true)?
+        g.add_on(self.operand(a, OP)?, self.operand(b, OP)?, true)?
             .dev()
     }
 
@@ -479,13 +431,14 @@ impl Resident<'_> {
         ))
     }
 
-    /// [`Kernels::layernorm_bwd`] with the forward's resident `R`.
+    /// [`Kernels::layernorm_bwd`] with the forward's resident `R`; `x` is the forward's input
+    /// (its exponent is the contract's `x_exp`).
     pub fn layernorm_bwd(
         &self,
         dxhat: &DevTensor,
         xhat: &DevTensor,
         r: &DevStats,
-        x_exp: i32,
+        x: &DevTensor,
         rows: usize,
         cols: usize,
     ) -> Result<DevTensor, KernelError> {
@@ -493,20 +446,22 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "dxhat", dxhat, rows * cols, B16_BITS)?;
         want(g, OP, "xhat", xhat, rows * cols, B16_BITS)?;
-        let xa = self.known(xhat, OP)?;
+        if r.rows != rows || rows * cols == 0 {
+            return Err(g.unsupported(OP));
+        }
+        let xa = self.operand(xhat, OP)?;
         // Without the host's look at R, the shift must be in range for every row.
-        if r.rows != rows
-            || rows * cols == 0
-            || xa.exp > 0
-            || ((-2 * xa.exp) as u32) > layernorm::LAYERNORM_BWD_SHIFT_MAX
-        {
+        let in_range = |e: i32| e <= 0 && ((-2 * e) as u32) <= layernorm::LAYERNORM_BWD_SHIFT_MAX;
+        if xa.pending() {
+            g.defer_check(OP, vec![xa.exp_term()], move |v| in_range(v[0].0));
+        } else if !in_range(xa.exp) {
             return Err(g.unsupported(OP));
         }
         g.layernorm_bwd_on(
             dxhat.arg_later(),
             xa,
             Src::Dev(r.buf.buf(), r.rows),
-            x_exp,
+            x.arg_later(),
             rows,
             cols,
             true,
@@ -529,7 +484,7 @@ impl Resident<'_> {
         if rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.softmax_on(self.known(x, OP)?, rows, cols, causal, scale_q16, true)?
+        g.softmax_on(self.operand(x, OP)?, rows, cols, causal, scale_q16, true)?
             .dev()
     }
 
@@ -546,8 +501,13 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "p", p, rows * cols, B16_BITS)?;
         want(g, OP, "dp", dp, rows * cols, B16_BITS)?;
-        let pa = self.known(p, OP)?;
-        if pa.exp > 0 || pa.exp < -64 {
+        let pa = self.operand(p, OP)?;
+        let in_range = |e: i32| (-64..=0).contains(&e);
+        if pa.pending() {
+            g.defer_check(OP, vec![pa.exp_term()], move |v| {
+                in_range(v[0].0) && (-v[0].0) as u32 <= super::softmax_bwd::SOFTMAX_BWD_SHIFT_MAX
+            });
+        } else if !in_range(pa.exp) {
             return Err(g.unsupported(OP));
         }
         g.softmax_bwd_on(pa, dp.arg_later(), rows, cols, scale_q16, true)?
@@ -568,7 +528,7 @@ impl Resident<'_> {
         if targets.len != rows || !targets.below(cols) || rows == 0 {
             return Err(g.unsupported(OP));
         }
-        let la = self.known(logits, OP)?;
+        let la = self.operand(logits, OP)?;
         let (loss, d) = g.cross_entropy_on(la, targets.src(), rows, cols, true)?;
         Ok((loss, d.dev()?))
     }
@@ -594,8 +554,10 @@ impl Resident<'_> {
         Ok((p2.dev()?, m2.dev()?, r2.dev()?))
     }
 
-    /// [`Kernels::adamw`] of several tensors: every tensor's moments recorded, one submission
-    /// for their exponents, then every tensor's parameters recorded. One result per tensor.
+    /// [`Kernels::adamw`] of several tensors: every tensor's moments recorded, then every
+    /// tensor's parameters. The parameters' shifts depend on the moments' exponents: while
+    /// deferring the device supplies them, else one submission makes them known to the host.
+    /// One result per tensor.
     #[allow(clippy::type_complexity)] // one (p, m, r) triple per tensor
     pub fn adamw_many(
         &self,
@@ -610,21 +572,23 @@ impl Resident<'_> {
                     want(g, OP, name, t, it.p.len, B16_BITS)?;
                 }
                 want(g, OP, "p", it.p, it.p.len, WIDE_BITS)?;
-                let (ga, ma) = (self.known(it.g, OP)?, self.known(it.m, OP)?);
-                let ra = self.known(it.r, OP)?;
+                let (ga, ma) = (self.operand(it.g, OP)?, self.operand(it.m, OP)?);
+                let ra = self.operand(it.r, OP)?;
                 g.adamw_moments_on(ga, ma, ra, it.step, true)
             })
             .collect();
-        if let Err(e) = g.gpu.sync(OP) {
-            let e = kernel_error(OP, e);
-            return items.iter().map(|_| Err(e.clone())).collect();
+        if !g.deferring() {
+            if let Err(e) = g.gpu.sync(OP) {
+                let e = kernel_error(OP, e);
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
         }
         items
             .iter()
             .zip(moments)
             .map(|(it, mo)| {
                 let (m2, r2) = mo?;
-                let p2 = g.adamw_params_on(self.known(it.p, OP)?, &m2, &r2, it.step, true)?;
+                let p2 = g.adamw_params_on(self.operand(it.p, OP)?, &m2, &r2, it.step, true)?;
                 Ok((p2.dev()?, m2.dev()?, r2.dev()?))
             })
             .collect()
@@ -634,7 +598,7 @@ impl Resident<'_> {
     pub fn gelu(&self, x: &DevTensor) -> Result<DevTensor, KernelError> {
         let g = self.kernels();
         want(g, "gelu", "x", x, x.len, B16_BITS)?;
-        g.gelu_on(self.known(x, "gelu")?, true)?.dev()
+        g.gelu_on(self.operand(x, "gelu")?, true)?.dev()
     }
 
     /// [`Kernels::gelu_bwd`].
@@ -643,7 +607,7 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
         want(g, OP, "dy", dy, x.len, B16_BITS)?;
-        g.gelu_bwd_on(self.known(x, OP)?, dy.arg_later(), true)?
+        g.gelu_bwd_on(self.operand(x, OP)?, dy.arg_later(), true)?
             .dev()
     }
 
@@ -738,12 +702,19 @@ impl Resident<'_> {
         if n == 0 || parts.iter().any(|p| p.len != n) {
             return Err(self.0.unsupported(OP));
         }
-        // One exponent for all parts: known and equal (a single part keeps its own).
+        // One exponent for all parts: equal (a single part keeps its own), checked now or,
+        // while deferring, when the batch has run.
         if parts.len() > 1 {
-            let e0 = self.known(first, OP)?.exp;
-            for p in &parts[1..] {
-                if self.known(p, OP)?.exp != e0 {
-                    return Err(self.0.unsupported(OP));
+            if self.0.deferring() {
+                let ins = parts.iter().map(|p| p.exp.host.clone()).collect();
+                self.0
+                    .defer_check(OP, ins, |v| v.iter().all(|x| x.0 == v[0].0));
+            } else {
+                let e0 = self.known(first, OP)?.exp;
+                for p in &parts[1..] {
+                    if self.known(p, OP)?.exp != e0 {
+                        return Err(self.0.unsupported(OP));
+                    }
                 }
             }
         }
@@ -763,6 +734,34 @@ impl Resident<'_> {
             first.exp.clone(),
             bound,
         ))
+    }
+
+    /// `parts[i]` rescaled to the largest exponent of `parts` (at most 3), for each `i`: the
+    /// exponents are compared on the device. Outside a deferred stretch, as
+    /// [`Self::rescale`] to the largest known exponent.
+    pub fn rescale_to_max(&self, parts: &[&DevTensor]) -> Result<Vec<DevTensor>, KernelError> {
+        const OP: &str = "rescale";
+        if parts.is_empty() || parts.len() > 3 {
+            return Err(self.0.unsupported(OP));
+        }
+        if !self.0.deferring() {
+            let e = parts
+                .iter()
+                .map(|p| self.exp(p))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .max()
+                .unwrap_or(0);
+            return parts.iter().map(|p| self.rescale(p, e)).collect();
+        }
+        (0..parts.len())
+            .map(|i| {
+                // The rescaled part first, then the others.
+                let mut group: Vec<Arg<'_>> = vec![parts[i].arg()];
+                group.extend((0..parts.len()).filter(|&j| j != i).map(|j| parts[j].arg()));
+                self.0.rescale_max_on(&group)?.dev()
+            })
+            .collect()
     }
 
     /// A moved copy of (part of) `src`: same exponent and bound.

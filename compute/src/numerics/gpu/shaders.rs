@@ -136,6 +136,14 @@ pub static LAYOUT: Shader = Shader {
     entries: &["gather_rows", "heads"],
 };
 
+/// Exponents of resident tensors on the device: the shifts an op takes from its inputs'
+/// exponents, and its result's exponent from its requantization key (`exps.rs`).
+pub static EXPS: Shader = Shader {
+    name: "exps",
+    source: concat!(include_str!("int64.wgsl"), include_str!("exps.wgsl")),
+    entries: &["exp_pre", "exp_post"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -179,4 +187,5 @@ pub static SHADERS: &[&Shader] = &[
     &CROSS_ENTROPY,
     &ADAMW,
     &LAYOUT,
+    &EXPS,
 ];

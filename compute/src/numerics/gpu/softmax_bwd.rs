@@ -2,6 +2,7 @@
 
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, known_key, release, submit, u32_of, Dispatch, Mant, Src, WideResult};
+use super::exps::{self, Patch};
 use super::shaders::SOFTMAX_BWD;
 
 /// Largest `−p.exp` the GPU backward takes (keeps `|w| < 2^94`; larger is left to the CPU).
@@ -21,6 +22,7 @@ pub(crate) fn softmax_bwd(
     sh: u32,
     scale_q16: u32,
     keep: bool,
+    patch: Option<&Patch<'_>>,
 ) -> Result<WideResult, GpuError> {
     let count = rows * cols;
     if count == 0 {
@@ -38,6 +40,10 @@ pub(crate) fn softmax_bwd(
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let u_rows = gpu.uniform(bytemuck::cast_slice(&p_rows))?;
     let u_all = gpu.uniform(bytemuck::cast_slice(&p_all))?;
+    if let Some(patch) = patch {
+        exps::pre(gpu, patch, &u_rows)?;
+        exps::pre(gpu, patch, &u_all)?;
+    }
     let bp = p.bind(gpu)?;
     let bd = dp.bind(gpu)?;
     let wide_bytes = count as u64 * 16;
@@ -89,8 +95,8 @@ pub(crate) fn softmax_bwd(
             return Err(e);
         }
     };
-    let (k, mant) = if keep {
-        (gpu.defer_key(&key), Mant::Dev(out))
+    let (k, key_buf, mant) = if keep {
+        (gpu.defer_key(&key), Some(key.clone()), Mant::Dev(out))
     } else {
         let k = known_key(bytemuck::pod_read_unaligned(
             &bytes.pop().unwrap_or_default()[..4],
@@ -98,6 +104,7 @@ pub(crate) fn softmax_bwd(
         gpu.recycle(Pool::Storage, [out]);
         (
             k,
+            None,
             Mant::Host(bytemuck::pod_collect_to_vec(
                 &bytes.pop().unwrap_or_default(),
             )),
@@ -107,6 +114,7 @@ pub(crate) fn softmax_bwd(
     Ok(WideResult {
         mant,
         key: k,
+        key_buf,
         target: 15,
     })
 }

@@ -12,7 +12,7 @@ use crate::model::transformer::{
 };
 use crate::numerics::fixed::{B16_MANT_MAX, B24_MANT_MAX};
 use crate::numerics::kernels::{Bfp, KernelError, Kernels, EXP_ABS_MAX};
-use crate::numerics::tensor::{Exec, Tensor};
+use crate::numerics::tensor::{Exec, Scalar, Tensor};
 use sha2::{Digest, Sha256};
 
 /// Magic and version of the canonical state encoding.
@@ -255,7 +255,7 @@ impl TrainState {
         stream: u64,
         iters: usize,
     ) -> Result<f64, TrainError> {
-        let batch_loss = |i: u64| -> Result<(i64, usize), TrainError> {
+        let batch_loss = |i: u64| -> Result<(Scalar, usize), TrainError> {
             let b = sample_batch(
                 tokens,
                 what,
@@ -280,18 +280,30 @@ impl TrainState {
         // Two batches at a time, one per `rayon::join` arm: the forward passes overlap their
         // serial parts, and at most two sets of activations are alive. The integer sum does not
         // depend on the order; errors are taken in batch order, as a sequential loop would.
+        let iters = iters as u64;
+        let all = || -> Result<Vec<(Scalar, usize)>, TrainError> {
+            let mut out = Vec::with_capacity(iters as usize);
+            for i in (0..iters).step_by(2) {
+                let (first, second) = rayon::join(
+                    || batch_loss(i),
+                    || (i + 1 < iters).then(|| batch_loss(i + 1)).transpose(),
+                );
+                out.extend(std::iter::once(first?).chain(second?));
+            }
+            Ok(out)
+        };
+        // On a device, recorded without waiting for exponents; the checked path again if a
+        // range check fails afterwards (see `Session::step`).
+        let losses = match ex.deferred(all) {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) => all()?,
+            Err(e) => return Err(ModelError::Kernel(e).into()),
+        };
         let mut sum: i128 = 0;
         let mut positions = 0usize;
-        let iters = iters as u64;
-        for i in (0..iters).step_by(2) {
-            let (first, second) = rayon::join(
-                || batch_loss(i),
-                || (i + 1 < iters).then(|| batch_loss(i + 1)).transpose(),
-            );
-            for (loss, n) in std::iter::once(first?).chain(second?) {
-                sum += loss as i128;
-                positions += n;
-            }
+        for (loss, n) in losses {
+            sum += ex.value(&loss).map_err(ModelError::Kernel)? as i128;
+            positions += n;
         }
         Ok(sum as f64 / 65536.0 / positions.max(1) as f64)
     }
@@ -651,10 +663,12 @@ fn step_once(
     )
     .map_err(ModelError::Kernel)?;
     live.step += 1;
+    // Read after the optimizer is recorded: the loss comes with the step's last submission.
+    let loss_sum_q16 = ex.value(&pass.loss_sum_q16).map_err(ModelError::Kernel)?;
     Ok(StepStats {
         step: it,
-        loss_sum_q16: pass.loss_sum_q16,
-        loss: pass.loss_sum_q16 as f64 / 65536.0 / pass.positions.max(1) as f64,
+        loss_sum_q16,
+        loss: loss_sum_q16 as f64 / 65536.0 / pass.positions.max(1) as f64,
         lr_q40: lr_q40(&st.hyper, it),
         clipped,
     })

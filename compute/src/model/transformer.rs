@@ -10,7 +10,7 @@
 
 use crate::numerics::fixed::{isqrt, normal_q16, requantize, B24_MANT_MAX};
 use crate::numerics::kernels::{Bfp, KernelError, Kernels, MatmulShape};
-use crate::numerics::tensor::{Exec, Stats, Tensor};
+use crate::numerics::tensor::{Exec, Scalar, Stats, Tensor};
 use rayon::prelude::*;
 
 // The one set of model limits: `Config::validate`, training, checkpoints and shard specs
@@ -274,8 +274,9 @@ impl Pass {
 /// tensors.
 #[derive(Debug)]
 pub struct TensorPass {
-    /// Sum over all positions of the cross-entropy, in Q16 nats.
-    pub loss_sum_q16: i64,
+    /// Sum over all positions of the cross-entropy, in Q16 nats (possibly still on the
+    /// device: [`Exec::value`]).
+    pub loss_sum_q16: Scalar,
     /// Number of positions.
     pub positions: usize,
     /// Gradients of the mean loss (empty without backward).
@@ -426,7 +427,7 @@ pub fn forward_backward(
         .map(|g| ex.take(g))
         .collect::<Result<_, _>>()?;
     let pass = Pass {
-        loss_sum_q16: pass.loss_sum_q16,
+        loss_sum_q16: ex.value(&pass.loss_sum_q16)?,
         positions: pass.positions,
         grads,
     };
@@ -532,7 +533,7 @@ pub fn forward_backward_on(
     let logits = ex.matmul(&af, &w16[WTE], MatmulShape::new(bt, c, v).tb())?;
     let Some(targets) = targets else {
         let pass = TensorPass {
-            loss_sum_q16: 0,
+            loss_sum_q16: Scalar::Host(0),
             positions: bt,
             grads: Vec::new(),
         };

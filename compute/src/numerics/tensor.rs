@@ -13,7 +13,9 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::numerics::gpu::{AdamwItem, DevIds, DevStats, DevTensor, GpuKernels, Resident};
+use crate::numerics::gpu::{
+    AdamwItem, DevIds, DevScalar, DevStats, DevTensor, GpuKernels, Resident,
+};
 use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
 /// A tensor on the host or on the device.
@@ -58,6 +60,16 @@ impl Ids<'_> {
     pub fn host(&self) -> &[u32] {
         self.host
     }
+}
+
+/// A 64-bit kernel result (the loss sum), where the kernel left it: read with
+/// [`Exec::value`].
+#[derive(Clone, Debug)]
+pub enum Scalar {
+    /// On the host.
+    Host(i64),
+    /// On the device until its batch runs.
+    Dev(DevScalar),
 }
 
 /// Layernorm's `R` per row, where the forward left it.
@@ -469,14 +481,24 @@ impl<'k> Exec<'k> {
         )
     }
 
-    /// [`Kernels::cross_entropy`].
+    /// The value of a scalar a kernel returned (waiting for the device if it is still there).
+    pub fn value(&self, v: &Scalar) -> Result<i64, KernelError> {
+        match (v, self.dev) {
+            (Scalar::Host(x), _) => Ok(*x),
+            (Scalar::Dev(d), Some(r)) => r.value(d),
+            (Scalar::Dev(_), None) => Err(self.k.unsupported("value")),
+        }
+    }
+
+    /// [`Kernels::cross_entropy`]; the loss sum may stay on the device until
+    /// [`Exec::value`] asks for it.
     pub fn cross_entropy(
         &self,
         logits: &Tensor,
         targets: &Ids<'_>,
         rows: usize,
         cols: usize,
-    ) -> Result<(i64, Tensor), KernelError> {
+    ) -> Result<(Scalar, Tensor), KernelError> {
         self.run_with(
             [logits],
             |r, [d]| match &targets.dev {
@@ -484,8 +506,8 @@ impl<'k> Exec<'k> {
                 None => Err(self.k.unsupported("cross_entropy")),
             },
             |[b]| self.k.cross_entropy(b, targets.host, rows, cols),
-            |(loss, g)| (loss, Tensor::Dev(g)),
-            |(loss, g), resident| Ok((loss, self.place(g, resident)?)),
+            |(loss, g)| (Scalar::Dev(loss), Tensor::Dev(g)),
+            |(loss, g), resident| Ok((Scalar::Host(loss), self.place(g, resident)?)),
         )
     }
 

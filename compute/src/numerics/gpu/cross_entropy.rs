@@ -1,12 +1,21 @@
 //! Host side of `cross_entropy.wgsl`: gradient as wide values (requantized by the shared
 //! tail) and the per-row losses, added on the device (integers: any order gives the same sum).
 
+use std::sync::{Arc, OnceLock};
+
 use super::device::{Gpu, GpuError, Pool};
 use super::exec::{grid_1d, release, submit, u32_of, Dispatch, Src, WideOut, WideResult};
 use super::exps::{self, Patch};
 use super::shaders::{CROSS_ENTROPY, OPS};
 
-/// `(loss sum in Q16 nats, gradient mantissas, shift)`; gradient `exp = −40 + shift`.
+/// The loss sum in Q16 nats: read back with the gradient, or (kept on the device) its two
+/// 32-bit halves, read when the batch runs.
+pub(crate) enum Loss {
+    Now(i64),
+    Later([Arc<OnceLock<u32>>; 2]),
+}
+
+/// `(loss sum, gradient mantissas, shift)`; gradient `exp = −40 + shift`.
 /// The caller checked lengths, bounds and targets; `rows ≥ 1`, `cols ≥ 1`.
 #[allow(clippy::too_many_arguments)] // the kernel's operands and scalars, plus `keep` and `patch`
 pub(crate) fn cross_entropy(
@@ -18,7 +27,7 @@ pub(crate) fn cross_entropy(
     s: i32,
     keep: bool,
     patch: Option<&Patch<'_>>,
-) -> Result<(i64, WideResult), GpuError> {
+) -> Result<(Loss, WideResult), GpuError> {
     let count = rows * cols;
     let (groups, gx) = grid_1d(gpu, "cross_entropy", rows)?;
     let p: [u32; 8] = [
@@ -46,8 +55,11 @@ pub(crate) fn cross_entropy(
     let p_sum: [u32; 8] = [u32_of("rows", rows)?, 0, 0, 0, 0, 0, 0, 1];
     let u_sum = gpu.uniform(bytemuck::cast_slice(&p_sum))?;
     let total = gpu.buffer(Pool::Storage, 8)?;
-    let mut reads = tail.reads(true);
-    reads.push((&total, 8));
+    // Kept on the device, the loss waits for the batch like the keys do.
+    let mut reads = tail.reads(false);
+    if !keep {
+        reads.push((&total, 8));
+    }
     let res = submit(
         gpu,
         "cross_entropy",
@@ -78,13 +90,17 @@ pub(crate) fn cross_entropy(
     );
     gpu.recycle(Pool::Uniform, [uniform, u_sum]);
     release(gpu, [bl, bt]);
-    gpu.recycle(Pool::Storage, [bloss, total]);
-    let (res, losses) = match res {
-        Ok(mut v) => {
+    let (res, loss) = match (res, keep) {
+        (Ok(v), true) => (
+            Ok(v),
+            Loss::Later([gpu.defer_word(&total, 0), gpu.defer_word(&total, 4)]),
+        ),
+        (Ok(mut v), false) => {
             let l: i64 = bytemuck::pod_read_unaligned(&v.pop().unwrap_or_default()[..8]);
-            (Ok(v), l)
+            (Ok(v), Loss::Now(l))
         }
-        Err(e) => (Err(e), 0),
+        (Err(e), _) => (Err(e), Loss::Now(0)),
     };
-    Ok((losses, tail.finish(gpu, res)?))
+    gpu.recycle(Pool::Storage, [bloss, total]);
+    Ok((loss, tail.finish(gpu, res)?))
 }

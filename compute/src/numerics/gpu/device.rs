@@ -368,7 +368,7 @@ fn free_into(pools: &BufferPool, buffers: impl IntoIterator<Item = (Pool, wgpu::
 /// are (see [`Gpu::record`]).
 struct Batch {
     encoder: wgpu::CommandEncoder,
-    keys: Vec<(wgpu::Buffer, Arc<OnceLock<u32>>)>,
+    keys: Vec<(wgpu::Buffer, u64, Arc<OnceLock<u32>>)>,
 }
 
 /// Most records (ops, and the exponent dispatches around them) in one batch before it is
@@ -691,15 +691,21 @@ impl Gpu {
     /// Registers the key buffer of the op just recorded: the returned cell gets its value when
     /// the batch runs. The caller holds `op_lock`, and releases `key` to the pool only after.
     pub(crate) fn defer_key(&self, key: &wgpu::Buffer) -> Arc<OnceLock<u32>> {
+        self.defer_word(key, 0)
+    }
+
+    /// [`Gpu::defer_key`] for the 32-bit word at byte `offset` of `buf`.
+    pub(crate) fn defer_word(&self, buf: &wgpu::Buffer, offset: u64) -> Arc<OnceLock<u32>> {
         let cell = Arc::new(OnceLock::new());
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         match batch.as_mut() {
-            Some((b, _)) => b.keys.push((key.clone(), Arc::clone(&cell))),
-            // Recording flushed the batch (it was full): the key is final, read it now.
+            Some((b, _)) => b.keys.push((buf.clone(), offset, Arc::clone(&cell))),
+            // Recording flushed the batch (it was full): the word is final, read it now.
             None => {
                 drop(batch);
-                if let Ok(bytes) = self.flush_locked("key", &[(key, 4)]) {
-                    let _ = cell.set(bytemuck::pod_read_unaligned(&bytes[0][..4]));
+                if let Ok(bytes) = self.flush_locked("key", &[(buf, offset + 4)]) {
+                    let at = offset as usize;
+                    let _ = cell.set(bytemuck::pod_read_unaligned(&bytes[0][at..at + 4]));
                 }
             }
         }
@@ -737,8 +743,8 @@ impl Gpu {
                 None
             } else {
                 let g = self.buffer(Pool::Storage, keys.len() as u64 * 4)?;
-                for (i, (k, _)) in keys.iter().enumerate() {
-                    encoder.copy_buffer_to_buffer(k, 0, &g, i as u64 * 4, 4);
+                for (i, (k, offset, _)) in keys.iter().enumerate() {
+                    encoder.copy_buffer_to_buffer(k, *offset, &g, i as u64 * 4, 4);
                 }
                 Some(g)
             };
@@ -758,7 +764,7 @@ impl Gpu {
             if let Some(g) = gathered {
                 let bytes = out.pop().unwrap_or_default();
                 let values: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
-                for ((_, cell), v) in keys.iter().zip(values) {
+                for ((_, _, cell), v) in keys.iter().zip(values) {
                     let _ = cell.set(v);
                 }
                 self.recycle(Pool::Storage, [g]);

@@ -34,7 +34,7 @@
 
 mod adamw;
 pub mod bench;
-mod cross_entropy;
+pub(crate) mod cross_entropy;
 mod device;
 mod exec;
 mod exps;
@@ -68,7 +68,7 @@ use device::Gpu;
 use exec::{Mant, Src, WideResult};
 use exps::{DevExp, Exp, Formula, Key, Patch, PatchKind};
 pub use fallback::WithCpuFallback;
-pub use resident::{AdamwItem, DevIds, DevStats, DevTensor, Resident};
+pub use resident::{AdamwItem, DevIds, DevScalar, DevStats, DevTensor, Resident};
 
 /// The wgpu backend on one adapter.
 #[derive(Debug)]
@@ -313,6 +313,9 @@ impl Kernels for GpuKernels {
         }
         let (loss, d) =
             self.cross_entropy_on(Arg::host(logits), Src::Host(targets), rows, cols, false)?;
+        let cross_entropy::Loss::Now(loss) = loss else {
+            unreachable!("a cross-entropy read back reads its loss")
+        };
         Ok((loss, d.host()?))
     }
 
@@ -947,7 +950,7 @@ impl GpuKernels {
         rows: usize,
         cols: usize,
         keep: bool,
-    ) -> Result<(i64, Res), KernelError> {
+    ) -> Result<(cross_entropy::Loss, Res), KernelError> {
         const OP: &str = "cross_entropy";
         let s = (30 - logits.exp as i64).clamp(-100, 100) as i32;
         let mut patch = self.patch(logits.pending(), PatchKind::Softmax, 0, &[&logits]);

@@ -117,6 +117,36 @@ impl DevIds {
     }
 }
 
+/// A 64-bit result a resident kernel left on the device (cross-entropy's loss sum): read
+/// when its batch runs ([`Resident::value`]).
+#[derive(Clone, Debug)]
+pub struct DevScalar {
+    halves: Option<[Arc<std::sync::OnceLock<u32>>; 2]>,
+    now: i64,
+}
+
+impl DevScalar {
+    fn of(loss: super::cross_entropy::Loss) -> Self {
+        match loss {
+            super::cross_entropy::Loss::Now(v) => DevScalar {
+                halves: None,
+                now: v,
+            },
+            super::cross_entropy::Loss::Later(h) => DevScalar {
+                halves: Some(h),
+                now: 0,
+            },
+        }
+    }
+
+    fn get(&self) -> Option<i64> {
+        match &self.halves {
+            None => Some(self.now),
+            Some([lo, hi]) => Some((u64::from(*lo.get()?) | u64::from(*hi.get()?) << 32) as i64),
+        }
+    }
+}
+
 /// Layernorm's `R` per row, left on the device for the backward pass.
 #[derive(Clone, Debug)]
 pub struct DevStats {
@@ -514,14 +544,30 @@ impl Resident<'_> {
             .dev()
     }
 
-    /// [`Kernels::cross_entropy`] with resident targets; the loss sum comes back.
+    /// The value of `v`, running the batch that computes it if need be.
+    pub fn value(&self, v: &DevScalar) -> Result<i64, KernelError> {
+        if let Some(x) = v.get() {
+            return Ok(x);
+        }
+        self.0
+            .gpu
+            .sync("value")
+            .map_err(|e| kernel_error("value", e))?;
+        v.get().ok_or_else(|| KernelError::Device {
+            op: "value",
+            detail: "a value was not read with the batch that computes it".into(),
+        })
+    }
+
+    /// [`Kernels::cross_entropy`] with resident targets; the loss sum waits on the device
+    /// ([`Self::value`]).
     pub fn cross_entropy(
         &self,
         logits: &DevTensor,
         targets: &DevIds,
         rows: usize,
         cols: usize,
-    ) -> Result<(i64, DevTensor), KernelError> {
+    ) -> Result<(DevScalar, DevTensor), KernelError> {
         const OP: &str = "cross_entropy";
         let g = self.kernels();
         want(g, OP, "logits", logits, rows * cols, B16_BITS)?;
@@ -530,7 +576,7 @@ impl Resident<'_> {
         }
         let la = self.operand(logits, OP)?;
         let (loss, d) = g.cross_entropy_on(la, targets.src(), rows, cols, true)?;
-        Ok((loss, d.dev()?))
+        Ok((DevScalar::of(loss), d.dev()?))
     }
 
     /// [`Kernels::adamw`].

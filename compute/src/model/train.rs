@@ -753,18 +753,17 @@ impl Session<'_, '_> {
         if std::mem::replace(&mut self.written, true) {
             return Ok(());
         }
-        let ex = &self.ex;
-        let back = |v: &mut Vec<Tensor>| -> Result<Vec<Bfp>, ModelError> {
-            std::mem::take(v)
-                .into_iter()
-                .map(|t| ex.take(t).map_err(ModelError::Kernel))
-                .collect()
-        };
-        let (p, m, r) = (
-            back(&mut self.state.params)?,
-            back(&mut self.state.m)?,
-            back(&mut self.state.r)?,
-        );
+        // One read-back for the whole state.
+        let (np, nm) = (self.state.params.len(), self.state.m.len());
+        let all: Vec<Tensor> = std::mem::take(&mut self.state.params)
+            .into_iter()
+            .chain(std::mem::take(&mut self.state.m))
+            .chain(std::mem::take(&mut self.state.r))
+            .collect();
+        let mut all = self.ex.take_all(all).map_err(ModelError::Kernel)?;
+        let r = all.split_off(np + nm);
+        let m = all.split_off(np);
+        let p = all;
         self.st.params = p;
         self.st.m = m;
         self.st.r = r;

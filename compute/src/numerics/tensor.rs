@@ -216,6 +216,24 @@ impl<'k> Exec<'k> {
         }
     }
 
+    /// The tensors moved to the host (resident ones read back in one submission).
+    pub fn take_all(&self, ts: Vec<Tensor>) -> Result<Vec<Bfp>, KernelError> {
+        let devs: Vec<&DevTensor> = ts.iter().filter_map(Tensor::as_dev).collect();
+        let mut down = match (self.dev, devs.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(r), false) => r.download_all(&devs)?,
+            (None, false) => return Err(self.k.unsupported("download")),
+        }
+        .into_iter();
+        Ok(ts
+            .into_iter()
+            .map(|t| match t {
+                Tensor::Host(b) => b,
+                Tensor::Dev(_) => down.next().expect("one read-back per resident tensor"),
+            })
+            .collect())
+    }
+
     fn stats_host<'s>(&self, s: &'s Stats) -> Result<Cow<'s, [u64]>, KernelError> {
         match (s, self.dev) {
             (Stats::Host(v), _) => Ok(Cow::Borrowed(v)),

@@ -262,6 +262,42 @@ impl Resident<'_> {
         Ok(Bfp::new(mant, self.known(x, "download")?.exp))
     }
 
+    /// Reads resident tensors back in one submission (after the batch that computes them).
+    pub fn download_all(&self, xs: &[&DevTensor]) -> Result<Vec<Bfp>, KernelError> {
+        const OP: &str = "download";
+        if xs.iter().any(|x| x.exp.host.now().is_none()) {
+            self.0.gpu.sync(OP).map_err(|e| kernel_error(OP, e))?;
+        }
+        let exps = xs
+            .iter()
+            .map(|x| Ok(x.arg_known(OP)?.exp))
+            .collect::<Result<Vec<i32>, KernelError>>()?;
+        let reads: Vec<(&wgpu::Buffer, u64)> = xs
+            .iter()
+            .filter(|x| x.len > 0)
+            .map(|x| (x.buf.buf(), x.len as u64 * 4))
+            .collect();
+        let g = &self.0.gpu;
+        let mut bytes = {
+            let _lock = g.op_lock.lock().unwrap_or_else(|p| p.into_inner());
+            g.flush_locked(OP, &reads)
+                .map_err(|e| kernel_error(OP, e))?
+                .into_iter()
+        };
+        Ok(xs
+            .iter()
+            .zip(exps)
+            .map(|(x, exp)| {
+                let mant = if x.len > 0 {
+                    bytemuck::pod_collect_to_vec(&bytes.next().unwrap_or_default())
+                } else {
+                    Vec::new()
+                };
+                Bfp::new(mant, exp)
+            })
+            .collect())
+    }
+
     /// The exponent of a resident tensor (running the batch that computes it if need be).
     pub fn exp(&self, x: &DevTensor) -> Result<i32, KernelError> {
         Ok(self.known(x, "exponent")?.exp)

@@ -207,6 +207,43 @@ fn a_failed_deferred_check_is_reported_and_the_replay_gives_the_reference_bits()
     }
 }
 
+/// Two executors on one backend, one stretch inside the other: each stretch's checks are its
+/// own, so the inner one (all in range) passes while the outer one (an add beyond the shader)
+/// is reported, and neither's result depends on the other.
+#[test]
+fn executors_sharing_a_backend_keep_their_own_deferred_checks() {
+    let wide = Bfp::new(vec![(1 << 22) + 3, -(1 << 22) - 5, 7], 0);
+    let small = Bfp::new(b16(3, 5).mant, -40);
+    let (x, w) = (b16(6, 11), b16(6, 13));
+    let c = CpuKernels;
+    let want = c.gelu(&c.add(&x, &w).unwrap()).unwrap();
+    for g in gpu_common::adapters("gpu_resident two executors") {
+        let g = WithCpuFallback::new(g);
+        let (outer, inner) = (Exec::new(&g), Exec::new(&g));
+        let (a, b) = (resident(&outer, &wide), resident(&outer, &small));
+        let (rx, rw) = (resident(&inner, &x), resident(&inner, &w));
+        let out = outer
+            .deferred(|| {
+                let a = outer.requant(&a, (1 << 23) - 1)?;
+                let b = outer.requant(&b, (1 << 15) - 1)?;
+                let s = outer.add(&a, &b)?;
+                let got = inner
+                    .deferred(|| {
+                        let p = inner.requant(&rx, (1 << 15) - 1)?;
+                        inner.gelu(&inner.add(&p, &rw)?)
+                    })
+                    .unwrap()
+                    .expect("the inner stretch's checks hold");
+                assert_eq!(inner.take(got).unwrap(), want, "{}", g.name());
+                Ok::<_, leam_compute::numerics::kernels::KernelError>(s)
+            })
+            .unwrap();
+        assert_eq!(out.err(), Some("add"), "{}", g.name());
+        assert_eq!((outer.replays(), inner.replays()), (1, 0), "{}", g.name());
+        assert_eq!(inner.fallbacks(), 0, "{}", g.name());
+    }
+}
+
 /// Rows wider than the GPU layernorm takes (256) run on the host interface from resident
 /// inputs: the CPU reference's bits, the result back on the device, one counted fallback.
 #[test]

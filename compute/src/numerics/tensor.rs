@@ -11,10 +11,10 @@
 use std::borrow::Cow;
 
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::numerics::gpu::{
-    AdamwItem, DevIds, DevScalar, DevStats, DevTensor, GpuKernels, Resident,
+    AdamwItem, DevIds, DevScalar, DevStats, DevTensor, GpuKernels, Resident, Stretch,
 };
 use crate::numerics::kernels::{AdamStep, Bfp, KernelError, Kernels, MatmulShape};
 
@@ -85,6 +85,9 @@ pub enum Stats {
 pub struct Exec<'k> {
     k: &'k dyn Kernels,
     dev: Option<Resident<'k>>,
+    /// The checks of the deferred stretch running (see [`Exec::deferred`]).
+    stretch: Stretch,
+    in_stretch: AtomicBool,
     fallbacks: AtomicU64,
     replays: AtomicU64,
 }
@@ -99,6 +102,8 @@ impl<'k> Exec<'k> {
         Exec {
             k,
             dev,
+            stretch: Stretch::default(),
+            in_stretch: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
             replays: AtomicU64::new(0),
         }
@@ -111,9 +116,21 @@ impl<'k> Exec<'k> {
         Exec {
             k,
             dev: None,
+            stretch: Stretch::default(),
+            in_stretch: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
             replays: AtomicU64::new(0),
         }
+    }
+
+    /// The resident kernels, recording into this executor's deferred stretch while one runs.
+    fn resident(&self) -> Option<Resident<'_>> {
+        let r = self.dev?;
+        Some(if self.in_stretch.load(Ordering::SeqCst) {
+            r.in_stretch(&self.stretch)
+        } else {
+            r
+        })
     }
 
     /// Whether tensors stay on a device.
@@ -144,10 +161,10 @@ impl<'k> Exec<'k> {
         let Some(r) = self.dev else {
             return Ok(f().map_err(|_| "a kernel"));
         };
-        r.set_deferring(true);
+        self.in_stretch.store(true, Ordering::SeqCst);
         let out = f();
-        r.set_deferring(false);
-        let failed = r.deferred_failure()?;
+        self.in_stretch.store(false, Ordering::SeqCst);
+        let failed = r.stretch_failure(&self.stretch)?;
         Ok(match (out, failed) {
             (Ok(v), None) => Ok(v),
             (Err(_), _) => Err("a deferred kernel"),
@@ -166,7 +183,7 @@ impl<'k> Exec<'k> {
     /// The shared exponent of `t`. A resident tensor's may wait for the batch of kernels that
     /// computes it, which this then submits.
     pub fn exp(&self, t: &Tensor) -> Result<i32, KernelError> {
-        match (t, self.dev) {
+        match (t, self.resident()) {
             (Tensor::Host(b), _) => Ok(b.exp),
             (Tensor::Dev(d), Some(r)) => r.exp(d),
             (Tensor::Dev(_), None) => Err(self.k.unsupported("exponent")),
@@ -175,7 +192,7 @@ impl<'k> Exec<'k> {
 
     /// A host tensor placed where this executor keeps tensors.
     pub fn put(&self, x: Bfp) -> Result<Tensor, KernelError> {
-        match self.dev {
+        match self.resident() {
             Some(d) => Ok(Tensor::Dev(d.upload(&x)?)),
             None => Ok(Tensor::Host(x)),
         }
@@ -184,7 +201,7 @@ impl<'k> Exec<'k> {
     /// A copy of a host tensor placed where this executor keeps tensors (uploaded without an
     /// intermediate clone).
     pub fn put_copy(&self, x: &Bfp) -> Result<Tensor, KernelError> {
-        match self.dev {
+        match self.resident() {
             Some(d) => Ok(Tensor::Dev(d.upload(x)?)),
             None => Ok(Tensor::Host(x.clone())),
         }
@@ -192,7 +209,7 @@ impl<'k> Exec<'k> {
 
     /// Ids placed where this executor keeps tensors.
     pub fn ids<'a>(&self, host: &'a [u32]) -> Result<Ids<'a>, KernelError> {
-        let dev = match self.dev {
+        let dev = match self.resident() {
             Some(d) => Some(d.upload_ids(host)?),
             None => None,
         };
@@ -201,7 +218,7 @@ impl<'k> Exec<'k> {
 
     /// The tensor on the host (borrowed when it is there).
     pub fn get<'t>(&self, t: &'t Tensor) -> Result<Cow<'t, Bfp>, KernelError> {
-        match (t, self.dev) {
+        match (t, self.resident()) {
             (Tensor::Host(b), _) => Ok(Cow::Borrowed(b)),
             (Tensor::Dev(d), Some(r)) => Ok(Cow::Owned(r.download(d)?)),
             (Tensor::Dev(_), None) => Err(self.k.unsupported("download")),
@@ -219,7 +236,7 @@ impl<'k> Exec<'k> {
     /// The tensors moved to the host (resident ones read back in one submission).
     pub fn take_all(&self, ts: Vec<Tensor>) -> Result<Vec<Bfp>, KernelError> {
         let devs: Vec<&DevTensor> = ts.iter().filter_map(Tensor::as_dev).collect();
-        let mut down = match (self.dev, devs.is_empty()) {
+        let mut down = match (self.resident(), devs.is_empty()) {
             (_, true) => Vec::new(),
             (Some(r), false) => r.download_all(&devs)?,
             (None, false) => return Err(self.k.unsupported("download")),
@@ -235,7 +252,7 @@ impl<'k> Exec<'k> {
     }
 
     fn stats_host<'s>(&self, s: &'s Stats) -> Result<Cow<'s, [u64]>, KernelError> {
-        match (s, self.dev) {
+        match (s, self.resident()) {
             (Stats::Host(v), _) => Ok(Cow::Borrowed(v)),
             (Stats::Dev(d), Some(r)) => Ok(Cow::Owned(r.download_stats(d)?)),
             (Stats::Dev(_), None) => Err(self.k.unsupported("download")),
@@ -257,7 +274,7 @@ impl<'k> Exec<'k> {
     fn run<const N: usize>(
         &self,
         ins: [&Tensor; N],
-        dev: impl FnOnce(Resident<'k>, [&DevTensor; N]) -> Result<DevTensor, KernelError>,
+        dev: impl FnOnce(Resident<'_>, [&DevTensor; N]) -> Result<DevTensor, KernelError>,
         host: impl FnOnce([&Bfp; N]) -> Result<Bfp, KernelError>,
     ) -> Result<Tensor, KernelError> {
         self.run_with(ins, dev, host, Tensor::Dev, |b, resident| {
@@ -270,7 +287,7 @@ impl<'k> Exec<'k> {
     fn run_with<const N: usize, D, H, T>(
         &self,
         ins: [&Tensor; N],
-        dev: impl FnOnce(Resident<'k>, [&DevTensor; N]) -> Result<D, KernelError>,
+        dev: impl FnOnce(Resident<'_>, [&DevTensor; N]) -> Result<D, KernelError>,
         host: impl FnOnce([&Bfp; N]) -> Result<H, KernelError>,
         from_dev: impl FnOnce(D) -> T,
         from_host: impl FnOnce(H, bool) -> Result<T, KernelError>,
@@ -282,7 +299,7 @@ impl<'k> Exec<'k> {
         }) {
             return from_host(host(b)?, false);
         }
-        if let (Some(r), Some(d)) = (self.dev, all_dev(ins)) {
+        if let (Some(r), Some(d)) = (self.resident(), all_dev(ins)) {
             match dev(r, d) {
                 Err(KernelError::Unsupported { .. }) => {}
                 other => return other.map(from_dev),
@@ -388,7 +405,7 @@ impl<'k> Exec<'k> {
 
     /// [`Kernels::sum_squares`] of every tensor (resident ones in one submission).
     pub fn sum_squares_all(&self, xs: &[Tensor]) -> Vec<Result<u128, KernelError>> {
-        if let Some(r) = self.dev {
+        if let Some(r) = self.resident() {
             let devs: Option<Vec<&DevTensor>> = xs.iter().map(Tensor::as_dev).collect();
             if let Some(devs) = devs {
                 match r.sum_squares_many(&devs) {
@@ -446,7 +463,7 @@ impl<'k> Exec<'k> {
     /// Each of `parts` (at most 3) rescaled to their largest exponent ([`Kernels::rescale`]).
     pub fn rescale_to_max(&self, parts: &[&Tensor]) -> Result<Vec<Tensor>, KernelError> {
         if let (Some(r), Some(devs)) = (
-            self.dev,
+            self.resident(),
             parts
                 .iter()
                 .map(|t| t.as_dev())
@@ -501,7 +518,7 @@ impl<'k> Exec<'k> {
 
     /// The value of a scalar a kernel returned (waiting for the device if it is still there).
     pub fn value(&self, v: &Scalar) -> Result<i64, KernelError> {
-        match (v, self.dev) {
+        match (v, self.resident()) {
             (Scalar::Host(x), _) => Ok(*x),
             (Scalar::Dev(d), Some(r)) => r.value(d),
             (Scalar::Dev(_), None) => Err(self.k.unsupported("value")),
@@ -566,7 +583,7 @@ impl<'k> Exec<'k> {
         steps: &[&AdamStep],
     ) -> Vec<Result<(Tensor, Tensor, Tensor), KernelError>> {
         let n = p.len();
-        if let Some(res) = self.dev {
+        if let Some(res) = self.resident() {
             let items: Option<Vec<AdamwItem<'_>>> = (0..n)
                 .map(|i| {
                     Some(AdamwItem {
@@ -684,7 +701,7 @@ impl<'k> Exec<'k> {
         shape: (usize, usize, usize, usize),
     ) -> Result<Tensor, KernelError> {
         let resident = parts.iter().any(|t| t.as_dev().is_some());
-        if let Some(r) = self.dev {
+        if let Some(r) = self.resident() {
             let devs: Option<Vec<&DevTensor>> = parts.iter().map(|t| t.as_dev()).collect();
             if let Some(devs) = devs {
                 match r.merge_heads(&devs, shape) {

@@ -74,25 +74,25 @@ pub use resident::{AdamwItem, DevIds, DevScalar, DevStats, DevTensor, Resident};
 #[derive(Debug)]
 pub struct GpuKernels {
     gpu: Gpu,
-    deferred: Deferred,
 }
 
 /// Most range checks one deferred stretch holds (a nanoGPT step records a few hundred); past
 /// it the stretch counts as failed and is replayed on the checked path.
-const DEFERRED_CHECKS_MAX: usize = 1 << 16;
+const STRETCH_CHECKS_MAX: usize = 1 << 16;
 
-/// The range checks of ops recorded before the host knew their inputs' exponents (see
-/// [`GpuKernels::set_deferring`]).
+/// The range checks of one deferred stretch (`numerics::tensor::Exec::deferred`): ops
+/// recorded before the host knew their inputs' exponents take their shifts from the device,
+/// and the checks the host would have made before them wait here for the stretch's end. Each
+/// executor has its own, so executors sharing a backend never see each other's.
 #[derive(Default)]
-struct Deferred {
-    on: std::sync::atomic::AtomicBool,
+pub(crate) struct Stretch {
     checks: std::sync::Mutex<Vec<Check>>,
     overflow: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for Deferred {
+impl std::fmt::Debug for Stretch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deferred").finish_non_exhaustive()
+        f.debug_struct("Stretch").finish_non_exhaustive()
     }
 }
 
@@ -107,6 +107,44 @@ struct Check {
 /// A range check on its inputs' `(exponent, bound)`s.
 type CheckFn = Box<dyn Fn(&[(i32, u32)]) -> bool + Send + Sync>;
 
+impl Stretch {
+    /// A range check for when `ins` are known.
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        ins: Vec<Exp>,
+        ok: impl Fn(&[(i32, u32)]) -> bool + Send + Sync + 'static,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut v = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= STRETCH_CHECKS_MAX {
+            self.overflow.store(true, Ordering::SeqCst);
+        } else {
+            v.push(Check {
+                op,
+                ins,
+                ok: Box::new(ok),
+            });
+        }
+    }
+
+    /// After the batch has run: `None` if every check holds, i.e. every op recorded in the
+    /// stretch computed what the checked path computes, else the op of the first that
+    /// failed. Clears the checks.
+    pub(crate) fn failure(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering;
+        let checks = std::mem::take(&mut *self.checks.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.overflow.swap(false, Ordering::SeqCst) {
+            return Some("deferred checks");
+        }
+        checks.iter().find_map(|c| {
+            let v: Option<Vec<(i32, u32)>> =
+                c.ins.iter().map(|e| e.now().and_then(Result::ok)).collect();
+            (!v.is_some_and(|v| (c.ok)(&v))).then_some(c.op)
+        })
+    }
+}
+
 impl GpuKernels {
     /// Opens the adapter named by [`ADAPTER_ENV`], or the best one when it is unset.
     pub fn new() -> Result<Self, GpuError> {
@@ -117,7 +155,6 @@ impl GpuKernels {
     pub fn with_adapter(choice: &AdapterChoice) -> Result<Self, GpuError> {
         Ok(GpuKernels {
             gpu: Gpu::open(choice)?,
-            deferred: Deferred::default(),
         })
     }
 
@@ -262,6 +299,7 @@ impl Kernels for GpuKernels {
             bits: None,
             dev: None,
             known: true,
+            stretch: None,
         };
         self.layernorm_bwd_on(
             Arg::host(dxhat),
@@ -367,6 +405,8 @@ pub(crate) struct Arg<'a> {
     /// Whether `exp` holds the exponent (else it is 0: the host did not know it when the
     /// operand was taken).
     known: bool,
+    /// The deferred stretch the op is recorded in, if any.
+    stretch: Option<&'a Stretch>,
 }
 
 impl<'a> Arg<'a> {
@@ -377,7 +417,14 @@ impl<'a> Arg<'a> {
             bits: None,
             dev: None,
             known: true,
+            stretch: None,
         }
+    }
+
+    /// This operand of an op recorded in `stretch`.
+    fn within(mut self, stretch: Option<&'a Stretch>) -> Self {
+        self.stretch = stretch;
+        self
     }
 
     /// Whether this operand came without its exponent (its batch had not run): shifts that
@@ -444,80 +491,21 @@ impl Res {
 /// The kernels on [`Arg`]s, shared by the host interface ([`Kernels`]) and the resident one
 /// (`resident.rs`): the callers check their inputs, these compute every shift and exponent.
 impl GpuKernels {
-    /// Records ops without waiting for their inputs' exponents (`on`), or waits for them
-    /// (the checked path). While on, ops whose shifts depend on exponents take them on the
-    /// device, and their range checks wait for [`Self::deferred_ok`].
-    pub(crate) fn set_deferring(&self, on: bool) {
-        use std::sync::atomic::Ordering;
-        self.deferred.on.store(on, Ordering::SeqCst);
-    }
-
-    /// Whether ops are recorded without waiting for exponents.
-    pub(crate) fn deferring(&self) -> bool {
-        self.deferred.on.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Runs the open batch and evaluates every deferred check: `None` if all hold, i.e. every
-    /// op recorded since the last call computed what the checked path computes, else the op
-    /// of the first that failed. Clears them.
-    pub(crate) fn deferred_failure(&self) -> Result<Option<&'static str>, KernelError> {
-        use std::sync::atomic::Ordering;
-        self.gpu
-            .sync("deferred checks")
-            .map_err(|e| kernel_error("deferred checks", e))?;
-        let checks = std::mem::take(
-            &mut *self
-                .deferred
-                .checks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        if self.deferred.overflow.swap(false, Ordering::SeqCst) {
-            return Ok(Some("deferred checks"));
-        }
-        Ok(checks.iter().find_map(|c| {
-            let v: Option<Vec<(i32, u32)>> =
-                c.ins.iter().map(|e| e.now().and_then(Result::ok)).collect();
-            (!v.is_some_and(|v| (c.ok)(&v))).then_some(c.op)
-        }))
-    }
-
-    fn push_check(&self, c: Check) {
-        use std::sync::atomic::Ordering;
-        let mut v = self
-            .deferred
-            .checks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if v.len() >= DEFERRED_CHECKS_MAX {
-            self.deferred.overflow.store(true, Ordering::SeqCst);
-        } else {
-            v.push(c);
-        }
-    }
-
-    /// A range check for when `ins` are known.
+    /// A range check for when the exponents `ins` are known, in the stretch of the pending
+    /// operands `of`; `Unsupported` (the checked path) if none is in one.
     fn defer_check(
         &self,
         op: &'static str,
+        of: &[&Arg<'_>],
         ins: Vec<Exp>,
         ok: impl Fn(&[(i32, u32)]) -> bool + Send + Sync + 'static,
-    ) {
-        self.push_check(Check {
-            op,
-            ins,
-            ok: Box::new(ok),
-        });
-    }
-
-    /// A result exponent the host has not evaluated yet: it must be in range.
-    fn defer_result(&self, op: &'static str, e: &DevExp) {
-        if self.deferring() && matches!(e.host, Exp::Later(_)) {
-            self.push_check(Check {
-                op,
-                ins: vec![e.host.clone()],
-                ok: Box::new(|_| true),
-            });
+    ) -> Result<(), KernelError> {
+        match of.iter().find_map(|a| a.stretch) {
+            Some(s) => {
+                s.check(op, ins, ok);
+                Ok(())
+            }
+            None => Err(self.unsupported(op)),
         }
     }
 
@@ -607,7 +595,10 @@ impl GpuKernels {
                     buf: r.key_buf,
                 };
                 let exp = DevExp::post(&self.gpu, op, f, &bufs, key, key2, r.target)?;
-                self.defer_result(op, &exp);
+                // In a stretch, a result exponent the host has not evaluated must be in range.
+                if let (Some(s), Exp::Later(_)) = (ins.iter().find_map(|a| a.stretch), &exp.host) {
+                    s.check(op, vec![exp.host.clone()], |_| true);
+                }
                 Ok(Res::Dev(DevTensor::new(buf, len, exp, r.target)))
             }
         }
@@ -646,9 +637,9 @@ impl GpuKernels {
         let pending = a.pending() || b.pending();
         let (la, ra, lb, rb) = if pending {
             // Shifts from the device's exponents (`exp_pre`); checked when the keys arrive.
-            self.defer_check(OP, vec![a.exp_term(), b.exp_term()], |v| {
+            self.defer_check(OP, &[&a, &b], vec![a.exp_term(), b.exp_term()], |v| {
                 add_shifts(v[0], v[1]).is_some()
-            });
+            })?;
             (0, 0, 0, 0)
         } else {
             add_shifts((a.exp, a.top_bits()), (b.exp, b.top_bits()))
@@ -737,7 +728,9 @@ impl GpuKernels {
         let f = Formula::max(group.iter().map(Arg::exp_term).collect());
         let key = Key::cell(exec::known_key(0));
         let e = DevExp::post(&self.gpu, OP, f, &self.bufs(&refs), key, None, 0)?;
-        self.defer_result(OP, &e);
+        if let (Some(s), Exp::Later(_)) = (x.stretch, &e.host) {
+            s.check(OP, vec![e.host.clone()], |_| true);
+        }
         Ok(Res::Dev(DevTensor::new(buf, x.len(), e, x.top_bits())))
     }
 
@@ -1070,9 +1063,9 @@ impl GpuKernels {
         let pending = p.pending() || m2a.pending() || r2a.pending();
         let sh = if pending {
             let ins = vec![p.exp_term(), m2a.exp_term(), r2a.exp_term()];
-            self.defer_check(OP, ins, move |v| {
+            self.defer_check(OP, &[&p, &m2a, &r2a], ins, move |v| {
                 adam_shift(alpha, v[0].0, v[1], v[2].0).is_some()
-            });
+            })?;
             0
         } else {
             adam_shift(alpha, p.exp, (m2a.exp, m2a.top_bits()), r2a.exp)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::device::DevBuf;
 use super::exec::Src;
 use super::exps::DevExp;
-use super::{kernel_error, layernorm, layout, Arg, GpuKernels};
+use super::{kernel_error, layernorm, layout, Arg, GpuKernels, Stretch};
 use crate::numerics::fixed::B16_MANT_MAX;
 use crate::numerics::kernels::{
     AdamStep, Bfp, KernelError, Kernels, MatmulShape, TENSOR_ELEMS_MAX, WIDE_MANT_MAX,
@@ -56,6 +56,7 @@ impl DevTensor {
             bits: Some(self.bound),
             dev: Some(&self.exp),
             known: false,
+            stretch: None,
         }
     }
 
@@ -68,6 +69,7 @@ impl DevTensor {
                 bits: Some(bits),
                 dev: Some(&self.exp),
                 known: true,
+                stretch: None,
             },
             _ => self.arg_later(),
         }
@@ -87,6 +89,7 @@ impl DevTensor {
             bits: Some(bits),
             dev: Some(&self.exp),
             known: true,
+            stretch: None,
         })
     }
 }
@@ -171,7 +174,11 @@ pub struct AdamwItem<'a> {
 
 /// The resident kernels of one adapter ([`GpuKernels::resident_kernels`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Resident<'a>(&'a GpuKernels);
+pub struct Resident<'a> {
+    k: &'a GpuKernels,
+    /// The deferred stretch its ops are recorded in ([`Stretch`]), if any.
+    stretch: Option<&'a Stretch>,
+}
 
 /// `Shape` when `t` does not have `len` elements; `Unsupported` when its bit bound exceeds
 /// `max_bits` (the host then checks the mantissas themselves).
@@ -203,23 +210,16 @@ const WIDE_BITS: u32 = 32 - WIDE_MANT_MAX.leading_zeros();
 impl GpuKernels {
     /// The resident kernels of this adapter.
     pub fn resident_kernels(&self) -> Resident<'_> {
-        Resident(self)
+        Resident {
+            k: self,
+            stretch: None,
+        }
     }
 }
 
-impl Resident<'_> {
+impl<'a> Resident<'a> {
     fn kernels(&self) -> &GpuKernels {
-        self.0
-    }
-
-    /// See [`GpuKernels::set_deferring`].
-    pub fn set_deferring(&self, on: bool) {
-        self.0.set_deferring(on);
-    }
-
-    /// See [`GpuKernels::deferred_failure`].
-    pub fn deferred_failure(&self) -> Result<Option<&'static str>, KernelError> {
-        self.0.deferred_failure()
+        self.k
     }
 
     /// Copies a host tensor to the device.
@@ -232,7 +232,7 @@ impl Resident<'_> {
                 max: TENSOR_ELEMS_MAX as u64,
             });
         }
-        let g = &self.0.gpu;
+        let g = &self.k.gpu;
         let buf = g
             .upload(bytemuck::cast_slice(&x.mant))
             .map_err(|e| kernel_error(OP, e))?;
@@ -245,7 +245,7 @@ impl Resident<'_> {
 
     /// Copies token ids to the device.
     pub fn upload_ids(&self, ids: &[u32]) -> Result<DevIds, KernelError> {
-        let g = &self.0.gpu;
+        let g = &self.k.gpu;
         let buf = g
             .upload(bytemuck::cast_slice(ids))
             .map_err(|e| kernel_error("upload", e))?;
@@ -266,7 +266,7 @@ impl Resident<'_> {
     pub fn download_all(&self, xs: &[&DevTensor]) -> Result<Vec<Bfp>, KernelError> {
         const OP: &str = "download";
         if xs.iter().any(|x| x.exp.host.now().is_none()) {
-            self.0.gpu.sync(OP).map_err(|e| kernel_error(OP, e))?;
+            self.k.gpu.sync(OP).map_err(|e| kernel_error(OP, e))?;
         }
         let exps = xs
             .iter()
@@ -277,7 +277,7 @@ impl Resident<'_> {
             .filter(|x| x.len > 0)
             .map(|x| (x.buf.buf(), x.len as u64 * 4))
             .collect();
-        let g = &self.0.gpu;
+        let g = &self.k.gpu;
         let mut bytes = {
             let _lock = g.op_lock.lock().unwrap_or_else(|p| p.into_inner());
             g.flush_locked(OP, &reads)
@@ -318,21 +318,63 @@ impl Resident<'_> {
         Ok((v[0], v[1] as u32))
     }
 
-    /// `x` as an operand of an op whose shifts depend on its exponent: while deferring, as it
-    /// is (the device supplies the shifts); else with its exponent known ([`Self::known`]).
-    fn operand<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError> {
-        if self.0.deferring() {
-            Ok(x.arg())
+    /// `x` as an operand of an op whose shifts depend on its exponent: in a deferred stretch,
+    /// as it is (the device supplies the shifts); else with its exponent known
+    /// ([`Self::known`]).
+    fn operand<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError>
+    where
+        'a: 't,
+    {
+        if self.stretch.is_some() {
+            Ok(x.arg().within(self.stretch))
         } else {
             self.known(x, op)
         }
+    }
+
+    /// `x` as an operand whose exponent only enters the result's (it need not be known).
+    fn later<'t>(&self, x: &'t DevTensor) -> Arg<'t>
+    where
+        'a: 't,
+    {
+        x.arg_later().within(self.stretch)
+    }
+
+    /// A range check for when the exponents `ins` are known (the stretch's end).
+    fn defer_check(
+        &self,
+        op: &'static str,
+        ins: Vec<super::exps::Exp>,
+        ok: impl Fn(&[(i32, u32)]) -> bool + Send + Sync + 'static,
+    ) {
+        if let Some(s) = self.stretch {
+            s.check(op, ins, ok);
+        }
+    }
+
+    /// A copy of this handle whose ops are recorded in the deferred stretch `s`.
+    pub(crate) fn in_stretch(self, s: &'a Stretch) -> Self {
+        Resident {
+            k: self.k,
+            stretch: Some(s),
+        }
+    }
+
+    /// Runs the open batch and makes the checks of `s`: `None` if all hold, else the op of
+    /// the first that failed (see [`Stretch`]).
+    pub(crate) fn stretch_failure(&self, s: &Stretch) -> Result<Option<&'static str>, KernelError> {
+        self.k
+            .gpu
+            .sync("deferred checks")
+            .map_err(|e| kernel_error("deferred checks", e))?;
+        Ok(s.failure())
     }
 
     /// `x` as an operand with its exponent known: submits the open batch when the exponent
     /// waits for it (one of the few round trips of a resident step).
     fn known<'t>(&self, x: &'t DevTensor, op: &'static str) -> Result<Arg<'t>, KernelError> {
         if x.exp.host.now().is_none() {
-            self.0.gpu.sync(op).map_err(|e| kernel_error(op, e))?;
+            self.k.gpu.sync(op).map_err(|e| kernel_error(op, e))?;
         }
         x.arg_known(op)
     }
@@ -347,7 +389,7 @@ impl Resident<'_> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        let g = &self.0.gpu;
+        let g = &self.k.gpu;
         let _lock = g.op_lock.lock().unwrap_or_else(|p| p.into_inner());
         // After everything recorded so far (the batch may be what computes it).
         let out = g
@@ -371,7 +413,7 @@ impl Resident<'_> {
         if shape.k == 0 || shape.batch * shape.m * shape.n == 0 {
             return Err(g.unsupported(OP));
         }
-        g.matmul_on(a.arg_later(), b.arg_later(), shape, true)?
+        g.matmul_on(self.later(a), self.later(b), shape, true)?
             .dev()
     }
 
@@ -387,16 +429,16 @@ impl Resident<'_> {
 
     /// [`Kernels::requant`].
     pub fn requant(&self, x: &DevTensor, mant_max: i32) -> Result<DevTensor, KernelError> {
-        self.0.requant_on(x.arg_later(), mant_max, true)?.dev()
+        self.k.requant_on(self.later(x), mant_max, true)?.dev()
     }
 
     /// [`Kernels::rescale`].
     pub fn rescale(&self, x: &DevTensor, exp: i32) -> Result<DevTensor, KernelError> {
         let xa = self.known(x, "rescale")?;
         if exp < xa.exp {
-            return Err(self.0.unsupported("rescale"));
+            return Err(self.k.unsupported("rescale"));
         }
-        self.0.rescale_on(xa, exp, true)?.dev()
+        self.k.rescale_on(xa, exp, true)?.dev()
     }
 
     /// [`Kernels::mul_cols`].
@@ -411,7 +453,7 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "x", x, rows * cols, B16_BITS)?;
         want(g, OP, "w", w, cols, B16_BITS)?;
-        g.mul_cols_on(x.arg_later(), w.arg_later(), rows, cols, true)?
+        g.mul_cols_on(self.later(x), self.later(w), rows, cols, true)?
             .dev()
     }
 
@@ -430,7 +472,7 @@ impl Resident<'_> {
         if cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.col_dot_on(a.arg_later(), b.arg_later(), rows, cols, true)?
+        g.col_dot_on(self.later(a), self.later(b), rows, cols, true)?
             .dev()
     }
 
@@ -448,7 +490,7 @@ impl Resident<'_> {
         if !ids.below(out_rows) || out_rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        g.scatter_add_rows_on(src.arg_later(), ids.src(), out_rows, cols, true)?
+        g.scatter_add_rows_on(self.later(src), ids.src(), out_rows, cols, true)?
             .dev()
     }
 
@@ -457,7 +499,7 @@ impl Resident<'_> {
         const OP: &str = "sum_squares";
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
-        super::ops::sum_squares(&g.gpu, x.arg_later().src).map_err(|e| kernel_error(OP, e))
+        super::ops::sum_squares(&g.gpu, self.later(x).src).map_err(|e| kernel_error(OP, e))
     }
 
     /// [`Kernels::sum_squares`] of several tensors in one submission.
@@ -467,7 +509,7 @@ impl Resident<'_> {
         for x in xs {
             want(g, OP, "x", x, x.len, B16_BITS)?;
         }
-        let srcs: Vec<Src<'_>> = xs.iter().map(|x| x.arg_later().src).collect();
+        let srcs: Vec<Src<'_>> = xs.iter().map(|x| self.later(x).src).collect();
         super::ops::sum_squares_many(&g.gpu, &srcs).map_err(|e| kernel_error(OP, e))
     }
 
@@ -484,7 +526,7 @@ impl Resident<'_> {
         if rows * cols == 0 {
             return Err(g.unsupported(OP));
         }
-        let (y, stats) = g.layernorm_on(x.arg_later(), rows, cols, true)?;
+        let (y, stats) = g.layernorm_on(self.later(x), rows, cols, true)?;
         let layernorm::Stats::Dev(buf) = stats else {
             unreachable!("a resident layernorm keeps its statistics")
         };
@@ -519,15 +561,15 @@ impl Resident<'_> {
         // Without the host's look at R, the shift must be in range for every row.
         let in_range = |e: i32| e <= 0 && ((-2 * e) as u32) <= layernorm::LAYERNORM_BWD_SHIFT_MAX;
         if xa.pending() {
-            g.defer_check(OP, vec![xa.exp_term()], move |v| in_range(v[0].0));
+            self.defer_check(OP, vec![xa.exp_term()], move |v| in_range(v[0].0));
         } else if !in_range(xa.exp) {
             return Err(g.unsupported(OP));
         }
         g.layernorm_bwd_on(
-            dxhat.arg_later(),
+            self.later(dxhat),
             xa,
             Src::Dev(r.buf.buf(), r.rows),
-            x.arg_later(),
+            self.later(x),
             rows,
             cols,
             true,
@@ -570,13 +612,13 @@ impl Resident<'_> {
         let pa = self.operand(p, OP)?;
         let in_range = |e: i32| (-64..=0).contains(&e);
         if pa.pending() {
-            g.defer_check(OP, vec![pa.exp_term()], move |v| {
+            self.defer_check(OP, vec![pa.exp_term()], move |v| {
                 in_range(v[0].0) && (-v[0].0) as u32 <= super::softmax_bwd::SOFTMAX_BWD_SHIFT_MAX
             });
         } else if !in_range(pa.exp) {
             return Err(g.unsupported(OP));
         }
-        g.softmax_bwd_on(pa, dp.arg_later(), rows, cols, scale_q16, true)?
+        g.softmax_bwd_on(pa, self.later(dp), rows, cols, scale_q16, true)?
             .dev()
     }
 
@@ -585,7 +627,7 @@ impl Resident<'_> {
         if let Some(x) = v.get() {
             return Ok(x);
         }
-        self.0
+        self.k
             .gpu
             .sync("value")
             .map_err(|e| kernel_error("value", e))?;
@@ -659,7 +701,7 @@ impl Resident<'_> {
                 g.adamw_moments_on(ga, ma, ra, it.step, true)
             })
             .collect();
-        if !g.deferring() {
+        if self.stretch.is_none() {
             if let Err(e) = g.gpu.sync(OP) {
                 let e = kernel_error(OP, e);
                 return items.iter().map(|_| Err(e.clone())).collect();
@@ -689,7 +731,7 @@ impl Resident<'_> {
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
         want(g, OP, "dy", dy, x.len, B16_BITS)?;
-        g.gelu_bwd_on(self.operand(x, OP)?, dy.arg_later(), true)?
+        g.gelu_bwd_on(self.operand(x, OP)?, self.later(dy), true)?
             .dev()
     }
 
@@ -697,7 +739,7 @@ impl Resident<'_> {
     pub fn scale(&self, x: &DevTensor, c_q30: i64) -> Result<DevTensor, KernelError> {
         let g = self.kernels();
         want(g, "scale", "x", x, x.len, B16_BITS)?;
-        g.scale_on(x.arg_later(), c_q30, true)?.dev()
+        g.scale_on(self.later(x), c_q30, true)?.dev()
     }
 
     /// Rows `ids[r]` of the `rows × cols` tensor `src` (an embedding lookup).
@@ -709,10 +751,10 @@ impl Resident<'_> {
     ) -> Result<DevTensor, KernelError> {
         const OP: &str = "gather_rows";
         if cols == 0 || !ids.below(src.len / cols) || ids.len == 0 {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         }
         let buf = layout::gather_rows(
-            &self.0.gpu,
+            &self.k.gpu,
             src.buf.buf(),
             src.len,
             layout::Rows::Ids(ids.src()),
@@ -733,10 +775,10 @@ impl Resident<'_> {
     ) -> Result<DevTensor, KernelError> {
         const OP: &str = "gather_rows";
         if cols == 0 || t == 0 || t * cols > src.len || out_rows == 0 {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         }
         let buf = layout::gather_rows(
-            &self.0.gpu,
+            &self.k.gpu,
             src.buf.buf(),
             src.len,
             layout::Rows::Positions(t),
@@ -757,10 +799,10 @@ impl Resident<'_> {
     ) -> Result<DevTensor, KernelError> {
         const OP: &str = "heads";
         if x.len != b * t * rowlen || (part + 1) * h * hs > rowlen || x.len == 0 {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         }
         let buf = layout::heads(
-            &self.0.gpu,
+            &self.k.gpu,
             &[x.buf.buf()],
             layout::Heads { b, t, h, hs },
             rowlen,
@@ -779,30 +821,29 @@ impl Resident<'_> {
         const OP: &str = "heads";
         let n = b * h * t * hs;
         let Some(first) = parts.first() else {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         };
         if n == 0 || parts.iter().any(|p| p.len != n) {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         }
         // One exponent for all parts: equal (a single part keeps its own), checked now or,
         // while deferring, when the batch has run.
         if parts.len() > 1 {
-            if self.0.deferring() {
+            if self.stretch.is_some() {
                 let ins = parts.iter().map(|p| p.exp.host.clone()).collect();
-                self.0
-                    .defer_check(OP, ins, |v| v.iter().all(|x| x.0 == v[0].0));
+                self.defer_check(OP, ins, |v| v.iter().all(|x| x.0 == v[0].0));
             } else {
                 let e0 = self.known(first, OP)?.exp;
                 for p in &parts[1..] {
                     if self.known(p, OP)?.exp != e0 {
-                        return Err(self.0.unsupported(OP));
+                        return Err(self.k.unsupported(OP));
                     }
                 }
             }
         }
         let bufs: Vec<&wgpu::Buffer> = parts.iter().map(|p| p.buf.buf()).collect();
         let buf = layout::heads(
-            &self.0.gpu,
+            &self.k.gpu,
             &bufs,
             layout::Heads { b, t, h, hs },
             parts.len() * h * hs,
@@ -811,7 +852,7 @@ impl Resident<'_> {
         .map_err(|e| kernel_error(OP, e))?;
         let bound = parts.iter().map(|p| p.bound).max().unwrap_or(0);
         Ok(DevTensor::new(
-            self.0.gpu.keep(buf),
+            self.k.gpu.keep(buf),
             n * parts.len(),
             first.exp.clone(),
             bound,
@@ -824,9 +865,9 @@ impl Resident<'_> {
     pub fn rescale_to_max(&self, parts: &[&DevTensor]) -> Result<Vec<DevTensor>, KernelError> {
         const OP: &str = "rescale";
         if parts.is_empty() || parts.len() > 3 {
-            return Err(self.0.unsupported(OP));
+            return Err(self.k.unsupported(OP));
         }
-        if !self.0.deferring() {
+        if self.stretch.is_none() {
             let e = parts
                 .iter()
                 .map(|p| self.exp(p))
@@ -839,15 +880,16 @@ impl Resident<'_> {
         (0..parts.len())
             .map(|i| {
                 // The rescaled part first, then the others.
-                let mut group: Vec<Arg<'_>> = vec![parts[i].arg()];
-                group.extend((0..parts.len()).filter(|&j| j != i).map(|j| parts[j].arg()));
-                self.0.rescale_max_on(&group)?.dev()
+                let arg = |j: usize| parts[j].arg().within(self.stretch);
+                let mut group: Vec<Arg<'_>> = vec![arg(i)];
+                group.extend((0..parts.len()).filter(|&j| j != i).map(arg));
+                self.k.rescale_max_on(&group)?.dev()
             })
             .collect()
     }
 
     /// A moved copy of (part of) `src`: same exponent and bound.
     fn derived(&self, buf: wgpu::Buffer, len: usize, src: &DevTensor) -> DevTensor {
-        DevTensor::new(self.0.gpu.keep(buf), len, src.exp.clone(), src.bound)
+        DevTensor::new(self.k.gpu.keep(buf), len, src.exp.clone(), src.bound)
     }
 }

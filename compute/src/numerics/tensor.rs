@@ -161,9 +161,22 @@ impl<'k> Exec<'k> {
         let Some(r) = self.dev else {
             return Ok(f().map_err(|_| "a kernel"));
         };
+        if self.in_stretch.load(Ordering::SeqCst) {
+            // Nested: part of the running stretch, checked when it ends.
+            return Ok(f().map_err(|_| "a deferred kernel"));
+        }
+        /// Ends the stretch however `f` returns (a panic included).
+        struct End<'a>(&'a AtomicBool);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         self.in_stretch.store(true, Ordering::SeqCst);
-        let out = f();
-        self.in_stretch.store(false, Ordering::SeqCst);
+        let out = {
+            let _end = End(&self.in_stretch);
+            f()
+        };
         let failed = r.stretch_failure(&self.stretch)?;
         Ok(match (out, failed) {
             (Ok(v), None) => Ok(v),

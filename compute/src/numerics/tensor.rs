@@ -473,7 +473,8 @@ impl<'k> Exec<'k> {
         )
     }
 
-    /// Each of `parts` (at most 3) rescaled to their largest exponent ([`Kernels::rescale`]).
+    /// Each of `parts` rescaled to their largest exponent ([`Kernels::rescale`]): on the
+    /// device in a deferred stretch, else each to the largest exponent known to the host.
     pub fn rescale_to_max(&self, parts: &[&Tensor]) -> Result<Vec<Tensor>, KernelError> {
         if let (Some(r), Some(devs)) = (
             self.resident(),

@@ -63,34 +63,31 @@ impl DevTensor {
     /// An operand with its exponent if the host knows it, else pending (`exp` 0).
     pub(crate) fn arg(&self) -> Arg<'_> {
         match self.exp.host.now() {
-            Some(Ok((exp, bits))) => Arg {
-                src: Src::Dev(self.buf.buf(), self.len),
-                exp,
-                bits: Some(bits),
-                dev: Some(&self.exp),
-                known: true,
-                stretch: None,
-            },
+            Some(Ok(v)) => self.arg_of(v),
             _ => self.arg_later(),
         }
     }
 
     /// An operand with its exponent, which must be known (the batch has run).
     pub(crate) fn arg_known(&self, op: &'static str) -> Result<Arg<'_>, KernelError> {
-        let (exp, bits) = self.exp.host.now().unwrap_or_else(|| {
+        let v = self.exp.host.now().unwrap_or_else(|| {
             Err(KernelError::Device {
                 op,
                 detail: "an exponent was needed before the batch computing it ran".into(),
             })
         })?;
-        Ok(Arg {
+        Ok(self.arg_of(v))
+    }
+
+    fn arg_of(&self, (exp, bits): (i32, u32)) -> Arg<'_> {
+        Arg {
             src: Src::Dev(self.buf.buf(), self.len),
             exp,
             bits: Some(bits),
             dev: Some(&self.exp),
             known: true,
             stretch: None,
-        })
+        }
     }
 }
 
@@ -859,23 +856,13 @@ impl<'a> Resident<'a> {
         ))
     }
 
-    /// `parts[i]` rescaled to the largest exponent of `parts` (at most 3), for each `i`: the
-    /// exponents are compared on the device. Outside a deferred stretch, as
-    /// [`Self::rescale`] to the largest known exponent.
+    /// `parts[i]` rescaled to the largest exponent of `parts` (at most 3), for each `i`, in a
+    /// deferred stretch: the exponents are compared on the device. `Unsupported` outside one
+    /// (then [`Self::rescale`] to the largest known exponent does it).
     pub fn rescale_to_max(&self, parts: &[&DevTensor]) -> Result<Vec<DevTensor>, KernelError> {
         const OP: &str = "rescale";
-        if parts.is_empty() || parts.len() > 3 {
+        if parts.is_empty() || parts.len() > 3 || self.stretch.is_none() {
             return Err(self.k.unsupported(OP));
-        }
-        if self.stretch.is_none() {
-            let e = parts
-                .iter()
-                .map(|p| self.exp(p))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .max()
-                .unwrap_or(0);
-            return parts.iter().map(|p| self.rescale(p, e)).collect();
         }
         (0..parts.len())
             .map(|i| {

@@ -9,6 +9,7 @@ mod gpu_common;
 
 use std::sync::OnceLock;
 
+use leam_compute::model::optim::{clip_coeff_q30, Hyper};
 use leam_compute::numerics::cpu::CpuKernels;
 use leam_compute::numerics::gpu::{GpuKernels, WithCpuFallback};
 use leam_compute::numerics::kernels::{Bfp, Kernels, MatmulShape};
@@ -271,4 +272,103 @@ fn an_input_beyond_a_shader_falls_back_to_the_host_with_the_same_bits() {
         );
         assert!(!want_r.is_empty());
     }
+}
+
+/// The host's clipping: [`clip_coeff_q30`] on the CPU, then `scale` (or the gradients as
+/// they are), and whether it clipped.
+fn host_clip(grads: &[Bfp], clip_q30: i64) -> (Vec<Bfp>, bool) {
+    let cpu = CpuKernels;
+    let ex = Exec::new(&cpu);
+    let mut h = Hyper::nanogpt_cpu().to_fixed().unwrap();
+    h.grad_clip_q30 = clip_q30;
+    let ts: Vec<Tensor> = grads.iter().cloned().map(Tensor::Host).collect();
+    match clip_coeff_q30(&ex, &h, &ts).unwrap() {
+        Some(c) => (
+            grads.iter().map(|g| cpu.scale(g, c).unwrap()).collect(),
+            true,
+        ),
+        None => (grads.to_vec(), false),
+    }
+}
+
+/// Clips `grads` on the device (in a deferred stretch or not) and checks the host's bits,
+/// exponents on both sides, the flag, and that nothing fell back or replayed; returns the
+/// flag.
+fn check_device_clip(grads: &[Bfp], clip_q30: i64, deferred: bool) -> bool {
+    let (want, clipped) = host_clip(grads, clip_q30);
+    for g in gpus() {
+        let ex = Exec::new(g);
+        let dev: Vec<Tensor> = grads.iter().map(|b| resident(&ex, b)).collect();
+        let run = || {
+            ex.clip_resident(&dev, clip_q30)
+                .expect("resident gradients")
+        };
+        let (got, flag) = if deferred {
+            ex.deferred(run).unwrap().expect("no deferred check fails")
+        } else {
+            run().unwrap()
+        };
+        assert_eq!(ex.value(&flag).unwrap(), i64::from(clipped), "{}", g.name());
+        for t in &got {
+            same_exponents(g, t);
+        }
+        let got: Vec<Bfp> = got.into_iter().map(|t| ex.take(t).unwrap()).collect();
+        assert_eq!(got, want, "{}: clipped gradients", g.name());
+        assert_eq!((ex.fallbacks(), ex.replays()), (0, 0), "{}", g.name());
+    }
+    clipped
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Clipping on the device (`clip.wgsl`: 128-bit sums, integer square root, rounded
+    /// division) gives the host's coefficient, bits and exponents, whether the norm is above
+    /// the clip or not, for exponents far apart, empty gradients and small mantissas (zeros
+    /// among them).
+    #[test]
+    fn clipping_on_the_device_gives_the_host_coefficients_bits(
+        parts in prop::collection::vec((0usize..300, -80i32..40, any::<bool>()), 1..7),
+        clip_q30 in 1i64..(1 << 50),
+        seed: u64,
+        deferred: bool,
+    ) {
+        let grads: Vec<Bfp> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, exp, small))| {
+                let mut b = b16(len, seed ^ i as u64);
+                if small {
+                    b.mant.iter_mut().for_each(|m| *m /= 4096);
+                }
+                Bfp::new(b.mant, exp)
+            })
+            .collect();
+        check_device_clip(&grads, clip_q30, deferred);
+    }
+}
+
+/// Both branches of clipping, and the far ends of the exponent range the shader clamps.
+#[test]
+fn clipping_on_the_device_covers_both_branches_and_extreme_norms() {
+    let clip = 1 << 30; // 1.0
+    let g = |exp: i32| {
+        vec![
+            Bfp::new(b16(64, 3).mant, exp),
+            Bfp::new(b16(5, 4).mant, exp - 7),
+        ]
+    };
+    assert!(
+        check_device_clip(&g(-5), clip, true),
+        "norm ≈ 2^13: clipped"
+    );
+    assert!(
+        !check_device_clip(&g(-30), clip, true),
+        "norm ≈ 2^-12: as it is"
+    );
+    // Norms beyond 2^60 · clip (coefficient 0) and below 2^−60 · clip (no clipping).
+    assert!(check_device_clip(&g(100), clip, false));
+    assert!(!check_device_clip(&g(-200), clip, false));
+    // All zero: no norm, no clipping.
+    assert!(!check_device_clip(&[Bfp::new(vec![0; 9], 3)], clip, true));
 }

@@ -8,8 +8,9 @@
 use crate::model::transformer::ParamSpec;
 use crate::numerics::fixed::{cos_pi_q56, div_rhe, isqrt, rhe, to_fixed};
 use crate::numerics::kernels::{AdamStep, KernelError};
-use crate::numerics::tensor::{Exec, Tensor};
+use crate::numerics::tensor::{Exec, Scalar, Tensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Exponent given to all-zero Adam moments at initialization.
 pub const MOMENT_INIT_EXP: i32 = -64;
@@ -253,7 +254,9 @@ pub fn clip_coeff_q30(
 
 /// One AdamW step over all tensors: clip the gradients, then [`Kernels::adamw`](crate::numerics::kernels::Kernels::adamw) per tensor
 /// with the scalars of [`adam_step`]. Updates `params`, `m`, `r` (tensors where the executor
-/// keeps them) in place; returns whether the gradients were clipped.
+/// keeps them) in place; returns 1 if the gradients were clipped, else 0 (on the device until
+/// the step's batch runs, when the coefficient was computed there: read it with
+/// [`Exec::value`]).
 #[allow(clippy::too_many_arguments)] // the three state vectors are updated in place
 pub fn step(
     ex: &Exec<'_>,
@@ -264,23 +267,39 @@ pub fn step(
     m: &mut [Tensor],
     r: &mut [Tensor],
     grads: &[Tensor],
-) -> Result<bool, KernelError> {
-    let clip = clip_coeff_q30(ex, h, grads)?;
+) -> Result<Scalar, KernelError> {
     let with_decay = adam_step(h, it, true);
     let without = adam_step(h, it, false);
     let steps: Vec<&AdamStep> = specs
         .iter()
         .map(|s| if s.decay { &with_decay } else { &without })
         .collect();
-    // Clipped gradients (borrowed when not clipped: no copy), in parallel; the first error in
-    // tensor order ends the step after the tensors before it, as a sequential loop would.
-    let scaled: Vec<Result<std::borrow::Cow<'_, Tensor>, KernelError>> = grads
-        .par_iter()
-        .map(|g| match clip {
-            Some(c) => ex.scale(g, c).map(std::borrow::Cow::Owned),
-            None => Ok(std::borrow::Cow::Borrowed(g)),
-        })
-        .collect();
+    // Resident gradients are clipped on the device (the same integers, no round trip); else
+    // the coefficient is computed here and the gradients scaled (borrowed when not clipped:
+    // no copy), in parallel; the first error in tensor order ends the step after the tensors
+    // before it, as a sequential loop would.
+    type Scaled<'g> = Vec<Result<Cow<'g, Tensor>, KernelError>>;
+    let device = match h.grad_clip_q30 {
+        0 => None,
+        c => ex.clip_resident(grads, c),
+    };
+    let (scaled, clipped): (Scaled<'_>, Scalar) = match device {
+        Some(res) => {
+            let (gs, flag) = res?;
+            (gs.into_iter().map(|g| Ok(Cow::Owned(g))).collect(), flag)
+        }
+        None => {
+            let clip = clip_coeff_q30(ex, h, grads)?;
+            let scaled = grads
+                .par_iter()
+                .map(|g| match clip {
+                    Some(c) => ex.scale(g, c).map(Cow::Owned),
+                    None => Ok(Cow::Borrowed(g)),
+                })
+                .collect();
+            (scaled, Scalar::Host(i64::from(clip.is_some())))
+        }
+    };
     let first_err = scaled.iter().position(Result::is_err);
     let n = first_err.unwrap_or(params.len());
     let gs: Vec<&Tensor> = scaled[..n]
@@ -301,7 +320,7 @@ pub fn step(
             return Err(e);
         }
     }
-    Ok(clip.is_some())
+    Ok(clipped)
 }
 
 #[cfg(test)]

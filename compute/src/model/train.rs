@@ -663,8 +663,10 @@ fn step_once(
     )
     .map_err(ModelError::Kernel)?;
     live.step += 1;
-    // Read after the optimizer is recorded: the loss comes with the step's last submission.
+    // Read after the optimizer is recorded: the loss and the clipping flag come with the
+    // step's one submission.
     let loss_sum_q16 = ex.value(&pass.loss_sum_q16).map_err(ModelError::Kernel)?;
+    let clipped = ex.value(&clipped).map_err(ModelError::Kernel)? != 0;
     Ok(StepStats {
         step: it,
         loss_sum_q16,

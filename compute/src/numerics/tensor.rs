@@ -432,6 +432,29 @@ impl<'k> Exec<'k> {
         xs.par_iter().map(|x| self.sum_squares(x)).collect()
     }
 
+    /// Global gradient-norm clipping of resident gradients on the device, with no round trip
+    /// to the host: the gradients scaled by [`crate::model::optim::clip_coeff_q30`] (or as
+    /// they are when it is `None`), and 1 if they were clipped, else 0. `None` when the
+    /// gradients are not all resident or the shader cannot take them: the caller then
+    /// computes the coefficient on the host.
+    #[allow(clippy::type_complexity)] // the clipped tensors and the flag, or no resident path
+    pub fn clip_resident(
+        &self,
+        grads: &[Tensor],
+        clip_q30: i64,
+    ) -> Option<Result<(Vec<Tensor>, Scalar), KernelError>> {
+        let r = self.resident()?;
+        let devs: Vec<&DevTensor> = grads.iter().map(Tensor::as_dev).collect::<Option<_>>()?;
+        match r.clip(&devs, clip_q30) {
+            Err(KernelError::Unsupported { .. }) => None,
+            Ok((gs, flag)) => Some(Ok((
+                gs.into_iter().map(Tensor::Dev).collect(),
+                Scalar::Dev(flag),
+            ))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// [`Kernels::layernorm`].
     pub fn layernorm(
         &self,

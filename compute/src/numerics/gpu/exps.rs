@@ -37,6 +37,8 @@ pub(crate) enum Kind {
     AdamR = 2,
     /// `max e_i`, no key; the bound of input 0 (rescaling to a common exponent).
     Max = 3,
+    /// Clipping: `e_0 − 30 · applied` (`applied`, 0 or 1, is the second key).
+    Clip = 4,
 }
 
 /// A result's exponent before its requantization shift, from its inputs' exponents.
@@ -87,6 +89,17 @@ impl Formula {
         }
     }
 
+    /// A gradient scaled by the clip coefficient: `g − 30` when clipped, `g` when not
+    /// (`clip.rs`; whether it clipped is the second key).
+    pub(crate) fn clip(g: Exp) -> Self {
+        Formula {
+            kind: Kind::Clip,
+            c: 0,
+            coef: [0; 3],
+            ins: vec![g],
+        }
+    }
+
     /// The largest of the inputs' exponents (at most three).
     pub(crate) fn max(ins: Vec<Exp>) -> Self {
         assert!(
@@ -123,6 +136,7 @@ impl Formula {
                 ev / 2 - (100 - i64::from(key2)).max(0) / 2
             }
             Kind::Max => (0..v.len()).map(e).max().unwrap_or(0),
+            Kind::Clip => e(0) - 30 * i64::from(key2.min(1)),
         }
     }
 }
@@ -357,6 +371,9 @@ pub(crate) enum PatchKind {
     AdamM = 16,
     /// AdamW parameters (inputs p, m', r'): `sh`.
     AdamP = 17,
+    /// scale by the clip coefficient (input: its buffer `[applied, c, 0, 0]`): `c_lo, c_hi`
+    /// = `c, 0` when clipping, else `1, 0`.
+    Clip = 18,
 }
 
 impl PatchKind {
@@ -371,6 +388,7 @@ impl PatchKind {
             PatchKind::Rescale => (1, 24),
             PatchKind::AdamM => (9, 12),
             PatchKind::AdamP => (1, 56),
+            PatchKind::Clip => (2, 16),
         }
     }
 }

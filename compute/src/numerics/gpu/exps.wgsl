@@ -38,6 +38,7 @@ const LINEAR: u32 = 0u;
 const ALIGN: u32 = 1u;
 const ADAM_R: u32 = 2u;
 const MAX: u32 = 3u;
+const CLIP: u32 = 4u;
 // Patch kinds (exps::PatchKind).
 const P_ADD: u32 = 10u;
 const P_EXP: u32 = 11u;
@@ -47,6 +48,7 @@ const P_LN_BWD: u32 = 14u;
 const P_RESCALE: u32 = 15u;
 const P_ADAM_M: u32 = 16u;
 const P_ADAM_P: u32 = 17u;
+const P_CLIP: u32 = 18u;
 
 const ADD_ALIGN_BITS_MAX: i32 = 40;
 
@@ -115,6 +117,10 @@ fn exp_post() {
         }
         case 3u: {
             pre = max_of_ins();
+        }
+        // clipping: e0 − 30 · applied (the second key)
+        case 4u: {
+            pre = e0 - 30 * i32(min(key2, 1u));
         }
         default: {
             pre = xp.c;
@@ -210,6 +216,11 @@ fn exp_pre() {
         // AdamW parameters (inputs p, m', r'): sh = (p.exp − 16) − (m'.exp − r'.exp − 70)
         case 17u: {
             rec[0] = bitcast<u32>(clamp((a.x - 16) - (b.x - c.x - 70), -128, 127));
+        }
+        // scale by the clip coefficient (input [applied, c, 0, 0]): c, or 1 when not clipping
+        case 18u: {
+            rec[0] = select(1u, bitcast<u32>(a.y), a.x == 1);
+            rec[1] = 0u;
         }
         default: {}
     }

@@ -34,6 +34,7 @@
 
 mod adamw;
 pub mod bench;
+mod clip;
 pub(crate) mod cross_entropy;
 mod device;
 mod exec;

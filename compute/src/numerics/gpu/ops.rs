@@ -220,57 +220,10 @@ pub(crate) fn sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<u128, GpuError> {
 pub(crate) fn sum_squares_many(gpu: &Gpu, xs: &[Src<'_>]) -> Result<Vec<u128>, GpuError> {
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut totals: Vec<Option<wgpu::Buffer>> = Vec::with_capacity(xs.len());
-    let recorded = (|| {
-        for &x in xs {
-            if x.is_empty() {
-                totals.push(None);
-                continue;
-            }
-            let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
-            let n_groups = groups[0] as u64 * groups[1] as u64;
-            let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
-            let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
-            let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-            let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
-            let b0 = x.bind(gpu)?;
-            let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
-            let total = gpu.buffer(Pool::Storage, 8)?;
-            let res = submit(
-                gpu,
-                "sum_squares",
-                &[],
-                &[
-                    Dispatch {
-                        shader: &OPS,
-                        entry: "sum_squares",
-                        bindings: vec![
-                            (0, &uniform, 32),
-                            (1, b0.buf(), x.bytes()),
-                            (8, &partial, n_groups * 8),
-                        ],
-                        groups,
-                    },
-                    Dispatch {
-                        shader: &OPS,
-                        entry: "sum_partials",
-                        bindings: vec![
-                            (0, &u_sum, 32),
-                            (3, &total, 8),
-                            (8, &partial, n_groups * 8),
-                        ],
-                        groups: [1, 1, 1],
-                    },
-                ],
-                &[],
-            );
-            gpu.recycle(Pool::Uniform, [uniform, u_sum]);
-            release(gpu, [b0]);
-            gpu.recycle(Pool::Storage, [partial]);
-            totals.push(Some(total));
-            res?;
-        }
+    let recorded = xs.iter().try_for_each(|&x| {
+        totals.push(record_sum_squares(gpu, x)?);
         Ok(())
-    })();
+    });
     let reads: Vec<(&wgpu::Buffer, u64)> = totals.iter().flatten().map(|t| (t, 8)).collect();
     let bytes = recorded.and_then(|()| gpu.flush_locked("sum_squares", &reads));
     drop(reads);
@@ -286,4 +239,55 @@ pub(crate) fn sum_squares_many(gpu: &Gpu, xs: &[Src<'_>]) -> Result<Vec<u128>, G
         .collect();
     gpu.recycle(Pool::Storage, totals.into_iter().flatten());
     Ok(out)
+}
+
+/// Records `Σ m²` of `x` into the open batch: a new 8-byte buffer that will hold it (`None`
+/// for an empty `x`). The caller holds `op_lock`.
+pub(crate) fn record_sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<Option<wgpu::Buffer>, GpuError> {
+    if x.is_empty() {
+        return Ok(None);
+    }
+    let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
+    let n_groups = groups[0] as u64 * groups[1] as u64;
+    let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
+    let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
+    let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+    let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
+    let b0 = x.bind(gpu)?;
+    let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
+    let total = gpu.buffer(Pool::Storage, 8)?;
+    let res = submit(
+        gpu,
+        "sum_squares",
+        &[],
+        &[
+            Dispatch {
+                shader: &OPS,
+                entry: "sum_squares",
+                bindings: vec![
+                    (0, &uniform, 32),
+                    (1, b0.buf(), x.bytes()),
+                    (8, &partial, n_groups * 8),
+                ],
+                groups,
+            },
+            Dispatch {
+                shader: &OPS,
+                entry: "sum_partials",
+                bindings: vec![(0, &u_sum, 32), (3, &total, 8), (8, &partial, n_groups * 8)],
+                groups: [1, 1, 1],
+            },
+        ],
+        &[],
+    );
+    gpu.recycle(Pool::Uniform, [uniform, u_sum]);
+    release(gpu, [b0]);
+    gpu.recycle(Pool::Storage, [partial]);
+    match res {
+        Ok(_) => Ok(Some(total)),
+        Err(e) => {
+            gpu.recycle(Pool::Storage, [total]);
+            Err(e)
+        }
+    }
 }

@@ -139,6 +139,14 @@ impl DevScalar {
         }
     }
 
+    /// A word the batch writes (read with its keys), as an unsigned value.
+    fn word(cell: Arc<std::sync::OnceLock<u32>>) -> Self {
+        DevScalar {
+            halves: Some([cell, super::exec::known_key(0)]),
+            now: 0,
+        }
+    }
+
     fn get(&self) -> Option<i64> {
         match &self.halves {
             None => Some(self.now),
@@ -497,6 +505,25 @@ impl<'a> Resident<'a> {
         let g = self.kernels();
         want(g, OP, "x", x, x.len, B16_BITS)?;
         super::ops::sum_squares(&g.gpu, self.later(x).src).map_err(|e| kernel_error(OP, e))
+    }
+
+    /// Global gradient-norm clipping of `grads` to `clip_q30`, on the device (`clip.rs`): the
+    /// clipped gradients (the same mantissas and exponents when the norm is within the clip)
+    /// and 1 if they were clipped, else 0, read with the batch. Same integers as
+    /// [`crate::model::optim::clip_coeff_q30`] followed by [`Kernels::scale`].
+    pub fn clip(
+        &self,
+        grads: &[&DevTensor],
+        clip_q30: i64,
+    ) -> Result<(Vec<DevTensor>, DevScalar), KernelError> {
+        const OP: &str = "clip";
+        let g = self.kernels();
+        for x in grads {
+            want(g, OP, "gradient", x, x.len, B16_BITS)?;
+        }
+        let args: Vec<_> = grads.iter().map(|x| self.later(x)).collect();
+        let (out, applied) = g.clip_on(&args, clip_q30)?;
+        Ok((out, DevScalar::word(applied)))
     }
 
     /// [`Kernels::sum_squares`] of several tensors in one submission.

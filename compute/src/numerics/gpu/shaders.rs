@@ -144,6 +144,14 @@ pub static EXPS: Shader = Shader {
     entries: &["exp_pre", "exp_post"],
 };
 
+/// Global gradient-norm clipping coefficient from the gradients' sums of squares and device
+/// exponents (128-bit integer square root and rounded division; `clip.rs`).
+pub static CLIP: Shader = Shader {
+    name: "clip",
+    source: concat!(include_str!("int64.wgsl"), include_str!("clip.wgsl")),
+    entries: &["clip_coeff"],
+};
+
 /// The checked-in `exp2_table.wgsl`.
 pub const EXP2_TABLE_WGSL: &str = include_str!("exp2_table.wgsl");
 
@@ -188,4 +196,5 @@ pub static SHADERS: &[&Shader] = &[
     &ADAMW,
     &LAYOUT,
     &EXPS,
+    &CLIP,
 ];

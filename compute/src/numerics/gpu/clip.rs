@@ -15,7 +15,7 @@ use super::device::{Gpu, GpuError, Pool};
 use super::exec::{submit, u32_of, Dispatch, Src};
 use super::exps::{Formula, Key, Patch, PatchKind, EXP_BYTES};
 use super::resident::DevTensor;
-use super::shaders::{CLIP, OPS};
+use super::shaders::CLIP;
 use super::{kernel_error, ops, Arg, GpuKernels};
 use crate::numerics::kernels::{KernelError, Kernels};
 
@@ -120,25 +120,13 @@ impl GpuKernels {
         let out = gs
             .iter()
             .map(|x| {
-                let w = ops::WideOp {
-                    shader: &OPS,
-                    k: 0,
-                    entry: "scale",
-                    in0: x.src,
-                    in1: Src::Host(&[]),
-                    count: x.len(),
-                    cols: 0,
-                    rows: 0,
+                let patch = Patch {
+                    kind: PatchKind::Clip,
                     c: 0,
-                    bits: 15,
-                    keep: true,
-                    patch: Some(Patch {
-                        kind: PatchKind::Clip,
-                        c: 0,
-                        ins: vec![&c.buf],
-                        offset: None,
-                    }),
+                    ins: vec![&c.buf],
+                    offset: None,
                 };
+                let w = ops::scale_op(x.src, 0, true, Some(patch));
                 let r = ops::wide(&self.gpu, w).map_err(|e| kernel_error(OP, e))?;
                 let key2 = Key {
                     cell: Arc::clone(&c.applied),

@@ -1142,20 +1142,7 @@ impl GpuKernels {
         }
         self.wide_op(
             OP,
-            ops::WideOp {
-                shader: &shaders::OPS,
-                k: 0,
-                entry: "scale",
-                in0: x.src,
-                in1: Src::Host(&[]),
-                count: x.len(),
-                cols: 0,
-                rows: 0,
-                c: c_q30,
-                bits: 15,
-                keep,
-                patch: None,
-            },
+            ops::scale_op(x.src, c_q30, keep, None),
             Formula::linear(-30, &[(1, x.exp_term())]),
             &[&x],
         )

@@ -31,6 +31,30 @@ pub(crate) struct WideOp<'a> {
     pub(crate) patch: Option<Patch<'a>>,
 }
 
+/// `ops.wgsl`'s `scale` of `x` by `c_q30 · 2^−30`, requantized to B16 (`patch`: the constant
+/// taken on the device instead, as clipping does).
+pub(crate) fn scale_op<'a>(
+    x: Src<'a>,
+    c_q30: i64,
+    keep: bool,
+    patch: Option<Patch<'a>>,
+) -> WideOp<'a> {
+    WideOp {
+        shader: &OPS,
+        k: 0,
+        entry: "scale",
+        in0: x,
+        in1: Src::Host(&[]),
+        count: x.len(),
+        cols: 0,
+        rows: 0,
+        c: c_q30,
+        bits: 15,
+        keep,
+        patch,
+    }
+}
+
 fn params(count: u32, cols: u32, rows: u32, bits: u32, c: i64, k: u32, gx: u32) -> [u32; 8] {
     let c = c as u64;
     [count, cols, rows, bits, c as u32, (c >> 32) as u32, k, gx]

@@ -55,19 +55,12 @@ fn coeff(
     ];
     let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
     let res = (|| {
-        // An empty gradient's sum is 0: cleared here, then each total copied to its slot.
-        gpu.record("clip", |enc| enc.clear_buffer(&sums, 0, None))?;
-        for (i, (&x, e)) in xs.iter().zip(exps).enumerate() {
-            let total = ops::record_sum_squares(gpu, x)?;
-            let i = i as u64;
-            gpu.record("clip", |enc| {
-                if let Some(t) = &total {
-                    enc.copy_buffer_to_buffer(t, 0, &sums, i * 8, 8);
-                }
-                enc.copy_buffer_to_buffer(e, 0, &gexps, i * EXP_BYTES, EXP_BYTES);
-            })?;
-            gpu.recycle(Pool::Storage, total);
-        }
+        ops::record_sum_squares(gpu, xs, &sums)?;
+        gpu.record("clip", |enc| {
+            for (i, e) in exps.iter().enumerate() {
+                enc.copy_buffer_to_buffer(e, 0, &gexps, i as u64 * EXP_BYTES, EXP_BYTES);
+            }
+        })?;
         submit(
             gpu,
             "clip",

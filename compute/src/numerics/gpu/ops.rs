@@ -243,75 +243,77 @@ pub(crate) fn sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<u128, GpuError> {
 /// [`sum_squares`] of several tensors, recorded together and read back in one submission.
 pub(crate) fn sum_squares_many(gpu: &Gpu, xs: &[Src<'_>]) -> Result<Vec<u128>, GpuError> {
     let _lock = gpu.op_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let mut totals: Vec<Option<wgpu::Buffer>> = Vec::with_capacity(xs.len());
-    let recorded = xs.iter().try_for_each(|&x| {
-        totals.push(record_sum_squares(gpu, x)?);
-        Ok(())
-    });
-    let reads: Vec<(&wgpu::Buffer, u64)> = totals.iter().flatten().map(|t| (t, 8)).collect();
-    let bytes = recorded.and_then(|()| gpu.flush_locked("sum_squares", &reads));
-    drop(reads);
-    let mut bytes = bytes?.into_iter();
-    let out = totals
-        .iter()
-        .map(|t| match t {
-            Some(_) => u128::from(bytemuck::pod_read_unaligned::<u64>(
-                &bytes.next().unwrap_or_default()[..8],
-            )),
-            None => 0,
-        })
-        .collect();
-    gpu.recycle(Pool::Storage, totals.into_iter().flatten());
-    Ok(out)
+    let bytes = (xs.len() as u64 * 8).max(8);
+    let sums = gpu.buffer(Pool::Storage, bytes)?;
+    let read = record_sum_squares(gpu, xs, &sums)
+        .and_then(|()| gpu.flush_locked("sum_squares", &[(&sums, bytes)]));
+    gpu.recycle(Pool::Storage, [sums]);
+    let words: Vec<u64> = bytemuck::pod_collect_to_vec(&read?[0]);
+    Ok(words.into_iter().take(xs.len()).map(u128::from).collect())
 }
 
-/// Records `Σ m²` of `x` into the open batch: a new 8-byte buffer that will hold it (`None`
-/// for an empty `x`). The caller holds `op_lock`.
-pub(crate) fn record_sum_squares(gpu: &Gpu, x: Src<'_>) -> Result<Option<wgpu::Buffer>, GpuError> {
-    if x.is_empty() {
-        return Ok(None);
-    }
-    let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
-    let n_groups = groups[0] as u64 * groups[1] as u64;
-    let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
-    let p2 = params(u32_of("partial sums", n_groups as usize)?, 0, 0, 0, 0, 0, 1);
-    let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
-    let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
-    let b0 = x.bind(gpu)?;
-    let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
-    let total = gpu.buffer(Pool::Storage, 8)?;
-    let res = submit(
-        gpu,
-        "sum_squares",
-        &[],
-        &[
-            Dispatch {
-                shader: &OPS,
-                entry: "sum_squares",
-                bindings: vec![
-                    (0, &uniform, 32),
-                    (1, b0.buf(), x.bytes()),
-                    (8, &partial, n_groups * 8),
-                ],
-                groups,
-            },
-            Dispatch {
-                shader: &OPS,
-                entry: "sum_partials",
-                bindings: vec![(0, &u_sum, 32), (3, &total, 8), (8, &partial, n_groups * 8)],
-                groups: [1, 1, 1],
-            },
-        ],
-        &[],
-    );
-    gpu.recycle(Pool::Uniform, [uniform, u_sum]);
-    release(gpu, [b0]);
-    gpu.recycle(Pool::Storage, [partial]);
-    match res {
-        Ok(_) => Ok(Some(total)),
-        Err(e) => {
-            gpu.recycle(Pool::Storage, [total]);
-            Err(e)
+/// Records `Σ m²` of each of `xs` into the open batch, into its slot of `sums` (8 bytes each;
+/// an empty tensor's slot is 0). The caller holds `op_lock`.
+pub(crate) fn record_sum_squares(
+    gpu: &Gpu,
+    xs: &[Src<'_>],
+    sums: &wgpu::Buffer,
+) -> Result<(), GpuError> {
+    let sums_bytes = (xs.len() as u64 * 8).max(8);
+    gpu.record("sum_squares", |enc| enc.clear_buffer(sums, 0, None))?;
+    for (slot, &x) in xs.iter().enumerate() {
+        if x.is_empty() {
+            continue;
         }
+        let (groups, gx) = grid_1d(gpu, "sum_squares", x.len())?;
+        let n_groups = groups[0] as u64 * groups[1] as u64;
+        let p = params(u32_of("elements", x.len())?, 0, 0, 0, 0, 0, gx);
+        let slot = u32_of("tensors", slot)?;
+        let p2 = params(
+            u32_of("partial sums", n_groups as usize)?,
+            0,
+            0,
+            0,
+            0,
+            slot,
+            1,
+        );
+        let uniform = gpu.uniform(bytemuck::cast_slice(&p))?;
+        let u_sum = gpu.uniform(bytemuck::cast_slice(&p2))?;
+        let b0 = x.bind(gpu)?;
+        let partial = gpu.buffer(Pool::Storage, n_groups * 8)?;
+        let res = submit(
+            gpu,
+            "sum_squares",
+            &[],
+            &[
+                Dispatch {
+                    shader: &OPS,
+                    entry: "sum_squares",
+                    bindings: vec![
+                        (0, &uniform, 32),
+                        (1, b0.buf(), x.bytes()),
+                        (8, &partial, n_groups * 8),
+                    ],
+                    groups,
+                },
+                Dispatch {
+                    shader: &OPS,
+                    entry: "sum_partials",
+                    bindings: vec![
+                        (0, &u_sum, 32),
+                        (3, sums, sums_bytes),
+                        (8, &partial, n_groups * 8),
+                    ],
+                    groups: [1, 1, 1],
+                },
+            ],
+            &[],
+        );
+        gpu.recycle(Pool::Uniform, [uniform, u_sum]);
+        release(gpu, [b0]);
+        gpu.recycle(Pool::Storage, [partial]);
+        res?;
     }
+    Ok(())
 }

@@ -163,8 +163,9 @@ fn sum_squares(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w
     }
 }
 
-// Kernels::sum_squares, step 2: one workgroup adds the op.count partials into sums[0] (thread l
-// takes partials l, l + 256, ..., then the tree; integer sums, so the order changes nothing).
+// Kernels::sum_squares, step 2: one workgroup adds the op.count partials into sums[op.k], the
+// tensor's slot (thread l takes partials l, l + 256, ..., then the tree; integer sums, so the
+// order changes nothing).
 @compute @workgroup_size(256, 1, 1)
 fn sum_partials(@builtin(local_invocation_index) l: u32) {
     var s = vec2<u32>(0u, 0u);
@@ -173,6 +174,6 @@ fn sum_partials(@builtin(local_invocation_index) l: u32) {
     }
     let total = tree_sum(l, s);
     if (l == 0u) {
-        sums[0] = total;
+        sums[op.k] = total;
     }
 }
